@@ -1,0 +1,38 @@
+"""fer: per-second facial valence and arousal for folders of video clips.
+
+    import fercli
+    model = fercli.load_model("hsemotion")            # or a checkpoint from `fer train`
+    result = fercli.annotate(["videos/"], "results.parquet", model=model)
+
+Heavy modules (torch, decord, mediapipe) load on first use, so importing fercli is cheap.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+__version__ = "0.1.0"
+
+_LAZY = {
+    "annotate": "fercli.pipeline",
+    "AnnotateOptions": "fercli.pipeline",
+    "AnnotateResult": "fercli.pipeline",
+    "VideoResult": "fercli.pipeline",
+    "load_model": "fercli.model",
+    "ModelConfig": "fercli.model",
+    "Preprocess": "fercli.model",
+    "EfficientNetLSTM": "fercli.model",
+    "HSEmotionNet": "fercli.model",
+    "build_model": "fercli.model",
+    "save_checkpoint": "fercli.model",
+    "read_table": "fercli.writers",
+    "find_clips": "fercli.inputs",
+}
+
+__all__ = ["__version__", *_LAZY]
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'fercli' has no attribute {name!r}")

@@ -1,0 +1,19 @@
+"""Errors the library raises; the CLI maps them to one-line messages and exit codes."""
+
+from __future__ import annotations
+
+
+class FerError(Exception):
+    """Base class: a problem the user can act on. str(error) is a one-line message."""
+
+
+class VideoError(FerError):
+    """A clip that cannot be read (missing, empty, truncated, not a video, no frames)."""
+
+
+class WeightsError(FerError):
+    """A weights file that is missing, cannot be fetched, fails its hash, or is not a model."""
+
+
+class DataError(FerError):
+    """A data set or annotation file that is malformed (bad JSON, labels out of range, ...)."""

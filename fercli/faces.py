@@ -1,0 +1,173 @@
+"""Face detection (MediaPipe BlazeFace), tracking across sampled frames, and square crops."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+
+MIN_CONFIDENCE = 0.5  # detector score below which a box is ignored
+FULL_RANGE_MODEL = 1  # MediaPipe model_selection: 1 = full range (faces up to ~5 m), 0 = short range
+MATCH_IOU = 0.15  # box overlap that continues a track from one sampled frame to the next
+TRACK_TTL = 1.0  # seconds a track survives without a detection (brief occlusions, missed frames)
+SALIENCE_HALF_LIFE = 2.0  # seconds; how fast a track's claim to be the main subject fades
+SWITCH_RATIO = 2.0  # another face must be this many times more salient to become the main subject
+
+Box = tuple[float, float, float, float]  # x0, y0, x1, y1 in pixels
+
+
+@dataclass(frozen=True)
+class Detection:
+    box: Box  # pixels, clipped to the frame
+    score: float  # detector confidence 0..1
+
+    @property
+    def area(self) -> float:
+        return max(0.0, self.box[2] - self.box[0]) * max(0.0, self.box[3] - self.box[1])
+
+
+class FaceDetector:
+    """MediaPipe's BlazeFace (bundled in the mediapipe wheel, so no download)."""
+
+    def __init__(self, min_confidence: float = MIN_CONFIDENCE, model_selection: int = FULL_RANGE_MODEL):
+        import mediapipe as mp
+
+        self._mp = mp.solutions.face_detection.FaceDetection(
+            model_selection=model_selection, min_detection_confidence=min_confidence
+        )
+
+    def detect(self, image: np.ndarray) -> list[Detection]:
+        """All faces in an RGB uint8 image, largest first."""
+        h, w = image.shape[:2]
+        result = self._mp.process(np.ascontiguousarray(image))
+        found = []
+        for det in result.detections or ():
+            b = det.location_data.relative_bounding_box
+            box = (
+                max(0.0, b.xmin * w),
+                max(0.0, b.ymin * h),
+                min(float(w), (b.xmin + b.width) * w),
+                min(float(h), (b.ymin + b.height) * h),
+            )
+            if box[2] > box[0] and box[3] > box[1]:
+                found.append(Detection(box, float(det.score[0])))
+        return sorted(found, key=lambda d: d.area, reverse=True)
+
+    def close(self) -> None:
+        self._mp.close()
+
+    def __enter__(self) -> FaceDetector:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def iou(a: Box, b: Box) -> float:
+    ix = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
+    iy = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+    inter = ix * iy
+    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
+    return inter / union if union > 0 else 0.0
+
+
+@dataclass
+class _Track:
+    id: int
+    box: Box
+    last_seen: float  # seconds
+    salience: float = 0.0  # decayed sum of area x score: who has been the big, clear face lately
+
+
+@dataclass
+class FaceTracker:
+    """Follows faces across sampled frames by box overlap.
+
+    The main subject is chosen by salience (area x confidence, summed over samples and fading
+    with a half-life) and then kept: another face takes over only once it is SWITCH_RATIO times
+    more salient, or when the subject's track ends. So a face passing through cannot steal the
+    track, a subject hidden for a moment keeps it, and a subject who walks in past a small
+    background face wins it within a few seconds.
+    """
+
+    ttl: float = TRACK_TTL
+    half_life: float = SALIENCE_HALF_LIFE
+    tracks: dict[int, _Track] = field(default_factory=dict)
+    _next_id: int = 0
+    _time: float | None = None
+    _main: int | None = None
+
+    def update(self, time: float, detections: list[Detection]) -> dict[int, Detection]:
+        """Match this frame's detections to tracks; returns {track id: detection}."""
+        self._decay(time)
+        self.tracks = {i: t for i, t in self.tracks.items() if time - t.last_seen <= self.ttl}
+        matched = self._match(detections)
+        for track_id, det in matched.items():
+            track = self.tracks[track_id]
+            track.box, track.last_seen = det.box, time
+            track.salience += det.area * det.score
+        return matched
+
+    def main(self, matched: dict[int, Detection]) -> Detection | None:
+        """The main subject's detection in this frame, or None when the subject is not visible."""
+        if not self.tracks:
+            self._main = None
+            return None
+        best = max(self.tracks.values(), key=lambda t: (t.salience, -t.id))
+        current = self.tracks.get(self._main)
+        if current is None or best.salience > SWITCH_RATIO * current.salience:
+            self._main = best.id
+        return matched.get(self._main)
+
+    def _decay(self, time: float) -> None:
+        if self._time is not None and time > self._time:
+            factor = 0.5 ** ((time - self._time) / self.half_life)
+            for t in self.tracks.values():
+                t.salience *= factor
+        self._time = time
+
+    def _match(self, detections: list[Detection]) -> dict[int, Detection]:
+        pairs = sorted(
+            ((iou(t.box, d.box), tid, j) for tid, t in self.tracks.items() for j, d in enumerate(detections)),
+            reverse=True,
+        )
+        matched: dict[int, Detection] = {}
+        used: set[int] = set()
+        for overlap, tid, j in pairs:
+            if overlap < MATCH_IOU:
+                break
+            if tid not in matched and j not in used:
+                matched[tid] = detections[j]
+                used.add(j)
+        for j, det in enumerate(detections):
+            if j not in used:
+                tid = self._next_id
+                self._next_id += 1
+                self.tracks[tid] = _Track(tid, det.box, self._time or 0.0)
+                matched[tid] = det
+        return matched
+
+
+def square_box(box: Box, margin: float) -> tuple[int, int, int, int]:
+    """A square around the box's centre: its larger side plus `margin` of it on each side."""
+    cx, cy = (box[0] + box[2]) / 2, (box[1] + box[3]) / 2
+    side = max(box[2] - box[0], box[3] - box[1]) * (1 + 2 * margin)
+    half = side / 2
+    x0, y0 = math.floor(cx - half), math.floor(cy - half)
+    s = max(1, round(side))
+    return x0, y0, x0 + s, y0 + s
+
+
+def crop(image: np.ndarray, box: Box, size: int, margin: float) -> np.ndarray:
+    """The square face crop resized to size x size RGB; outside the frame is black."""
+    from PIL import Image
+
+    x0, y0, x1, y1 = square_box(box, margin)
+    h, w = image.shape[:2]
+    side = x1 - x0
+    canvas = np.zeros((side, side, 3), dtype=np.uint8)
+    sx0, sy0, sx1, sy1 = max(x0, 0), max(y0, 0), min(x1, w), min(y1, h)
+    if sx1 > sx0 and sy1 > sy0:
+        canvas[sy0 - y0 : sy1 - y0, sx0 - x0 : sx1 - x0] = image[sy0:sy1, sx0:sx1]
+    return np.asarray(Image.fromarray(canvas).resize((size, size), Image.BILINEAR))

@@ -1,0 +1,71 @@
+"""Finding the clips to annotate: video files, and folders of frames (the AFEW-VA layout)."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable
+
+VIDEO_EXTENSIONS = frozenset({".mp4", ".mkv", ".avi", ".mov", ".webm", ".m4v"})
+IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".bmp"})
+
+
+@dataclass(frozen=True)
+class Clip:
+    path: Path  # a video file, or a folder of image frames
+    name: str  # the `video` column: path relative to the input it came from (posix separators)
+    frames: bool = False  # True for an image-sequence folder
+
+
+@dataclass
+class Inputs:
+    clips: list[Clip]
+    skipped: int  # files that are neither videos nor frames of an image-sequence clip
+    missing: list[Path]  # arguments that do not exist
+
+
+def find_clips(paths: Iterable[str | Path]) -> Inputs:
+    """Clips under `paths` (files and folders, searched recursively) in a stable order.
+
+    A folder that holds image frames and no videos is one clip. A clip reached twice (the same
+    file given twice, or inside two given folders) is kept once.
+    """
+    clips: list[Clip] = []
+    seen: set[Path] = set()
+    skipped = 0
+    missing = []
+    for arg in paths:
+        root = Path(arg)
+        if not root.exists():
+            missing.append(root)
+            continue
+        found, n_skipped = _walk(root) if root.is_dir() else (_single(root), 0)
+        skipped += n_skipped
+        for clip in found:
+            key = clip.path.resolve()
+            if key not in seen:
+                seen.add(key)
+                clips.append(clip)
+    return Inputs(clips, skipped, missing)
+
+
+def _single(path: Path) -> list[Clip]:
+    return [Clip(path, path.name)] if path.suffix.lower() in VIDEO_EXTENSIONS else []
+
+
+def _walk(root: Path) -> tuple[list[Clip], int]:
+    clips, skipped = [], 0
+    for folder, dirs, files in os.walk(root):
+        dirs.sort()
+        here = Path(folder)
+        videos = sorted(f for f in files if Path(f).suffix.lower() in VIDEO_EXTENSIONS)
+        images = [f for f in files if Path(f).suffix.lower() in IMAGE_EXTENSIONS]
+        if images and not videos:
+            name = here.relative_to(root).as_posix() if here != root else root.name
+            clips.append(Clip(here, name, frames=True))
+            skipped += len(files) - len(images)
+            continue
+        clips += [Clip(here / f, (here / f).relative_to(root).as_posix()) for f in videos]
+        skipped += len(files) - len(videos)
+    return clips, skipped

@@ -1,0 +1,284 @@
+"""The networks and their checkpoints.
+
+`EfficientNetLSTM` is the paper's model: a timm EfficientNet-B0 encodes each face crop into a
+1280-d feature, an LSTM runs over a window of T frames, and the last step feeds two 21-way heads
+(valence and arousal, integers -10..10). `HSEmotionNet` is the frame baseline: HSEmotion's own
+network, whose outputs 8 and 9 are valence and arousal in [-1, 1].
+
+Both expose the same two stages so the pipeline can share backbone work between windows:
+`encode(images) -> features` per frame, then `head(windows)` (window models) or
+`frame_scores(features)` (frame models).
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from .errors import WeightsError
+
+NUM_CLASSES = 21  # labels -10..10
+LABEL_OFFSET = 10  # class index = label + LABEL_OFFSET
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+CHECKPOINT_FORMAT = "fer-checkpoint"
+CHECKPOINT_VERSION = 1
+HSEMOTION_OUTPUTS = 10  # 8 emotion logits, valence, arousal
+HSEMOTION_VA = slice(8, 10)  # valence, arousal columns of the HSEmotion head
+
+
+@dataclass(frozen=True)
+class Preprocess:
+    """How a face becomes a network input; stored in every checkpoint."""
+
+    size: int = 224  # square crop side fed to the network (px)
+    margin: float = 0.1  # added on each side of the detected face box, times its larger side
+    mean: tuple[float, float, float] = IMAGENET_MEAN  # RGB, after scaling to [0, 1]
+    std: tuple[float, float, float] = IMAGENET_STD
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Everything needed to rebuild a model; saved as plain data in its checkpoint."""
+
+    arch: str = "efficientnet_lstm"  # "efficientnet_lstm" (window model) or "hsemotion" (frame model)
+    backbone: str = "tf_efficientnet_b0"  # timm model name
+    fps: float = 5.0  # frames sampled per second of video
+    window: int = 5  # frames per window (T); the window for second s ends at the end of s
+    temporal: str = "lstm"  # "lstm" or "mean" (mean of frame features, no recurrence)
+    hidden: int = 256  # LSTM hidden size
+    layers: int = 1  # LSTM layers
+    dropout: float = 0.2  # before the heads
+    preprocess: Preprocess = field(default_factory=Preprocess)
+
+    @property
+    def is_window_model(self) -> bool:
+        return self.arch == "efficientnet_lstm"
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["preprocess"] = {**d["preprocess"], "mean": list(self.preprocess.mean), "std": list(self.preprocess.std)}
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> ModelConfig:
+        known = {f.name for f in fields(cls)}
+        unknown = set(d) - known
+        if unknown:
+            raise ValueError(f"unknown config keys {sorted(unknown)}")
+        pre = dict(d.get("preprocess", {}))
+        for key in ("mean", "std"):
+            if key in pre:
+                pre[key] = tuple(pre[key])
+        return cls(**{**d, "preprocess": Preprocess(**pre)})
+
+
+HSEMOTION_CONFIG = ModelConfig(arch="hsemotion", window=1, temporal="none", hidden=0, layers=0, dropout=0.0)
+
+
+class EfficientNetLSTM(nn.Module):
+    """EfficientNet-B0 per frame, LSTM over a window, two 21-class heads (valence, arousal)."""
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        import timm
+
+        self.config = config
+        self.backbone = timm.create_model(config.backbone, pretrained=False, num_classes=0)
+        dim = self.backbone.num_features
+        # Pretrained features have large, uneven scales; normalising them keeps the LSTM's
+        # gates out of saturation from the first step.
+        self.norm = nn.LayerNorm(dim)
+        if config.temporal == "lstm":
+            self.temporal = nn.LSTM(dim, config.hidden, num_layers=config.layers, batch_first=True)
+            out_dim = config.hidden
+        elif config.temporal == "mean":
+            self.temporal = None
+            out_dim = dim
+        else:
+            raise ValueError(f"unknown temporal head {config.temporal!r}")
+        self.drop = nn.Dropout(config.dropout)
+        self.valence_head = nn.Linear(out_dim, NUM_CLASSES)
+        self.arousal_head = nn.Linear(out_dim, NUM_CLASSES)
+
+    def encode(self, images: torch.Tensor) -> torch.Tensor:
+        """(N, 3, H, W) normalised crops -> (N, F) backbone features."""
+        return self.backbone(images)
+
+    def head(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, T, F) window features -> valence and arousal logits, each (B, 21)."""
+        x = self.norm(features)
+        if self.temporal is None:
+            x = x.mean(dim=1)
+        else:
+            x = self.temporal(x)[0][:, -1]
+        x = self.drop(x)
+        return self.valence_head(x), self.arousal_head(x)
+
+    def forward(self, clips: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, T, 3, H, W) -> valence and arousal logits, each (B, 21)."""
+        b, t = clips.shape[:2]
+        features = self.encode(clips.flatten(0, 1)).view(b, t, -1)
+        return self.head(features)
+
+
+class HSEmotionNet(nn.Module):
+    """HSEmotion's frame network: timm EfficientNet-B0 with a 10-output head."""
+
+    def __init__(self, config: ModelConfig = HSEMOTION_CONFIG):
+        super().__init__()
+        import timm
+
+        self.config = config
+        self.backbone = timm.create_model(config.backbone, pretrained=False, num_classes=HSEMOTION_OUTPUTS)
+
+    def encode(self, images: torch.Tensor) -> torch.Tensor:
+        """(N, 3, H, W) -> (N, 10) raw outputs."""
+        return self.backbone(images)
+
+    @staticmethod
+    def frame_scores(outputs: torch.Tensor) -> torch.Tensor:
+        """(N, 10) outputs -> (N, 2) valence, arousal on the -10..10 scale."""
+        return outputs[:, HSEMOTION_VA].clamp(-1, 1) * LABEL_OFFSET
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.frame_scores(self.encode(images))
+
+
+def build_model(config: ModelConfig) -> nn.Module:
+    """A fresh, randomly initialised model for `config`."""
+    if config.arch == "efficientnet_lstm":
+        return EfficientNetLSTM(config)
+    if config.arch == "hsemotion":
+        return HSEmotionNet(config)
+    raise ValueError(f"unknown architecture {config.arch!r}")
+
+
+def to_input(crops, preprocess: Preprocess, device: torch.device | str = "cpu") -> torch.Tensor:
+    """(N, H, W, 3) uint8 RGB crops -> normalised float (N, 3, H, W), channels-last in memory."""
+    x = torch.as_tensor(crops).to(device, non_blocking=True)
+    x = x.permute(0, 3, 1, 2).float().div_(255)
+    mean = torch.tensor(preprocess.mean, device=x.device).view(1, 3, 1, 1)
+    std = torch.tensor(preprocess.std, device=x.device).view(1, 3, 1, 1)
+    return ((x - mean) / std).contiguous(memory_format=torch.channels_last)
+
+
+def save_checkpoint(model: nn.Module, path: str | Path, **extra) -> Path:
+    """Write a self-describing checkpoint (config + state_dict) atomically."""
+    path = Path(path)
+    payload = {
+        "format": CHECKPOINT_FORMAT,
+        "version": CHECKPOINT_VERSION,
+        "config": model.config.to_dict(),
+        "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+        **extra,
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        torch.save(payload, tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return path
+
+
+def read_checkpoint(path: str | Path) -> dict:
+    """Load a fer checkpoint with the safe unpickler; WeightsError if it is not one."""
+    path = Path(path)
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise WeightsError(f"{path}: no such file") from None
+    except Exception as e:  # torch raises several types for non-checkpoint files
+        raise WeightsError(f"{path}: not a fer checkpoint ({type(e).__name__}: {_first_line(e)})") from None
+    if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
+        raise WeightsError(f"{path}: not a fer checkpoint (no '{CHECKPOINT_FORMAT}' header)")
+    return ckpt
+
+
+def model_from_checkpoint(ckpt: dict, source: str | Path = "checkpoint") -> nn.Module:
+    """Rebuild the model a checkpoint describes and load its weights."""
+    try:
+        config = ModelConfig.from_dict(ckpt["config"])
+        model = build_model(config)
+        model.load_state_dict(ckpt["state_dict"])
+    except (KeyError, TypeError, ValueError, RuntimeError) as e:
+        raise WeightsError(f"{source}: checkpoint does not match its config ({_first_line(e)})") from None
+    return model
+
+
+def _first_line(e: BaseException) -> str:
+    lines = str(e).strip().splitlines()
+    return lines[0] if lines else type(e).__name__
+
+
+def load_model(name_or_path: str | Path = "hsemotion", device: str | torch.device = "cpu", progress=None) -> nn.Module:
+    """A ready model in eval mode on `device`, from a registry name or a file.
+
+    Files may be fer checkpoints (from `fer train`) or HSEmotion-style whole-pickled timm models,
+    which are read with the restricted unpickler and converted. The returned module carries
+    `.config`, `.source` (what was asked for) and `.weights_sha256`.
+    """
+    from . import weights
+
+    path = Path(name_or_path)
+    if path.is_file():
+        ckpt, file = _checkpoint_from_file(path), path
+    elif str(name_or_path) in weights.registry():
+        ckpt, file = _checkpoint_from_registry(str(name_or_path), progress)
+    else:
+        known = ", ".join(sorted(weights.registry()))
+        raise WeightsError(f"{name_or_path}: no such file or registered model (registered: {known})")
+    model = model_from_checkpoint(ckpt, name_or_path)
+    model.source = str(name_or_path)
+    model.weights_sha256 = ckpt.get("weights_sha256") or weights.sha256(file)
+    return model.eval().to(device, memory_format=torch.channels_last)
+
+
+def _checkpoint_from_file(path: Path) -> dict:
+    from . import weights
+
+    try:
+        return read_checkpoint(path)
+    except WeightsError as not_ours:
+        try:
+            state = weights.load_timm_pickle(path)
+        except WeightsError:
+            raise not_ours from None
+        return _hsemotion_checkpoint(state, weights.sha256(path))
+
+
+def _checkpoint_from_registry(name: str, progress) -> tuple[dict, Path]:
+    from . import weights
+
+    entry = weights.registry()[name]
+    raw = weights.fetch(name, progress=progress)
+    if entry.format == CHECKPOINT_FORMAT:
+        return read_checkpoint(raw), raw
+    digest = weights.sha256(raw)
+    # Converted once, then read as a plain checkpoint: no pickled modules on later runs.
+    converted = raw.with_name(f"{raw.stem}.{digest[:12]}.fer.pt")
+    if converted.exists():
+        return read_checkpoint(converted), raw
+    ckpt = _hsemotion_checkpoint(weights.load_timm_pickle(raw), digest)
+    net = model_from_checkpoint(ckpt, raw)
+    save_checkpoint(net, converted, weights_sha256=digest, source=entry.url)
+    return ckpt, raw
+
+
+def _hsemotion_checkpoint(timm_state: dict, digest: str) -> dict:
+    return {
+        "format": CHECKPOINT_FORMAT,
+        "version": CHECKPOINT_VERSION,
+        "config": HSEMOTION_CONFIG.to_dict(),
+        "state_dict": {f"backbone.{k}": v for k, v in timm_state.items()},
+        "weights_sha256": digest,
+    }

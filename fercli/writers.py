@@ -1,0 +1,188 @@
+"""Output tables: Parquet (with the run's metadata) or CSV, written so a crash never corrupts them.
+
+While a run goes on, each finished video is written as its own small Parquet file in a parts
+folder beside the output (`results.parquet.parts/`), each by write-then-rename. At the end (or
+on Ctrl-C) the parts and any rows already in the output are merged into the output, again by
+write-then-rename, and the parts folder is removed. A run killed outright leaves the previous
+output untouched and its finished videos in the parts folder, where `--resume` finds them.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Callable, Iterable
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from .errors import FerError
+
+METADATA_KEY = b"fer"
+PARTS_SUFFIX = ".parts"
+# Metadata that must agree for --resume to add rows to an existing table.
+RESUME_KEYS = ("model", "weights_sha256", "fps", "window", "per_frame", "all_faces")
+
+_LABELS = [
+    ("face", pa.bool_()),
+    ("valence", pa.int8()),
+    ("arousal", pa.int8()),
+    ("valence_score", pa.float32()),
+    ("arousal_score", pa.float32()),
+    ("valence_conf", pa.float32()),
+    ("arousal_conf", pa.float32()),
+]
+_SECOND_KEY = [("video", pa.string()), ("second", pa.int32()), ("start", pa.float64()), ("end", pa.float64())]
+_FRAME_KEY = [("video", pa.string()), ("frame", pa.int32()), ("time", pa.float64())]
+
+
+def schema(per_frame: bool = False, all_faces: bool = False) -> pa.Schema:
+    """The output columns, in order."""
+    cols = (_FRAME_KEY if per_frame else _SECOND_KEY) + _LABELS
+    if all_faces:
+        cols.insert(len(cols) - len(_LABELS), ("face_id", pa.int32()))
+    return pa.schema(cols)
+
+
+def output_format(path: Path) -> str:
+    ext = path.suffix.lower()
+    if ext in (".parquet", ".pq"):
+        return "parquet"
+    if ext == ".csv":
+        return "csv"
+    raise FerError(f"{path}: output must end in .parquet or .csv")
+
+
+def errors_path(out: Path) -> Path:
+    """The sidecar listing videos that failed: `<out stem>.errors.csv`."""
+    return out.with_name(f"{out.stem}.errors.csv")
+
+
+def read_table(path: str | Path) -> pd.DataFrame:
+    """Read a fer output (Parquet or CSV) into a DataFrame with nullable integer labels."""
+    path = Path(path)
+    if output_format(path) == "parquet":
+        return pq.read_table(path).to_pandas(types_mapper=_nullable)
+    df = pd.read_csv(path, dtype={"video": str})
+    for col in ("valence", "arousal", "face_id"):
+        if col in df:
+            df[col] = df[col].astype("Int64")
+    return df
+
+
+def read_metadata(path: str | Path) -> dict | None:
+    """The run metadata stored in a Parquet output, or None (CSV, or no metadata)."""
+    path = Path(path)
+    if output_format(path) != "parquet":
+        return None
+    meta = pq.read_schema(path).metadata or {}
+    return json.loads(meta[METADATA_KEY]) if METADATA_KEY in meta else None
+
+
+def _nullable(t: pa.DataType):
+    return {pa.int8(): pd.Int64Dtype(), pa.int32(): pd.Int64Dtype()}.get(t)
+
+
+class TableWriter:
+    """Collects finished videos and merges them into one output file at the end."""
+
+    def __init__(self, out: Path, metadata: dict, *, per_frame: bool, all_faces: bool, resume: bool):
+        self.out = Path(out)
+        self.format = output_format(self.out)
+        self.metadata = metadata
+        self.schema = schema(per_frame, all_faces)
+        self.parts = self.out.with_name(self.out.name + PARTS_SUFFIX)
+        self.out.parent.mkdir(parents=True, exist_ok=True)
+        if resume:
+            self._check_resumable()
+        elif self.parts.exists():
+            shutil.rmtree(self.parts)  # leftovers of an older run that was not resumed
+        self.parts.mkdir(exist_ok=True)
+
+    def done(self) -> set[str]:
+        """Videos already in the output or in finished parts."""
+        names: set[str] = set()
+        if self.out.exists():
+            names |= set(read_table(self.out)["video"])
+        for part in self._part_files():
+            names |= set(pq.read_table(part, columns=["video"])["video"].to_pylist())
+        return names
+
+    def add(self, video: str, rows: Iterable[dict]) -> int:
+        """Store one finished video's rows; returns how many."""
+        table = self._table([{**r, "video": video} for r in rows])
+        n = len(list(self.parts.glob("*.parquet")))
+        _atomic(self.parts / f"{n:06d}.parquet", lambda tmp: pq.write_table(table, tmp))
+        return table.num_rows
+
+    def finish(self, order: list[str]) -> int:
+        """Merge the output and the parts into the output; rows sorted by `order`, then time."""
+        frames = [read_table(self.out)] if self.out.exists() else []
+        frames += [pq.read_table(p).to_pandas(types_mapper=_nullable) for p in self._part_files()]
+        df = pd.concat(frames, ignore_index=True) if frames else self.schema.empty_table().to_pandas()
+        df = _sorted(df.drop_duplicates(subset=self._key(), keep="last"), order, self._key())
+        self._write(df)
+        shutil.rmtree(self.parts, ignore_errors=True)
+        return len(df)
+
+    def _key(self) -> list[str]:
+        keys = [n for n in ("video", "second", "frame", "face_id") if n in self.schema.names]
+        return keys
+
+    def _part_files(self) -> list[Path]:
+        return sorted(self.parts.glob("*.parquet")) if self.parts.exists() else []
+
+    def _table(self, rows: list[dict]) -> pa.Table:
+        cols = {name: [r.get(name) for r in rows] for name in self.schema.names}
+        return pa.Table.from_pydict(cols, schema=self.schema)
+
+    def _write(self, df: pd.DataFrame) -> None:
+        table = pa.Table.from_pandas(df[self.schema.names], schema=self.schema, preserve_index=False)
+        if self.format == "parquet":
+            table = table.replace_schema_metadata({METADATA_KEY: json.dumps(self.metadata).encode()})
+            _atomic(self.out, lambda tmp: pq.write_table(table, tmp))
+        else:
+            _atomic(self.out, lambda tmp: table.to_pandas(types_mapper=_nullable).to_csv(tmp, index=False))
+
+    def _check_resumable(self) -> None:
+        old = read_metadata(self.out) if self.out.exists() else None
+        if old is None:
+            return
+        clash = [k for k in RESUME_KEYS if old.get(k) != self.metadata.get(k)]
+        if clash:
+            detail = ", ".join(f"{k}: {old.get(k)!r} vs {self.metadata.get(k)!r}" for k in clash)
+            raise FerError(f"{self.out}: cannot resume, the table was made with other settings ({detail})")
+
+
+def write_errors(out: Path, errors: list[tuple[str, str]]) -> Path | None:
+    """Write `<out stem>.errors.csv` (video, error); remove a stale one when nothing failed."""
+    path = errors_path(out)
+    if not errors:
+        path.unlink(missing_ok=True)
+        return None
+    df = pd.DataFrame(errors, columns=["video", "error"])
+    _atomic(path, lambda tmp: df.to_csv(tmp, index=False))
+    return path
+
+
+def _sorted(df: pd.DataFrame, order: list[str], keys: list[str]) -> pd.DataFrame:
+    rank = {name: i for i, name in enumerate(order)}
+    # Videos from an earlier run that this run did not list keep their place ahead of the rest.
+    df = df.assign(_rank=df["video"].map(lambda v: rank.get(v, -1)))
+    by = ["_rank"] + keys
+    return df.sort_values(by, kind="stable", na_position="first").drop(columns="_rank").reset_index(drop=True)
+
+
+def _atomic(path: Path, write: Callable[[str], None]) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)

@@ -1,0 +1,120 @@
+"""Synthetic test media made from a real photograph (skimage's astronaut portrait).
+
+Every clip the tests use is built here, so the tests know exactly where each face is.
+"""
+
+from __future__ import annotations
+
+from fractions import Fraction
+from pathlib import Path
+from typing import Callable, Iterable, Sequence
+
+import av
+import numpy as np
+from PIL import Image
+from skimage import data
+
+# The portrait: a square cut of skimage.data.astronaut() around the face, in its pixels.
+PORTRAIT_BOX = (120, 20, 340, 240)  # x0, y0, x1, y1
+# The face inside that photograph, marked by hand (brow line to chin, cheek to cheek).
+ASTRONAUT_FACE = (177, 78, 270, 170)  # x0, y0, x1, y1
+
+Box = tuple[float, float, float, float]
+Placement = tuple[int, int, int]  # x, y of the portrait's top-left corner, portrait side (px)
+
+
+def portrait(side: int) -> np.ndarray:
+    """The astronaut portrait resized to side x side, RGB uint8."""
+    x0, y0, x1, y1 = PORTRAIT_BOX
+    img = Image.fromarray(data.astronaut()[y0:y1, x0:x1])
+    return np.asarray(img.resize((side, side), Image.BILINEAR))
+
+
+def face_box(placement: Placement) -> Box:
+    """Where the hand-marked face lands once the portrait is pasted at `placement`."""
+    x, y, side = placement
+    px0, py0, px1, _ = PORTRAIT_BOX
+    s = side / (px1 - px0)
+    fx0, fy0, fx1, fy1 = ASTRONAUT_FACE
+    return (x + (fx0 - px0) * s, y + (fy0 - py0) * s, x + (fx1 - px0) * s, y + (fy1 - py0) * s)
+
+
+def background(width: int, height: int, seed: int = 0) -> np.ndarray:
+    """A smooth grey-blue gradient with mild noise: no face-like structure."""
+    rng = np.random.default_rng(seed)
+    gx = np.linspace(90, 160, width)[None, :, None]
+    gy = np.linspace(0, 40, height)[:, None, None]
+    base = np.broadcast_to(gx + gy + np.array([0, 10, 25]), (height, width, 3))
+    noise = rng.normal(0, 3, (height, width, 3))
+    return np.clip(base + noise, 0, 255).astype(np.uint8)
+
+
+def scene(width: int, height: int, placements: Sequence[Placement], seed: int = 0) -> np.ndarray:
+    """A frame with one portrait pasted at each placement (clipped at the frame's edges)."""
+    frame = background(width, height, seed).copy()
+    for x, y, side in placements:
+        face = portrait(side)
+        fx0, fy0 = max(x, 0), max(y, 0)
+        fx1, fy1 = min(x + side, width), min(y + side, height)
+        if fx1 > fx0 and fy1 > fy0:
+            frame[fy0:fy1, fx0:fx1] = face[fy0 - y : fy1 - y, fx0 - x : fx1 - x]
+    return frame
+
+
+def write_video(
+    path: Path,
+    frames: Iterable[np.ndarray],
+    fps: float,
+    codec: str = "libx264",
+    pix_fmt: str = "yuv420p",
+    times: Sequence[float] | None = None,
+) -> Path:
+    """Encode RGB frames with PyAV. `times` (seconds) gives each frame's timestamp (variable rate)."""
+    path = Path(path)
+    rate = Fraction(fps).limit_denominator(1001)
+    with av.open(str(path), "w") as out:
+        stream = out.add_stream(codec, rate=rate)
+        stream.pix_fmt = pix_fmt
+        time_base = Fraction(1, 1000) if times is not None else 1 / rate
+        stream.codec_context.time_base = time_base
+        if codec == "libx264":
+            stream.options = {"crf": "18", "preset": "ultrafast"}
+        for i, img in enumerate(frames):
+            if i == 0:
+                stream.height, stream.width = img.shape[:2]
+            frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(img), format="rgb24")
+            frame.pts = round(times[i] * 1000) if times is not None else i
+            frame.time_base = time_base
+            for packet in stream.encode(frame):
+                out.mux(packet)
+        for packet in stream.encode():
+            out.mux(packet)
+    return path
+
+
+def make_clip(
+    path: Path,
+    seconds: float,
+    fps: float,
+    size: tuple[int, int],
+    placements: Callable[[float], Sequence[Placement]],
+    **write_kwargs,
+) -> Path:
+    """A clip of `seconds` at `fps` whose faces at time t are placements(t)."""
+    width, height = size
+    n = round(seconds * fps)
+    frames = (scene(width, height, placements(i / fps), seed=i) for i in range(n))
+    return write_video(path, frames, fps, **write_kwargs)
+
+
+def still_face(x: int = 60, y: int = 40, side: int = 160) -> Callable[[float], list[Placement]]:
+    return lambda t: [(x, y, side)]
+
+
+def write_frames(folder: Path, frames: Iterable[np.ndarray]) -> Path:
+    """An AFEW-VA style image sequence: 00000.png, 00001.png, ..."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    for i, img in enumerate(frames):
+        Image.fromarray(img).save(folder / f"{i:05d}.png")
+    return folder

@@ -1,0 +1,354 @@
+"""Weights registry, download cache and the safe HSEmotion loader (all offline)."""
+
+from __future__ import annotations
+
+import copy
+import functools
+import hashlib
+import json
+import logging
+import os
+import socket
+import subprocess
+import sys
+import threading
+import zipfile
+from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+import timm
+import torch
+
+from fercli import weights
+from fercli.errors import WeightsError
+from fercli.weights import WeightsEntry
+
+SERVED_BYTES = 2_500_000  # > 2 chunks of 1 MiB, so progress is reported several times
+
+
+# ---------------------------------------------------------------- local HTTP server
+
+
+class _QuietHandler(SimpleHTTPRequestHandler):
+    requests: list[str]
+
+    def do_GET(self):
+        self.requests.append(self.path)
+        super().do_GET()
+
+    def log_message(self, *args):  # keep pytest output clean
+        pass
+
+
+@pytest.fixture
+def server(tmp_path):
+    """Serves tmp_path/'www' on 127.0.0.1; yields (base_url, www_dir, request_log)."""
+    www = tmp_path / "www"
+    www.mkdir()
+    log: list[str] = []
+    handler = type("Handler", (_QuietHandler,), {"requests": log})
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(handler, directory=str(www)))
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{httpd.server_address[1]}", www, log
+    httpd.shutdown()
+    httpd.server_close()
+
+
+@pytest.fixture
+def cache(tmp_path, monkeypatch):
+    root = tmp_path / "cache"
+    monkeypatch.setenv("FER_CACHE_DIR", str(root))
+    return root
+
+
+def _serve(www: Path, name: str = "w.bin", size: int = SERVED_BYTES) -> bytes:
+    data = os.urandom(size)
+    (www / name).write_bytes(data)
+    return data
+
+
+def _entry(url: str, sha: str | None, filename: str = "w.bin") -> WeightsEntry:
+    return WeightsEntry("test", filename, url, sha, "timm-pickle", "test weights")
+
+
+# ---------------------------------------------------------------- registry and cache dir
+
+
+def test_shipped_registry_has_hsemotion():
+    entry = weights.registry()["hsemotion"]
+    assert entry.filename == "enet_b0_8_va_mtl.pt"
+    assert entry.url.startswith("https://github.com/HSE-asavchenko/face-emotion-recognition/")
+    assert entry.url.split("?")[0].endswith("/enet_b0_8_va_mtl.pt")
+    assert entry.format == "timm-pickle"
+    assert entry.sha256 is None or (len(entry.sha256) == 64 and int(entry.sha256, 16) >= 0)
+
+
+def test_package_registry_is_the_weights_registry():
+    pkg = Path(weights.__file__).with_name("registry.json")
+    top = Path(__file__).resolve().parents[1] / "weights" / "registry.json"
+    assert pkg.resolve() == top.resolve()
+    for fields in json.loads(top.read_text()).values():
+        assert fields["format"] in weights.FORMATS
+
+
+def test_cache_dir_precedence(monkeypatch, tmp_path):
+    monkeypatch.delenv("FER_CACHE_DIR", raising=False)
+    monkeypatch.delenv("XDG_CACHE_HOME", raising=False)
+    assert weights.cache_dir() == Path.home() / ".cache" / "fer"
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert weights.cache_dir() == tmp_path / "xdg" / "fer"
+    monkeypatch.setenv("FER_CACHE_DIR", str(tmp_path / "mine"))
+    assert weights.cache_dir() == tmp_path / "mine"
+
+
+def test_sha256_matches_hashlib(tmp_path):
+    data = os.urandom(3 * (1 << 20) + 7)  # crosses chunk boundaries
+    (tmp_path / "f").write_bytes(data)
+    assert weights.sha256(tmp_path / "f") == hashlib.sha256(data).hexdigest()
+
+
+def test_importing_weights_does_not_import_torch():
+    code = "import sys, fercli.weights; sys.exit('torch' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).parents[1]).returncode == 0
+
+
+# ---------------------------------------------------------------- fetch
+
+
+def test_fetch_downloads_verifies_and_reports_progress(server, cache):
+    url, www, requests = server
+    data = _serve(www)
+    seen: list[tuple[int, int | None]] = []
+    path = weights.fetch(_entry(f"{url}/w.bin", hashlib.sha256(data).hexdigest()),
+                         progress=lambda done, total: seen.append((done, total)))
+    assert path == cache / "w.bin"
+    assert weights.sha256(path) == hashlib.sha256(data).hexdigest()
+    done = [d for d, _ in seen]
+    assert all(a < b for a, b in zip(done, done[1:])) and len(done) >= 3
+    assert done[-1] == len(data) and {t for _, t in seen} == {len(data)}
+    assert sorted(p.name for p in cache.iterdir()) == ["w.bin"]  # no temp file left
+    weights.fetch(_entry(f"{url}/w.bin", hashlib.sha256(data).hexdigest()))
+    assert requests == ["/w.bin"]  # a good cached copy is not downloaded again
+
+
+def test_fetch_by_name_uses_registry(server, cache, monkeypatch):
+    url, www, _ = server
+    data = _serve(www, size=1000)
+    entry = _entry(f"{url}/w.bin", hashlib.sha256(data).hexdigest())
+    monkeypatch.setattr(weights, "registry", lambda: {"test": entry})
+    assert weights.fetch("test").read_bytes() == data
+    with pytest.raises(WeightsError, match="unknown weights name 'nope'"):
+        weights.fetch("nope")
+
+
+def test_corrupt_cached_file_is_downloaded_again(server, cache):
+    url, www, requests = server
+    data = _serve(www, size=5000)
+    cache.mkdir()
+    (cache / "w.bin").write_bytes(b"truncated")
+    path = weights.fetch(_entry(f"{url}/w.bin", hashlib.sha256(data).hexdigest()))
+    assert path.read_bytes() == data
+    assert requests == ["/w.bin"]
+
+
+def test_download_with_wrong_hash_leaves_nothing(server, cache):
+    url, www, _ = server
+    _serve(www, size=5000)
+    cache.mkdir()
+    (cache / "w.bin").write_bytes(b"stale")  # a bad cached copy must go too
+    wrong = hashlib.sha256(b"something else").hexdigest()
+    with pytest.raises(WeightsError, match=f"registry expects {wrong}") as err:
+        weights.fetch(_entry(f"{url}/w.bin", wrong))
+    assert url in str(err.value) and "\n" not in str(err.value)
+    assert list(cache.iterdir()) == []
+
+
+def test_server_down_names_url_and_target(cache):
+    with socket.socket() as s:  # a port nobody listens on once closed
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    url = f"http://127.0.0.1:{port}/enet.pt"
+    with pytest.raises(WeightsError) as err:
+        weights.fetch(_entry(url, None, filename="enet.pt"))
+    message = str(err.value)
+    assert url in message and str(cache / "enet.pt") in message
+    assert "place it at" in message and "\n" not in message
+    assert not (cache / "enet.pt").exists()
+    assert [p for p in cache.iterdir()] == []
+
+
+def test_http_404_is_a_weights_error(server, cache):
+    url, _, _ = server
+    with pytest.raises(WeightsError, match="404"):
+        weights.fetch(_entry(f"{url}/missing.pt", None))
+    assert list(cache.iterdir()) == []
+
+
+def test_no_hash_entry_records_sidecar_and_warns(server, cache, caplog):
+    url, www, _ = server
+    data = _serve(www, size=4096)
+    digest = hashlib.sha256(data).hexdigest()
+    with caplog.at_level(logging.WARNING, logger="fercli"):
+        path = weights.fetch(_entry(f"{url}/w.bin", None))
+    assert Path(f"{path}.sha256").read_text() == f"{digest}  w.bin\n"
+    assert any(digest in r.getMessage() and "unverified" in r.getMessage() for r in caplog.records)
+
+
+# ---------------------------------------------------------------- safe loading of HSEmotion's form
+
+
+def _hsemotion_like() -> torch.nn.Module:
+    torch.manual_seed(0)
+    model = timm.create_model("tf_efficientnet_b0", num_classes=10)
+    with torch.no_grad():  # non-default BN stats, so a loader that drops buffers shows up
+        for m in model.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_mean.uniform_(-0.1, 0.1)
+                m.running_var.uniform_(0.9, 1.1)
+    return model.eval()
+
+
+@pytest.fixture(scope="module")
+def saved(tmp_path_factory):
+    """(model, path of torch.save(model)) in the current timm's module layout."""
+    model = _hsemotion_like()
+    path = tmp_path_factory.mktemp("hse") / "enet_b0_8_va_mtl.pt"
+    torch.save(model, path)
+    return model, path
+
+
+def _outputs_match(state: dict, reference: torch.nn.Module) -> None:
+    fresh = timm.create_model("tf_efficientnet_b0", num_classes=10)
+    fresh.load_state_dict(state)
+    fresh.eval()
+    x = torch.randn(2, 3, 96, 96, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        torch.testing.assert_close(fresh(x), reference(x), rtol=0, atol=0)
+
+
+def _rewrite_pickle(src: Path, dst: Path, renames: dict[bytes, bytes]) -> None:
+    # torch.save writes protocol 2, whose GLOBAL opcode spells "module\nname\n" as plain
+    # newline-terminated text, so swapping names in data.pkl keeps the pickle valid.
+    with zipfile.ZipFile(src) as zin, zipfile.ZipFile(dst, "w", zipfile.ZIP_STORED) as zout:
+        for item in zin.infolist():
+            data = zin.read(item)
+            if item.filename.endswith("data.pkl"):
+                for old, new in renames.items():
+                    assert old in data, old
+                    data = data.replace(old, new)
+            zout.writestr(item, data)
+
+
+def test_whole_pickled_model_loads_to_same_outputs(saved):
+    model, path = saved
+    state = weights.load_timm_pickle(path)
+    assert state["classifier.weight"].shape == (10, 1280)
+    assert all(t.device.type == "cpu" for t in state.values())
+    _outputs_match(state, model)
+
+
+def test_plain_state_dict_is_accepted(saved, tmp_path):
+    model, _ = saved
+    torch.save(model.state_dict(), tmp_path / "sd.pt")
+    _outputs_match(weights.load_timm_pickle(tmp_path / "sd.pt"), model)
+
+
+def test_timm_0_6_module_paths_load(saved, tmp_path):
+    model, path = saved
+    old = tmp_path / "old.pt"
+    _rewrite_pickle(path, old, {
+        b"ctimm.models._efficientnet_blocks\n": b"ctimm.models.efficientnet_blocks\n",
+        b"ctimm.layers.conv2d_same\n": b"ctimm.models.layers.conv2d_same\n",
+        b"ctimm.layers.norm_act\n": b"ctimm.models.layers.norm_act\n",
+        b"ctimm.layers.adaptive_avgmax_pool\n": b"ctimm.models.layers.adaptive_avgmax_pool\n",
+    })
+    _outputs_match(weights.load_timm_pickle(old), model)
+
+
+def test_timm_0_4_layout_loads(tmp_path):
+    # timm 0.4 kept SqueezeExcite's gate as a plain function attribute and HSEmotion's
+    # notebooks wrap the head as Sequential(Linear), saved under classifier.0.*.
+    from timm.layers.activations import sigmoid
+    from timm.layers.linear import Linear
+
+    reference = _hsemotion_like()
+    model = copy.deepcopy(reference)
+    head = Linear(1280, 10)
+    head.load_state_dict(model.classifier.state_dict())
+    model.classifier = torch.nn.Sequential(head)
+    for m in model.modules():
+        if type(m).__name__ == "SqueezeExcite":
+            del m.gate
+            m.gate_fn = sigmoid
+    new, old = tmp_path / "new.pt", tmp_path / "old.pt"
+    torch.save(model, new)
+    _rewrite_pickle(new, old, {
+        b"ctimm.models._efficientnet_blocks\n": b"ctimm.models.efficientnet_blocks\n",
+        b"ctimm.layers.activations\nsigmoid\n": b"ctimm.models.layers.activations\nsigmoid\n",
+        b"ctimm.layers.linear\n": b"ctimm.models.layers.linear\n",
+        b"ctimm.layers.conv2d_same\n": b"ctimm.models.layers.conv2d_same\n",
+    })
+    state = weights.load_timm_pickle(old)
+    assert "classifier.weight" in state and "classifier.0.weight" not in state
+    _outputs_match(state, reference)
+
+
+def test_allowlist_is_classes_only():
+    allowed = weights._safe_globals()
+    assert all(isinstance(g if not isinstance(g, tuple) else g[0], type) for g in allowed)
+    # every current class is named exactly as a pickle would name it
+    for g in allowed:
+        if not isinstance(g, tuple):
+            assert f"{g.__module__}.{g.__qualname__}" in weights.SAFE_CLASSES
+
+
+class _Payload:
+    """Pickles to a call of os.system: the classic malicious checkpoint."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+class _CustomNet(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc = torch.nn.Linear(2, 2)
+
+
+def test_malicious_pickle_is_refused_and_never_runs(tmp_path):
+    marker = tmp_path / "pwned"
+    torch.save({"model": _Payload(marker)}, tmp_path / "evil.pt")
+    with pytest.raises(WeightsError, match="not on the safe allowlist") as err:
+        weights.load_timm_pickle(tmp_path / "evil.pt")
+    assert str(tmp_path / "evil.pt") in str(err.value) and "system" in str(err.value)
+    assert not marker.exists()
+
+
+def test_unlisted_module_class_is_refused(tmp_path):
+    torch.save(_CustomNet(), tmp_path / "custom.pt")
+    with pytest.raises(WeightsError, match="_CustomNet"):
+        weights.load_timm_pickle(tmp_path / "custom.pt")
+
+
+@pytest.mark.parametrize("kind", ["random", "text", "zip", "resnet", "head8", "missing"])
+def test_wrong_files_are_weights_errors(tmp_path, kind):
+    path = tmp_path / f"{kind}.pt"
+    if kind == "random":
+        path.write_bytes(os.urandom(4096))
+    elif kind == "text":
+        path.write_text("this is not a model\n")
+    elif kind == "zip":
+        with zipfile.ZipFile(path, "w") as z:
+            z.writestr("readme.txt", "hello")
+    elif kind == "resnet":
+        torch.save({"conv1.weight": torch.zeros(64, 3, 7, 7), "fc.weight": torch.zeros(1000, 2048)}, path)
+    elif kind == "head8":
+        torch.save(timm.create_model("tf_efficientnet_b0", num_classes=8).state_dict(), path)
+    with pytest.raises(WeightsError) as err:
+        weights.load_timm_pickle(path)
+    assert str(path) in str(err.value) and "\n" not in str(err.value)

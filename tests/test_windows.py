@@ -1,0 +1,107 @@
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from fercli.windows import Aggregator, FrameFeatures, fill_window, label_units, n_seconds, rows
+
+
+def feat(k):
+    return torch.full((3,), float(k))
+
+
+def tags(window):
+    return window[:, 0].int().tolist()
+
+
+@pytest.mark.parametrize("duration,expected", [(3.0, 3), (3.01, 4), (0.04, 1), (2.999, 3), (0.0, 0)])
+def test_rows_per_clip_is_ceil_of_duration(duration, expected):
+    assert n_seconds(duration) == expected
+
+
+def test_fill_window_forward_then_back():
+    assert fill_window([None, feat(1), None, feat(3)]) is not None
+    assert tags(fill_window([None, feat(1), None, feat(3)])) == [1, 1, 1, 3]
+    assert tags(fill_window([None, None, feat(2)], before=feat(9))) == [9, 9, 2]
+    assert fill_window([None, None]) is None
+
+
+def push_all(agg, fps, n, present):
+    units = []
+    for k in range(n):
+        faces = {0: feat(k)} if k in present else {}
+        units += agg.push(FrameFeatures(k, k / fps, faces))
+    return units + agg.finish()
+
+
+def test_window_for_each_second_ends_with_its_last_sample():
+    # fps 2, T 3, 2.5 s: samples at 0, .5, 1, 1.5, 2; the face is missed at t = 1.0 (k = 2).
+    agg = Aggregator(window=3, duration=2.5, window_model=True)
+    units = push_all(agg, fps=2, n=5, present={0, 1, 3, 4})
+    assert [u.key["second"] for u in units] == [0, 1, 2]
+    assert [u.key["end"] for u in units] == [1.0, 2.0, 2.5]
+    # second 0: padded on the left with its first face; second 1: k=2 holds k=1;
+    # second 2: k=2 (outside the face samples) is filled from k=1, which left the window.
+    assert [tags(u.window) for u in units] == [[0, 0, 1], [1, 1, 3], [1, 3, 4]]
+
+
+def test_faceless_seconds_are_kept_with_no_window():
+    agg = Aggregator(window=2, duration=3.0, window_model=True)
+    units = push_all(agg, fps=2, n=6, present={0, 1, 4, 5})
+    assert [(u.key["second"], u.has_face) for u in units] == [(0, True), (1, False), (2, True)]
+    assert units[1].face_id is None
+    # second 2 starts after a faceless second: its window holds only its own frames
+    assert tags(units[2].window) == [4, 5]
+
+
+def test_second_without_samples_still_gets_a_row():
+    # fps 0.5: samples at 0, 2, 4 -> seconds 1 and 3 contain none
+    agg = Aggregator(window=1, duration=5.0, window_model=True)
+    units = push_all(agg, fps=0.5, n=3, present={0, 1, 2})
+    assert [(u.key["second"], u.has_face) for u in units] == [(0, True), (1, False), (2, True), (3, False), (4, True)]
+
+
+def test_frame_model_averages_its_seconds_samples():
+    agg = Aggregator(window=1, duration=2.0, window_model=False)
+    units = []
+    scores = [(1.0, -2.0), (3.0, -4.0), (5.0, 5.0), (7.0, 7.0)]
+    for k, s in enumerate(scores):
+        units += agg.push(FrameFeatures(k, k / 2, {0: torch.tensor(s)}))
+    units += agg.finish()
+    assert [u.scores.tolist() for u in units] == [[2.0, -3.0], [6.0, 6.0]]
+
+
+def test_per_frame_units():
+    agg = Aggregator(window=2, duration=1.5, window_model=True, per_frame=True)
+    units = push_all(agg, fps=2, n=3, present={0, 2})
+    assert [(u.key["frame"], u.key["time"], u.has_face) for u in units] == [(0, 0.0, True), (1, 0.5, False), (2, 1.0, True)]
+    assert tags(units[2].window) == [0, 2]
+
+
+def test_labels_from_logits_match_numpy():
+    torch.manual_seed(0)
+    logits_v, logits_a = torch.randn(2, 21), torch.randn(2, 21)
+    head = lambda w: (logits_v[: len(w)], logits_a[: len(w)])
+    agg = Aggregator(window=1, duration=2.0, window_model=True)
+    units = push_all(agg, fps=1, n=2, present={0, 1})
+    labels = label_units(units, head)
+    for i, lab in enumerate(labels):
+        p = np.exp(logits_v[i].numpy().astype(np.float64))
+        p /= p.sum()
+        assert lab["valence"] == int(np.argmax(p)) - 10
+        assert lab["valence_score"] == pytest.approx(float((p * np.arange(-10, 11)).sum()), abs=1e-5)
+        assert lab["valence_conf"] == pytest.approx(float(p.max()), abs=1e-6)
+
+
+def test_frame_scores_round_half_away_from_zero_and_rows_carry_keys():
+    agg = Aggregator(window=1, duration=3.0, window_model=False)
+    units = []
+    for k, v in enumerate([2.5, -2.5, 0.49]):
+        units += agg.push(FrameFeatures(k, float(k), {0: torch.tensor([v, 10.0])}))
+    out = list(rows(units + agg.finish(), head=None, batch=2))
+    assert [r["valence"] for r in out] == [3, -3, 0]
+    assert [r["arousal"] for r in out] == [10, 10, 10]
+    assert all(r["valence_conf"] is None and r["face"] for r in out)
+    assert [r["second"] for r in out] == [0, 1, 2]
+    assert math.isclose(out[2]["valence_score"], 0.49, rel_tol=1e-6)

@@ -1,0 +1,132 @@
+import json
+
+import pandas as pd
+import pyarrow.parquet as pq
+import pytest
+
+from fercli.errors import FerError
+from fercli.writers import TableWriter, errors_path, read_metadata, read_table, schema, write_errors
+
+META = {"model": "m.pt", "weights_sha256": "ab" * 32, "fps": 5.0, "window": 5, "per_frame": False, "all_faces": False}
+
+
+def second_rows(n, face_every=1):
+    out = []
+    for s in range(n):
+        face = s % face_every == 0
+        out.append(
+            {
+                "second": s,
+                "start": float(s),
+                "end": float(s + 1),
+                "face": face,
+                "valence": (s % 21) - 10 if face else None,
+                "arousal": -((s % 21) - 10) if face else None,
+                "valence_score": 0.5 * s if face else None,
+                "arousal_score": -0.25 * s if face else None,
+                "valence_conf": 0.5 if face else None,
+                "arousal_conf": 0.25 if face else None,
+            }
+        )
+    return out
+
+
+def writer(out, resume=False, meta=META, **kw):
+    return TableWriter(out, meta, per_frame=kw.get("per_frame", False), all_faces=kw.get("all_faces", False), resume=resume)
+
+
+def test_parquet_schema_types_and_metadata(tmp_path):
+    out = tmp_path / "r.parquet"
+    w = writer(out)
+    w.add("a.mp4", second_rows(3, face_every=2))
+    assert w.finish(["a.mp4"]) == 3
+    table = pq.read_table(out)
+    assert table.schema.names == [
+        "video", "second", "start", "end", "face", "valence", "arousal",
+        "valence_score", "arousal_score", "valence_conf", "arousal_conf",
+    ]  # fmt: skip
+    assert str(table.schema.field("valence").type) == "int8"
+    assert table.column("valence").to_pylist() == [-10, None, -8]
+    assert read_metadata(out) == META
+    assert not (tmp_path / "r.parquet.parts").exists()
+
+
+def test_all_faces_and_per_frame_schemas():
+    assert schema(all_faces=True).names[4:6] == ["face_id", "face"]
+    assert schema(per_frame=True).names[:3] == ["video", "frame", "time"]
+
+
+def test_csv_holds_the_same_content_as_parquet(tmp_path):
+    for name in ("r.parquet", "r.csv"):
+        w = writer(tmp_path / name)
+        w.add("b/x.mp4", second_rows(4, face_every=3))
+        w.add("a.mp4", second_rows(2))
+        w.finish(["b/x.mp4", "a.mp4"])
+    pq_df, csv_df = read_table(tmp_path / "r.parquet"), read_table(tmp_path / "r.csv")
+    pd.testing.assert_frame_equal(pq_df, csv_df, check_dtype=False, atol=1e-6)
+    assert list(pq_df["video"]) == ["b/x.mp4"] * 4 + ["a.mp4"] * 2
+
+
+def test_unknown_extension_is_refused(tmp_path):
+    with pytest.raises(FerError, match="r.txt"):
+        writer(tmp_path / "r.txt")
+
+
+def test_killed_run_keeps_old_output_and_parts_for_resume(tmp_path):
+    out = tmp_path / "r.parquet"
+    w = writer(out)
+    w.add("a.mp4", second_rows(2))
+    w.finish(["a.mp4"])
+    before = out.read_bytes()
+    w = writer(out, resume=True)
+    w.add("b.mp4", second_rows(3))  # ... and then the process dies: no finish()
+    assert out.read_bytes() == before
+    w2 = writer(out, resume=True)
+    assert w2.done() == {"a.mp4", "b.mp4"}
+    w2.add("c.mp4", second_rows(1))
+    w2.finish(["a.mp4", "b.mp4", "c.mp4"])
+    assert list(read_table(out)["video"]) == ["a.mp4"] * 2 + ["b.mp4"] * 3 + ["c.mp4"]
+
+
+def test_resume_matches_clean_run(tmp_path):
+    clean = writer(tmp_path / "clean.parquet")
+    for v, n in [("a", 2), ("b", 3), ("c", 1)]:
+        clean.add(v, second_rows(n))
+    clean.finish(["a", "b", "c"])
+    part = writer(tmp_path / "res.parquet")
+    part.add("b", second_rows(3))
+    part.finish(["a", "b", "c"])
+    res = writer(tmp_path / "res.parquet", resume=True)
+    assert res.done() == {"b"}
+    res.add("a", second_rows(2))
+    res.add("c", second_rows(1))
+    res.finish(["a", "b", "c"])
+    pd.testing.assert_frame_equal(read_table(tmp_path / "clean.parquet"), read_table(tmp_path / "res.parquet"))
+
+
+def test_resume_with_other_settings_is_refused(tmp_path):
+    out = tmp_path / "r.parquet"
+    w = writer(out)
+    w.add("a", second_rows(1))
+    w.finish(["a"])
+    with pytest.raises(FerError, match="window"):
+        writer(out, resume=True, meta={**META, "window": 9})
+
+
+def test_new_run_without_resume_drops_stale_parts(tmp_path):
+    out = tmp_path / "r.parquet"
+    w = writer(out)
+    w.add("old", second_rows(1))
+    w = writer(out)
+    assert w.done() == set()
+    w.add("new", second_rows(1))
+    w.finish(["new"])
+    assert list(read_table(out)["video"]) == ["new"]
+
+
+def test_errors_sidecar_written_and_cleared(tmp_path):
+    out = tmp_path / "results.parquet"
+    path = write_errors(out, [("bad.mp4", "bad.mp4: not a video")])
+    assert path == errors_path(out) == tmp_path / "results.errors.csv"
+    assert pd.read_csv(path).to_dict("records") == [{"video": "bad.mp4", "error": "bad.mp4: not a video"}]
+    assert write_errors(out, []) is None and not path.exists()
