@@ -33,29 +33,29 @@ def find_clips(paths: Iterable[str | Path]) -> Inputs:
     """
     clips: list[Clip] = []
     seen: set[Path] = set()
-    skipped = 0
+    skipped: set[Path] = set()
     missing = []
     for arg in paths:
         root = Path(arg)
         if not root.exists():
             missing.append(root)
             continue
-        found, n_skipped = _walk(root) if root.is_dir() else (_single(root), 0)
-        skipped += n_skipped
+        found, others = _walk(root) if root.is_dir() else (_single(root), [])
+        skipped.update(p.resolve() for p in others)
         for clip in found:
             key = clip.path.resolve()
             if key not in seen:
                 seen.add(key)
                 clips.append(clip)
-    return Inputs(clips, skipped, missing)
+    return Inputs(clips, len(skipped), missing)
 
 
 def _single(path: Path) -> list[Clip]:
     return [Clip(path, path.name)] if path.suffix.lower() in VIDEO_EXTENSIONS else []
 
 
-def _walk(root: Path) -> tuple[list[Clip], int]:
-    clips, skipped = [], 0
+def _walk(root: Path) -> tuple[list[Clip], list[Path]]:
+    clips, skipped = [], []
     for folder, dirs, files in os.walk(root):
         dirs.sort()
         here = Path(folder)
@@ -64,8 +64,8 @@ def _walk(root: Path) -> tuple[list[Clip], int]:
         if images and not videos:
             name = here.relative_to(root).as_posix() if here != root else root.name
             clips.append(Clip(here, name, frames=True))
-            skipped += len(files) - len(images)
+            skipped += [here / f for f in files if f not in images]
             continue
         clips += [Clip(here / f, (here / f).relative_to(root).as_posix()) for f in videos]
-        skipped += len(files) - len(videos)
+        skipped += [here / f for f in files if f not in videos]
     return clips, skipped

@@ -17,7 +17,7 @@ import zipfile
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING, BinaryIO, Callable
 
 from fercli.errors import WeightsError
 
@@ -64,16 +64,18 @@ SAFE_CLASSES = (
 )
 
 # A pickle names each class by the module path it had when saved. HSEmotion's files
-# were written by timm 0.4-0.6, before timm moved `timm.models.layers` to `timm.layers`
+# date from timm 0.4-0.6 (2021-22), before timm moved `timm.models.layers` to `timm.layers`
 # (0.9) and `efficientnet_blocks` to `_efficientnet_blocks` (0.8). Map old path ->
 # current class so those files load without widening the allowlist.
+_BLOCKS = "timm.models._efficientnet_blocks"
 OLD_PATHS = {
-    "timm.models.efficientnet_blocks.DepthwiseSeparableConv": "timm.models._efficientnet_blocks.DepthwiseSeparableConv",
-    "timm.models.efficientnet_blocks.InvertedResidual": "timm.models._efficientnet_blocks.InvertedResidual",
-    "timm.models.efficientnet_blocks.SqueezeExcite": "timm.models._efficientnet_blocks.SqueezeExcite",
+    "timm.models.efficientnet_blocks.DepthwiseSeparableConv": f"{_BLOCKS}.DepthwiseSeparableConv",
+    "timm.models.efficientnet_blocks.InvertedResidual": f"{_BLOCKS}.InvertedResidual",
+    "timm.models.efficientnet_blocks.SqueezeExcite": f"{_BLOCKS}.SqueezeExcite",
     "timm.models.layers.conv2d_same.Conv2dSame": "timm.layers.conv2d_same.Conv2dSame",
     "timm.models.layers.norm_act.BatchNormAct2d": "timm.layers.norm_act.BatchNormAct2d",
-    "timm.models.layers.adaptive_avgmax_pool.SelectAdaptivePool2d": "timm.layers.adaptive_avgmax_pool.SelectAdaptivePool2d",
+    "timm.models.layers.adaptive_avgmax_pool.SelectAdaptivePool2d":
+        "timm.layers.adaptive_avgmax_pool.SelectAdaptivePool2d",
     "timm.models.layers.linear.Linear": "timm.layers.linear.Linear",
     "timm.models.layers.activations.Swish": "timm.layers.activations.Swish",
     "timm.models.layers.activations_me.SwishMe": "timm.layers.activations_me.SwishMe",
@@ -99,7 +101,7 @@ class WeightsEntry:
 
 
 def cache_dir() -> Path:
-    """Directory for downloaded weights: $FER_CACHE_DIR, else $XDG_CACHE_HOME/fer, else ~/.cache/fer."""
+    """Where downloads go: $FER_CACHE_DIR, else $XDG_CACHE_HOME/fer, else ~/.cache/fer."""
     if os.environ.get("FER_CACHE_DIR"):
         return Path(os.environ["FER_CACHE_DIR"]).expanduser()
     if os.environ.get("XDG_CACHE_HOME"):
@@ -200,7 +202,9 @@ def _download(
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
         # Same directory as the target, so os.replace is an atomic rename, never a copy.
-        fd, tmp_name = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".part")
+        fd, tmp_name = tempfile.mkstemp(
+            dir=target.parent, prefix=f".{target.name}.", suffix=".part"
+        )
     except OSError as e:
         raise WeightsError(f"cannot write to {target.parent} ({_first_line(e)})") from e
     tmp = Path(tmp_name)
@@ -215,10 +219,15 @@ def _download(
         os.replace(tmp, target)
         return digest
     finally:
-        pass
+        tmp.unlink(missing_ok=True)
 
 
-def _stream(url: str, out, progress, target: Path) -> str:
+def _stream(
+    url: str,
+    out: BinaryIO,
+    progress: Callable[[int, int | None], None] | None,
+    target: Path,
+) -> str:
     digest = hashlib.sha256()
     done = 0
     try:

@@ -111,7 +111,8 @@ def test_sha256_matches_hashlib(tmp_path):
 
 def test_importing_weights_does_not_import_torch():
     code = "import sys, fercli.weights; sys.exit('torch' in sys.modules)"
-    assert subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).parents[1]).returncode == 0
+    result = subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).parents[1])
+    assert result.returncode == 0
 
 
 # ---------------------------------------------------------------- fetch
@@ -346,7 +347,8 @@ def test_wrong_files_are_weights_errors(tmp_path, kind):
         with zipfile.ZipFile(path, "w") as z:
             z.writestr("readme.txt", "hello")
     elif kind == "resnet":
-        torch.save({"conv1.weight": torch.zeros(64, 3, 7, 7), "fc.weight": torch.zeros(1000, 2048)}, path)
+        resnet = {"conv1.weight": torch.zeros(64, 3, 7, 7), "fc.weight": torch.zeros(1000, 2048)}
+        torch.save(resnet, path)
     elif kind == "head8":
         torch.save(timm.create_model("tf_efficientnet_b0", num_classes=8).state_dict(), path)
     with pytest.raises(WeightsError) as err:

@@ -1,0 +1,98 @@
+"""Shared fixtures: checkpoints with random weights and a folder of synthetic clips, built once."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+import media
+
+
+def pytest_collection_modifyitems(config, items):
+    if not torch.cuda.is_available():
+        skip = pytest.mark.skip(reason="needs a CUDA GPU")
+        for item in items:
+            if "requires_cuda" in item.keywords:
+                item.add_marker(skip)
+
+
+@pytest.fixture(autouse=True)
+def _isolated_cache(tmp_path_factory, monkeypatch):
+    # Never touch the user's weights cache, and never download.
+    monkeypatch.setenv("FER_CACHE_DIR", str(tmp_path_factory.getbasetemp() / "cache"))
+
+
+@pytest.fixture(scope="session")
+def lstm_checkpoint(tmp_path_factory) -> Path:
+    from fercli.model import EfficientNetLSTM, ModelConfig, save_checkpoint
+
+    torch.manual_seed(0)
+    net = EfficientNetLSTM(ModelConfig(fps=5.0, window=5, hidden=32))
+    # Random heads give near-uniform distributions; scale them so labels vary with the input.
+    with torch.no_grad():
+        net.valence_head.weight.mul_(20)
+        net.arousal_head.weight.mul_(20)
+    return save_checkpoint(net.eval(), tmp_path_factory.mktemp("ckpt") / "lstm.pt")
+
+
+@pytest.fixture(scope="session")
+def frame_checkpoint(tmp_path_factory) -> Path:
+    from fercli.model import HSEMOTION_CONFIG, HSEmotionNet, save_checkpoint
+
+    torch.manual_seed(1)
+    return save_checkpoint(HSEmotionNet(HSEMOTION_CONFIG).eval(), tmp_path_factory.mktemp("ckpt") / "frame.pt")
+
+
+# Big face left, small face right, far enough apart that neither crop holds the other.
+BIG, SMALL = (20, 40, 200), (470, 150, 110)
+
+
+def gap_faces(t):
+    return [] if 2.0 <= t < 4.0 else [(60 + int(20 * t), 40, 160)]
+
+
+CLIPS = {
+    # name: (seconds, fps, size, placements, writer options)
+    "moving.mp4": (4.0, 25, (320, 240), lambda t: [(20 + int(30 * t), 30, 170)], {}),
+    "sub/gap.mkv": (5.0, 30, (320, 240), gap_faces, {}),
+    "two.mkv": (3.0, 25, (640, 360), lambda t: [BIG, SMALL], {"codec": "ffv1", "pix_fmt": "yuv444p"}),
+    "big_only.mkv": (3.0, 25, (640, 360), lambda t: [BIG], {"codec": "ffv1", "pix_fmt": "yuv444p"}),
+    "odd.avi": (3.2, 12.5, (321, 241), media.still_face(60, 30, 170), {"codec": "mjpeg", "pix_fmt": "yuvj420p"}),
+}
+DURATIONS = {name: spec[0] for name, spec in CLIPS.items()} | {"afew/001": 30 / 25}
+BROKEN = ["broken/empty.mp4", "broken/notavideo.mov", "broken/truncated.mp4"]
+
+
+@pytest.fixture(scope="session")
+def clips_dir(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("videos")
+    for name, (seconds, fps, size, placements, opts) in CLIPS.items():
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        media.make_clip(root / name, seconds, fps, size, placements, **opts)
+    media.write_frames(root / "afew" / "001", (media.scene(240, 200, [(40, 20, 150)], seed=i) for i in range(30)))
+    (root / "afew" / "001" / "001.json").write_text("{}")  # AFEW-VA keeps labels beside the frames
+    (root / "notes.txt").write_text("not a video")
+    return root
+
+
+@pytest.fixture(scope="session")
+def broken_dir(tmp_path_factory, clips_dir) -> Path:
+    root = tmp_path_factory.mktemp("broken") / "broken"
+    root.mkdir()
+    (root / "empty.mp4").write_bytes(b"")
+    (root / "notavideo.mov").write_text("this is text, not a movie\n" * 20)
+    data = (clips_dir / "moving.mp4").read_bytes()
+    (root / "truncated.mp4").write_bytes(data[: len(data) // 3])
+    return root
+
+
+@pytest.fixture()
+def work_copy(tmp_path, clips_dir, broken_dir) -> Path:
+    """A fresh copy of all clips, the broken ones included, for tests that write beside them."""
+    root = tmp_path / "in"
+    shutil.copytree(clips_dir, root)
+    shutil.copytree(broken_dir, root / "broken")
+    return root

@@ -1,0 +1,121 @@
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pandas as pd
+import pyarrow.parquet as pq
+import pytest
+from typer.testing import CliRunner
+
+from fercli.cli import app
+from fercli.writers import read_table
+
+runner = CliRunner()
+
+
+def fer(*args):
+    return runner.invoke(app, [str(a) for a in args])
+
+
+def test_help_is_quick_and_has_examples():
+    start = time.perf_counter()
+    proc = subprocess.run([sys.executable, "-m", "fercli.cli", "--help"], capture_output=True, text=True)
+    assert proc.returncode == 0 and "annotate" in proc.stdout
+    check = "import sys, fercli.cli; print(sorted(m for m in ('torch','decord','mediapipe') if m in sys.modules))"
+    assert subprocess.run([sys.executable, "-c", check], capture_output=True, text=True).stdout.strip() == "[]"
+    result = fer("annotate", "--help")
+    assert "Examples" in result.output and "--resume" in result.output
+
+
+@pytest.fixture(scope="module")
+def clean_run(tmp_path_factory, clips_dir, broken_dir, lstm_checkpoint):
+    out = tmp_path_factory.mktemp("cli") / "clean.parquet"
+    result = fer("annotate", clips_dir, broken_dir, "--out", out, "--model", lstm_checkpoint)
+    return result, out
+
+
+def test_exit_status_and_errors_file(clean_run):
+    result, out = clean_run
+    assert result.exit_code == 1, result.output
+    errors = pd.read_csv(out.with_name("clean.errors.csv"))
+    assert sorted(errors.video) == ["empty.mp4", "notavideo.mov", "truncated.mp4"]
+    assert "3 failed" in result.output
+
+
+def test_all_good_exits_zero_and_csv_equals_parquet(tmp_path, clips_dir, clean_run, lstm_checkpoint):
+    _, clean_out = clean_run
+    out = tmp_path / "r.csv"
+    result = fer("annotate", clips_dir, "--out", out, "--model", lstm_checkpoint)
+    assert result.exit_code == 0, result.output
+    assert not (tmp_path / "r.errors.csv").exists()
+    pd.testing.assert_frame_equal(read_table(out), read_table(clean_out), check_dtype=False, atol=1e-5)
+
+
+def test_resume_gives_the_same_table_as_a_clean_run(tmp_path, clips_dir, broken_dir, clean_run, lstm_checkpoint):
+    _, clean_out = clean_run
+    out = tmp_path / "r.parquet"
+    first = fer("annotate", clips_dir / "moving.mp4", clips_dir / "sub", "--out", out, "--model", lstm_checkpoint)
+    assert first.exit_code == 0, first.output
+    # the same inputs as the clean run, given differently: the video names must still agree
+    result = fer("annotate", clips_dir, broken_dir, "--out", out, "--model", lstm_checkpoint, "--resume")
+    assert result.exit_code == 1
+    assert "resumed" in result.output
+    pd.testing.assert_frame_equal(read_table(out), read_table(clean_out))
+
+
+def test_resume_refuses_another_model(tmp_path, clips_dir, lstm_checkpoint, frame_checkpoint):
+    out = tmp_path / "r.parquet"
+    assert fer("annotate", clips_dir / "odd.avi", "--out", out, "--model", lstm_checkpoint).exit_code == 0
+    result = fer("annotate", clips_dir, "--out", out, "--model", frame_checkpoint, "--resume")
+    assert result.exit_code == 2 and "cannot resume" in result.output
+
+
+def test_bad_arguments_exit_two(tmp_path, clips_dir, lstm_checkpoint):
+    assert fer("annotate", tmp_path / "nope", "--out", tmp_path / "r.parquet", "--model", lstm_checkpoint).exit_code == 2
+    assert fer("annotate", clips_dir, "--out", tmp_path / "r.txt", "--model", lstm_checkpoint).exit_code == 2
+    bad = tmp_path / "bad.pt"
+    bad.write_text("not weights")
+    result = fer("annotate", clips_dir, "--out", tmp_path / "r.parquet", "--model", bad)
+    assert result.exit_code == 2 and "bad.pt" in result.output
+
+
+def _start(out, inputs, model, *extra):
+    cmd = [sys.executable, "-m", "fercli.cli", "annotate", *map(str, inputs), "--out", str(out), "--model", str(model), *extra]
+    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+
+
+def _wait_for_first_part(proc, out, timeout=120):
+    parts = out.with_name(out.name + ".parts")
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and proc.poll() is None:
+        if parts.exists() and any(parts.glob("*.parquet")):
+            return
+        time.sleep(0.05)
+    pytest.fail(f"no finished video before the run ended: {proc.communicate()[0][-2000:]}")
+
+
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGINT])
+def test_interrupted_run_keeps_finished_videos_and_resume_completes(tmp_path, clips_dir, clean_run, lstm_checkpoint, sig):
+    _, clean_out = clean_run
+    clean = read_table(clean_out)
+    out = tmp_path / "r.parquet"
+    inputs = [clips_dir]
+    proc = _start(out, inputs, lstm_checkpoint)
+    _wait_for_first_part(proc, out)
+    proc.send_signal(sig)
+    proc.communicate(timeout=60)
+    if sig == signal.SIGINT:
+        assert proc.returncode == 130
+        partial = read_table(out)  # a whole, readable file holding the finished videos
+        done = partial.video.unique()
+        assert len(done) >= 1
+        pd.testing.assert_frame_equal(
+            partial.reset_index(drop=True), clean[clean.video.isin(done)].reset_index(drop=True)
+        )
+    else:
+        assert not out.exists()  # killed before the merge: no half-written output
+    proc = _start(out, inputs, lstm_checkpoint, "--resume")
+    assert proc.wait(timeout=300) == 0
+    pd.testing.assert_frame_equal(read_table(out), clean)

@@ -1,0 +1,147 @@
+import math
+
+import numpy as np
+import pandas as pd
+import pyarrow.parquet as pq
+import pytest
+import torch
+
+import fercli
+from conftest import BIG, BROKEN, DURATIONS
+from fercli.pipeline import AnnotateOptions
+from fercli.writers import read_metadata, read_table
+
+GOOD = sorted(DURATIONS)
+
+
+@pytest.fixture(scope="module")
+def lstm(lstm_checkpoint):
+    return fercli.load_model(lstm_checkpoint)
+
+
+@pytest.fixture(scope="module")
+def clean(tmp_path_factory, clips_dir, broken_dir, lstm):
+    """One full run over good and broken clips, shared by the checks below."""
+    out = tmp_path_factory.mktemp("out") / "results.parquet"
+    result = fercli.annotate([clips_dir, broken_dir], out, AnnotateOptions(model="lstm"), model=lstm)
+    return result, read_table(out)
+
+
+def test_one_row_per_second_including_the_partial_last(clean):
+    result, df = clean
+    counts = df.groupby("video").size().to_dict()
+    assert counts == {name: math.ceil(d) for name, d in DURATIONS.items()}
+    odd = df[df.video == "odd.avi"]
+    assert odd.second.tolist() == [0, 1, 2, 3]
+    assert odd.end.tolist() == pytest.approx([1.0, 2.0, 3.0, 3.2])
+
+
+def test_faceless_seconds_are_marked_not_dropped(clean):
+    _, df = clean
+    gap = df[df.video == "sub/gap.mkv"]
+    assert gap.face.tolist() == [True, True, False, False, True]
+    assert gap.valence.isna().tolist() == [False, False, True, True, False]
+    assert gap.valence_conf.isna().tolist() == [False, False, True, True, False]
+
+
+def test_labels_are_consistent_with_their_distribution(clean):
+    _, df = clean
+    faces = df[df.face]
+    assert faces.valence.between(-10, 10).all() and faces.arousal.between(-10, 10).all()
+    assert faces.valence_score.between(-10, 10).all()
+    assert (faces.valence_conf > 1 / 21).all() and (faces.valence_conf <= 1).all()
+    assert faces.valence.nunique() > 1  # the labels follow the input, not a constant
+
+
+def test_broken_inputs_are_reported_and_the_batch_goes_on(clean):
+    result, df = clean
+    failed = {v.video: v.error for v in result.videos if v.error}
+    assert set(failed) == {b.split("/", 1)[1] for b in BROKEN}
+    for name, error in failed.items():
+        assert name in error and "\n" not in error
+    errors = pd.read_csv(result.errors_file)
+    assert set(errors.video) == set(failed)
+    assert set(df.video) == set(GOOD)
+    assert result.skipped_files == 2  # notes.txt and AFEW-VA's 001.json
+
+
+def test_main_subject_is_the_big_face(clean):
+    _, df = clean
+    two = df[df.video == "two.mkv"].reset_index(drop=True)
+    alone = df[df.video == "big_only.mkv"].reset_index(drop=True)
+    cols = ["valence", "arousal", "valence_score", "arousal_score"]
+    pd.testing.assert_frame_equal(two[cols], alone[cols], atol=1e-4, check_dtype=False)
+
+
+def test_parquet_metadata_describes_the_run(clean, lstm):
+    result, _ = clean
+    meta = read_metadata(result.out)
+    assert meta["fps"] == 5.0 and meta["window"] == 5 and meta["arch"] == "efficientnet_lstm"
+    assert meta["weights_sha256"] == lstm.weights_sha256
+    assert meta["fer_version"] == fercli.__version__
+
+
+def test_rows_match_a_hand_run_of_the_model(clean, lstm, clips_dir):
+    """Second 0 of a clip, recomputed by hand: decode with PyAV, crop with the detector's box."""
+    import av
+
+    from fercli.faces import FaceDetector, crop
+    from fercli.model import to_input
+
+    _, df = clean
+    with av.open(str(clips_dir / "big_only.mkv")) as c:
+        frames = [f.to_ndarray(format="rgb24") for i, f in zip(range(25), c.decode(video=0))]
+    samples = frames[0:25:5]  # 5 frames/s from 25: t = 0, .2, .4, .6, .8
+    with FaceDetector() as det:
+        boxes = [det.detect(f)[0].box for f in samples]
+    crops = np.stack([crop(f, b, 224, lstm.config.preprocess.margin) for f, b in zip(samples, boxes)])
+    with torch.inference_mode():
+        v, a = lstm(to_input(crops, lstm.config.preprocess)[None])
+    p = v.softmax(-1)[0]
+    row = df[(df.video == "big_only.mkv") & (df.second == 0)].iloc[0]
+    assert row.valence == int(p.argmax()) - 10
+    assert row.valence_score == pytest.approx(float((p * torch.arange(-10, 11)).sum()), abs=0.05)
+
+
+def test_all_faces_gives_a_track_per_face(tmp_path, clips_dir, lstm):
+    out = tmp_path / "faces.parquet"
+    fercli.annotate([clips_dir / "two.mkv"], out, AnnotateOptions(all_faces=True), model=lstm)
+    df = read_table(out)
+    assert sorted(df.face_id.unique().tolist()) == [0, 1]
+    assert df.groupby("face_id").size().tolist() == [3, 3]
+    main = read_table(out).query("face_id == 0")  # the big face is found first (largest first)
+    assert main.face.all()
+
+
+def test_per_frame_rows(tmp_path, clips_dir, lstm):
+    out = tmp_path / "frames.csv"
+    fercli.annotate([clips_dir / "sub" / "gap.mkv"], out, AnnotateOptions(per_frame=True), model=lstm)
+    df = read_table(out)
+    assert df.frame.tolist() == list(range(25))  # 5 s at 5 frames/s
+    assert df.time.tolist() == pytest.approx([k / 5 for k in range(25)])
+    assert df.face.tolist() == [not (2.0 <= k / 5 < 4.0) for k in range(25)]
+
+
+def test_frame_model_averages_frame_scores(tmp_path, clips_dir, frame_checkpoint):
+    model = fercli.load_model(frame_checkpoint)
+    out = tmp_path / "h.parquet"
+    fercli.annotate([clips_dir / "odd.avi"], out, model=model)
+    sec = read_table(out)
+    out_f = tmp_path / "hf.parquet"
+    fercli.annotate([clips_dir / "odd.avi"], out_f, AnnotateOptions(per_frame=True), model=model)
+    frames = read_table(out_f)
+    frames["second"] = np.floor(frames.time + 1e-6).astype(int)
+    means = frames.groupby("second").valence_score.mean()
+    np.testing.assert_allclose(sec.valence_score, means.values, rtol=1e-5)
+    assert sec.valence_conf.isna().all()
+
+
+def test_tiny_and_faceless_video(tmp_path, lstm):
+    import media
+
+    path = media.write_video(tmp_path / "tiny.mp4", [media.background(16, 16)], fps=25)
+    out = tmp_path / "t.parquet"
+    result = fercli.annotate([path], out, model=lstm)
+    df = read_table(out)
+    assert not result.failed
+    assert len(df) == 1 and not df.face.any() and df.end.iloc[0] == pytest.approx(0.04)
