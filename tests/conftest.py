@@ -47,7 +47,7 @@ def frame_checkpoint(tmp_path_factory) -> Path:
 
 
 # Big face left, small face right, far enough apart that neither crop holds the other.
-BIG, SMALL = (20, 40, 200), (470, 150, 110)
+BIG, SMALL = (20, 40, 200), (430, 150, 150)
 
 
 def gap_faces(t):

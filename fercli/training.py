@@ -1,0 +1,625 @@
+"""`fer train`: the paper's EfficientNet-B0 + LSTM on AFEW-VA, evaluated on clips it never saw.
+
+Stages: check the data (data.read_dataset) -> build the model `fer annotate` runs, with its
+backbone weights -> face boxes, and with a frozen backbone one feature per frame (data.prepare,
+cached on disk, so every epoch after the first costs only the LSTM) -> windows and the split ->
+epochs of `train_one_epoch` and `validate`, early stopping on validation loss -> the best
+checkpoint scored once on the test part.
+
+The run folder records itself (after timm's train.py): config.json (resolved options),
+split.json (the clip or window lists), summary.csv (one row per epoch), best.pt (a fer
+checkpoint that `fer annotate --model` takes), last.pt (also optimizer and RNG state, for
+--resume), curves.png (loss and accuracy, the paper's Figure 2) and test.json.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import logging
+import math
+import time
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from . import data
+from .errors import DataError, FerError
+
+log = logging.getLogger("fercli")
+
+BACKBONES = ("hsemotion", "random")
+SPLITS = ("clip", "window")
+TEMPORAL = ("lstm", "mean")
+# The unpretrained backbone is a fixture, like a pretrained one: the same seed whatever --seed
+# says, so its cached features serve every training seed.
+RANDOM_BACKBONE_SEED = 0
+# Options that may differ when a run is resumed; any other difference is refused.
+RESUMABLE = ("epochs", "patience", "resume", "device", "cache_dir")
+METRIC_KEYS = ("loss", "acc_valence", "acc_arousal", "ccc_valence", "ccc_arousal")
+
+
+@dataclass
+class TrainOptions:
+    data: Path  # AFEW-VA root: one folder per clip with <id>.json beside its frames
+    out: Path  # run folder
+    split: str = "clip"  # "clip": disjoint clips and actors; "window": paper-like, inflated
+    backbone: str = "hsemotion"  # "hsemotion" (pretrained, downloaded) or "random" (seeded init)
+    temporal: str = "lstm"  # "lstm", or "mean" of the frame features (no recurrence)
+    finetune: bool = False  # train the backbone too (no feature cache; AMP on CUDA)
+    epochs: int = 50  # at most
+    patience: int = 5  # epochs without a better validation loss before stopping
+    batch_size: int = 8  # windows per step (paper)
+    lr: float = 1e-4  # Adam (paper)
+    window: int = 5  # samples per window, T
+    fps: float = 5.0  # model frame rate: samples per second of video
+    frames_fps: float = 25.0  # frame rate of the AFEW-VA frame folders
+    stride: int = 1  # samples between the ends of consecutive windows
+    image_size: int = 224  # face crop side fed to the backbone (px)
+    hidden: int = 256  # LSTM hidden size
+    seed: int = 0  # model init, batch order, dropout
+    split_seed: int | None = None  # None: the split file's seed (data.DEFAULT_SPLIT_SEED)
+    split_file: Path | None = None  # seed/ratios and/or clip lists; None: the default clip split
+    crops: str = "detector"  # "detector" (MediaPipe, landmark fallback) or "landmarks"
+    resume: bool = False  # continue the run in `out` from last.pt
+    device: str = "auto"  # "auto", "cpu" or "cuda"
+    cache_dir: Path | None = None  # boxes and features; None: <fer cache>/features
+
+
+@dataclass
+class TrainEvent:
+    kind: str  # "prepare" (clips done/total), "epoch" (started), "batch" (done/total), "epoch_end", "test"
+    done: int = 0
+    total: int = 0
+    epoch: int = 0
+    metrics: dict | None = None  # the summary row ("epoch_end") or test metrics ("test")
+
+
+@dataclass
+class TrainResult:
+    out: Path
+    best: Path  # best.pt: the checkpoint to annotate with
+    last: Path
+    epochs: int  # epochs completed in this run folder, resumed ones included
+    best_epoch: int
+    stopped_early: bool
+    history: list[dict]  # summary.csv rows
+    test: dict  # best checkpoint's metrics on the test part
+    windows: dict[str, int]  # windows per part
+    prep: data.PrepStats = field(default_factory=data.PrepStats)  # detection/encoding work done now
+
+
+# --- the run -----------------------------------------------------------------------------------
+
+
+def train(options: TrainOptions, progress: Callable[[TrainEvent], None] | None = None) -> TrainResult:
+    """Train per `options` into the run folder `options.out`; see the module doc."""
+    import torch
+
+    from .pipeline import resolve_device
+
+    emit = progress or (lambda event: None)
+    opts = _checked(options)
+    out = Path(opts.out)
+    previous = _previous_run(opts, out)
+    device = resolve_device(opts.device)
+    _seed(opts.seed)
+
+    clips = data.read_dataset(opts.data)
+    model, backbone_sha = build_model(opts)
+    cache = data.FeatureCache(opts.cache_dir or data.default_cache_root())
+    samples, prep = data.prepare(
+        clips, fps=opts.fps, frames_fps=opts.frames_fps, preprocess=model.config.preprocess, crops=opts.crops,
+        cache=cache, model=None if opts.finetune else model.to(device).eval(), weights_sha256=backbone_sha,
+        device=device, on_clip=lambda i, n: emit(TrainEvent("prepare", i, n)),
+    )
+    windows = data.make_windows(samples, opts.window, opts.stride)
+    split, rows = _split(opts, clips, samples, windows)
+    config = _run_config(opts, model, backbone_sha, split, rows, cache, prep)
+    if previous is not None:
+        _check_same_run(previous, config, split, out)
+    out.mkdir(parents=True, exist_ok=True)
+    _write_json(out / "config.json", config)
+    _write_json(out / "split.json", split.to_dict())
+
+    inputs = _inputs(samples, opts, model, cache, device)
+    parts = {p: windows.subset(r) for p, r in rows.items()}
+    trainer = _Trainer(opts, model, inputs, parts, device, emit, training_meta(opts, backbone_sha, split))
+    if previous is not None:
+        trainer.restore(previous["last"])
+    trainer.run()
+    test = trainer.test()
+    return TrainResult(
+        out, out / "best.pt", out / "last.pt", len(trainer.history), trainer.best_epoch, trainer.stopped,
+        trainer.history, test, {p: len(w) for p, w in parts.items()}, prep,
+    )
+
+
+def _checked(options: TrainOptions) -> TrainOptions:
+    o = TrainOptions(**{f.name: getattr(options, f.name) for f in fields(TrainOptions)})
+    o.data, o.out = Path(o.data), Path(o.out)
+    o.split_file = Path(o.split_file) if o.split_file is not None else None
+    o.cache_dir = Path(o.cache_dir) if o.cache_dir is not None else None
+    for name, value, allowed in (("split", o.split, SPLITS), ("backbone", o.backbone, BACKBONES),
+                                 ("temporal", o.temporal, TEMPORAL), ("crops", o.crops, data.CROP_SOURCES)):
+        if value not in allowed:
+            raise FerError(f"--{name} must be one of {', '.join(allowed)}, not {value!r}")
+    for name in ("epochs", "batch_size", "window", "stride", "image_size", "hidden"):
+        if getattr(o, name) < 1:
+            raise FerError(f"--{name.replace('_', '-')} must be at least 1")
+    if o.patience < 1:
+        raise FerError("--patience must be at least 1")
+    if not (o.lr > 0 and o.fps > 0 and o.frames_fps > 0):
+        raise FerError("--lr, --fps and --frames-fps must be positive")
+    if o.split == "window" and o.split_file is not None:
+        raise FerError("--split window shuffles windows; a split file only applies to --split clip")
+    return o
+
+
+def _previous_run(opts: TrainOptions, out: Path) -> dict | None:
+    """The run to continue (--resume), after refusing to overwrite one by accident."""
+    from .model import read_checkpoint
+
+    last = out / "last.pt"
+    if not opts.resume:
+        if last.exists():
+            raise FerError(f"{out} already holds a run; pass --resume to continue it, or choose another --out")
+        return None
+    if not last.exists():
+        raise FerError(f"{out}: nothing to resume (no last.pt)")
+    try:
+        config = json.loads((out / "config.json").read_text(encoding="utf-8"))
+        split = json.loads((out / "split.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise FerError(f"{out}: cannot resume, config.json or split.json unreadable ({e})") from None
+    return {"last": read_checkpoint(last), "config": config, "split": split}
+
+
+def _check_same_run(previous: dict, config: dict, split: data.Split, out: Path) -> None:
+    before = {k: v for k, v in previous["config"]["options"].items() if k not in RESUMABLE}
+    now = {k: v for k, v in config["options"].items() if k not in RESUMABLE}
+    changed = sorted(k for k in before.keys() | now.keys() if before.get(k) != now.get(k))
+    if changed:
+        raise FerError(f"{out}: cannot resume with different options ({', '.join(changed)}); use another --out")
+    if previous["config"].get("backbone_sha256") != config["backbone_sha256"]:
+        raise FerError(f"{out}: cannot resume, the backbone weights changed")
+    if {p: previous["split"].get(p) for p in data.PARTS} != split.parts:
+        raise FerError(f"{out}: cannot resume, the data's split differs from the run's split.json (data changed?)")
+
+
+def _seed(seed: int) -> None:
+    import random
+
+    import torch
+
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def _split(opts, clips, samples, windows) -> tuple[data.Split, dict[str, np.ndarray]]:
+    if len(windows) == 0:
+        raise DataError(f"{opts.data}: no training windows (clips too short or without faces)")
+    doc = data.read_split_file(opts.split_file) if opts.split_file is not None else {}
+    seed = opts.split_seed if opts.split_seed is not None else int(doc.get("seed", data.DEFAULT_SPLIT_SEED))
+    ratios = doc.get("ratios", data.DEFAULT_RATIOS)
+    if opts.split == "window":
+        return data.split_windows(windows, samples, seed, ratios)
+    lists = {p: doc[p] for p in data.PARTS} if all(p in doc for p in data.PARTS) else None
+    split = data.split_clips(clips, seed, ratios, lists, str(opts.split_file) if opts.split_file else "seeded")
+    rows = data.rows_of_clips(windows, samples, split)
+    for p, r in rows.items():
+        if len(r) == 0:
+            raise DataError(f"the {p} part of the clip split has no usable windows ({len(split.parts[p])} clips)")
+    return split, rows
+
+
+# --- the model and its backbone ------------------------------------------------------------------
+
+
+def model_config(opts: TrainOptions):
+    from .model import ModelConfig, Preprocess
+
+    return ModelConfig(fps=opts.fps, window=opts.window, temporal=opts.temporal, hidden=opts.hidden,
+                       preprocess=Preprocess(size=opts.image_size))
+
+
+def build_model(opts: TrainOptions):
+    """The model `fer annotate` runs, with backbone weights per --backbone; and their SHA-256."""
+    import torch
+
+    from .model import EfficientNetLSTM
+
+    config = model_config(opts)
+    model = EfficientNetLSTM(config)  # heads initialised from --seed
+    state, sha = backbone_weights(opts.backbone, config)
+    model.backbone.load_state_dict(state)
+    if not opts.finetune:
+        model.backbone.requires_grad_(False)
+    return model.to(memory_format=torch.channels_last), sha
+
+
+def backbone_weights(name: str, config) -> tuple[dict, str]:
+    """(state_dict for EfficientNetLSTM.backbone, SHA-256 naming those weights)."""
+    if name == "hsemotion":
+        from . import weights
+
+        path = weights.fetch("hsemotion")
+        state = weights.load_timm_pickle(path)
+        # HSEmotion's 10-way head is not ours: the backbone ends at its pooled 1280-d feature.
+        return {k: v for k, v in state.items() if not k.startswith("classifier.")}, weights.sha256(path)
+    if name == "random":
+        state = random_backbone(config)
+        return state, state_sha256(state)
+    raise FerError(f"--backbone must be one of {', '.join(BACKBONES)}, not {name!r}")
+
+
+def random_backbone(config) -> dict:
+    """A seeded, unpretrained backbone whose features have a usable scale.
+
+    timm's init shrinks activations ~1e5-fold through the network (features around 1e-5), below
+    the head's LayerNorm epsilon, which would flatten them. Scaling the last BatchNorm so that
+    features of seeded noise have unit spread fixes the scale without looking at any data.
+    """
+    import timm
+    import torch
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(RANDOM_BACKBONE_SEED)
+        net = timm.create_model(config.backbone, pretrained=False, num_classes=0).eval()
+        noise = torch.randn(16, 3, config.preprocess.size, config.preprocess.size)
+    with torch.no_grad():
+        scale = 1.0 / net(noise).std()
+        net.bn2.weight.mul_(scale)
+        net.bn2.bias.mul_(scale)
+    return {k: v.detach().clone() for k, v in net.state_dict().items()}
+
+
+def state_sha256(state: dict) -> str:
+    h = hashlib.sha256()
+    for k in sorted(state):
+        h.update(k.encode())
+        h.update(state[k].detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+def training_meta(opts: TrainOptions, backbone_sha: str, split: data.Split) -> dict:
+    """What every checkpoint of the run records about how it was trained."""
+    return {
+        "split": split.kind,
+        "split_seed": split.seed,
+        "backbone": opts.backbone,
+        "backbone_sha256": backbone_sha,
+        "finetune": opts.finetune,
+        "seed": opts.seed,
+        "data": str(opts.data),
+    }
+
+
+def _run_config(opts, model, backbone_sha, split, rows, cache, prep) -> dict:
+    import torch
+
+    from . import __version__
+
+    return {
+        "options": _jsonable(asdict(opts)),
+        "model": model.config.to_dict(),
+        "backbone_sha256": backbone_sha,
+        "split": {"kind": split.kind, "seed": split.seed, "ratios": split.ratios, "source": split.source,
+                  "clips": {p: len(v) for p, v in split.parts.items()} if split.kind == "clip" else None,
+                  "windows": {p: int(len(r)) for p, r in rows.items()}},
+        "optimizer": {"name": "Adam", "lr": opts.lr, "loss": "cross-entropy(valence) + cross-entropy(arousal)",
+                      "early_stopping": f"validation loss, patience {opts.patience}"},
+        "cache": str(cache.root),
+        "data_stats": {"clips": prep.clips, "samples": prep.samples, "skipped": prep.skipped,
+                       "from_landmarks": prep.from_landmarks},
+        "versions": {"fer": __version__, "torch": torch.__version__},
+    }
+
+
+def _jsonable(d: dict) -> dict:
+    return {k: (str(v) if isinstance(v, Path) else v) for k, v in d.items()}
+
+
+# --- batches -----------------------------------------------------------------------------------
+
+
+def _inputs(samples, opts, model, cache, device):
+    """What a window's slots index: features (S, F) on the device, or crops (S, H, W, 3) uint8."""
+    import torch
+
+    if not opts.finetune:
+        return torch.from_numpy(np.concatenate([s.features for s in samples])).to(device)
+    key = data.crop_key(opts.crops)
+    return torch.from_numpy(np.concatenate([data.clip_crops(s, cache, model.config.preprocess, key) for s in samples]))
+
+
+class Batches:
+    """(inputs, valence class, arousal class, valence mean, arousal mean) per batch of windows;
+    shuffled with a seed per epoch, so a resumed run sees the batches an unbroken one would."""
+
+    def __init__(self, inputs, windows: data.Windows, batch_size: int, device, seed: int | None = None, preprocess=None):
+        import torch
+
+        self.inputs, self.batch_size, self.device, self.seed, self.pre = inputs, batch_size, device, seed, preprocess
+        self.index = torch.from_numpy(windows.index)
+        self.targets = [torch.from_numpy(a).to(device) for a in
+                        (windows.valence_class, windows.arousal_class, windows.valence, windows.arousal)]
+
+    def __len__(self) -> int:
+        return math.ceil(len(self.index) / self.batch_size)
+
+    def epoch(self, epoch: int):
+        import torch
+
+        n = len(self.index)
+        if self.seed is None:
+            order = torch.arange(n)
+        else:
+            order = torch.randperm(n, generator=torch.Generator().manual_seed(self.seed * 100_003 + epoch))
+        for i in range(0, n, self.batch_size):
+            rows = order[i : i + self.batch_size]
+            yield (self._x(self.index[rows]), *(t[rows.to(t.device)] for t in self.targets))
+
+    def _x(self, slots):
+        from .model import to_input
+
+        if self.pre is None:  # features, already on the device
+            return self.inputs[slots.to(self.inputs.device)]
+        b, t = slots.shape
+        crops = self.inputs[slots.flatten()]
+        return to_input(crops, self.pre, self.device), (b, t)
+
+
+def _forward(model, x):
+    if isinstance(x, tuple):  # crops: the backbone runs too (end to end)
+        crops, (b, t) = x
+        return model.head(model.encode(crops).view(b, t, -1))
+    return model.head(x)
+
+
+def _loss(v_logits, a_logits, v_cls, a_cls):
+    import torch.nn.functional as F
+
+    # The paper's objective: the two heads' cross-entropies, summed.
+    return F.cross_entropy(v_logits.float(), v_cls) + F.cross_entropy(a_logits.float(), a_cls)
+
+
+# --- epochs ------------------------------------------------------------------------------------
+
+
+def train_one_epoch(model, batches, optimizer, *, epoch: int = 1, scaler=None, frozen: bool = True,
+                    on_batch: Callable[[int, int], None] | None = None) -> dict:
+    """One pass over the training windows; returns loss, accuracy and CCC per dimension."""
+    import torch
+
+    model.train()
+    if frozen:
+        model.backbone.eval()  # BatchNorm statistics stay those the features were cached with
+    acc = _Accumulator()
+    total = len(batches)
+    for i, (x, v_cls, a_cls, v_mean, a_mean) in enumerate(batches.epoch(epoch)):
+        with torch.autocast("cuda", dtype=torch.float16, enabled=scaler is not None):
+            v_logits, a_logits = _forward(model, x)
+            loss = _loss(v_logits, a_logits, v_cls, a_cls)
+        optimizer.zero_grad(set_to_none=True)
+        if scaler is not None:
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
+        else:
+            loss.backward()
+            optimizer.step()
+        acc.add(loss.detach(), v_logits.detach(), a_logits.detach(), v_cls, a_cls, v_mean, a_mean)
+        if on_batch:
+            on_batch(i + 1, total)
+    return acc.metrics()
+
+
+def validate(model, batches, *, amp: bool = False) -> dict:
+    """Loss, accuracy and CCC per dimension on held-out windows, in eval mode."""
+    import torch
+
+    model.eval()
+    acc = _Accumulator()
+    with torch.inference_mode(), torch.autocast("cuda", dtype=torch.float16, enabled=amp):
+        for x, v_cls, a_cls, v_mean, a_mean in batches.epoch(0):
+            v_logits, a_logits = _forward(model, x)
+            acc.add(_loss(v_logits, a_logits, v_cls, a_cls), v_logits, a_logits, v_cls, a_cls, v_mean, a_mean)
+    return acc.metrics()
+
+
+class _Accumulator:
+    """Per-window losses and predictions of an epoch, turned into the summary's metrics.
+
+    A window's prediction for CCC is the expected label under the softmax (as `fer annotate`'s
+    valence_score); accuracy compares the argmax class with the rounded mean label."""
+
+    def __init__(self):
+        self.loss_sum, self.n = 0.0, 0
+        self.parts: dict[str, list] = {k: [] for k in ("vp", "ap", "vc", "ac", "vt", "at", "vm", "am")}
+
+    def add(self, loss, v_logits, a_logits, v_cls, a_cls, v_mean, a_mean) -> None:
+        import torch
+
+        from .model import LABEL_OFFSET, NUM_CLASSES
+
+        b = len(v_cls)
+        self.loss_sum += float(loss) * b
+        self.n += b
+        values = torch.arange(NUM_CLASSES, device=v_logits.device, dtype=torch.float32) - LABEL_OFFSET
+        for key, logits in (("v", v_logits), ("a", a_logits)):
+            probs = logits.float().softmax(-1)
+            self.parts[f"{key}p"].append((probs @ values).cpu())
+            self.parts[f"{key}c"].append(probs.argmax(-1).cpu())
+        for key, t in (("vt", v_cls), ("at", a_cls), ("vm", v_mean), ("am", a_mean)):
+            self.parts[key].append(t.cpu())
+
+    def metrics(self) -> dict:
+        import torch
+
+        from .metrics import ccc
+
+        if self.n == 0:
+            return {k: math.nan for k in METRIC_KEYS}
+        p = {k: torch.cat(v).double().numpy() for k, v in self.parts.items()}
+        return {
+            "loss": self.loss_sum / self.n,
+            "acc_valence": float(np.mean(p["vc"] == p["vt"])),
+            "acc_arousal": float(np.mean(p["ac"] == p["at"])),
+            "ccc_valence": float(ccc(p["vm"], p["vp"])),
+            "ccc_arousal": float(ccc(p["am"], p["ap"])),
+        }
+
+
+class _Trainer:
+    """Epoch loop, early stopping, checkpoints and the run folder's files."""
+
+    def __init__(self, opts, model, inputs, parts, device, emit, meta):
+        import torch
+
+        self.opts, self.model, self.device, self.emit, self.meta = opts, model.to(device), device, emit, meta
+        self.out = Path(opts.out)
+        pre = model.config.preprocess if opts.finetune else None
+        self.batches = {
+            "train": Batches(inputs, parts["train"], opts.batch_size, device, seed=opts.seed, preprocess=pre),
+            "val": Batches(inputs, parts["val"], opts.batch_size, device, preprocess=pre),
+            "test": Batches(inputs, parts["test"], opts.batch_size, device, preprocess=pre),
+        }
+        params = [p for p in model.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.Adam(params, lr=opts.lr)
+        amp = opts.finetune and device.type == "cuda"
+        self.scaler = torch.amp.GradScaler("cuda") if amp else None
+        self.history: list[dict] = []
+        self.best_loss, self.best_epoch, self.bad_epochs, self.stopped = math.inf, 0, 0, False
+
+    def restore(self, ckpt: dict) -> None:
+        import torch
+
+        self.model.load_state_dict(ckpt["state_dict"])
+        self.optimizer.load_state_dict(ckpt["optimizer"])
+        if self.scaler is not None and ckpt.get("scaler"):
+            self.scaler.load_state_dict(ckpt["scaler"])
+        loop = ckpt["loop"]
+        self.history = list(loop["history"])
+        self.best_loss, self.best_epoch = loop["best_loss"], loop["best_epoch"]
+        self.bad_epochs, self.stopped = loop["bad_epochs"], loop["stopped"]
+        torch.set_rng_state(ckpt["rng"]["torch"])
+        if torch.cuda.is_available() and ckpt["rng"].get("cuda"):
+            torch.cuda.set_rng_state_all(ckpt["rng"]["cuda"])
+        log.info("resuming %s after epoch %d", self.out, len(self.history))
+
+    def run(self) -> None:
+        frozen = not self.opts.finetune
+        for epoch in range(len(self.history) + 1, self.opts.epochs + 1):
+            if self.stopped:
+                break
+            start = time.perf_counter()
+            self.emit(TrainEvent("epoch", 0, len(self.batches["train"]), epoch))
+            train = train_one_epoch(
+                self.model, self.batches["train"], self.optimizer, epoch=epoch, scaler=self.scaler, frozen=frozen,
+                on_batch=lambda i, n: self.emit(TrainEvent("batch", i, n, epoch)),
+            )
+            val = validate(self.model, self.batches["val"], amp=self.scaler is not None)
+            row = {"epoch": epoch, **{f"train_{k}": v for k, v in train.items()},
+                   **{f"val_{k}": v for k, v in val.items()}, "seconds": time.perf_counter() - start}
+            self.history.append(row)
+            self._after_epoch(epoch, row, val)
+            self.emit(TrainEvent("epoch_end", epoch, self.opts.epochs, epoch, row))
+
+    def _after_epoch(self, epoch: int, row: dict, val: dict) -> None:
+        if val["loss"] < self.best_loss:
+            self.best_loss, self.best_epoch, self.bad_epochs = val["loss"], epoch, 0
+            self._save(self.out / "best.pt", epoch, val)
+        else:
+            self.bad_epochs += 1
+        # The paper stops on validation loss; patience counts epochs without a new best.
+        self.stopped = self.bad_epochs >= self.opts.patience
+        self._save_last(epoch, val)
+        write_summary(self.out / "summary.csv", self.history)
+        plot_curves(self.history, self.out / "curves.png")
+        if self.stopped:
+            log.info("early stop after epoch %d: no better validation loss for %d epochs (best: epoch %d)",
+                     epoch, self.opts.patience, self.best_epoch)
+
+    def _save(self, path: Path, epoch: int, val: dict, **more) -> None:
+        from .model import save_checkpoint
+
+        save_checkpoint(self.model, path, training={**self.meta, "epoch": epoch, "val": val}, **more)
+
+    def _save_last(self, epoch: int, val: dict) -> None:
+        import torch
+
+        loop = {"history": self.history, "best_loss": self.best_loss, "best_epoch": self.best_epoch,
+                "bad_epochs": self.bad_epochs, "stopped": self.stopped}
+        rng = {"torch": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
+        self._save(self.out / "last.pt", epoch, val, optimizer=self.optimizer.state_dict(), loop=loop, rng=rng,
+                   scaler=self.scaler.state_dict() if self.scaler is not None else None)
+
+    def test(self) -> dict:
+        """The best checkpoint on the test part, once; recorded in test.json and best.pt."""
+        from .model import read_checkpoint, save_checkpoint
+
+        best = read_checkpoint(self.out / "best.pt")
+        self.model.load_state_dict(best["state_dict"])
+        test = validate(self.model, self.batches["test"], amp=self.scaler is not None)
+        training = {**best["training"], "test": test}
+        save_checkpoint(self.model, self.out / "best.pt", training=training)
+        _write_json(self.out / "test.json", {"best_epoch": self.best_epoch, "split": self.meta["split"],
+                                             "windows": len(self.batches["test"].index), **test})
+        self.emit(TrainEvent("test", metrics=test))
+        return test
+
+
+# --- run folder files ----------------------------------------------------------------------------
+
+
+SUMMARY_COLUMNS = ["epoch", *(f"{p}_{k}" for p in ("train", "val") for k in METRIC_KEYS), "seconds"]
+
+
+def write_summary(path: Path, history: list[dict]) -> None:
+    """summary.csv, rewritten whole each epoch (so a resumed run never repeats a row)."""
+    from .writers import _atomic
+
+    def write(tmp: str) -> None:
+        with open(tmp, "w", newline="", encoding="utf-8") as f:
+            w = csv.DictWriter(f, SUMMARY_COLUMNS)
+            w.writeheader()
+            for row in history:
+                w.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()})
+
+    _atomic(Path(path), write)
+
+
+def plot_curves(history: list[dict], path: Path) -> Path:
+    """Loss and accuracy per epoch for train and validation (the paper's Figure 2)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    from .writers import _atomic
+
+    epochs = [r["epoch"] for r in history]
+    fig = Figure(figsize=(10, 4), layout="constrained")
+    FigureCanvasAgg(fig)
+    loss_ax, acc_ax = fig.subplots(1, 2)
+    for part, style in (("train", "-"), ("val", "--")):
+        loss_ax.plot(epochs, [r[f"{part}_loss"] for r in history], style, color="k", label=part)
+        for dim, color in (("valence", "#4c72b0"), ("arousal", "#c44e52")):
+            acc_ax.plot(epochs, [r[f"{part}_acc_{dim}"] for r in history], style, color=color, label=f"{part} {dim}")
+    loss_ax.set(title="Loss (sum of both heads' cross-entropy)", xlabel="epoch", ylabel="loss")
+    acc_ax.set(title="Accuracy (21 classes)", xlabel="epoch", ylabel="accuracy", ylim=(0, 1))
+    loss_ax.legend(frameon=False)
+    acc_ax.legend(frameon=False, fontsize="small")
+    _atomic(Path(path), lambda tmp: fig.savefig(tmp, format="png", dpi=100))
+    return Path(path)
+
+
+def _write_json(path: Path, doc: dict) -> None:
+    from .writers import _atomic
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    text = json.dumps(doc, indent=2, default=str) + "\n"
+    _atomic(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))

@@ -1,0 +1,432 @@
+"""fercli.decode against an independent decoder (PyAV) and hand-computed sampling."""
+
+from __future__ import annotations
+
+import logging
+import math
+import subprocess
+import sys
+import tracemalloc
+from bisect import bisect_right
+from pathlib import Path
+
+import av
+import numpy as np
+import pytest
+from PIL import Image
+
+from fercli import decode
+from fercli.decode import CHUNK_FRAMES, open_video
+from fercli.errors import VideoError
+from media import background, portrait, write_frames, write_video
+
+# decord and PyAV convert YUV to RGB with different code. Measured on these clips: identical
+# at even sizes; at 321x241 mean 0.1-0.2 levels, 99.9th percentile 6, a few pixels up to 42.
+# Neighbouring frames differ by a mean of 9 levels or more.
+MEAN_TOLERANCE = 1.0  # mean |difference| per channel value, 0..255
+MAX_TOLERANCE = 64  # largest |difference| of any one channel value
+# s: a frame starting this soon after t is on screen at t (Matroska rounds starts to 1 ms).
+ON_SCREEN_SLACK = 0.75e-3
+CLIP_FRAMES = 40
+
+# name, codec, native fps, (width, height), pix_fmt
+CLIPS = {
+    "h264.mp4": ("libx264", 25, (160, 120), "yuv420p"),
+    "mpeg4.avi": ("mpeg4", 25, (160, 120), "yuv420p"),
+    "mjpeg.avi": ("mjpeg", 30, (160, 120), "yuvj420p"),
+    "h264.mkv": ("libx264", 29.97, (160, 120), "yuv420p"),
+    "h264.mov": ("libx264", 12.5, (160, 120), "yuv420p"),
+    "odd_mpeg4.avi": ("mpeg4", 29.97, (321, 241), "yuv420p"),
+    "odd_mjpeg.avi": ("mjpeg", 12.5, (321, 241), "yuvj420p"),
+}
+
+
+def moving_frames(n: int, width: int, height: int):
+    """Frames far from their neighbours: the portrait jumps 9 px right, 5 px down each frame."""
+    side = min(width, height) // 2
+    base, face = background(width, height), portrait(side)
+    for i in range(n):
+        frame = base.copy()
+        x, y = (i * 9) % (width - side), (i * 5) % (height - side)
+        frame[y : y + side, x : x + side] = face
+        yield frame
+
+
+def pyav_decode(path: Path) -> tuple[list[float], list[np.ndarray]]:
+    """The reference: every frame PyAV decodes, with its start time from the first frame."""
+    with av.open(str(path)) as container:
+        frames = [(float(f.time), f.to_ndarray(format="rgb24")) for f in container.decode(video=0)]
+    return [t - frames[0][0] for t, _ in frames], [image for _, image in frames]
+
+
+def on_screen(times: list[float], t: float) -> int:
+    """Index of the last frame starting at or before t."""
+    return max(bisect_right(times, t + ON_SCREEN_SLACK) - 1, 0)
+
+
+def assert_close(image: np.ndarray, reference: np.ndarray, what: str) -> None:
+    assert image.shape == reference.shape and image.dtype == np.uint8, what
+    diff = np.abs(image.astype(np.int16) - reference.astype(np.int16))
+    assert diff.mean() < MEAN_TOLERANCE and diff.max() <= MAX_TOLERANCE, (
+        f"{what}: mean {diff.mean():.2f}, max {diff.max()}"
+    )
+
+
+def write_mpeg4_bframes(path: Path, frames, fps: int) -> Path:
+    """MPEG-4 part 2 with B-frames in AVI, the case where decord 0.6 gets timestamps wrong."""
+    frames = list(frames)
+    with av.open(str(path), "w") as out:
+        stream = out.add_stream("mpeg4", rate=fps)
+        stream.height, stream.width = frames[0].shape[:2]
+        stream.pix_fmt = "yuv420p"
+        stream.options = {"bf": "2", "g": "30"}
+        for img in frames:
+            out.mux(stream.encode(av.VideoFrame.from_ndarray(img, format="rgb24")))
+        out.mux(stream.encode())
+    return path
+
+
+@pytest.fixture(scope="module")
+def media_dir(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("decode")
+    for name, (codec, fps, (width, height), pix_fmt) in CLIPS.items():
+        frames = moving_frames(CLIP_FRAMES, width, height)
+        write_video(folder / name, frames, fps, codec=codec, pix_fmt=pix_fmt)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def reference(media_dir):
+    cache = {}
+
+    def get(name: str):
+        if name not in cache:
+            cache[name] = pyav_decode(media_dir / name)
+        return cache[name]
+
+    return get
+
+
+def sample(path, fps: float, **open_kwargs) -> list[decode.Frame]:
+    with open_video(path, **open_kwargs) as video:
+        return list(video.sample(fps))
+
+
+# --- agreement with PyAV ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", CLIPS)
+def test_native_rate_gives_every_frame_as_pyav_decodes_it(media_dir, reference, name):
+    codec, fps, (width, height), _ = CLIPS[name]
+    times, images = reference(name)
+    # The clip must make a wrong frame visible: neighbours differ well beyond the tolerance.
+    gaps = [np.abs(a.astype(int) - b).mean() for a, b in zip(images, images[1:])]
+    assert min(gaps) > 5 * MEAN_TOLERANCE
+    with open_video(media_dir / name) as video:
+        info = video.info
+        frames = list(video.sample(info.fps))
+    assert (info.frames, info.width, info.height, info.decoder) == (
+        CLIP_FRAMES, width, height, "cpu"
+    )
+    assert info.fps == pytest.approx(fps, rel=1e-3)
+    assert info.duration == pytest.approx(CLIP_FRAMES / fps, abs=2e-3)
+    assert [f.source for f in frames] == list(range(CLIP_FRAMES))
+    assert [f.index for f in frames] == list(range(CLIP_FRAMES))
+    for frame in frames:
+        assert_close(frame.image, images[frame.source], f"{name} frame {frame.source}")
+
+
+@pytest.mark.parametrize("rate", [5, 1, 29.97])
+@pytest.mark.parametrize("name", CLIPS)
+def test_other_rates_pick_the_frame_on_screen(media_dir, reference, name, rate):
+    native = CLIPS[name][1]
+    times, images = reference(name)
+    frames = sample(media_dir / name, rate)
+    count = math.ceil(CLIP_FRAMES / native * rate)  # samples k / rate < duration
+    assert [f.index for f in frames] == list(range(count))
+    assert [f.time for f in frames] == pytest.approx([k / rate for k in range(count)])
+    assert [f.source for f in frames] == [on_screen(times, k / rate) for k in range(count)]
+    for frame in frames:
+        assert_close(frame.image, images[frame.source], f"{name} at {frame.time:.3f} s")
+
+
+def test_sources_at_5_fps_from_25_by_hand(media_dir):
+    frames = sample(media_dir / "h264.mp4", 5)  # 40 frames at 25 fps = 1.6 s
+    assert [f.source for f in frames] == [0, 5, 10, 15, 20, 25, 30, 35]
+
+
+def test_sources_at_7_fps_from_2997_by_hand(media_dir):
+    # 40 frames at 29.97 fps last 1.3347 s: 10 samples at 7 fps. t = k / 7 shows frame
+    # floor(t * 29.97) (AVI timestamps are frame indices, so exact); for these t the next
+    # frame starts at least 1 ms later, beyond the on-screen slack.
+    frames = sample(media_dir / "odd_mpeg4.avi", 7)
+    assert [f.source for f in frames] == [0, 4, 8, 12, 17, 21, 25, 29, 34, 38]
+
+
+def test_sources_follow_millisecond_timestamps_in_matroska(media_dir):
+    # Matroska rounds frame k's start k / 29.97 s to the millisecond: frame 6 starts at
+    # 0.200 s (not 0.2002), so it is on screen at t = 0.2; frame 18 at 0.601, not at 0.6.
+    frames = sample(media_dir / "h264.mkv", 5)
+    assert [f.source for f in frames] == [0, 6, 12, 17, 23, 29, 35]
+
+
+# 10 frames with these start times (s); the clip lasts 1.29 s (see below).
+VFR_TIMES = [0.0, 0.04, 0.1, 0.3, 0.31, 0.5, 0.9, 1.0, 1.2, 1.25]
+
+
+@pytest.mark.parametrize("suffix", [".mkv", ".mp4"])
+@pytest.mark.parametrize(
+    "rate, expected",
+    [
+        # t = 0, .1, .2, ... 1.2: the frame that started last at or before each t.
+        (10, [0, 2, 2, 3, 4, 5, 5, 5, 5, 6, 7, 7, 8]),
+        # t = 0, .25, .5, .75, 1, 1.25: 1.25 is exactly where the last frame starts.
+        (4, [0, 2, 5, 5, 7, 9]),
+    ],
+)
+def test_variable_frame_rate_follows_timestamps(tmp_path, suffix, rate, expected):
+    frames_in = list(moving_frames(len(VFR_TIMES), 160, 120))
+    path = write_video(tmp_path / f"vfr{suffix}", frames_in, 25, times=VFR_TIMES)
+    _, images = pyav_decode(path)
+    with open_video(path) as video:
+        # decord gives the last frame 1/25 s, FFmpeg's guess of the stream's frame rate.
+        assert video.info.duration == pytest.approx(1.29, abs=1e-3)
+        frames = list(video.sample(rate))
+    assert [f.source for f in frames] == expected
+    for frame in frames:
+        assert_close(frame.image, images[frame.source], f"vfr frame {frame.source}")
+
+
+def test_avi_with_unusable_timestamps_is_read_forward_exactly(tmp_path):
+    path = write_mpeg4_bframes(tmp_path / "bframes.avi", moving_frames(60, 160, 120), 25)
+    import decord
+
+    # The trap this guards against: decord's timestamps for this file are garbage.
+    stamps = decord.VideoReader(str(path)).get_frame_timestamp(list(range(60)))
+    assert not np.all(np.diff(stamps[:, 0]) > 0)
+    _, images = pyav_decode(path)
+    with open_video(path) as video:
+        assert video.info.duration == pytest.approx(60 / 25)
+        frames = list(video.sample(5))
+        frames += list(video.sample(5))  # and again, from the start
+    assert [f.source for f in frames] == [5 * k for k in range(12)] * 2
+    for frame in frames:
+        assert_close(frame.image, images[frame.source], f"bframes.avi frame {frame.source}")
+
+
+@pytest.mark.parametrize("suffix", [".mkv", ".mp4"])
+def test_time_counts_from_the_first_frame(tmp_path, suffix):
+    # The first frame is stamped 0.5 s; sampling starts there, as decord's timestamps do.
+    times = [0.5, 0.54, 0.58, 0.7, 0.8, 0.9, 1.0, 1.04, 1.2, 1.3]
+    path = write_video(tmp_path / f"late{suffix}", moving_frames(10, 160, 120), 25, times=times)
+    with open_video(path) as video:
+        # The last frame's length is FFmpeg's guess from the stream's timing (0.02-0.04 s).
+        assert 0.8 < video.info.duration <= 0.84 + 1e-3
+        frames = list(video.sample(10))
+    # t = 0, .1, ... .8 after the first frame: 0.5, 0.6, ... 1.3 s in the file.
+    assert [f.source for f in frames] == [0, 2, 3, 4, 5, 6, 7, 8, 9]
+
+
+def test_short_mkv_without_usable_timestamps_plays_at_its_nominal_rate(tmp_path):
+    # decord 0.6 returns ~9.2e15 s for every frame of a Matroska file this short; decoding
+    # falls back to frame index / fps.
+    path = write_video(tmp_path / "short.mkv", moving_frames(5, 160, 120), 25)
+    _, images = pyav_decode(path)
+    with open_video(path) as video:
+        assert video.info.duration == pytest.approx(5 / 25)
+        frames = list(video.sample(50))
+    assert [f.source for f in frames] == [k // 2 for k in range(10)]
+    for frame in frames:
+        assert_close(frame.image, images[frame.source], f"short.mkv frame {frame.source}")
+
+
+def test_samples_are_fresh_arrays(media_dir):
+    # Upsampling shows a frame twice; each sample must own its pixels.
+    frames = sample(media_dir / "h264.mov", 25)  # native 12.5
+    assert frames[0].source == frames[1].source
+    assert not np.shares_memory(frames[0].image, frames[1].image)
+
+
+def test_rejects_a_bad_rate(media_dir):
+    with open_video(media_dir / "h264.mp4") as video, pytest.raises(ValueError):
+        video.sample(0)
+
+
+# --- image sequences ----------------------------------------------------------------------
+
+
+def test_png_folder_is_a_clip_with_exact_pixels(tmp_path):
+    images = list(moving_frames(12, 64, 48))
+    folder = write_frames(tmp_path / "001", images)
+    (folder / "001.json").write_text("{}")  # AFEW-VA keeps annotations next to the frames
+    with open_video(folder, frames_fps=10) as video:
+        info = video.info
+        frames = list(video.sample(10))
+        slow = list(video.sample(4))
+    assert (info.frames, info.width, info.height, info.decoder) == (12, 64, 48, "images")
+    assert info.duration == pytest.approx(12 / 10)
+    assert info.fps == 10
+    assert [f.source for f in frames] == list(range(12))
+    for frame in frames:
+        np.testing.assert_array_equal(frame.image, images[frame.source])
+    # t = 0, .25, .5, .75, 1.0 (< 1.2 s) at 10 frames/s.
+    assert [f.source for f in slow] == [0, 2, 5, 7, 10]
+
+
+def test_jpg_folder_is_read_in_name_order(tmp_path):
+    images = list(moving_frames(3, 64, 48))
+    for i, img in enumerate(images):
+        Image.fromarray(img).save(tmp_path / f"{i:05d}.jpg", quality=95)
+    frames = sample(tmp_path, 25)
+    for frame in frames:
+        expected = np.asarray(Image.open(tmp_path / f"{frame.source:05d}.jpg").convert("RGB"))
+        np.testing.assert_array_equal(frame.image, expected)
+    assert len(frames) == 3
+
+
+def test_folder_with_mixed_sizes_is_rejected(tmp_path):
+    write_frames(tmp_path, [np.zeros((48, 64, 3), np.uint8), np.zeros((48, 66, 3), np.uint8)])
+    with pytest.raises(VideoError, match=str(tmp_path)):
+        open_video(tmp_path)
+
+
+def test_empty_folder_is_rejected(tmp_path):
+    with pytest.raises(VideoError, match=str(tmp_path)):
+        open_video(tmp_path)
+
+
+# --- bad input ----------------------------------------------------------------------------
+
+
+def truncate(source: Path, target: Path, at: int | None = None) -> Path:
+    """A copy of `source` cut at byte `at` (default: half its bytes)."""
+    data = source.read_bytes()
+    target.write_bytes(data[: len(data) // 2 if at is None else at])
+    return target
+
+
+def write_zero_frame_avi(path: Path) -> Path:
+    with av.open(str(path), "w") as out:
+        stream = out.add_stream("mpeg4", rate=25)
+        stream.width, stream.height, stream.pix_fmt = 64, 48, "yuv420p"
+        out.start_encoding()  # header only, no frame
+    return path
+
+
+def write_bytes(path: Path, data: bytes) -> Path:
+    path.write_bytes(data)
+    return path
+
+
+BAD_FILES = {
+    "missing": lambda clips, tmp: tmp / "missing.mp4",
+    "zero-bytes": lambda clips, tmp: write_bytes(tmp / "zero.mp4", b""),
+    "text": lambda clips, tmp: write_bytes(tmp / "text.mp4", b"not a video\n" * 50),
+    "half-mp4": lambda clips, tmp: truncate(clips / "h264.mp4", tmp / "half.mp4"),
+    "0-frames": lambda clips, tmp: write_zero_frame_avi(tmp / "no_frames.avi"),
+}
+
+
+@pytest.mark.parametrize("kind", BAD_FILES)
+def test_unreadable_files_raise_video_error_naming_the_file(media_dir, tmp_path, kind):
+    path = BAD_FILES[kind](media_dir, tmp_path)
+    with pytest.raises(VideoError, match=path.name) as error:
+        sample(path, 5)
+    assert "\n" not in str(error.value)
+
+
+def packet_offset(path: Path, index: int) -> int:
+    """Byte offset in the file of video packet `index`."""
+    with av.open(str(path)) as container:
+        for i, packet in enumerate(container.demux(video=0)):
+            if i == index:
+                return packet.pos
+
+
+def test_avi_cut_inside_a_frame_fails_while_reading(media_dir, tmp_path):
+    # Cut 200 bytes into frame 20's JPEG headers (its Huffman tables): decord opens the file
+    # and lists frame 20, then cannot decode it. Frames before its chunk are yielded first.
+    source = media_dir / "mjpeg.avi"
+    path = truncate(source, tmp_path / "cut.avi", at=packet_offset(source, 20) + 200)
+    seen = []
+    with open_video(path) as video, pytest.raises(VideoError, match="cut.avi") as error:
+        assert video.info.frames == 21
+        seen.extend(video.sample(video.info.fps))
+    assert 0 < len(seen) < 20
+    assert "\n" not in str(error.value)
+
+
+def test_truncated_mkv_decodes_its_readable_part(media_dir, reference, tmp_path):
+    # Matroska has no index to contradict: decord sees a shorter clip, as PyAV does.
+    path = truncate(media_dir / "h264.mkv", tmp_path / "half.mkv")
+    _, full = reference("h264.mkv")
+    _, readable = pyav_decode(path)
+    frames = sample(path, 29.97)
+    assert 0 < len(frames) < CLIP_FRAMES
+    assert len(frames) <= len(readable)
+    for frame in frames:
+        assert_close(frame.image, full[frame.source], f"half.mkv frame {frame.source}")
+
+
+# --- streaming, device, import cost -------------------------------------------------------
+
+
+def test_long_clip_streams_one_chunk_at_a_time(tmp_path):
+    width, height, fps, seconds = 320, 240, 25, 40
+    frame_bytes = width * height * 3
+
+    def flat(n):  # cheap to encode: a flat grey level that changes every frame
+        for i in range(n):
+            yield np.full((height, width, 3), (i * 37) % 256, np.uint8)
+
+    path = write_video(tmp_path / "long.mp4", flat(fps * seconds), fps)
+    count = 0
+    with open_video(path) as video:
+        tracemalloc.start()
+        try:
+            for frame in video.sample(fps):
+                count += 1
+            _, peak = tracemalloc.get_traced_memory()
+        finally:
+            tracemalloc.stop()
+    assert count == fps * seconds
+    # tracemalloc sees numpy's buffers: at least one chunk was decoded at once, and nowhere
+    # near the 1000 frames (230 MB) of the whole clip were alive together.
+    assert CHUNK_FRAMES * frame_bytes <= peak < 3 * CHUNK_FRAMES * frame_bytes
+
+
+def test_cuda_without_cuda_decord_falls_back_to_cpu_with_one_warning(
+    media_dir, caplog, monkeypatch
+):
+    import decord
+
+    try:
+        decord.VideoReader(str(media_dir / "h264.mp4"), ctx=decord.gpu(0))
+        pytest.skip("this decord decodes on CUDA")
+    except decord.DECORDError:
+        pass
+    monkeypatch.setattr(decode, "_warned_cpu_fallback", False)
+    with caplog.at_level(logging.WARNING, logger="fercli"):
+        for _ in range(2):
+            with open_video(media_dir / "h264.mp4", device="cuda") as video:
+                assert video.info.decoder == "cpu"
+                assert len(list(video.sample(5))) == 8
+    warnings = [r for r in caplog.records if r.name == "fercli" and r.levelno == logging.WARNING]
+    assert len(warnings) == 1
+    assert "CPU" in warnings[0].getMessage()
+
+
+def test_unknown_device_is_rejected(media_dir):
+    with pytest.raises(ValueError, match="device"):
+        open_video(media_dir / "h264.mp4", device="tpu")
+
+
+def test_import_is_cheap():
+    code = (
+        "import sys, fercli.decode; "
+        "heavy = [m for m in ('decord', 'torch', 'PIL', 'av') if m in sys.modules]; "
+        "sys.exit(str(heavy) if heavy else 0)"
+    )
+    root = Path(__file__).resolve().parents[1]
+    result = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr

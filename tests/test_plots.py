@@ -1,0 +1,125 @@
+"""Pictures are written as real, non-blank PNGs under safe names, for accuracy reports and tables."""
+
+import subprocess
+import sys
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from fercli import plots
+from fercli.errors import DataError
+from fercli.metrics import score
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def assert_png(path):
+    import matplotlib.image
+
+    assert path.is_file() and path.read_bytes()[:8] == PNG_SIGNATURE
+    image = matplotlib.image.imread(path)
+    assert image.ndim == 3 and image.shape[0] > 100 and image.shape[1] > 100
+    assert image[..., :3].std() > 0.01  # not blank
+
+
+def annotations(videos=("a.mp4", "sub/b.mkv"), n=12, scores=True):
+    rng = np.random.default_rng(0)
+    rows = []
+    for video in videos:
+        for s in range(n):
+            face = not 4 <= s < 6  # a two-second gap without a face
+            v, a = (int(rng.integers(-10, 11)), int(rng.integers(-10, 11))) if face else (None, None)
+            rows.append({"video": video, "second": s, "start": float(s), "end": s + 1.0, "face": face, "valence": v, "arousal": a})
+    df = pd.DataFrame(rows)
+    for dim in ("valence", "arousal"):
+        df[dim] = df[dim].astype("Int64")
+        if scores:
+            df[f"{dim}_score"] = df[dim].astype("Float64") * 0.9
+    return df
+
+
+def report(n=200):
+    rng = np.random.default_rng(1)
+    t = np.clip(np.round(rng.normal(0, 4, (n, 2))), -10, 10)
+    p = np.clip(t + rng.integers(-2, 3, (n, 2)), -10, 10)
+    truth = pd.DataFrame({"video": "x", "second": range(n), "valence": t[:, 0], "arousal": t[:, 1]})
+    pred = pd.DataFrame({"video": "x", "second": range(n), "valence": p[:, 0].astype(int), "arousal": p[:, 1].astype(int)})
+    pred["valence_score"], pred["arousal_score"] = p[:, 0] + 0.3, p[:, 1] - 0.3
+    return score(truth, pred)
+
+
+def test_accuracy_pictures(tmp_path):
+    paths = plots.accuracy_pictures(report(), tmp_path / "out")
+    assert [p.name for p in paths] == ["histograms.png", "confusion.png", "scatter.png"]
+    for path in paths:
+        assert_png(path)
+    assert not list((tmp_path / "out").glob("*.tmp"))
+
+
+def test_accuracy_pictures_without_scored_rows(tmp_path):
+    truth = pd.DataFrame({"video": ["x"], "second": [0], "valence": [1.0], "arousal": [1.0]})
+    pred = pd.DataFrame({"video": ["x"], "second": [0], "valence": pd.array([None], "Int64"), "arousal": pd.array([None], "Int64")})
+    for path in plots.accuracy_pictures(score(truth, pred), tmp_path):
+        assert_png(path)
+
+
+def test_timelines_one_safe_file_per_video(tmp_path):
+    df = annotations(videos=("a.mp4", "sub/b.mkv", "sub_b.mkv"))
+    paths = plots.timelines(df, tmp_path / "tl")
+    assert [p.name for p in paths] == ["a.mp4.png", "sub_b.mkv.png", "sub_b.mkv-2.png"]
+    assert all(p.parent == tmp_path / "tl" for p in paths)
+    for path in paths:
+        assert_png(path)
+
+
+def test_timelines_per_frame_and_all_faces(tmp_path):
+    df = annotations(n=6).rename(columns={"second": "time"})
+    df["time"] = df["time"] * 0.2
+    assert_png(plots.timelines(df, tmp_path / "frames")[0])
+    df = annotations(n=6, scores=False)
+    df["face_id"] = pd.array([0, 1] * (len(df) // 2), "Int64")
+    df = df.assign(second=df["second"] // 2)
+    assert_png(plots.timelines(df, tmp_path / "faces")[0])
+
+
+@pytest.mark.parametrize("scores", [True, False])
+def test_circumplex(tmp_path, scores):
+    df = annotations(scores=scores)
+    if scores:
+        df = df.drop(columns=["valence", "arousal"])  # a table with scores only still plots
+    assert_png(plots.circumplex(df, tmp_path / "c.png"))
+
+
+def test_plot_table_from_csv_and_parquet(tmp_path):
+    df = annotations()
+    df.to_csv(tmp_path / "r.csv", index=False)
+    paths = plots.plot_table(tmp_path / "r.csv", tmp_path / "csv")
+    assert [p.relative_to(tmp_path / "csv").as_posix() for p in paths] == [
+        "timelines/a.mp4.png",
+        "timelines/sub_b.mkv.png",
+        "circumplex.png",
+    ]
+    for path in paths:
+        assert_png(path)
+    df.to_parquet(tmp_path / "r.parquet")
+    assert len(plots.plot_table(tmp_path / "r.parquet", tmp_path / "pq")) == 3
+
+
+def test_plot_table_errors(tmp_path):
+    with pytest.raises(DataError, match="no such"):
+        plots.plot_table(tmp_path / "missing.parquet", tmp_path)
+    pd.DataFrame({"video": ["a"], "second": [0]}).to_csv(tmp_path / "bad.csv", index=False)
+    with pytest.raises(DataError, match="valence"):
+        plots.plot_table(tmp_path / "bad.csv", tmp_path)
+
+
+def test_safe_names():
+    names = plots.safe_names(["a/b.mp4", "a_b.mp4", "A_B.mp4", "../x y.avi", "///"])
+    assert names == {"a/b.mp4": "a_b.mp4", "a_b.mp4": "a_b.mp4-2", "A_B.mp4": "A_B.mp4-3", "../x y.avi": "x_y.avi", "///": "video"}
+
+
+def test_import_does_not_load_matplotlib():
+    code = "import sys, fercli.plots, fercli.metrics; print('matplotlib' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
