@@ -26,6 +26,8 @@ app = typer.Typer(
 )
 weights_app = typer.Typer(help="List and download model weights.", no_args_is_help=True)
 app.add_typer(weights_app, name="weights")
+benchmark_app = typer.Typer(help="Score predictions against ground truth, and measure speed.", no_args_is_help=True)
+app.add_typer(benchmark_app, name="benchmark")
 
 ANNOTATE_EPILOG = """
 Examples:
@@ -225,6 +227,135 @@ def weights_download(names: List[str] = typer.Argument(None, help="Registry name
             console.print(f"{name}: {path} (sha256 {weights.sha256(path)})")
     except FerError as e:
         raise _fail(console, str(e)) from None
+
+
+BENCHMARK_ACCURACY_EPILOG = """
+Examples:
+
+  fer benchmark accuracy --truth afew-va/ --pred results.parquet --out bench/
+
+  fer benchmark accuracy --truth labels.csv --pred results.csv
+"""
+
+
+@benchmark_app.command("accuracy", epilog=BENCHMARK_ACCURACY_EPILOG)
+def benchmark_accuracy(
+    truth: Path = typer.Option(..., help="AFEW-VA folder, or CSV/Parquet with video, second|frame, valence, arousal."),
+    pred: Path = typer.Option(..., help="A `fer annotate` output (.parquet or .csv)."),
+    out: Optional[Path] = typer.Option(None, help="Folder for metrics.json, metrics.md and pictures."),
+    frames_fps: float = typer.Option(25.0, min=0.001, help="Frame rate of per-frame truth (frames/s)."),
+) -> None:
+    """Score predictions against ground truth: CCC, r, RMSE, MAE, SAGR, accuracy, F1."""
+    from .errors import FerError
+
+    console = _console()
+    try:
+        from . import metrics
+        from .writers import read_table
+
+        report = metrics.score(metrics.load_truth(truth, frames_fps), read_table(pred))
+    except FerError as e:
+        raise _fail(console, str(e)) from None
+    except FileNotFoundError as e:
+        raise _fail(console, f"{e.filename}: no such file") from None
+    _print_metrics(report)
+    if out is not None:
+        from .plots import accuracy_pictures
+
+        written = metrics.write_report(report, out) + accuracy_pictures(report, out)
+        console.print(f"wrote {', '.join(p.name for p in written)} to {out}")
+
+
+def _print_metrics(report) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    from .metrics import METRICS
+
+    table = Table(title="accuracy")
+    for col in ("metric", "valence", "arousal", "mean"):
+        table.add_column(col, justify="right" if col != "metric" else "left")
+    for key, label in METRICS.items():
+        values = [report.metrics["valence"][key], report.metrics["arousal"][key], report.mean[key]]
+        table.add_row(label, *(f"{v:.3f}" for v in values))
+    console = Console()
+    console.print(table)
+    console.print(
+        f"matched {report.matched} rows; truth only {report.truth_only}, prediction only {report.pred_only}, "
+        f"prediction without a face {report.pred_without_face}"
+    )
+
+
+@benchmark_app.command("speed")
+def benchmark_speed(
+    paths: List[Path] = typer.Argument(..., help="Videos or folders to time fer on."),
+    model: str = typer.Option("hsemotion", help="Registered model name or checkpoint path."),
+    device: str = typer.Option("auto", help="auto, cpu or cuda."),
+    batch_size: int = typer.Option(16, min=1, help="Face crops per backbone batch."),
+    naive: bool = typer.Option(True, help="Also time the hand-written per-frame loop."),
+    naive_seconds: Optional[float] = typer.Option(None, help="Read at most this much of each clip in the naive loop."),
+    json_out: Optional[Path] = typer.Option(None, "--json", help="Write the report as JSON here."),
+) -> None:
+    """Time each stage (decode, faces, backbone, head, write) and the whole run."""
+    import json
+
+    from .benchmark import speed
+    from .errors import FerError
+
+    console = _console()
+    _setup_logging(console, False)
+    try:
+        report = speed(paths, model=model, device=device, batch_size=batch_size, naive=naive, naive_seconds=naive_seconds)
+    except FerError as e:
+        raise _fail(console, str(e)) from None
+    _print_speed(report)
+    if json_out is not None:
+        json_out.write_text(json.dumps(report.to_dict(), indent=2))
+
+
+def _print_speed(report) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    console.print(" ".join(f"{k}={v}" for k, v in report.setup.items()))
+    table = Table(title="stages")
+    for col in ("stage", "seconds", "items", "items/s", "share"):
+        table.add_column(col, justify="right" if col != "stage" else "left")
+    for name, fig in report.stages.items():
+        share = fig.seconds / report.end_to_end_s
+        table.add_row(name, f"{fig.seconds:.2f}", str(fig.items), f"{fig.per_second:.1f}", f"{share:.0%}")
+    console.print(table)
+    d = report.derived
+    console.print(
+        f"end to end: {report.end_to_end_s:.2f} s for {report.video_seconds:.1f} s of video "
+        f"({d['realtime_factor']:.1f}x real time), {d['decoded_fps']:.0f} decoded frames/s, "
+        f"{d['sampled_fps']:.1f} sampled frames/s = {d['vs_backbone_only']:.0%} of backbone-only "
+        f"({report.backbone_only_fps:.1f} crops/s)"
+    )
+    if report.naive_s:
+        console.print(
+            f"naive loop: {d['naive_fps']:.1f} frames/s; fer is {d['speedup_vs_naive']:.1f}x faster on the same videos"
+        )
+    cuda = f", peak CUDA {report.peak_cuda_mb:.0f} MB" if report.peak_cuda_mb is not None else ""
+    console.print(f"peak RSS {report.peak_rss_mb:.0f} MB{cuda}")
+
+
+@app.command()
+def plot(
+    table: Path = typer.Argument(..., help="A `fer annotate` output (.parquet or .csv)."),
+    out: Path = typer.Option(..., "--out", "-o", help="Folder for the pictures."),
+) -> None:
+    """Per-video valence/arousal timelines and a circumplex scatter of an annotation table."""
+    from .errors import FerError
+    from .plots import plot_table
+
+    console = _console()
+    try:
+        written = plot_table(table, out)
+    except FerError as e:
+        raise _fail(console, str(e)) from None
+    console.print(f"wrote {len(written)} pictures to {out}")
 
 
 @app.command()

@@ -9,6 +9,8 @@ from __future__ import annotations
 import logging
 import math
 import time
+from collections import defaultdict
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -67,6 +69,60 @@ class ProgressEvent:
     result: VideoResult | None = None
 
 
+class StageClock:
+    """Wall time and item counts per pipeline stage, for `fer benchmark speed`.
+
+    CUDA work is asynchronous, so each stage synchronises before reading the clock; that costs
+    a little overlap, which is why the plain pipeline runs with the no-op clock below.
+    """
+
+    def __init__(self, cuda: bool = False):
+        self.cuda = cuda
+        self.seconds: dict[str, float] = defaultdict(float)
+        self.items: dict[str, int] = defaultdict(int)
+
+    @contextmanager
+    def stage(self, name: str, items: int = 0):
+        self._sync()
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self._sync()
+            self.seconds[name] += time.perf_counter() - start
+            self.items[name] += items
+
+    def iterate(self, name: str, iterable):
+        """Charge the time spent producing each item of `iterable` to stage `name`."""
+        it = iter(iterable)
+        while True:
+            with self.stage(name, 1):
+                try:
+                    item = next(it)
+                except StopIteration:
+                    self.items[name] -= 1
+                    return
+            yield item
+
+    def _sync(self) -> None:
+        if self.cuda:
+            import torch
+
+            torch.cuda.synchronize()
+
+
+class _NoClock:
+    @contextmanager
+    def stage(self, name: str, items: int = 0):
+        yield
+
+    def iterate(self, name: str, iterable):
+        return iterable
+
+
+NO_CLOCK = _NoClock()
+
+
 def resolve_device(device: str):
     import torch
 
@@ -84,6 +140,7 @@ def annotate(
     *,
     model=None,
     progress: Callable[[ProgressEvent], None] | None = None,
+    clock: StageClock | None = None,
 ) -> AnnotateResult:
     """Annotate every clip under `paths` into the table `out` (.parquet or .csv).
 
@@ -95,6 +152,7 @@ def annotate(
 
     options = options or AnnotateOptions()
     emit = progress or (lambda event: None)
+    clock = clock or NO_CLOCK
     out = Path(out)
     device = resolve_device(options.device)
     inputs = find_clips(paths)
@@ -115,11 +173,12 @@ def annotate(
                 if clip.name in done:
                     result.videos.append(VideoResult(clip.name, resumed=True))
                     continue
-                vr = _annotate_one(clip, model, detector, options, device, writer, emit)
+                vr = _annotate_one(clip, model, detector, options, device, writer, emit, clock)
                 result.videos.append(vr)
     finally:  # also on Ctrl-C: keep what finished, in a whole file
         if result.videos or not out.exists():
-            result.rows = writer.finish(order)
+            with clock.stage("write"):
+                result.rows = writer.finish(order)
         errors = [(v.video, v.error) for v in result.videos if v.error]
         result.errors_file = write_errors(out, errors)
     return result
@@ -136,13 +195,14 @@ def _unique(clips: list[Clip], result: AnnotateResult) -> Iterator[Clip]:
         yield clip
 
 
-def _annotate_one(clip, model, detector, options, device, writer, emit) -> VideoResult:
+def _annotate_one(clip, model, detector, options, device, writer, emit, clock) -> VideoResult:
     vr = VideoResult(clip.name)
     start = time.perf_counter()
     emit(ProgressEvent("start", clip.name))
     try:
-        rows = list(annotate_clip(clip, model, detector, options, device, emit))
-        vr.rows = writer.add(clip.name, rows)
+        rows = list(annotate_clip(clip, model, detector, options, device, emit, clock))
+        with clock.stage("write"):
+            vr.rows = writer.add(clip.name, rows)
         vr.face_rows = sum(r["face"] for r in rows)
         vr.duration = max((r.get("end", r.get("time", 0.0)) for r in rows), default=0.0)
     except FerError as e:
@@ -158,7 +218,9 @@ def _annotate_one(clip, model, detector, options, device, writer, emit) -> Video
     return vr
 
 
-def annotate_clip(clip: Clip, model, detector, options: AnnotateOptions, device, emit=None) -> Iterator[dict]:
+def annotate_clip(
+    clip: Clip, model, detector, options: AnnotateOptions, device, emit=None, clock=NO_CLOCK
+) -> Iterator[dict]:
     """Rows for one clip (without the `video` column), streamed second by second."""
     from .decode import open_video
     from .windows import Aggregator, rows
@@ -169,11 +231,23 @@ def annotate_clip(clip: Clip, model, detector, options: AnnotateOptions, device,
         duration = source.info.duration
         total = math.ceil(duration * cfg.fps - 1e-9)
         agg = Aggregator(cfg.window, duration, cfg.is_window_model, options.per_frame)
-        samples = source.sample(cfg.fps)
-        features = _features(samples, model, detector, options, device, lambda n: emit(ProgressEvent("frames", clip.name, n, total)))
+        samples = clock.iterate("decode", source.sample(cfg.fps))
+        on_samples = lambda n: emit(ProgressEvent("frames", clip.name, n, total))  # noqa: E731
+        features = _features(samples, model, detector, options, device, on_samples, clock)
         units = _units(features, agg)
-        head = getattr(model, "head", None)
-        yield from rows(units, head, options.batch_size)
+        yield from rows(units, _timed_head(model, clock), options.batch_size)
+
+
+def _timed_head(model, clock):
+    head = getattr(model, "head", None)
+    if head is None:
+        return None
+
+    def timed(windows):
+        with clock.stage("head", len(windows)):
+            return head(windows)
+
+    return timed
 
 
 def _units(features, agg) -> Iterator:
@@ -182,7 +256,7 @@ def _units(features, agg) -> Iterator:
     yield from agg.finish()
 
 
-def _features(samples, model, detector, options, device, on_samples) -> Iterator:
+def _features(samples, model, detector, options, device, on_samples, clock=NO_CLOCK) -> Iterator:
     """Detect and crop faces per sample, encode crops in batches, yield FrameFeatures in order."""
     from .faces import FaceTracker, crop
     from .windows import FrameFeatures
@@ -193,15 +267,16 @@ def _features(samples, model, detector, options, device, on_samples) -> Iterator
     crops: list = []
     done = 0
     for frame in samples:
-        found = _faces_of(tracker, frame, detector, options.all_faces)
+        with clock.stage("faces", 1):
+            found = _faces_of(tracker, frame, detector, options.all_faces)
+            crops += [crop(frame.image, det.box, pre.size, pre.margin) for det in found.values()]
         pending.append((frame.index, frame.time, list(found)))
-        crops += [crop(frame.image, det.box, pre.size, pre.margin) for det in found.values()]
         if len(crops) >= options.batch_size:
-            yield from _flush(pending, crops, model, device, FrameFeatures)
+            yield from _flush(pending, crops, model, device, FrameFeatures, clock)
             done += len(pending)
             on_samples(done)
             pending, crops = [], []
-    yield from _flush(pending, crops, model, device, FrameFeatures)
+    yield from _flush(pending, crops, model, device, FrameFeatures, clock)
     on_samples(done + len(pending))
 
 
@@ -213,7 +288,7 @@ def _faces_of(tracker, frame, detector, all_faces: bool) -> dict:
     return {MAIN_FACE: main} if main is not None else {}
 
 
-def _flush(pending, crops, model, device, FrameFeatures) -> Iterator:
+def _flush(pending, crops, model, device, FrameFeatures, clock=NO_CLOCK) -> Iterator:
     import numpy as np
     import torch
 
@@ -221,7 +296,7 @@ def _flush(pending, crops, model, device, FrameFeatures) -> Iterator:
 
     feats = None
     if crops:
-        with torch.inference_mode():
+        with clock.stage("backbone", len(crops)), torch.inference_mode():
             feats = model.encode(to_input(np.stack(crops), model.config.preprocess, device))
             if not model.config.is_window_model:
                 feats = model.frame_scores(feats)

@@ -1,0 +1,202 @@
+"""`fer benchmark speed`: how fast each stage runs, end to end, and against the naive loop.
+
+The timed pipeline is the real one (`pipeline.annotate`) with a StageClock that synchronises
+CUDA around each stage. A warm-up pass over the first clip comes first, so model set-up,
+allocator growth and decoder start-up are not charged to the figures.
+"""
+
+from __future__ import annotations
+
+import math
+import resource
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from .inputs import find_clips
+from .pipeline import AnnotateOptions, StageClock, annotate, resolve_device
+
+STAGES = ("decode", "faces", "backbone", "head", "write")
+WARMUP_ROWS = 3  # seconds of the first clip run through the pipeline before timing starts
+
+
+@dataclass
+class StageFigure:
+    seconds: float  # wall time spent in the stage
+    items: int  # frames, crops or windows it handled
+    per_second: float  # items / seconds
+
+
+@dataclass
+class SpeedReport:
+    setup: dict  # device, threads, model, batch size, clips and their sizes
+    stages: dict[str, StageFigure]
+    end_to_end_s: float  # wall time of the whole annotate run
+    video_seconds: float  # seconds of video annotated
+    decoded_frames: int  # native frames in the clips (what a decode-everything loop reads)
+    sampled_frames: int  # frames fer sampled at the model's rate
+    backbone_only_fps: float  # crops/s of the backbone alone, same batch size, no pipeline
+    naive_s: float | None = None  # the hand-written per-frame loop, if run
+    naive_frames: int = 0
+    peak_rss_mb: float = 0.0  # of this process, over its whole life
+    peak_cuda_mb: float | None = None
+    derived: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        e2e = self.end_to_end_s
+        self.derived = {
+            "decoded_fps": self.decoded_frames / e2e,
+            "sampled_fps": self.sampled_frames / e2e,
+            "realtime_factor": self.video_seconds / e2e,
+            "vs_backbone_only": (self.sampled_frames / e2e) / self.backbone_only_fps if self.backbone_only_fps else None,
+            "naive_fps": self.naive_frames / self.naive_s if self.naive_s else None,
+            # The naive loop reads every frame; compare the time each takes for the same videos.
+            "speedup_vs_naive": (self.naive_s / self.naive_frames * self.decoded_frames) / e2e if self.naive_s else None,
+        }
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def speed(
+    paths,
+    *,
+    model: str = "hsemotion",
+    device: str = "auto",
+    batch_size: int = 16,
+    naive: bool = True,
+    naive_seconds: float | None = None,
+    loaded_model=None,
+) -> SpeedReport:
+    """Time `fer annotate` on `paths`, stage by stage and end to end; optionally the naive loop.
+
+    `naive_seconds` caps how much of each clip the (slow) naive loop reads.
+    """
+    import torch
+
+    from .decode import open_video
+    from .model import load_model
+
+    dev = resolve_device(device)
+    net = loaded_model or load_model(model, dev)
+    clips = find_clips(paths).clips
+    if not clips:
+        raise ValueError("no clips to benchmark")
+    infos = []
+    for clip in clips:
+        with open_video(clip.path) as src:
+            infos.append(src.info)
+    options = AnnotateOptions(model=model, device=dev.type, batch_size=batch_size)
+    _warm_up(clips[0], net, options)
+    if dev.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    clock = StageClock(cuda=dev.type == "cuda")
+    with tempfile.TemporaryDirectory() as tmp:
+        start = time.perf_counter()
+        annotate([c.path for c in clips], Path(tmp) / "bench.parquet", options, model=net, clock=clock)
+        e2e = time.perf_counter() - start
+    stages = {
+        name: StageFigure(clock.seconds[name], clock.items[name], clock.items[name] / clock.seconds[name])
+        for name in STAGES
+        if clock.seconds.get(name)
+    }
+    report = SpeedReport(
+        setup=_setup(net, dev, batch_size, clips, infos),
+        stages=stages,
+        end_to_end_s=e2e,
+        video_seconds=sum(i.duration for i in infos),
+        decoded_frames=sum(i.frames for i in infos),
+        sampled_frames=clock.items["decode"],
+        backbone_only_fps=backbone_only(net, dev, batch_size, max(clock.items["backbone"], batch_size)),
+        peak_cuda_mb=torch.cuda.max_memory_allocated() / 2**20 if dev.type == "cuda" else None,
+    )
+    if naive:
+        report.naive_s, report.naive_frames = naive_loop(clips, net, dev, naive_seconds)
+        report.__post_init__()
+    report.peak_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return report
+
+
+def backbone_only(model, device, batch_size: int, n: int) -> float:
+    """Crops per second through the backbone alone, on ready-made input tensors."""
+    import torch
+
+    size = model.config.preprocess.size
+    x = torch.randn(batch_size, 3, size, size, device=device).contiguous(memory_format=torch.channels_last)
+    batches = max(1, math.ceil(n / batch_size))
+    with torch.inference_mode():
+        model.encode(x)  # warm-up
+        _sync(device)
+        start = time.perf_counter()
+        for _ in range(batches):
+            model.encode(x)
+        _sync(device)
+    return batches * batch_size / (time.perf_counter() - start)
+
+
+def naive_loop(clips, model, device, max_seconds: float | None = None) -> tuple[float, int]:
+    """The loop users write by hand: every frame decoded, detected, cropped and run at batch 1,
+    then averaged per second. Returns (seconds, frames)."""
+    import decord
+    import numpy as np
+    import torch
+
+    from .faces import FaceDetector, crop
+    from .model import to_input
+
+    pre = model.config.preprocess
+    frames = 0
+    start = time.perf_counter()
+    with FaceDetector() as detector, torch.inference_mode():
+        for clip in clips:
+            if clip.frames:
+                continue  # the hand-written loop reads video files
+            vr = decord.VideoReader(str(clip.path))
+            fps = vr.get_avg_fps()
+            n = len(vr) if max_seconds is None else min(len(vr), int(max_seconds * fps))
+            per_second: dict[int, list] = {}
+            for i in range(n):
+                image = vr[i].asnumpy()
+                found = detector.detect(image)
+                frames += 1
+                if not found:
+                    continue
+                x = to_input(np.stack([crop(image, found[0].box, pre.size, pre.margin)]), pre, device)
+                per_second.setdefault(int(i // fps), []).append(model.encode(x).float().cpu().numpy())
+            _ = {s: np.mean(v, axis=0) for s, v in per_second.items()}
+            _sync(device)
+    return time.perf_counter() - start, frames
+
+
+def _warm_up(clip, model, options) -> None:
+    from itertools import islice
+
+    from .faces import FaceDetector
+    from .pipeline import annotate_clip
+
+    with FaceDetector() as detector:
+        for _ in islice(annotate_clip(clip, model, detector, options, resolve_device(options.device)), WARMUP_ROWS):
+            pass
+
+
+def _setup(model, device, batch_size, clips, infos) -> dict:
+    import torch
+
+    return {
+        "device": str(device) + (f" ({torch.cuda.get_device_name(0)})" if device.type == "cuda" else ""),
+        "torch_threads": torch.get_num_threads(),
+        "model": getattr(model, "source", "?"),
+        "arch": model.config.arch,
+        "fps": model.config.fps,
+        "batch_size": batch_size,
+        "clips": len(clips),
+        "sizes": sorted({f"{i.width}x{i.height}" for i in infos}),
+    }
+
+
+def _sync(device) -> None:
+    if device.type == "cuda":
+        import torch
+
+        torch.cuda.synchronize()

@@ -1,0 +1,86 @@
+import json
+import math
+
+import pytest
+
+from conftest import DURATIONS
+from fercli.benchmark import speed
+from fercli.cli import app
+from typer.testing import CliRunner
+
+
+@pytest.fixture(scope="module")
+def report(clips_dir, lstm_checkpoint):
+    return speed([clips_dir / "moving.mp4", clips_dir / "odd.avi"], model=str(lstm_checkpoint), device="cpu", naive_seconds=1.0)
+
+
+def test_stage_counts_follow_the_videos(report):
+    samples = math.ceil(DURATIONS["moving.mp4"] * 5) + math.ceil(DURATIONS["odd.avi"] * 5)
+    assert report.sampled_frames == samples == report.stages["decode"].items
+    assert report.stages["faces"].items == samples
+    assert report.stages["backbone"].items == samples  # one face in every sample of these clips
+    assert report.stages["head"].items == math.ceil(DURATIONS["moving.mp4"]) + math.ceil(DURATIONS["odd.avi"])
+    assert report.decoded_frames == 100 + 40  # 4 s at 25 fps, 3.2 s at 12.5 fps
+    assert report.video_seconds == pytest.approx(7.2, abs=1e-3)
+
+
+def test_timings_add_up(report):
+    staged = sum(s.seconds for s in report.stages.values())
+    assert 0 < staged <= report.end_to_end_s * 1.01
+    assert report.derived["realtime_factor"] == pytest.approx(report.video_seconds / report.end_to_end_s)
+    assert report.naive_frames == 25 + 12  # one second of each clip, every frame
+    assert report.peak_rss_mb > 0
+
+
+def test_cli_writes_json(tmp_path, clips_dir, lstm_checkpoint):
+    out = tmp_path / "speed.json"
+    result = CliRunner().invoke(
+        app,
+        ["benchmark", "speed", str(clips_dir / "odd.avi"), "--model", str(lstm_checkpoint), "--device", "cpu", "--no-naive", "--json", str(out)],
+    )
+    assert result.exit_code == 0, result.output
+    data = json.loads(out.read_text())
+    assert data["sampled_frames"] == 16 and set(data["stages"]) >= {"decode", "faces", "backbone", "head"}
+
+
+def test_accuracy_cli_on_perfect_predictions_and_plot(tmp_path):
+    import numpy as np
+    import pandas as pd
+
+    rng = np.random.default_rng(0)
+    n = 40
+    labels = rng.integers(-10, 11, size=(n, 2))
+    pred = pd.DataFrame(
+        {
+            "video": ["a.mp4"] * 20 + ["b.mp4"] * 20,
+            "second": list(range(20)) * 2,
+            "start": 0.0,
+            "end": 1.0,
+            "face": True,
+            "valence": labels[:, 0],
+            "arousal": labels[:, 1],
+            "valence_score": labels[:, 0].astype(float),
+            "arousal_score": labels[:, 1].astype(float),
+            "valence_conf": 0.9,
+            "arousal_conf": 0.9,
+        }
+    )
+    pred.to_csv(tmp_path / "pred.csv", index=False)
+    pred[["video", "second", "valence", "arousal"]].iloc[:-3].to_csv(tmp_path / "truth.csv", index=False)
+    out = tmp_path / "bench"
+    result = CliRunner().invoke(
+        app, ["benchmark", "accuracy", "--truth", str(tmp_path / "truth.csv"), "--pred", str(tmp_path / "pred.csv"), "--out", str(out)]
+    )
+    assert result.exit_code == 0, result.output
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["valence"]["ccc"] == pytest.approx(1.0) and metrics["arousal"]["accuracy"] == pytest.approx(1.0)
+    assert "prediction only 3" in result.output  # unmatched rows are reported, not dropped silently
+    assert {"metrics.md", "histograms.png", "confusion.png", "scatter.png"} <= {p.name for p in out.iterdir()}
+    result = CliRunner().invoke(app, ["plot", str(tmp_path / "pred.csv"), "--out", str(tmp_path / "plots")])
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "plots" / "circumplex.png").stat().st_size > 1000
+
+
+def test_accuracy_cli_names_a_missing_file(tmp_path):
+    result = CliRunner().invoke(app, ["benchmark", "accuracy", "--truth", str(tmp_path / "no.csv"), "--pred", str(tmp_path / "p.csv")])
+    assert result.exit_code == 2 and "no.csv" in result.output
