@@ -18,7 +18,7 @@ from .inputs import find_clips
 from .pipeline import AnnotateOptions, StageClock, annotate, resolve_device
 
 STAGES = ("decode", "faces", "backbone", "head", "write")
-WARMUP_ROWS = 3  # seconds of the first clip run through the pipeline before timing starts
+WARMUP_SAMPLES = 32  # samples of the first clip run through the model before timing starts
 
 
 @dataclass
@@ -65,6 +65,7 @@ def speed(
     model: str = "hsemotion",
     device: str = "auto",
     batch_size: int = 16,
+    workers: int | None = None,
     naive: bool = True,
     naive_seconds: float | None = None,
     loaded_model=None,
@@ -87,8 +88,8 @@ def speed(
     for clip in clips:
         with open_video(clip.path) as src:
             infos.append(src.info)
-    options = AnnotateOptions(model=model, device=dev.type, batch_size=batch_size)
-    _warm_up(clips[0], net, options)
+    options = AnnotateOptions(model=model, device=dev.type, batch_size=batch_size, workers=workers)
+    _warm_up(clips[0], net, options, dev)
     if dev.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
     clock = StageClock(cuda=dev.type == "cuda")
@@ -102,7 +103,7 @@ def speed(
         if clock.seconds.get(name)
     }
     report = SpeedReport(
-        setup=_setup(net, dev, batch_size, clips, infos),
+        setup=_setup(net, dev, options, clips, infos),
         stages=stages,
         end_to_end_s=e2e,
         video_seconds=sum(i.duration for i in infos),
@@ -169,19 +170,25 @@ def naive_loop(clips, model, device, max_seconds: float | None = None) -> tuple[
     return time.perf_counter() - start, frames
 
 
-def _warm_up(clip, model, options) -> None:
+def _warm_up(clip, model, options, device) -> None:
     from itertools import islice
 
     from .faces import FaceDetector
-    from .pipeline import annotate_clip
+    from .pipeline import NO_CLOCK, Labeler, clip_samples
 
     with FaceDetector() as detector:
-        for _ in islice(annotate_clip(clip, model, detector, options, resolve_device(options.device)), WARMUP_ROWS):
-            pass
+        stream = clip_samples(clip, model.config, options, detector, device.type)
+        labeler = Labeler(model, options, device, NO_CLOCK, lambda event: None, on_clip=lambda vr, rows: None)
+        labeler.start(0, clip, next(stream))
+        for sample in islice(stream, WARMUP_SAMPLES):
+            labeler.add(0, sample)
+        labeler.end(0)
 
 
-def _setup(model, device, batch_size, clips, infos) -> dict:
+def _setup(model, device, options, clips, infos) -> dict:
     import torch
+
+    from .pipeline import _workers
 
     return {
         "device": str(device) + (f" ({torch.cuda.get_device_name(0)})" if device.type == "cuda" else ""),
@@ -189,7 +196,8 @@ def _setup(model, device, batch_size, clips, infos) -> dict:
         "model": getattr(model, "source", "?"),
         "arch": model.config.arch,
         "fps": model.config.fps,
-        "batch_size": batch_size,
+        "batch_size": options.batch_size,
+        "workers": _workers(options, device, len(clips)),
         "clips": len(clips),
         "sizes": sorted({f"{i.width}x{i.height}" for i in infos}),
     }

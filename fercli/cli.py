@@ -87,6 +87,7 @@ def annotate(
     all_faces: bool = typer.Option(False, "--all-faces", help="Annotate every tracked face (adds face_id)."),
     resume: bool = typer.Option(False, "--resume", help="Skip videos already in --out."),
     frames_fps: float = typer.Option(25.0, min=0.001, help="Frame rate of image-sequence folders (frames/s)."),
+    workers: Optional[int] = typer.Option(None, min=0, help="Decode/face worker processes (default: by cores; 0: none)."),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Debug logging."),
 ) -> None:
     """Annotate videos with per-second valence and arousal."""
@@ -99,7 +100,7 @@ def annotate(
     _setup_logging(console, verbose)
     if device not in ("auto", "cpu", "cuda"):
         raise _fail(console, f"--device must be auto, cpu or cuda, not {device!r}")
-    options = AnnotateOptions(model, device, batch_size, per_frame, all_faces, resume, frames_fps)
+    options = AnnotateOptions(model, device, batch_size, per_frame, all_faces, resume, frames_fps, workers)
     try:
         with _download_bar(console) as on_bytes:
             net = load_model(model, resolve_device(device), progress=on_bytes)
@@ -229,6 +230,133 @@ def weights_download(names: List[str] = typer.Argument(None, help="Registry name
         raise _fail(console, str(e)) from None
 
 
+TRAIN_EPILOG = """
+Examples:
+
+  fer train --data afew-va/ --out runs/paper
+
+  fer train --data afew-va/ --out runs/mean --temporal mean     # does the LSTM matter?
+
+  fer train --data afew-va/ --out runs/leaky --split window     # how much a window split inflates scores
+
+  fer train --data afew-va/ --out runs/paper --resume --epochs 80
+
+  fer annotate videos/ --out results.parquet --model runs/paper/best.pt
+"""
+
+
+@app.command(epilog=TRAIN_EPILOG)
+def train(
+    data: Path = typer.Option(..., "--data", help="AFEW-VA folder: one folder per clip, frames and <id>.json."),
+    out: Path = typer.Option(..., "--out", "-o", help="Run folder: config, split, summary.csv, best.pt, last.pt, curves.png."),
+    split: str = typer.Option("clip", help="clip: train/val/test disjoint by clip and actor; window: paper-like random windows (inflated)."),
+    backbone: str = typer.Option("hsemotion", help="hsemotion (pretrained, downloaded once) or random (seeded, offline)."),
+    temporal: str = typer.Option("lstm", help="lstm, or mean of the frame features (no recurrence)."),
+    finetune: bool = typer.Option(False, "--finetune", help="Train the backbone too (no feature cache; AMP on CUDA)."),
+    epochs: int = typer.Option(50, min=1, help="Maximum epochs."),
+    patience: int = typer.Option(5, min=1, help="Stop after this many epochs without a better validation loss."),
+    batch_size: int = typer.Option(8, min=1, help="Windows per step."),
+    lr: float = typer.Option(1e-4, min=0.0, help="Adam learning rate."),
+    window: int = typer.Option(5, min=1, help="Frames per window (T)."),
+    fps: float = typer.Option(5.0, min=0.001, help="Frames sampled per second of video."),
+    frames_fps: float = typer.Option(25.0, min=0.001, help="Frame rate of the AFEW-VA frame folders (frames/s)."),
+    seed: int = typer.Option(0, help="Seed for initialisation, batch order and dropout (the split has its own)."),
+    split_file: Optional[Path] = typer.Option(None, help="Split definition: {seed, ratios} or train/val/test clip lists."),
+    resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its last.pt."),
+    device: str = typer.Option("auto", help="auto, cpu or cuda."),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="Debug logging."),
+) -> None:
+    """Train the EfficientNet-B0 + LSTM model on AFEW-VA; its best.pt is a --model for annotate."""
+    from .errors import FerError
+    from .training import TrainOptions, train as run_train
+
+    console = _console()
+    _setup_logging(console, verbose)
+    if device not in ("auto", "cpu", "cuda"):
+        raise _fail(console, f"--device must be auto, cpu or cuda, not {device!r}")
+    options = TrainOptions(
+        data, out, split=split, backbone=backbone, temporal=temporal, finetune=finetune, epochs=epochs,
+        patience=patience, batch_size=batch_size, lr=lr, window=window, fps=fps, frames_fps=frames_fps,
+        seed=seed, split_file=split_file, resume=resume, device=device,
+    )  # fmt: skip
+    try:
+        if backbone == "hsemotion":  # download with a bar now; training then finds it in the cache
+            from . import weights
+
+            with _download_bar(console) as on_bytes:
+                weights.fetch("hsemotion", progress=on_bytes)
+        with _TrainProgress(console) as bar:
+            result = run_train(options, progress=bar.update)
+    except FerError as e:
+        raise _fail(console, str(e)) from None
+    except KeyboardInterrupt:
+        console.print(f"interrupted: finished epochs are in {out}; run again with --resume to continue")
+        raise typer.Exit(EXIT_INTERRUPTED) from None
+    _train_summary(console, result)
+
+
+class _TrainProgress:
+    """A bar for data preparation, one per epoch, and a line of metrics after each epoch."""
+
+    def __init__(self, console):
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+        self.progress = Progress(
+            TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+            console=console, transient=True,
+        )  # fmt: skip
+        self.task = None
+
+    def __enter__(self):
+        self.progress.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        self.progress.__exit__(*exc)
+
+    def update(self, event) -> None:
+        p = self.progress
+        if event.kind in ("prepare", "epoch"):
+            if self.task is not None and (event.kind == "epoch" or event.done <= 1):
+                p.remove_task(self.task)
+                self.task = None
+            if self.task is None:
+                label = "faces and features (clips)" if event.kind == "prepare" else f"epoch {event.epoch}"
+                self.task = p.add_task(label, total=event.total)
+            p.update(self.task, completed=event.done)
+        elif event.kind == "batch" and self.task is not None:
+            p.update(self.task, completed=event.done, total=event.total)
+        elif event.kind == "epoch_end":
+            m = event.metrics
+            p.console.print(
+                f"epoch {m['epoch']:>3}  loss {m['train_loss']:.3f} / val {m['val_loss']:.3f}  "
+                f"val acc V {m['val_acc_valence']:.2f} A {m['val_acc_arousal']:.2f}  "
+                f"val CCC V {m['val_ccc_valence']:.3f} A {m['val_ccc_arousal']:.3f}  ({m['seconds']:.1f} s)",
+                highlight=False,
+            )
+
+
+def _train_summary(console, result) -> None:
+    from rich.table import Table
+
+    stop = "early stop" if result.stopped_early else "epoch limit"
+    table = Table(title=f"{result.out}: best epoch {result.best_epoch} of {result.epochs} ({stop})")
+    for col in ("test", "loss", "accuracy V", "accuracy A", "CCC V", "CCC A", "windows"):
+        table.add_column(col)
+    t = result.test
+    table.add_row(
+        "best.pt", f"{t['loss']:.3f}", f"{t['acc_valence']:.3f}", f"{t['acc_arousal']:.3f}",
+        f"{t['ccc_valence']:.3f}", f"{t['ccc_arousal']:.3f}", str(result.windows["test"]),
+    )  # fmt: skip
+    console.print(table)
+    p = result.prep
+    console.print(
+        f"data: {p.clips} clips, {p.samples} samples ({p.skipped} skipped, {p.from_landmarks} boxes from landmarks); "
+        f"this run detected {p.detected} and encoded {p.encoded} frames, {p.features_cached} features from the cache"
+    )
+    console.print(f"annotate with: fer annotate VIDEOS --out results.parquet --model {result.best}")
+
+
 BENCHMARK_ACCURACY_EPILOG = """
 Examples:
 
@@ -292,6 +420,7 @@ def benchmark_speed(
     model: str = typer.Option("hsemotion", help="Registered model name or checkpoint path."),
     device: str = typer.Option("auto", help="auto, cpu or cuda."),
     batch_size: int = typer.Option(16, min=1, help="Face crops per backbone batch."),
+    workers: Optional[int] = typer.Option(None, min=0, help="Decode/face worker processes (default: by cores; 0: none)."),
     naive: bool = typer.Option(True, help="Also time the hand-written per-frame loop."),
     naive_seconds: Optional[float] = typer.Option(None, help="Read at most this much of each clip in the naive loop."),
     json_out: Optional[Path] = typer.Option(None, "--json", help="Write the report as JSON here."),
@@ -305,7 +434,9 @@ def benchmark_speed(
     console = _console()
     _setup_logging(console, False)
     try:
-        report = speed(paths, model=model, device=device, batch_size=batch_size, naive=naive, naive_seconds=naive_seconds)
+        report = speed(
+            paths, model=model, device=device, batch_size=batch_size, workers=workers, naive=naive, naive_seconds=naive_seconds
+        )
     except FerError as e:
         raise _fail(console, str(e)) from None
     _print_speed(report)

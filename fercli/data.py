@@ -75,7 +75,9 @@ def read_dataset(root: str | Path) -> list[AfewClip]:
         raise DataError(f"{root}: no such data folder")
     folders = {p.name: p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")}
     beside = {p.stem: p for p in root.glob("*.json")}  # also accepted: <root>/<id>.json
-    for cid in sorted(set(beside) - set(folders)):
+    orphans = sorted(set(beside) - set(folders))
+    if orphans:
+        cid = orphans[0]
         raise DataError(f"clip {cid}: {beside[cid].name} has labels but the frames folder {root / cid} is missing")
     clips = []
     for cid in sorted(folders):
@@ -667,7 +669,7 @@ def split_windows(windows: Windows, clips: list[ClipSamples], seed: int = DEFAUL
     if n < len(PARTS):
         raise DataError(f"a window split needs at least {len(PARTS)} windows; the data has {n}")
     order = np.random.default_rng(seed).permutation(n)
-    n_train = max(1, round(ratios["train"] * n))
+    n_train = min(max(1, round(ratios["train"] * n)), n - 2)
     n_val = max(1, min(n - n_train - 1, round(ratios["val"] * n)))
     rows = {"train": np.sort(order[:n_train]), "val": np.sort(order[n_train : n_train + n_val]),
             "test": np.sort(order[n_train + n_val :])}

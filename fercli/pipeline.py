@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import time
 from collections import defaultdict
 from contextlib import contextmanager
@@ -23,6 +24,9 @@ log = logging.getLogger("fercli")
 
 DEFAULT_BATCH = 16  # face crops per backbone call; small batches run best on a 2-core CPU
 MAIN_FACE = 0  # face id of the main subject when not annotating every face
+MAX_WORKERS = 8  # decode/face worker processes at most
+SAMPLES_PER_MESSAGE = 8  # samples a worker sends at once (each crop is ~150 kB)
+QUEUE_CHUNKS = 4  # messages in flight per worker: bounds memory whatever the video length
 
 
 @dataclass
@@ -34,6 +38,7 @@ class AnnotateOptions:
     all_faces: bool = False  # a row per tracked face (with face_id) instead of the main subject only
     resume: bool = False  # keep videos already in the output and annotate only the rest
     frames_fps: float = 25.0  # frame rate of image-sequence clips (frames/s)
+    workers: int | None = None  # decode/face worker processes; None = by cores and device, 0 = none
 
 
 @dataclass
@@ -146,7 +151,6 @@ def annotate(
 
     A clip that fails is reported in the result and in `<out stem>.errors.csv`; the others go on.
     """
-    from . import faces
     from .model import load_model
     from .writers import TableWriter, write_errors
 
@@ -166,19 +170,20 @@ def annotate(
     )
     done = writer.done() if options.resume else set()
     result = AnnotateResult(out, skipped_files=inputs.skipped)
-    order = [c.name for c in inputs.clips]
+    todo = []
+    for clip in _unique(inputs.clips, result):
+        if clip.name in done:
+            result.videos.append(VideoResult(clip.name, resumed=True))
+        else:
+            todo.append(clip)
+    labeler = Labeler(model, options, device, clock, emit, on_clip=lambda vr, rows: _store(vr, rows, writer, clock, result))
     try:
-        with faces.FaceDetector() as detector:
-            for clip in _unique(inputs.clips, result):
-                if clip.name in done:
-                    result.videos.append(VideoResult(clip.name, resumed=True))
-                    continue
-                vr = _annotate_one(clip, model, detector, options, device, writer, emit, clock)
-                result.videos.append(vr)
+        run = _run_in_workers if _workers(options, device, len(todo)) else _run_here
+        run(todo, labeler, options, device, clock)
     finally:  # also on Ctrl-C: keep what finished, in a whole file
         if result.videos or not out.exists():
             with clock.stage("write"):
-                result.rows = writer.finish(order)
+                result.rows = writer.finish([c.name for c in inputs.clips])
         errors = [(v.video, v.error) for v in result.videos if v.error]
         result.errors_file = write_errors(out, errors)
     return result
@@ -195,89 +200,40 @@ def _unique(clips: list[Clip], result: AnnotateResult) -> Iterator[Clip]:
         yield clip
 
 
-def _annotate_one(clip, model, detector, options, device, writer, emit, clock) -> VideoResult:
-    vr = VideoResult(clip.name)
-    start = time.perf_counter()
-    emit(ProgressEvent("start", clip.name))
-    try:
-        rows = list(annotate_clip(clip, model, detector, options, device, emit, clock))
+def _store(vr: VideoResult, rows: list[dict] | None, writer, clock, result: AnnotateResult) -> None:
+    if rows is not None:
         with clock.stage("write"):
-            vr.rows = writer.add(clip.name, rows)
+            vr.rows = writer.add(vr.video, rows)
         vr.face_rows = sum(r["face"] for r in rows)
-        vr.duration = max((r.get("end", r.get("time", 0.0)) for r in rows), default=0.0)
-    except FerError as e:
-        vr.error = str(e)
-    except (KeyboardInterrupt, MemoryError):
-        raise
-    except Exception as e:  # one bad clip must not stop the batch
-        vr.error = f"{clip.path}: {type(e).__name__}: {e}".splitlines()[0]
-    vr.elapsed = time.perf_counter() - start
     if vr.error:
         log.error(vr.error)
-    emit(ProgressEvent("done", clip.name, result=vr))
-    return vr
+    result.videos.append(vr)
 
 
-def annotate_clip(
-    clip: Clip, model, detector, options: AnnotateOptions, device, emit=None, clock=NO_CLOCK
-) -> Iterator[dict]:
-    """Rows for one clip (without the `video` column), streamed second by second."""
+# -- producer: decode, detect, crop. Model-free, so it can run in worker processes. ---------
+
+
+@dataclass
+class SampleCrops:
+    index: int  # sample index k
+    time: float  # seconds
+    crops: dict  # face id -> size x size x 3 uint8 crop
+
+
+def clip_samples(clip: Clip, cfg, options: AnnotateOptions, detector, device_type: str = "cpu", clock=NO_CLOCK):
+    """The clip's VideoInfo first, then a SampleCrops per sample at the model's rate."""
     from .decode import open_video
-    from .windows import Aggregator, rows
-
-    emit = emit or (lambda event: None)
-    cfg = model.config
-    with open_video(clip.path, frames_fps=options.frames_fps, device=device.type) as source:
-        duration = source.info.duration
-        total = math.ceil(duration * cfg.fps - 1e-9)
-        agg = Aggregator(cfg.window, duration, cfg.is_window_model, options.per_frame)
-        samples = clock.iterate("decode", source.sample(cfg.fps))
-        on_samples = lambda n: emit(ProgressEvent("frames", clip.name, n, total))  # noqa: E731
-        features = _features(samples, model, detector, options, device, on_samples, clock)
-        units = _units(features, agg)
-        yield from rows(units, _timed_head(model, clock), options.batch_size)
-
-
-def _timed_head(model, clock):
-    head = getattr(model, "head", None)
-    if head is None:
-        return None
-
-    def timed(windows):
-        with clock.stage("head", len(windows)):
-            return head(windows)
-
-    return timed
-
-
-def _units(features, agg) -> Iterator:
-    for ff in features:
-        yield from agg.push(ff)
-    yield from agg.finish()
-
-
-def _features(samples, model, detector, options, device, on_samples, clock=NO_CLOCK) -> Iterator:
-    """Detect and crop faces per sample, encode crops in batches, yield FrameFeatures in order."""
     from .faces import FaceTracker, crop
-    from .windows import FrameFeatures
 
-    pre = model.config.preprocess
-    tracker = FaceTracker()
-    pending: list[tuple[int, float, list[int]]] = []  # sample index, time, face ids of its crops
-    crops: list = []
-    done = 0
-    for frame in samples:
-        with clock.stage("faces", 1):
-            found = _faces_of(tracker, frame, detector, options.all_faces)
-            crops += [crop(frame.image, det.box, pre.size, pre.margin) for det in found.values()]
-        pending.append((frame.index, frame.time, list(found)))
-        if len(crops) >= options.batch_size:
-            yield from _flush(pending, crops, model, device, FrameFeatures, clock)
-            done += len(pending)
-            on_samples(done)
-            pending, crops = [], []
-    yield from _flush(pending, crops, model, device, FrameFeatures, clock)
-    on_samples(done + len(pending))
+    pre = cfg.preprocess
+    with open_video(clip.path, frames_fps=options.frames_fps, device=device_type) as source:
+        yield source.info
+        tracker = FaceTracker()
+        for frame in clock.iterate("decode", source.sample(cfg.fps)):
+            with clock.stage("faces", 1):
+                found = _faces_of(tracker, frame, detector, options.all_faces)
+                crops = {fid: crop(frame.image, det.box, pre.size, pre.margin) for fid, det in found.items()}
+            yield SampleCrops(frame.index, frame.time, crops)
 
 
 def _faces_of(tracker, frame, detector, all_faces: bool) -> dict:
@@ -288,24 +244,273 @@ def _faces_of(tracker, frame, detector, all_faces: bool) -> dict:
     return {MAIN_FACE: main} if main is not None else {}
 
 
-def _flush(pending, crops, model, device, FrameFeatures, clock=NO_CLOCK) -> Iterator:
-    import numpy as np
-    import torch
+def _clip_error(clip: Clip, e: Exception) -> str:
+    if isinstance(e, FerError):
+        return str(e)
+    return f"{clip.path}: {type(e).__name__}: {e}".splitlines()[0]
 
-    from .model import to_input
 
-    feats = None
-    if crops:
-        with clock.stage("backbone", len(crops)), torch.inference_mode():
-            feats = model.encode(to_input(np.stack(crops), model.config.preprocess, device))
-            if not model.config.is_window_model:
-                feats = model.frame_scores(feats)
-            feats = feats.float()
-    j = 0
-    for index, t, face_ids in pending:
-        faces = {fid: feats[j + i] for i, fid in enumerate(face_ids)}
-        j += len(face_ids)
-        yield FrameFeatures(index, t, faces)
+# -- consumer: the model, batched across clips. ----------------------------------------------
+
+
+@dataclass
+class _Clip:
+    clip: Clip
+    agg: object  # windows.Aggregator
+    total: int  # samples expected
+    started: float  # perf_counter at start
+    duration: float
+    rows: list = field(default_factory=list)
+    samples: int = 0  # samples labelled so far
+
+
+class Labeler:
+    """Runs the model over samples from any number of clips, batching crops across clips.
+
+    Feed it `start(key, clip, info)`, then `add(key, sample)` in sample order per clip, then
+    `end(key)` or `fail(key, error)`; finished clips go to `on_clip(VideoResult, rows)`.
+    """
+
+    def __init__(self, model, options: AnnotateOptions, device, clock, emit, on_clip):
+        self.model, self.options, self.device, self.clock, self.emit = model, options, device, clock, emit
+        self.on_clip = on_clip
+        self.clips: dict = {}
+        self.pending: list = []  # (key, SampleCrops) waiting for the backbone
+        self.n_crops = 0
+
+    def start(self, key, clip: Clip, info) -> None:
+        from .windows import Aggregator
+
+        cfg = self.model.config
+        agg = Aggregator(cfg.window, info.duration, cfg.is_window_model, self.options.per_frame)
+        total = math.ceil(info.duration * cfg.fps - 1e-9)
+        self.clips[key] = _Clip(clip, agg, total, time.perf_counter(), info.duration)
+        self.emit(ProgressEvent("start", clip.name, 0, total))
+
+    def add(self, key, sample: SampleCrops) -> None:
+        self.pending.append((key, sample))
+        self.n_crops += len(sample.crops)
+        if self.n_crops >= self.options.batch_size:
+            self.flush()
+
+    def end(self, key) -> None:
+        if any(k == key for k, _ in self.pending):
+            self.flush()
+        state = self.clips.pop(key)
+        self._label(state, state.agg.finish())
+        vr = VideoResult(state.clip.name, duration=state.duration, elapsed=time.perf_counter() - state.started)
+        self.on_clip(vr, state.rows)
+        self.emit(ProgressEvent("done", state.clip.name, result=vr))
+
+    def fail(self, key, clip: Clip, error: str) -> None:
+        self.pending = [(k, s) for k, s in self.pending if k != key]
+        self.n_crops = sum(len(s.crops) for _, s in self.pending)
+        state = self.clips.pop(key, None)
+        elapsed = time.perf_counter() - state.started if state else 0.0
+        vr = VideoResult(clip.name, error=error, elapsed=elapsed)
+        self.on_clip(vr, None)
+        self.emit(ProgressEvent("done", clip.name, result=vr))
+
+    def flush(self) -> None:
+        from .windows import FrameFeatures
+
+        feats = self._encode([c for _, s in self.pending for c in s.crops.values()])
+        j, touched = 0, {}
+        for key, sample in self.pending:
+            state = self.clips[key]
+            faces = {fid: feats[j + i] for i, fid in enumerate(sample.crops)}
+            j += len(sample.crops)
+            touched.setdefault(key, []).extend(state.agg.push(FrameFeatures(sample.index, sample.time, faces)))
+            state.samples += 1
+        self.pending, self.n_crops = [], 0
+        for key, units in touched.items():
+            state = self.clips[key]
+            self._label(state, units)
+            self.emit(ProgressEvent("frames", state.clip.name, state.samples, state.total))
+
+    def _encode(self, crops: list):
+        import numpy as np
+        import torch
+
+        from .model import to_input
+
+        if not crops:
+            return None
+        with self.clock.stage("backbone", len(crops)), torch.inference_mode():
+            feats = self.model.encode(to_input(np.stack(crops), self.model.config.preprocess, self.device))
+            if not self.model.config.is_window_model:
+                feats = self.model.frame_scores(feats)
+            return feats.float()
+
+    def _label(self, state: _Clip, units: list) -> None:
+        from .windows import label_units
+
+        if not units:
+            return
+        head = getattr(self.model, "head", None)
+        n = sum(u.window is not None for u in units)
+        with self.clock.stage("head", n):
+            labels = label_units(units, head)
+        state.rows += [{**u.key, "face_id": u.face_id, "face": u.has_face, **lab} for u, lab in zip(units, labels)]
+
+
+# -- schedules: the same producer and consumer, in one process or with worker processes. -----
+
+
+def _run_here(clips: list[Clip], labeler: Labeler, options, device, clock) -> None:
+    from .faces import FaceDetector
+
+    with FaceDetector() as detector:
+        for key, clip in enumerate(clips):
+            try:
+                stream = clip_samples(clip, labeler.model.config, options, detector, device.type, clock)
+                labeler.start(key, clip, next(stream))
+                for sample in stream:
+                    labeler.add(key, sample)
+                labeler.end(key)
+            except (KeyboardInterrupt, MemoryError):
+                raise
+            except Exception as e:  # one bad clip must not stop the batch
+                labeler.fail(key, clip, _clip_error(clip, e))
+
+
+def _workers(options: AnnotateOptions, device, n_clips: int) -> int:
+    """Worker processes for decoding and face detection (0 = all in this process)."""
+    if options.workers is not None:
+        return max(0, options.workers)
+    cores = os.cpu_count() or 1
+    if n_clips < 2 or cores < 2:
+        return 0
+    # The backbone needs this process's cores on a CPU; a GPU leaves them to the producers.
+    return min(n_clips, cores - 1 if device.type == "cuda" else max(1, cores // 2), MAX_WORKERS)
+
+
+def _run_in_workers(clips: list[Clip], labeler: Labeler, options, device, clock) -> None:
+    import multiprocessing as mp
+
+    n = _workers(options, device, len(clips))
+    ctx = mp.get_context("spawn")  # fork after torch and MediaPipe threads start is unsafe
+    tasks, results, drained = ctx.Queue(), ctx.Queue(maxsize=QUEUE_CHUNKS * n), ctx.Event()
+    timed = isinstance(clock, StageClock)
+    for key, clip in enumerate(clips):
+        tasks.put((key, clip))
+    for _ in range(n):
+        tasks.put(None)
+    procs = [
+        ctx.Process(
+            target=_worker, args=(tasks, results, drained, labeler.model.config, options, device.type, timed), daemon=True
+        )
+        for _ in range(n)
+    ]
+    for p in procs:
+        p.start()
+    try:
+        _consume(results, clips, labeler, clock, n, procs)
+        drained.set()
+    finally:
+        for p in procs:
+            if p.is_alive():
+                p.terminate()
+            p.join(timeout=5)
+
+
+def _consume(results, clips, labeler: Labeler, clock, n_workers: int, procs) -> None:
+    import queue
+
+    finished = 0
+    while finished < n_workers:
+        try:
+            kind, key, payload = results.get(timeout=1.0)
+        except queue.Empty:
+            if not any(p.is_alive() for p in procs):
+                raise FerError("decoding workers died unexpectedly") from None
+            continue
+        if kind == "info":
+            labeler.start(key, clips[key], payload)
+        elif kind == "samples":
+            for sample in payload:
+                labeler.add(key, sample)
+        elif kind == "end":
+            _merge_clock(clock, payload)
+            labeler.end(key)
+        elif kind == "error":
+            labeler.fail(key, clips[key], payload)
+        elif kind == "exit":
+            finished += 1
+
+
+def _worker(tasks, results, drained, cfg, options, device_type: str, timed: bool) -> None:
+    """Worker process: decode, detect and crop whole clips; send samples in small chunks."""
+    from .faces import FaceDetector
+
+    put = _parent_aware_put(results)
+    try:
+        with FaceDetector() as detector:
+            while (task := tasks.get()) is not None:
+                key, clip = task
+                clock = StageClock() if timed else NO_CLOCK
+                try:
+                    _produce(key, clip_samples(clip, cfg, options, detector, device_type, clock), put)
+                    put(("end", key, (dict(clock.seconds), dict(clock.items)) if timed else None))
+                except Exception as e:  # reported for this clip; the worker goes on
+                    put(("error", key, _clip_error(clip, e)))
+        put(("exit", None, None))
+        _wait_until_read(results, drained)
+    except (KeyboardInterrupt, BrokenPipeError):
+        # Whatever is still buffered can never be read: exit without flushing it.
+        results.cancel_join_thread()
+
+
+def _produce(key, stream, put) -> None:
+    put(("info", key, next(stream)))
+    chunk = []
+    for sample in stream:
+        chunk.append(sample)
+        if len(chunk) >= SAMPLES_PER_MESSAGE:
+            put(("samples", key, chunk))
+            chunk = []
+    if chunk:
+        put(("samples", key, chunk))
+
+
+def _parent_aware_put(results):
+    """A queue put that gives up once the parent is gone (killed), instead of blocking forever."""
+    import queue
+
+    def put(item) -> None:
+        while True:
+            _check_parent()
+            try:
+                results.put(item, timeout=1.0)
+                return
+            except queue.Full:
+                pass
+
+    return put
+
+
+def _wait_until_read(results, drained) -> None:
+    # A process exits only after its queue's buffer reaches the pipe; if the parent died
+    # without reading, that would block forever (this process holds the read end too).
+    while not drained.wait(timeout=1.0):
+        _check_parent()
+
+
+def _check_parent() -> None:
+    import multiprocessing as mp
+
+    parent = mp.parent_process()
+    if parent is not None and not parent.is_alive():
+        raise BrokenPipeError("parent process is gone")
+
+
+def _merge_clock(clock, payload) -> None:
+    if payload and isinstance(clock, StageClock):
+        seconds, items = payload
+        for name, value in seconds.items():
+            clock.seconds[name] += value
+        for name, value in items.items():
+            clock.items[name] += value
 
 
 def run_metadata(model, options: AnnotateOptions) -> dict:

@@ -1,0 +1,268 @@
+"""`fer train` on synthetic AFEW-VA (tests/afew.py) with the seeded random backbone, on the CPU.
+
+The two headline runs (LSTM and mean-of-features heads on the same held-out clips) share one
+feature cache, so the backbone sees each frame once for the whole module.
+"""
+
+import csv
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+import afew
+from fercli import data
+from fercli.errors import DataError, FerError, WeightsError
+from fercli.training import TrainOptions, backbone_weights, model_config, train
+
+REPO = Path(__file__).resolve().parents[1]
+# Small and fast for CI: 96 px crops, a 64-unit LSTM, bigger batches and steps than the paper's
+# (8, 1e-4), which would need hundreds of epochs on this little data.
+FAST = dict(backbone="random", frames_fps=5.0, image_size=96, hidden=64, batch_size=16, lr=2e-3, patience=6, epochs=30)
+
+
+@pytest.fixture(scope="module")
+def synthetic(tmp_path_factory) -> Path:
+    """24 clips x 40 frames (at 5 fps: 8 s each), 8 actors."""
+    root = tmp_path_factory.mktemp("afew-va")
+    afew.make_dataset(root, clips=24, frames=40, actors=8)
+    return root
+
+
+@pytest.fixture(scope="module")
+def features(tmp_path_factory) -> Path:
+    # Module fixtures are built before the autouse FER_CACHE_DIR fixture applies: name the cache.
+    return tmp_path_factory.mktemp("features")
+
+
+@pytest.fixture(scope="module")
+def runs(synthetic, features, tmp_path_factory):
+    out = tmp_path_factory.mktemp("runs")
+    return {t: train(TrainOptions(synthetic, out / t, temporal=t, cache_dir=features, **FAST)) for t in ("lstm", "mean")}
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory) -> Path:
+    """6 clips x 12 frames, 3 actors: for tests of the machinery, not of learning."""
+    root = tmp_path_factory.mktemp("afew-tiny")
+    afew.make_dataset(root, clips=6, frames=12, actors=3, seed=1)
+    return root
+
+
+# --- what the model learns -----------------------------------------------------------------------
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("temporal", ["lstm", "mean"])
+def test_valence_is_learnt_by_either_head_on_held_out_clips(runs, temporal):
+    assert runs[temporal].test["ccc_valence"] > 0.8
+
+
+@pytest.mark.slow
+def test_arousal_needs_the_order_of_frames(runs):
+    lstm, mean = runs["lstm"].test["ccc_arousal"], runs["mean"].test["ccc_arousal"]
+    assert lstm > 0.6
+    assert mean < 0.35  # a window's set of frames says nothing about the direction of the roll
+    assert lstm - mean > 0.4
+
+
+@pytest.mark.slow
+def test_test_clips_and_actors_were_never_trained_on(runs, synthetic):
+    split = json.loads((runs["lstm"].out / "split.json").read_text())
+    assert split["kind"] == "clip"
+    actor = {c.id: c.actor for c in data.read_dataset(synthetic)}
+    groups = [{actor[c] for c in split[p]} for p in data.PARTS]
+    assert not (groups[0] & groups[1] or groups[0] & groups[2] or groups[1] & groups[2])
+    assert runs["lstm"].windows["test"] > 0 and runs["mean"].windows == runs["lstm"].windows
+
+
+# --- the run folder and the checkpoint -------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_run_folder_records_itself(runs):
+    r = runs["lstm"]
+    config = json.loads((r.out / "config.json").read_text())
+    assert config["options"]["temporal"] == "lstm" and config["split"]["kind"] == "clip"
+    assert config["model"]["preprocess"]["size"] == 96 and len(config["backbone_sha256"]) == 64
+    with open(r.out / "summary.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [int(row["epoch"]) for row in rows] == list(range(1, r.epochs + 1))
+    assert {"train_loss", "val_loss", "val_acc_valence", "val_ccc_arousal", "seconds"} <= set(rows[0])
+    assert (r.out / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert r.stopped_early or r.epochs == FAST["epochs"]
+    best = torch.load(r.best, weights_only=True)
+    meta = best["training"]
+    assert meta["split"] == "clip" and meta["backbone"] == "random" and meta["epoch"] == r.best_epoch
+    assert meta["backbone_sha256"] == config["backbone_sha256"]
+    assert meta["test"]["ccc_valence"] == pytest.approx(r.test["ccc_valence"])
+    assert json.loads((r.out / "test.json").read_text())["best_epoch"] == r.best_epoch
+    assert (r.out / "last.pt").exists()
+
+
+@pytest.mark.slow
+def test_checkpoint_runs_in_fer_annotate_and_agrees_with_the_truth(runs, synthetic, tmp_path):
+    import pandas as pd
+
+    from fercli.model import load_model
+    from fercli.pipeline import AnnotateOptions, annotate
+
+    model = load_model(runs["lstm"].best)
+    assert model.config.temporal == "lstm" and model.config.window == 5 and model.config.preprocess.size == 96
+    test_clips = json.loads((runs["lstm"].out / "split.json").read_text())["test"]
+    out = tmp_path / "pred.csv"
+    result = annotate([synthetic / c for c in test_clips], out, AnnotateOptions(device="cpu", frames_fps=5.0), model=model)
+    assert not result.failed
+    pred = pd.read_csv(out, dtype={"video": str})
+    assert pred["face"].all()
+    truth = []
+    for c in test_clips:
+        doc = json.loads((synthetic / c / f"{c}.json").read_text())
+        for key, f in doc["frames"].items():
+            truth.append((c, int(key) // 5, f["valence"]))
+    truth = pd.DataFrame(truth, columns=["video", "second", "true"]).groupby(["video", "second"], as_index=False).mean()
+    both = pred.merge(truth, on=["video", "second"])
+    assert len(both) == len(pred)
+    from fercli.metrics import ccc
+
+    # The same crops, windows and model as in training: held-out valence comes out as trained.
+    assert ccc(both["true"], both["valence_score"]) > 0.8
+
+
+# --- resume, caches, splits ----------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_resume_continues_where_it_stopped(synthetic, features, tmp_path):
+    opts = dict(temporal="lstm", cache_dir=features, **{**FAST, "patience": 100})
+    straight = train(TrainOptions(synthetic, tmp_path / "straight", **{**opts, "epochs": 4}))
+    first = train(TrainOptions(synthetic, tmp_path / "cut", **{**opts, "epochs": 2}))
+    assert first.epochs == 2
+    resumed = train(TrainOptions(synthetic, tmp_path / "cut", resume=True, **{**opts, "epochs": 4}))
+    assert resumed.epochs == 4 and resumed.prep.encoded == 0
+
+    def without_time(history):
+        return [{k: v for k, v in row.items() if k != "seconds"} for row in history]
+
+    assert without_time(resumed.history[:2]) == without_time(first.history)
+    assert without_time(resumed.history) == without_time(straight.history)
+    a = torch.load(straight.last, weights_only=True)["state_dict"]
+    b = torch.load(resumed.last, weights_only=True)["state_dict"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    with open(tmp_path / "cut" / "summary.csv") as f:
+        assert len(list(csv.DictReader(f))) == 4
+
+
+def test_an_existing_run_is_never_overwritten(tiny, tmp_path):
+    opts = dict(cache_dir=tmp_path / "c", **{**FAST, "epochs": 1, "image_size": 64})
+    train(TrainOptions(tiny, tmp_path / "run", **opts))
+    with pytest.raises(FerError, match="already holds a run; pass --resume"):
+        train(TrainOptions(tiny, tmp_path / "run", **opts))
+    with pytest.raises(FerError, match=r"cannot resume with different options \(lr\)"):
+        train(TrainOptions(tiny, tmp_path / "run", resume=True, **{**opts, "lr": 1e-2}))
+    with pytest.raises(FerError, match="nothing to resume"):
+        train(TrainOptions(tiny, tmp_path / "other", resume=True, **opts))
+
+
+def test_second_run_does_no_backbone_work(tiny, tmp_path, monkeypatch):
+    opts = dict(cache_dir=tmp_path / "cache", **{**FAST, "epochs": 1, "image_size": 64})
+    first = train(TrainOptions(tiny, tmp_path / "a", **opts))
+    assert first.prep.detected == 72 and first.prep.encoded == 72
+
+    from fercli.faces import FaceDetector
+    from fercli.model import EfficientNetLSTM
+
+    def forbidden(*args, **kwargs):
+        raise AssertionError("backbone or detector ran although the cache has everything")
+
+    monkeypatch.setattr(EfficientNetLSTM, "encode", forbidden)
+    monkeypatch.setattr(FaceDetector, "detect", forbidden)
+    for out, temporal in (("b", "lstm"), ("c", "mean")):  # features do not depend on the head
+        again = train(TrainOptions(tiny, tmp_path / out, temporal=temporal, **opts))
+        assert again.prep.detected == 0 and again.prep.encoded == 0
+        assert again.prep.features_cached == 72 and again.prep.boxes_cached == 72
+
+
+def test_window_split_is_recorded_as_such(tiny, tmp_path):
+    r = train(TrainOptions(tiny, tmp_path / "w", split="window", cache_dir=tmp_path / "c",
+                           **{**FAST, "epochs": 1, "image_size": 64}))
+    split = json.loads((r.out / "split.json").read_text())
+    assert split["kind"] == "window" and split["test"][0].count(":") == 1
+    assert json.loads((r.out / "config.json").read_text())["split"]["kind"] == "window"
+    assert torch.load(r.best, weights_only=True)["training"]["split"] == "window"
+    assert sum(r.windows.values()) == 6 * 8
+
+
+def test_finetune_trains_the_backbone_end_to_end(tiny, tmp_path):
+    opts = TrainOptions(tiny, tmp_path / "ft", finetune=True, cache_dir=tmp_path / "c",
+                        **{**FAST, "epochs": 1, "image_size": 64, "hidden": 16, "window": 3})
+    r = train(opts)
+    assert r.prep.encoded == 0  # no feature cache when the backbone changes every step
+    trained = torch.load(r.best, weights_only=True)["state_dict"]
+    init, _ = backbone_weights("random", model_config(opts))
+    assert not torch.equal(trained["backbone.conv_stem.weight"], init["conv_stem.weight"])
+    assert list((tmp_path / "c" / "crops").rglob("*.npz"))  # crops computed once, cached
+
+
+def test_hsemotion_backbone_comes_from_its_weights_file(tmp_path, monkeypatch):
+    import timm
+
+    from fercli import weights
+
+    torch.manual_seed(3)
+    net = timm.create_model("tf_efficientnet_b0", num_classes=10)
+    path = tmp_path / "enet_b0_8_va_mtl.pt"
+    torch.save(net.state_dict(), path)
+    monkeypatch.setattr(weights, "fetch", lambda name, **kw: path)
+    state, sha = backbone_weights("hsemotion", model_config(TrainOptions("d", "o")))
+    assert sha == weights.sha256(path)
+    assert not any(k.startswith("classifier") for k in state)
+    assert torch.equal(state["conv_stem.weight"], net.state_dict()["conv_stem.weight"])
+
+
+def test_missing_hsemotion_weights_stop_the_run(tiny, tmp_path, monkeypatch):
+    from fercli import weights
+
+    def offline(name, **kw):
+        raise WeightsError("cannot download hsemotion (offline)")
+
+    monkeypatch.setattr(weights, "fetch", offline)
+    with pytest.raises(WeightsError, match="offline"):
+        train(TrainOptions(tiny, tmp_path / "run", backbone="hsemotion"))
+    assert not (tmp_path / "run" / "last.pt").exists()
+
+
+def test_bad_data_stops_the_run_naming_the_clip(tiny, tmp_path):
+    import shutil
+
+    shutil.copytree(tiny, tmp_path / "d")
+    doc = json.loads((tmp_path / "d" / "004" / "004.json").read_text())
+    doc["frames"]["00007"]["arousal"] = 14
+    (tmp_path / "d" / "004" / "004.json").write_text(json.dumps(doc))
+    with pytest.raises(DataError, match="clip 004 .*frame 00007: arousal 14 is outside -10..10"):
+        train(TrainOptions(tmp_path / "d", tmp_path / "run", **FAST))
+
+
+def test_paper_configuration_is_the_default():
+    paper = json.loads((REPO / "train" / "paper.json").read_text())
+    defaults = TrainOptions("d", "o")
+    assert {k: getattr(defaults, k) for k in paper} == paper
+    assert (defaults.lr, defaults.batch_size, defaults.split) == (1e-4, 8, "clip")
+
+
+def test_fer_train_command(tiny, tmp_path):
+    from typer.testing import CliRunner
+
+    from fercli.cli import app
+
+    if not any((c.name or c.callback.__name__) == "train" for c in app.registered_commands):
+        pytest.skip("`fer train` is not registered in fercli/cli.py yet")
+    args = ["train", "--data", tiny, "--out", tmp_path / "run", "--backbone", "random", "--epochs", "1",
+            "--frames-fps", "5", "--device", "cpu"]
+    env = {"FER_CACHE_DIR": str(tmp_path / "cache")}
+    result = CliRunner().invoke(app, [str(a) for a in args], env=env)
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "run" / "best.pt").exists()
+    result = CliRunner().invoke(app, [str(a) for a in args], env=env)
+    assert result.exit_code == 2 and "--resume" in result.output
