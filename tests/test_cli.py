@@ -95,13 +95,15 @@ def _wait_for_first_part(proc, out, timeout=120):
     pytest.fail(f"no finished video before the run ended: {proc.communicate()[0][-2000:]}")
 
 
-@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGINT])
-def test_interrupted_run_keeps_finished_videos_and_resume_completes(tmp_path, clips_dir, clean_run, lstm_checkpoint, sig):
+@pytest.mark.parametrize("sig,workers", [(signal.SIGKILL, "1"), (signal.SIGINT, "0")])
+def test_interrupted_run_keeps_finished_videos_and_resume_completes(
+    tmp_path, clips_dir, clean_run, lstm_checkpoint, sig, workers
+):
     _, clean_out = clean_run
     clean = read_table(clean_out)
     out = tmp_path / "r.parquet"
     inputs = [clips_dir]
-    proc = _start(out, inputs, lstm_checkpoint)
+    proc = _start(out, inputs, lstm_checkpoint, "--workers", workers)
     _wait_for_first_part(proc, out)
     proc.send_signal(sig)
     proc.communicate(timeout=60)

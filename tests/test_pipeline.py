@@ -81,6 +81,14 @@ def test_main_subject_is_the_big_face(clean, tmp_path, clips_dir, lstm):
     np.testing.assert_allclose(main, alone, atol=0.05)
 
 
+def test_worker_processes_give_the_same_table(clean, tmp_path, clips_dir, broken_dir, lstm):
+    result, df = clean
+    out = tmp_path / "workers.parquet"
+    two = fercli.annotate([clips_dir, broken_dir], out, AnnotateOptions(workers=2), model=lstm)
+    pd.testing.assert_frame_equal(read_table(out), df, atol=1e-5, check_exact=False)
+    assert sorted((v.video, v.error) for v in two.failed) == sorted((v.video, v.error) for v in result.failed)
+
+
 def test_parquet_metadata_describes_the_run(clean, lstm):
     result, _ = clean
     meta = read_metadata(result.out)
