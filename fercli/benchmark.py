@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from .inputs import find_clips
-from .pipeline import AnnotateOptions, StageClock, annotate, resolve_device
+from .pipeline import AnnotateOptions, StageClock, annotate, resolve_device, resolve_precision
 
 STAGES = ("decode", "faces", "backbone", "head", "write")
 WARMUP_SAMPLES = 32  # samples of the first clip run through the model before timing starts
@@ -66,6 +66,7 @@ def speed(
     device: str = "auto",
     batch_size: int = 16,
     workers: int | None = None,
+    precision: str = "auto",
     naive: bool = True,
     naive_seconds: float | None = None,
     loaded_model=None,
@@ -88,7 +89,8 @@ def speed(
     for clip in clips:
         with open_video(clip.path) as src:
             infos.append(src.info)
-    options = AnnotateOptions(model=model, device=dev.type, batch_size=batch_size, workers=workers)
+    options = AnnotateOptions(model=model, device=dev.type, batch_size=batch_size, workers=workers, precision=precision)
+    precision = resolve_precision(precision, dev)
     _warm_up(clips[0], net, options, dev)
     if dev.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
@@ -109,7 +111,7 @@ def speed(
         video_seconds=sum(i.duration for i in infos),
         decoded_frames=sum(i.frames for i in infos),
         sampled_frames=clock.items["decode"],
-        backbone_only_fps=backbone_only(net, dev, batch_size, max(clock.items["backbone"], batch_size)),
+        backbone_only_fps=backbone_only(net, dev, batch_size, max(clock.items["backbone"], batch_size), precision),
         peak_cuda_mb=torch.cuda.max_memory_allocated() / 2**20 if dev.type == "cuda" else None,
     )
     if naive:
@@ -119,14 +121,16 @@ def speed(
     return report
 
 
-def backbone_only(model, device, batch_size: int, n: int) -> float:
+def backbone_only(model, device, batch_size: int, n: int, precision: str = "fp32") -> float:
     """Crops per second through the backbone alone, on ready-made input tensors."""
     import torch
+
+    from .pipeline import autocast
 
     size = model.config.preprocess.size
     x = torch.randn(batch_size, 3, size, size, device=device).contiguous(memory_format=torch.channels_last)
     batches = max(1, math.ceil(n / batch_size))
-    with torch.inference_mode():
+    with torch.inference_mode(), autocast(precision, device):
         model.encode(x)  # warm-up
         _sync(device)
         start = time.perf_counter()
@@ -197,6 +201,7 @@ def _setup(model, device, options, clips, infos) -> dict:
         "arch": model.config.arch,
         "fps": model.config.fps,
         "batch_size": options.batch_size,
+        "precision": resolve_precision(options.precision, device),
         "workers": _workers(options, device, len(clips)),
         "clips": len(clips),
         "sizes": sorted({f"{i.width}x{i.height}" for i in infos}),

@@ -88,6 +88,8 @@ def annotate(
     resume: bool = typer.Option(False, "--resume", help="Skip videos already in --out."),
     frames_fps: float = typer.Option(25.0, min=0.001, help="Frame rate of image-sequence folders (frames/s)."),
     workers: Optional[int] = typer.Option(None, min=0, help="Decode/face worker processes (default: by cores; 0: none)."),
+    precision: str = typer.Option("auto", help="fp32, bf16 or fp16 (CUDA); auto: bf16 on CUDA, fp32 on a CPU."),
+    reuse_boxes: int = typer.Option(1, min=0, help="Samples in a row that may reuse steady face boxes (0: detect every sample)."),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Debug logging."),
 ) -> None:
     """Annotate videos with per-second valence and arousal."""
@@ -100,7 +102,9 @@ def annotate(
     _setup_logging(console, verbose)
     if device not in ("auto", "cpu", "cuda"):
         raise _fail(console, f"--device must be auto, cpu or cuda, not {device!r}")
-    options = AnnotateOptions(model, device, batch_size, per_frame, all_faces, resume, frames_fps, workers)
+    options = AnnotateOptions(
+        model, device, batch_size, per_frame, all_faces, resume, frames_fps, workers, precision, reuse_boxes
+    )
     try:
         with _download_bar(console) as on_bytes:
             net = load_model(model, resolve_device(device), progress=on_bytes)
@@ -421,6 +425,7 @@ def benchmark_speed(
     device: str = typer.Option("auto", help="auto, cpu or cuda."),
     batch_size: int = typer.Option(16, min=1, help="Face crops per backbone batch."),
     workers: Optional[int] = typer.Option(None, min=0, help="Decode/face worker processes (default: by cores; 0: none)."),
+    precision: str = typer.Option("auto", help="fp32, bf16 or fp16 (CUDA); auto: bf16 on CUDA, fp32 on a CPU."),
     naive: bool = typer.Option(True, help="Also time the hand-written per-frame loop."),
     naive_seconds: Optional[float] = typer.Option(None, help="Read at most this much of each clip in the naive loop."),
     json_out: Optional[Path] = typer.Option(None, "--json", help="Write the report as JSON here."),
@@ -435,7 +440,8 @@ def benchmark_speed(
     _setup_logging(console, False)
     try:
         report = speed(
-            paths, model=model, device=device, batch_size=batch_size, workers=workers, naive=naive, naive_seconds=naive_seconds
+            paths, model=model, device=device, batch_size=batch_size, workers=workers, precision=precision,
+            naive=naive, naive_seconds=naive_seconds,
         )
     except FerError as e:
         raise _fail(console, str(e)) from None

@@ -13,6 +13,7 @@ MATCH_IOU = 0.15  # box overlap that continues a track from one sampled frame to
 TRACK_TTL = 1.0  # seconds a track survives without a detection (brief occlusions, missed frames)
 SALIENCE_HALF_LIFE = 2.0  # seconds; how fast a track's claim to be the main subject fades
 SWITCH_RATIO = 2.0  # another face must be this many times more salient to become the main subject
+STEADY_IOU = 0.9  # two detections in a row this alike (every box) mean the faces hold still
 
 Box = tuple[float, float, float, float]  # x0, y0, x1, y1 in pixels
 
@@ -62,6 +63,43 @@ class FaceDetector:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+class SteadyDetector:
+    """Skips detection while faces hold still, to save the detector's time (~5 ms per 720p frame).
+
+    Detects on every sample while faces move or none is in view; once two detections in a row
+    agree (same number of faces, each box overlapping its match by STEADY_IOU), the next `reuse`
+    samples take those boxes again, then it detects afresh. A face that enters during a reused
+    sample is found one sample later. One per clip: it remembers the clip's last detections.
+    """
+
+    def __init__(self, detector: FaceDetector, reuse: int = 1):
+        self.detector = detector
+        self.reuse = reuse
+        self.detected = 0  # detector calls made
+        self.reused = 0  # samples that took the previous boxes
+        self._last: list[Detection] | None = None
+        self._steady = False
+        self._run = 0  # reuses since the last detection
+
+    def detect(self, image: np.ndarray) -> list[Detection]:
+        if self._steady and self._run < self.reuse:
+            self._run += 1
+            self.reused += 1
+            return self._last
+        found = self.detector.detect(image)
+        self.detected += 1
+        self._steady = self._last is not None and _alike(found, self._last)
+        self._last, self._run = found, 0
+        return found
+
+
+def _alike(a: list[Detection], b: list[Detection]) -> bool:
+    # No faces is never steady: a face may walk in on the next sample.
+    if not a or len(a) != len(b):
+        return False
+    return all(max(iou(d.box, e.box) for e in b) >= STEADY_IOU for d in a)
 
 
 def iou(a: Box, b: Box) -> float:

@@ -25,7 +25,7 @@ from .errors import FerError
 METADATA_KEY = b"fer"
 PARTS_SUFFIX = ".parts"
 # Metadata that must agree for --resume to add rows to an existing table.
-RESUME_KEYS = ("model", "weights_sha256", "fps", "window", "per_frame", "all_faces")
+RESUME_KEYS = ("model", "weights_sha256", "fps", "window", "per_frame", "all_faces", "precision")
 
 _LABELS = [
     ("face", pa.bool_()),

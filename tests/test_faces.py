@@ -108,3 +108,54 @@ def test_subject_walking_in_past_a_small_background_face_becomes_main():
         mains.append(tracker.main(tracker.update(k / 5, dets)).box)
     assert mains[0] == (500, 20, 540, 60)
     assert all(b == (100, 100, 260, 260) for b in mains[15:])
+
+
+class CountingDetector:
+    def __init__(self, boxes_per_call):
+        self.boxes = iter(boxes_per_call)
+        self.calls = 0
+
+    def detect(self, image):
+        self.calls += 1
+        return [Detection(b, 0.9) for b in next(self.boxes)]
+
+
+def test_steady_faces_skip_every_other_detection():
+    from fercli.faces import SteadyDetector
+
+    still = [[(10, 10, 110, 110)]] * 20
+    inner = CountingDetector(still)
+    det = SteadyDetector(inner, reuse=1)
+    results = [det.detect(None) for _ in range(11)]
+    assert inner.calls == 6  # detect, detect (now steady), reuse, detect, reuse, ...
+    assert all(r[0].box == (10, 10, 110, 110) for r in results)
+
+
+def test_moving_faces_are_detected_on_every_sample():
+    from fercli.faces import SteadyDetector
+
+    moving = [[(10 + 20 * k, 10, 110 + 20 * k, 110)] for k in range(20)]  # IoU 0.67 step to step
+    inner = CountingDetector(moving)
+    det = SteadyDetector(inner, reuse=1)
+    results = [det.detect(None) for _ in range(10)]
+    assert inner.calls == 10
+    assert [r[0].box[0] for r in results] == [10 + 20 * k for k in range(10)]
+
+
+def test_reuse_zero_always_detects():
+    from fercli.faces import SteadyDetector
+
+    inner = CountingDetector([[(10, 10, 110, 110)]] * 10)
+    det = SteadyDetector(inner, reuse=0)
+    for _ in range(8):
+        det.detect(None)
+    assert inner.calls == 8
+
+
+def test_no_face_is_never_steady():
+    from fercli.faces import SteadyDetector
+
+    inner = CountingDetector([[]] * 5 + [[(10, 10, 110, 110)]] * 5)
+    det = SteadyDetector(inner, reuse=1)
+    assert [len(det.detect(None)) for _ in range(6)] == [0, 0, 0, 0, 0, 1]
+    assert inner.calls == 6

@@ -1,0 +1,302 @@
+"""`fer annotate --ray`: the same pipeline as a Ray Data job, on a cluster or a local instance.
+
+A third schedule beside `pipeline._run_here` and `pipeline._run_in_workers`, built from the same
+stage functions; `annotate()` still owns the writer, resume, errors and metadata.
+
+    clips -> map (CPU tasks: decode + faces, `clip_samples`) -> one record per clip
+          -> map_batches (model actors, one `Labeler` each; one actor per GPU) -> rows per clip
+          -> the driver, which hands each clip to `labeler.on_clip` as the local schedules do
+
+A clip travels as one record because its windows need its samples in order, and Ray Data sends
+records to any actor in any order. A record holds the clip's face crops, about 0.75 MB per face
+per second of video (5 samples/s x 150 kB): a few MB for a typical clip. Ray's object store
+spills to disk, so an hour-long recording (~2.7 GB) works but is better split first.
+
+The model is loaded once, on the driver, and its weights reach the actors through the object
+store: the workers need fer installed and the videos at the same path, not the weights file.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import warnings
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import FerError
+from .inputs import Clip
+from .pipeline import NO_CLOCK, Labeler, ProgressEvent, StageClock, VideoResult, _clip_error, _merge_clock, clip_samples
+
+log = logging.getLogger("fercli")
+
+INSTALL_HINT = "--ray needs Ray Data: pip install 'fer[ray]' (on this machine and on every node of the cluster)"
+CLIPS_PER_CALL = 4  # clips a model actor takes at once, so its backbone batches span clips
+# On a CPU-only cluster the backbone is ~85% of the work (`fer benchmark speed`): model actors
+# get this share of the cores and decode/face tasks the rest, at least one core.
+CPU_MODEL_SHARE = 0.75
+# Ray Data retries a task whose worker process died forever by default; a video that crashes its
+# decoder every time would hang the job. After this many retries its record is given up and the
+# clip is reported as failed (the job goes on: `max_errored_blocks` below).
+MAX_RETRIES = 1
+
+
+def import_ray():
+    """Ray and Ray Data, or a FerError that says how to install them."""
+    try:
+        import ray
+        import ray.data  # noqa: F401  (a bare `ray` install lacks Data's dependencies)
+    except ImportError:
+        raise FerError(INSTALL_HINT) from None
+    return ray
+
+
+def run_on_ray(clips: list[Clip], labeler: Labeler, options, device, clock, address: str | None = None) -> None:
+    """Annotate `clips` on Ray; each finished clip goes to `labeler.on_clip`, as in the local schedules.
+
+    `address` (default `options.ray`): "local" starts a Ray instance on this machine for the run,
+    "auto" joins the cluster running here, "HOST:PORT" or "ray://HOST:PORT" joins that one. A Ray
+    the caller already started in this process (`ray.init(...)`) is used as it is. `device` is
+    the driver's; the actors run on the cluster's GPUs unless `options.device` is "cpu".
+    """
+    ray = import_ray()
+    if not clips:
+        return
+    with _connected(ray, address or options.ray or "local"), _data_settings():
+        pool, actor_device = _model_pool(ray.cluster_resources(), options.device)
+        log.info("ray: %d clips, %d model actor(s) on %s", len(clips), pool["compute"].max_size, actor_device)
+        ds = _dataset(ray, clips, labeler.model, options, pool, actor_device, isinstance(clock, StageClock))
+        returned = set()
+        try:
+            for row in ds.iter_rows():
+                returned.add(row["key"])
+                _finish(clips[row["key"]], row["labelled"], labeler, clock)
+        except ray.exceptions.RayError as e:
+            raise FerError(f"ray: {type(e).__name__}: {_first_line(e)}") from None
+        for key in sorted(set(range(len(clips))) - returned):  # records given up after MAX_RETRIES
+            lost = f"{clips[key].path}: lost on the Ray cluster (the process decoding or labelling it died; see the Ray logs)"
+            labeler.fail(key, clips[key], lost)
+
+
+@dataclass
+class _Decoded:
+    """A CPU task's output: a whole clip's samples, or why it could not be read."""
+
+    clip: Clip
+    info: object | None  # decode.VideoInfo
+    samples: list  # SampleCrops, in order
+    error: str | None
+    seconds: float  # wall time of the task
+    clock: tuple | None  # StageClock (seconds, items) when timed
+
+
+@dataclass
+class _Labelled:
+    """A model actor's output for one clip: what `on_clip` takes."""
+
+    result: VideoResult
+    rows: list | None  # None when it failed
+    clock: tuple | None
+
+
+def _finish(clip: Clip, done: _Labelled, labeler: Labeler, clock) -> None:
+    """On the driver: one clip's outcome to `on_clip`, with the progress events of a local run."""
+    _merge_clock(clock, done.clock)
+    labeler.emit(ProgressEvent("start", clip.name))
+    labeler.on_clip(done.result, done.rows)
+    labeler.emit(ProgressEvent("done", clip.name, result=done.result))
+
+
+@contextmanager
+def _connected(ray, address: str):
+    if ray.is_initialized():  # the caller's own Ray session: use it, leave it running
+        yield
+        return
+    try:  # worker output (MediaPipe's chatter) reaches this terminal only with --verbose
+        ray.init(
+            address=address,
+            include_dashboard=False,
+            log_to_driver=log.isEnabledFor(logging.DEBUG),
+            logging_level=logging.WARNING,
+        )
+    except (ConnectionError, ValueError, RuntimeError) as e:
+        raise FerError(f"--ray {address}: cannot start or join a Ray cluster ({_first_line(e)})") from None
+    try:
+        yield
+    finally:
+        ray.shutdown()
+
+
+def _model_pool(resources: dict, device: str) -> tuple[dict, str]:
+    """Ray Data arguments for the pool of model actors, and the device they run on."""
+    from ray.data import ActorPoolStrategy
+
+    gpus = int(resources.get("GPU", 0))
+    if gpus and device != "cpu":
+        return {"compute": ActorPoolStrategy(size=gpus), "num_gpus": 1, "num_cpus": 1}, "cuda"
+    if device == "cuda":
+        raise FerError("--device cuda: the Ray cluster has no GPUs (use --device auto or cpu)")
+    cpus = int(resources.get("CPU", 0))
+    if cpus < 2:  # an actor holds its core for the whole job; the decode tasks need another
+        raise FerError(f"--ray: the cluster has {cpus} CPU; decoding and the model need at least 2")
+    actors = max(1, min(int(cpus * CPU_MODEL_SHARE), cpus - 1))
+    return {"compute": ActorPoolStrategy(size=actors), "num_cpus": 1}, "cpu"
+
+
+def _dataset(ray, clips: list[Clip], model, options, pool: dict, actor_device: str, timed: bool):
+    weights = ray.put(_portable(model))  # once, shared by every actor on every node
+    items = [{"key": key, "path": str(c.path), "name": c.name, "frames": c.frames} for key, c in enumerate(clips)]
+    with warnings.catch_warnings():
+        # Retry limits are still passed as plain Ray remote arguments, deprecated since Ray
+        # 2.60 with nothing named to replace them yet (hence the extra's upper bound). They
+        # also keep Ray Data from fusing the decode tasks into the model actors on a CPU-only
+        # cluster, which would serialise decoding and the model again.
+        warnings.filterwarnings("ignore", message=".*ray_remote_args.*is deprecated")
+        return (
+            ray.data.from_items(items, override_num_blocks=len(items))  # a block, so a task, per clip
+            .map(_decode, fn_kwargs={"cfg": model.config, "options": options, "timed": timed}, max_retries=MAX_RETRIES)
+            .map_batches(
+                _ModelActor,
+                fn_constructor_kwargs={"weights": [weights], "options": options, "device": actor_device, "timed": timed},
+                batch_size=CLIPS_PER_CALL,
+                batch_format="pandas",
+                max_task_retries=MAX_RETRIES,
+                **pool,
+            )
+        )
+
+
+@contextmanager
+def _data_settings():
+    """Ray Data settings for this run, put back afterwards for the caller's own datasets."""
+    from ray.data import DataContext
+
+    ctx = DataContext.get_current()
+    settings = {
+        "max_errored_blocks": -1,  # a record given up after MAX_RETRIES fails its clip, not the job
+        "enable_progress_bars": False,  # fer shows its own progress
+    }
+    saved = {name: getattr(ctx, name) for name in settings}
+    data_log = logging.getLogger("ray.data")
+    level = data_log.level
+    for name, value in settings.items():
+        setattr(ctx, name, value)
+    if not log.isEnabledFor(logging.DEBUG):  # Ray Data's notes on its own stages, only with --verbose
+        data_log.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            setattr(ctx, name, value)
+        data_log.setLevel(level)
+
+
+# -- CPU tasks: decode and crop with the library's producer. ------------------------------------
+
+_detector = None  # one FaceDetector per worker process, kept for every clip it decodes
+
+
+def _decode(item: dict, cfg, options, timed: bool) -> dict:
+    global _detector
+    from .faces import FaceDetector
+
+    clip = Clip(Path(item["path"]), item["name"], item["frames"])
+    clock = StageClock() if timed else NO_CLOCK
+    start = time.perf_counter()
+    info, samples, error = None, [], None
+    try:
+        if _detector is None:
+            _detector = FaceDetector()
+        stream = clip_samples(clip, cfg, options, _detector, "cpu", clock)
+        info = next(stream)
+        samples = list(stream)
+    except Exception as e:  # one bad clip must not stop the job: it becomes its error
+        info, samples, error = None, [], _clip_error(clip, e)
+    decoded = _Decoded(clip, info, samples, error, time.perf_counter() - start, _clock_payload(clock))
+    return {"key": item["key"], "decoded": decoded}
+
+
+# -- model actors: a Labeler each, fed whole clips. ---------------------------------------------
+
+
+class _ModelActor:
+    """Backbone and temporal head for a few clips at a time, through the library's Labeler."""
+
+    def __init__(self, weights: list, options, device: str, timed: bool):
+        import ray
+        import torch
+
+        from .model import model_from_checkpoint
+
+        ckpt = ray.get(weights[0])
+        self.device = torch.device(device)  # Ray sets CUDA_VISIBLE_DEVICES to this actor's GPU
+        model = model_from_checkpoint(ckpt, ckpt["source"])
+        model.source, model.weights_sha256 = ckpt["source"], ckpt["weights_sha256"]
+        self.model = model.eval().to(self.device, memory_format=torch.channels_last)
+        self.options, self.timed = options, timed
+
+    def __call__(self, batch):
+        import pandas as pd
+
+        clock = StageClock(cuda=self.device.type == "cuda") if self.timed else NO_CLOCK
+        done: dict = {}  # video -> (VideoResult, rows)
+        labeler = Labeler(self.model, self.options, self.device, clock, _ignore, lambda vr, rows: done.update({vr.video: (vr, rows)}))
+        jobs = [(int(key), d) for key, d in zip(batch["key"], batch["decoded"])]
+        started = []
+        for key, d in jobs:
+            if d.error is not None:
+                labeler.fail(key, d.clip, d.error)
+                continue
+            try:  # as in _run_here: a clip that fails is reported, the others go on
+                labeler.start(key, d.clip, d.info)
+                for sample in d.samples:
+                    labeler.add(key, sample)
+                started.append((key, d))
+            except Exception as e:
+                labeler.fail(key, d.clip, _clip_error(d.clip, e))
+        for key, d in started:  # ended together: one clip's last partial batch fills with the next's samples
+            try:
+                labeler.end(key)
+            except Exception as e:
+                labeler.fail(key, d.clip, _clip_error(d.clip, e))
+        out = []
+        for i, (key, d) in enumerate(jobs):
+            vr, rows = done[d.clip.name]
+            vr.elapsed += d.seconds  # the CPU task's decoding and faces
+            clocks = [d.clock, _clock_payload(clock) if i == 0 else None]  # the batch's model time, once
+            out.append({"key": key, "labelled": _Labelled(vr, rows, _sum_clocks(clocks))})
+        return pd.DataFrame(out)
+
+
+def _ignore(event) -> None:
+    """Progress inside an actor goes nowhere; the driver reports each clip as it arrives."""
+
+
+def _portable(model) -> dict:
+    """What an actor needs to rebuild `model`: a fer checkpoint dict, tensors on the CPU."""
+    return {
+        "config": model.config.to_dict(),
+        "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+        "source": getattr(model, "source", "model"),
+        "weights_sha256": getattr(model, "weights_sha256", None),
+    }
+
+
+def _clock_payload(clock) -> tuple | None:
+    return (dict(clock.seconds), dict(clock.items)) if isinstance(clock, StageClock) else None
+
+
+def _sum_clocks(payloads) -> tuple | None:
+    payloads = [p for p in payloads if p]
+    if not payloads:
+        return None
+    total = StageClock()
+    for p in payloads:
+        _merge_clock(total, p)
+    return dict(total.seconds), dict(total.items)
+
+
+def _first_line(e: BaseException) -> str:
+    lines = str(e).strip().splitlines()
+    return lines[0] if lines else type(e).__name__
