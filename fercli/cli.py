@@ -39,6 +39,8 @@ Examples:
   fer annotate videos/ --out results.parquet --resume   # finish an interrupted run
 
   fer annotate videos/ --out frames.parquet --per-frame --all-faces
+
+  fer annotate videos/ --out results.parquet --ray auto   # on the Ray cluster this machine belongs to
 """
 
 
@@ -59,7 +61,10 @@ def _setup_logging(console, verbose: bool) -> None:
 
 
 def _fail(console, message: str, code: int = EXIT_ERROR) -> typer.Exit:
-    console.print(f"[red]error:[/red] {message}", markup=True, highlight=False)
+    from rich.markup import escape
+
+    # escaped: messages hold paths and hints such as "fer[ray]" that rich would read as markup
+    console.print(f"[red]error:[/red] {escape(message)}", markup=True, highlight=False)
     return typer.Exit(code)
 
 
@@ -90,6 +95,10 @@ def annotate(
     workers: Optional[int] = typer.Option(None, min=0, help="Decode/face worker processes (default: by cores; 0: none)."),
     precision: str = typer.Option("auto", help="fp32, bf16 or fp16 (CUDA); auto: bf16 on CUDA, fp32 on a CPU."),
     reuse_boxes: int = typer.Option(1, min=0, help="Samples in a row that may reuse steady face boxes (0: detect every sample)."),
+    ray: Optional[str] = typer.Option(
+        None, "--ray", metavar="ADDRESS",
+        help="Run on Ray (pip install 'fer\\[ray]'): local starts one here, auto joins the running cluster, or HOST:PORT.",
+    ),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Debug logging."),
 ) -> None:
     """Annotate videos with per-second valence and arousal."""
@@ -103,9 +112,14 @@ def annotate(
     if device not in ("auto", "cpu", "cuda"):
         raise _fail(console, f"--device must be auto, cpu or cuda, not {device!r}")
     options = AnnotateOptions(
-        model, device, batch_size, per_frame, all_faces, resume, frames_fps, workers, precision, reuse_boxes
-    )
+        model=model, device=device, batch_size=batch_size, per_frame=per_frame, all_faces=all_faces, resume=resume,
+        frames_fps=frames_fps, workers=workers, precision=precision, reuse_boxes=reuse_boxes, ray=ray,
+    )  # fmt: skip
     try:
+        if ray:
+            from .cluster import import_ray
+
+            import_ray()  # before weights are downloaded or loaded: say how to install Ray
         with _download_bar(console) as on_bytes:
             net = load_model(model, resolve_device(device), progress=on_bytes)
         with _AnnotateProgress(console) as bar:
@@ -367,25 +381,54 @@ Examples:
   fer benchmark accuracy --truth afew-va/ --pred results.parquet --out bench/
 
   fer benchmark accuracy --truth labels.csv --pred results.csv
+
+  fer benchmark accuracy --data afew-va/ --model runs/exp1/best.pt --out bench/   # the run's test clips
+
+  fer benchmark accuracy --data afew-va/ --model hsemotion --split all
 """
 
 
 @benchmark_app.command("accuracy", epilog=BENCHMARK_ACCURACY_EPILOG)
 def benchmark_accuracy(
-    truth: Path = typer.Option(..., help="AFEW-VA folder, or CSV/Parquet with video, second|frame, valence, arousal."),
-    pred: Path = typer.Option(..., help="A `fer annotate` output (.parquet or .csv)."),
-    out: Optional[Path] = typer.Option(None, help="Folder for metrics.json, metrics.md and pictures."),
-    frames_fps: float = typer.Option(25.0, min=0.001, help="Frame rate of per-frame truth (frames/s)."),
+    truth: Optional[Path] = typer.Option(
+        None, help="AFEW-VA folder, or CSV/Parquet with video, second|frame, valence, arousal."
+    ),
+    pred: Optional[Path] = typer.Option(None, help="A `fer annotate` output (.parquet or .csv)."),
+    data: Optional[Path] = typer.Option(None, help="AFEW-VA folder to run --model on (instead of --truth/--pred)."),
+    model: Optional[str] = typer.Option(None, help="With --data: a best.pt from `fer train`, or a registered name."),
+    split: str = typer.Option(
+        "test", help="With --data: the part of the model's training split to score: test, val, train or all."
+    ),
+    out: Optional[Path] = typer.Option(
+        None, help="Folder for metrics.json, metrics.md and pictures (with --data: in window/ and second/)."
+    ),
+    frames_fps: Optional[float] = typer.Option(
+        None, min=0.001, help="Frame rate of per-frame truth and frame folders (default 25; with --data the run's)."
+    ),
+    device: str = typer.Option("auto", help="With --data: auto, cpu or cuda."),
+    batch_size: int = typer.Option(16, min=1, help="With --data: face crops per backbone batch."),
+    cache_dir: Optional[Path] = typer.Option(None, help="With --data: cached boxes and features (default: fer's)."),
 ) -> None:
-    """Score predictions against ground truth: CCC, r, RMSE, MAE, SAGR, accuracy, F1."""
+    """Score a model: predictions against truth (--truth/--pred), or a checkpoint run directly on a
+    split of a data set (--data/--model), per window and per second. CCC, r, RMSE, MAE, SAGR, accuracy, F1."""
     from .errors import FerError
 
     console = _console()
+    pairs = {"--truth/--pred": (truth, pred), "--data/--model": (data, model)}
+    given = {name for name, pair in pairs.items() if any(v is not None for v in pair)}
+    if len(given) != 1:
+        both = "two ways to benchmark; give one, not both" if given else "needed"
+        raise _fail(console, f"--truth and --pred, or --data and --model: {both}")
+    (mode,) = given
+    if any(v is None for v in pairs[mode]):
+        raise _fail(console, f"{mode}: give both options")
+    if data is not None:
+        return _benchmark_data(console, data, model, split, out, frames_fps, device, batch_size, cache_dir)
     try:
         from . import metrics
         from .writers import read_table
 
-        report = metrics.score(metrics.load_truth(truth, frames_fps), read_table(pred))
+        report = metrics.score(metrics.load_truth(truth, frames_fps or 25.0), read_table(pred))
     except FerError as e:
         raise _fail(console, str(e)) from None
     except FileNotFoundError as e:
@@ -398,13 +441,60 @@ def benchmark_accuracy(
         console.print(f"wrote {', '.join(p.name for p in written)} to {out}")
 
 
-def _print_metrics(report) -> None:
+def _benchmark_data(console, data, model, split, out, frames_fps, device, batch_size, cache_dir) -> None:
+    import json
+
+    from rich.progress import Progress
+
+    from .errors import FerError
+    from .evaluate import evaluate
+
+    _setup_logging(console, False)
+    try:
+        with Progress(console=console, transient=True) as bar:
+            tasks = {}
+
+            def on_event(event):
+                if event.stage not in tasks:
+                    label = {"prepare": "features", "annotate": "per second"}.get(event.stage, event.stage)
+                    tasks[event.stage] = bar.add_task(label, total=event.total)
+                bar.update(tasks[event.stage], completed=event.done, total=event.total)
+
+            ev = evaluate(
+                data, model, split=split, frames_fps=frames_fps, device=device, batch_size=batch_size,
+                cache_dir=cache_dir, progress=on_event,
+            )  # fmt: skip
+    except FerError as e:
+        raise _fail(console, str(e)) from None
+    s = ev.split
+    clips = ", ".join(f"{p} {n}" for p, n in s.clips.items())
+    console.print(f"{ev.model}: {s.kind} split (seed {s.seed}; clips {clips}); scoring {s.part}, from {s.source}")
+    _print_metrics(ev.windows, title=f"window level ({ev.windows.matched} windows)", unit="windows")
+    _print_metrics(ev.seconds, title=f"per second ({s.seconds_scope})", unit="seconds")
+    if s.seconds_left_out:
+        console.print(f"per second: {s.seconds_left_out} seconds of those clips left out (not {s.part} windows)")
+    for video, error in ev.failed.items():
+        console.print(f"[yellow]not annotated:[/yellow] {video}: {error}", markup=True, highlight=False)
+    if out is not None:
+        from . import metrics
+        from .plots import accuracy_pictures
+        from .writers import atomic_write
+
+        for level, report in (("window", ev.windows), ("second", ev.seconds)):
+            metrics.write_report(report, out / level)
+            accuracy_pictures(report, out / level)
+        text = json.dumps(ev.to_dict(), indent=2) + "\n"
+        atomic_write(out / "evaluation.json", lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
+        console.print(f"wrote window/ and second/ (metrics.json, metrics.md, pictures) and evaluation.json to {out}")
+
+
+def _print_metrics(report, title: str = "accuracy", unit: str = "rows") -> None:
     from rich.console import Console
     from rich.table import Table
 
     from .metrics import METRICS
 
-    table = Table(title="accuracy")
+    table = Table(title=title)
     for col in ("metric", "valence", "arousal", "mean"):
         table.add_column(col, justify="right" if col != "metric" else "left")
     for key, label in METRICS.items():
@@ -413,7 +503,7 @@ def _print_metrics(report) -> None:
     console = Console()
     console.print(table)
     console.print(
-        f"matched {report.matched} rows; truth only {report.truth_only}, prediction only {report.pred_only}, "
+        f"matched {report.matched} {unit}; truth only {report.truth_only}, prediction only {report.pred_only}, "
         f"prediction without a face {report.pred_without_face}"
     )
 

@@ -22,12 +22,22 @@ import logging
 import time
 import warnings
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from .errors import FerError
 from .inputs import Clip
-from .pipeline import NO_CLOCK, Labeler, ProgressEvent, StageClock, VideoResult, _clip_error, _merge_clock, clip_samples
+from .pipeline import (
+    NO_CLOCK,
+    Labeler,
+    ProgressEvent,
+    StageClock,
+    VideoResult,
+    _clip_error,
+    _merge_clock,
+    clip_samples,
+    resolve_precision,
+)
 
 log = logging.getLogger("fercli")
 
@@ -40,6 +50,7 @@ CPU_MODEL_SHARE = 0.75
 # decoder every time would hang the job. After this many retries its record is given up and the
 # clip is reported as failed (the job goes on: `max_errored_blocks` below).
 MAX_RETRIES = 1
+LOST = "lost on the Ray cluster: the process decoding or labelling it died (see the Ray logs)"
 
 
 def import_ray():
@@ -56,13 +67,16 @@ def run_on_ray(clips: list[Clip], labeler: Labeler, options, device, clock, addr
     """Annotate `clips` on Ray; each finished clip goes to `labeler.on_clip`, as in the local schedules.
 
     `address` (default `options.ray`): "local" starts a Ray instance on this machine for the run,
-    "auto" joins the cluster running here, "HOST:PORT" or "ray://HOST:PORT" joins that one. A Ray
-    the caller already started in this process (`ray.init(...)`) is used as it is. `device` is
+    "auto" joins the cluster this machine belongs to, "HOST:PORT" the one whose head is there. A
+    Ray the caller already started in this process (`ray.init(...)`) is used as it is. `device` is
     the driver's; the actors run on the cluster's GPUs unless `options.device` is "cpu".
     """
     ray = import_ray()
     if not clips:
         return
+    # The precision the table's metadata records is resolved for this machine's device; the
+    # actors use that one, not their own "auto" (bf16 on a GPU under a CPU-only driver).
+    options = replace(options, precision=resolve_precision(options.precision, device))
     with _connected(ray, address or options.ray or "local"), _data_settings():
         pool, actor_device = _model_pool(ray.cluster_resources(), options.device)
         log.info("ray: %d clips, %d model actor(s) on %s", len(clips), pool["compute"].max_size, actor_device)
@@ -75,8 +89,7 @@ def run_on_ray(clips: list[Clip], labeler: Labeler, options, device, clock, addr
         except ray.exceptions.RayError as e:
             raise FerError(f"ray: {type(e).__name__}: {_first_line(e)}") from None
         for key in sorted(set(range(len(clips))) - returned):  # records given up after MAX_RETRIES
-            lost = f"{clips[key].path}: lost on the Ray cluster (the process decoding or labelling it died; see the Ray logs)"
-            labeler.fail(key, clips[key], lost)
+            labeler.fail(key, clips[key], f"{clips[key].path}: {LOST}")
 
 
 @dataclass
@@ -113,12 +126,13 @@ def _connected(ray, address: str):
     if ray.is_initialized():  # the caller's own Ray session: use it, leave it running
         yield
         return
-    try:  # worker output (MediaPipe's chatter) reaches this terminal only with --verbose
+    verbose = log.isEnabledFor(logging.DEBUG)
+    try:  # Ray's notices and the workers' output (MediaPipe's chatter) only with --verbose
         ray.init(
             address=address,
             include_dashboard=False,
-            log_to_driver=log.isEnabledFor(logging.DEBUG),
-            logging_level=logging.WARNING,
+            log_to_driver=verbose,
+            logging_level=logging.INFO if verbose else logging.ERROR,
         )
     except (ConnectionError, ValueError, RuntimeError) as e:
         raise FerError(f"--ray {address}: cannot start or join a Ray cluster ({_first_line(e)})") from None
@@ -240,15 +254,27 @@ class _ModelActor:
         import pandas as pd
 
         clock = StageClock(cuda=self.device.type == "cuda") if self.timed else NO_CLOCK
-        done: dict = {}  # video -> (VideoResult, rows)
-        labeler = Labeler(self.model, self.options, self.device, clock, _ignore, lambda vr, rows: done.update({vr.video: (vr, rows)}))
         jobs = [(int(key), d) for key, d in zip(batch["key"], batch["decoded"])]
+        done = self._label(jobs, clock)
+        out = []
+        for i, (key, d) in enumerate(jobs):
+            vr, rows = done[d.clip.name]
+            vr.elapsed += d.seconds  # the CPU task's decoding and faces
+            clocks = [d.clock, _clock_payload(clock) if i == 0 else None]  # the batch's model time, once
+            out.append({"key": key, "labelled": _Labelled(vr, rows, _sum_clocks(clocks))})
+        return pd.DataFrame(out)
+
+    def _label(self, jobs: list, clock) -> dict:
+        """video -> (VideoResult, rows) for every clip in `jobs`, as `_run_here` would give them."""
+        done: dict = {}
+        on_clip = lambda vr, rows: done.update({vr.video: (vr, rows)})  # noqa: E731
+        labeler = Labeler(self.model, self.options, self.device, clock, _ignore, on_clip)
         started = []
         for key, d in jobs:
             if d.error is not None:
                 labeler.fail(key, d.clip, d.error)
                 continue
-            try:  # as in _run_here: a clip that fails is reported, the others go on
+            try:  # a clip that fails is reported, the others go on
                 labeler.start(key, d.clip, d.info)
                 for sample in d.samples:
                     labeler.add(key, sample)
@@ -260,13 +286,7 @@ class _ModelActor:
                 labeler.end(key)
             except Exception as e:
                 labeler.fail(key, d.clip, _clip_error(d.clip, e))
-        out = []
-        for i, (key, d) in enumerate(jobs):
-            vr, rows = done[d.clip.name]
-            vr.elapsed += d.seconds  # the CPU task's decoding and faces
-            clocks = [d.clock, _clock_payload(clock) if i == 0 else None]  # the batch's model time, once
-            out.append({"key": key, "labelled": _Labelled(vr, rows, _sum_clocks(clocks))})
-        return pd.DataFrame(out)
+        return done
 
 
 def _ignore(event) -> None:

@@ -716,10 +716,10 @@ def _read_json(path: Path) -> dict:
 
 
 def _write_json(path: Path, doc: dict) -> None:
-    from .writers import _atomic
+    from .writers import atomic_write
 
     path.parent.mkdir(parents=True, exist_ok=True)
-    _atomic(path, lambda tmp: Path(tmp).write_text(json.dumps(doc), encoding="utf-8"))
+    atomic_write(path, lambda tmp: Path(tmp).write_text(json.dumps(doc), encoding="utf-8"))
 
 
 def _read_npz(path: Path) -> dict | None:
@@ -731,7 +731,7 @@ def _read_npz(path: Path) -> dict | None:
 
 
 def _write_npz(path: Path, **arrays) -> None:
-    from .writers import _atomic
+    from .writers import atomic_write
 
     path.parent.mkdir(parents=True, exist_ok=True)
 
@@ -739,7 +739,7 @@ def _write_npz(path: Path, **arrays) -> None:
         with open(tmp, "wb") as f:  # a file object, so numpy does not append .npz to the name
             np.savez(f, **arrays)
 
-    _atomic(path, write)
+    atomic_write(path, write)
 
 
 def _first_line(e: BaseException) -> str:

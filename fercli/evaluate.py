@@ -15,8 +15,9 @@ Two levels, both scored by `metrics.score`, so every metric means what it means 
 Which part: the split the checkpoint was trained with. `best.pt` records the split's kind and
 seed but not its ratios, a split file's lists, nor the stride, so the run folder's `split.json`
 beside the checkpoint is read first (the exact clip or window lists the run used); without one
-the split is re-derived from the recorded seed and the default ratios (said in a warning). A
-checkpoint without training metadata (HSEmotion, a hand-made one) has no parts: only "all".
+the split is re-derived from the recorded seed and the default ratios (said in a warning). "all"
+needs no split: the whole data set, also one the model never saw. A checkpoint without training
+metadata (HSEmotion, a hand-made one) has no parts: only "all".
 
 A window split shares clips between parts, so "per second" is honest only over the seconds
 whose own window (the T samples `fer annotate` labels the second from) is in the part; the
@@ -77,9 +78,9 @@ class Evaluation:
     window_prediction: str  # how a window's prediction was made
     frames_fps: float  # frame rate the clip folders were read at
     failed: dict[str, str] = field(default_factory=dict)  # clip -> error, from the annotate run
-    window_table: pd.DataFrame = field(default=None, repr=False)  # video, window (last sample), truth, prediction
-    second_truth: pd.DataFrame = field(default=None, repr=False)  # the per-second truth that was scored
-    second_pred: pd.DataFrame = field(default=None, repr=False)  # the annotate rows that were scored
+    window_table: pd.DataFrame | None = field(default=None, repr=False)  # video, window (last sample), truth, pred
+    second_truth: pd.DataFrame | None = field(default=None, repr=False)  # the per-second truth that was scored
+    second_pred: pd.DataFrame | None = field(default=None, repr=False)  # the annotate rows that were scored
 
     def to_dict(self) -> dict:
         """evaluation.json: the setup and the split, beside the two metric reports."""
@@ -149,19 +150,8 @@ def evaluate(
     part = _part(run, split, clips, samples, windows, cfg)
 
     table = _window_table(model, samples, windows.subset(part.rows), window, dev)
-    truth_cols = ["video", "window", *metrics.DIMENSIONS]
-    window_report = metrics.score(table[truth_cols], table.drop(columns=list(metrics.DIMENSIONS)).rename(
-        columns={f"pred_{d}": d for d in metrics.DIMENSIONS}), on=("video", "window"))
-
-    folders = [c.folder for c in clips if c.id in set(part.clips)]
-    pred, failed = _annotate(folders, model, frames_fps, device, batch_size, emit)
-    truth = metrics.load_truth(root, frames_fps)
-    truth = truth[truth["video"].isin(part.clips)]
-    left_out = 0
-    if part.seconds is not None:  # window split: only the seconds whose own window is in the part
-        inside = _keys(truth).isin(part.seconds)
-        left_out = int((~inside).sum())
-        truth, pred = truth[inside], pred[_keys(pred).isin(part.seconds)]
+    window_report = _score_windows(table)
+    truth, pred, failed, left_out = _seconds(root, clips, part, model, frames_fps, device, batch_size, emit)
     second_report = metrics.score(truth, pred)
 
     info = SplitInfo(
@@ -172,7 +162,7 @@ def evaluate(
     how = ("argmax of each head (labels), expected value under its softmax (scores)" if cfg.is_window_model
            else f"mean of the frame scores over the window's face samples (T = {window}), rounded for labels")
     return Evaluation(window_report, second_report, info, str(model_path), cfg.arch, how, frames_fps, failed,
-                      table, truth.reset_index(drop=True), pred.reset_index(drop=True))
+                      table, truth, pred)
 
 
 # --- what the checkpoint says about its training ---------------------------------------------------
@@ -237,18 +227,19 @@ class _Part:
     source: str
     rows: np.ndarray  # rows of the stride-1 windows in the part
     clips: list[str]  # clip ids to annotate
-    seconds: pd.Index | None  # (video, second) keys to score, None: all seconds of `clips`
+    seconds: pd.MultiIndex | None  # (video, second) keys to score, None: all seconds of `clips`
     scope: str
     clip_counts: dict[str, int]
     window_counts: dict[str, int]
 
 
 def _part(run: _Run, name: str, clips, samples, windows, cfg) -> _Part:
-    all_rows = np.arange(len(windows))
-    if run.meta is None:
-        ids = [c.id for c in clips]
-        return _Part("none", None, "no training metadata: the whole data set", all_rows, ids, None,
-                     "every second of every clip", {"all": len(ids)}, {"all": len(windows)})
+    if name == "all":  # no split needed: any data set, also one the model never saw
+        meta = run.meta or {}
+        source = "the whole data set" + ("" if run.meta else " (no training metadata)")
+        return _Part(meta.get("split", "none"), meta.get("split_seed"), source, np.arange(len(windows)),
+                     [c.id for c in clips], None, "every second of every clip", {"all": len(clips)},
+                     {"all": len(windows)})
     split = _run_split(run, clips, samples, cfg.window)
     if split.kind == "clip":
         return _clip_part(split, name, clips, samples, windows)
@@ -275,8 +266,8 @@ def _run_split(run: _Run, clips, samples, window: int) -> _data.Split:
         return _data.Split(kind, seed, doc.get("ratios") or _data.DEFAULT_RATIOS, parts, str(file))
     # Not recorded in best.pt: a split file's ratios or lists, and the stride. Defaults assumed.
     ratios = meta.get("split_ratios") or _data.DEFAULT_RATIOS
-    source = f"re-derived from {path.name}'s training metadata (seed {seed}, ratios {ratios}); no split.json beside it"
-    log.warning("%s: no split.json beside it; %s, which matches the run only if it used no split file",
+    source = f"re-derived from {path.name}'s training metadata (seed {seed}, ratios {ratios})"
+    log.warning("%s: no split.json beside it; the split is %s, which is the run's only if it used no split file",
                 path, source)
     if kind == "clip":
         return _data.split_clips(clips, seed, ratios, source=source)
@@ -293,9 +284,8 @@ def _clip_part(split: _data.Split, name: str, clips, samples, windows) -> _Part:
         if missing:
             raise DataError(f"clip {missing[0]}: in the run's {p} part ({split.source}) but not in the data")
     rows = _data.rows_of_clips(windows, samples, split)
-    chosen = sorted(ids) if name == "all" else list(split.parts[name])
-    picked = np.arange(len(windows)) if name == "all" else rows[name]
-    return _Part("clip", split.seed, split.source, picked, chosen, None, f"every second of the {name} clips",
+    return _Part("clip", split.seed, split.source, rows[name], list(split.parts[name]), None,
+                 f"every second of the {name} clips",
                  {p: len(split.parts[p]) for p in _data.PARTS}, {p: int(len(r)) for p, r in rows.items()})
 
 
@@ -311,18 +301,14 @@ def _window_part(split: _data.Split, name: str, clips, samples, windows, fps: fl
             )
         rows[p] = np.sort(np.asarray([index[n] for n in split.parts[p]], np.int64))
     clip_ids = {p: sorted({n.rsplit(":", 1)[0] for n in split.parts[p]}) for p in _data.PARTS}
-    if name == "all":
-        picked, chosen, seconds, scope = np.arange(len(windows)), sorted(c.id for c in clips), None, "every second of every clip"
-    else:
-        picked, chosen = rows[name], clip_ids[name]
-        seconds = _seconds_of_windows(set(split.parts[name]), samples, fps)
-        scope = (f"the seconds whose own window (the T samples ending with the second's last sample) is a {name} "
-                 f"window, in the {len(chosen)} clips holding {name} windows")
-    return _Part("window", split.seed, split.source, picked, chosen, seconds, scope,
+    seconds = _seconds_of_windows(set(split.parts[name]), samples, fps)
+    scope = (f"the seconds whose own window (the T samples ending with the second's last sample) is a {name} "
+             f"window, in the {len(clip_ids[name])} clips holding {name} windows")
+    return _Part("window", split.seed, split.source, rows[name], clip_ids[name], seconds, scope,
                  {p: len(v) for p, v in clip_ids.items()}, {p: int(len(r)) for p, r in rows.items()})
 
 
-def _seconds_of_windows(names: set[str], samples, fps: float) -> pd.Index:
+def _seconds_of_windows(names: set[str], samples, fps: float) -> pd.MultiIndex:
     """(video, second) of every second whose own window, in `fer annotate`'s rule (the window
     ends with the second's last sample, sample k at k / fps), is one of `names`."""
     from .windows import second_of
@@ -333,8 +319,7 @@ def _seconds_of_windows(names: set[str], samples, fps: float) -> pd.Index:
         for k in range(len(s.frames)):
             last[second_of(k / fps)] = k
         keys += [(s.clip.id, sec) for sec, k in last.items() if f"{s.clip.id}:{k}" in names]
-    return pd.MultiIndex.from_tuples(keys, names=["video", "second"]) if keys else pd.MultiIndex.from_tuples(
-        [], names=["video", "second"])
+    return pd.MultiIndex.from_tuples(keys, names=["video", "second"])
 
 
 def _keys(df: pd.DataFrame) -> pd.MultiIndex:
@@ -361,6 +346,12 @@ def _window_table(model, samples, windows: _data.Windows, window: int, device) -
         "valence_score": v_score,
         "arousal_score": a_score,
     })
+
+
+def _score_windows(table: pd.DataFrame) -> metrics.Report:
+    truth = table[["video", "window", *metrics.DIMENSIONS]]
+    pred = table.drop(columns=list(metrics.DIMENSIONS)).rename(columns={f"pred_{d}": d for d in metrics.DIMENSIONS})
+    return metrics.score(truth, pred, on=("video", "window"))
 
 
 def _head_predictions(model, samples, windows: _data.Windows, device):
@@ -401,6 +392,20 @@ def _frame_means(model, samples, windows: _data.Windows, window: int):
 
 
 # --- per second ----------------------------------------------------------------------------------
+
+
+def _seconds(root, clips, part, model, frames_fps, device, batch_size, emit):
+    """`fer annotate` on the part's clip folders, and the truth of the seconds to score."""
+    wanted = set(part.clips)
+    pred, failed = _annotate([c.folder for c in clips if c.id in wanted], model, frames_fps, device, batch_size, emit)
+    truth = metrics.load_truth(root, frames_fps)
+    truth = truth[truth["video"].isin(wanted)]
+    left_out = 0
+    if part.seconds is not None:  # window split: only the seconds whose own window is in the part
+        inside = _keys(truth).isin(part.seconds)
+        left_out = int((~inside).sum())
+        truth, pred = truth[inside], pred[_keys(pred).isin(part.seconds)]
+    return truth.reset_index(drop=True), pred.reset_index(drop=True), failed, left_out
 
 
 def _annotate(folders, model, frames_fps, device, batch_size, emit) -> tuple[pd.DataFrame, dict[str, str]]:

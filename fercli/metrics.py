@@ -350,7 +350,7 @@ def _fmt(value: float, digits: int) -> str:
 
 def write_report(report: Report, out_dir: str | Path) -> list[Path]:
     """Write metrics.json and metrics.md into `out_dir`; returns their paths."""
-    from .writers import _atomic
+    from .writers import atomic_write
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -359,7 +359,7 @@ def write_report(report: Report, out_dir: str | Path) -> list[Path]:
         out_dir / "metrics.md": report_markdown(report),
     }
     for path, text in files.items():
-        _atomic(path, lambda tmp, text=text: Path(tmp).write_text(text, encoding="utf-8"))
+        atomic_write(path, lambda tmp, text=text: Path(tmp).write_text(text, encoding="utf-8"))
     return list(files)
 
 

@@ -40,9 +40,9 @@ class AnnotateOptions:
     resume: bool = False  # keep videos already in the output and annotate only the rest
     frames_fps: float = 25.0  # frame rate of image-sequence clips (frames/s)
     workers: int | None = None  # decode/face worker processes; None = by cores and device, 0 = none
-    ray: str | None = None  # run on Ray: "local" starts an instance, "auto" or an address joins a cluster
     precision: str = "auto"  # "fp32", "bf16", "fp16" (CUDA only); "auto" = bf16 on CUDA, fp32 on a CPU
     reuse_boxes: int = 1  # samples in a row that may reuse steady face boxes; 0 = detect on every sample
+    ray: str | None = None  # run on Ray: "local" starts an instance, "auto" or an address joins a cluster
 
 
 @dataclass

@@ -242,11 +242,11 @@ def _circle():
 
 
 def _save(fig, path: str | Path) -> Path:
-    from .writers import _atomic
+    from .writers import atomic_write
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    _atomic(path, lambda tmp: fig.savefig(tmp, format="png", dpi=DPI))
+    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=DPI))
     return path
 
 

@@ -612,7 +612,7 @@ SUMMARY_COLUMNS = ["epoch", *(f"{p}_{k}" for p in ("train", "val") for k in METR
 
 def write_summary(path: Path, history: list[dict]) -> None:
     """summary.csv, rewritten whole each epoch (so a resumed run never repeats a row)."""
-    from .writers import _atomic
+    from .writers import atomic_write
 
     def write(tmp: str) -> None:
         with open(tmp, "w", newline="", encoding="utf-8") as f:
@@ -621,7 +621,7 @@ def write_summary(path: Path, history: list[dict]) -> None:
             for row in history:
                 w.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()})
 
-    _atomic(Path(path), write)
+    atomic_write(Path(path), write)
 
 
 def plot_curves(history: list[dict], path: Path) -> Path:
@@ -629,7 +629,7 @@ def plot_curves(history: list[dict], path: Path) -> Path:
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    from .writers import _atomic
+    from .writers import atomic_write
 
     epochs = [r["epoch"] for r in history]
     fig = Figure(figsize=(10, 4), layout="constrained")
@@ -643,13 +643,13 @@ def plot_curves(history: list[dict], path: Path) -> Path:
     acc_ax.set(title="Accuracy (21 classes)", xlabel="epoch", ylabel="accuracy", ylim=(0, 1))
     loss_ax.legend(frameon=False)
     acc_ax.legend(frameon=False, fontsize="small")
-    _atomic(Path(path), lambda tmp: fig.savefig(tmp, format="png", dpi=100))
+    atomic_write(Path(path), lambda tmp: fig.savefig(tmp, format="png", dpi=100))
     return Path(path)
 
 
 def _write_json(path: Path, doc: dict) -> None:
-    from .writers import _atomic
+    from .writers import atomic_write
 
     path.parent.mkdir(parents=True, exist_ok=True)
     text = json.dumps(doc, indent=2, default=str) + "\n"
-    _atomic(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
+    atomic_write(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))

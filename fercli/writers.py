@@ -116,7 +116,7 @@ class TableWriter:
         """Store one finished video's rows; returns how many."""
         table = self._table([{**r, "video": video} for r in rows])
         n = len(list(self.parts.glob("*.parquet")))
-        _atomic(self.parts / f"{n:06d}.parquet", lambda tmp: pq.write_table(table, tmp))
+        atomic_write(self.parts / f"{n:06d}.parquet", lambda tmp: pq.write_table(table, tmp))
         return table.num_rows
 
     def finish(self, order: list[str]) -> int:
@@ -144,9 +144,9 @@ class TableWriter:
         table = pa.Table.from_pandas(df[self.schema.names], schema=self.schema, preserve_index=False)
         if self.format == "parquet":
             table = table.replace_schema_metadata({METADATA_KEY: json.dumps(self.metadata).encode()})
-            _atomic(self.out, lambda tmp: pq.write_table(table, tmp))
+            atomic_write(self.out, lambda tmp: pq.write_table(table, tmp))
         else:
-            _atomic(self.out, lambda tmp: table.to_pandas(types_mapper=_nullable).to_csv(tmp, index=False))
+            atomic_write(self.out, lambda tmp: table.to_pandas(types_mapper=_nullable).to_csv(tmp, index=False))
 
     def _check_resumable(self) -> None:
         old = read_metadata(self.out) if self.out.exists() else None
@@ -165,7 +165,7 @@ def write_errors(out: Path, errors: list[tuple[str, str]]) -> Path | None:
         path.unlink(missing_ok=True)
         return None
     df = pd.DataFrame(errors, columns=["video", "error"])
-    _atomic(path, lambda tmp: df.to_csv(tmp, index=False))
+    atomic_write(path, lambda tmp: df.to_csv(tmp, index=False))
     return path
 
 
@@ -177,7 +177,7 @@ def _sorted(df: pd.DataFrame, order: list[str], keys: list[str]) -> pd.DataFrame
     return df.sort_values(by, kind="stable", na_position="first").drop(columns="_rank").reset_index(drop=True)
 
 
-def _atomic(path: Path, write: Callable[[str], None]) -> None:
+def atomic_write(path: Path, write: Callable[[str], None]) -> None:
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
     try:

@@ -23,6 +23,16 @@ FPS = 5.0  # the synthetic clips' frame rate, which is also the model's: sample 
 FAST = dict(backbone="random", frames_fps=FPS, image_size=64, hidden=32, batch_size=16, lr=2e-3, patience=6, epochs=2)
 
 
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread():
+    # Tiny backbone batches: with two OpenMP threads on a busy 2-core machine they spin-wait (see
+    # training._threads). Measured at load 10: this file took 79 s with two threads, 26 s with one.
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory) -> Path:
     """6 clips x 12 frames, 3 actors: every part of a clip split is one actor's 2 clips."""
@@ -163,6 +173,12 @@ def test_perfect_agreement_scores_perfectly_at_both_levels(constant, frame_model
         for dim in metrics.DIMENSIONS:
             m = report.metrics[dim]
             assert (m["ccc"], m["accuracy"], m["f1_macro"], m["rmse"], m["sagr"]) == (1.0, 1.0, 1.0, 0.0, 1.0)
+
+
+def test_all_needs_no_split_so_any_data_set_will_do(runs, constant, cache):
+    ev = evaluate(constant, runs["clip"].best, split="all", device="cpu", cache_dir=cache)  # clips it never saw
+    assert ev.split.kind == "clip" and ev.split.scored_clips == ["001", "002", "003"]
+    assert ev.windows.matched == 3 * (10 - 4) and ev.seconds.matched == 3 * 2
 
 
 # --- errors --------------------------------------------------------------------------------------
