@@ -67,6 +67,7 @@ def speed(
     batch_size: int = 16,
     workers: int | None = None,
     precision: str = "auto",
+    ray: str | None = None,
     naive: bool = True,
     naive_seconds: float | None = None,
     loaded_model=None,
@@ -89,7 +90,9 @@ def speed(
     for clip in clips:
         with open_video(clip.path) as src:
             infos.append(src.info)
-    options = AnnotateOptions(model=model, device=dev.type, batch_size=batch_size, workers=workers, precision=precision)
+    options = AnnotateOptions(
+        model=model, device=dev.type, batch_size=batch_size, workers=workers, precision=precision, ray=ray
+    )
     precision = resolve_precision(precision, dev)
     _warm_up(clips[0], net, options, dev)
     if dev.type == "cuda":
@@ -202,7 +205,7 @@ def _setup(model, device, options, clips, infos) -> dict:
         "fps": model.config.fps,
         "batch_size": options.batch_size,
         "precision": resolve_precision(options.precision, device),
-        "workers": _workers(options, device, len(clips)),
+        "workers": f"ray {options.ray}" if options.ray else _workers(options, device, len(clips)),
         "clips": len(clips),
         "sizes": sorted({f"{i.width}x{i.height}" for i in infos}),
     }

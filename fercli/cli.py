@@ -516,6 +516,7 @@ def benchmark_speed(
     batch_size: int = typer.Option(16, min=1, help="Face crops per backbone batch."),
     workers: Optional[int] = typer.Option(None, min=0, help="Decode/face worker processes (default: by cores; 0: none)."),
     precision: str = typer.Option("auto", help="fp32, bf16 or fp16 (CUDA); auto: bf16 on CUDA, fp32 on a CPU."),
+    ray: Optional[str] = typer.Option(None, "--ray", metavar="ADDRESS", help="Time the Ray schedule: local, auto or HOST:PORT."),
     naive: bool = typer.Option(True, help="Also time the hand-written per-frame loop."),
     naive_seconds: Optional[float] = typer.Option(None, help="Read at most this much of each clip in the naive loop."),
     json_out: Optional[Path] = typer.Option(None, "--json", help="Write the report as JSON here."),
@@ -531,7 +532,7 @@ def benchmark_speed(
     try:
         report = speed(
             paths, model=model, device=device, batch_size=batch_size, workers=workers, precision=precision,
-            naive=naive, naive_seconds=naive_seconds,
+            ray=ray, naive=naive, naive_seconds=naive_seconds,
         )
     except FerError as e:
         raise _fail(console, str(e)) from None
