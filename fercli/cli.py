@@ -6,6 +6,7 @@ Heavy imports (torch, decord, mediapipe) happen inside commands so `fer --help` 
 from __future__ import annotations
 
 import logging
+import sys
 from pathlib import Path
 from typing import List, Optional
 
@@ -597,7 +598,20 @@ def doctor() -> None:
 
 
 def main() -> None:
-    app()
+    app(args=bare_ray_means_local(sys.argv[1:]))
+
+
+def bare_ray_means_local(args: list[str]) -> list[str]:
+    """`--ray` with no address (last, or before another option) starts a local Ray instance.
+
+    Typer has no options with an optional value, so the bare flag is given its value here.
+    """
+    out = []
+    for i, arg in enumerate(args):
+        out.append(arg)
+        if arg == "--ray" and (i + 1 == len(args) or args[i + 1].startswith("-")):
+            out.append("local")
+    return out
 
 
 if __name__ == "__main__":

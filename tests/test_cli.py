@@ -120,3 +120,13 @@ def test_interrupted_run_keeps_finished_videos_and_resume_completes(
     proc = _start(out, inputs, lstm_checkpoint, "--resume")
     assert proc.wait(timeout=300) == 0
     pd.testing.assert_frame_equal(read_table(out), clean)
+
+
+def test_bare_ray_flag_means_a_local_instance():
+    from fercli.cli import bare_ray_means_local
+
+    assert bare_ray_means_local(["annotate", "v/", "--out", "r.parquet", "--ray"]) == [
+        "annotate", "v/", "--out", "r.parquet", "--ray", "local",
+    ]  # fmt: skip
+    assert bare_ray_means_local(["annotate", "v/", "--ray", "--out", "r.csv"])[2:4] == ["--ray", "local"]
+    assert bare_ray_means_local(["annotate", "v/", "--ray", "auto"]) == ["annotate", "v/", "--ray", "auto"]
