@@ -104,14 +104,15 @@ def annotate(
 ) -> None:
     """Annotate videos with per-second valence and arousal."""
     from .errors import FerError
-    from .pipeline import AnnotateOptions, annotate as run_annotate
     from .model import load_model
-    from .pipeline import resolve_device
+    from .pipeline import AnnotateOptions, annotate as run_annotate, check_device, resolve_device
 
     console = _console()
     _setup_logging(console, verbose)
-    if device not in ("auto", "cpu", "cuda"):
-        raise _fail(console, f"--device must be auto, cpu or cuda, not {device!r}")
+    try:
+        check_device(device)
+    except FerError as e:
+        raise _fail(console, str(e)) from None
     options = AnnotateOptions(
         model=model, device=device, batch_size=batch_size, per_frame=per_frame, all_faces=all_faces, resume=resume,
         frames_fps=frames_fps, workers=workers, precision=precision, reuse_boxes=reuse_boxes, ray=ray,
@@ -287,12 +288,15 @@ def train(
 ) -> None:
     """Train the EfficientNet-B0 + LSTM model on AFEW-VA; its best.pt is a --model for annotate."""
     from .errors import FerError
+    from .pipeline import check_device
     from .training import TrainOptions, train as run_train
 
     console = _console()
     _setup_logging(console, verbose)
-    if device not in ("auto", "cpu", "cuda"):
-        raise _fail(console, f"--device must be auto, cpu or cuda, not {device!r}")
+    try:
+        check_device(device)
+    except FerError as e:
+        raise _fail(console, str(e)) from None
     options = TrainOptions(
         data, out, split=split, backbone=backbone, temporal=temporal, finetune=finetune, epochs=epochs,
         patience=patience, batch_size=batch_size, lr=lr, window=window, fps=fps, frames_fps=frames_fps,

@@ -156,9 +156,19 @@ def autocast(precision: str, device):
         yield
 
 
+DEVICES = ("auto", "cpu", "cuda")
+
+
+def check_device(device: str) -> None:
+    """FerError unless `device` is one fer runs on ("cuda:N" picks a GPU)."""
+    if device not in DEVICES and not (device.startswith("cuda:") and device[5:].isdigit()):
+        raise FerError(f"--device must be auto, cpu or cuda, not {device!r}")
+
+
 def resolve_device(device: str):
     import torch
 
+    check_device(device)
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if device == "cuda" and not torch.cuda.is_available():

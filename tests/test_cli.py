@@ -130,3 +130,18 @@ def test_bare_ray_flag_means_a_local_instance():
     ]  # fmt: skip
     assert bare_ray_means_local(["annotate", "v/", "--ray", "--out", "r.csv"])[2:4] == ["--ray", "local"]
     assert bare_ray_means_local(["annotate", "v/", "--ray", "auto"]) == ["annotate", "v/", "--ray", "auto"]
+
+
+@pytest.mark.parametrize("command", [["annotate", "v/", "--out", "r.parquet"], ["train", "--data", "d", "--out", "o"]])
+def test_unknown_device_exits_two_naming_it(command):
+    result = fer(*command, "--device", "gpu")
+    assert result.exit_code == 2 and "'gpu'" in result.output
+
+
+def test_library_rejects_unknown_device():
+    from fercli.errors import FerError
+    from fercli.pipeline import resolve_device
+
+    with pytest.raises(FerError, match="gpu"):
+        resolve_device("gpu")
+    assert str(resolve_device("cpu")) == "cpu"
