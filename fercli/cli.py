@@ -93,7 +93,7 @@ def annotate(
     all_faces: bool = typer.Option(False, "--all-faces", help="Annotate every tracked face (adds face_id)."),
     resume: bool = typer.Option(False, "--resume", help="Skip videos already in --out."),
     frames_fps: float = typer.Option(25.0, min=0.001, help="Frame rate of image-sequence folders (frames/s)."),
-    workers: Optional[int] = typer.Option(None, min=0, help="Decode/face worker processes (default: by cores; 0: none)."),
+    workers: Optional[int] = typer.Option(None, min=0, help="Decode/face worker processes (default: by cores; 0: a thread in this process)."),
     precision: str = typer.Option("auto", help="fp32, bf16 or fp16 (CUDA); auto: bf16 on CUDA, fp32 on a CPU."),
     reuse_boxes: int = typer.Option(1, min=0, help="Samples in a row that may reuse steady face boxes (0: detect every sample)."),
     ray: Optional[str] = typer.Option(
@@ -519,7 +519,7 @@ def benchmark_speed(
     model: str = typer.Option("hsemotion", help="Registered model name or checkpoint path."),
     device: str = typer.Option("auto", help="auto, cpu or cuda."),
     batch_size: int = typer.Option(16, min=1, help="Face crops per backbone batch."),
-    workers: Optional[int] = typer.Option(None, min=0, help="Decode/face worker processes (default: by cores; 0: none)."),
+    workers: Optional[int] = typer.Option(None, min=0, help="Decode/face worker processes (default: by cores; 0: a thread in this process)."),
     precision: str = typer.Option("auto", help="fp32, bf16 or fp16 (CUDA); auto: bf16 on CUDA, fp32 on a CPU."),
     ray: Optional[str] = typer.Option(None, "--ray", metavar="ADDRESS", help="Time the Ray schedule: local, auto or HOST:PORT."),
     naive: bool = typer.Option(True, help="Also time the hand-written per-frame loop."),
@@ -553,11 +553,12 @@ def _print_speed(report) -> None:
     console = Console()
     console.print(" ".join(f"{k}={v}" for k, v in report.setup.items()))
     table = Table(title="stages")
-    for col in ("stage", "seconds", "items", "items/s", "share"):
+    table.caption = "decode and faces run beside the model (a thread or worker processes): busy shares overlap"
+    for col in ("stage", "seconds", "items", "items/s", "busy"):
         table.add_column(col, justify="right" if col != "stage" else "left")
     for name, fig in report.stages.items():
-        share = fig.seconds / report.end_to_end_s
-        table.add_row(name, f"{fig.seconds:.2f}", str(fig.items), f"{fig.per_second:.1f}", f"{share:.0%}")
+        busy = fig.seconds / report.end_to_end_s
+        table.add_row(name, f"{fig.seconds:.2f}", str(fig.items), f"{fig.per_second:.1f}", f"{busy:.0%}")
     console.print(table)
     d = report.derived
     console.print(
@@ -570,6 +571,10 @@ def _print_speed(report) -> None:
         console.print(
             f"naive loop: {d['naive_fps']:.1f} frames/s; fer is {d['speedup_vs_naive']:.1f}x faster on the same videos"
         )
+    console.print(
+        f"CPU: {report.cpu_s:.2f} core-seconds in {report.end_to_end_s:.2f} s = {d['cores_busy']:.2f} of "
+        f"{report.setup['cores']} cores busy"
+    )
     cuda = f", peak CUDA {report.peak_cuda_mb:.0f} MB" if report.peak_cuda_mb is not None else ""
     console.print(f"peak RSS {report.peak_rss_mb:.0f} MB{cuda}")
 

@@ -1,6 +1,6 @@
 """`fer annotate --ray`: the same pipeline as a Ray Data job, on a cluster or a local instance.
 
-A third schedule beside `pipeline._run_here` and `pipeline._run_in_workers`, built from the same
+A third schedule beside `pipeline._run_in_thread` and `pipeline._run_in_workers`, built from the same
 stage functions; `annotate()` still owns the writer, resume, errors and metadata.
 
     clips -> map (CPU tasks: decode + faces, `clip_samples`) -> one record per clip
@@ -265,7 +265,7 @@ class _ModelActor:
         return pd.DataFrame(out)
 
     def _label(self, jobs: list, clock) -> dict:
-        """video -> (VideoResult, rows) for every clip in `jobs`, as `_run_here` would give them."""
+        """video -> (VideoResult, rows) for every clip in `jobs`, as `_run_in_thread` would give them."""
         done: dict = {}
         on_clip = lambda vr, rows: done.update({vr.video: (vr, rows)})  # noqa: E731
         labeler = Labeler(self.model, self.options, self.device, clock, _ignore, on_clip)

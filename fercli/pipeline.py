@@ -25,6 +25,7 @@ log = logging.getLogger("fercli")
 DEFAULT_BATCH = 16  # face crops per backbone call; small batches run best on a 2-core CPU
 MAIN_FACE = 0  # face id of the main subject when not annotating every face
 MAX_WORKERS = 8  # decode/face worker processes at most
+STOP_JOIN_S = 5.0  # seconds to wait for the decoding thread to notice a stop
 CPU_CORES_PER_WORKER = 4  # on a CPU-only run, one worker per this many cores (none below it)
 SAMPLES_PER_MESSAGE = 8  # samples a worker sends at once (each crop is ~150 kB)
 QUEUE_CHUNKS = 4  # messages in flight per worker: bounds memory whatever the video length
@@ -39,7 +40,7 @@ class AnnotateOptions:
     all_faces: bool = False  # a row per tracked face (with face_id) instead of the main subject only
     resume: bool = False  # keep videos already in the output and annotate only the rest
     frames_fps: float = 25.0  # frame rate of image-sequence clips (frames/s)
-    workers: int | None = None  # decode/face worker processes; None = by cores and device, 0 = none
+    workers: int | None = None  # decode/face worker processes; None = by cores and device, 0 = a thread
     precision: str = "auto"  # "fp32", "bf16", "fp16" (CUDA only); "auto" = bf16 on CUDA, fp32 on a CPU
     reuse_boxes: int = 1  # samples in a row that may reuse steady face boxes; 0 = detect on every sample
     ray: str | None = None  # run on Ray: "local" starts an instance, "auto" or an address joins a cluster
@@ -190,8 +191,10 @@ def annotate(
     A clip that fails is reported in the result and in `<out stem>.errors.csv`; the others go on.
     """
     from .model import load_model
+    from .runtime import keep_freed_memory
     from .writers import TableWriter, write_errors
 
+    keep_freed_memory()
     options = options or AnnotateOptions()
     emit = progress or (lambda event: None)
     clock = clock or NO_CLOCK
@@ -223,7 +226,7 @@ def annotate(
         if options.ray:
             run = run_on_ray
         else:
-            run = _run_in_workers if _workers(options, device, len(todo)) else _run_here
+            run = _run_in_workers if _workers(options, device, len(todo)) else _run_in_thread
         run(todo, labeler, options, device, clock)
     finally:  # also on Ctrl-C: keep what finished, in a whole file
         if result.videos or not out.exists():
@@ -405,21 +408,42 @@ class Labeler:
 # -- schedules: the same producer and consumer, in one process or with worker processes. -----
 
 
-def _run_here(clips: list[Clip], labeler: Labeler, options, device, clock) -> None:
-    from .faces import FaceDetector
+def _run_in_thread(clips: list[Clip], labeler: Labeler, options, device, clock) -> None:
+    """Decode and detect in a thread while this one runs the model, so the stages overlap.
 
-    with FaceDetector() as detector:
-        for key, clip in enumerate(clips):
+    decord, MediaPipe and torch release the GIL in their native code. Measured on 2 cores
+    (three 10 s 720p clips): 2.3 s against 2.7 s with the stages in series.
+    """
+    import queue
+    import threading
+
+    results: queue.Queue = queue.Queue(maxsize=QUEUE_CHUNKS)
+    stop = threading.Event()
+
+    def put(item) -> None:
+        while not stop.is_set():
             try:
-                stream = clip_samples(clip, labeler.model.config, options, detector, device.type, clock)
-                labeler.start(key, clip, next(stream))
-                for sample in stream:
-                    labeler.add(key, sample)
-                labeler.end(key)
-            except (KeyboardInterrupt, MemoryError):
-                raise
-            except Exception as e:  # one bad clip must not stop the batch
-                labeler.fail(key, clip, _clip_error(clip, e))
+                results.put(item, timeout=0.5)
+                return
+            except queue.Full:
+                pass
+        raise BrokenPipeError("annotation stopped")
+
+    def produce() -> None:
+        try:
+            _produce_clips(enumerate(clips), put, labeler.model.config, options, device.type, _timed(clock))
+        except BrokenPipeError:
+            pass
+        except BaseException as e:  # the consumer re-raises it
+            put(("crash", None, e))
+
+    thread = threading.Thread(target=produce, name="fer-decode", daemon=True)
+    thread.start()
+    try:
+        _consume(results, clips, labeler, clock, 1, [thread])
+    finally:  # also on Ctrl-C or a model error: stop the producer before returning
+        stop.set()
+        thread.join(timeout=STOP_JOIN_S)
 
 
 def _workers(options: AnnotateOptions, device, n_clips: int) -> int:
@@ -442,7 +466,7 @@ def _run_in_workers(clips: list[Clip], labeler: Labeler, options, device, clock)
     n = _workers(options, device, len(clips))
     ctx = mp.get_context("spawn")  # fork after torch and MediaPipe threads start is unsafe
     tasks, results, drained = ctx.Queue(), ctx.Queue(maxsize=QUEUE_CHUNKS * n), ctx.Event()
-    timed = isinstance(clock, StageClock)
+    timed = _timed(clock)
     for key, clip in enumerate(clips):
         tasks.put((key, clip))
     for _ in range(n):
@@ -465,15 +489,15 @@ def _run_in_workers(clips: list[Clip], labeler: Labeler, options, device, clock)
             p.join(timeout=5)
 
 
-def _consume(results, clips, labeler: Labeler, clock, n_workers: int, procs) -> None:
+def _consume(results, clips, labeler: Labeler, clock, n_producers: int, producers) -> None:
     import queue
 
     finished = 0
-    while finished < n_workers:
+    while finished < n_producers:
         try:
             kind, key, payload = results.get(timeout=1.0)
         except queue.Empty:
-            if not any(p.is_alive() for p in procs):
+            if not any(p.is_alive() for p in producers):
                 raise FerError("decoding workers died unexpectedly") from None
             continue
         if kind == "info":
@@ -488,28 +512,43 @@ def _consume(results, clips, labeler: Labeler, clock, n_workers: int, procs) -> 
             labeler.fail(key, clips[key], payload)
         elif kind == "exit":
             finished += 1
+        elif kind == "crash":
+            raise payload
 
 
 def _worker(tasks, results, drained, cfg, options, device_type: str, timed: bool) -> None:
     """Worker process: decode, detect and crop whole clips; send samples in small chunks."""
-    from .faces import FaceDetector
+    from .runtime import keep_freed_memory
 
+    keep_freed_memory()
     put = _parent_aware_put(results)
     try:
-        with FaceDetector() as detector:
-            while (task := tasks.get()) is not None:
-                key, clip = task
-                clock = StageClock() if timed else NO_CLOCK
-                try:
-                    _produce(key, clip_samples(clip, cfg, options, detector, device_type, clock), put)
-                    put(("end", key, (dict(clock.seconds), dict(clock.items)) if timed else None))
-                except Exception as e:  # reported for this clip; the worker goes on
-                    put(("error", key, _clip_error(clip, e)))
-        put(("exit", None, None))
+        _produce_clips(iter(tasks.get, None), put, cfg, options, device_type, timed)
         _wait_until_read(results, drained)
     except (KeyboardInterrupt, BrokenPipeError):
         # Whatever is still buffered can never be read: exit without flushing it.
         results.cancel_join_thread()
+
+
+def _produce_clips(tasks, put, cfg, options, device_type: str, timed: bool) -> None:
+    """Decode, detect and crop each (key, clip) of `tasks`, sending messages through `put`."""
+    from .faces import FaceDetector
+
+    with FaceDetector() as detector:
+        for key, clip in tasks:
+            clock = StageClock() if timed else NO_CLOCK
+            try:
+                _produce(key, clip_samples(clip, cfg, options, detector, device_type, clock), put)
+                put(("end", key, (dict(clock.seconds), dict(clock.items)) if timed else None))
+            except BrokenPipeError:
+                raise
+            except Exception as e:  # reported for this clip; the others go on
+                put(("error", key, _clip_error(clip, e)))
+    put(("exit", None, None))
+
+
+def _timed(clock) -> bool:
+    return isinstance(clock, StageClock)
 
 
 def _produce(key, stream, put) -> None:

@@ -163,3 +163,38 @@ def test_tiny_and_faceless_videos(tmp_path, lstm):
     assert len(df) == 1 and not df.face.any() and df.end.iloc[0] == pytest.approx(0.04)
     assert [v.video for v in result.failed] == ["tiny16.mp4"]
     assert "tiny16.mp4" in result.failed[0].error
+
+
+def _decode_threads() -> list:
+    import threading
+
+    return [t for t in threading.enumerate() if t.name == "fer-decode" and t.is_alive()]
+
+
+def test_a_model_failure_stops_the_decoding_thread(tmp_path, clips_dir, lstm, monkeypatch):
+    calls = []
+
+    def failing_encode(images):
+        calls.append(len(images))
+        if len(calls) == 2:
+            raise RuntimeError("out of memory (test)")
+        return torch.zeros(len(images), 1280)
+
+    monkeypatch.setattr(lstm, "encode", failing_encode)
+    with pytest.raises(RuntimeError, match="out of memory"):
+        fercli.annotate([clips_dir], tmp_path / "r.parquet", AnnotateOptions(workers=0, batch_size=4), model=lstm)
+    assert len(calls) == 2
+    assert not _decode_threads()
+    assert len(read_table(tmp_path / "r.parquet")) == 0  # no clip finished before the failure
+
+
+def test_a_decoding_thread_crash_reaches_the_caller(tmp_path, clips_dir, lstm, monkeypatch):
+    import fercli.faces
+
+    def no_detector(*args, **kwargs):
+        raise OSError("MediaPipe graph failed to start (test)")
+
+    monkeypatch.setattr(fercli.faces, "FaceDetector", no_detector)
+    with pytest.raises(OSError, match="graph failed to start"):
+        fercli.annotate([clips_dir], tmp_path / "r.parquet", AnnotateOptions(workers=0), model=lstm)
+    assert not _decode_threads()

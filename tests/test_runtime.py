@@ -1,0 +1,59 @@
+"""Process settings: freed memory is reused without page faults; libgomp's spin is shortened by default."""
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+# Mallocs, writes and frees a 64 MB block three times and reports the minor page faults of the
+# last two: glibc's default serves such a block with a fresh mmap each time, so every page faults
+# anew. (Plain malloc, not numpy, which asks the kernel for huge pages and so faults far less.)
+FAULTS = textwrap.dedent(
+    """
+    import ctypes, json, resource, sys
+    libc = ctypes.CDLL("libc.so.6")
+    libc.malloc.restype = ctypes.c_void_p
+    libc.free.argtypes = [ctypes.c_void_p]
+    if sys.argv[1] == "tuned":
+        from fercli.runtime import keep_freed_memory
+        assert keep_freed_memory()
+    def touch():
+        block = libc.malloc(64 * 2**20)
+        ctypes.memset(block, 1, 64 * 2**20)
+        libc.free(block)
+    touch()
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    touch(); touch()
+    print(json.dumps(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before))
+    """
+)
+PAGES = 64 * 2**20 // 4096
+
+
+def _faults(mode: str) -> int:
+    out = subprocess.run([sys.executable, "-c", FAULTS, mode], capture_output=True, text=True, check=True).stdout
+    return json.loads(out)
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="glibc malloc")
+def test_freed_memory_is_reused_without_page_faults():
+    assert _faults("default") >= PAGES  # the reference: each of the two blocks faults its 16,384 pages
+    assert _faults("tuned") < PAGES // 100
+
+
+def _env_after_import(**env) -> dict:
+    base = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")}
+    code = "import os, json, fercli; print(json.dumps({k: os.environ.get(k) for k in ('OMP_WAIT_POLICY', 'GOMP_SPINCOUNT')}))"
+    out = subprocess.run([sys.executable, "-c", code], env={**base, **env}, capture_output=True, text=True, check=True)
+    return json.loads(out.stdout)
+
+
+def test_importing_fercli_shortens_the_openmp_spin_unless_the_user_chose():
+    from fercli.runtime import GOMP_SPINCOUNT
+
+    assert _env_after_import() == {"OMP_WAIT_POLICY": None, "GOMP_SPINCOUNT": GOMP_SPINCOUNT}
+    assert _env_after_import(GOMP_SPINCOUNT="5")["GOMP_SPINCOUNT"] == "5"
+    assert _env_after_import(OMP_WAIT_POLICY="ACTIVE") == {"OMP_WAIT_POLICY": "ACTIVE", "GOMP_SPINCOUNT": None}
