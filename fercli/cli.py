@@ -567,6 +567,11 @@ def _print_speed(report) -> None:
         f"{d['sampled_fps']:.1f} sampled frames/s = {d['vs_backbone_only']:.0%} of backbone-only "
         f"({report.backbone_only_fps:.1f} crops/s)"
     )
+    if d["in_series_fps"]:
+        console.print(
+            f"decode + faces alone: {report.producer_only_fps:.1f} samples/s; with the model one after the other: "
+            f"{d['in_series_fps']:.1f} samples/s; fer overlapped: {d['sampled_fps']:.1f}"
+        )
     if report.naive_s:
         console.print(
             f"naive loop: {d['naive_fps']:.1f} frames/s; fer is {d['speedup_vs_naive']:.1f}x faster on the same videos"

@@ -32,6 +32,8 @@ def test_timings_add_up(report):
     assert 0 < consumed <= report.end_to_end_s * 1.01
     assert 0 < report.cpu_s <= report.end_to_end_s * report.setup["cores"] * 1.01
     assert report.derived["cores_busy"] == pytest.approx(report.cpu_s / report.end_to_end_s)
+    b, p = report.backbone_only_fps, report.producer_only_fps
+    assert b > 0 and p > 0 and report.derived["in_series_fps"] == pytest.approx(1 / (1 / b + 1 / p))
     assert report.derived["realtime_factor"] == pytest.approx(report.video_seconds / report.end_to_end_s)
     assert report.naive_frames == 25 + 12  # one second of each clip, every frame
     assert report.peak_rss_mb > 0

@@ -345,14 +345,17 @@ def packet_offset(path: Path, index: int) -> int:
 
 def test_avi_cut_inside_a_frame_fails_while_reading(media_dir, tmp_path):
     # Cut 200 bytes into frame 20's JPEG headers (its Huffman tables): decord opens the file
-    # and lists frame 20, then cannot decode it. Frames before its chunk are yielded first.
+    # and lists frame 20, then cannot decode it. decord's decoding thread reads ahead, so the
+    # failure surfaces while reading frame 0 at open or later in the read, by timing (seen under
+    # load); either way it is a one-line VideoError and frame 20 is never yielded.
     source = media_dir / "mjpeg.avi"
     path = truncate(source, tmp_path / "cut.avi", at=packet_offset(source, 20) + 200)
     seen = []
-    with open_video(path) as video, pytest.raises(VideoError, match="cut.avi") as error:
-        assert video.info.frames == 21
-        seen.extend(video.sample(video.info.fps))
-    assert 0 < len(seen) < 20
+    with pytest.raises(VideoError, match="cut.avi") as error:
+        with open_video(path) as video:
+            assert video.info.frames == 21
+            seen.extend(video.sample(video.info.fps))
+    assert len(seen) < 20
     assert "\n" not in str(error.value)
 
 
