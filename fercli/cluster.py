@@ -214,7 +214,9 @@ _detector = None  # one FaceDetector per worker process, kept for every clip it 
 def _decode(item: dict, cfg, options, timed: bool) -> dict:
     global _detector
     from .faces import FaceDetector
+    from .runtime import keep_freed_memory
 
+    keep_freed_memory()  # once per worker process, like annotate does for its own
     clip = Clip(Path(item["path"]), item["name"], item["frames"])
     clock = StageClock() if timed else NO_CLOCK
     start = time.perf_counter()
@@ -242,7 +244,9 @@ class _ModelActor:
         import torch
 
         from .model import model_from_checkpoint
+        from .runtime import keep_freed_memory
 
+        keep_freed_memory()
         ckpt = ray.get(weights[0])
         self.device = torch.device(device)  # Ray sets CUDA_VISIBLE_DEVICES to this actor's GPU
         model = model_from_checkpoint(ckpt, ckpt["source"])

@@ -18,7 +18,7 @@ import numpy as np
 from fercli.errors import VideoError
 
 CHUNK_FRAMES = 16  # frames decoded per read; bounds memory whatever the video length
-DECODE_THREADS = 0  # decord/FFmpeg decoder threads; 0 lets FFmpeg choose
+AUTO_THREADS = 0  # decord/FFmpeg decoder threads: 0 lets FFmpeg choose (frame threads per core)
 # A frame counts as on screen at t when it starts no later than t + TIME_TOLERANCE.
 # Matroska stores milliseconds, so a 29.97 fps frame starts up to 0.5 ms after k / fps
 # (ties round up); decord also returns float32. More than half a tick, less than a whole
@@ -55,17 +55,18 @@ class Frame:
     image: np.ndarray  # H x W x 3 uint8 RGB
 
 
-def open_video(path, *, frames_fps: float = 25.0, device: str = "cpu") -> VideoSource:
+def open_video(path, *, frames_fps: float = 25.0, device: str = "cpu", threads: int = AUTO_THREADS) -> VideoSource:
     """Open a video file, or a folder of frames read as a clip at `frames_fps`.
 
     device "cuda" (or "cuda:N") decodes on the GPU when decord was built with CUDA and
-    falls back to the CPU otherwise. Raises VideoError when the clip cannot be read.
+    falls back to the CPU otherwise. `threads`: FFmpeg decoder threads (0: FFmpeg chooses).
+    Raises VideoError when the clip cannot be read.
     """
     path = Path(path)
     if path.is_dir():
         return VideoSource(_ImageReader(path, frames_fps))
     _check_file(path)
-    return VideoSource(_DecordReader(path, device))
+    return VideoSource(_DecordReader(path, device, threads))
 
 
 class VideoSource:
@@ -157,9 +158,9 @@ def _reason(error: Exception, path: Path | None = None) -> str:
 class _DecordReader:
     """A video file read with decord; frame start times in seconds from the first frame."""
 
-    def __init__(self, path: Path, device: str):
+    def __init__(self, path: Path, device: str, threads: int = AUTO_THREADS):
         self.path = path
-        self._vr, decoder = _open_decord(path, device)
+        self._vr, decoder = _open_decord(path, device, threads)
         fps, frames = self._header()
         self.starts, duration, valid = _timestamps(self._vr, path, frames, fps)
         # Reading only the needed frames lets decord skip the others without converting
@@ -202,28 +203,28 @@ class _DecordReader:
             ) from error
 
 
-def _open_decord(path: Path, device: str):
+def _open_decord(path: Path, device: str, threads: int = AUTO_THREADS):
     """A decord VideoReader on the requested device, or on the CPU when CUDA is missing."""
     import decord
 
     if device == "cpu":
-        return _video_reader(decord, path, decord.cpu(0)), "cpu"
+        return _video_reader(decord, path, decord.cpu(0), threads), "cpu"
     match = re.fullmatch(r"cuda(?::(\d+))?", device)
     if match is None:
         raise ValueError(f"device must be 'cpu', 'cuda' or 'cuda:N', got {device!r}")
     try:
         # The PyPI wheel has no CUDA: opening raises "CUDA not enabled".
         ctx = decord.gpu(int(match.group(1) or 0))
-        return decord.VideoReader(str(path), ctx=ctx, num_threads=DECODE_THREADS), "cuda"
+        return decord.VideoReader(str(path), ctx=ctx, num_threads=threads), "cuda"
     except Exception as error:
-        reader = _video_reader(decord, path, decord.cpu(0))
+        reader = _video_reader(decord, path, decord.cpu(0), threads)
         _warn_cpu_fallback(error)
         return reader, "cpu"
 
 
-def _video_reader(decord, path: Path, ctx):
+def _video_reader(decord, path: Path, ctx, threads: int):
     try:
-        return decord.VideoReader(str(path), ctx=ctx, num_threads=DECODE_THREADS)
+        return decord.VideoReader(str(path), ctx=ctx, num_threads=threads)
     except Exception as error:
         raise VideoError(f"{path}: cannot read as a video ({_reason(error, path)})") from error
 

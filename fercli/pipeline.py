@@ -26,6 +26,10 @@ DEFAULT_BATCH = 16  # face crops per backbone call; small batches run best on a 
 MAIN_FACE = 0  # face id of the main subject when not annotating every face
 MAX_WORKERS = 8  # decode/face worker processes at most
 STOP_JOIN_S = 5.0  # seconds to wait for the decoding thread to notice a stop
+# FFmpeg decoder threads per clip while the model runs on the CPU: the backbone already keeps
+# every core busy, and one thread decodes with less overhead than frame threading (measured on
+# 2 cores: 2.17 s and 4.1 CPU-s against 2.40 s and 4.6 CPU-s). With a GPU, FFmpeg chooses.
+DECODE_THREADS_BESIDE_CPU_MODEL = 1
 CPU_CORES_PER_WORKER = 4  # on a CPU-only run, one worker per this many cores (none below it)
 SAMPLES_PER_MESSAGE = 8  # samples a worker sends at once (each crop is ~150 kB)
 QUEUE_CHUNKS = 4  # messages in flight per worker: bounds memory whatever the video length
@@ -274,7 +278,8 @@ def clip_samples(clip: Clip, cfg, options: AnnotateOptions, detector, device_typ
     from .faces import FaceTracker, SteadyDetector, crop
 
     pre = cfg.preprocess
-    with open_video(clip.path, frames_fps=options.frames_fps, device=device_type) as source:
+    threads = DECODE_THREADS_BESIDE_CPU_MODEL if device_type == "cpu" else 0
+    with open_video(clip.path, frames_fps=options.frames_fps, device=device_type, threads=threads) as source:
         yield source.info
         tracker = FaceTracker()
         detector = SteadyDetector(detector, options.reuse_boxes)

@@ -136,12 +136,13 @@ def test_native_rate_gives_every_frame_as_pyav_decodes_it(media_dir, reference, 
         assert_close(frame.image, images[frame.source], f"{name} frame {frame.source}")
 
 
+@pytest.mark.parametrize("threads", [0, 1])  # FFmpeg's choice, and what annotate uses on a CPU
 @pytest.mark.parametrize("rate", [5, 1, 29.97])
 @pytest.mark.parametrize("name", CLIPS)
-def test_other_rates_pick_the_frame_on_screen(media_dir, reference, name, rate):
+def test_other_rates_pick_the_frame_on_screen(media_dir, reference, name, rate, threads):
     native = CLIPS[name][1]
     times, images = reference(name)
-    frames = sample(media_dir / name, rate)
+    frames = sample(media_dir / name, rate, threads=threads)
     count = math.ceil(CLIP_FRAMES / native * rate)  # samples k / rate < duration
     assert [f.index for f in frames] == list(range(count))
     assert [f.time for f in frames] == pytest.approx([k / rate for k in range(count)])
