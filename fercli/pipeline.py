@@ -28,7 +28,7 @@ MAX_WORKERS = 8  # decode/face worker processes at most
 STOP_JOIN_S = 5.0  # seconds to wait for the decoding thread to notice a stop
 # FFmpeg decoder threads per clip while the model runs on the CPU: the backbone already keeps
 # every core busy, and one thread decodes with less overhead than frame threading (measured on
-# 2 cores: 2.17 s and 4.1 CPU-s against 2.40 s and 4.6 CPU-s). With a GPU, FFmpeg chooses.
+# 2 cores: 2.17 s and 4.1 CPU-s against 2.36 s and 4.5 CPU-s). With a GPU, FFmpeg chooses.
 DECODE_THREADS_BESIDE_CPU_MODEL = 1
 CPU_CORES_PER_WORKER = 4  # on a CPU-only run, one worker per this many cores (none below it)
 SAMPLES_PER_MESSAGE = 8  # samples a worker sends at once (each crop is ~150 kB)
@@ -417,7 +417,7 @@ def _run_in_thread(clips: list[Clip], labeler: Labeler, options, device, clock) 
     """Decode and detect in a thread while this one runs the model, so the stages overlap.
 
     decord, MediaPipe and torch release the GIL in their native code. Measured on 2 cores
-    (three 10 s 720p clips): 2.3 s against 2.7 s with the stages in series.
+    (three 10 s 720p clips): 2.51 s against 2.63 s with the stages in series (bf16: 2.21, 2.48).
     """
     import queue
     import threading
@@ -440,7 +440,10 @@ def _run_in_thread(clips: list[Clip], labeler: Labeler, options, device, clock) 
         except BrokenPipeError:
             pass
         except BaseException as e:  # the consumer re-raises it
-            put(("crash", None, e))
+            try:
+                put(("crash", None, e))
+            except BrokenPipeError:
+                pass  # the consumer already stopped for its own reason
 
     thread = threading.Thread(target=produce, name="fer-decode", daemon=True)
     thread.start()
