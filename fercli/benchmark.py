@@ -158,19 +158,18 @@ def backbone_only(model, device, batch_size: int, n: int, precision: str = "fp32
 
 def producer_only(clips, cfg, options, device) -> float:
     """Samples per second through decoding, face detection and cropping alone (no model)."""
-    from .errors import VideoError
-    from .faces import FaceDetector
-    from .pipeline import clip_samples
+    from .pipeline import _produce_clips
 
     samples = 0
-    with FaceDetector() as detector:
-        start = time.perf_counter()
-        for clip in clips:
-            try:
-                samples += sum(1 for _ in clip_samples(clip, cfg, options, detector, device.type)) - 1  # less the info
-            except VideoError:
-                continue  # annotate reported it; the baseline times the readable clips
-        seconds = time.perf_counter() - start
+
+    def count(message) -> None:
+        nonlocal samples
+        if message[0] == "samples":
+            samples += len(message[2])
+
+    start = time.perf_counter()  # the detector's start is charged, as in the pipeline's producer
+    _produce_clips(enumerate(clips), count, cfg, options, device.type, timed=False)
+    seconds = time.perf_counter() - start
     return samples / seconds if samples else 0.0
 
 

@@ -158,7 +158,7 @@ def _reason(error: Exception, path: Path | None = None) -> str:
 class _DecordReader:
     """A video file read with decord; frame start times in seconds from the first frame."""
 
-    def __init__(self, path: Path, device: str, threads: int = AUTO_THREADS):
+    def __init__(self, path: Path, device: str, threads: int):
         self.path = path
         self._vr, decoder = _open_decord(path, device, threads)
         fps, frames = self._header()
@@ -203,7 +203,7 @@ class _DecordReader:
             ) from error
 
 
-def _open_decord(path: Path, device: str, threads: int = AUTO_THREADS):
+def _open_decord(path: Path, device: str, threads: int):
     """A decord VideoReader on the requested device, or on the CPU when CUDA is missing."""
     import decord
 

@@ -274,11 +274,11 @@ class SampleCrops:
 
 def clip_samples(clip: Clip, cfg, options: AnnotateOptions, detector, device_type: str = "cpu", clock=NO_CLOCK):
     """The clip's VideoInfo first, then a SampleCrops per sample at the model's rate."""
-    from .decode import open_video
+    from .decode import AUTO_THREADS, open_video
     from .faces import FaceTracker, SteadyDetector, crop
 
     pre = cfg.preprocess
-    threads = DECODE_THREADS_BESIDE_CPU_MODEL if device_type == "cpu" else 0
+    threads = DECODE_THREADS_BESIDE_CPU_MODEL if device_type == "cpu" else AUTO_THREADS
     with open_video(clip.path, frames_fps=options.frames_fps, device=device_type, threads=threads) as source:
         yield source.info
         tracker = FaceTracker()

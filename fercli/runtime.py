@@ -8,7 +8,7 @@ Both were measured on the 2-core development machine (EfficientNet-B0, batch 16,
   instead of 172. Keeping freed memory in the heap for reuse removes the faults and, because the
   same buffers come back every batch, also keeps the process size flat.
 - libgomp's worker threads spin for a while after each parallel region. Between backbone calls
-  they spin on the cores that decoding and face detection need (6.0 CPU-s instead of 4.5 for
+  they spin on the cores that decoding and face detection need (5.7 CPU-s instead of 4.5 for
   the same 150 samples). A short spin keeps the back-to-back regions inside a forward pass fast
   and lets the threads sleep across the gaps. It must be in the environment before torch loads
   libgomp, so `fercli/__init__.py` applies it at import.

@@ -1,4 +1,6 @@
+import contextlib
 import math
+import os
 
 import numpy as np
 import pandas as pd
@@ -198,3 +200,29 @@ def test_a_decoding_thread_crash_reaches_the_caller(tmp_path, clips_dir, lstm, m
     with pytest.raises(OSError, match="graph failed to start"):
         fercli.annotate([clips_dir], tmp_path / "r.parquet", AnnotateOptions(workers=0), model=lstm)
     assert not _decode_threads()
+
+
+@pytest.mark.skipif((os.cpu_count() or 1) < 2, reason="FFmpeg picks one thread on one core anyway")
+def test_a_cpu_model_decodes_with_one_ffmpeg_thread(clips_dir, lstm):
+    # Counted as OS threads started by an open clip: decord's worker plus FFmpeg's own decoders.
+    from fercli.decode import open_video
+    from fercli.faces import FaceDetector
+    from fercli.inputs import find_clips
+    from fercli.pipeline import clip_samples
+
+    def extra_threads(open_samples) -> int:
+        """OS threads alive while the clip that `open_samples()` opens is being read."""
+        before = len(os.listdir("/proc/self/task"))
+        with contextlib.closing(open_samples()) as samples:
+            next(samples)  # decoding has started
+            return len(os.listdir("/proc/self/task")) - before
+
+    path = clips_dir / "moving.mp4"
+    clip = find_clips([path]).clips[0]
+    with FaceDetector() as detector:
+        detector.detect(np.zeros((240, 320, 3), np.uint8))  # MediaPipe's threads start before counting
+        one = extra_threads(lambda: open_video(path, threads=1).sample(5.0))
+        auto = extra_threads(lambda: open_video(path, threads=0).sample(5.0))
+        pipeline = extra_threads(lambda: clip_samples(clip, lstm.config, AnnotateOptions(), detector, "cpu"))
+    assert one < auto
+    assert pipeline == one
