@@ -524,6 +524,7 @@ def benchmark_speed(
     ray: Optional[str] = typer.Option(None, "--ray", metavar="ADDRESS", help="Time the Ray schedule: local, auto or HOST:PORT."),
     naive: bool = typer.Option(True, help="Also time the hand-written per-frame loop."),
     naive_seconds: Optional[float] = typer.Option(None, help="Read at most this much of each clip in the naive loop."),
+    repeat: int = typer.Option(1, min=1, help="Time the run this many times and report the median run."),
     json_out: Optional[Path] = typer.Option(None, "--json", help="Write the report as JSON here."),
 ) -> None:
     """Time each stage (decode, faces, backbone, head, write) and the whole run."""
@@ -537,7 +538,7 @@ def benchmark_speed(
     try:
         report = speed(
             paths, model=model, device=device, batch_size=batch_size, workers=workers, precision=precision,
-            ray=ray, naive=naive, naive_seconds=naive_seconds,
+            ray=ray, naive=naive, naive_seconds=naive_seconds, repeat=repeat,
         )
     except FerError as e:
         raise _fail(console, str(e)) from None
@@ -567,6 +568,9 @@ def _print_speed(report) -> None:
         f"{d['sampled_fps']:.1f} sampled frames/s = {d['vs_backbone_only']:.0%} of backbone-only "
         f"({report.backbone_only_fps:.1f} crops/s)"
     )
+    if len(report.end_to_end_runs_s) > 1:
+        runs = ", ".join(f"{s:.2f}" for s in report.end_to_end_runs_s)
+        console.print(f"runs: {runs} s; the figures above are the median run's")
     if d["in_series_fps"]:
         console.print(
             f"decode + faces alone: {report.producer_only_fps:.1f} samples/s; with the model one after the other: "
