@@ -17,6 +17,7 @@ Both were measured on the 2-core development machine (EfficientNet-B0, batch 16,
 from __future__ import annotations
 
 import ctypes
+import functools
 import logging
 import os
 import platform
@@ -29,8 +30,6 @@ M_MMAP_MAX = -4
 KEEP_FREED = 1 << 30  # bytes of free heap top kept for reuse before any is returned to the OS
 GOMP_SPINCOUNT = "1000"  # spins before an idle libgomp thread sleeps (libgomp default: 300,000)
 
-_tuned = False
-
 
 def quiet_openmp() -> None:
     """Shorten libgomp's idle spinning, unless the user chose a wait policy themselves."""
@@ -38,20 +37,18 @@ def quiet_openmp() -> None:
         os.environ.setdefault("GOMP_SPINCOUNT", GOMP_SPINCOUNT)
 
 
+@functools.cache  # process-wide: the first call decides, later ones (one per Ray clip) are free
 def keep_freed_memory() -> bool:
     """Serve large allocations from the heap and keep freed memory for reuse (glibc only).
 
     Process-wide and applied once; returns whether it is in force.
     """
-    global _tuned
-    if _tuned:
-        return True
     if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
         return False
     try:
         libc = ctypes.CDLL("libc.so.6")
         # mallopt returns 1 on success. M_MMAP_MAX 0: no allocation is served by its own mmap.
-        _tuned = bool(libc.mallopt(M_MMAP_MAX, 0)) and bool(libc.mallopt(M_TRIM_THRESHOLD, KEEP_FREED))
+        return bool(libc.mallopt(M_MMAP_MAX, 0)) and bool(libc.mallopt(M_TRIM_THRESHOLD, KEEP_FREED))
     except (OSError, AttributeError) as e:
         log.debug("mallopt unavailable: %s", e)
-    return _tuned
+        return False
