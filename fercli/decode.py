@@ -40,6 +40,7 @@ class VideoInfo:
     fps: float  # native frame rate (frames/s) as the container reports it, or frames_fps
     frames: int  # frame count, as the container's index lists them
     duration: float  # s: end of the last frame (timestamps), or frames / fps
+    last_start: float  # s: when the last frame starts, from the first frame (decides the rows)
     width: int  # px
     height: int  # px
     decoder: str  # "cpu", "cuda" or "images"
@@ -100,10 +101,14 @@ class VideoSource:
         self.close()
 
 
+def sample_count(duration: float, fps: float) -> int:
+    """Samples k / fps that fall inside a clip of `duration` seconds (the rule `sample` follows)."""
+    return max(math.ceil((duration - TIME_TOLERANCE) * fps), 0)
+
+
 def _sources(starts: np.ndarray, duration: float, fps: float) -> np.ndarray:
     """For each sample k, the last frame starting at or before k / fps."""
-    count = max(math.ceil((duration - TIME_TOLERANCE) * fps), 0)
-    times = np.arange(count) / fps
+    times = np.arange(sample_count(duration, fps)) / fps
     return np.maximum(np.searchsorted(starts, times + TIME_TOLERANCE, side="right") - 1, 0)
 
 
@@ -171,7 +176,8 @@ class _DecordReader:
         # AVI always reads forward, being the container where this was seen.
         self.sparse = valid and path.suffix.lower() != ".avi"
         height, width = self._first_shape()
-        self.info = VideoInfo(path, fps, frames, duration, width, height, decoder)
+        last_start = round(float(self.starts[-1]), 6)
+        self.info = VideoInfo(path, fps, frames, duration, last_start, width, height, decoder)
 
     def _header(self) -> tuple[float, int]:
         try:
@@ -280,7 +286,7 @@ class _ImageReader:
         width, height = _common_size(self.files, folder)
         n = len(self.files)
         self.starts = np.arange(n) / frames_fps
-        self.info = VideoInfo(folder, frames_fps, n, n / frames_fps, width, height, "images")
+        self.info = VideoInfo(folder, frames_fps, n, n / frames_fps, (n - 1) / frames_fps, width, height, "images")
 
     def read(self, indices: Sequence[int]) -> list[np.ndarray]:
         return [_load_image(self.files[i]) for i in indices]

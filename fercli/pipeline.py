@@ -334,11 +334,12 @@ class Labeler:
         self.n_crops = 0
 
     def start(self, key, clip: Clip, info) -> None:
+        from .decode import sample_count
         from .windows import Aggregator
 
         cfg = self.model.config
-        agg = Aggregator(cfg.window, info.duration, cfg.is_window_model, self.options.per_frame)
-        total = math.ceil(info.duration * cfg.fps - 1e-9)
+        agg = Aggregator(cfg.window, info.duration, cfg.is_window_model, self.options.per_frame, info.last_start)
+        total = sample_count(info.duration, cfg.fps)
         self.clips[key] = _Clip(clip, agg, total, time.perf_counter(), info.duration)
         self.emit(ProgressEvent("start", clip.name, 0, total))
 

@@ -1,8 +1,11 @@
 """From per-frame features to rows: windows per second (or per frame) and their labels.
 
 Rules, in video time:
-- Sample k sits at t_k = k / fps. Second s holds the samples with s <= t_k < s + 1; a clip of
-  duration d has ceil(d) seconds, the last one possibly partial.
+- Sample k sits at t_k = k / fps. Second s holds the samples with s <= t_k < s + 1.
+- Second s gets a row when a decoded frame starts in [s, s + 1): rows run from second 0 to the
+  second the clip's last frame starts in, so a container whose last frame ends a rounding sliver
+  past a whole second (4.0003 s) gets no extra, frameless row. The last row's `end` is the clip's
+  end (its duration), and samples after the last row's start belong to it.
 - A second has a face when the face was found in at least one of its own samples. Seconds
   without one are kept as rows with face = False and null labels.
 - Window models: the window for second s is the T samples ending with the last sample of s.
@@ -48,12 +51,13 @@ class Unit:
         return self.window is not None or self.scores is not None
 
 
-def n_seconds(duration: float) -> int:
-    """Rows for a clip of `duration` seconds: ceil, counting a final partial second."""
-    return max(0, math.ceil(duration - TIME_EPS))
+def n_seconds(last_start: float) -> int:
+    """Rows for a clip whose last frame starts at `last_start` s: seconds 0 .. the one it starts in."""
+    return second_of(last_start) + 1
 
 
 def second_of(time: float) -> int:
+    """The second a time (s) falls in; float times landing on a boundary belong to the later one."""
     return math.floor(time + TIME_EPS)
 
 
@@ -75,9 +79,10 @@ class Aggregator:
     """Streams FrameFeatures in, Units out; holds only the last T samples."""
 
     window: int  # T, samples per window (1 for frame models)
-    duration: float  # seconds
+    duration: float  # s: the clip's end, the last row's `end`
     window_model: bool
     per_frame: bool = False
+    last_start: float | None = None  # s: start of the clip's last frame; None: just before `duration`
     recent: deque = field(init=False)
     _second: int = 0  # the second being filled
     _present: dict[int, list[torch.Tensor]] = field(default_factory=dict)  # face id -> its samples in _second
@@ -85,13 +90,15 @@ class Aggregator:
 
     def __post_init__(self):
         self.recent = deque(maxlen=self.window)
+        last = self.last_start if self.last_start is not None else max(self.duration - 2 * TIME_EPS, 0.0)
+        self.seconds = n_seconds(last)
 
     def push(self, ff: FrameFeatures) -> list[Unit]:
         if self.per_frame:
             self._remember(ff.faces)
             return self._frame_units(ff)
         units = []
-        s = second_of(ff.time)
+        s = min(second_of(ff.time), self.seconds - 1)  # a long last frame: still the last row
         while self._second < s:  # close every second before this sample, also ones with no samples
             units += self._close_second()
         self._remember(ff.faces)
@@ -103,7 +110,7 @@ class Aggregator:
         if self.per_frame:
             return []
         units = []
-        while self._second < n_seconds(self.duration):
+        while self._second < self.seconds:
             units += self._close_second()
         return units
 
@@ -114,7 +121,8 @@ class Aggregator:
 
     def _close_second(self) -> list[Unit]:
         s = self._second
-        key = {"second": s, "start": float(s), "end": float(min(s + 1, self.duration))}
+        end = self.duration if s == self.seconds - 1 else min(s + 1, self.duration)
+        key = {"second": s, "start": float(s), "end": float(end)}
         units = [self._unit(key, face_id, samples) for face_id, samples in sorted(self._present.items())]
         self._second, self._present = s + 1, {}
         return units or [Unit(key, None)]

@@ -15,9 +15,25 @@ def tags(window):
     return window[:, 0].int().tolist()
 
 
-@pytest.mark.parametrize("duration,expected", [(3.0, 3), (3.01, 4), (0.04, 1), (2.999, 3), (0.0, 0)])
-def test_rows_per_clip_is_ceil_of_duration(duration, expected):
-    assert n_seconds(duration) == expected
+@pytest.mark.parametrize("last_start,expected", [(89 / 30, 3), (3.0, 4), (0.0, 1), (2.999, 3), (3.0 - 1e-7, 4)])
+def test_rows_run_to_the_second_the_last_frame_starts_in(last_start, expected):
+    assert n_seconds(last_start) == expected
+
+
+def test_no_row_for_a_sliver_past_the_last_whole_second():
+    # 120 frames at 30 fps whose last frame ends at 4.0003 s: frames start in seconds 0-3 only.
+    agg = Aggregator(window=1, duration=4.0003, window_model=False, last_start=119 / 30)
+    units = push_all(agg, 5, 20, present=set(range(20)))
+    assert [u.key["second"] for u in units] == [0, 1, 2, 3]
+    assert units[-1].key["end"] == 4.0003 and all(u.has_face for u in units)
+
+
+def test_a_long_last_frame_keeps_its_samples_in_the_last_row():
+    # VFR: the last frame starts at 2.5 s and stays until 4.0 s; its samples go to second 2.
+    agg = Aggregator(window=1, duration=4.0, window_model=False, last_start=2.5)
+    units = push_all(agg, 2, 8, present=set(range(8)))
+    assert [(u.key["second"], u.key["end"]) for u in units] == [(0, 1.0), (1, 2.0), (2, 4.0)]
+    assert units[-1].scores.tolist() == [5.5, 5.5, 5.5]  # mean of samples 4..7
 
 
 def test_fill_window_forward_then_back():
