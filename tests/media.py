@@ -118,3 +118,35 @@ def write_frames(folder: Path, frames: Iterable[np.ndarray]) -> Path:
     for i, img in enumerate(frames):
         Image.fromarray(img).save(folder / f"{i:05d}.png")
     return folder
+
+
+def write_sliver_clip(
+    path: Path, seconds: int, fps: int = 30, sliver: float = 0.0003, codec: str = "libx265", size=(160, 120)
+) -> Path:
+    """A clip of exactly `seconds` * `fps` frames whose last frame ends `sliver` s past the second.
+
+    As some muxers write it: the container's timestamps (90 kHz) give the last packet a longer
+    duration, so the clip 'lasts' 3.0003 s although no frame starts after 2.967 s.
+    """
+    tick = Fraction(1, 90000)
+    step = 90000 // fps
+    n = seconds * fps
+    width, height = size
+    with av.open(str(path), "w") as out:
+        stream = out.add_stream(codec, rate=fps)
+        stream.pix_fmt, stream.width, stream.height = "yuv420p", width, height
+        stream.codec_context.time_base = tick
+        # No B-frames, so packets come out in presentation order and the last one is the last frame.
+        stream.options = {"bframes": "0"} if codec == "libx264" else {"x265-params": "bframes=0:log-level=none"}
+        packets = []
+        for i in range(n):
+            img = scene(width, height, [(10, 10, min(width, height) - 20)], seed=i)
+            frame = av.VideoFrame.from_ndarray(img, format="rgb24")
+            frame.pts, frame.time_base = i * step, tick
+            packets += stream.encode(frame)
+        packets += stream.encode()
+        for packet in packets:
+            if packet.pts == (n - 1) * step:
+                packet.duration = step + round(sliver * 90000)
+            out.mux(packet)
+    return Path(path)

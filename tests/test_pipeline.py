@@ -226,3 +226,21 @@ def test_a_cpu_model_decodes_with_one_ffmpeg_thread(clips_dir, lstm):
         pipeline = extra_threads(lambda: clip_samples(clip, lstm.config, AnnotateOptions(), detector, "cpu"))
     assert one < auto
     assert pipeline == one
+
+
+@pytest.mark.parametrize("seconds", [3, 4])
+def test_no_phantom_row_after_a_whole_second_clip(tmp_path, lstm, seconds):
+    import av
+
+    import media
+
+    clip = media.write_sliver_clip(tmp_path / "whole.mov", seconds)
+    with av.open(str(clip)) as container:  # the container does put the end past the second
+        stream = container.streams.video[0]
+        assert float(stream.duration * stream.time_base) == pytest.approx(seconds + 0.0003)
+    out = tmp_path / "r.parquet"
+    fercli.annotate([clip], out, AnnotateOptions(), model=lstm)
+    df = read_table(out)
+    assert df.second.tolist() == list(range(seconds))
+    assert df.face.all()
+    assert df.end.iloc[-1] == pytest.approx(seconds + 0.0003, abs=1e-6)
