@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from itertools import islice
+from typing import Callable, Iterable, Iterator, TypeVar
 
 import numpy as np
 
@@ -16,6 +18,7 @@ SWITCH_RATIO = 2.0  # another face must be this many times more salient to becom
 STEADY_IOU = 0.9  # two detections in a row this alike (every box) mean the faces hold still
 
 Box = tuple[float, float, float, float]  # x0, y0, x1, y1 in pixels
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -66,33 +69,47 @@ class FaceDetector:
 
 
 class SteadyDetector:
-    """Skips detection while faces hold still, to save the detector's time (~5 ms per 720p frame).
+    """Skips detection on samples that lie between two detections that agree, decided afterwards.
 
-    Detects on every sample while faces move or none is in view; once two detections in a row
-    agree (same number of faces, each box overlapping its match by STEADY_IOU), the next `reuse`
-    samples take those boxes again, then it detects afresh. A face that enters during a reused
-    sample is found one sample later. One per clip: it remembers the clip's last detections.
+    After a detection, the next `reuse` samples are held back undetected and the sample after
+    them is detected. If its faces agree with the earlier detection (same number of faces, each
+    box overlapping its match by STEADY_IOU), the held samples take the earlier boxes; if not,
+    each held sample is detected on its own. So a reused box always sits between two detections
+    that found the same faces: a face that leaves is seen leaving, and one that enters is seen
+    entering, on the sample it happens. It never calls the detector more often than detecting
+    every sample would, and it delays the stream by `reuse` + 1 samples. One per clip.
     """
 
-    def __init__(self, detector: FaceDetector, reuse: int = 1):
-        self.detector = detector
-        self.reuse = reuse
+    def __init__(self, detector, reuse: int = 1):
+        self.detector = detector  # anything with .detect(image) -> list[Detection]
+        self.reuse = max(0, reuse)
         self.detected = 0  # detector calls made
-        self.reused = 0  # samples that took the previous boxes
-        self._last: list[Detection] | None = None
-        self._steady = False
-        self._run = 0  # reuses since the last detection
+        self.reused = 0  # samples that took boxes from the detections around them
 
-    def detect(self, image: np.ndarray) -> list[Detection]:
-        if self._steady and self._run < self.reuse:
-            self._run += 1
-            self.reused += 1
-            return self._last
-        found = self.detector.detect(image)
+    def detections(self, frames: Iterable[T], image: Callable[[T], np.ndarray]) -> Iterator[tuple[T, list[Detection]]]:
+        """(frame, its detections) for each of `frames`, in order; `image(frame)` is what to detect on."""
+        frames = iter(frames)
+        last: list[Detection] = []  # detections of the latest detected sample
+        for frame in frames:
+            if not last or self.reuse == 0:  # nothing steady to lean on: a face may walk in
+                last = self._detect(image(frame))
+                yield frame, last
+                continue
+            held = [frame, *islice(frames, self.reuse - 1)]
+            after = next(frames, None)
+            found = self._detect(image(after)) if after is not None else []
+            steady = after is not None and _alike(found, last)
+            for f in held:
+                self.reused += steady
+                yield f, last if steady else self._detect(image(f))
+            if after is None:
+                return
+            last = found
+            yield after, found
+
+    def _detect(self, image: np.ndarray) -> list[Detection]:
         self.detected += 1
-        self._steady = self._last is not None and _alike(found, self._last)
-        self._last, self._run = found, 0
-        return found
+        return self.detector.detect(image)
 
 
 def _alike(a: list[Detection], b: list[Detection]) -> bool:

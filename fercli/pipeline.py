@@ -282,16 +282,29 @@ def clip_samples(clip: Clip, cfg, options: AnnotateOptions, detector, device_typ
     with open_video(clip.path, frames_fps=options.frames_fps, device=device_type, threads=threads) as source:
         yield source.info
         tracker = FaceTracker()
-        detector = SteadyDetector(detector, options.reuse_boxes)
-        for frame in clock.iterate("decode", source.sample(cfg.fps)):
+        steady = SteadyDetector(_TimedDetector(detector, clock), options.reuse_boxes)
+        frames = clock.iterate("decode", source.sample(cfg.fps))
+        for frame, detections in steady.detections(frames, lambda f: f.image):
             with clock.stage("faces", 1):
-                found = _faces_of(tracker, frame, detector, options.all_faces)
+                found = _faces_of(tracker, frame, detections, options.all_faces)
                 crops = {fid: crop(frame.image, det.box, pre.size, pre.margin) for fid, det in found.items()}
             yield SampleCrops(frame.index, frame.time, crops)
 
 
-def _faces_of(tracker, frame, detector, all_faces: bool) -> dict:
-    matched = tracker.update(frame.time, detector.detect(frame.image))
+@dataclass
+class _TimedDetector:
+    """A detector whose calls count as the "faces" stage (they run ahead of their sample's turn)."""
+
+    detector: object
+    clock: object
+
+    def detect(self, image):
+        with self.clock.stage("faces"):
+            return self.detector.detect(image)
+
+
+def _faces_of(tracker, frame, detections, all_faces: bool) -> dict:
+    matched = tracker.update(frame.time, detections)
     if all_faces:
         return dict(sorted(matched.items()))
     main = tracker.main(matched)

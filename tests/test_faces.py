@@ -110,52 +110,67 @@ def test_subject_walking_in_past_a_small_background_face_becomes_main():
     assert all(b == (100, 100, 260, 260) for b in mains[15:])
 
 
+def run_steady(boxes_per_sample, reuse=1):
+    """Boxes each sample got from a SteadyDetector over samples whose true boxes are given."""
+    from fercli.faces import SteadyDetector
+
+    inner = CountingDetector(boxes_per_sample)
+    steady = SteadyDetector(inner, reuse=reuse)
+    got = [[d.box for d in found] for _, found in steady.detections(range(len(boxes_per_sample)), lambda k: k)]
+    return got, inner, steady
+
+
 class CountingDetector:
-    def __init__(self, boxes_per_call):
-        self.boxes = iter(boxes_per_call)
+    """Returns the true boxes of whichever sample it is shown (the sample's index stands for its image)."""
+
+    def __init__(self, boxes_per_sample):
+        self.truth = boxes_per_sample
         self.calls = 0
 
-    def detect(self, image):
+    def detect(self, k):
         self.calls += 1
-        return [Detection(b, 0.9) for b in next(self.boxes)]
+        return [Detection(b, 0.9) for b in self.truth[k]]
 
 
 def test_steady_faces_skip_every_other_detection():
-    from fercli.faces import SteadyDetector
-
-    still = [[(10, 10, 110, 110)]] * 20
-    inner = CountingDetector(still)
-    det = SteadyDetector(inner, reuse=1)
-    results = [det.detect(None) for _ in range(11)]
-    assert inner.calls == 6  # detect, detect (now steady), reuse, detect, reuse, ...
-    assert all(r[0].box == (10, 10, 110, 110) for r in results)
+    still = [[(10, 10, 110, 110)]] * 11
+    got, inner, steady = run_steady(still)
+    assert inner.calls == 6  # 0, 2, 4, 6, 8, 10: each held sample sits between two that agree
+    assert steady.reused == 5 and steady.detected == 6
+    assert got == still
 
 
 def test_moving_faces_are_detected_on_every_sample():
-    from fercli.faces import SteadyDetector
-
-    moving = [[(10 + 20 * k, 10, 110 + 20 * k, 110)] for k in range(20)]  # IoU 0.67 step to step
-    inner = CountingDetector(moving)
-    det = SteadyDetector(inner, reuse=1)
-    results = [det.detect(None) for _ in range(10)]
+    moving = [[(10 + 20 * k, 10, 110 + 20 * k, 110)] for k in range(10)]  # IoU 0.67 step to step
+    got, inner, _ = run_steady(moving)
     assert inner.calls == 10
-    assert [r[0].box[0] for r in results] == [10 + 20 * k for k in range(10)]
+    assert got == moving
 
 
 def test_reuse_zero_always_detects():
-    from fercli.faces import SteadyDetector
-
-    inner = CountingDetector([[(10, 10, 110, 110)]] * 10)
-    det = SteadyDetector(inner, reuse=0)
-    for _ in range(8):
-        det.detect(None)
-    assert inner.calls == 8
+    got, inner, _ = run_steady([[(10, 10, 110, 110)]] * 8, reuse=0)
+    assert inner.calls == 8 and len(got) == 8
 
 
 def test_no_face_is_never_steady():
-    from fercli.faces import SteadyDetector
+    truth = [[]] * 5 + [[(10, 10, 110, 110)]] * 5
+    got, inner, _ = run_steady(truth)
+    assert got[:6] == truth[:6]  # the face is found on the sample it walks in
+    assert inner.calls == 8  # 0-5 each, then 7 and 9: 6 and 8 sit between detections that agree
+    assert got == truth
 
-    inner = CountingDetector([[]] * 5 + [[(10, 10, 110, 110)]] * 5)
-    det = SteadyDetector(inner, reuse=1)
-    assert [len(det.detect(None)) for _ in range(6)] == [0, 0, 0, 0, 0, 1]
-    assert inner.calls == 6
+
+@pytest.mark.parametrize("reuse", [1, 2, 3])
+@pytest.mark.parametrize("leaves", range(1, 9))
+def test_a_face_that_leaves_is_never_given_a_box(reuse, leaves):
+    # Still face on samples 0 .. leaves-1, gone after: every reused box must be a true one.
+    truth = [[(10, 10, 110, 110)] if k < leaves else [] for k in range(12)]
+    got, inner, _ = run_steady(truth, reuse=reuse)
+    assert got == truth
+    assert inner.calls <= 12
+
+
+def test_a_clip_that_ends_on_held_samples_detects_them():
+    truth = [[(10, 10, 110, 110)]] * 3
+    got, inner, _ = run_steady(truth, reuse=3)
+    assert got == truth and inner.calls == 3

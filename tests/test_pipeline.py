@@ -244,3 +244,19 @@ def test_no_phantom_row_after_a_whole_second_clip(tmp_path, lstm, seconds):
     assert df.second.tolist() == list(range(seconds))
     assert df.face.all()
     assert df.end.iloc[-1] == pytest.approx(seconds + 0.0003, abs=1e-6)
+
+
+@pytest.mark.parametrize("leaves", [2.0, 2.2])
+def test_a_face_that_leaves_is_not_labelled_on_reused_boxes(tmp_path, lstm, leaves):
+    # A still face (boxes agree, so they are reused) gone for leaves <= t < 4.0, 30 fps.
+    import media
+
+    clip = media.make_clip(tmp_path / "gap.mp4", 5.0, 30, (320, 240), lambda t: [] if leaves <= t < 4.0 else [(60, 40, 160)])
+    assert AnnotateOptions().reuse_boxes > 0  # the default
+    out = tmp_path / "frames.parquet"
+    fercli.annotate([clip], out, AnnotateOptions(per_frame=True), model=lstm)
+    df = read_table(out)
+    gone = (df.time >= leaves - 1e-9) & (df.time < 4.0)
+    assert not df[gone].face.any()
+    assert df[~gone].face.all()
+    assert df[gone].valence.isna().all()
