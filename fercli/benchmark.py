@@ -195,7 +195,7 @@ def naive_loop(clips, model, device, max_seconds: float | None = None) -> tuple[
     import numpy as np
     import torch
 
-    from .faces import FaceDetector, crop
+    from .faces import FaceDetector
     from .model import to_input
 
     pre = model.config.preprocess
@@ -215,7 +215,7 @@ def naive_loop(clips, model, device, max_seconds: float | None = None) -> tuple[
                 frames += 1
                 if not found:
                     continue
-                x = to_input(np.stack([crop(image, found[0].box, pre.size, pre.margin)]), pre, device)
+                x = to_input(np.stack([pre.cut(image, found[0].box)]), pre, device)
                 per_second.setdefault(int(i // fps), []).append(model.encode(x).float().cpu().numpy())
             _ = {s: np.mean(v, axis=0) for s, v in per_second.items()}
             _sync(device)

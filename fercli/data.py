@@ -466,15 +466,14 @@ def _clip_features(samples: ClipSamples, cache, fkey, pre, model, device, images
 
 
 def face_crop(clip: AfewClip, frame: int, box, pre, images: dict | None = None) -> np.ndarray:
-    """The network's input crop of one frame: `fer annotate`'s square crop of `box`."""
-    from .faces import crop
+    """The network's input crop of one frame, cut as `fer annotate` cuts it (`pre.cut`)."""
 
     image = images.pop(frame, None) if images is not None else None
     if image is None:
         image = _read_image(clip.images[frame])
         if image is None:
             raise DataError(f"{clip.where()}: frame {frame:05d} became unreadable")
-    return crop(image, tuple(box), pre.size, pre.margin)
+    return pre.cut(image, tuple(box))
 
 
 def encode(model, crops: np.ndarray, pre, device) -> np.ndarray:
@@ -490,7 +489,7 @@ def encode(model, crops: np.ndarray, pre, device) -> np.ndarray:
 def clip_crops(samples: ClipSamples, cache: FeatureCache, pre, crops_key: str) -> np.ndarray:
     """(S, size, size, 3) uint8 crops of a clip's samples (zeros where skipped), cached on disk;
     for end-to-end training, where the backbone sees pixels every epoch."""
-    key = f"{crops_key}-{pre.size}-{pre.margin}"
+    key = f"{crops_key}-{pre.size}-{pre.margin}" + ("" if pre.crop == "square" else f"-{pre.crop}")
     path = cache.crops_file(key, samples.clip)
     have = _read_npz(path)
     if have is not None and np.array_equal(have["frames"], samples.frames):

@@ -214,10 +214,25 @@ def square_box(box: Box, margin: float) -> tuple[int, int, int, int]:
     return x0, y0, x0 + s, y0 + s
 
 
-def crop(image: np.ndarray, box: Box, size: int, margin: float) -> np.ndarray:
-    """The square face crop resized to size x size RGB; outside the frame is black."""
+def crop(image: np.ndarray, box: Box, size: int, margin: float = 0.0, square: bool = True) -> np.ndarray:
+    """The face crop, resized to size x size RGB (PIL bilinear).
+
+    square: a square around the box's centre, its larger side plus `margin` of it on each side;
+    outside the frame is black. Otherwise the box itself, cut tight out of the frame and
+    stretched to a square, as HSEmotion feeds its networks (`margin` must then be 0).
+    """
     from PIL import Image
 
+    if square:
+        region = _square_region(image, box, margin)
+    elif margin:
+        raise ValueError("a tight box crop takes no margin")
+    else:
+        region = _box_region(image, box)
+    return np.asarray(Image.fromarray(region).resize((size, size), Image.BILINEAR))
+
+
+def _square_region(image: np.ndarray, box: Box, margin: float) -> np.ndarray:
     x0, y0, x1, y1 = square_box(box, margin)
     h, w = image.shape[:2]
     side = x1 - x0
@@ -225,4 +240,12 @@ def crop(image: np.ndarray, box: Box, size: int, margin: float) -> np.ndarray:
     sx0, sy0, sx1, sy1 = max(x0, 0), max(y0, 0), min(x1, w), min(y1, h)
     if sx1 > sx0 and sy1 > sy0:
         canvas[sy0 - y0 : sy1 - y0, sx0 - x0 : sx1 - x0] = image[sy0:sy1, sx0:sx1]
-    return np.asarray(Image.fromarray(canvas).resize((size, size), Image.BILINEAR))
+    return canvas
+
+
+def _box_region(image: np.ndarray, box: Box) -> np.ndarray:
+    # Whole pixels, as a detector's integer box indexes the frame; at least one pixel each way.
+    h, w = image.shape[:2]
+    x0, y0 = min(max(round(box[0]), 0), w - 1), min(max(round(box[1]), 0), h - 1)
+    x1, y1 = max(min(round(box[2]), w), x0 + 1), max(min(round(box[3]), h), y0 + 1)
+    return np.ascontiguousarray(image[y0:y1, x0:x1])

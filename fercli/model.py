@@ -3,7 +3,8 @@
 `EfficientNetLSTM` is the paper's model: a timm EfficientNet-B0 encodes each face crop into a
 1280-d feature, an LSTM runs over a window of T frames, and the last step feeds two 21-way heads
 (valence and arousal, integers -10..10). `HSEmotionNet` is the frame baseline: HSEmotion's own
-network, whose outputs 8 and 9 are valence and arousal in [-1, 1].
+network, whose outputs 8 and 9 are valence and arousal: raw linear outputs (trained with a CCC
+loss, no tanh), about [-1, 1] but free to leave it.
 
 Both expose the same two stages so the pipeline can share backbone work between windows:
 `encode(images) -> features` per frame, then `head(windows)` (window models) or
@@ -32,14 +33,36 @@ HSEMOTION_OUTPUTS = 10  # 8 emotion logits, valence, arousal
 HSEMOTION_VA = slice(8, 10)  # valence, arousal columns of the HSEmotion head
 
 
+CROPS = ("square", "box")
+
+
 @dataclass(frozen=True)
 class Preprocess:
-    """How a face becomes a network input; stored in every checkpoint."""
+    """How a face becomes a network input; stored in every checkpoint and in the table's metadata."""
 
-    size: int = 224  # square crop side fed to the network (px)
-    margin: float = 0.1  # added on each side of the detected face box, times its larger side
+    size: int = 224  # side of the network's input (px); crops are resized to it (PIL bilinear)
+    margin: float = 0.1  # "square" only: added on each side of the face box, times its larger side
     mean: tuple[float, float, float] = IMAGENET_MEAN  # RGB, after scaling to [0, 1]
     std: tuple[float, float, float] = IMAGENET_STD
+    # "square": a square around the box's centre (margin added, outside the frame black);
+    # "box": the detector's box cut tight and stretched to size x size, as HSEmotion feeds its nets.
+    crop: str = "square"
+
+    def __post_init__(self):
+        if self.crop not in CROPS:
+            raise ValueError(f"preprocess crop must be one of {', '.join(CROPS)}, not {self.crop!r}")
+
+    def cut(self, image, box):
+        """The network's size x size uint8 RGB crop of the face at `box` (pixels) in `image`."""
+        from .faces import crop
+
+        return crop(image, box, self.size, self.margin if self.crop == "square" else 0.0, square=self.crop == "square")
+
+
+# HSEmotion's own preprocessing (hsemotion `facial_emotions.py`, EmotiEffLib `facial_analysis.py`):
+# the detector's box cut tight out of the RGB frame, `Resize((224, 224))` on a PIL image
+# (bilinear), ImageNet mean/std. Its networks were trained on AffectNet's tight face boxes.
+HSEMOTION_PREPROCESS = Preprocess(size=224, margin=0.0, crop="box")
 
 
 @dataclass(frozen=True)
@@ -78,7 +101,9 @@ class ModelConfig:
         return cls(**{**d, "preprocess": Preprocess(**pre)})
 
 
-HSEMOTION_CONFIG = ModelConfig(arch="hsemotion", window=1, temporal="none", hidden=0, layers=0, dropout=0.0)
+HSEMOTION_CONFIG = ModelConfig(
+    arch="hsemotion", window=1, temporal="none", hidden=0, layers=0, dropout=0.0, preprocess=HSEMOTION_PREPROCESS
+)
 
 
 class EfficientNetLSTM(nn.Module):
@@ -143,8 +168,12 @@ class HSEmotionNet(nn.Module):
 
     @staticmethod
     def frame_scores(outputs: torch.Tensor) -> torch.Tensor:
-        """(N, 10) outputs -> (N, 2) valence, arousal on the -10..10 scale."""
-        return outputs[:, HSEMOTION_VA].clamp(-1, 1) * LABEL_OFFSET
+        """(N, 10) outputs -> (N, 2) valence, arousal times 10 (the -10..10 scale), unclipped.
+
+        Not clipped per frame: clipping before the per-second mean would bias it towards zero
+        whenever some frames leave [-1, 1]. The label is clipped once, after the mean.
+        """
+        return outputs[:, HSEMOTION_VA] * LABEL_OFFSET
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.frame_scores(self.encode(images))

@@ -7,7 +7,6 @@ Data flows one way: inputs -> decode (sampled frames) -> faces (track, crop) -> 
 from __future__ import annotations
 
 import logging
-import math
 import os
 import time
 from collections import defaultdict
@@ -275,7 +274,7 @@ class SampleCrops:
 def clip_samples(clip: Clip, cfg, options: AnnotateOptions, detector, device_type: str = "cpu", clock=NO_CLOCK):
     """The clip's VideoInfo first, then a SampleCrops per sample at the model's rate."""
     from .decode import AUTO_THREADS, open_video
-    from .faces import FaceTracker, SteadyDetector, crop
+    from .faces import FaceTracker, SteadyDetector
 
     pre = cfg.preprocess
     threads = DECODE_THREADS_BESIDE_CPU_MODEL if device_type == "cpu" else AUTO_THREADS
@@ -287,7 +286,7 @@ def clip_samples(clip: Clip, cfg, options: AnnotateOptions, detector, device_typ
         for frame, detections in steady.detections(frames, lambda f: f.image):
             with clock.stage("faces", 1):
                 found = _faces_of(tracker, frame, detections, options.all_faces)
-                crops = {fid: crop(frame.image, det.box, pre.size, pre.margin) for fid, det in found.items()}
+                crops = {fid: pre.cut(frame.image, det.box) for fid, det in found.items()}
             yield SampleCrops(frame.index, frame.time, crops)
 
 

@@ -1,3 +1,4 @@
+import numpy as np
 import pytest
 import torch
 
@@ -76,11 +77,42 @@ def test_config_dict_round_trip():
         ModelConfig.from_dict({**cfg.to_dict(), "bogus": 1})
 
 
-def test_hsemotion_scores_clip_to_unit_range_times_ten():
+def test_hsemotion_scores_are_raw_outputs_times_ten():
+    # Trained with a CCC loss and no tanh: outputs may leave [-1, 1] and are not clipped per frame.
     out = torch.zeros(3, 10)
-    out[:, 8] = torch.tensor([0.25, 3.0, -7.0])
+    out[:, 8] = torch.tensor([0.25, 1.3, -1.7])
     out[:, 9] = torch.tensor([-0.5, 0.0, 1.0])
-    torch.testing.assert_close(HSEmotionNet.frame_scores(out), torch.tensor([[2.5, -5.0], [10.0, 0.0], [-10.0, 10.0]]))
+    torch.testing.assert_close(HSEmotionNet.frame_scores(out), torch.tensor([[2.5, -5.0], [13.0, 0.0], [-17.0, 10.0]]))
+
+
+def test_hsemotion_preprocessing_is_its_authors():
+    pre = HSEMOTION_CONFIG.preprocess
+    assert (pre.crop, pre.margin, pre.size) == ("box", 0.0, 224)
+    assert pre.mean == (0.485, 0.456, 0.406) and pre.std == (0.229, 0.224, 0.225)
+    assert Preprocess().crop == "square"  # fer's own checkpoints keep the square crop
+    # A checkpoint written before the crop field existed reads as the square crop it used.
+    old = {k: v for k, v in ModelConfig().to_dict()["preprocess"].items() if k != "crop"}
+    assert ModelConfig.from_dict({**ModelConfig().to_dict(), "preprocess": old}).preprocess.crop == "square"
+
+
+def test_hsemotion_input_matches_torchvision_transforms_on_the_tight_box():
+    """HSEmotion's own code: PIL image of frame[y0:y1, x0:x1], Resize((224, 224)), ToTensor, Normalize."""
+    from PIL import Image
+    from torchvision import transforms
+
+    import media
+
+    frame = media.scene(640, 360, [(200, 60, 200)])
+    box = (251.0, 101.0, 333.0, 197.0)  # 82 x 96: not square, so a square crop would differ
+    reference = transforms.Compose(
+        [transforms.Resize((224, 224)), transforms.ToTensor(), transforms.Normalize([0.485, 0.456, 0.406], [0.229, 0.224, 0.225])]
+    )(Image.fromarray(frame[101:197, 251:333]))
+    pre = HSEMOTION_CONFIG.preprocess
+    x = to_input(np.stack([pre.cut(frame, box)]), pre)[0]
+    # Same PIL resize; the only difference is uint8 rounding of the resized pixels (<= 0.5/255 / std).
+    torch.testing.assert_close(x, reference, atol=0.5 / 255 / 0.225 + 1e-6, rtol=0)
+    square = to_input(np.stack([Preprocess(margin=0.0).cut(frame, box)]), pre)[0]
+    assert (square - reference).abs().mean() > 0.1
 
 
 def test_to_input_normalises_with_imagenet_stats():

@@ -153,6 +153,41 @@ def test_frame_model_averages_frame_scores(tmp_path, clips_dir, frame_checkpoint
     assert sec.valence_conf.isna().all()
 
 
+def test_frame_model_sees_the_tight_box_and_scores_are_unclipped(tmp_path, clips_dir):
+    """Per-frame scores of an HSEmotion-form model, recomputed by hand with torchvision's transforms."""
+    import av
+    from PIL import Image
+    from torchvision import transforms
+
+    from fercli.faces import FaceDetector
+    from fercli.model import HSEMOTION_CONFIG, HSEmotionNet, save_checkpoint
+
+    torch.manual_seed(2)
+    net = HSEmotionNet(HSEMOTION_CONFIG).eval()
+    with torch.no_grad():  # valence outputs well past 1 for some crops: no clipping per frame
+        net.backbone.classifier.weight[8] *= 40
+        net.backbone.classifier.bias[8] = 1.2
+    model = fercli.load_model(save_checkpoint(net, tmp_path / "hse.pt"))
+    out = tmp_path / "f.parquet"
+    fercli.annotate([clips_dir / "big_only.mkv"], out, AnnotateOptions(per_frame=True, reuse_boxes=0), model=model)
+    df = read_table(out)
+    with av.open(str(clips_dir / "big_only.mkv")) as c:
+        frames = [f.to_ndarray(format="rgb24") for i, f in zip(range(25), c.decode(video=0))][::5]
+    hsemotion = transforms.Compose(
+        [transforms.Resize((224, 224)), transforms.ToTensor(), transforms.Normalize([0.485, 0.456, 0.406], [0.229, 0.224, 0.225])]
+    )
+    with FaceDetector() as det:
+        boxes = [[round(v) for v in det.detect(f)[0].box] for f in frames]
+    x = torch.stack([hsemotion(Image.fromarray(f[y0:y1, x0:x1])) for f, (x0, y0, x1, y1) in zip(frames, boxes)])
+    with torch.inference_mode():
+        expected = net.backbone(x)[:, 8:10] * 10
+    got = df[df.frame < 5][["valence_score", "arousal_score"]].to_numpy()
+    np.testing.assert_allclose(got, expected.numpy(), atol=0.05)
+    assert np.abs(got[:, 0]).max() > 10  # beyond the label range, and kept
+    assert set(df.valence[df.valence_score.abs() > 10]) <= {-10, 10}  # the label is clipped
+    assert read_metadata(out)["preprocess"]["crop"] == "box"
+
+
 def test_tiny_and_faceless_videos(tmp_path, lstm):
     import media
 
