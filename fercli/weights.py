@@ -38,7 +38,10 @@ TIMM_NUM_OUTPUTS = 10
 # HSEmotion ships `torch.save(model)`: a pickle of the whole module tree. Unpickling
 # that normally runs arbitrary code, so we load with weights_only=True and allow only
 # the module *classes* such a file names (types only: no function a pickle could call
-# to do work). Found empirically from torch.save(timm.create_model(TIMM_ARCH)).
+# to do work). Found empirically from torch.save(timm.create_model(TIMM_ARCH)): with
+# timm 0.9.7 (what the pinned file was saved with) and 1.0.31 it names the same 7 timm
+# classes (efficientnet, _efficientnet_blocks x3, conv2d_same, norm_act,
+# adaptive_avgmax_pool) and 8 torch.nn ones; the rest cover older layouts and variants.
 SAFE_CLASSES = (
     "timm.models.efficientnet.EfficientNet",
     "timm.models._efficientnet_blocks.DepthwiseSeparableConv",
@@ -63,10 +66,11 @@ SAFE_CLASSES = (
     "torch.nn.modules.dropout.Dropout",
 )
 
-# A pickle names each class by the module path it had when saved. HSEmotion's files
-# date from timm 0.4-0.6 (2021-22), before timm moved `timm.models.layers` to `timm.layers`
-# (0.9) and `efficientnet_blocks` to `_efficientnet_blocks` (0.8). Map old path ->
-# current class so those files load without widening the allowlist.
+# A pickle names each class by the module path it had when saved. The pinned file uses
+# timm 0.9.7's paths (the current ones), but HSEmotion's copies before 2023 date from
+# timm 0.4-0.6 (2021-22), before timm moved `timm.models.layers` to `timm.layers` (0.9)
+# and `efficientnet_blocks` to `_efficientnet_blocks` (0.8). Map old path -> current
+# class so such copies (users' own caches, mirrors) load without widening the allowlist.
 _BLOCKS = "timm.models._efficientnet_blocks"
 OLD_PATHS = {
     "timm.models.efficientnet_blocks.DepthwiseSeparableConv": f"{_BLOCKS}.DepthwiseSeparableConv",
@@ -98,6 +102,10 @@ class WeightsEntry:
     sha256: str | None  # expected hex digest; None = not yet known (recorded on download)
     format: str  # "timm-pickle" (whole pickled timm model) or "fer-checkpoint"
     description: str  # one line for `fer weights list` and errors
+    # Expected git blob id (what `git hash-object FILE` prints) of the file in the
+    # repository that serves it; None = not pinned. Lets us pin a file whose SHA-256
+    # nobody published: the repository's tree names the blob id of every file it holds.
+    git_blob: str | None = None
 
 
 def cache_dir() -> Path:
@@ -117,11 +125,50 @@ def registry() -> dict[str, WeightsEntry]:
 
 def sha256(path: str | os.PathLike) -> str:
     """Hex SHA-256 of a file, read in 1 MiB chunks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(CHUNK_BYTES):
-            digest.update(chunk)
-    return digest.hexdigest()
+    return _Digests.of_file(path).sha256
+
+
+def git_blob_id(path: str | os.PathLike) -> str:
+    """Git's object id of a file's bytes: hex SHA-1 of `blob <size>\\0` + bytes.
+
+    Equals what `git hash-object FILE` prints (in a SHA-1 repository, without
+    filters), and what a repository's tree lists for that file.
+    """
+    return _Digests.of_file(path).git_blob
+
+
+class _Digests:
+    """SHA-256 and git blob id of one byte stream, computed in a single pass.
+
+    The blob id hashes a header holding the total size before any content, so
+    the size must be known up front (Content-Length, or the file's size on disk).
+    """
+
+    def __init__(self, size: int):
+        self._sha256 = hashlib.sha256()
+        # SHA-1 here is git's object naming, not a security choice of ours: it is the
+        # id the serving repository publishes, so it is the one we can check against.
+        self._blob = hashlib.sha1(f"blob {size}\0".encode("ascii"), usedforsecurity=False)
+
+    @classmethod
+    def of_file(cls, path: str | os.PathLike) -> _Digests:
+        with open(path, "rb") as f:
+            digests = cls(os.fstat(f.fileno()).st_size)
+            while chunk := f.read(CHUNK_BYTES):
+                digests.update(chunk)
+        return digests
+
+    def update(self, chunk: bytes) -> None:
+        self._sha256.update(chunk)
+        self._blob.update(chunk)
+
+    @property
+    def sha256(self) -> str:
+        return self._sha256.hexdigest()
+
+    @property
+    def git_blob(self) -> str:
+        return self._blob.hexdigest()
 
 
 def fetch(
@@ -132,20 +179,25 @@ def fetch(
 ) -> Path:
     """Path of the cached weights file for a registry name (or entry), downloading it if needed.
 
-    A cached file whose hash disagrees with the registry is downloaded again once.
+    Every download, and every cached file before it is returned, is checked against the
+    entry's `git_blob` and `sha256` (those that are set). A cached file that fails is
+    downloaded again once; a download that fails is deleted and raises. When the entry has
+    no `sha256`, the downloaded file's SHA-256 is recorded in `<file>.sha256`.
     `progress(done_bytes, total_bytes_or_None)` is called as the download proceeds.
-    Raises WeightsError when the file cannot be downloaded or fails its hash.
+    Raises WeightsError when the file cannot be downloaded or fails a check.
     """
     entry = name if isinstance(name, WeightsEntry) else _lookup(name)
     root = Path(root) if root is not None else cache_dir()
     target = root / entry.filename
     if target.is_file():
-        if entry.sha256 is None or sha256(target) == entry.sha256:
+        if entry.git_blob is None and entry.sha256 is None:
+            return target  # nothing to check it against (it was recorded on download)
+        if _mismatch(entry, _Digests.of_file(target)) is None:
             return target
         log.warning("%s does not match its registry hash; downloading it again", target)
-    digest = _download(entry.url, target, progress, entry.sha256)
+    digests = _download(entry, target, progress)
     if entry.sha256 is None:
-        _record_hash(target, digest)
+        _record_hash(target, digests.sha256, verified=entry.git_blob is not None)
     return target
 
 
@@ -189,15 +241,23 @@ def _lookup(name: str) -> WeightsEntry:
     return entries[name]
 
 
+def _mismatch(entry: WeightsEntry, digests: _Digests) -> str | None:
+    """None when digests agree with every hash the entry pins, else what disagrees."""
+    if entry.git_blob is not None and digests.git_blob != entry.git_blob:
+        return f"git blob id {digests.git_blob}, registry expects {entry.git_blob}"
+    if entry.sha256 is not None and digests.sha256 != entry.sha256:
+        return f"SHA-256 {digests.sha256}, registry expects {entry.sha256}"
+    return None
+
+
 def _download(
-    url: str,
+    entry: WeightsEntry,
     target: Path,
     progress: Callable[[int, int | None], None] | None,
-    expected: str | None,
-) -> str:
-    """Stream url into target via a temp file in the same directory; return its SHA-256.
+) -> _Digests:
+    """Stream entry.url into target via a temp file in the same directory; return its digests.
 
-    The target only ever holds a complete file that passed the hash check.
+    The target only ever holds a complete file that passed the entry's hash checks.
     """
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
@@ -210,14 +270,15 @@ def _download(
     tmp = Path(tmp_name)
     try:
         with os.fdopen(fd, "wb") as out:
-            digest = _stream(url, out, progress, target)
-        if expected is not None and digest != expected:
+            digests = _stream(entry.url, out, progress, target)
+        if digests is None:  # no Content-Length: the blob header's size is known only now
+            digests = _Digests.of_file(tmp)
+        wrong = _mismatch(entry, digests)
+        if wrong is not None:
             target.unlink(missing_ok=True)  # a stale cached copy is known bad too
-            raise WeightsError(
-                f"{url}: downloaded file has SHA-256 {digest}, registry expects {expected}"
-            )
+            raise WeightsError(f"{entry.url}: downloaded file has {wrong}; deleted it")
         os.replace(tmp, target)
-        return digest
+        return digests
     finally:
         tmp.unlink(missing_ok=True)
 
@@ -227,18 +288,23 @@ def _stream(
     out: BinaryIO,
     progress: Callable[[int, int | None], None] | None,
     target: Path,
-) -> str:
-    digest = hashlib.sha256()
+) -> _Digests | None:
+    """Copy url's body to out; its digests, or None when the server sent no Content-Length."""
+    digests = None
     done = 0
     try:
         with urllib.request.urlopen(url, timeout=TIMEOUT_S) as response:
             length = response.headers.get("Content-Length")
             total = int(length) if length and length.isdigit() else None
+            # Hash while streaming when the size is announced; the size check below
+            # makes sure the blob header we hashed up front was the true size.
+            digests = _Digests(total) if total is not None else None
             if progress:
                 progress(0, total)
             while chunk := response.read(CHUNK_BYTES):
                 out.write(chunk)
-                digest.update(chunk)
+                if digests is not None:
+                    digests.update(chunk)
                 done += len(chunk)
                 if progress:
                     progress(done, total)
@@ -251,12 +317,16 @@ def _stream(
         ) from e
     except OSError as e:  # not a network error: disk full, permissions, ...
         raise WeightsError(f"cannot write {target} ({_first_line(e)})") from e
-    return digest.hexdigest()
+    return digests
 
 
-def _record_hash(target: Path, digest: str) -> None:
+def _record_hash(target: Path, digest: str, verified: bool) -> None:
     # sha256sum's format, so `sha256sum -c` can re-check the file later.
     Path(f"{target}.sha256").write_text(f"{digest}  {target.name}\n", encoding="utf-8")
+    if verified:  # its git blob id matched: the SHA-256 is just recorded, not a warning
+        log.info("%s matches its registry git blob id; its SHA-256 is %s (recorded in %s.sha256)",
+                 target, digest, target)
+        return
     log.warning(
         "%s has no registry hash, so it is unverified; its SHA-256 is %s (recorded in %s.sha256)",
         target, digest, target,

@@ -8,6 +8,7 @@ import hashlib
 import json
 import logging
 import os
+import pickletools
 import socket
 import subprocess
 import sys
@@ -35,6 +36,13 @@ class _QuietHandler(SimpleHTTPRequestHandler):
 
     def do_GET(self):
         self.requests.append(self.path)
+        if self.path.startswith("/nolength/"):
+            # No Content-Length: an HTTP/1.0 body that ends when the server closes.
+            body = (Path(self.directory) / self.path.removeprefix("/nolength/")).read_bytes()
+            self.send_response(200)
+            self.end_headers()
+            self.wfile.write(body)
+            return
         super().do_GET()
 
     def log_message(self, *args):  # keep pytest output clean
@@ -69,8 +77,18 @@ def _serve(www: Path, name: str = "w.bin", size: int = SERVED_BYTES) -> bytes:
     return data
 
 
-def _entry(url: str, sha: str | None, filename: str = "w.bin") -> WeightsEntry:
-    return WeightsEntry("test", filename, url, sha, "timm-pickle", "test weights")
+def _entry(url: str, sha: str | None, filename: str = "w.bin",
+           git_blob: str | None = None) -> WeightsEntry:
+    return WeightsEntry("test", filename, url, sha, "timm-pickle", "test weights",
+                        git_blob=git_blob)
+
+
+def _git_hash_object(path: Path) -> str:
+    # git itself is the independent reference for blob ids; --no-filters so no
+    # .gitattributes conversion can change the bytes it hashes.
+    out = subprocess.run(["git", "hash-object", "--no-filters", str(path)],
+                         check=True, capture_output=True, text=True)
+    return out.stdout.strip()
 
 
 # ---------------------------------------------------------------- registry and cache dir
@@ -79,8 +97,10 @@ def _entry(url: str, sha: str | None, filename: str = "w.bin") -> WeightsEntry:
 def test_shipped_registry_has_hsemotion():
     entry = weights.registry()["hsemotion"]
     assert entry.filename == "enet_b0_8_va_mtl.pt"
-    assert entry.url.startswith("https://github.com/HSE-asavchenko/face-emotion-recognition/")
-    assert entry.url.split("?")[0].endswith("/enet_b0_8_va_mtl.pt")
+    assert entry.url == ("https://github.com/sb-ai-lab/EmotiEffLib/raw/main/"
+                         "models/affectnet_emotions/enet_b0_8_va_mtl.pt")
+    # The blob both EmotiEffLib and HSEmotion serve at models/affectnet_emotions/.
+    assert entry.git_blob == "b7223bd1ab092a1b5a42bc04a5f4fbfe4d9f8b9b"
     assert entry.format == "timm-pickle"
     assert entry.sha256 is None or (len(entry.sha256) == 64 and int(entry.sha256, 16) >= 0)
 
@@ -107,6 +127,13 @@ def test_sha256_matches_hashlib(tmp_path):
     data = os.urandom(3 * (1 << 20) + 7)  # crosses chunk boundaries
     (tmp_path / "f").write_bytes(data)
     assert weights.sha256(tmp_path / "f") == hashlib.sha256(data).hexdigest()
+
+
+@pytest.mark.parametrize("size", [0, 1, 1 << 20, 3 * (1 << 20) + 7])
+def test_git_blob_id_matches_git_hash_object(tmp_path, size):
+    path = tmp_path / "f"
+    path.write_bytes(os.urandom(size))  # sizes at and across the 1 MiB chunk boundary
+    assert weights.git_blob_id(path) == _git_hash_object(path)
 
 
 def test_importing_weights_does_not_import_torch():
@@ -164,6 +191,64 @@ def test_download_with_wrong_hash_leaves_nothing(server, cache):
         weights.fetch(_entry(f"{url}/w.bin", wrong))
     assert url in str(err.value) and "\n" not in str(err.value)
     assert list(cache.iterdir()) == []
+
+
+def test_fetch_verifies_git_blob_and_records_sha256(server, cache, caplog):
+    url, www, requests = server
+    data = _serve(www)
+    blob = _git_hash_object(www / "w.bin")
+    with caplog.at_level(logging.INFO, logger="fercli"):
+        path = weights.fetch(_entry(f"{url}/w.bin", None, git_blob=blob))
+    assert path.read_bytes() == data
+    # SHA-256 still unknown to the registry, so it is recorded; the file is verified
+    # by its blob id, so nothing warns that it is unverified.
+    digest = hashlib.sha256(data).hexdigest()
+    assert Path(f"{path}.sha256").read_text() == f"{digest}  w.bin\n"
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+    assert sorted(p.name for p in cache.iterdir()) == ["w.bin", "w.bin.sha256"]
+    weights.fetch(_entry(f"{url}/w.bin", None, git_blob=blob))
+    assert requests == ["/w.bin"]  # the cached copy checks out: not downloaded again
+
+
+@pytest.mark.parametrize("prefix", ["", "/nolength"])
+def test_download_with_wrong_git_blob_is_refused_and_deleted(server, cache, prefix):
+    url, www, _ = server
+    _serve(www, size=5000)
+    served = _git_hash_object(www / "w.bin")
+    (www / "other").write_bytes(b"some other file")
+    wrong = _git_hash_object(www / "other")
+    cache.mkdir()
+    (cache / "w.bin").write_bytes(b"stale")  # a bad cached copy must go too
+    source = f"{url}{prefix}/w.bin"
+    with pytest.raises(WeightsError) as err:
+        weights.fetch(_entry(source, None, git_blob=wrong))
+    message = str(err.value)
+    assert source in message and "\n" not in message
+    assert f"git blob id {served}, registry expects {wrong}" in message
+    assert list(cache.iterdir()) == []  # no file, temp file or sidecar left
+
+
+def test_git_blob_verified_without_content_length(server, cache):
+    url, www, requests = server
+    data = _serve(www)
+    seen: list[int | None] = []
+    path = weights.fetch(_entry(f"{url}/nolength/w.bin", None,
+                                git_blob=_git_hash_object(www / "w.bin")),
+                         progress=lambda done, total: seen.append(total))
+    assert path.read_bytes() == data
+    assert requests == ["/nolength/w.bin"] and set(seen) == {None}  # really had no length
+
+
+def test_tampered_cached_file_is_downloaded_again(server, cache):
+    url, www, requests = server
+    data = _serve(www, size=5000)
+    entry = _entry(f"{url}/w.bin", None, git_blob=_git_hash_object(www / "w.bin"))
+    path = weights.fetch(entry)
+    tampered = bytearray(data)
+    tampered[1234] ^= 0x01  # same size, one bit off: only a content hash notices
+    path.write_bytes(bytes(tampered))
+    assert weights.fetch(entry).read_bytes() == data
+    assert requests == ["/w.bin", "/w.bin"]
 
 
 def test_server_down_names_url_and_target(cache):
@@ -294,6 +379,60 @@ def test_timm_0_4_layout_loads(tmp_path):
     state = weights.load_timm_pickle(old)
     assert "classifier.weight" in state and "classifier.0.weight" not in state
     _outputs_match(state, reference)
+
+
+# What torch.save(timm.create_model("tf_efficientnet_b0", num_classes=10)) names under
+# timm 0.9.7, the version HSEmotion's current file was saved with: recorded by running
+# exactly that with timm 0.9.7 installed on its own (not installed here; the tests
+# never download). 0.9.7 is the layout after timm's 0.8/0.9 module moves.
+TIMM_0_9_7_GLOBALS = {
+    "timm.models.efficientnet.EfficientNet",
+    "timm.models._efficientnet_blocks.DepthwiseSeparableConv",
+    "timm.models._efficientnet_blocks.InvertedResidual",
+    "timm.models._efficientnet_blocks.SqueezeExcite",
+    "timm.layers.conv2d_same.Conv2dSame",
+    "timm.layers.norm_act.BatchNormAct2d",
+    "timm.layers.adaptive_avgmax_pool.SelectAdaptivePool2d",
+    "torch.nn.modules.activation.SiLU",
+    "torch.nn.modules.activation.Sigmoid",
+    "torch.nn.modules.container.Sequential",
+    "torch.nn.modules.conv.Conv2d",
+    "torch.nn.modules.flatten.Flatten",
+    "torch.nn.modules.linear.Identity",
+    "torch.nn.modules.linear.Linear",
+    "torch.nn.modules.pooling.AdaptiveAvgPool2d",
+    # what torch.save itself always writes for a module tree
+    "collections.OrderedDict",
+    "__builtin__.set",  # Module._non_persistent_buffers_set
+    "torch._utils._rebuild_tensor_v2",
+    "torch._utils._rebuild_parameter",
+    "torch.FloatStorage",
+    "torch.LongStorage",  # BatchNorm's num_batches_tracked
+}
+
+
+def _pickle_globals(path: Path) -> set[str]:
+    with zipfile.ZipFile(path) as z:
+        (name,) = [n for n in z.namelist() if n.endswith("/data.pkl")]
+        data = z.read(name)
+    ops = [(op.name, arg) for op, arg, _ in pickletools.genops(data)]
+    # Protocol 2 names every global with GLOBAL "module name"; a STACK_GLOBAL (protocol 4)
+    # would take its names from the stack and escape this count.
+    assert "STACK_GLOBAL" not in {name for name, _ in ops}
+    return {arg.replace(" ", ".") for name, arg in ops if name == "GLOBAL"}
+
+
+def test_timm_0_9_7_pickle_loads_safely(saved):
+    # The installed timm writes exactly 0.9.7's module paths (checked here, so a timm
+    # that moves a class fails this test rather than quietly testing another layout;
+    # then rename to the 0.9.7 paths with _rewrite_pickle).
+    model, path = saved
+    assert _pickle_globals(path) == TIMM_0_9_7_GLOBALS
+    state = weights.load_timm_pickle(path)
+    expected = model.state_dict()
+    assert state.keys() == expected.keys()
+    for key, value in expected.items():
+        assert torch.equal(state[key], value), key
 
 
 def test_allowlist_is_classes_only():
