@@ -13,9 +13,11 @@ Both expose the same two stages so the pipeline can share backbone work between 
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import tempfile
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
 import torch
@@ -59,10 +61,18 @@ class Preprocess:
         return crop(image, box, self.size, self.margin if self.crop == "square" else 0.0, square=self.crop == "square")
 
 
-# HSEmotion's own preprocessing (hsemotion `facial_emotions.py`, EmotiEffLib `facial_analysis.py`):
-# the detector's box cut tight out of the RGB frame, `Resize((224, 224))` on a PIL image
-# (bilinear), ImageNet mean/std. Its networks were trained on AffectNet's tight face boxes.
-HSEMOTION_PREPROCESS = Preprocess(size=224, margin=0.0, crop="box")
+def _registry_preprocess(name: str) -> Preprocess:
+    from .weights import registry
+
+    pre = dict(registry()[name].preprocess)
+    return Preprocess(**{**pre, "mean": tuple(pre["mean"]), "std": tuple(pre["std"])})
+
+
+# HSEmotion's own preprocessing, kept with its weights in the registry (hsemotion
+# `facial_emotions.py`, EmotiEffLib `facial_analysis.py`): the detector's box cut tight out of the
+# RGB frame, `Resize((224, 224))` on a PIL image (bilinear), ImageNet mean/std. Its networks were
+# trained on AffectNet's tight face boxes. Also used for HSEmotion files given by path.
+HSEMOTION_PREPROCESS = _registry_preprocess("hsemotion")
 
 
 @dataclass(frozen=True)
@@ -293,21 +303,24 @@ def _checkpoint_from_registry(name: str, progress) -> tuple[dict, Path]:
     if entry.format == CHECKPOINT_FORMAT:
         return read_checkpoint(raw), raw
     digest = weights.sha256(raw)
-    # Converted once, then read as a plain checkpoint: no pickled modules on later runs.
-    converted = raw.with_name(f"{raw.stem}.{digest[:12]}.fer.pt")
+    config = replace(HSEMOTION_CONFIG, preprocess=_registry_preprocess(name))
+    # Converted once, then read as a plain checkpoint: no pickled modules on later runs. The name
+    # holds the config's hash too, so a conversion made under other settings is never reused.
+    tag = hashlib.sha256(json.dumps(config.to_dict(), sort_keys=True).encode()).hexdigest()[:8]
+    converted = raw.with_name(f"{raw.stem}.{digest[:12]}.{tag}.fer.pt")
     if converted.exists():
         return read_checkpoint(converted), raw
-    ckpt = _hsemotion_checkpoint(weights.load_timm_pickle(raw), digest)
+    ckpt = _hsemotion_checkpoint(weights.load_timm_pickle(raw), digest, config)
     net = model_from_checkpoint(ckpt, raw)
     save_checkpoint(net, converted, weights_sha256=digest, source=entry.url)
     return ckpt, raw
 
 
-def _hsemotion_checkpoint(timm_state: dict, digest: str) -> dict:
+def _hsemotion_checkpoint(timm_state: dict, digest: str, config: ModelConfig | None = None) -> dict:
     return {
         "format": CHECKPOINT_FORMAT,
         "version": CHECKPOINT_VERSION,
-        "config": HSEMOTION_CONFIG.to_dict(),
+        "config": (config or HSEMOTION_CONFIG).to_dict(),
         "state_dict": {f"backbone.{k}": v for k, v in timm_state.items()},
         "weights_sha256": digest,
     }

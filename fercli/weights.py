@@ -106,6 +106,9 @@ class WeightsEntry:
     # repository that serves it; None = not pinned. Lets us pin a file whose SHA-256
     # nobody published: the repository's tree names the blob id of every file it holds.
     git_blob: str | None = None
+    # How a face becomes this network's input, as its authors feed it (model.Preprocess fields);
+    # None for fer checkpoints, which carry their own.
+    preprocess: dict | None = None
 
 
 def cache_dir() -> Path:

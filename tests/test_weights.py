@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import functools
 import hashlib
 import json
@@ -493,3 +494,40 @@ def test_wrong_files_are_weights_errors(tmp_path, kind):
     with pytest.raises(WeightsError) as err:
         weights.load_timm_pickle(path)
     assert str(path) in str(err.value) and "\n" not in str(err.value)
+
+
+def test_load_model_by_name_downloads_verifies_and_feeds_hsemotion_preprocessing(server, cache, saved, monkeypatch):
+    """`load_model("hsemotion")` end to end against a local server serving HSEmotion's file form."""
+    from fercli import model as model_module
+
+    reference, path = saved
+    url, www, requests = server
+    (www / path.name).write_bytes(path.read_bytes())
+    shipped = weights.registry()["hsemotion"]
+    entry = dataclasses.replace(shipped, url=f"{url}/{path.name}", git_blob=_git_hash_object(path))
+    monkeypatch.setattr(weights, "registry", lambda: {"hsemotion": entry})
+    net = model_module.load_model("hsemotion")
+    assert net.config.preprocess.crop == "box" and net.config.preprocess.margin == 0.0
+    assert net.weights_sha256 == hashlib.sha256(path.read_bytes()).hexdigest()
+    x = torch.randn(2, 3, 224, 224)
+    with torch.inference_mode():
+        torch.testing.assert_close(net.encode(x), reference(x), atol=1e-5, rtol=1e-5)
+    converted = sorted(p.name for p in cache.glob("*.fer.pt"))
+    assert len(converted) == 1
+    model_module.load_model("hsemotion")  # from the cache: no second download, same conversion
+    assert requests == [f"/{path.name}"] and sorted(p.name for p in cache.glob("*.fer.pt")) == converted
+
+
+def test_a_conversion_made_with_other_preprocessing_is_not_reused(server, cache, saved, monkeypatch):
+    from fercli import model as model_module
+
+    _, path = saved
+    url, www, _ = server
+    (www / path.name).write_bytes(path.read_bytes())
+    entry = dataclasses.replace(weights.registry()["hsemotion"], url=f"{url}/{path.name}", git_blob=_git_hash_object(path))
+    monkeypatch.setattr(weights, "registry", lambda: {"hsemotion": entry})
+    model_module.load_model("hsemotion")
+    square = {"crop": "square", "size": 224, "margin": 0.1, "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}
+    monkeypatch.setattr(weights, "registry", lambda: {"hsemotion": dataclasses.replace(entry, preprocess=square)})
+    assert model_module.load_model("hsemotion").config.preprocess.crop == "square"
+    assert len(list(cache.glob("*.fer.pt"))) == 2
