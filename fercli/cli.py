@@ -91,7 +91,8 @@ def annotate(
     batch_size: int = typer.Option(16, min=1, help="Face crops per backbone batch."),
     per_frame: bool = typer.Option(False, "--per-frame", help="One row per sampled frame instead of per second."),
     all_faces: bool = typer.Option(False, "--all-faces", help="Annotate every tracked face (adds face_id)."),
-    resume: bool = typer.Option(False, "--resume", help="Skip videos already in --out."),
+    resume: bool = typer.Option(False, "--resume", help="Add to an existing --out: annotate only the videos it lacks."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing --out with this run alone."),
     frames_fps: float = typer.Option(25.0, min=0.001, help="Frame rate of image-sequence folders (frames/s)."),
     workers: Optional[int] = typer.Option(None, min=0, help="Decode/face worker processes (default: by cores; 0: a thread in this process)."),
     precision: str = typer.Option("auto", help="fp32, bf16 or fp16 (CUDA); auto: bf16 on CUDA, fp32 on a CPU."),
@@ -106,6 +107,7 @@ def annotate(
     from .errors import FerError
     from .model import load_model
     from .pipeline import AnnotateOptions, annotate as run_annotate, check_device, resolve_device
+    from .writers import check_output
 
     console = _console()
     _setup_logging(console, verbose)
@@ -115,9 +117,10 @@ def annotate(
         raise _fail(console, str(e)) from None
     options = AnnotateOptions(
         model=model, device=device, batch_size=batch_size, per_frame=per_frame, all_faces=all_faces, resume=resume,
-        frames_fps=frames_fps, workers=workers, precision=precision, reuse_boxes=reuse_boxes, ray=ray,
+        overwrite=overwrite, frames_fps=frames_fps, workers=workers, precision=precision, reuse_boxes=reuse_boxes, ray=ray,
     )  # fmt: skip
     try:
+        check_output(out, resume=resume, overwrite=overwrite)  # before weights are downloaded or loaded
         if ray:
             from .cluster import import_ray
 

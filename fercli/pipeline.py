@@ -42,6 +42,7 @@ class AnnotateOptions:
     per_frame: bool = False  # one row per sampled frame instead of per second
     all_faces: bool = False  # a row per tracked face (with face_id) instead of the main subject only
     resume: bool = False  # keep videos already in the output and annotate only the rest
+    overwrite: bool = False  # replace an existing output with this run alone (else it is refused)
     frames_fps: float = 25.0  # frame rate of image-sequence clips (frames/s)
     workers: int | None = None  # decode/face worker processes; None = by cores and device, 0 = a thread
     precision: str = "auto"  # "fp32", "bf16", "fp16" (CUDA only); "auto" = bf16 on CUDA, fp32 on a CPU
@@ -195,13 +196,14 @@ def annotate(
     """
     from .model import load_model
     from .runtime import keep_freed_memory
-    from .writers import TableWriter, write_errors
+    from .writers import TableWriter, check_output, write_errors
 
     keep_freed_memory()
     options = options or AnnotateOptions()
     emit = progress or (lambda event: None)
     clock = clock or NO_CLOCK
     out = Path(out)
+    check_output(out, resume=options.resume, overwrite=options.overwrite)  # before any work
     device = resolve_device(options.device)
     if options.ray:
         from .cluster import import_ray, run_on_ray
@@ -214,8 +216,9 @@ def annotate(
         emit(ProgressEvent("model"))
         model = load_model(options.model, device)
     writer = TableWriter(
-        out, run_metadata(model, options), per_frame=options.per_frame, all_faces=options.all_faces, resume=options.resume
-    )
+        out, run_metadata(model, options), per_frame=options.per_frame, all_faces=options.all_faces,
+        resume=options.resume, overwrite=options.overwrite,
+    )  # fmt: skip
     done = writer.done() if options.resume else set()
     result = AnnotateResult(out, skipped_files=inputs.skipped)
     todo = []

@@ -87,26 +87,54 @@ def _nullable(t: pa.DataType):
     return {pa.int8(): pd.Int64Dtype(), pa.int32(): pd.Int64Dtype()}.get(t)
 
 
-class TableWriter:
-    """Collects finished videos and merges them into one output file at the end."""
+def check_output(out: str | Path, *, resume: bool = False, overwrite: bool = False) -> None:
+    """FerError unless `out` may be written: a new path, or an existing one with resume or overwrite.
 
-    def __init__(self, out: Path, metadata: dict, *, per_frame: bool, all_faces: bool, resume: bool):
+    An existing table (or the parts a killed run left beside it) is never merged into or replaced
+    silently: `resume` adds to it, `overwrite` replaces it with the new run alone.
+    """
+    out = Path(out)
+    output_format(out)
+    if resume and overwrite:
+        raise FerError("--resume and --overwrite exclude each other: add to the output, or replace it")
+    if resume or overwrite:
+        return
+    parts = out.with_name(out.name + PARTS_SUFFIX)
+    if out.exists():
+        raise FerError(f"{out} already exists: --resume adds the missing videos to it, --overwrite replaces it")
+    if parts.exists():
+        raise FerError(
+            f"{parts} holds the finished videos of a run that did not end: "
+            "--resume completes it, --overwrite discards it"
+        )
+
+
+class TableWriter:
+    """Collects finished videos and merges them into one output file at the end.
+
+    resume: keep the existing output and parts and add to them. overwrite: the output is
+    replaced (atomically, at the end) by this run's rows alone. Neither: `out` must be new.
+    """
+
+    def __init__(self, out: Path, metadata: dict, *, per_frame: bool, all_faces: bool, resume: bool, overwrite: bool = False):
         self.out = Path(out)
         self.format = output_format(self.out)
+        check_output(self.out, resume=resume, overwrite=overwrite)
         self.metadata = metadata
+        self.resume = resume
         self.schema = schema(per_frame, all_faces)
         self.parts = self.out.with_name(self.out.name + PARTS_SUFFIX)
         self.out.parent.mkdir(parents=True, exist_ok=True)
         if resume:
             self._check_resumable()
         elif self.parts.exists():
-            shutil.rmtree(self.parts)  # leftovers of an older run that was not resumed
+            shutil.rmtree(self.parts)  # --overwrite: an older run's leftovers go with its table
         self.parts.mkdir(exist_ok=True)
 
     def done(self) -> set[str]:
-        """Videos already in the output or in finished parts."""
+        """Videos already in the output (when resuming) or in finished parts."""
         names: set[str] = set()
-        if self.out.exists():
+        if self.resume and self.out.exists():
             names |= set(read_table(self.out)["video"])
         for part in self._part_files():
             names |= set(pq.read_table(part, columns=["video"])["video"].to_pylist())
@@ -121,7 +149,7 @@ class TableWriter:
 
     def finish(self, order: list[str]) -> int:
         """Merge the output and the parts into the output; rows sorted by `order`, then time."""
-        frames = [read_table(self.out)] if self.out.exists() else []
+        frames = [read_table(self.out)] if self.resume and self.out.exists() else []
         frames += [pq.read_table(p).to_pandas(types_mapper=_nullable) for p in self._part_files()]
         df = pd.concat(frames, ignore_index=True) if frames else self.schema.empty_table().to_pandas()
         df = _sorted(df.drop_duplicates(subset=self._key(), keep="last"), order, self._key())

@@ -10,7 +10,7 @@ import pytest
 from typer.testing import CliRunner
 
 from fercli.cli import app
-from fercli.writers import read_table
+from fercli.writers import read_metadata, read_table
 
 runner = CliRunner()
 
@@ -69,6 +69,21 @@ def test_resume_refuses_another_model(tmp_path, clips_dir, lstm_checkpoint, fram
     assert fer("annotate", clips_dir / "odd.avi", "--out", out, "--model", lstm_checkpoint).exit_code == 0
     result = fer("annotate", clips_dir, "--out", out, "--model", frame_checkpoint, "--resume")
     assert result.exit_code == 2 and "cannot resume" in result.output
+
+
+def test_a_second_run_never_merges_silently(tmp_path, clips_dir, lstm_checkpoint, frame_checkpoint):
+    out = tmp_path / "r.parquet"
+    assert fer("annotate", clips_dir / "moving.mp4", "--out", out, "--model", lstm_checkpoint).exit_code == 0
+    before = out.read_bytes()
+    refused = fer("annotate", clips_dir / "odd.avi", "--out", out, "--model", frame_checkpoint)
+    assert refused.exit_code == 2
+    message = " ".join(refused.output.split())  # rich wraps long lines
+    assert "r.parquet already exists" in message and "--resume" in message and "--overwrite" in message
+    assert out.read_bytes() == before
+    replaced = fer("annotate", clips_dir / "odd.avi", "--out", out, "--model", frame_checkpoint, "--overwrite")
+    assert replaced.exit_code == 0, replaced.output
+    df = read_table(out)
+    assert set(df.video) == {"odd.avi"} and read_metadata(out)["arch"] == "hsemotion"
 
 
 def test_bad_arguments_exit_two(tmp_path, clips_dir, lstm_checkpoint):

@@ -31,8 +31,10 @@ def second_rows(n, face_every=1):
     return out
 
 
-def writer(out, resume=False, meta=META, **kw):
-    return TableWriter(out, meta, per_frame=kw.get("per_frame", False), all_faces=kw.get("all_faces", False), resume=resume)
+def writer(out, resume=False, meta=META, overwrite=False, **kw):
+    return TableWriter(
+        out, meta, per_frame=kw.get("per_frame", False), all_faces=kw.get("all_faces", False), resume=resume, overwrite=overwrite
+    )
 
 
 def test_parquet_schema_types_and_metadata(tmp_path):
@@ -113,15 +115,50 @@ def test_resume_with_other_settings_is_refused(tmp_path):
         writer(out, resume=True, meta={**META, "window": 9})
 
 
-def test_new_run_without_resume_drops_stale_parts(tmp_path):
+def test_a_killed_runs_parts_are_kept_unless_overwritten(tmp_path):
     out = tmp_path / "r.parquet"
     w = writer(out)
-    w.add("old", second_rows(1))
-    w = writer(out)
+    w.add("old", second_rows(1))  # ... and the process dies
+    with pytest.raises(FerError, match=r"r\.parquet\.parts.*--resume.*--overwrite"):
+        writer(out)
+    assert len(list((tmp_path / "r.parquet.parts").glob("*.parquet"))) == 1
+    w = writer(out, overwrite=True)
     assert w.done() == set()
     w.add("new", second_rows(1))
     w.finish(["new"])
     assert list(read_table(out)["video"]) == ["new"]
+
+
+@pytest.mark.parametrize("name", ["r.parquet", "r.csv"])
+def test_an_existing_output_is_refused_untouched(tmp_path, name):
+    out = tmp_path / name
+    w = writer(out)
+    w.add("a.mp4", second_rows(2))
+    w.finish(["a.mp4"])
+    before = out.read_bytes()
+    with pytest.raises(FerError) as error:
+        writer(out, meta={**META, "model": "other"})
+    assert str(out) in str(error.value) and "--resume" in str(error.value) and "--overwrite" in str(error.value)
+    assert out.read_bytes() == before and not (tmp_path / f"{name}.parts").exists()
+
+
+def test_overwrite_replaces_the_output_with_the_new_run_alone(tmp_path):
+    out = tmp_path / "r.parquet"
+    w = writer(out)
+    w.add("a.mp4", second_rows(2))
+    w.finish(["a.mp4"])
+    w = writer(out, overwrite=True, meta={**META, "model": "other"})
+    assert w.done() == set()
+    w.add("b.avi", second_rows(3))
+    assert len(read_table(out)) == 2  # the old table stays whole until the new one replaces it
+    w.finish(["b.avi"])
+    assert list(read_table(out)["video"]) == ["b.avi"] * 3
+    assert read_metadata(out)["model"] == "other"
+
+
+def test_resume_and_overwrite_exclude_each_other(tmp_path):
+    with pytest.raises(FerError, match="exclude"):
+        writer(tmp_path / "r.parquet", resume=True, overwrite=True)
 
 
 def test_errors_sidecar_written_and_cleared(tmp_path):
