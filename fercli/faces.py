@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import logging
 import math
+import os
+import sys
+import threading
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from itertools import islice
 from typing import Callable, Iterable, Iterator, TypeVar
@@ -16,6 +21,11 @@ TRACK_TTL = 1.0  # seconds a track survives without a detection (brief occlusion
 SALIENCE_HALF_LIFE = 2.0  # seconds; how fast a track's claim to be the main subject fades
 SWITCH_RATIO = 2.0  # another face must be this many times more salient to become the main subject
 STEADY_IOU = 0.9  # two detections in a row this alike (every box) mean the faces hold still
+
+WARM_UP_SIDE = 64  # px; a blank image run once at start, while MediaPipe's start-up lines are muted
+
+log = logging.getLogger("fercli")
+_stderr_lock = threading.Lock()
 
 Box = tuple[float, float, float, float]  # x0, y0, x1, y1 in pixels
 T = TypeVar("T")
@@ -35,11 +45,17 @@ class FaceDetector:
     """MediaPipe's BlazeFace (bundled in the mediapipe wheel, so no download)."""
 
     def __init__(self, min_confidence: float = MIN_CONFIDENCE, model_selection: int = FULL_RANGE_MODEL):
-        import mediapipe as mp
+        # MediaPipe, TensorFlow Lite and absl write start-up lines ("Created TensorFlow Lite
+        # XNNPACK delegate", "inference_feedback_manager ...") straight to file descriptor 2,
+        # from native code and graph threads, on creation and on the first image; no setting
+        # turns them off. They are muted for exactly that span, unless fer logs at debug level (-v).
+        with _native_stderr_muted(not log.isEnabledFor(logging.DEBUG)):
+            import mediapipe as mp
 
-        self._mp = mp.solutions.face_detection.FaceDetection(
-            model_selection=model_selection, min_detection_confidence=min_confidence
-        )
+            self._mp = mp.solutions.face_detection.FaceDetection(
+                model_selection=model_selection, min_detection_confidence=min_confidence
+            )
+            self._mp.process(np.zeros((WARM_UP_SIDE, WARM_UP_SIDE, 3), np.uint8))
 
     def detect(self, image: np.ndarray) -> list[Detection]:
         """All faces in an RGB uint8 image, largest first."""
@@ -66,6 +82,24 @@ class FaceDetector:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+@contextmanager
+def _native_stderr_muted(mute: bool):
+    """Point file descriptor 2 at /dev/null for the block (native code's writes included)."""
+    if not mute:
+        yield
+        return
+    with _stderr_lock:
+        sys.stderr.flush()
+        saved, devnull = os.dup(2), os.open(os.devnull, os.O_WRONLY)
+        try:
+            os.dup2(devnull, 2)
+            yield
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            os.close(devnull)
 
 
 class SteadyDetector:

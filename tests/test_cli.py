@@ -160,3 +160,14 @@ def test_library_rejects_unknown_device():
     with pytest.raises(FerError, match="gpu"):
         resolve_device("gpu")
     assert str(resolve_device("cpu")) == "cpu"
+
+
+@pytest.mark.parametrize("verbose", [False, True])
+def test_mediapipe_start_up_lines_only_with_verbose(tmp_path, clips_dir, lstm_checkpoint, verbose):
+    cmd = [sys.executable, "-m", "fercli.cli", "annotate", str(clips_dir / "odd.avi"), "--out", str(tmp_path / "r.csv")]
+    cmd += ["--model", str(lstm_checkpoint)] + (["-v"] if verbose else [])
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    noise = ("XNNPACK", "inference_feedback_manager", "absl::InitializeLog")
+    assert all((line in proc.stderr) == verbose for line in noise), proc.stderr
+    assert "r.csv" in proc.stderr  # fer's own summary is still shown
