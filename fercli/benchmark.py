@@ -17,6 +17,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from .errors import FerError
 from .inputs import find_clips
 from .pipeline import AnnotateOptions, StageClock, annotate, resolve_device, resolve_precision
 
@@ -98,13 +99,16 @@ def speed(
     from .runtime import keep_freed_memory
 
     keep_freed_memory()  # before the warm-up: the baselines below run under the same allocator
+    if repeat < 1:
+        raise FerError(f"--repeat must be at least 1, not {repeat}")
+    inputs = find_clips(paths)
+    if inputs.missing:
+        raise FerError(f"{inputs.missing[0]}: no such file or folder")
+    clips = inputs.clips
+    if not clips:
+        raise FerError(f"no video clips under {', '.join(map(str, paths)) or 'the given paths'} to benchmark")
     dev = resolve_device(device)
     net = loaded_model or load_model(model, dev)
-    clips = find_clips(paths).clips
-    if not clips:
-        raise ValueError("no clips to benchmark")
-    if repeat < 1:
-        raise ValueError(f"repeat must be at least 1, got {repeat}")
     infos = []
     for clip in clips:
         with open_video(clip.path) as src:

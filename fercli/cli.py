@@ -64,7 +64,7 @@ def _setup_logging(console, verbose: bool) -> None:
 def _fail(console, message: str, code: int = EXIT_ERROR) -> typer.Exit:
     from rich.markup import escape
 
-    # escaped: messages hold paths and hints such as "fer[ray]" that rich would read as markup
+    # escaped: messages hold paths and hints such as "fercli[ray]" that rich would read as markup
     console.print(f"[red]error:[/red] {escape(message)}", markup=True, highlight=False)
     return typer.Exit(code)
 
@@ -99,7 +99,7 @@ def annotate(
     reuse_boxes: int = typer.Option(1, min=0, help="Samples in a row that may reuse steady face boxes (0: detect every sample)."),
     ray: Optional[str] = typer.Option(
         None, "--ray", metavar="ADDRESS",
-        help="Run on Ray (pip install 'fer\\[ray]'): local starts one here, auto joins the running cluster, or HOST:PORT.",
+        help="Run on Ray (pip install 'fercli\\[ray]'): local starts one here, auto joins the running cluster, or HOST:PORT.",
     ),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Debug logging."),
 ) -> None:

@@ -41,7 +41,7 @@ from .pipeline import (
 
 log = logging.getLogger("fercli")
 
-INSTALL_HINT = "--ray needs Ray Data: pip install 'fer[ray]' (on this machine and on every node of the cluster)"
+INSTALL_HINT = "--ray needs Ray Data: pip install 'fercli[ray]' (on this machine and on every node of the cluster)"
 CLIPS_PER_CALL = 4  # clips a model actor takes at once, so its backbone batches span clips
 # On a CPU-only cluster the backbone is ~85% of the work (`fer benchmark speed`): model actors
 # get this share of the cores and decode/face tasks the rest, at least one core.

@@ -259,8 +259,11 @@ def _first_line(e: BaseException) -> str:
     return lines[0] if lines else type(e).__name__
 
 
-def load_model(name_or_path: str | Path = "hsemotion", device: str | torch.device = "cpu", progress=None) -> nn.Module:
+def load_model(name_or_path: str | Path = "hsemotion", device: str | torch.device = "auto", progress=None) -> nn.Module:
     """A ready model in eval mode on `device`, from a registry name or a file.
+
+    `device` as `annotate` takes it: "auto" (the default, as there) is the GPU when torch sees
+    one, else the CPU; "cpu", "cuda", "cuda:N" or a torch.device.
 
     Files may be fer checkpoints (from `fer train`) or HSEmotion-style whole-pickled timm models,
     which are read with the restricted unpickler and converted. The returned module carries
@@ -279,6 +282,10 @@ def load_model(name_or_path: str | Path = "hsemotion", device: str | torch.devic
     model = model_from_checkpoint(ckpt, name_or_path)
     model.source = str(name_or_path)
     model.weights_sha256 = ckpt.get("weights_sha256") or weights.sha256(file)
+    if not isinstance(device, torch.device):
+        from .devices import resolve_device
+
+        device = resolve_device(device)
     return model.eval().to(device, memory_format=torch.channels_last)
 
 

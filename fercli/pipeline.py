@@ -16,6 +16,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
+from .devices import autocast, check_device, resolve_device, resolve_precision  # noqa: F401  (importers use pipeline.*)
 from .errors import FerError
 from .inputs import Clip, find_clips
 
@@ -135,50 +136,6 @@ class _NoClock:
 
 
 NO_CLOCK = _NoClock()
-
-
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")
-
-
-def resolve_precision(precision: str, device) -> str:
-    """The numeric precision the model runs in; fp32 stays exact, the others trade ~1% for speed."""
-    if precision not in PRECISIONS:
-        raise FerError(f"--precision must be one of {', '.join(PRECISIONS)}, not {precision!r}")
-    if precision == "auto":
-        return "bf16" if device.type == "cuda" else "fp32"
-    if precision == "fp16" and device.type != "cuda":
-        raise FerError("--precision fp16 needs --device cuda (use bf16 on a CPU)")
-    return precision
-
-
-@contextmanager
-def autocast(precision: str, device):
-    """Run the model's matrix work in `precision` (a no-op for fp32)."""
-    import torch
-
-    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
-    with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
-        yield
-
-
-DEVICES = ("auto", "cpu", "cuda")
-
-
-def check_device(device: str) -> None:
-    """FerError unless `device` is one fer runs on ("cuda:N" picks a GPU)."""
-    if device not in DEVICES and not (device.startswith("cuda:") and device[5:].isdigit()):
-        raise FerError(f"--device must be auto, cpu or cuda, not {device!r}")
-
-
-def resolve_device(device: str):
-    import torch
-
-    check_device(device)
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device == "cuda" and not torch.cuda.is_available():
-        raise FerError("--device cuda: torch sees no CUDA GPU (use --device cpu or auto)")
-    return torch.device(device)
 
 
 def annotate(

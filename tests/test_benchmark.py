@@ -101,3 +101,13 @@ def test_accuracy_cli_on_perfect_predictions_and_plot(tmp_path):
 def test_accuracy_cli_names_a_missing_file(tmp_path):
     result = CliRunner().invoke(app, ["benchmark", "accuracy", "--truth", str(tmp_path / "no.csv"), "--pred", str(tmp_path / "p.csv")])
     assert result.exit_code == 2 and "no.csv" in result.output
+
+
+@pytest.mark.parametrize("args", [["{missing}"], ["{empty}"]])
+def test_speed_without_clips_is_a_one_line_error(tmp_path, lstm_checkpoint, args):
+    (tmp_path / "empty").mkdir()
+    paths = [a.format(missing=tmp_path / "nope.mp4", empty=tmp_path / "empty") for a in args]
+    result = CliRunner().invoke(app, ["benchmark", "speed", *paths, "--model", str(lstm_checkpoint), "--device", "cpu"])
+    assert result.exit_code == 2, result.output
+    assert result.exception is None or isinstance(result.exception, SystemExit)
+    assert paths[0] in " ".join(result.output.split()) and "Traceback" not in result.output

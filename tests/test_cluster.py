@@ -114,7 +114,7 @@ def test_ray_per_frame_all_faces(tmp_path, ray_local, clips_dir, small_model):
 def test_without_ray_it_says_how_to_install(tmp_path, clips_dir, small_model, monkeypatch):
     monkeypatch.setitem(sys.modules, "ray", None)  # `import ray` now fails as if not installed
     out = tmp_path / "r.parquet"
-    with pytest.raises(FerError, match=r"pip install 'fer\[ray\]'"):
+    with pytest.raises(FerError, match=r"pip install 'fercli\[ray\]'"):
         fercli.annotate([clips_dir / "odd.avi"], out, AnnotateOptions(ray="local"), model=small_model)
     assert not out.exists()
 
@@ -130,7 +130,7 @@ def test_cli_ray_option(tmp_path, ray_local, clips_dir, small_model, local_run, 
     pd.testing.assert_frame_equal(read_table(out), read_table(local_out), atol=1e-5, check_exact=False)
     monkeypatch.setitem(sys.modules, "ray", None)
     result = CliRunner().invoke(app, ["annotate", str(clips_dir), "--out", str(tmp_path / "x.parquet"), "--ray", "auto"])
-    assert result.exit_code == 2 and "pip install 'fer[ray]'" in result.output
+    assert result.exit_code == 2 and "pip install 'fercli[ray]'" in result.output
 
 
 def test_benchmark_speed_times_the_ray_schedule(ray_local, clips_dir, small_model):

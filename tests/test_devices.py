@@ -1,0 +1,54 @@
+import pytest
+import torch
+
+from fercli import devices
+from fercli.errors import FerError
+
+
+@pytest.fixture
+def two_gpus(monkeypatch):
+    """torch as it looks on a machine with two GPUs (nothing is moved onto them in these tests)."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+
+
+def test_auto_is_the_gpu_when_torch_sees_one(two_gpus):
+    assert devices.resolve_device("auto") == torch.device("cuda")
+    assert devices.resolve_device("cuda:1") == torch.device("cuda", 1)
+
+
+@pytest.mark.parametrize("device", ["cuda:2", "cuda:9"])
+def test_a_gpu_index_torch_cannot_see_is_refused(two_gpus, device):
+    with pytest.raises(FerError, match=rf"--device {device}: torch sees 2 CUDA GPU\(s\), cuda:0 to cuda:1"):
+        devices.resolve_device(device)
+
+
+@pytest.mark.parametrize("device", ["cuda", "cuda:0", "cuda:1"])
+def test_no_gpu_at_all_is_refused_for_every_cuda_form(monkeypatch, device):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(FerError, match=f"--device {device}: torch sees no CUDA GPU"):
+        devices.resolve_device(device)
+
+
+@pytest.mark.parametrize("device", ["gpu", "cuda:x", "cuda:", "CPU"])
+def test_unknown_device_names_are_refused(device):
+    with pytest.raises(FerError, match=repr(device)):
+        devices.check_device(device)
+
+
+def test_load_model_defaults_to_the_device_annotate_defaults_to(monkeypatch, lstm_checkpoint):
+    import inspect
+
+    import fercli
+    from fercli.pipeline import AnnotateOptions
+
+    asked = []
+
+    def spy(device):
+        asked.append(device)
+        return torch.device("cpu")
+
+    monkeypatch.setattr(devices, "resolve_device", spy)
+    fercli.load_model(lstm_checkpoint)
+    assert asked == [AnnotateOptions().device] == ["auto"]
+    assert inspect.signature(fercli.load_model).parameters["device"].default == AnnotateOptions().device
