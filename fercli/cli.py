@@ -6,7 +6,9 @@ Heavy imports (torch, decord, mediapipe) happen inside commands so `fer --help` 
 from __future__ import annotations
 
 import logging
+import re
 import sys
+import traceback
 from pathlib import Path
 from typing import List, Optional
 
@@ -17,6 +19,8 @@ from . import __version__
 EXIT_FAILED = 1  # some videos failed; the rest were written
 EXIT_ERROR = 2  # nothing could run: bad options, weights, output path
 EXIT_INTERRUPTED = 130  # Ctrl-C
+EXIT_BUG = 3  # an unexpected error inside fer: one line (the traceback with -v), never mistaken for 1
+RAY_ADDRESS = re.compile(r"local|auto|(ray://)?[\w.\-]+:\d+")  # what --ray takes as its value
 
 app = typer.Typer(
     help="Per-second facial valence and arousal for folders of video clips.\n\n"
@@ -619,18 +623,29 @@ def doctor() -> None:
 
 
 def main() -> None:
-    app(args=bare_ray_means_local(sys.argv[1:]))
+    """The `fer` command: the Typer app, with a bare --ray filled in and unexpected errors reported."""
+    args = bare_ray_means_local(sys.argv[1:])
+    try:
+        app(args=args)
+    except Exception as e:  # a bug in fer or below it; FerErrors were handled by the commands
+        if "-v" in args or "--verbose" in args:
+            traceback.print_exc()
+        first = (str(e).strip().splitlines() or [""])[0]
+        print(f"error: unexpected {type(e).__name__}: {first} (a bug in fer: run with -v for the traceback)", file=sys.stderr)
+        sys.exit(EXIT_BUG)
 
 
 def bare_ray_means_local(args: list[str]) -> list[str]:
-    """`--ray` with no address (last, or before another option) starts a local Ray instance.
+    """`--ray` with no address starts a local Ray instance.
 
-    Typer has no options with an optional value, so the bare flag is given its value here.
+    Typer has no options with an optional value, so the bare flag is given its value here: when
+    it comes last, or the next argument is not an address (local, auto, HOST:PORT, ray://HOST:PORT)
+    but another option or a path such as `videos/`.
     """
     out = []
     for i, arg in enumerate(args):
         out.append(arg)
-        if arg == "--ray" and (i + 1 == len(args) or args[i + 1].startswith("-")):
+        if arg == "--ray" and (i + 1 == len(args) or not RAY_ADDRESS.fullmatch(args[i + 1])):
             out.append("local")
     return out
 

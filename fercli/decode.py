@@ -16,6 +16,7 @@ from typing import Callable, Iterator, Sequence
 import numpy as np
 
 from fercli.errors import VideoError
+from fercli.inputs import IMAGE_EXTENSIONS
 
 CHUNK_FRAMES = 16  # frames decoded per read; bounds memory whatever the video length
 AUTO_THREADS = 0  # decord/FFmpeg decoder threads: 0 lets FFmpeg choose (frame threads per core)
@@ -25,7 +26,6 @@ AUTO_THREADS = 0  # decord/FFmpeg decoder threads: 0 lets FFmpeg choose (frame t
 # one, so a start on the millisecond grid never sits on the edge for t on that grid.
 TIME_TOLERANCE = 0.75e-3  # s
 MAX_TIMESTAMP = 1e6  # s; later than this (11 days) is garbage, not a clip
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 MESSAGE_CHARS = 160  # longest decoder reason quoted in an error message
 
 log = logging.getLogger("fercli")
@@ -279,10 +279,10 @@ class _ImageReader:
         if not (math.isfinite(frames_fps) and frames_fps > 0):
             raise ValueError(f"frames_fps must be a positive number, got {frames_fps}")
         self.files = sorted(
-            p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
+            p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS
         )
         if not self.files:
-            raise VideoError(f"{folder}: no image frames (.png, .jpg) in the folder")
+            raise VideoError(f"{folder}: no image frames ({', '.join(sorted(IMAGE_EXTENSIONS))}) in the folder")
         width, height = _common_size(self.files, folder)
         n = len(self.files)
         self.starts = np.arange(n) / frames_fps

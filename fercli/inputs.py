@@ -7,7 +7,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable
 
-VIDEO_EXTENSIONS = frozenset({".mp4", ".mkv", ".avi", ".mov", ".webm", ".m4v"})
+# What a folder search takes for a video; a file named on its own is tried whatever its suffix.
+VIDEO_EXTENSIONS = frozenset(
+    {".mp4", ".m4v", ".mov", ".mkv", ".webm", ".avi", ".mpg", ".mpeg", ".ts", ".mts", ".m2ts", ".wmv", ".flv", ".3gp", ".ogv", ".mxf"}
+)
+# Frames of an image-sequence clip; decode reads exactly these.
 IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".bmp"})
 
 
@@ -28,8 +32,11 @@ class Inputs:
 def find_clips(paths: Iterable[str | Path]) -> Inputs:
     """Clips under `paths` (files and folders, searched recursively) in a stable order.
 
-    A folder that holds image frames and no videos is one clip. A clip reached twice (the same
-    file given twice, or inside two given folders) is kept once.
+    A folder that holds image frames and no videos is one clip. Inside folders, files without a
+    video suffix (VIDEO_EXTENSIONS) are skipped and counted; a file named on its own is a clip
+    whatever its suffix, so a video with an unusual name is read and anything else fails with a
+    one-line error naming it instead of vanishing. A clip reached twice (the same file given
+    twice, or inside two given folders) is kept once.
     """
     clips: list[Clip] = []
     seen: set[Path] = set()
@@ -51,7 +58,7 @@ def find_clips(paths: Iterable[str | Path]) -> Inputs:
 
 
 def _single(path: Path) -> list[Clip]:
-    return [Clip(path, path.name)] if path.suffix.lower() in VIDEO_EXTENSIONS else []
+    return [Clip(path, path.name)]
 
 
 def _walk(root: Path) -> tuple[list[Clip], list[Path]]:

@@ -433,12 +433,16 @@ def _check_truth(df: pd.DataFrame, path: Path, *, per_second: bool) -> pd.DataFr
 
 
 def _afew_va(root: Path) -> pd.DataFrame:
-    files = sorted(p for p in root.rglob("*.json") if p.stem == p.parent.name)
-    if not files:
-        raise DataError(f"{root}: no AFEW-VA annotations (<id>/<id>.json) found")
+    # The layouts `fer train` reads: labels inside the clip folder (<id>/<id>.json) or beside
+    # it (<id>.json next to <id>/); inside wins when both exist.
+    labels = {p.parent: p for p in root.rglob("*.json") if p.stem == p.parent.name}
+    for p in root.rglob("*.json"):
+        if p.with_suffix("").is_dir():
+            labels.setdefault(p.with_suffix(""), p)
+    if not labels:
+        raise DataError(f"{root}: no AFEW-VA annotations (<id>/<id>.json or <id>.json beside <id>/) found")
     rows = []
-    for file in files:
-        folder = file.parent
+    for folder, file in sorted(labels.items()):
         # The same naming as inputs.find_clips, so truth and predictions share their keys.
         video = folder.relative_to(root).as_posix() if folder != root else root.name
         rows += [(video, i, v, a) for i, v, a in _afew_va_frames(file)]

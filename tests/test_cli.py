@@ -147,6 +147,40 @@ def test_bare_ray_flag_means_a_local_instance():
     assert bare_ray_means_local(["annotate", "v/", "--ray", "auto"]) == ["annotate", "v/", "--ray", "auto"]
 
 
+@pytest.mark.parametrize("address", ["local", "auto", "10.0.0.5:6379", "head-node.lab:6379", "ray://head:10001"])
+def test_ray_addresses_are_kept(address):
+    from fercli.cli import bare_ray_means_local
+
+    assert bare_ray_means_local(["annotate", "v/", "--ray", address, "-o", "r.csv"])[2:4] == ["--ray", address]
+
+
+@pytest.mark.parametrize("path", ["videos/", "videos", "clip.mp4", "/data/a.mkv"])
+def test_a_path_after_bare_ray_is_an_input_not_an_address(path):
+    from fercli.cli import bare_ray_means_local
+
+    assert bare_ray_means_local(["annotate", "--ray", path, "--out", "r.parquet"]) == [
+        "annotate", "--ray", "local", path, "--out", "r.parquet",
+    ]  # fmt: skip
+
+
+@pytest.mark.parametrize("verbose", [False, True])
+def test_an_unexpected_crash_has_its_own_exit_code(monkeypatch, capsys, tmp_path, clips_dir, lstm_checkpoint, verbose):
+    import fercli.cli
+    import fercli.pipeline
+
+    def crash(*args, **kwargs):
+        raise RuntimeError("boom inside fer")
+
+    monkeypatch.setattr(fercli.pipeline, "annotate", crash)
+    argv = ["fer", "annotate", str(clips_dir / "odd.avi"), "--out", str(tmp_path / "r.csv"), "--model", str(lstm_checkpoint)]
+    monkeypatch.setattr(sys, "argv", argv + (["-v"] if verbose else []))
+    with pytest.raises(SystemExit) as stop:
+        fercli.cli.main()
+    assert stop.value.code == 3 not in (0, 1, 2, 130)
+    err = capsys.readouterr().err
+    assert "RuntimeError: boom inside fer" in err and ("Traceback" in err) == verbose
+
+
 @pytest.mark.parametrize("command", [["annotate", "v/", "--out", "r.parquet"], ["train", "--data", "d", "--out", "o"]])
 def test_unknown_device_exits_two_naming_it(command):
     result = fer(*command, "--device", "gpu")

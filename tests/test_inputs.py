@@ -42,3 +42,36 @@ def test_folder_with_videos_and_images_reads_the_videos(tmp_path):
 def test_same_file_twice_is_kept_once(tmp_path):
     f = touch(tmp_path / "v" / "a.mp4")
     assert len(find_clips([tmp_path / "v", f]).clips) == 1
+
+
+def test_a_file_named_on_its_own_is_a_clip_whatever_its_suffix(tmp_path):
+    # Inside a folder only video suffixes count; a named file is tried, so a non-video fails loudly.
+    named = [touch(tmp_path / "notes.txt"), touch(tmp_path / "recording.dat")]
+    found = find_clips(named)
+    assert [c.name for c in found.clips] == ["notes.txt", "recording.dat"] and found.skipped == 0
+
+
+def test_common_camera_and_broadcast_containers_are_found_in_folders(tmp_path):
+    names = ["a.mts", "b.m2ts", "c.mpg", "d.wmv", "e.3gp", "f.ts", "g.flv", "h.mxf", "i.ogv"]
+    for name in names:
+        touch(tmp_path / "v" / name)
+    assert [c.name for c in find_clips([tmp_path / "v"]).clips] == names
+
+
+def test_every_frame_suffix_the_search_accepts_is_one_decode_reads(tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    from fercli.decode import open_video
+    from fercli.inputs import IMAGE_EXTENSIONS
+
+    for suffix in sorted(IMAGE_EXTENSIONS):
+        folder = tmp_path / suffix.strip(".")
+        folder.mkdir()
+        for i in range(3):
+            Image.fromarray(np.full((24, 32, 3), 40 * i, np.uint8)).save(folder / f"{i:05d}{suffix}")
+        (clip,) = find_clips([folder]).clips
+        assert clip.frames
+        with open_video(clip.path, frames_fps=3) as video:
+            frames = list(video.sample(3))
+        assert [int(f.image.mean()) for f in frames] == [0, 40, 80]

@@ -333,6 +333,21 @@ def test_afew_va_truth_per_second_by_hand(tmp_path):
     assert t3["arousal"].tolist() == [1.0, 3.0]
 
 
+def test_afew_va_labels_beside_the_clip_folder_are_read_as_fer_train_reads_them(tmp_path):
+    from fercli.data import read_dataset
+
+    root = tmp_path / "AFEW-VA"
+    afew_clip(root / "001", [1, 3], [2, 4])
+    afew_clip(root / "002", [-5, -7], [0, 0])
+    (root / "002" / "002.json").rename(root / "002.json")  # <root>/<id>.json beside <root>/<id>/
+    assert [c.id for c in read_dataset(root)] == ["001", "002"]  # what training accepts
+    truth = load_truth(root, frames_fps=2)
+    assert truth.to_dict("records") == [
+        {"video": "001", "second": 0, "valence": 2.0, "arousal": 3.0},
+        {"video": "002", "second": 0, "valence": -6.0, "arousal": 0.0},
+    ]
+
+
 def test_afew_va_video_names_match_fer_annotate(tmp_path):
     root = tmp_path / "AFEW-VA"
     afew_clip(root / "001", [1], [1])

@@ -295,3 +295,15 @@ def test_a_face_that_leaves_is_not_labelled_on_reused_boxes(tmp_path, lstm, leav
     assert not df[gone].face.any()
     assert df[~gone].face.all()
     assert df[gone].valence.isna().all()
+
+
+def test_a_named_file_that_is_no_video_fails_by_name_and_the_batch_goes_on(tmp_path, clips_dir, lstm):
+    notes = tmp_path / "notes.txt"
+    notes.write_text("not a video\n")
+    renamed = tmp_path / "interview.dat"  # a video with a suffix fer does not know
+    renamed.write_bytes((clips_dir / "moving.mp4").read_bytes())
+    out = tmp_path / "r.parquet"
+    result = fercli.annotate([notes, renamed, clips_dir / "odd.avi"], out, model=lstm)
+    (failed,) = result.failed
+    assert failed.video == "notes.txt" and str(notes) in failed.error and "\n" not in failed.error
+    assert set(read_table(out).video) == {"interview.dat", "odd.avi"}
