@@ -184,12 +184,13 @@ def test_other_rates_pick_the_frame_on_screen(media_dir, reference, name, rate, 
 
 
 @pytest.mark.parametrize("name", CODEC_CLIPS)
-def test_duration_is_where_pyav_ends_the_last_frame(media_dir, name):
+def test_duration_and_last_start_are_where_pyav_puts_the_last_frame(media_dir, name):
     with av.open(str(media_dir / name)) as container:
         frames = [(f.time, f.duration * f.time_base) for f in container.decode(video=0)]
-    end = frames[-1][0] + frames[-1][1] - frames[0][0]
+    last_start = frames[-1][0] - frames[0][0]
     with open_video(media_dir / name) as video:
-        assert video.info.duration == pytest.approx(float(end), abs=1e-3)
+        assert video.info.last_start == pytest.approx(last_start, abs=1e-6)
+        assert video.info.duration == pytest.approx(last_start + float(frames[-1][1]), abs=1e-3)
 
 
 def test_sources_at_5_fps_from_25_by_hand(media_dir):
@@ -249,6 +250,7 @@ def test_variable_frame_rate_follows_timestamps_in_other_codecs(tmp_path, codec,
     times, images = pyav_decode(path)
     assert times == pytest.approx(VFR_TIMES, abs=1e-6)  # the clip is what the test means
     with open_video(path) as video:
+        assert video.info.last_start == pytest.approx(VFR_TIMES[-1], abs=1e-6)
         frames = list(video.sample(10))
     assert [f.source for f in frames] == [0, 2, 2, 3, 4, 5, 5, 5, 5, 6, 7, 7, 8]
     mean, largest = (TEN_BIT_MEAN, TEN_BIT_MAX) if "10" in pix_fmt else (0.0, 0)
