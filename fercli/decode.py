@@ -1,5 +1,10 @@
 """Decode a clip (video file or folder of frames) and sample it at a fixed rate, streaming.
 
+Video files are read with decord2 (imported as `decord`): decord's API over FFmpeg 8 with
+dav1d, so it opens AV1 as well as H.264, HEVC (8 and 10 bit), VP9, ProRes and MJPEG, and turns
+rotated (phone) clips upright. decord 0.6's FFmpeg had no AV1 decoder; README "Inputs and
+decoding" has the comparison that chose decord2 over keeping it beside a second decoder.
+
 decord and PIL are imported inside the functions that need them, so importing this module
 (and `fer --help`) stays cheap.
 """
@@ -146,6 +151,17 @@ def _check_file(path: Path) -> None:
         raise VideoError(f"{path}: file is empty (0 bytes)")
 
 
+# decord's words for two failures whose cause they do not say, and what they mean.
+KNOWN_REASONS = {
+    # No stream FFmpeg has a decoder for: an audio-only file, or a codec this build lacks.
+    "cannot find video stream with wanted index": "no video stream this FFmpeg can decode",
+    # decord shapes a frame from FFmpeg's padded row length, which for a few narrow widths
+    # (measured, decord2 3.4: 16, 32, 48, 96 and 144 px; decord 0.6: 16 and 48) divides by
+    # the width, so it sees 4 or more channels and refuses to copy the frame out.
+    "DECORDArrayCopyFromTo": "decord cannot copy out frames of this width, a decord bug",
+}
+
+
 def _reason(error: Exception, path: Path | None = None) -> str:
     """The gist of a decord error, on one line.
 
@@ -153,6 +169,9 @@ def _reason(error: Exception, path: Path | None = None) -> str:
     and a stack trace; keep the words after them. FFmpeg's own reason went to stderr.
     """
     lines = str(error).strip().splitlines() or [""]
+    known = next((meaning for words, meaning in KNOWN_REASONS.items() if words in lines[0]), None)
+    if known is not None:
+        return known
     reason = re.sub(r"(\[[\d:]+\] \S+:\d+: )+", "", lines[0])
     reason = re.sub(r"^Check failed: .*\(\S+ vs\. \S+\) ", "", reason)
     if path is not None:  # "Error reading /the/path..."
@@ -219,7 +238,8 @@ def _open_decord(path: Path, device: str, threads: int):
     if match is None:
         raise ValueError(f"device must be 'cpu', 'cuda' or 'cuda:N', got {device!r}")
     try:
-        # The PyPI wheel has no CUDA: opening raises "CUDA not enabled".
+        # The x86 PyPI wheel has no CUDA: opening raises "GPU acceleration not available on
+        # this platform" (decord 0.6: "CUDA not enabled").
         ctx = decord.gpu(int(match.group(1) or 0))
         return decord.VideoReader(str(path), ctx=ctx, num_threads=threads), "cuda"
     except Exception as error:
@@ -259,7 +279,8 @@ def _timestamps(vr, path: Path, frames: int, fps: float) -> tuple[np.ndarray, fl
 
 
 def _plausible(stamps: np.ndarray) -> bool:
-    # Garbage seen from decord 0.6 on AVI: -3.7e17 for most frames, repeated starts.
+    # Garbage seen from decord 0.6 and decord2 3.4 on AVI: -3.7e17 for most frames, repeated
+    # starts.
     starts, ends = stamps[:, 0], stamps[:, 1]
     return bool(
         np.isfinite(stamps).all()

@@ -6,7 +6,7 @@ import importlib.metadata as md
 import platform
 from pathlib import Path
 
-PACKAGES = ("torch", "torchvision", "timm", "decord", "mediapipe", "numpy", "pyarrow", "pandas", "typer", "rich")
+PACKAGES = ("torch", "torchvision", "timm", "decord2", "mediapipe", "numpy", "pyarrow", "pandas", "typer", "rich")
 
 
 def checks() -> list[tuple[str, str]]:
@@ -17,6 +17,7 @@ def checks() -> list[tuple[str, str]]:
     found += [(name, _version(name)) for name in PACKAGES]
     found += [
         ("torch CUDA", _guard(_torch_cuda)),
+        ("video decoder", _guard(_decoder)),
         ("decord GPU decoding", _guard(_decord_cuda)),
         ("face detector", _guard(_face_detector)),
         ("weights cache", _guard(_weights)),
@@ -55,6 +56,19 @@ def _torch_cuda() -> str:
     if not torch.cuda.is_available():
         return f"not available (torch {torch.__version__})"
     return f"{torch.cuda.get_device_name(0)} (CUDA {torch.version.cuda})"
+
+
+def _decoder() -> str:
+    import decord
+
+    # decord2 (what fer needs: its FFmpeg decodes AV1) and decord 0.6 both install the
+    # `decord` folder: with both, one shadows or overwrites the other and uninstalling either
+    # breaks the rest, so say so.
+    owners = [name for name in ("decord2", "decord") if _version(name) != "not installed"]
+    found = f"decord {decord.__version__} ({', '.join(owners) or 'no package metadata'})"
+    if len(owners) > 1:
+        found += ": both installed; pip uninstall -y decord decord2, then reinstall fer"
+    return found
 
 
 def _decord_cuda() -> str:
