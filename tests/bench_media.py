@@ -1,8 +1,9 @@
 """The media behind the README's performance figures (not a test).
 
-    python tests/bench_media.py OUT        # v0-v2.mp4 (10 s 720p), m1.mp4 and m60.mp4 (320x240), lstm.pt
+    python tests/bench_media.py OUT        # v0-v2.mp4, s0-s2.mp4 (10 s 720p), m1.mp4 and m60.mp4 (320x240), lstm.pt
 
 v0-v2: a portrait moving across a 1280x720 gradient with mild noise, 25 fps, x264 ultrafast.
+s0-s2: the same, but the portrait sways a few pixels about one place, as a seated interviewee does.
 m1/m60: 1 and 60 minutes at 320x240, 25 fps, a portrait swaying side to side. lstm.pt: a random
 EfficientNet + LSTM checkpoint with the default config (224 px, 5 frames/s, T = 5).
 """
@@ -23,6 +24,14 @@ def moving_clips(out: Path) -> None:
         path = out / f"v{i}.mp4"
         if not path.exists():
             media.make_clip(path, 10.0, FPS, (1280, 720), lambda t, i=i: [(200 + int(60 * t) + 100 * i, 120 + int(20 * t), 360)])
+
+
+def still_clips(out: Path) -> None:
+    for i in range(3):
+        path = out / f"s{i}.mp4"
+        if not path.exists():
+            sway = lambda t, i=i: [(300 + 200 * i + int(4 * math.sin(2 * t)), 150 + int(2 * math.sin(3 * t)), 360)]  # noqa: E731
+            media.make_clip(path, 10.0, FPS, (1280, 720), sway)
 
 
 def long_clip(path: Path, minutes: float, size: tuple[int, int] = (320, 240)) -> None:
@@ -57,6 +66,7 @@ if __name__ == "__main__":
     out = Path(sys.argv[1])
     out.mkdir(parents=True, exist_ok=True)
     moving_clips(out)
+    still_clips(out)
     long_clip(out / "m1.mp4", 1)
     long_clip(out / "m60.mp4", 60)
     checkpoint(out / "lstm.pt")

@@ -121,9 +121,9 @@ def test_interrupted_run_keeps_finished_videos_and_resume_completes(
     proc = _start(out, inputs, lstm_checkpoint, "--workers", workers)
     _wait_for_first_part(proc, out)
     proc.send_signal(sig)
-    proc.communicate(timeout=60)
+    output = proc.communicate(timeout=60)[0].decode(errors="replace")
     if sig == signal.SIGINT:
-        assert proc.returncode == 130
+        assert proc.returncode == 130, output[-3000:]
         partial = read_table(out)  # a whole, readable file holding the finished videos
         done = partial.video.unique()
         assert len(done) >= 1

@@ -191,8 +191,9 @@ def test_frame_model_sees_the_tight_box_and_scores_are_unclipped(tmp_path, clips
 def test_tiny_and_faceless_videos(tmp_path, lstm):
     import media
 
-    one_frame = media.write_video(tmp_path / "one.mp4", [media.background(32, 32)], fps=25)
-    # decord 0.6 cannot copy out some small frame sizes (16x16, 48x48): a clear error, batch goes on
+    one_frame = media.write_video(tmp_path / "one.mp4", [media.background(64, 64)], fps=25)
+    # decord cannot copy out frames of some small widths (16, 32, 48, 96, 144 px for decord2 3.4):
+    # a clear error, and the batch goes on
     undecodable = media.write_video(tmp_path / "tiny16.mp4", [media.background(16, 16)] * 3, fps=25)
     out = tmp_path / "t.parquet"
     result = fercli.annotate([one_frame, undecodable], out, model=lstm)
