@@ -81,6 +81,7 @@ def speed(
     workers: int | None = None,
     precision: str = "auto",
     ray: str | None = None,
+    reuse_boxes: int = 1,
     naive: bool = True,
     naive_seconds: float | None = None,
     repeat: int = 1,
@@ -114,8 +115,9 @@ def speed(
         with open_video(clip.path) as src:
             infos.append(src.info)
     options = AnnotateOptions(
-        model=model, device=dev.type, batch_size=batch_size, workers=workers, precision=precision, ray=ray
-    )
+        model=model, device=dev.type, batch_size=batch_size, workers=workers, precision=precision, ray=ray,
+        reuse_boxes=reuse_boxes,
+    )  # fmt: skip
     precision = resolve_precision(precision, dev)
     _warm_up(clips[0], net, options, dev)
     if dev.type == "cuda":
@@ -259,6 +261,7 @@ def _setup(model, device, options, clips, infos) -> dict:
         "arch": model.config.arch,
         "fps": model.config.fps,
         "batch_size": options.batch_size,
+        "reuse_boxes": options.reuse_boxes,
         "precision": resolve_precision(options.precision, device),
         "workers": f"ray {options.ray}" if options.ray else _workers(options, device, len(clips)),
         "clips": len(clips),

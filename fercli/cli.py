@@ -529,6 +529,7 @@ def benchmark_speed(
     workers: Optional[int] = typer.Option(None, min=0, help="Decode/face worker processes (default: by cores; 0: a thread in this process)."),
     precision: str = typer.Option("auto", help="fp32, bf16 or fp16 (CUDA); auto: bf16 on CUDA, fp32 on a CPU."),
     ray: Optional[str] = typer.Option(None, "--ray", metavar="ADDRESS", help="Time the Ray schedule: local, auto or HOST:PORT."),
+    reuse_boxes: int = typer.Option(1, min=0, help="As fer annotate --reuse-boxes (0: detect every sample)."),
     naive: bool = typer.Option(True, help="Also time the hand-written per-frame loop."),
     naive_seconds: Optional[float] = typer.Option(None, help="Read at most this much of each clip in the naive loop."),
     repeat: int = typer.Option(1, min=1, help="Time the run this many times and report the median run."),
@@ -545,7 +546,7 @@ def benchmark_speed(
     try:
         report = speed(
             paths, model=model, device=device, batch_size=batch_size, workers=workers, precision=precision,
-            ray=ray, naive=naive, naive_seconds=naive_seconds, repeat=repeat,
+            ray=ray, reuse_boxes=reuse_boxes, naive=naive, naive_seconds=naive_seconds, repeat=repeat,
         )
     except FerError as e:
         raise _fail(console, str(e)) from None
