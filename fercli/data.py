@@ -25,7 +25,7 @@ import numpy as np
 
 from .errors import DataError
 from .inputs import IMAGE_EXTENSIONS
-from .metrics import LABEL_MAX, LABEL_MIN, to_class
+from .labels import LABEL_MAX, LABEL_MIN, to_class
 
 log = logging.getLogger("fercli")
 

@@ -40,6 +40,7 @@ import pandas as pd
 from . import data as _data
 from . import metrics
 from .errors import DataError, FerError, WeightsError
+from .labels import to_class
 
 log = logging.getLogger("fercli")
 
@@ -335,7 +336,7 @@ def _window_table(model, samples, windows: _data.Windows, window: int, device) -
         v_lab, a_lab, v_score, a_score = _head_predictions(model, samples, windows, device)
     else:
         v_score, a_score = _frame_means(model, samples, windows, window)
-        v_lab, a_lab = metrics.to_class(v_score), metrics.to_class(a_score)
+        v_lab, a_lab = to_class(v_score), to_class(a_score)
     return pd.DataFrame({
         "video": [samples[c].clip.id for c in windows.clip],
         "window": windows.end,
@@ -357,19 +358,18 @@ def _score_windows(table: pd.DataFrame) -> metrics.Report:
 def _head_predictions(model, samples, windows: _data.Windows, device):
     import torch
 
-    from .model import LABEL_OFFSET, NUM_CLASSES
+    from .labels import decode_logits
 
     feats = torch.from_numpy(np.concatenate([s.features for s in samples])).to(device)
-    values = torch.arange(NUM_CLASSES, dtype=torch.float32, device=device) - LABEL_OFFSET
     out = {k: [] for k in ("vl", "al", "vs", "as")}
     model.eval()
     with torch.inference_mode():
         for i in range(0, len(windows), HEAD_BATCH):
             idx = torch.from_numpy(windows.index[i : i + HEAD_BATCH]).to(device)
             for key, logits in zip("va", model.head(feats[idx])):
-                probs = logits.float().softmax(-1)  # as training's validate: argmax, and E[label]
-                out[f"{key}l"].append((probs.argmax(-1) - LABEL_OFFSET).cpu())
-                out[f"{key}s"].append((probs @ values).cpu())
+                labels, scores, _ = decode_logits(logits)  # as annotation and training decode them
+                out[f"{key}l"].append(labels.cpu())
+                out[f"{key}s"].append(scores.cpu())
     cat = {k: torch.cat(v).numpy() if v else np.zeros(0) for k, v in out.items()}
     return cat["vl"].astype(np.int64), cat["al"].astype(np.int64), cat["vs"].astype(float), cat["as"].astype(float)
 

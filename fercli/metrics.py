@@ -37,9 +37,9 @@ import numpy as np
 import pandas as pd
 
 from .errors import DataError, FerError
+from .labels import LABEL_MAX, LABEL_MIN, to_class
 
 DIMENSIONS = ("valence", "arousal")
-LABEL_MIN, LABEL_MAX = -10, 10
 CLASSES = np.arange(LABEL_MIN, LABEL_MAX + 1)
 # Same tolerance as windows.TIME_EPS: a frame time landing on a second boundary belongs to it.
 TIME_EPS = 1e-6
@@ -102,12 +102,6 @@ def sagr(y_true, y_pred) -> float:
     """Fraction of rows whose signs agree, np.sign equality (0 agrees only with 0)."""
     t, p = _pair(y_true, y_pred)
     return float(np.mean(np.sign(t) == np.sign(p))) if t.size else math.nan
-
-
-def to_class(values) -> np.ndarray:
-    """Labels -10..10 from values: round half away from zero, then clip."""
-    v = np.asarray(values, dtype=float)
-    return np.clip(np.sign(v) * np.floor(np.abs(v) + 0.5), LABEL_MIN, LABEL_MAX).astype(np.int64)
 
 
 def accuracy(y_true, y_pred) -> float:

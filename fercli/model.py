@@ -24,9 +24,8 @@ import torch
 from torch import nn
 
 from .errors import WeightsError
+from .labels import LABEL_OFFSET, NUM_CLASSES
 
-NUM_CLASSES = 21  # labels -10..10
-LABEL_OFFSET = 10  # class index = label + LABEL_OFFSET
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 CHECKPOINT_FORMAT = "fer-checkpoint"

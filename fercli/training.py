@@ -445,18 +445,15 @@ class _Accumulator:
         self.parts: dict[str, list] = {k: [] for k in ("vp", "ap", "vc", "ac", "vt", "at", "vm", "am")}
 
     def add(self, loss, v_logits, a_logits, v_cls, a_cls, v_mean, a_mean) -> None:
-        import torch
-
-        from .model import LABEL_OFFSET, NUM_CLASSES
+        from .labels import LABEL_OFFSET, decode_logits
 
         b = len(v_cls)
         self.loss_sum += float(loss) * b
         self.n += b
-        values = torch.arange(NUM_CLASSES, device=v_logits.device, dtype=torch.float32) - LABEL_OFFSET
         for key, logits in (("v", v_logits), ("a", a_logits)):
-            probs = logits.float().softmax(-1)
-            self.parts[f"{key}p"].append((probs @ values).cpu())
-            self.parts[f"{key}c"].append(probs.argmax(-1).cpu())
+            labels, scores, _ = decode_logits(logits)
+            self.parts[f"{key}p"].append(scores.cpu())
+            self.parts[f"{key}c"].append((labels + LABEL_OFFSET).cpu())  # class index, as v_cls
         for key, t in (("vt", v_cls), ("at", a_cls), ("vm", v_mean), ("am", a_mean)):
             self.parts[key].append(t.cpu())
 

@@ -25,7 +25,7 @@ from typing import Iterable, Iterator
 
 import torch
 
-from .model import LABEL_OFFSET, NUM_CLASSES
+from .labels import decode_logits, to_class
 
 TIME_EPS = 1e-6  # seconds; float sample times that land on a second boundary belong to it
 
@@ -174,17 +174,12 @@ def _rows(units: list[Unit], head) -> Iterator[dict]:
 
 
 def _from_logits(logits: torch.Tensor) -> list[tuple[int, float, float]]:
-    probs = logits.float().softmax(dim=-1).cpu()
-    values = torch.arange(NUM_CLASSES, dtype=torch.float32) - LABEL_OFFSET
-    conf, cls = probs.max(dim=-1)
-    score = (probs * values).sum(dim=-1)
-    return [(int(c) - LABEL_OFFSET, float(s), float(p)) for c, s, p in zip(cls, score, conf)]
+    labels, scores, confs = (t.cpu().tolist() for t in decode_logits(logits))
+    return list(zip(labels, scores, confs))
 
 
 def _from_score(score: float) -> tuple[int, float, None]:
-    # Half away from zero, so +0.5 and -0.5 round symmetrically.
-    label = int(math.copysign(math.floor(abs(score) + 0.5), score))
-    return max(-LABEL_OFFSET, min(LABEL_OFFSET, label)), score, None
+    return int(to_class(score)), score, None
 
 
 def _prefixed(name: str, value: tuple) -> dict:

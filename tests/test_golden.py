@@ -53,8 +53,6 @@ def test_same_table_as_before_the_restructuring(request, tmp_path, clips_dir, na
 if __name__ == "__main__":  # regenerate the reference (only at a commit whose tables are the reference)
     import tempfile
 
-    import torch
-
     sys.path.insert(0, str(Path(__file__).parent))
     import conftest
     import media
@@ -80,4 +78,3 @@ if __name__ == "__main__":  # regenerate the reference (only at a commit whose t
             table = annotate_table(clips, checkpoints[fixture], options, root / f"{name}.csv")
             table.to_csv(DATA / f"golden_{name}.csv", index=False)
             print(name, len(table), "rows")
-    del torch

@@ -26,7 +26,6 @@ from fercli.metrics import (
     rmse,
     sagr,
     score,
-    to_class,
     write_report,
 )
 from fercli.writers import TableWriter, read_table
@@ -83,8 +82,6 @@ def test_sagr_zero_agrees_only_with_zero():
     assert sagr([3, -2, 0, 0, -7], [0.4, 1, 0, 0.1, -9]) == pytest.approx(3 / 5)
 
 
-def test_to_class_rounds_half_away_from_zero_and_clips():
-    assert to_class([-0.5, 0.5, 1.5, -1.5, 2.49, -2.51, 11, -12.7]).tolist() == [-1, 1, 2, -2, 2, -3, 10, -10]
 
 
 def test_accuracy_hand_cases():
