@@ -28,7 +28,7 @@ _LAZY = {
     "EfficientNetLSTM": "fercli.model",
     "HSEmotionNet": "fercli.model",
     "build_model": "fercli.model",
-    "save_checkpoint": "fercli.model",
+    "save_checkpoint": "fercli.checkpoints",
     "read_table": "fercli.writers",
     "find_clips": "fercli.inputs",
 }

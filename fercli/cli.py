@@ -490,7 +490,7 @@ def _benchmark_data(console, data, model, split, out, frames_fps, device, batch_
     if out is not None:
         from . import metrics
         from .plots import accuracy_pictures
-        from .writers import atomic_write
+        from .files import atomic_write
 
         for level, report in (("window", ev.windows), ("second", ev.seconds)):
             metrics.write_report(report, out / level)

@@ -715,7 +715,7 @@ def _read_json(path: Path) -> dict:
 
 
 def _write_json(path: Path, doc: dict) -> None:
-    from .writers import atomic_write
+    from .files import atomic_write
 
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write(path, lambda tmp: Path(tmp).write_text(json.dumps(doc), encoding="utf-8"))
@@ -730,7 +730,7 @@ def _read_npz(path: Path) -> dict | None:
 
 
 def _write_npz(path: Path, **arrays) -> None:
-    from .writers import atomic_write
+    from .files import atomic_write
 
     path.parent.mkdir(parents=True, exist_ok=True)
 

@@ -178,7 +178,7 @@ class _Run:
 
 
 def _training_record(model_path) -> _Run:
-    from .model import read_checkpoint
+    from .checkpoints import read_checkpoint
 
     path = Path(model_path)
     if not path.is_file():  # a registry name, e.g. "hsemotion" (load_model says if it is neither)

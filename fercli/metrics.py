@@ -344,7 +344,7 @@ def _fmt(value: float, digits: int) -> str:
 
 def write_report(report: Report, out_dir: str | Path) -> list[Path]:
     """Write metrics.json and metrics.md into `out_dir`; returns their paths."""
-    from .writers import atomic_write
+    from .files import atomic_write
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -1,4 +1,4 @@
-"""The networks and their checkpoints.
+"""The networks, built from the checkpoint dicts `checkpoints` reads.
 
 `EfficientNetLSTM` is the paper's model: a timm EfficientNet-B0 encodes each face crop into a
 1280-d feature, an LSTM runs over a window of T frames, and the last step feeds two 21-way heads
@@ -13,23 +13,18 @@ Both expose the same two stages so the pipeline can share backbone work between 
 
 from __future__ import annotations
 
-import hashlib
-import json
-import os
-import tempfile
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 import torch
 from torch import nn
 
+from .checkpoints import hsemotion_config
 from .errors import WeightsError
 from .labels import LABEL_OFFSET, NUM_CLASSES
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-CHECKPOINT_FORMAT = "fer-checkpoint"
-CHECKPOINT_VERSION = 1
 HSEMOTION_OUTPUTS = 10  # 8 emotion logits, valence, arousal
 HSEMOTION_VA = slice(8, 10)  # valence, arousal columns of the HSEmotion head
 
@@ -60,18 +55,6 @@ class Preprocess:
         return crop(image, box, self.size, self.margin if self.crop == "square" else 0.0, square=self.crop == "square")
 
 
-def _registry_preprocess(name: str) -> Preprocess:
-    from .weights import registry
-
-    pre = dict(registry()[name].preprocess)
-    return Preprocess(**{**pre, "mean": tuple(pre["mean"]), "std": tuple(pre["std"])})
-
-
-# HSEmotion's own preprocessing, kept with its weights in the registry (hsemotion
-# `facial_emotions.py`, EmotiEffLib `facial_analysis.py`): the detector's box cut tight out of the
-# RGB frame, `Resize((224, 224))` on a PIL image (bilinear), ImageNet mean/std. Its networks were
-# trained on AffectNet's tight face boxes. Also used for HSEmotion files given by path.
-HSEMOTION_PREPROCESS = _registry_preprocess("hsemotion")
 
 
 @dataclass(frozen=True)
@@ -110,9 +93,12 @@ class ModelConfig:
         return cls(**{**d, "preprocess": Preprocess(**pre)})
 
 
-HSEMOTION_CONFIG = ModelConfig(
-    arch="hsemotion", window=1, temporal="none", hidden=0, layers=0, dropout=0.0, preprocess=HSEMOTION_PREPROCESS
-)
+HSEMOTION_CONFIG = ModelConfig.from_dict(hsemotion_config())
+# HSEmotion's own preprocessing, kept with its weights in the registry (hsemotion
+# `facial_emotions.py`, EmotiEffLib `facial_analysis.py`): the detector's box cut tight out of the
+# RGB frame, `Resize((224, 224))` on a PIL image (bilinear), ImageNet mean/std. Its networks were
+# trained on AffectNet's tight face boxes. Also used for HSEmotion files given by path.
+HSEMOTION_PREPROCESS = HSEMOTION_CONFIG.preprocess
 
 
 class EfficientNetLSTM(nn.Module):
@@ -206,42 +192,6 @@ def to_input(crops, preprocess: Preprocess, device: torch.device | str = "cpu") 
     return ((x - mean) / std).contiguous(memory_format=torch.channels_last)
 
 
-def save_checkpoint(model: nn.Module, path: str | Path, **extra) -> Path:
-    """Write a self-describing checkpoint (config + state_dict) atomically."""
-    path = Path(path)
-    payload = {
-        "format": CHECKPOINT_FORMAT,
-        "version": CHECKPOINT_VERSION,
-        "config": model.config.to_dict(),
-        "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
-        **extra,
-    }
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        torch.save(payload, tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return path
-
-
-def read_checkpoint(path: str | Path) -> dict:
-    """Load a fer checkpoint with the safe unpickler; WeightsError if it is not one."""
-    path = Path(path)
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except FileNotFoundError:
-        raise WeightsError(f"{path}: no such file") from None
-    except Exception as e:  # torch raises several types for non-checkpoint files
-        raise WeightsError(f"{path}: not a fer checkpoint ({type(e).__name__}: {_first_line(e)})") from None
-    if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
-        raise WeightsError(f"{path}: not a fer checkpoint (no '{CHECKPOINT_FORMAT}' header)")
-    return ckpt
-
-
 def model_from_checkpoint(ckpt: dict, source: str | Path = "checkpoint") -> nn.Module:
     """Rebuild the model a checkpoint describes and load its weights."""
     try:
@@ -265,68 +215,16 @@ def load_model(name_or_path: str | Path = "hsemotion", device: str | torch.devic
     one, else the CPU; "cpu", "cuda", "cuda:N" or a torch.device.
 
     Files may be fer checkpoints (from `fer train`) or HSEmotion-style whole-pickled timm models,
-    which are read with the restricted unpickler and converted. The returned module carries
-    `.config`, `.source` (what was asked for) and `.weights_sha256`.
+    read by `checkpoints` with the restricted unpickler. The returned module carries `.config`,
+    `.source` (what was asked for) and `.weights_sha256`.
     """
-    from . import weights
+    from .checkpoints import resolve
+    from .devices import resolve_device
 
-    path = Path(name_or_path)
-    if path.is_file():
-        ckpt, file = _checkpoint_from_file(path), path
-    elif str(name_or_path) in weights.registry():
-        ckpt, file = _checkpoint_from_registry(str(name_or_path), progress)
-    else:
-        known = ", ".join(sorted(weights.registry()))
-        raise WeightsError(f"{name_or_path}: no such file or registered model (registered: {known})")
+    ckpt = resolve(name_or_path, progress)
     model = model_from_checkpoint(ckpt, name_or_path)
-    model.source = str(name_or_path)
-    model.weights_sha256 = ckpt.get("weights_sha256") or weights.sha256(file)
+    model.source = ckpt["source"]
+    model.weights_sha256 = ckpt["weights_sha256"]
     if not isinstance(device, torch.device):
-        from .devices import resolve_device
-
         device = resolve_device(device)
     return model.eval().to(device, memory_format=torch.channels_last)
-
-
-def _checkpoint_from_file(path: Path) -> dict:
-    from . import weights
-
-    try:
-        return read_checkpoint(path)
-    except WeightsError as not_ours:
-        try:
-            state = weights.load_timm_pickle(path)
-        except WeightsError:
-            raise not_ours from None
-        return _hsemotion_checkpoint(state, weights.sha256(path))
-
-
-def _checkpoint_from_registry(name: str, progress) -> tuple[dict, Path]:
-    from . import weights
-
-    entry = weights.registry()[name]
-    raw = weights.fetch(name, progress=progress)
-    if entry.format == CHECKPOINT_FORMAT:
-        return read_checkpoint(raw), raw
-    digest = weights.sha256(raw)
-    config = replace(HSEMOTION_CONFIG, preprocess=_registry_preprocess(name))
-    # Converted once, then read as a plain checkpoint: no pickled modules on later runs. The name
-    # holds the config's hash too, so a conversion made under other settings is never reused.
-    tag = hashlib.sha256(json.dumps(config.to_dict(), sort_keys=True).encode()).hexdigest()[:8]
-    converted = raw.with_name(f"{raw.stem}.{digest[:12]}.{tag}.fer.pt")
-    if converted.exists():
-        return read_checkpoint(converted), raw
-    ckpt = _hsemotion_checkpoint(weights.load_timm_pickle(raw), digest, config)
-    net = model_from_checkpoint(ckpt, raw)
-    save_checkpoint(net, converted, weights_sha256=digest, source=entry.url)
-    return ckpt, raw
-
-
-def _hsemotion_checkpoint(timm_state: dict, digest: str, config: ModelConfig | None = None) -> dict:
-    return {
-        "format": CHECKPOINT_FORMAT,
-        "version": CHECKPOINT_VERSION,
-        "config": (config or HSEMOTION_CONFIG).to_dict(),
-        "state_dict": {f"backbone.{k}": v for k, v in timm_state.items()},
-        "weights_sha256": digest,
-    }

@@ -242,7 +242,7 @@ def _circle():
 
 
 def _save(fig, path: str | Path) -> Path:
-    from .writers import atomic_write
+    from .files import atomic_write
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

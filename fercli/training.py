@@ -163,7 +163,7 @@ def _checked(options: TrainOptions) -> TrainOptions:
 
 def _previous_run(opts: TrainOptions, out: Path) -> dict | None:
     """The run to continue (--resume), after refusing to overwrite one by accident."""
-    from .model import read_checkpoint
+    from .checkpoints import read_checkpoint
 
     last = out / "last.pt"
     if not opts.resume:
@@ -247,10 +247,10 @@ def build_model(opts: TrainOptions):
 def backbone_weights(name: str, config) -> tuple[dict, str]:
     """(state_dict for EfficientNetLSTM.backbone, SHA-256 naming those weights)."""
     if name == "hsemotion":
-        from . import weights
+        from . import checkpoints, weights
 
         path = weights.fetch("hsemotion")
-        state = weights.load_timm_pickle(path)
+        state = checkpoints.load_timm_pickle(path)
         # HSEmotion's 10-way head is not ours: the backbone ends at its pooled 1280-d feature.
         return {k: v for k, v in state.items() if not k.startswith("classifier.")}, weights.sha256(path)
     if name == "random":
@@ -556,7 +556,7 @@ class _Trainer:
                      epoch, self.opts.patience, self.best_epoch)
 
     def _save(self, path: Path, epoch: int, val: dict, **more) -> None:
-        from .model import save_checkpoint
+        from .checkpoints import save_checkpoint
 
         save_checkpoint(self.model, path, training={**self.meta, "epoch": epoch, "val": val}, **more)
 
@@ -571,7 +571,7 @@ class _Trainer:
 
     def test(self) -> dict:
         """The best checkpoint on the test part, once; recorded in test.json and best.pt."""
-        from .model import read_checkpoint, save_checkpoint
+        from .checkpoints import read_checkpoint, save_checkpoint
 
         best = read_checkpoint(self.out / "best.pt")
         self.model.load_state_dict(best["state_dict"])
@@ -611,7 +611,7 @@ SUMMARY_COLUMNS = ["epoch", *(f"{p}_{k}" for p in ("train", "val") for k in METR
 
 def write_summary(path: Path, history: list[dict]) -> None:
     """summary.csv, rewritten whole each epoch (so a resumed run never repeats a row)."""
-    from .writers import atomic_write
+    from .files import atomic_write
 
     def write(tmp: str) -> None:
         with open(tmp, "w", newline="", encoding="utf-8") as f:
@@ -628,7 +628,7 @@ def plot_curves(history: list[dict], path: Path) -> Path:
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    from .writers import atomic_write
+    from .files import atomic_write
 
     epochs = [r["epoch"] for r in history]
     fig = Figure(figsize=(10, 4), layout="constrained")
@@ -647,7 +647,7 @@ def plot_curves(history: list[dict], path: Path) -> Path:
 
 
 def _write_json(path: Path, doc: dict) -> None:
-    from .writers import atomic_write
+    from .files import atomic_write
 
     path.parent.mkdir(parents=True, exist_ok=True)
     text = json.dumps(doc, indent=2, default=str) + "\n"

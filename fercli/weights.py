@@ -1,28 +1,23 @@
-"""Weights registry: find, download, verify and safely load model weight files."""
+"""Weights registry: a name becomes a verified local file (download, cache, git blob / SHA-256 check).
+
+What the file holds, and how it is read safely, is `checkpoints`' business; building the network
+from it is `model`'s. This module imports neither."""
 
 from __future__ import annotations
 
 import hashlib
 import http.client
-import importlib
 import json
 import logging
 import os
-import pickle
-import re
 import tempfile
 import urllib.error
 import urllib.request
-import zipfile
 from dataclasses import dataclass
-from functools import lru_cache
 from pathlib import Path
-from typing import TYPE_CHECKING, BinaryIO, Callable
+from typing import BinaryIO, Callable
 
 from fercli.errors import WeightsError
-
-if TYPE_CHECKING:
-    import torch
 
 log = logging.getLogger("fercli")
 
@@ -30,66 +25,6 @@ CHUNK_BYTES = 1 << 20  # 1 MiB: read/hash/write granularity
 TIMEOUT_S = 30.0  # seconds without data before a download counts as failed
 FORMATS = ("timm-pickle", "fer-checkpoint")
 
-# The HSEmotion backbone: timm's TF-ported EfficientNet-B0 with a 10-way head
-# (8 emotion logits, valence, arousal).
-TIMM_ARCH = "tf_efficientnet_b0"
-TIMM_NUM_OUTPUTS = 10
-
-# HSEmotion ships `torch.save(model)`: a pickle of the whole module tree. Unpickling
-# that normally runs arbitrary code, so we load with weights_only=True and allow only
-# the module *classes* such a file names (types only: no function a pickle could call
-# to do work). Found empirically from torch.save(timm.create_model(TIMM_ARCH)): with
-# timm 0.9.7 (what the pinned file was saved with) and 1.0.31 it names the same 7 timm
-# classes (efficientnet, _efficientnet_blocks x3, conv2d_same, norm_act,
-# adaptive_avgmax_pool) and 8 torch.nn ones; the rest cover older layouts and variants.
-SAFE_CLASSES = (
-    "timm.models.efficientnet.EfficientNet",
-    "timm.models._efficientnet_blocks.DepthwiseSeparableConv",
-    "timm.models._efficientnet_blocks.InvertedResidual",
-    "timm.models._efficientnet_blocks.SqueezeExcite",
-    "timm.layers.conv2d_same.Conv2dSame",
-    "timm.layers.norm_act.BatchNormAct2d",
-    "timm.layers.adaptive_avgmax_pool.SelectAdaptivePool2d",
-    "timm.layers.linear.Linear",
-    "timm.layers.activations.Swish",
-    "timm.layers.activations_me.SwishMe",
-    "torch.nn.modules.conv.Conv2d",
-    "torch.nn.modules.batchnorm.BatchNorm2d",
-    "torch.nn.modules.activation.SiLU",
-    "torch.nn.modules.activation.ReLU",
-    "torch.nn.modules.activation.Sigmoid",
-    "torch.nn.modules.linear.Identity",
-    "torch.nn.modules.linear.Linear",
-    "torch.nn.modules.container.Sequential",
-    "torch.nn.modules.pooling.AdaptiveAvgPool2d",
-    "torch.nn.modules.flatten.Flatten",
-    "torch.nn.modules.dropout.Dropout",
-)
-
-# A pickle names each class by the module path it had when saved. The pinned file uses
-# timm 0.9.7's paths (the current ones), but HSEmotion's copies before 2023 date from
-# timm 0.4-0.6 (2021-22), before timm moved `timm.models.layers` to `timm.layers` (0.9)
-# and `efficientnet_blocks` to `_efficientnet_blocks` (0.8). Map old path -> current
-# class so such copies (users' own caches, mirrors) load without widening the allowlist.
-_BLOCKS = "timm.models._efficientnet_blocks"
-OLD_PATHS = {
-    "timm.models.efficientnet_blocks.DepthwiseSeparableConv": f"{_BLOCKS}.DepthwiseSeparableConv",
-    "timm.models.efficientnet_blocks.InvertedResidual": f"{_BLOCKS}.InvertedResidual",
-    "timm.models.efficientnet_blocks.SqueezeExcite": f"{_BLOCKS}.SqueezeExcite",
-    "timm.models.layers.conv2d_same.Conv2dSame": "timm.layers.conv2d_same.Conv2dSame",
-    "timm.models.layers.norm_act.BatchNormAct2d": "timm.layers.norm_act.BatchNormAct2d",
-    "timm.models.layers.adaptive_avgmax_pool.SelectAdaptivePool2d":
-        "timm.layers.adaptive_avgmax_pool.SelectAdaptivePool2d",
-    "timm.models.layers.linear.Linear": "timm.layers.linear.Linear",
-    "timm.models.layers.activations.Swish": "timm.layers.activations.Swish",
-    "timm.models.layers.activations_me.SwishMe": "timm.layers.activations_me.SwishMe",
-    # timm 0.4 stores SqueezeExcite's gate as the *function* activations.sigmoid in
-    # `gate_fn`. We keep only the state_dict and never run the module, so a harmless
-    # stand-in type fills that attribute and the allowlist stays free of functions.
-    "timm.models.layers.activations.sigmoid": "torch.nn.modules.activation.Sigmoid",
-}
-
-_UNSAFE_GLOBAL = re.compile(r"GLOBAL ([\w.]+)")
 
 
 @dataclass(frozen=True)
@@ -204,38 +139,6 @@ def fetch(
     return target
 
 
-def load_timm_pickle(path: str | os.PathLike) -> dict[str, torch.Tensor]:
-    """State dict of a whole-pickled timm TF-EfficientNet-B0 (HSEmotion's file form), loaded safely.
-
-    Also accepts a file holding that model's plain state_dict. The pickle is read with
-    weights_only=True and an allowlist of module classes, so no code in the file runs.
-    Raises WeightsError when the file is missing, unsafe, or not that model.
-    """
-    import torch
-
-    path = Path(path)
-    if not path.is_file():
-        raise WeightsError(f"{path}: weights file not found")
-    try:
-        with torch.serialization.safe_globals(_safe_globals()):
-            obj = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as e:
-        unsafe = _UNSAFE_GLOBAL.search(str(e))
-        if unsafe:
-            raise WeightsError(
-                f"{path}: refused to load: it needs {unsafe.group(1)}, "
-                "which is not on the safe allowlist of model classes"
-            ) from e
-        raise WeightsError(f"{path}: not a PyTorch weights file (unreadable pickle)") from e
-    except (RuntimeError, EOFError, ValueError, LookupError, AttributeError, TypeError,
-            zipfile.BadZipFile, UnicodeDecodeError) as e:
-        # Random or truncated bytes surface as whatever the unpickler tripped on.
-        raise WeightsError(f"{path}: not a PyTorch weights file ({_short(e)})") from e
-    state = _as_state_dict(obj, path)
-    _check_shapes(state, path)
-    return state
-
-
 def _lookup(name: str) -> WeightsEntry:
     entries = registry()
     if name not in entries:
@@ -336,88 +239,6 @@ def _record_hash(target: Path, digest: str, verified: bool) -> None:
     )
 
 
-@lru_cache(maxsize=1)
-def _safe_globals() -> list:
-    """SAFE_CLASSES plus (class, old path) aliases, resolved to the installed timm/torch."""
-    allowed: list = [_resolve(path) for path in SAFE_CLASSES]
-    allowed += [(_resolve(current), old) for old, current in OLD_PATHS.items()]
-    return allowed
-
-
-def _resolve(dotted: str) -> type:
-    module, _, attr = dotted.rpartition(".")
-    obj = getattr(importlib.import_module(module), attr)
-    if not isinstance(obj, type):
-        raise TypeError(f"{dotted} is not a class; the weights allowlist takes classes only")
-    return obj
-
-
-def _as_state_dict(obj, path: Path) -> dict[str, torch.Tensor]:
-    import torch
-
-    if isinstance(obj, torch.nn.Module):
-        _warn_if_not_tf_padding(obj, path)
-        obj = obj.state_dict()
-    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
-        raise WeightsError(f"{path}: holds a {type(obj).__name__}, not a model or a state_dict")
-    state = {str(k): v.detach().to("cpu").clone() for k, v in obj.items()}
-    return _flatten_head(state)
-
-
-def _flatten_head(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    # HSEmotion's notebooks replace the head with nn.Sequential(nn.Linear(...)), which
-    # saves it as classifier.0.*; it is the same layer as timm's classifier.*.
-    if "classifier.weight" in state or "classifier.0.weight" not in state:
-        return state
-    return {re.sub(r"^classifier\.0\.", "classifier.", k): v for k, v in state.items()}
-
-
-def _warn_if_not_tf_padding(module, path: Path) -> None:
-    # efficientnet_b0 and tf_efficientnet_b0 share keys and shapes but pad differently
-    # (Conv2dSame); only the module tree of a whole-model pickle tells them apart.
-    from timm.layers import Conv2dSame
-
-    stem = getattr(module, "conv_stem", None)
-    if stem is not None and not isinstance(stem, Conv2dSame):
-        log.warning("%s: stem is %s, not TF 'same' padding; outputs may differ from %s",
-                    path, type(stem).__name__, TIMM_ARCH)
-
-
-def _check_shapes(state: dict[str, torch.Tensor], path: Path) -> None:
-    expected = _expected_shapes()
-    got = {k: tuple(v.shape) for k, v in state.items()}
-    if got == expected:
-        return
-    missing = sorted(expected.keys() - got.keys())
-    extra = sorted(got.keys() - expected.keys())
-    wrong = sorted(k for k in expected.keys() & got.keys() if expected[k] != got[k])
-    if wrong:
-        detail = f"{wrong[0]} has shape {got[wrong[0]]}, expected {expected[wrong[0]]}"
-    elif missing:
-        detail = f"{len(missing)} keys missing, e.g. {missing[0]}"
-    else:
-        detail = f"{len(extra)} unexpected keys, e.g. {extra[0]}"
-    raise WeightsError(
-        f"{path}: not a {TIMM_ARCH} with a {TIMM_NUM_OUTPUTS}-output head ({detail})"
-    )
-
-
-@lru_cache(maxsize=1)
-def _expected_shapes() -> dict[str, tuple[int, ...]]:
-    import timm
-    import torch
-
-    # Built on the meta device: shapes only, no memory or init time spent on values.
-    with torch.device("meta"):
-        model = timm.create_model(TIMM_ARCH, num_classes=TIMM_NUM_OUTPUTS, pretrained=False)
-    return {k: tuple(v.shape) for k, v in model.state_dict().items()}
-
-
 def _first_line(error: BaseException) -> str:
     text = str(error).strip()
     return text.splitlines()[0] if text else type(error).__name__
-
-
-def _short(error: BaseException) -> str:
-    # torch's messages run to paragraphs; the first sentence carries the cause.
-    return f"{type(error).__name__}: {_first_line(error).split('. ')[0][:120]}"

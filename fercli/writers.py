@@ -10,17 +10,16 @@ output untouched and its finished videos in the parts folder, where `--resume` f
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import tempfile
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import Iterable
 
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from .errors import FerError
+from .files import atomic_write
 
 METADATA_KEY = b"fer"
 PARTS_SUFFIX = ".parts"
@@ -203,14 +202,3 @@ def _sorted(df: pd.DataFrame, order: list[str], keys: list[str]) -> pd.DataFrame
     df = df.assign(_rank=df["video"].map(lambda v: rank.get(v, -1)))
     by = ["_rank"] + keys
     return df.sort_values(by, kind="stable", na_position="first").drop(columns="_rank").reset_index(drop=True)
-
-
-def atomic_write(path: Path, write: Callable[[str], None]) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import functools
 import shutil
+import subprocess
+import threading
+from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -27,7 +31,8 @@ def _isolated_cache(tmp_path_factory, monkeypatch):
 
 @pytest.fixture(scope="session")
 def lstm_checkpoint(tmp_path_factory) -> Path:
-    from fercli.model import EfficientNetLSTM, ModelConfig, save_checkpoint
+    from fercli.checkpoints import save_checkpoint
+    from fercli.model import EfficientNetLSTM, ModelConfig
 
     torch.manual_seed(0)
     net = EfficientNetLSTM(ModelConfig(fps=5.0, window=5, hidden=32))
@@ -40,7 +45,8 @@ def lstm_checkpoint(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def frame_checkpoint(tmp_path_factory) -> Path:
-    from fercli.model import HSEMOTION_CONFIG, HSEmotionNet, save_checkpoint
+    from fercli.checkpoints import save_checkpoint
+    from fercli.model import HSEMOTION_CONFIG, HSEmotionNet
 
     torch.manual_seed(1)
     return save_checkpoint(HSEmotionNet(HSEMOTION_CONFIG).eval(), tmp_path_factory.mktemp("ckpt") / "frame.pt")
@@ -96,3 +102,54 @@ def work_copy(tmp_path, clips_dir, broken_dir) -> Path:
     shutil.copytree(clips_dir, root)
     shutil.copytree(broken_dir, root / "broken")
     return root
+
+
+# -- a local HTTP server for download tests (no test reaches the internet) ------------------
+
+
+class _QuietHandler(SimpleHTTPRequestHandler):
+    requests: list[str]
+
+    def do_GET(self):
+        self.requests.append(self.path)
+        if self.path.startswith("/nolength/"):
+            # No Content-Length: an HTTP/1.0 body that ends when the server closes.
+            body = (Path(self.directory) / self.path.removeprefix("/nolength/")).read_bytes()
+            self.send_response(200)
+            self.end_headers()
+            self.wfile.write(body)
+            return
+        super().do_GET()
+
+    def log_message(self, *args):  # keep pytest output clean
+        pass
+
+
+@pytest.fixture
+def server(tmp_path):
+    """Serves tmp_path/'www' on 127.0.0.1; yields (base_url, www_dir, request_log)."""
+    www = tmp_path / "www"
+    www.mkdir()
+    log: list[str] = []
+    handler = type("Handler", (_QuietHandler,), {"requests": log})
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(handler, directory=str(www)))
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{httpd.server_address[1]}", www, log
+    httpd.shutdown()
+    httpd.server_close()
+
+
+@pytest.fixture
+def cache(tmp_path, monkeypatch):
+    root = tmp_path / "cache"
+    monkeypatch.setenv("FER_CACHE_DIR", str(root))
+    return root
+
+
+def git_hash_object(path: Path) -> str:
+    # git itself is the independent reference for blob ids; --no-filters so no
+    # .gitattributes conversion can change the bytes it hashes.
+    out = subprocess.run(["git", "hash-object", "--no-filters", str(path)],
+                         check=True, capture_output=True, text=True)
+    return out.stdout.strip()

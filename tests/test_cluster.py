@@ -30,7 +30,8 @@ def ray_local():
 
 @pytest.fixture(scope="module")
 def small_model(tmp_path_factory):
-    from fercli.model import EfficientNetLSTM, ModelConfig, Preprocess, save_checkpoint
+    from fercli.checkpoints import save_checkpoint
+    from fercli.model import EfficientNetLSTM, ModelConfig, Preprocess
 
     torch.manual_seed(0)
     net = EfficientNetLSTM(ModelConfig(hidden=16, preprocess=Preprocess(size=64)))

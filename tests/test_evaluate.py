@@ -152,7 +152,8 @@ def constant(tmp_path_factory) -> Path:
 def frame_model(tmp_path_factory) -> Path:
     """An HSEmotion-style frame model that always says valence 0.5, arousal -0.5 (5 and -5 on the
     label scale, both exact in binary), hand-made: no training metadata."""
-    from fercli.model import HSEmotionNet, ModelConfig, Preprocess, save_checkpoint
+    from fercli.checkpoints import save_checkpoint
+    from fercli.model import HSEmotionNet, ModelConfig, Preprocess
 
     torch.manual_seed(0)
     cfg = ModelConfig(arch="hsemotion", window=1, temporal="none", hidden=0, layers=0, dropout=0.0,

@@ -2,6 +2,7 @@ import numpy as np
 import pytest
 import torch
 
+from fercli.checkpoints import read_checkpoint, save_checkpoint
 from fercli.errors import WeightsError
 from fercli.model import (
     HSEMOTION_CONFIG,
@@ -10,8 +11,6 @@ from fercli.model import (
     ModelConfig,
     Preprocess,
     load_model,
-    read_checkpoint,
-    save_checkpoint,
     to_input,
 )
 

@@ -160,7 +160,8 @@ def test_frame_model_sees_the_tight_box_and_scores_are_unclipped(tmp_path, clips
     from torchvision import transforms
 
     from fercli.faces import FaceDetector
-    from fercli.model import HSEMOTION_CONFIG, HSEmotionNet, save_checkpoint
+    from fercli.checkpoints import save_checkpoint
+    from fercli.model import HSEMOTION_CONFIG, HSEmotionNet
 
     torch.manual_seed(2)
     net = HSEmotionNet(HSEMOTION_CONFIG).eval()
