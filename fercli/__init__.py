@@ -19,9 +19,11 @@ quiet_openmp()  # before anything imports torch: libgomp reads its settings once
 
 _LAZY = {
     "annotate": "fercli.pipeline",
-    "AnnotateOptions": "fercli.pipeline",
-    "AnnotateResult": "fercli.pipeline",
-    "VideoResult": "fercli.pipeline",
+    "AnnotateOptions": "fercli.options",
+    "AnnotateResult": "fercli.options",
+    "VideoResult": "fercli.options",
+    "ProgressEvent": "fercli.options",
+    "FerError": "fercli.errors",
     "load_model": "fercli.model",
     "ModelConfig": "fercli.model",
     "Preprocess": "fercli.model",

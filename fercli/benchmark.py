@@ -19,7 +19,10 @@ from pathlib import Path
 
 from .errors import FerError
 from .inputs import find_clips
-from .pipeline import AnnotateOptions, StageClock, annotate, resolve_device, resolve_precision
+from .devices import autocast, resolve_device, resolve_precision
+from .options import AnnotateOptions
+from .pipeline import annotate
+from .stages import NO_CLOCK, Labeler, StageClock, clip_samples, produce_clips
 
 STAGES = ("decode", "faces", "backbone", "head", "write")
 PRODUCER_STAGES = ("decode", "faces")  # one thread (or worker) each; the rest run in the caller's thread
@@ -162,7 +165,6 @@ def backbone_only(model, device, batch_size: int, n: int, precision: str = "fp32
     """Crops per second through the backbone alone, on ready-made input tensors."""
     import torch
 
-    from .pipeline import autocast
 
     size = model.config.preprocess.size
     x = torch.randn(batch_size, 3, size, size, device=device).contiguous(memory_format=torch.channels_last)
@@ -179,7 +181,6 @@ def backbone_only(model, device, batch_size: int, n: int, precision: str = "fp32
 
 def producer_only(clips, cfg, options, device) -> float:
     """Samples per second through decoding, face detection and cropping alone (no model)."""
-    from .pipeline import _produce_clips
 
     samples = 0
 
@@ -189,7 +190,7 @@ def producer_only(clips, cfg, options, device) -> float:
             samples += len(message[2])
 
     start = time.perf_counter()  # the detector's start is charged, as in the pipeline's producer
-    _produce_clips(enumerate(clips), count, cfg, options, device.type, timed=False)
+    produce_clips(enumerate(clips), count, cfg, options, device.type, timed=False)
     seconds = time.perf_counter() - start
     return samples / seconds if samples else 0.0
 
@@ -232,7 +233,6 @@ def _warm_up(clip, model, options, device) -> None:
     from itertools import islice
 
     from .faces import FaceDetector
-    from .pipeline import NO_CLOCK, Labeler, clip_samples
 
     with FaceDetector() as detector:
         stream = clip_samples(clip, model.config, options, detector, device.type)
@@ -251,7 +251,7 @@ def _cpu_seconds() -> float:
 def _setup(model, device, options, clips, infos) -> dict:
     import torch
 
-    from .pipeline import _workers
+    from .schedules import workers
 
     return {
         "device": str(device) + (f" ({torch.cuda.get_device_name(0)})" if device.type == "cuda" else ""),
@@ -263,7 +263,7 @@ def _setup(model, device, options, clips, infos) -> dict:
         "batch_size": options.batch_size,
         "reuse_boxes": options.reuse_boxes,
         "precision": resolve_precision(options.precision, device),
-        "workers": f"ray {options.ray}" if options.ray else _workers(options, device, len(clips)),
+        "workers": f"ray {options.ray}" if options.ray else workers(options, device, len(clips)),
         "clips": len(clips),
         "sizes": sorted({f"{i.width}x{i.height}" for i in infos}),
     }

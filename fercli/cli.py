@@ -110,7 +110,9 @@ def annotate(
     """Annotate videos with per-second valence and arousal."""
     from .errors import FerError
     from .model import load_model
-    from .pipeline import AnnotateOptions, annotate as run_annotate, check_device, resolve_device
+    from .devices import check_device, resolve_device
+    from .options import AnnotateOptions
+    from .pipeline import annotate as run_annotate
     from .writers import check_output
 
     console = _console()
@@ -295,7 +297,7 @@ def train(
 ) -> None:
     """Train the EfficientNet-B0 + LSTM model on AFEW-VA; its best.pt is a --model for annotate."""
     from .errors import FerError
-    from .pipeline import check_device
+    from .devices import check_device
     from .training import TrainOptions, train as run_train
 
     console = _console()

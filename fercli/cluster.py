@@ -1,7 +1,7 @@
 """`fer annotate --ray`: the same pipeline as a Ray Data job, on a cluster or a local instance.
 
-A third schedule beside `pipeline._run_in_thread` and `pipeline._run_in_workers`, built from the same
-stage functions; `annotate()` still owns the writer, resume, errors and metadata.
+A third schedule beside `schedules.run_in_thread` and `schedules.run_in_workers`, built from the same
+stage functions (`stages`); `annotate()` still owns the writer, resume, errors and metadata.
 
     clips -> map (CPU tasks: decode + faces, `clip_samples`) -> one record per clip
           -> map_batches (model actors, one `Labeler` each; one actor per GPU) -> rows per clip
@@ -27,17 +27,9 @@ from pathlib import Path
 
 from .errors import FerError
 from .inputs import Clip
-from .pipeline import (
-    NO_CLOCK,
-    Labeler,
-    ProgressEvent,
-    StageClock,
-    VideoResult,
-    _clip_error,
-    _merge_clock,
-    clip_samples,
-    resolve_precision,
-)
+from .devices import resolve_precision
+from .options import ProgressEvent, VideoResult
+from .stages import NO_CLOCK, Labeler, StageClock, clip_error, clip_samples, merge_clock
 
 log = logging.getLogger("fercli")
 
@@ -115,7 +107,7 @@ class _Labelled:
 
 def _finish(clip: Clip, done: _Labelled, labeler: Labeler, clock) -> None:
     """On the driver: one clip's outcome to `on_clip`, with the progress events of a local run."""
-    _merge_clock(clock, done.clock)
+    merge_clock(clock, done.clock)
     labeler.emit(ProgressEvent("start", clip.name))
     labeler.on_clip(done.result, done.rows)
     labeler.emit(ProgressEvent("done", clip.name, result=done.result))
@@ -228,7 +220,7 @@ def _decode(item: dict, cfg, options, timed: bool) -> dict:
         info = next(stream)
         samples = list(stream)
     except Exception as e:  # one bad clip must not stop the job: it becomes its error
-        info, samples, error = None, [], _clip_error(clip, e)
+        info, samples, error = None, [], clip_error(clip, e)
     decoded = _Decoded(clip, info, samples, error, time.perf_counter() - start, _clock_payload(clock))
     return {"key": item["key"], "decoded": decoded}
 
@@ -269,7 +261,7 @@ class _ModelActor:
         return pd.DataFrame(out)
 
     def _label(self, jobs: list, clock) -> dict:
-        """video -> (VideoResult, rows) for every clip in `jobs`, as `_run_in_thread` would give them."""
+        """video -> (VideoResult, rows) for every clip in `jobs`, as `schedules.run_in_thread` would give them."""
         done: dict = {}
         on_clip = lambda vr, rows: done.update({vr.video: (vr, rows)})  # noqa: E731
         labeler = Labeler(self.model, self.options, self.device, clock, _ignore, on_clip)
@@ -284,12 +276,12 @@ class _ModelActor:
                     labeler.add(key, sample)
                 started.append((key, d))
             except Exception as e:
-                labeler.fail(key, d.clip, _clip_error(d.clip, e))
+                labeler.fail(key, d.clip, clip_error(d.clip, e))
         for key, d in started:  # ended together: one clip's last partial batch fills with the next's samples
             try:
                 labeler.end(key)
             except Exception as e:
-                labeler.fail(key, d.clip, _clip_error(d.clip, e))
+                labeler.fail(key, d.clip, clip_error(d.clip, e))
         return done
 
 
@@ -317,7 +309,7 @@ def _sum_clocks(payloads) -> tuple | None:
         return None
     total = StageClock()
     for p in payloads:
-        _merge_clock(total, p)
+        merge_clock(total, p)
     return dict(total.seconds), dict(total.items)
 
 

@@ -92,7 +92,7 @@ class VideoSource:
             raise ValueError(f"sampling rate must be a positive number, got {fps}")
         if self._reader is None:
             raise ValueError(f"{self.info.path} is closed")
-        sources = _sources(self._reader.starts, self.info.duration, fps)
+        sources = sample_sources(self._reader.starts, self.info.duration, fps)
         return _stream(self._reader, sources, fps)
 
     def close(self) -> None:
@@ -111,8 +111,11 @@ def sample_count(duration: float, fps: float) -> int:
     return max(math.ceil((duration - TIME_TOLERANCE) * fps), 0)
 
 
-def _sources(starts: np.ndarray, duration: float, fps: float) -> np.ndarray:
-    """For each sample k, the last frame starting at or before k / fps."""
+def sample_sources(starts: np.ndarray, duration: float, fps: float) -> np.ndarray:
+    """For each sample k (t = k / fps < duration), the index of the last frame starting at or before t.
+
+    The one sampling rule: annotation (`VideoSource.sample`) and training (`features.sample_frames`) use it.
+    """
     times = np.arange(sample_count(duration, fps)) / fps
     return np.maximum(np.searchsorted(starts, times + TIME_TOLERANCE, side="right") - 1, 0)
 

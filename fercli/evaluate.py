@@ -37,7 +37,7 @@ from typing import Callable
 import numpy as np
 import pandas as pd
 
-from . import data as _data
+from . import afew, examples, features, splits
 from . import metrics
 from .errors import DataError, FerError, WeightsError
 from .labels import to_class
@@ -121,7 +121,7 @@ def evaluate(
     encoded once. Raises FerError for a part the checkpoint cannot name.
     """
     from .model import load_model
-    from .pipeline import resolve_device
+    from .devices import resolve_device
 
     emit = progress or (lambda event: None)
     if split not in PARTS:
@@ -135,19 +135,19 @@ def evaluate(
         )
     frames_fps = _frames_fps(frames_fps, run)
     dev = resolve_device(device)
-    clips = _data.read_dataset(root)
+    clips = afew.read_dataset(root)
     model = load_model(model_path, dev)
     cfg = model.config
-    samples, _ = _data.prepare(
+    samples, _ = features.prepare(
         clips, fps=cfg.fps, frames_fps=frames_fps, preprocess=cfg.preprocess, crops=run.crops,
-        cache=_data.FeatureCache(cache_dir or _data.default_cache_root()), model=model,
+        cache=features.FeatureCache(cache_dir or features.default_cache_root()), model=model,
         weights_sha256=_feature_weights_key(model, run), device=dev,
         on_clip=lambda i, n: emit(EvaluateEvent("prepare", i, n)),
     )
     if not samples:
         raise DataError(f"{root}: no clip has a usable frame")
     window = cfg.window if cfg.is_window_model else FRAME_MODEL_WINDOW
-    windows = _data.make_windows(samples, window)  # stride 1: every window, a superset of any run's
+    windows = examples.make_windows(samples, window)  # stride 1: every window, a superset of any run's
     part = _part(run, split, clips, samples, windows, cfg)
 
     table = _window_table(model, samples, windows.subset(part.rows), window, dev)
@@ -247,7 +247,7 @@ def _part(run: _Run, name: str, clips, samples, windows, cfg) -> _Part:
     return _window_part(split, name, clips, samples, windows, cfg.fps)
 
 
-def _run_split(run: _Run, clips, samples, window: int) -> _data.Split:
+def _run_split(run: _Run, clips, samples, window: int) -> splits.Split:
     """The split the checkpoint was trained with: its run's split.json, else re-derived."""
     meta, path = run.meta, run.path
     kind, seed = meta.get("split"), meta.get("split_seed")
@@ -256,44 +256,44 @@ def _run_split(run: _Run, clips, samples, window: int) -> _data.Split:
     file = path.parent / "split.json"
     if file.is_file():
         doc = _read_json(file)
-        if doc is None or any(not isinstance(doc.get(p), list) for p in _data.PARTS):
-            raise FerError(f"{file}: malformed split file (needs lists {', '.join(_data.PARTS)})")
+        if doc is None or any(not isinstance(doc.get(p), list) for p in splits.PARTS):
+            raise FerError(f"{file}: malformed split file (needs lists {', '.join(splits.PARTS)})")
         if (doc.get("kind"), doc.get("seed")) != (kind, seed):
             raise FerError(
                 f"{file}: a {doc.get('kind')} split with seed {doc.get('seed')}, but {path.name} was trained "
                 f"on a {kind} split with seed {seed}; is it the checkpoint's own run folder?"
             )
-        parts = {p: [str(x) for x in doc[p]] for p in _data.PARTS}
-        return _data.Split(kind, seed, doc.get("ratios") or _data.DEFAULT_RATIOS, parts, str(file))
+        parts = {p: [str(x) for x in doc[p]] for p in splits.PARTS}
+        return splits.Split(kind, seed, doc.get("ratios") or splits.DEFAULT_RATIOS, parts, str(file))
     # Not recorded in best.pt: a split file's ratios or lists, and the stride. Defaults assumed.
-    ratios = meta.get("split_ratios") or _data.DEFAULT_RATIOS
+    ratios = meta.get("split_ratios") or splits.DEFAULT_RATIOS
     source = f"re-derived from {path.name}'s training metadata (seed {seed}, ratios {ratios})"
     log.warning("%s: no split.json beside it; the split is %s, which is the run's only if it used no split file",
                 path, source)
     if kind == "clip":
-        return _data.split_clips(clips, seed, ratios, source=source)
-    trained = _data.make_windows(samples, window, int(meta.get("stride", 1)))
-    split, _ = _data.split_windows(trained, samples, seed, ratios)
+        return splits.split_clips(clips, seed, ratios, source=source)
+    trained = examples.make_windows(samples, window, int(meta.get("stride", 1)))
+    split, _ = splits.split_windows(trained, samples, seed, ratios)
     split.source = source
     return split
 
 
-def _clip_part(split: _data.Split, name: str, clips, samples, windows) -> _Part:
+def _clip_part(split: splits.Split, name: str, clips, samples, windows) -> _Part:
     ids = {c.id for c in clips}
-    for p in _data.PARTS:
+    for p in splits.PARTS:
         missing = [c for c in split.parts[p] if c not in ids]
         if missing:
             raise DataError(f"clip {missing[0]}: in the run's {p} part ({split.source}) but not in the data")
-    rows = _data.rows_of_clips(windows, samples, split)
+    rows = splits.rows_of_clips(windows, samples, split)
     return _Part("clip", split.seed, split.source, rows[name], list(split.parts[name]), None,
                  f"every second of the {name} clips",
-                 {p: len(split.parts[p]) for p in _data.PARTS}, {p: int(len(r)) for p, r in rows.items()})
+                 {p: len(split.parts[p]) for p in splits.PARTS}, {p: int(len(r)) for p, r in rows.items()})
 
 
-def _window_part(split: _data.Split, name: str, clips, samples, windows, fps: float) -> _Part:
+def _window_part(split: splits.Split, name: str, clips, samples, windows, fps: float) -> _Part:
     index = {n: i for i, n in enumerate(windows.names(samples))}
     rows = {}
-    for p in _data.PARTS:
+    for p in splits.PARTS:
         missing = [n for n in split.parts[p] if n not in index]
         if missing:
             raise DataError(
@@ -301,7 +301,7 @@ def _window_part(split: _data.Split, name: str, clips, samples, windows, fps: fl
                 f"({len(missing)} missing); were the data or --frames-fps changed since training?"
             )
         rows[p] = np.sort(np.asarray([index[n] for n in split.parts[p]], np.int64))
-    clip_ids = {p: sorted({n.rsplit(":", 1)[0] for n in split.parts[p]}) for p in _data.PARTS}
+    clip_ids = {p: sorted({n.rsplit(":", 1)[0] for n in split.parts[p]}) for p in splits.PARTS}
     seconds = _seconds_of_windows(set(split.parts[name]), samples, fps)
     scope = (f"the seconds whose own window (the T samples ending with the second's last sample) is a {name} "
              f"window, in the {len(clip_ids[name])} clips holding {name} windows")
@@ -330,7 +330,7 @@ def _keys(df: pd.DataFrame) -> pd.MultiIndex:
 # --- window level --------------------------------------------------------------------------------
 
 
-def _window_table(model, samples, windows: _data.Windows, window: int, device) -> pd.DataFrame:
+def _window_table(model, samples, windows: examples.Examples, window: int, device) -> pd.DataFrame:
     """One row per window: video, window (its last sample), truth, predicted labels and scores."""
     if model.config.is_window_model:
         v_lab, a_lab, v_score, a_score = _head_predictions(model, samples, windows, device)
@@ -355,7 +355,7 @@ def _score_windows(table: pd.DataFrame) -> metrics.Report:
     return metrics.score(truth, pred, on=("video", "window"))
 
 
-def _head_predictions(model, samples, windows: _data.Windows, device):
+def _head_predictions(model, samples, windows: examples.Examples, device):
     import torch
 
     from .labels import decode_logits
@@ -374,7 +374,7 @@ def _head_predictions(model, samples, windows: _data.Windows, device):
     return cat["vl"].astype(np.int64), cat["al"].astype(np.int64), cat["vs"].astype(float), cat["as"].astype(float)
 
 
-def _frame_means(model, samples, windows: _data.Windows, window: int):
+def _frame_means(model, samples, windows: examples.Examples, window: int):
     """Mean frame scores over each window's own face samples (no padding, no filled slots)."""
     import torch
 
@@ -409,7 +409,8 @@ def _seconds(root, clips, part, model, frames_fps, device, batch_size, emit):
 
 
 def _annotate(folders, model, frames_fps, device, batch_size, emit) -> tuple[pd.DataFrame, dict[str, str]]:
-    from .pipeline import AnnotateOptions, annotate
+    from .options import AnnotateOptions
+    from .pipeline import annotate
     from .writers import read_table
 
     total, done = len(folders), 0

@@ -427,45 +427,15 @@ def _check_truth(df: pd.DataFrame, path: Path, *, per_second: bool) -> pd.DataFr
 
 
 def _afew_va(root: Path) -> pd.DataFrame:
-    # The layouts `fer train` reads: labels inside the clip folder (<id>/<id>.json) or beside
-    # it (<id>.json next to <id>/); inside wins when both exist.
-    labels = {p.parent: p for p in root.rglob("*.json") if p.stem == p.parent.name}
-    for p in root.rglob("*.json"):
-        if p.with_suffix("").is_dir():
-            labels.setdefault(p.with_suffix(""), p)
+    from .afew import label_files, read_clip
+
+    labels = label_files(root)
     if not labels:
         raise DataError(f"{root}: no AFEW-VA annotations (<id>/<id>.json or <id>.json beside <id>/) found")
     rows = []
     for folder, file in sorted(labels.items()):
         # The same naming as inputs.find_clips, so truth and predictions share their keys.
         video = folder.relative_to(root).as_posix() if folder != root else root.name
-        rows += [(video, i, v, a) for i, v, a in _afew_va_frames(file)]
+        clip = read_clip(folder, file)  # the reader `fer train` uses: every label checked
+        rows += [(video, i, float(lab.valence), float(lab.arousal)) for i, lab in sorted(clip.labels.items())]
     return pd.DataFrame(rows, columns=["video", "frame", *DIMENSIONS])
-
-
-def _afew_va_frames(file: Path) -> list[tuple[int, float, float]]:
-    try:
-        data = json.loads(file.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise DataError(f"{file}: not a readable JSON file ({e})") from e
-    frames = data.get("frames") if isinstance(data, dict) else None
-    if not isinstance(frames, dict) or not frames:
-        raise DataError(f"{file}: no 'frames' object with per-frame labels")
-    out = []
-    for key, labels in frames.items():
-        try:
-            index = int(key)
-        except ValueError:
-            raise DataError(f"{file}: frame key {key!r} is not a frame number") from None
-        if not isinstance(labels, dict):
-            raise DataError(f"{file}: frame {key} has no labels")
-        values = []
-        for dim in DIMENSIONS:
-            v = labels.get(dim)
-            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
-                raise DataError(f"{file}: frame {key} has no numeric {dim}")
-            if not LABEL_MIN <= v <= LABEL_MAX:
-                raise DataError(f"{file}: frame {key} {dim} {v} outside {LABEL_MIN}..{LABEL_MAX}")
-            values.append(float(v))
-        out.append((index, *values))
-    return out

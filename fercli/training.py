@@ -1,7 +1,7 @@
 """`fer train`: the paper's EfficientNet-B0 + LSTM on AFEW-VA, evaluated on clips it never saw.
 
-Stages: check the data (data.read_dataset) -> build the model `fer annotate` runs, with its
-backbone weights -> face boxes, and with a frozen backbone one feature per frame (data.prepare,
+Stages: check the data (afew.read_dataset) -> build the model `fer annotate` runs, with its
+backbone weights -> face boxes, and with a frozen backbone one feature per frame (features.prepare,
 cached on disk, so every epoch after the first costs only the LSTM) -> windows and the split ->
 epochs of `train_one_epoch` and `validate`, early stopping on validation loss -> the best
 checkpoint scored once on the test part.
@@ -27,7 +27,7 @@ from typing import Callable
 
 import numpy as np
 
-from . import data
+from . import afew, examples, features, splits
 from .errors import DataError, FerError
 
 log = logging.getLogger("fercli")
@@ -63,7 +63,7 @@ class TrainOptions:
     image_size: int = 224  # face crop side fed to the backbone (px)
     hidden: int = 256  # LSTM hidden size
     seed: int = 0  # model init, batch order, dropout
-    split_seed: int | None = None  # None: the split file's seed (data.DEFAULT_SPLIT_SEED)
+    split_seed: int | None = None  # None: the split file's seed (splits.DEFAULT_SPLIT_SEED)
     split_file: Path | None = None  # seed/ratios and/or clip lists; None: the default clip split
     crops: str = "detector"  # "detector" (MediaPipe, landmark fallback) or "landmarks"
     resume: bool = False  # continue the run in `out` from last.pt
@@ -91,7 +91,7 @@ class TrainResult:
     history: list[dict]  # summary.csv rows
     test: dict  # best checkpoint's metrics on the test part
     windows: dict[str, int]  # windows per part
-    prep: data.PrepStats = field(default_factory=data.PrepStats)  # detection/encoding work done now
+    prep: features.PrepStats = field(default_factory=features.PrepStats)  # detection/encoding work done now
 
 
 # --- the run -----------------------------------------------------------------------------------
@@ -99,7 +99,7 @@ class TrainResult:
 
 def train(options: TrainOptions, progress: Callable[[TrainEvent], None] | None = None) -> TrainResult:
     """Train per `options` into the run folder `options.out`; see the module doc."""
-    from .pipeline import resolve_device
+    from .devices import resolve_device
     from .runtime import keep_freed_memory
 
     keep_freed_memory()  # the feature cache is built by the same backbone as annotation
@@ -110,15 +110,15 @@ def train(options: TrainOptions, progress: Callable[[TrainEvent], None] | None =
     device = resolve_device(opts.device)
     _seed(opts.seed)
 
-    clips = data.read_dataset(opts.data)
+    clips = afew.read_dataset(opts.data)
     model, backbone_sha = build_model(opts)
-    cache = data.FeatureCache(opts.cache_dir or data.default_cache_root())
-    samples, prep = data.prepare(
+    cache = features.FeatureCache(opts.cache_dir or features.default_cache_root())
+    samples, prep = features.prepare(
         clips, fps=opts.fps, frames_fps=opts.frames_fps, preprocess=model.config.preprocess, crops=opts.crops,
         cache=cache, model=None if opts.finetune else model.to(device).eval(), weights_sha256=backbone_sha,
         device=device, on_clip=lambda i, n: emit(TrainEvent("prepare", i, n)),
     )
-    windows = data.make_windows(samples, opts.window, opts.stride)
+    windows = examples.make_windows(samples, opts.window, opts.stride)
     split, rows = _split(opts, clips, samples, windows)
     config = _run_config(opts, model, backbone_sha, split, rows, cache, prep)
     if previous is not None:
@@ -146,7 +146,7 @@ def _checked(options: TrainOptions) -> TrainOptions:
     o.split_file = Path(o.split_file) if o.split_file is not None else None
     o.cache_dir = Path(o.cache_dir) if o.cache_dir is not None else None
     for name, value, allowed in (("split", o.split, SPLITS), ("backbone", o.backbone, BACKBONES),
-                                 ("temporal", o.temporal, TEMPORAL), ("crops", o.crops, data.CROP_SOURCES)):
+                                 ("temporal", o.temporal, TEMPORAL), ("crops", o.crops, features.CROP_SOURCES)):
         if value not in allowed:
             raise FerError(f"--{name} must be one of {', '.join(allowed)}, not {value!r}")
     for name in ("epochs", "batch_size", "window", "stride", "image_size", "hidden"):
@@ -180,7 +180,7 @@ def _previous_run(opts: TrainOptions, out: Path) -> dict | None:
     return {"last": read_checkpoint(last), "config": config, "split": split}
 
 
-def _check_same_run(previous: dict, config: dict, split: data.Split, out: Path) -> None:
+def _check_same_run(previous: dict, config: dict, split: splits.Split, out: Path) -> None:
     before = {k: v for k, v in previous["config"]["options"].items() if k not in RESUMABLE}
     now = {k: v for k, v in config["options"].items() if k not in RESUMABLE}
     changed = sorted(k for k in before.keys() | now.keys() if before.get(k) != now.get(k))
@@ -188,7 +188,7 @@ def _check_same_run(previous: dict, config: dict, split: data.Split, out: Path) 
         raise FerError(f"{out}: cannot resume with different options ({', '.join(changed)}); use another --out")
     if previous["config"].get("backbone_sha256") != config["backbone_sha256"]:
         raise FerError(f"{out}: cannot resume, the backbone weights changed")
-    if {p: previous["split"].get(p) for p in data.PARTS} != split.parts:
+    if {p: previous["split"].get(p) for p in splits.PARTS} != split.parts:
         raise FerError(f"{out}: cannot resume, the data's split differs from the run's split.json (data changed?)")
 
 
@@ -202,17 +202,17 @@ def _seed(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def _split(opts, clips, samples, windows) -> tuple[data.Split, dict[str, np.ndarray]]:
+def _split(opts, clips, samples, windows) -> tuple[splits.Split, dict[str, np.ndarray]]:
     if len(windows) == 0:
         raise DataError(f"{opts.data}: no training windows (clips too short or without faces)")
-    doc = data.read_split_file(opts.split_file) if opts.split_file is not None else {}
-    seed = opts.split_seed if opts.split_seed is not None else int(doc.get("seed", data.DEFAULT_SPLIT_SEED))
-    ratios = doc.get("ratios", data.DEFAULT_RATIOS)
+    doc = splits.read_split_file(opts.split_file) if opts.split_file is not None else {}
+    seed = opts.split_seed if opts.split_seed is not None else int(doc.get("seed", splits.DEFAULT_SPLIT_SEED))
+    ratios = doc.get("ratios", splits.DEFAULT_RATIOS)
     if opts.split == "window":
-        return data.split_windows(windows, samples, seed, ratios)
-    lists = {p: doc[p] for p in data.PARTS} if all(p in doc for p in data.PARTS) else None
-    split = data.split_clips(clips, seed, ratios, lists, str(opts.split_file) if opts.split_file else "seeded")
-    rows = data.rows_of_clips(windows, samples, split)
+        return splits.split_windows(windows, samples, seed, ratios)
+    lists = {p: doc[p] for p in splits.PARTS} if all(p in doc for p in splits.PARTS) else None
+    split = splits.split_clips(clips, seed, ratios, lists, str(opts.split_file) if opts.split_file else "seeded")
+    rows = splits.rows_of_clips(windows, samples, split)
     for p, r in rows.items():
         if len(r) == 0:
             raise DataError(f"the {p} part of the clip split has no usable windows ({len(split.parts[p])} clips)")
@@ -288,7 +288,7 @@ def state_sha256(state: dict) -> str:
     return h.hexdigest()
 
 
-def training_meta(opts: TrainOptions, backbone_sha: str, split: data.Split) -> dict:
+def training_meta(opts: TrainOptions, backbone_sha: str, split: splits.Split) -> dict:
     """What every checkpoint of the run records about how it was trained."""
     return {
         "split": split.kind,
@@ -335,15 +335,15 @@ def _inputs(samples, opts, model, cache, device):
 
     if not opts.finetune:
         return torch.from_numpy(np.concatenate([s.features for s in samples])).to(device)
-    key = data.crop_key(opts.crops)
-    return torch.from_numpy(np.concatenate([data.clip_crops(s, cache, model.config.preprocess, key) for s in samples]))
+    key = features.crop_key(opts.crops)
+    return torch.from_numpy(np.concatenate([features.clip_crops(s, cache, model.config.preprocess, key) for s in samples]))
 
 
 class Batches:
     """(inputs, valence class, arousal class, valence mean, arousal mean) per batch of windows;
     shuffled with a seed per epoch, so a resumed run sees the batches an unbroken one would."""
 
-    def __init__(self, inputs, windows: data.Windows, batch_size: int, device, seed: int | None = None, preprocess=None):
+    def __init__(self, inputs, windows: examples.Examples, batch_size: int, device, seed: int | None = None, preprocess=None):
         import torch
 
         self.inputs, self.batch_size, self.device, self.seed, self.pre = inputs, batch_size, device, seed, preprocess

@@ -13,6 +13,7 @@ import pytest
 import torch
 
 import media
+import synthetic_afew
 
 
 def pytest_collection_modifyitems(config, items):
@@ -153,3 +154,25 @@ def git_hash_object(path: Path) -> str:
     out = subprocess.run(["git", "hash-object", "--no-filters", str(path)],
                          check=True, capture_output=True, text=True)
     return out.stdout.strip()
+
+
+@pytest.fixture(scope="session")
+def small(tmp_path_factory) -> Path:
+    """6 clips x 12 frames, 3 actors; frame 4 of clip 002 missing, frame 6 of clip 003 truncated."""
+    root = tmp_path_factory.mktemp("afew-small")
+    synthetic_afew.make_dataset(root, clips=6, frames=12, actors=3, missing={"002": [4]}, corrupt={"003": [6]})
+    return root
+
+
+def fake_samples(present, valence, arousal=None):
+    """A hand-made features.ClipSamples: which samples have a face, and their labels."""
+    import numpy as np
+
+    from fercli import afew, features
+
+    present = np.asarray(present, bool)
+    n = len(present)
+    v = np.where(present, np.asarray(valence, float), np.nan)
+    a = np.where(present, np.asarray(arousal if arousal is not None else valence, float), np.nan)
+    clip = afew.AfewClip("x", Path("x"), None, {}, {}, Path("x/x.json"))
+    return features.ClipSamples(clip, np.arange(n), present, v, a, np.zeros((n, 4)), ["detector"] * n)

@@ -1,11 +1,9 @@
-import os
 import signal
 import subprocess
 import sys
 import time
 
 import pandas as pd
-import pyarrow.parquet as pq
 import pytest
 from typer.testing import CliRunner
 
@@ -97,7 +95,11 @@ def test_bad_arguments_exit_two(tmp_path, clips_dir, lstm_checkpoint):
 
 def _start(out, inputs, model, *extra):
     cmd = [sys.executable, "-m", "fercli.cli", "annotate", *map(str, inputs), "--out", str(out), "--model", str(model), *extra]
-    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    # Ctrl-C's default action in the child even when this test runs where SIGINT is ignored (a
+    # shell's background job): Python only turns SIGINT into KeyboardInterrupt if it starts at SIG_DFL.
+    return subprocess.Popen(
+        cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL)
+    )
 
 
 def _wait_for_first_part(proc, out, timeout=120):
@@ -189,7 +191,7 @@ def test_unknown_device_exits_two_naming_it(command):
 
 def test_library_rejects_unknown_device():
     from fercli.errors import FerError
-    from fercli.pipeline import resolve_device
+    from fercli.devices import resolve_device
 
     with pytest.raises(FerError, match="gpu"):
         resolve_device("gpu")

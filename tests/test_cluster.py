@@ -15,7 +15,7 @@ from typer.testing import CliRunner
 import fercli
 from conftest import BROKEN, DURATIONS
 from fercli.errors import FerError
-from fercli.pipeline import AnnotateOptions
+from fercli.options import AnnotateOptions
 from fercli.writers import read_metadata, read_table
 
 

@@ -2,7 +2,7 @@ import pandas as pd
 import pytest
 
 import fercli
-from fercli.pipeline import AnnotateOptions
+from fercli.options import AnnotateOptions
 from fercli.writers import read_table
 
 

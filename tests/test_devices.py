@@ -40,7 +40,7 @@ def test_load_model_defaults_to_the_device_annotate_defaults_to(monkeypatch, lst
     import inspect
 
     import fercli
-    from fercli.pipeline import AnnotateOptions
+    from fercli.options import AnnotateOptions
 
     asked = []
 

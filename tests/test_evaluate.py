@@ -1,6 +1,6 @@
 """`fer benchmark accuracy --data`: a checkpoint scored on its own run's split, per window and per second.
 
-Small runs on synthetic AFEW-VA (tests/afew.py) with the seeded random backbone, as in
+Small runs on synthetic AFEW-VA (tests/synthetic_afew.py) with the seeded random backbone, as in
 test_training.py; learning is not the point here, which part is scored and against what truth is.
 """
 
@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 import torch
 
-import afew
+import synthetic_afew
 from fercli import metrics
 from fercli.errors import FerError
 from fercli.evaluate import evaluate
@@ -37,7 +37,7 @@ def _one_thread():
 def tiny(tmp_path_factory) -> Path:
     """6 clips x 12 frames, 3 actors: every part of a clip split is one actor's 2 clips."""
     root = tmp_path_factory.mktemp("afew-tiny")
-    afew.make_dataset(root, clips=6, frames=12, actors=3, seed=1)
+    synthetic_afew.make_dataset(root, clips=6, frames=12, actors=3, seed=1)
     return root
 
 
@@ -139,7 +139,7 @@ def test_other_parts(runs, tiny, cache, part):
 def constant(tmp_path_factory) -> Path:
     """3 clips whose every frame is labelled valence 5, arousal -5."""
     root = tmp_path_factory.mktemp("afew-constant")
-    afew.make_dataset(root, clips=3, frames=10, actors=3, seed=2)
+    synthetic_afew.make_dataset(root, clips=3, frames=10, actors=3, seed=2)
     for f in root.glob("*/*.json"):
         doc = json.loads(f.read_text())
         for label in doc["frames"].values():

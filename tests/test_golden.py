@@ -29,7 +29,7 @@ FLOAT_COLUMNS = ("valence_score", "arousal_score", "valence_conf", "arousal_conf
 
 def annotate_table(clips_dir: Path, checkpoint: Path, options: dict, out: Path) -> pd.DataFrame:
     import fercli
-    from fercli.pipeline import AnnotateOptions
+    from fercli.options import AnnotateOptions
 
     inputs = [clips_dir / name for name in ("moving.mp4", "sub/gap.mkv", "two.mkv", "odd.avi")]
     fercli.annotate(inputs, out, AnnotateOptions(device="cpu", **options), model=fercli.load_model(checkpoint, "cpu"))

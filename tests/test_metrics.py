@@ -331,7 +331,7 @@ def test_afew_va_truth_per_second_by_hand(tmp_path):
 
 
 def test_afew_va_labels_beside_the_clip_folder_are_read_as_fer_train_reads_them(tmp_path):
-    from fercli.data import read_dataset
+    from fercli.afew import read_dataset
 
     root = tmp_path / "AFEW-VA"
     afew_clip(root / "001", [1, 3], [2, 4])
@@ -359,7 +359,7 @@ def test_afew_va_video_names_match_fer_annotate(tmp_path):
 @pytest.mark.parametrize(
     "content, message",
     [
-        ("{not json", "not a readable JSON"),
+        ("{not json", "malformed JSON"),
         (json.dumps({"video_id": "001"}), "frames"),
         (json.dumps({"frames": {"00000": {"valence": 1}}}), "arousal"),
         (json.dumps({"frames": {"00000": {"valence": 11, "arousal": 0}}}), "outside"),

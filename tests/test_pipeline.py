@@ -4,13 +4,12 @@ import os
 
 import numpy as np
 import pandas as pd
-import pyarrow.parquet as pq
 import pytest
 import torch
 
 import fercli
-from conftest import BIG, BROKEN, DURATIONS
-from fercli.pipeline import AnnotateOptions
+from conftest import BROKEN, DURATIONS
+from fercli.options import AnnotateOptions
 from fercli.writers import read_metadata, read_table
 
 GOOD = sorted(DURATIONS)
@@ -245,7 +244,7 @@ def test_a_cpu_model_decodes_with_one_ffmpeg_thread(clips_dir, lstm):
     from fercli.decode import open_video
     from fercli.faces import FaceDetector
     from fercli.inputs import find_clips
-    from fercli.pipeline import clip_samples
+    from fercli.stages import clip_samples
 
     def extra_threads(open_samples) -> int:
         """OS threads alive while the clip that `open_samples()` opens is being read."""

@@ -1,4 +1,4 @@
-"""`fer train` on synthetic AFEW-VA (tests/afew.py) with the seeded random backbone, on the CPU.
+"""`fer train` on synthetic AFEW-VA (tests/synthetic_afew.py) with the seeded random backbone, on the CPU.
 
 The two headline runs (LSTM and mean-of-features heads on the same held-out clips) share one
 feature cache, so the backbone sees each frame once for the whole module.
@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 import torch
 
-import afew
-from fercli import data
+import synthetic_afew
+from fercli import afew, splits
 from fercli.errors import DataError, FerError, WeightsError
 from fercli.training import TrainOptions, backbone_weights, model_config, train
 
@@ -26,7 +26,7 @@ FAST = dict(backbone="random", frames_fps=5.0, image_size=96, hidden=64, batch_s
 def synthetic(tmp_path_factory) -> Path:
     """24 clips x 40 frames (at 5 fps: 8 s each), 8 actors."""
     root = tmp_path_factory.mktemp("afew-va")
-    afew.make_dataset(root, clips=24, frames=40, actors=8)
+    synthetic_afew.make_dataset(root, clips=24, frames=40, actors=8)
     return root
 
 
@@ -46,7 +46,7 @@ def runs(synthetic, features, tmp_path_factory):
 def tiny(tmp_path_factory) -> Path:
     """6 clips x 12 frames, 3 actors: for tests of the machinery, not of learning."""
     root = tmp_path_factory.mktemp("afew-tiny")
-    afew.make_dataset(root, clips=6, frames=12, actors=3, seed=1)
+    synthetic_afew.make_dataset(root, clips=6, frames=12, actors=3, seed=1)
     return root
 
 
@@ -71,8 +71,8 @@ def test_arousal_needs_the_order_of_frames(runs):
 def test_test_clips_and_actors_were_never_trained_on(runs, synthetic):
     split = json.loads((runs["lstm"].out / "split.json").read_text())
     assert split["kind"] == "clip"
-    actor = {c.id: c.actor for c in data.read_dataset(synthetic)}
-    groups = [{actor[c] for c in split[p]} for p in data.PARTS]
+    actor = {c.id: c.actor for c in afew.read_dataset(synthetic)}
+    groups = [{actor[c] for c in split[p]} for p in splits.PARTS]
     assert not (groups[0] & groups[1] or groups[0] & groups[2] or groups[1] & groups[2])
     assert runs["lstm"].windows["test"] > 0 and runs["mean"].windows == runs["lstm"].windows
 
@@ -106,7 +106,7 @@ def test_checkpoint_runs_in_fer_annotate_and_agrees_with_the_truth(runs, synthet
     import pandas as pd
 
     from fercli.model import load_model
-    from fercli.pipeline import AnnotateOptions, annotate
+    from fercli import AnnotateOptions, annotate
 
     model = load_model(runs["lstm"].best)
     assert model.config.temporal == "lstm" and model.config.window == 5 and model.config.preprocess.size == 96

@@ -1,14 +1,9 @@
-"""AFEW-VA for training: labels (checked), face boxes, cached backbone features, windows, splits.
+"""Training data prepared once and cached on disk: each clip sampled at the model's rate, its face
+found (the same MediaPipe detector and crop as `fer annotate`, falling back to the box of the 68
+landmarks) and encoded with the frozen backbone.
 
-Data flows one way: `read_dataset` (one folder per clip, `<id>/<id>.json`, every label checked)
--> `prepare` (sample frames at the model's rate; find the face with the same MediaPipe detector
-and the same square crop as `fer annotate`, falling back to the box of the 68 landmarks; encode
-each crop once with the frozen backbone; boxes and features cached on disk) -> `make_windows`
-(T samples, a stride, the mean of the frame labels) -> `split_clips` / `split_windows`.
-
-Frames that are missing, unreadable or without a face are skipped (said once per clip). A window
-holds T feature slots like `fer annotate`'s windows: a skipped sample repeats the last good
-feature before it (windows.fill_window's rule), and its label is left out of the window's mean.
+Frames that are missing, unreadable or without a face are skipped (said once per clip); a
+skipped sample repeats the last good feature before it (`fill_index`, windows.fill_window's rule).
 """
 
 from __future__ import annotations
@@ -16,167 +11,34 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
 
+from .afew import AfewClip
 from .errors import DataError
-from .inputs import IMAGE_EXTENSIONS
-from .labels import LABEL_MAX, LABEL_MIN, to_class
 
 log = logging.getLogger("fercli")
 
-N_LANDMARKS = 68
 CROP_SOURCES = ("detector", "landmarks")  # how boxes are found: MediaPipe + landmark fallback, or landmarks only
 LANDMARK_MATCH_IOU = 0.2  # a detection must overlap the landmark box this much to be the labelled face
 ENCODE_BATCH = 32  # crops per backbone call
-DEFAULT_RATIOS = {"train": 0.7, "val": 0.15, "test": 0.15}
-DEFAULT_SPLIT_SEED = 0
-PARTS = ("train", "val", "test")
 BOXES_VERSION = 1  # bump when the box rule changes, so cached boxes are recomputed
 
 Box = tuple[float, float, float, float]  # x0, y0, x1, y1 in pixels
 
 
-# --- reading and checking the labels -----------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class FrameLabel:
-    valence: int  # -10..10
-    arousal: int  # -10..10
-    landmarks: np.ndarray | None = field(default=None, compare=False)  # (68, 2) x, y pixels
-
-
-@dataclass
-class AfewClip:
-    id: str  # folder name, e.g. "001"
-    folder: Path
-    actor: str | None  # from the JSON; splits keep an actor's clips together
-    labels: dict[int, FrameLabel]  # frame index -> labels
-    images: dict[int, Path]  # frame index -> image file, for the frames that have one
-    json_path: Path
-
-    @property
-    def n_frames(self) -> int:
-        return max(self.labels) + 1
-
-    def where(self) -> str:
-        return f"clip {self.id} ({self.folder})"
-
-
-def read_dataset(root: str | Path) -> list[AfewClip]:
-    """Every clip under an AFEW-VA root, sorted by id. DataError names the first bad clip."""
-    root = Path(root)
-    if not root.is_dir():
-        raise DataError(f"{root}: no such data folder")
-    folders = {p.name: p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")}
-    beside = {p.stem: p for p in root.glob("*.json")}  # also accepted: <root>/<id>.json
-    orphans = sorted(set(beside) - set(folders))
-    if orphans:
-        cid = orphans[0]
-        raise DataError(f"clip {cid}: {beside[cid].name} has labels but the frames folder {root / cid} is missing")
-    clips = []
-    for cid in sorted(folders):
-        json_path = folders[cid] / f"{cid}.json"
-        if not json_path.is_file():
-            json_path = beside.get(cid)
-        if json_path is None:
-            if any(f.suffix.lower() in IMAGE_EXTENSIONS for f in folders[cid].iterdir()):
-                raise DataError(f"clip {cid} ({folders[cid]}): no label file {cid}.json")
-            continue  # not a clip (e.g. a cache or notes folder)
-        clips.append(read_clip(folders[cid], json_path))
-    if not clips:
-        raise DataError(f"{root}: no AFEW-VA clips (<id>/<id>.json with frames beside it)")
-    return clips
-
-
-def read_clip(folder: str | Path, json_path: str | Path | None = None) -> AfewClip:
-    """One clip folder and its labels, every field checked."""
-    folder = Path(folder)
-    cid = folder.name
-    json_path = Path(json_path) if json_path is not None else folder / f"{cid}.json"
-    where = f"clip {cid} ({json_path})"
-    if not folder.is_dir():
-        raise DataError(f"clip {cid}: frames folder {folder} is missing")
-    try:
-        doc = json.loads(json_path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise DataError(f"{where}: label file missing") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise DataError(f"{where}: malformed JSON ({_first_line(e)})") from None
-    if not isinstance(doc, dict) or not isinstance(doc.get("frames"), dict) or not doc["frames"]:
-        raise DataError(f"{where}: malformed JSON (no 'frames' object with per-frame labels)")
-    video_id = doc.get("video_id")
-    if video_id is not None and str(video_id) != cid:
-        raise DataError(f"{where}: video_id {video_id!r} does not match the folder name {cid!r}")
-    labels = {}
-    for key, entry in doc["frames"].items():
-        index = _frame_index(key, where)
-        if index in labels:
-            raise DataError(f"{where}: frame {key} appears twice")
-        labels[index] = _frame_label(entry, f"{where}: frame {key}")
-    actor = doc.get("actor")
-    return AfewClip(cid, folder, str(actor) if actor not in (None, "") else None, labels, _images(folder), json_path)
-
-
-def _frame_index(key: str, where: str) -> int:
-    if not (isinstance(key, str) and key.isdigit()):
-        raise DataError(f"{where}: malformed JSON (frame key {key!r} is not a frame number)")
-    return int(key)
-
-
-def _frame_label(entry, where: str) -> FrameLabel:
-    if not isinstance(entry, dict):
-        raise DataError(f"{where}: malformed JSON (expected an object with valence, arousal, landmarks)")
-    values = []
-    for dim in ("valence", "arousal"):
-        v = entry.get(dim)
-        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v != int(v):
-            raise DataError(f"{where}: {dim} {v!r} is not an integer label")
-        if not LABEL_MIN <= v <= LABEL_MAX:
-            raise DataError(f"{where}: {dim} {int(v)} is outside {LABEL_MIN}..{LABEL_MAX}")
-        values.append(int(v))
-    return FrameLabel(*values, landmarks=_landmarks(entry.get("landmarks"), where))
-
-
-def _landmarks(raw, where: str) -> np.ndarray | None:
-    if raw is None or (isinstance(raw, list) and not raw):
-        return None  # the crop then relies on the detector alone
-    try:
-        points = np.asarray(raw, dtype=np.float64)
-    except (TypeError, ValueError):
-        points = None
-    if points is None or points.shape != (N_LANDMARKS, 2) or not np.isfinite(points).all():
-        raise DataError(f"{where}: malformed JSON (landmarks must be {N_LANDMARKS} [x, y] pairs)")
-    return points
-
-
-def _images(folder: Path) -> dict[int, Path]:
-    found = {}
-    for p in sorted(folder.iterdir()):
-        if p.suffix.lower() in IMAGE_EXTENSIONS and p.stem.isdigit():
-            found.setdefault(int(p.stem), p)
-    return found
-
-
-# --- sampling ----------------------------------------------------------------------------------
-
-
 def sample_frames(n_frames: int, frames_fps: float, fps: float) -> list[int]:
-    """Frame indices of samples k = 0, 1, ...: frame round(k * frames_fps / fps), inside the clip."""
+    """Frame indices of a clip's samples at the model's rate: the frames `fer annotate --frames-fps`
+    would read from the same folder (`decode.sample_sources`), each frame once."""
+    from .decode import sample_sources
+
     if not (frames_fps > 0 and fps > 0):
         raise DataError(f"frame rates must be positive (clip {frames_fps}, model {fps})")
-    step = frames_fps / fps
-    out, k = [], 0
-    while (f := math.floor(k * step + 0.5)) < n_frames:
-        if not out or f != out[-1]:  # a model faster than the clip would repeat frames
-            out.append(f)
-        k += 1
-    return out
+    sources = sample_sources(np.arange(n_frames) / frames_fps, n_frames / frames_fps, fps)
+    return [int(f) for f in np.unique(sources)]  # a model faster than the clip would repeat frames
 
 
 def landmark_box(points: np.ndarray) -> Box | None:
@@ -200,9 +62,6 @@ def choose_box(detections, landmarks: np.ndarray | None) -> tuple[Box, str] | No
     if lm is not None:
         return lm, "landmarks"
     return None
-
-
-# --- per-clip preparation: boxes and features, cached --------------------------------------------
 
 
 @dataclass
@@ -512,39 +371,6 @@ def _read_image(path: Path) -> np.ndarray | None:
         return None
 
 
-# --- windows -----------------------------------------------------------------------------------
-
-
-@dataclass
-class Windows:
-    """Training windows over the concatenated samples of all clips."""
-
-    clip: np.ndarray  # (W,) index into the clips list
-    end: np.ndarray  # (W,) sample index (within its clip) of the window's last sample
-    index: np.ndarray  # (W, T) global sample index per slot, skipped/padded slots already filled
-    valence: np.ndarray  # (W,) mean label of the window's present samples (continuous, for CCC)
-    arousal: np.ndarray
-
-    def __len__(self) -> int:
-        return len(self.clip)
-
-    def subset(self, rows) -> Windows:
-        rows = np.asarray(rows, dtype=np.int64)
-        return Windows(self.clip[rows], self.end[rows], self.index[rows], self.valence[rows], self.arousal[rows])
-
-    @property
-    def valence_class(self) -> np.ndarray:
-        """Class index 0..20 of the rounded mean label (the cross-entropy target)."""
-        return to_class(self.valence) - LABEL_MIN
-
-    @property
-    def arousal_class(self) -> np.ndarray:
-        return to_class(self.arousal) - LABEL_MIN
-
-    def names(self, clips: list[ClipSamples]) -> list[str]:
-        return [f"{clips[c].clip.id}:{e}" for c, e in zip(self.clip, self.end)]
-
-
 def fill_index(present: np.ndarray) -> np.ndarray:
     """For each sample, the sample whose feature it uses: itself when present, else the last
     present one before it, else the first present one after it (windows.fill_window's rule)."""
@@ -552,158 +378,6 @@ def fill_index(present: np.ndarray) -> np.ndarray:
     idx = np.maximum.accumulate(idx)
     first = int(np.argmax(present)) if present.any() else 0
     return np.where(idx < 0, first, idx)
-
-
-def make_windows(clips: list[ClipSamples], window: int, stride: int = 1) -> Windows:
-    """Windows of `window` samples ending every `stride` samples. A clip shorter than a window
-    gives one window, left-padded with its first sample as `fer annotate` pads a clip's start.
-    Windows with no present sample are dropped."""
-    if window < 1 or stride < 1:
-        raise DataError(f"window and stride must be >= 1 (got {window}, {stride})")
-    cl, ends, rows, vals, aros = [], [], [], [], []
-    offset = 0
-    for c, s in enumerate(clips):
-        n = len(s.frames)
-        fill = fill_index(s.present)
-        last = list(range(window - 1, n, stride)) if n >= window else [n - 1]
-        for e in last:
-            lo = max(0, e - window + 1)
-            if not s.present[lo : e + 1].any():
-                continue
-            slots = np.clip(np.arange(e - window + 1, e + 1), lo, None)
-            cl.append(c)
-            ends.append(e)
-            rows.append(offset + fill[slots])
-            vals.append(np.nanmean(s.valence[lo : e + 1]))
-            aros.append(np.nanmean(s.arousal[lo : e + 1]))
-        offset += n
-    return Windows(
-        np.asarray(cl, np.int64),
-        np.asarray(ends, np.int64),
-        np.asarray(rows, np.int64).reshape(-1, window),
-        np.asarray(vals, np.float64),
-        np.asarray(aros, np.float64),
-    )
-
-
-# --- splits ------------------------------------------------------------------------------------
-
-
-@dataclass
-class Split:
-    """Which clips (split "clip") or windows (split "window") are train, val and test."""
-
-    kind: str  # "clip" or "window"
-    seed: int
-    ratios: dict[str, float]
-    parts: dict[str, list[str]]  # part -> clip ids, or window names "<clip>:<end sample>"
-    source: str = "seeded"  # "seeded" or the split file the lists came from
-
-    def to_dict(self) -> dict:
-        return {"kind": self.kind, "seed": self.seed, "ratios": self.ratios, "source": self.source, **self.parts}
-
-
-def read_split_file(path: str | Path) -> dict:
-    """A split definition: {"seed", "ratios"} and/or explicit {"train", "val", "test"} clip lists."""
-    path = Path(path)
-    try:
-        doc = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise DataError(f"{path}: split file not found") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise DataError(f"{path}: malformed split file ({_first_line(e)})") from None
-    if not isinstance(doc, dict):
-        raise DataError(f"{path}: malformed split file (expected a JSON object)")
-    lists = [p for p in PARTS if p in doc]
-    if lists and len(lists) != len(PARTS):
-        raise DataError(f"{path}: a split file with clip lists needs all of {', '.join(PARTS)}")
-    if "ratios" in doc:
-        _check_ratios(doc["ratios"], str(path))
-    return doc
-
-
-def split_clips(clips: list[AfewClip], seed: int = DEFAULT_SPLIT_SEED, ratios: dict | None = None,
-                lists: dict | None = None, source: str = "seeded") -> Split:
-    """Train/val/test disjoint by clip and by actor (clips naming the same actor stay together).
-
-    Groups (actors, or lone clips) are shuffled with `seed` and each goes to the part furthest
-    below its share of clips, so parts come out near their ratios whatever the group sizes.
-    `lists` (from a split file) fixes the parts instead; every clip named must exist.
-    """
-    ratios = _check_ratios(ratios or DEFAULT_RATIOS, "split ratios")
-    ids = {c.id for c in clips}
-    if lists is not None:
-        parts = {p: [str(c) for c in lists[p]] for p in PARTS}
-        for p in PARTS:
-            for cid in parts[p]:
-                if cid not in ids:
-                    raise DataError(f"clip {cid}: named in the split's {p} list but missing from the data")
-        _check_actor_overlap(clips, parts)
-        return Split("clip", seed, ratios, parts, source)
-    groups: dict[str, list[str]] = {}
-    for c in sorted(clips, key=lambda c: c.id):
-        groups.setdefault(f"actor:{c.actor}" if c.actor else f"clip:{c.id}", []).append(c.id)
-    if len(groups) < len(PARTS):
-        raise DataError(f"a clip split needs at least {len(PARTS)} actors or clips; the data has {len(groups)}")
-    order = sorted(groups)
-    np.random.default_rng(seed).shuffle(order)
-    target = {p: ratios[p] * len(clips) for p in PARTS}
-    parts: dict[str, list[str]] = {p: [] for p in PARTS}
-    for i, g in enumerate(order):
-        empty = [p for p in PARTS if not parts[p]]
-        if len(order) - i <= len(empty):  # keep every part non-empty
-            part = empty[0]
-        else:
-            part = max(PARTS, key=lambda p: target[p] - len(parts[p]))
-        parts[part] += groups[g]
-    return Split("clip", seed, ratios, {p: sorted(v) for p, v in parts.items()}, source)
-
-
-def split_windows(windows: Windows, clips: list[ClipSamples], seed: int = DEFAULT_SPLIT_SEED,
-                  ratios: dict | None = None) -> tuple[Split, dict[str, np.ndarray]]:
-    """The paper-like split: overlapping windows shuffled and cut by ratio, clips shared across
-    parts. Kept to measure how much it inflates scores; never the default."""
-    ratios = _check_ratios(ratios or DEFAULT_RATIOS, "split ratios")
-    n = len(windows)
-    if n < len(PARTS):
-        raise DataError(f"a window split needs at least {len(PARTS)} windows; the data has {n}")
-    order = np.random.default_rng(seed).permutation(n)
-    n_train = min(max(1, round(ratios["train"] * n)), n - 2)
-    n_val = max(1, min(n - n_train - 1, round(ratios["val"] * n)))
-    rows = {"train": np.sort(order[:n_train]), "val": np.sort(order[n_train : n_train + n_val]),
-            "test": np.sort(order[n_train + n_val :])}
-    names = windows.names(clips)
-    parts = {p: [names[i] for i in r] for p, r in rows.items()}
-    return Split("window", seed, ratios, parts), rows
-
-
-def rows_of_clips(windows: Windows, clips: list[ClipSamples], split: Split) -> dict[str, np.ndarray]:
-    """Window rows per part for a clip split."""
-    part_of = {cid: p for p in PARTS for cid in split.parts[p]}
-    clip_part = np.array([part_of.get(s.clip.id, "") for s in clips])
-    return {p: np.flatnonzero(clip_part[windows.clip] == p) for p in PARTS}
-
-
-def _check_ratios(ratios, what: str) -> dict[str, float]:
-    if not isinstance(ratios, dict) or set(ratios) != set(PARTS):
-        raise DataError(f"{what}: ratios need exactly {', '.join(PARTS)}")
-    r = {p: float(ratios[p]) for p in PARTS}
-    if any(v <= 0 for v in r.values()) or abs(sum(r.values()) - 1) > 1e-6:
-        raise DataError(f"{what}: ratios must be positive and sum to 1 (got {r})")
-    return r
-
-
-def _check_actor_overlap(clips: list[AfewClip], parts: dict[str, list[str]]) -> None:
-    actor = {c.id: c.actor for c in clips}
-    seen: dict[str, str] = {}
-    for p in PARTS:
-        for cid in parts[p]:
-            a = actor.get(cid)
-            if a and seen.setdefault(a, p) != p:
-                raise DataError(f"clip {cid}: actor {a!r} is in both {seen[a]} and {p}; splits must be disjoint by actor")
-
-
-# --- small file helpers --------------------------------------------------------------------------
 
 
 def _read_json(path: Path) -> dict:

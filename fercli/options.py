@@ -1,0 +1,57 @@
+"""What `annotate` takes and gives back: options, per-video results, progress events."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+DEFAULT_BATCH = 16  # face crops per backbone call; small batches run best on a 2-core CPU
+
+
+@dataclass
+class AnnotateOptions:
+    model: str = "hsemotion"  # registry name or checkpoint path
+    device: str = "auto"  # "auto", "cpu" or "cuda"
+    batch_size: int = DEFAULT_BATCH  # face crops per backbone batch
+    per_frame: bool = False  # one row per sampled frame instead of per second
+    all_faces: bool = False  # a row per tracked face (with face_id) instead of the main subject only
+    resume: bool = False  # keep videos already in the output and annotate only the rest
+    overwrite: bool = False  # replace an existing output with this run alone (else it is refused)
+    frames_fps: float = 25.0  # frame rate of image-sequence clips (frames/s)
+    workers: int | None = None  # decode/face worker processes; None = by cores and device, 0 = a thread
+    precision: str = "auto"  # "fp32", "bf16", "fp16" (CUDA only); "auto" = bf16 on CUDA, fp32 on a CPU
+    reuse_boxes: int = 1  # samples in a row that may reuse steady face boxes; 0 = detect on every sample
+    ray: str | None = None  # run on Ray: "local" starts an instance, "auto" or an address joins a cluster
+
+
+@dataclass
+class VideoResult:
+    video: str  # the `video` column
+    rows: int = 0
+    face_rows: int = 0  # rows with a face
+    duration: float = 0.0  # seconds of video
+    elapsed: float = 0.0  # wall-clock seconds spent on it
+    error: str | None = None  # one line, naming the file, when it failed
+    resumed: bool = False  # already in the output; not annotated again
+
+
+@dataclass
+class AnnotateResult:
+    out: Path
+    videos: list[VideoResult] = field(default_factory=list)
+    skipped_files: int = 0  # files under the inputs that are not clips
+    rows: int = 0  # rows in the output file
+    errors_file: Path | None = None
+
+    @property
+    def failed(self) -> list[VideoResult]:
+        return [v for v in self.videos if v.error]
+
+
+@dataclass
+class ProgressEvent:
+    kind: str  # "model", "start", "frames", "done"
+    video: str = ""
+    done: int = 0  # samples done (kind "frames")
+    total: int = 0  # samples expected
+    result: VideoResult | None = None

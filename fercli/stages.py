@@ -1,0 +1,288 @@
+"""The annotation stages under public names, shared by every schedule (thread, processes, Ray).
+
+    producer  clip_samples / produce_clips: decode, detect, track and crop (model-free, so it can
+              run in a thread, a worker process or a Ray task), sending messages through `put`
+    labeler   Labeler: the backbone, batched across clips, the windows and heads, rows per clip
+    clock     StageClock / NO_CLOCK: per-stage time for `fer benchmark speed`
+
+Messages from a producer, in order per clip: ("info", key, VideoInfo), ("samples", key,
+[SampleCrops...]), then ("end", key, clock payload) or ("error", key, one-line message); and
+("exit", None, None) when the producer has no more clips.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import defaultdict
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+from .devices import autocast, resolve_precision
+from .errors import FerError
+from .inputs import Clip
+from .options import AnnotateOptions, ProgressEvent, VideoResult
+
+MAIN_FACE = 0  # face id of the main subject when not annotating every face
+# FFmpeg decoder threads per clip while the model runs on the CPU: the backbone already keeps
+# every core busy, and one thread decodes with less overhead than frame threading (measured on
+# 2 cores: 2.17 s and 4.1 CPU-s against 2.36 s and 4.5 CPU-s). With a GPU, FFmpeg chooses.
+DECODE_THREADS_BESIDE_CPU_MODEL = 1
+SAMPLES_PER_MESSAGE = 8  # samples a producer sends at once (each crop is ~150 kB)
+
+
+class StageClock:
+    """Wall time and item counts per pipeline stage, for `fer benchmark speed`.
+
+    CUDA work is asynchronous, so each stage synchronises before reading the clock; that costs
+    a little overlap, which is why the plain pipeline runs with the no-op clock below.
+    """
+
+    def __init__(self, cuda: bool = False):
+        self.cuda = cuda
+        self.seconds: dict[str, float] = defaultdict(float)
+        self.items: dict[str, int] = defaultdict(int)
+
+    @contextmanager
+    def stage(self, name: str, items: int = 0):
+        self._sync()
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self._sync()
+            self.seconds[name] += time.perf_counter() - start
+            self.items[name] += items
+
+    def iterate(self, name: str, iterable):
+        """Charge the time spent producing each item of `iterable` to stage `name`."""
+        it = iter(iterable)
+        while True:
+            with self.stage(name, 1):
+                try:
+                    item = next(it)
+                except StopIteration:
+                    self.items[name] -= 1
+                    return
+            yield item
+
+    def _sync(self) -> None:
+        if self.cuda:
+            import torch
+
+            torch.cuda.synchronize()
+
+
+class _NoClock:
+    @contextmanager
+    def stage(self, name: str, items: int = 0):
+        yield
+
+    def iterate(self, name: str, iterable):
+        return iterable
+
+
+NO_CLOCK = _NoClock()
+
+
+def is_timed(clock) -> bool:
+    return isinstance(clock, StageClock)
+
+
+def merge_clock(clock, payload) -> None:
+    if payload and isinstance(clock, StageClock):
+        seconds, items = payload
+        for name, value in seconds.items():
+            clock.seconds[name] += value
+        for name, value in items.items():
+            clock.items[name] += value
+
+
+# -- producer: decode, detect, crop. Model-free, so it can run in worker processes. ---------
+
+
+@dataclass
+class SampleCrops:
+    index: int  # sample index k
+    time: float  # seconds
+    crops: dict  # face id -> size x size x 3 uint8 crop
+
+
+def clip_samples(clip: Clip, cfg, options: AnnotateOptions, detector, device_type: str = "cpu", clock=NO_CLOCK):
+    """The clip's VideoInfo first, then a SampleCrops per sample at the model's rate."""
+    from .decode import AUTO_THREADS, open_video
+    from .faces import FaceTracker, SteadyDetector
+
+    pre = cfg.preprocess
+    threads = DECODE_THREADS_BESIDE_CPU_MODEL if device_type == "cpu" else AUTO_THREADS
+    with open_video(clip.path, frames_fps=options.frames_fps, device=device_type, threads=threads) as source:
+        yield source.info
+        tracker = FaceTracker()
+        steady = SteadyDetector(_TimedDetector(detector, clock), options.reuse_boxes)
+        frames = clock.iterate("decode", source.sample(cfg.fps))
+        for frame, detections in steady.detections(frames, lambda f: f.image):
+            with clock.stage("faces", 1):
+                found = _faces_of(tracker, frame, detections, options.all_faces)
+                crops = {fid: pre.cut(frame.image, det.box) for fid, det in found.items()}
+            yield SampleCrops(frame.index, frame.time, crops)
+
+
+@dataclass
+class _TimedDetector:
+    """A detector whose calls count as the "faces" stage (they run ahead of their sample's turn)."""
+
+    detector: object
+    clock: object
+
+    def detect(self, image):
+        with self.clock.stage("faces"):
+            return self.detector.detect(image)
+
+
+def _faces_of(tracker, frame, detections, all_faces: bool) -> dict:
+    matched = tracker.update(frame.time, detections)
+    if all_faces:
+        return dict(sorted(matched.items()))
+    main = tracker.main(matched)
+    return {MAIN_FACE: main} if main is not None else {}
+
+
+def clip_error(clip: Clip, e: Exception) -> str:
+    if isinstance(e, FerError):
+        return str(e)
+    return f"{clip.path}: {type(e).__name__}: {e}".splitlines()[0]
+
+
+def produce_clips(tasks, put, cfg, options, device_type: str, timed: bool) -> None:
+    """Decode, detect and crop each (key, clip) of `tasks`, sending messages through `put`."""
+    from .faces import FaceDetector
+
+    with FaceDetector() as detector:
+        for key, clip in tasks:
+            clock = StageClock() if timed else NO_CLOCK
+            try:
+                _produce_one(key, clip_samples(clip, cfg, options, detector, device_type, clock), put)
+                put(("end", key, (dict(clock.seconds), dict(clock.items)) if timed else None))
+            except BrokenPipeError:
+                raise
+            except Exception as e:  # reported for this clip; the others go on
+                put(("error", key, clip_error(clip, e)))
+    put(("exit", None, None))
+
+
+def _produce_one(key, stream, put) -> None:
+    put(("info", key, next(stream)))
+    chunk = []
+    for sample in stream:
+        chunk.append(sample)
+        if len(chunk) >= SAMPLES_PER_MESSAGE:
+            put(("samples", key, chunk))
+            chunk = []
+    if chunk:
+        put(("samples", key, chunk))
+
+
+# -- consumer: the model, batched across clips. ----------------------------------------------
+
+
+@dataclass
+class _Clip:
+    clip: Clip
+    agg: object  # windows.Aggregator
+    total: int  # samples expected
+    started: float  # perf_counter at start
+    duration: float
+    rows: list = field(default_factory=list)
+    samples: int = 0  # samples labelled so far
+
+
+class Labeler:
+    """Runs the model over samples from any number of clips, batching crops across clips.
+
+    Feed it `start(key, clip, info)`, then `add(key, sample)` in sample order per clip, then
+    `end(key)` or `fail(key, error)`; finished clips go to `on_clip(VideoResult, rows)`.
+    """
+
+    def __init__(self, model, options: AnnotateOptions, device, clock, emit, on_clip):
+        self.model, self.options, self.device, self.clock, self.emit = model, options, device, clock, emit
+        self.precision = resolve_precision(options.precision, device)
+        self.on_clip = on_clip
+        self.clips: dict = {}
+        self.pending: list = []  # (key, SampleCrops) waiting for the backbone
+        self.n_crops = 0
+
+    def start(self, key, clip: Clip, info) -> None:
+        from .decode import sample_count
+        from .windows import Aggregator
+
+        cfg = self.model.config
+        agg = Aggregator(cfg.window, info.duration, cfg.is_window_model, self.options.per_frame, info.last_start)
+        total = sample_count(info.duration, cfg.fps)
+        self.clips[key] = _Clip(clip, agg, total, time.perf_counter(), info.duration)
+        self.emit(ProgressEvent("start", clip.name, 0, total))
+
+    def add(self, key, sample: SampleCrops) -> None:
+        self.pending.append((key, sample))
+        self.n_crops += len(sample.crops)
+        if self.n_crops >= self.options.batch_size:
+            self.flush()
+
+    def end(self, key) -> None:
+        if any(k == key for k, _ in self.pending):
+            self.flush()
+        state = self.clips.pop(key)
+        self._label(state, state.agg.finish())
+        vr = VideoResult(state.clip.name, duration=state.duration, elapsed=time.perf_counter() - state.started)
+        self.on_clip(vr, state.rows)
+        self.emit(ProgressEvent("done", state.clip.name, result=vr))
+
+    def fail(self, key, clip: Clip, error: str) -> None:
+        self.pending = [(k, s) for k, s in self.pending if k != key]
+        self.n_crops = sum(len(s.crops) for _, s in self.pending)
+        state = self.clips.pop(key, None)
+        elapsed = time.perf_counter() - state.started if state else 0.0
+        vr = VideoResult(clip.name, error=error, elapsed=elapsed)
+        self.on_clip(vr, None)
+        self.emit(ProgressEvent("done", clip.name, result=vr))
+
+    def flush(self) -> None:
+        from .windows import FrameFeatures
+
+        feats = self._encode([c for _, s in self.pending for c in s.crops.values()])
+        j, touched = 0, {}
+        for key, sample in self.pending:
+            state = self.clips[key]
+            faces = {fid: feats[j + i] for i, fid in enumerate(sample.crops)}
+            j += len(sample.crops)
+            touched.setdefault(key, []).extend(state.agg.push(FrameFeatures(sample.index, sample.time, faces)))
+            state.samples += 1
+        self.pending, self.n_crops = [], 0
+        for key, units in touched.items():
+            state = self.clips[key]
+            self._label(state, units)
+            self.emit(ProgressEvent("frames", state.clip.name, state.samples, state.total))
+
+    def _encode(self, crops: list):
+        import numpy as np
+        import torch
+
+        from .model import to_input
+
+        if not crops:
+            return None
+        x = to_input(np.stack(crops), self.model.config.preprocess, self.device)
+        with self.clock.stage("backbone", len(crops)), torch.inference_mode(), autocast(self.precision, self.device):
+            feats = self.model.encode(x)
+            if not self.model.config.is_window_model:
+                feats = self.model.frame_scores(feats)
+            return feats.float()
+
+    def _label(self, state: _Clip, units: list) -> None:
+        from .windows import label_units
+
+        if not units:
+            return
+        head = getattr(self.model, "head", None)
+        n = sum(u.window is not None for u in units)
+        with self.clock.stage("head", n), autocast(self.precision, self.device):
+            labels = label_units(units, head)
+        state.rows += [{**u.key, "face_id": u.face_id, "face": u.has_face, **lab} for u, lab in zip(units, labels)]

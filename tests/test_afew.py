@@ -1,0 +1,82 @@
+"""AFEW-VA on disk: layouts, every label checked, errors naming the clip."""
+
+import json
+from pathlib import Path
+
+import pytest
+
+import synthetic_afew
+from fercli import afew
+from fercli.errors import DataError
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def copy_clip(src: Path, dst_root: Path, cid: str = "001") -> Path:
+    import shutil
+
+    shutil.copytree(src / cid, dst_root / cid)
+    return dst_root / cid
+
+
+def edit_json(folder: Path, edit) -> None:
+    path = folder / f"{folder.name}.json"
+    doc = json.loads(path.read_text())
+    edit(doc)
+    path.write_text(json.dumps(doc))
+
+
+# --- reading and checking ----------------------------------------------------------------------
+
+
+def test_reads_clips_actors_labels_and_landmarks(small):
+    clips = afew.read_dataset(small)
+    assert [c.id for c in clips] == ["001", "002", "003", "004", "005", "006"]
+    assert clips[0].actor == "actor00" and clips[3].actor == "actor00"
+    assert clips[0].n_frames == 12 and len(clips[0].images) == 12
+    assert 4 not in clips[1].images  # the missing frame
+    label = clips[0].labels[0]
+    assert -10 <= label.valence <= 10 and abs(label.arousal) == synthetic_afew.AROUSAL
+    assert label.landmarks.shape == (68, 2)
+
+
+@pytest.mark.parametrize(
+    "edit,message",
+    [
+        (lambda d: d.__setitem__("frames", []), "malformed JSON"),
+        (lambda d: d["frames"]["00003"].__setitem__("valence", 11), "frame 00003: valence 11 is outside -10..10"),
+        (lambda d: d["frames"]["00002"].__setitem__("arousal", -12), "arousal -12 is outside"),
+        (lambda d: d["frames"]["00001"].__setitem__("valence", "high"), "not an integer label"),
+        (lambda d: d["frames"]["00001"].__setitem__("arousal", 2.5), "not an integer label"),
+        (lambda d: d["frames"]["00001"].__setitem__("landmarks", [[1, 2]] * 5), "landmarks must be 68"),
+        (lambda d: d["frames"].__setitem__("frame7", d["frames"]["00001"]), "not a frame number"),
+        (lambda d: d.__setitem__("video_id", "999"), "does not match the folder"),
+    ],
+)
+def test_bad_labels_are_clear_errors_naming_the_clip(small, tmp_path, edit, message):
+    folder = copy_clip(small, tmp_path)
+    edit_json(folder, edit)
+    with pytest.raises(DataError, match=message) as err:
+        afew.read_dataset(tmp_path)
+    assert "clip 001" in str(err.value)
+
+
+def test_unparsable_json_names_the_clip(small, tmp_path):
+    folder = copy_clip(small, tmp_path)
+    (folder / "001.json").write_text('{"frames": {"00000": ')
+    with pytest.raises(DataError, match=r"clip 001 .*malformed JSON"):
+        afew.read_dataset(tmp_path)
+
+
+def test_missing_folder_or_label_file_names_the_clip(small, tmp_path):
+    folder = copy_clip(small, tmp_path)
+    (folder / "001.json").rename(tmp_path / "001.json")  # labels beside the root are accepted...
+    assert [c.id for c in afew.read_dataset(tmp_path)] == ["001"]
+    (tmp_path / "001.json").rename(tmp_path / "007.json")  # ...but labels whose folder is gone are not
+    with pytest.raises(DataError, match=r"clip 007: .*frames folder .* is missing"):
+        afew.read_dataset(tmp_path)
+    (tmp_path / "007.json").unlink()
+    with pytest.raises(DataError, match=r"clip 001 .*no label file 001.json"):
+        afew.read_dataset(tmp_path)
+    with pytest.raises(DataError, match="no such data folder"):
+        afew.read_dataset(tmp_path / "nowhere")

@@ -1,0 +1,84 @@
+"""Splits by clip and actor, and by window."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from fercli import afew, examples, splits
+from fercli.errors import DataError
+
+REPO = Path(__file__).resolve().parents[1]
+
+from conftest import fake_samples  # noqa: E402
+
+
+def copy_clip(src: Path, dst_root: Path, cid: str = "001") -> Path:
+    import shutil
+
+    shutil.copytree(src / cid, dst_root / cid)
+    return dst_root / cid
+
+
+def edit_json(folder: Path, edit) -> None:
+    path = folder / f"{folder.name}.json"
+    doc = json.loads(path.read_text())
+    edit(doc)
+    path.write_text(json.dumps(doc))
+
+
+# --- splits ------------------------------------------------------------------------------------
+
+
+def clips_with_actors(n: int, actors: int | None):
+    return [afew.AfewClip(f"{i:03d}", Path(f"{i:03d}"), f"a{i % actors}" if actors else None, {0: None}, {},
+                          Path("x.json")) for i in range(1, n + 1)]
+
+
+@pytest.mark.parametrize("actors", [None, 7, 20])
+def test_clip_split_is_disjoint_by_clip_and_actor_and_seeded(actors):
+    clips = clips_with_actors(100, actors)
+    split = splits.split_clips(clips, seed=0)
+    parts = split.parts
+    assert sorted(sum(parts.values(), [])) == [c.id for c in clips]
+    actor = {c.id: c.actor or c.id for c in clips}
+    seen = [{actor[c] for c in parts[p]} for p in splits.PARTS]
+    assert not (seen[0] & seen[1] or seen[0] & seen[2] or seen[1] & seen[2])
+    assert all(parts[p] for p in splits.PARTS)
+    if actors != 7:  # with 7 actors of ~14 clips, shares can only be near their ratios
+        assert abs(len(parts["train"]) - 70) <= 5 and abs(len(parts["test"]) - 15) <= 5
+    assert splits.split_clips(clips, seed=0).parts == parts
+    assert splits.split_clips(clips, seed=1).parts != parts
+
+
+def test_split_file_lists_are_checked(tmp_path):
+    clips = clips_with_actors(6, 3)
+    split = splits.split_clips(clips, lists={"train": ["001", "004"], "val": ["002", "005"], "test": ["003", "006"]})
+    assert split.parts["val"] == ["002", "005"]
+    with pytest.raises(DataError, match="clip 042: named in the split's test list"):
+        splits.split_clips(clips, lists={"train": ["001"], "val": ["002"], "test": ["042"]})
+    with pytest.raises(DataError, match="clip 004: actor 'a1' is in both train and test"):
+        splits.split_clips(clips, lists={"train": ["001"], "val": ["002"], "test": ["004"]})
+    bad = tmp_path / "split.json"
+    bad.write_text(json.dumps({"train": ["001"], "val": ["002"]}))
+    with pytest.raises(DataError, match="needs all of train, val, test"):
+        splits.read_split_file(bad)
+    bad.write_text(json.dumps({"ratios": {"train": 0.9, "val": 0.2, "test": 0.1}}))
+    with pytest.raises(DataError, match="sum to 1"):
+        splits.read_split_file(bad)
+
+
+def test_default_split_file_documents_the_code_defaults():
+    doc = splits.read_split_file(REPO / "train" / "splits" / "afew-va-clip-split.json")
+    assert doc["seed"] == splits.DEFAULT_SPLIT_SEED and doc["ratios"] == splits.DEFAULT_RATIOS
+    assert doc["kind"] == "clip" and not any(p in doc for p in splits.PARTS)
+
+
+def test_window_split_shares_clips_between_parts():
+    s = [fake_samples([1] * 20, range(20)), fake_samples([1] * 20, range(20))]
+    w = examples.make_windows(s, window=5)
+    split, rows = splits.split_windows(w, s, seed=3)
+    assert split.kind == "window"
+    assert sorted(np.concatenate(list(rows.values())).tolist()) == list(range(len(w)))
+    assert set(w.clip[rows["train"]]) & set(w.clip[rows["test"]])  # the leak this split is kept to show
