@@ -36,10 +36,11 @@ import numpy as np
 import pandas as pd
 
 from .errors import DataError, FerError
+from .files import atomic_write
+from .labels import LABEL_MAX, LABEL_MIN
 
 FORMATS = ("elan", "nova")
 DIMENSIONS = ("valence", "arousal")
-LABEL_MIN, LABEL_MAX = -10, 10
 ELAN_COLUMNS = ("Tier", "Begin Time", "End Time", "Annotation")
 NOVA_ANNOTATOR = "fer"
 
@@ -98,8 +99,6 @@ def export(table_path: str | Path, options: ExportOptions) -> ExportResult:
         more = f" and {len(clashes) - 1} more files" if len(clashes) > 1 else ""
         verb = "exist" if len(clashes) > 1 else "exists"
         raise FerError(f"{out_dir / clashes[0]}{more} already {verb}: --overwrite replaces them")
-
-    from .writers import atomic_write
 
     out_dir.mkdir(parents=True, exist_ok=True)
     for name, text in planned.items():
