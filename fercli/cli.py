@@ -615,6 +615,43 @@ def plot(
     console.print(f"wrote {len(written)} pictures to {out}")
 
 
+EXPORT_EPILOG = """
+Examples:
+
+  fer export results.parquet --to elan --out elan/    # one tab-delimited .txt per clip
+
+  fer export results.parquet --to nova --out nova/    # .annotation + .annotation~ per clip and dimension
+"""
+
+
+@app.command(epilog=EXPORT_EPILOG)
+def export(
+    table: Path = typer.Argument(..., help="A `fer annotate` output (.parquet or .csv)."),
+    to: str = typer.Option(..., "--to", help="elan (tab-delimited text for ELAN's import) or nova (continuous annotations)."),
+    out: Path = typer.Option(..., "--out", "-o", help="Folder for the files (created if missing)."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace files of an earlier export in --out."),
+) -> None:
+    """Export an annotation table to ELAN or NOVA annotation files."""
+    from .errors import FerError
+    from .export import ExportOptions, export as run_export
+
+    console = _console()
+    try:
+        result = run_export(table, ExportOptions(to=to, out_dir=out, overwrite=overwrite))
+    except FerError as e:
+        raise _fail(console, str(e)) from None
+
+    def say(text: str) -> None:
+        console.print(text, markup=False, highlight=False)  # video names and paths are not markup
+
+    say(f"wrote {len(result.files)} files for {len(result.clips)} clips to {out}")
+    if result.no_files:
+        say(f"no face in {len(result.no_files)} clips, so no files for them: {', '.join(result.no_files)}")
+    if result.failed:
+        names = ", ".join(video for video, _ in result.failed)
+        say(f"{len(result.failed)} clips failed in annotation and are not in the table: {names} (see {result.errors_file})")
+
+
 @app.command()
 def doctor() -> None:
     """Versions, decoders, CUDA, face detector and cached weights."""

@@ -115,11 +115,10 @@ def timelines(df: pd.DataFrame, out_dir: str | Path) -> list[Path]:
     """One PNG per video: valence and arousal over time, with gaps and grey where no face."""
     _check_annotations(df, "table")
     out_dir = Path(out_dir)
-    x = "second" if "second" in df else "time"
     names = safe_names(list(pd.unique(df["video"].astype(str))))
     paths = []
     for video, group in df.groupby(df["video"].astype(str), sort=False):
-        paths.append(_timeline(video, group, x, out_dir / f"{names[video]}.png"))
+        paths.append(_save(timeline_figure(group, video), out_dir / f"{names[video]}.png"))
     return paths
 
 
@@ -152,40 +151,77 @@ def circumplex(df: pd.DataFrame, path: str | Path) -> Path:
     return _save(fig, path)
 
 
-def _timeline(video: str, group: pd.DataFrame, x: str, path: Path) -> Path:
+def timeline_figure(group: pd.DataFrame, video: str | None = None):
+    """The timeline of one video's rows as a matplotlib Figure (axes: valence, then arousal).
+
+    Each row's value is drawn over the row's span, not at its start: second *s* as a flat step
+    over [`start`, `end`) (the last second ends at the clip's end), a per-frame sample from its
+    `time` until the next sample. The line breaks where there is no value or no row. Each value
+    line is a Line2D with gid "<dimension>" (or "<dimension> face <id>" per face).
+    """
+    _check_annotations(group, "table")
+    x = "second" if "second" in group else "time"
+    step = 1.0 if x == "second" else _step(group[x])
     fig = _figure(figsize=(10, 4.5))
     axes = fig.subplots(2, 1, sharex=True)
-    faces = group.groupby("face_id", sort=True, dropna=False) if "face_id" in group else [(None, group)]
+    faces = group.groupby("face_id", sort=True) if "face_id" in group else [(None, group)]  # null face_id: no face
     for face_id, rows in faces:
-        if x == "second":  # rows missing from the table also break the line
-            rows = rows.set_index("second").sort_index()
-            rows = rows.reindex(range(int(rows.index.min()), int(rows.index.max()) + 1)).reset_index()
-        rows = rows.sort_values(x)
+        begin, end = _spans(rows, x, step)
+        order = np.argsort(begin, kind="stable")
         for ax, dim in zip(axes, DIMENSIONS):
             y = pd.to_numeric(rows[_value_column(rows, dim)], errors="coerce").to_numpy(dtype=float, na_value=np.nan)
+            xs, ys = _steps(begin[order], end[order], y[order])
             label, color = (None, DIM_COLORS[dim]) if face_id is None else (f"face {face_id}", None)
-            ax.plot(rows[x].to_numpy(dtype=float), y, "o-", ms=3, lw=1.2, label=label, color=color)
-    if "face_id" not in group:
-        _shade_no_face(axes, group, x)
+            gid = dim if face_id is None else f"{dim} face {face_id}"
+            ax.plot(xs, ys, "-", lw=1.5, label=label, color=color, gid=gid)
+    _shade_no_face(axes, group, x, step)
     for ax, dim in zip(axes, DIMENSIONS):
         ax.axhline(0, color="0.8", lw=0.8, zorder=0)
         ax.set(ylim=LIM, ylabel=dim)
         ax.set_yticks([-10, -5, 0, 5, 10])
-    if "face_id" in group:
+    if "face_id" in group and group["face_id"].notna().any():
         axes[0].legend(frameon=False, fontsize=8)
-    axes[-1].set_xlabel(x)
-    axes[0].set_title(video, loc="left")
-    return _save(fig, path)
+    axes[-1].set_xlabel("seconds" if x == "second" else "time (s)")
+    if video is not None:
+        axes[0].set_title(video, loc="left")
+    return fig
 
 
-def _shade_no_face(axes, group: pd.DataFrame, x: str) -> None:
+def _spans(rows: pd.DataFrame, x: str, step: float) -> tuple[np.ndarray, np.ndarray]:
+    """[begin, end) of each row: a second's `start` and `end` (`second`, `second` + 1 in a table
+    without them), a sample's `time` plus the sampling period."""
+    if x == "second":
+        begin = rows["start"] if "start" in rows else rows["second"]
+        end = rows["end"] if "end" in rows else rows["second"] + 1
+    else:
+        begin = rows["time"]
+        end = rows["time"] + step
+    return begin.to_numpy(dtype=float), end.to_numpy(dtype=float)
+
+
+def _steps(begin: np.ndarray, end: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Points of a line holding y[i] from begin[i] to end[i]. Adjacent spans join with a riser;
+    a NaN point is put where one span does not start at the previous one's end (missing rows), so
+    the line breaks there, as it does over NaN values."""
+    xs, ys = [], []
+    for i, (b, e, v) in enumerate(zip(begin, end, y)):
+        if i and not np.isclose(b, end[i - 1]):
+            xs.append(np.nan)
+            ys.append(np.nan)
+        xs += [b, e]
+        ys += [v, v]
+    return np.asarray(xs, dtype=float), np.asarray(ys, dtype=float)
+
+
+def _shade_no_face(axes, group: pd.DataFrame, x: str, step: float) -> None:
+    """Grey over the span of every row without a face (in an --all-faces table: seconds without any)."""
     missing = group[_value_column(group, "valence")].isna()
     if "face" in group:
         missing |= ~group["face"].fillna(False).astype(bool)
-    width = 1.0 if x == "second" else _step(group[x])
-    for at in group.loc[missing, x].to_numpy(dtype=float):
+    begin, end = _spans(group[missing], x, step)
+    for b, e in zip(begin, end):
         for ax in axes:
-            ax.axvspan(at - width / 2, at + width / 2, color="0.9", lw=0, zorder=0)
+            ax.axvspan(b, e, color="0.9", lw=0, zorder=0)
 
 
 def _step(times: pd.Series) -> float:

@@ -123,3 +123,51 @@ def test_import_does_not_load_matplotlib():
     code = "import sys, fercli.plots, fercli.metrics; print('matplotlib' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def value_lines(fig):
+    """The plotted value lines per axis, by gid (axhline's zero line has none)."""
+    return [{line.get_gid(): line.get_xydata() for line in ax.get_lines() if line.get_gid()} for ax in fig.axes]
+
+
+def holds(xy, begin, end, value):
+    """Whether the line has a flat piece at `value` from `begin` to `end` (consecutive points)."""
+    return any(
+        np.allclose(xy[i], (begin, value)) and np.allclose(xy[i + 1], (end, value)) for i in range(len(xy) - 1)
+    )
+
+
+def test_timeline_draws_each_second_over_its_span():
+    df = annotations(videos=("a.mp4",), n=8)
+    df.loc[df.index[-1], "end"] = 7.4  # a last, partial second ends at the clip's end
+    df = df.drop(index=df.index[2])  # a second missing from the table breaks the line too
+    valence, arousal = value_lines(plots.timeline_figure(df, "a.mp4"))
+    assert set(valence) == {"valence"} and set(arousal) == {"arousal"}
+    for dim, lines in (("valence", valence), ("arousal", arousal)):
+        xy = lines[dim]
+        for start, end, value in zip(df["start"], df["end"], df[dim]):
+            if pd.isna(value):  # seconds 4 and 5: no face, no point of the line in them
+                inside = (xy[:, 0] > start) & (xy[:, 0] < end)
+                assert not np.isfinite(xy[inside, 1]).any()
+            else:
+                assert holds(xy, start, end, value), (dim, start)
+        finite = xy[np.isfinite(xy[:, 1])]
+        assert finite[:, 0].min() == 0.0 and finite[:, 0].max() == 7.4  # the x extent: first start to clip end
+        # second 1 ends at 2.0 and the next row (second 3) starts at 3.0: the line breaks in between
+        assert not ((xy[:, 0] > 2.0) & (xy[:, 0] < 3.0)).any()
+        assert np.isnan(xy[np.flatnonzero(np.isclose(xy[:, 0], 2.0))[-1] + 1]).all()
+
+
+def test_timeline_per_face_and_per_frame_spans():
+    df = annotations(videos=("a.mp4",), n=4, scores=False)
+    df["face_id"] = pd.array([0, 1, 0, None], "Int64")
+    valence = value_lines(plots.timeline_figure(df))[0]
+    assert set(valence) == {"valence face 0", "valence face 1"}  # the null face_id row is no face's line
+    assert holds(valence["valence face 0"], 2.0, 3.0, df.loc[2, "valence"])
+    assert holds(valence["valence face 1"], 1.0, 2.0, df.loc[1, "valence"])
+    frames = annotations(videos=("a.mp4",), n=5).drop(columns=["second", "start", "end"])
+    frames["time"] = np.arange(5) * 0.2  # 5 samples/s: a sample holds until the next one
+    xy = value_lines(plots.timeline_figure(frames))[0]["valence"]
+    for t, v in zip(frames["time"], frames["valence"]):
+        if not pd.isna(v):
+            assert holds(xy, t, t + 0.2, v)

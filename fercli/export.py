@@ -1,0 +1,334 @@
+"""Export an annotation table to the files annotation tools read: ELAN and NOVA.
+
+`fer export T --to elan|nova --out DIR` is a thin shell over `export()` / `export_table()`.
+
+- ELAN: one tab-delimited text file per clip (`<clip>.txt`) with the columns `Tier`, `Begin Time`,
+  `End Time`, `Annotation` and a header row, the layout ELAN's "Import CSV/Tab-delimited Text File"
+  dialog maps column by column. Times are seconds with millisecond precision (`12.345`, ELAN's
+  "ss.msec" format). One annotation per second (or sample) that has a face, its text the integer
+  label; a second without a face has no annotation, so it shows as a gap on the tier. Tiers:
+  `valence`, `arousal` and, where the table has an `expression` column, `expression`; in an
+  `--all-faces` table every face gets its own tiers in the clip's one file (`valence (face 1)`,
+  the number is the table's `face_id`), because ELAN makes one document per imported file and the
+  faces of a clip belong on one timeline.
+- NOVA (hcmlab/nova): per clip, face and dimension, a continuous annotation, the XML header
+  `<name>.annotation` and its ASCII data file `<name>.annotation~`: one line `score;confidence` per
+  sample at the scheme's rate `sr` (1 Hz per second; the table's fps for a `--per-frame` table),
+  line *i* being the sample at *i* / `sr` seconds. The score is the table's continuous
+  `valence_score` / `arousal_score` (unclipped, as in the table); the confidence is
+  `valence_conf` / `arousal_conf` (the probability of the chosen class) where the model gives one,
+  else 1. A second without a face is `NaN;0`: no value, and confidence 0 so that NOVA's
+  low-confidence marking flags it. In an `--all-faces` table each face is its own role
+  (`face1`) and its own file set (`<clip>.face1.valence.annotation`).
+
+Clips that failed in `fer annotate` are not in the table; `<table stem>.errors.csv` lists them,
+and `export()` reports them instead of failing. Existing files are never replaced unless
+`overwrite` is set; every file is written by write-then-rename.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from .errors import DataError, FerError
+from .files import atomic_write
+from .labels import LABEL_MAX, LABEL_MIN
+
+FORMATS = ("elan", "nova")
+DIMENSIONS = ("valence", "arousal")
+ELAN_COLUMNS = ("Tier", "Begin Time", "End Time", "Annotation")
+NOVA_ANNOTATOR = "fer"
+
+
+@dataclass(frozen=True)
+class ExportOptions:
+    """What `export()` writes: `to` one of FORMATS, into `out_dir`; `overwrite` replaces files."""
+
+    to: str
+    out_dir: Path
+    overwrite: bool = False
+
+
+@dataclass
+class ExportResult:
+    """What an export wrote, and what it could not export.
+
+    files: every file written. clips: the clips exported. no_files: clips of an `--all-faces`
+    table in which no face was ever found, so NOVA (one file set per face) has nothing to name.
+    failed: (video, error) for the clips the errors sidecar lists (they are not in the table).
+    """
+
+    files: list[Path] = field(default_factory=list)
+    clips: list[str] = field(default_factory=list)
+    no_files: list[str] = field(default_factory=list)
+    failed: list[tuple[str, str]] = field(default_factory=list)
+    errors_file: Path | None = None
+
+
+def export_table(table_path: str | Path, to: str, out_dir: str | Path, *, overwrite: bool = False) -> list[Path]:
+    """Export a `fer annotate` table to ELAN (`to="elan"`) or NOVA (`to="nova"`) files in `out_dir`.
+
+    Returns the files written. Raises FerError (a one-line message) for a missing or unreadable
+    table, an unknown format, or files in `out_dir` that would be overwritten without `overwrite`.
+    """
+    return export(table_path, ExportOptions(to=to, out_dir=Path(out_dir), overwrite=overwrite)).files
+
+
+def export(table_path: str | Path, options: ExportOptions) -> ExportResult:
+    """`export_table` with the full account: files, clips, and the clips that failed upstream."""
+    to = options.to.lower() if isinstance(options.to, str) else options.to
+    if to not in FORMATS:
+        raise FerError(f"--to must be one of {', '.join(FORMATS)}, not {options.to!r}")
+    table_path = Path(table_path)
+    df = _read(table_path)
+    table = _Table.of(df, table_path)
+    out_dir = Path(options.out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise FerError(f"{out_dir}: exists and is not a folder")
+
+    result = ExportResult()
+    result.failed, result.errors_file = _failed(table_path)
+    planned = _plan(table, to, result)
+    clashes = [p for p in planned if (out_dir / p).exists()]
+    if clashes and not options.overwrite:
+        more = f" and {len(clashes) - 1} more files" if len(clashes) > 1 else ""
+        verb = "exist" if len(clashes) > 1 else "exists"
+        raise FerError(f"{out_dir / clashes[0]}{more} already {verb}: --overwrite replaces them")
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for name, text in planned.items():
+        path = out_dir / name
+        atomic_write(path, lambda tmp, text=text: Path(tmp).write_text(text, encoding="utf-8", newline="\n"))
+        result.files.append(path)
+    return result
+
+
+# --- reading the table -------------------------------------------------------------------------
+
+
+def _read(path: Path) -> pd.DataFrame:
+    from .writers import read_table
+
+    if not path.is_file():
+        raise DataError(f"{path}: no such file")
+    try:
+        return read_table(path)
+    except FerError:
+        raise
+    except Exception as e:  # pyarrow/pandas raise many kinds for unreadable files
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise DataError(f"{path}: cannot read table ({first})") from e
+
+
+def _failed(table_path: Path) -> tuple[list[tuple[str, str]], Path | None]:
+    from .writers import errors_path
+
+    path = errors_path(table_path)
+    if not path.is_file():
+        return [], None
+    try:
+        errors = pd.read_csv(path, dtype=str, keep_default_na=False)
+        return list(zip(errors["video"], errors.get("error", [""] * len(errors)))), path
+    except (OSError, ValueError, KeyError):  # a damaged sidecar must not stop the export of the table
+        return [("?", f"{path.name} could not be read")], path
+
+
+@dataclass
+class _Table:
+    """The table in the terms both formats need: per clip, a sample index and a span per row."""
+
+    df: pd.DataFrame
+    per_frame: bool
+    rate: float  # samples per second: 1 for per-second tables, the sampling fps for per-frame
+    faces: bool  # an --all-faces table (a face_id column)
+
+    @classmethod
+    def of(cls, df: pd.DataFrame, path: Path) -> _Table:
+        missing = [c for c in ("video", *DIMENSIONS) if c not in df]
+        if "second" in df:
+            per_frame = False
+        elif "frame" in df and "time" in df:
+            per_frame = True
+        else:
+            per_frame = False
+            missing.append("second (or frame and time)")
+        if missing:
+            raise DataError(f"{path}: missing column(s) {', '.join(missing)}")
+        df = df[df["video"].notna()].copy()
+        df["video"] = df["video"].astype(str)
+        key = "frame" if per_frame else "second"
+        index = pd.to_numeric(df[key], errors="coerce")
+        if index.isna().any() or (index < 0).any() or (index != np.floor(index)).any():
+            raise DataError(f"{path}: column {key} must hold whole numbers from 0")
+        df["_index"] = index.astype(np.int64)
+        faces = "face_id" in df
+        dup = df.duplicated(["video", "_index", "face_id"] if faces else ["video", "_index"])
+        if dup.any():
+            row = df[dup].iloc[0]
+            raise DataError(f"{path}: {row['video']} has {key} {row['_index']} twice")
+        rate = _frame_rate(df, path) if per_frame else 1.0
+        if per_frame:  # a sample is shown until the next one: [k / fps, (k + 1) / fps)
+            df["_begin"] = df["_index"] / rate
+            df["_end"] = (df["_index"] + 1) / rate
+        else:
+            df["_begin"] = pd.to_numeric(df["start"], errors="coerce") if "start" in df else df["_index"].astype(float)
+            df["_end"] = pd.to_numeric(df["end"], errors="coerce") if "end" in df else df["_index"] + 1.0
+        has_face = pd.Series(True, index=df.index)
+        if "face" in df:
+            has_face &= df["face"].fillna(False).astype(bool)
+        if faces:
+            has_face &= df["face_id"].notna()
+        df["_face"] = has_face
+        return cls(df, per_frame, rate, faces)
+
+    def clips(self):
+        """(video, its rows) in table order."""
+        for video in pd.unique(self.df["video"]):
+            yield video, self.df[self.df["video"] == video]
+
+    def face_ids(self, rows: pd.DataFrame) -> list[int | None]:
+        """The faces of a clip: [None] for a one-face table, else the face ids found in it."""
+        if not self.faces:
+            return [None]
+        return sorted(int(f) for f in pd.unique(rows.loc[rows["face_id"].notna(), "face_id"]))
+
+    @staticmethod
+    def of_face(rows: pd.DataFrame, face_id: int | None) -> pd.DataFrame:
+        if face_id is None:
+            return rows
+        return rows[rows["face_id"].notna() & (rows["face_id"] == face_id)]
+
+
+def _frame_rate(df: pd.DataFrame, path: Path) -> float:
+    """Samples per second of a per-frame table: its metadata's fps, else `frame / time` (the
+    sampler places sample k at k / fps exactly), which must then agree across the rows."""
+    from .writers import read_metadata
+
+    try:
+        meta = read_metadata(path) or {}
+    except (OSError, ValueError):  # damaged metadata: fall back on the times themselves
+        meta = {}
+    fps = meta.get("fps")
+    if isinstance(fps, (int, float)) and fps > 0:
+        return float(fps)
+    time = pd.to_numeric(df["time"], errors="coerce").to_numpy(dtype=float)
+    frame = df["_index"].to_numpy(dtype=float)
+    usable = time > 0
+    if not usable.any():
+        raise DataError(f"{path}: a per-frame table without metadata and with one sample: cannot tell its sample rate")
+    rates = frame[usable] / time[usable]
+    fps = float(np.median(rates))
+    if not np.allclose(frame, time * fps, atol=1e-3):
+        raise DataError(f"{path}: per-frame times are not frame / fps for one fps: cannot tell the sample rate")
+    return fps
+
+
+# --- planning the files ------------------------------------------------------------------------
+
+
+def _plan(table: _Table, to: str, result: ExportResult) -> dict[str, str]:
+    """File name -> text for every file of the export, names unique (case-insensitively)."""
+    from .plots import safe_names
+
+    # The stems are unique (case-insensitively) and every clip of a table gets suffixes of one
+    # pattern (`.txt`; `.valence.annotation` or, in an --all-faces table, `.face<id>.valence...`),
+    # so file names cannot clash either.
+    stems = safe_names([video for video, _ in table.clips()])
+    planned: dict[str, str] = {}
+    for video, rows in table.clips():
+        files = _elan_files(table, rows) if to == "elan" else _nova_files(table, rows)
+        if not files:
+            result.no_files.append(video)
+        planned.update({f"{stems[video]}{suffix}": text for suffix, text in files.items()})
+        result.clips.append(video)
+    return planned
+
+
+def _elan_files(table: _Table, rows: pd.DataFrame) -> dict[str, str]:
+    lines = ["\t".join(ELAN_COLUMNS)]
+    tiers = list(DIMENSIONS) + (["expression"] if "expression" in rows else [])
+    for face_id in table.face_ids(rows):
+        face = table.of_face(rows, face_id).sort_values("_index")
+        for tier in tiers:
+            name = tier if face_id is None else f"{tier} (face {face_id})"
+            shown = face[face["_face"] & face[tier].notna()]
+            for begin, end, value in zip(shown["_begin"], shown["_end"], shown[tier]):
+                lines.append("\t".join((name, _ms(begin), _ms(end), _elan_text(value))))
+    return {".txt": "\n".join(lines) + "\n"}
+
+
+def _ms(seconds: float) -> str:
+    return f"{float(seconds):.3f}"
+
+
+def _elan_text(value) -> str:
+    if isinstance(value, (int, np.integer)):
+        return str(int(value))
+    if isinstance(value, (float, np.floating)) and float(value).is_integer():
+        return str(int(value))  # a CSV may give labels as floats
+    # Free text (expression): a tab or line break would split the row.
+    return " ".join(str(value).split())
+
+
+def _nova_files(table: _Table, rows: pd.DataFrame) -> dict[str, str]:
+    length = int(rows["_index"].max()) + 1  # every face's file covers the whole clip
+    files: dict[str, str] = {}
+    for face_id in table.face_ids(rows):
+        face = table.of_face(rows, face_id).set_index("_index").reindex(range(length))
+        role = "face" if face_id is None else f"face{face_id}"
+        prefix = "" if face_id is None else f".{role}"
+        for dim in DIMENSIONS:
+            data = _nova_data(face, dim)
+            files[f"{prefix}.{dim}.annotation"] = _nova_header(dim, role, table.rate, len(data))
+            files[f"{prefix}.{dim}.annotation~"] = "".join(line + "\n" for line in data)
+    return files
+
+
+def _nova_header(dim: str, role: str, rate: float, size: int) -> str:
+    return (
+        '<?xml version="1.0" ?>\n'
+        '<annotation ssi-v="3">\n'
+        f'    <info ftype="ASCII" size="{size}" />\n'
+        f'    <meta annotator="{NOVA_ANNOTATOR}" role="{role}" />\n'
+        f'    <scheme name="{dim}" type="CONTINUOUS" sr="{_num(rate)}" min="{LABEL_MIN}" max="{LABEL_MAX}" />\n'
+        "</annotation>\n"
+    )
+
+
+def _nova_data(face: pd.DataFrame, dim: str) -> list[str]:
+    """One `score;confidence` line per sample; rows missing from the table (reindexed to NaN) and
+    faceless rows are `NaN;0`."""
+    score_col = f"{dim}_score" if f"{dim}_score" in face else dim
+    scores = face[score_col]
+    conf = face[f"{dim}_conf"] if f"{dim}_conf" in face else pd.Series(np.nan, index=face.index)
+    score_type, conf_type = _float_type(scores), _float_type(conf)
+    present = face["_face"].fillna(False).astype(bool)
+    lines = []
+    for ok, score, c in zip(present, scores, conf):
+        if not ok or pd.isna(score):
+            lines.append("NaN;0")
+            continue
+        # A model with no class distribution (frame models: conf null) states no doubt: 1.
+        c = 1.0 if pd.isna(c) else float(c)
+        lines.append(f"{_num(score, score_type)};{_num(c, conf_type)}")
+    return lines
+
+
+def _float_type(column: pd.Series) -> np.dtype:
+    """float32 for Parquet's float32 columns (so 0.3 is written `0.3`, not `0.30000001192092896`),
+    else float64 (CSV, nullable or integer columns)."""
+    kind = column.dtype
+    return kind if isinstance(kind, np.dtype) and kind.kind == "f" else np.dtype(np.float64)
+
+
+def _num(value: float, dtype: np.dtype | None = None) -> str:
+    """The shortest decimal that reads back as the same `dtype` value (default float64)."""
+    value = (dtype or np.dtype(np.float64)).type(value)
+    if not math.isfinite(float(value)):
+        return "NaN"
+    return np.format_float_positional(value, unique=True, trim="-")
