@@ -38,6 +38,7 @@ import numpy as np
 import pandas as pd
 
 from .errors import DataError, FerError
+from .files import atomic_write
 from .labels import LABEL_MAX, LABEL_MIN
 
 REPORT_NAME = "index.html"
@@ -81,8 +82,6 @@ def write_report(
     check_report_dir(out_dir, overwrite=overwrite)
     meta = _metadata(table_path)
     page = render(df, errors, out_dir=out_dir, videos_root=root, title=title or table_path.name, metadata=meta)
-    from .writers import atomic_write
-
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / REPORT_NAME
     atomic_write(path, lambda tmp: Path(tmp).write_text(page, encoding="utf-8"))
