@@ -653,6 +653,28 @@ def export(
 
 
 @app.command()
+def report(
+    table: Path = typer.Argument(..., help="A `fer annotate` output (.parquet or .csv)."),
+    out: Path = typer.Option(..., "--out", "-o", help="Folder for the report (index.html)."),
+    videos: Optional[Path] = typer.Option(
+        None, "--videos", metavar="ROOT",
+        help="Folder the table's video paths are relative to (what you gave fer annotate); default: the table's folder.",
+    ),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace the report in a non-empty --out folder."),
+) -> None:
+    """One self-contained HTML page for the batch: summary, timelines with the videos, circumplex."""
+    from .errors import FerError
+    from .report import write_report
+
+    console = _console()
+    try:
+        page = write_report(table, out, videos=videos, overwrite=overwrite)
+    except FerError as e:
+        raise _fail(console, str(e)) from None
+    console.print(f"wrote {page}")
+
+
+@app.command()
 def doctor() -> None:
     """Versions, decoders, CUDA, face detector and cached weights."""
     from .doctor import report
