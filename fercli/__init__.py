@@ -11,11 +11,9 @@ from __future__ import annotations
 
 import importlib
 
-from .runtime import quiet_openmp
 
 __version__ = "0.1.0"
 
-quiet_openmp()  # before anything imports torch: libgomp reads its settings once, at load
 
 _LAZY = {
     "annotate": "fercli.pipeline",

@@ -100,9 +100,7 @@ def speed(
 
     from .decode import open_video
     from .model import load_model
-    from .runtime import keep_freed_memory
 
-    keep_freed_memory()  # before the warm-up: the baselines below run under the same allocator
     if repeat < 1:
         raise FerError(f"--repeat must be at least 1, not {repeat}")
     inputs = find_clips(paths)
@@ -118,8 +116,7 @@ def speed(
         with open_video(clip.path) as src:
             infos.append(src.info)
     options = AnnotateOptions(
-        model=model, device=dev.type, batch_size=batch_size, workers=workers, precision=precision, ray=ray,
-        reuse_boxes=reuse_boxes,
+        batch_size=batch_size, workers=workers, precision=precision, ray=ray, reuse_boxes=reuse_boxes,
     )  # fmt: skip
     precision = resolve_precision(precision, dev)
     _warm_up(clips[0], net, options, dev)
@@ -157,7 +154,7 @@ def _timed_run(clips, options, model, device) -> tuple[StageClock, float, float]
     clock = StageClock(cuda=device.type == "cuda")
     with tempfile.TemporaryDirectory() as tmp:
         cpu, start = _cpu_seconds(), time.perf_counter()
-        annotate([c.path for c in clips], Path(tmp) / "bench.parquet", options, model=model, clock=clock)
+        annotate([c.path for c in clips], Path(tmp) / "bench.parquet", model=model, options=options, clock=clock)
         return clock, time.perf_counter() - start, _cpu_seconds() - cpu
 
 

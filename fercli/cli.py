@@ -122,7 +122,7 @@ def annotate(
     except FerError as e:
         raise _fail(console, str(e)) from None
     options = AnnotateOptions(
-        model=model, device=device, batch_size=batch_size, per_frame=per_frame, all_faces=all_faces, resume=resume,
+        batch_size=batch_size, per_frame=per_frame, all_faces=all_faces, resume=resume,
         overwrite=overwrite, frames_fps=frames_fps, workers=workers, precision=precision, reuse_boxes=reuse_boxes, ray=ray,
     )  # fmt: skip
     try:
@@ -134,7 +134,7 @@ def annotate(
         with _download_bar(console) as on_bytes:
             net = load_model(model, resolve_device(device), progress=on_bytes)
         with _AnnotateProgress(console) as bar:
-            result = run_annotate(paths, out, options, model=net, progress=bar.update)
+            result = run_annotate(paths, out, model=net, device=device, options=options, progress=bar.update)
     except FerError as e:
         raise _fail(console, str(e)) from None
     except KeyboardInterrupt:
@@ -686,6 +686,9 @@ def doctor() -> None:
 
 def main() -> None:
     """The `fer` command: the Typer app, with a bare --ray filled in and unexpected errors reported."""
+    from .runtime import tune_process
+
+    tune_process()  # the program's settings, before any command imports torch (fercli/runtime.py)
     args = bare_ray_means_local(sys.argv[1:])
     try:
         app(args=args)

@@ -55,13 +55,15 @@ def import_ray():
     return ray
 
 
-def run_on_ray(clips: list[Clip], labeler: Labeler, options, device, clock, address: str | None = None) -> None:
+def run_on_ray(
+    clips: list[Clip], labeler: Labeler, options, device, clock, address: str | None = None, requested: str = "auto"
+) -> None:
     """Annotate `clips` on Ray; each finished clip goes to `labeler.on_clip`, as in the local schedules.
 
     `address` (default `options.ray`): "local" starts a Ray instance on this machine for the run,
     "auto" joins the cluster this machine belongs to, "HOST:PORT" the one whose head is there. A
     Ray the caller already started in this process (`ray.init(...)`) is used as it is. `device` is
-    the driver's; the actors run on the cluster's GPUs unless `options.device` is "cpu".
+    the driver's; the actors run on the cluster's GPUs unless `requested` (the --device asked for) is "cpu".
     """
     ray = import_ray()
     if not clips:
@@ -70,7 +72,7 @@ def run_on_ray(clips: list[Clip], labeler: Labeler, options, device, clock, addr
     # actors use that one, not their own "auto" (bf16 on a GPU under a CPU-only driver).
     options = replace(options, precision=resolve_precision(options.precision, device))
     with _connected(ray, address or options.ray or "local"), _data_settings():
-        pool, actor_device = _model_pool(ray.cluster_resources(), options.device)
+        pool, actor_device = _model_pool(ray.cluster_resources(), requested)
         log.info("ray: %d clips, %d model actor(s) on %s", len(clips), pool["compute"].max_size, actor_device)
         ds = _dataset(ray, clips, labeler.model, options, pool, actor_device, isinstance(clock, StageClock))
         returned = set()

@@ -421,10 +421,10 @@ def _annotate(folders, model, frames_fps, device, batch_size, emit) -> tuple[pd.
             done += 1
             emit(EvaluateEvent("annotate", done, total))
 
-    options = AnnotateOptions(device=device, batch_size=batch_size, frames_fps=frames_fps)
+    options = AnnotateOptions(batch_size=batch_size, frames_fps=frames_fps)
     with tempfile.TemporaryDirectory(prefix="fer-evaluate-") as tmp:
         out = Path(tmp) / "seconds.parquet"
-        result = annotate(folders, out, options, model=model, progress=on_event)
+        result = annotate(folders, out, model=model, device=device, options=options, progress=on_event)
         table = read_table(out) if out.exists() else _empty_pred()
     failed = {v.video: v.error for v in result.failed}
     for video, error in failed.items():

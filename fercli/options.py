@@ -10,8 +10,6 @@ DEFAULT_BATCH = 16  # face crops per backbone call; small batches run best on a 
 
 @dataclass
 class AnnotateOptions:
-    model: str = "hsemotion"  # registry name or checkpoint path
-    device: str = "auto"  # "auto", "cpu" or "cuda"
     batch_size: int = DEFAULT_BATCH  # face crops per backbone batch
     per_frame: bool = False  # one row per sampled frame instead of per second
     all_faces: bool = False  # a row per tracked face (with face_id) instead of the main subject only

@@ -27,27 +27,32 @@ __all__ = ["annotate", "run_metadata", "AnnotateOptions", "AnnotateResult", "Pro
 def annotate(
     paths: Iterable[str | Path],
     out: str | Path,
-    options: AnnotateOptions | None = None,
     *,
-    model=None,
+    model="hsemotion",
+    device=None,
+    options: AnnotateOptions | None = None,
     progress: Callable[[ProgressEvent], None] | None = None,
     clock: StageClock | None = None,
 ) -> AnnotateResult:
     """Annotate every clip under `paths` into the table `out` (.parquet or .csv).
 
-    A clip that fails is reported in the result and in `<out stem>.errors.csv`; the others go on.
+    model: a registry name ("hsemotion", the default), a checkpoint path, or a loaded network
+    (`load_model`). device: "auto", "cpu", "cuda", "cuda:N" or a torch.device; by default the
+    loaded network's own device, else "auto". A clip that fails is reported in the result and in
+    `<out stem>.errors.csv`; the others go on. An existing `out` needs `options.resume` or
+    `options.overwrite`. Process-wide tuning (OpenMP spinning, glibc's freed memory) is left
+    to the program: see `fercli.runtime.tune_process`.
     """
     from .model import load_model
-    from .runtime import keep_freed_memory
     from .writers import TableWriter, check_output, write_errors
 
-    keep_freed_memory()
     options = options or AnnotateOptions()
     emit = progress or (lambda event: None)
     clock = clock or NO_CLOCK
     out = Path(out)
     check_output(out, resume=options.resume, overwrite=options.overwrite)  # before any work
-    device = resolve_device(options.device)
+    loaded = not isinstance(model, (str, Path))
+    requested = device if device is not None else (None if loaded else "auto")
     if options.ray:
         from .cluster import import_ray
 
@@ -55,11 +60,15 @@ def annotate(
     inputs = find_clips(paths)
     if inputs.missing:
         raise FerError(f"{inputs.missing[0]}: no such file or folder")
-    if model is None:
+    if loaded:
+        device = _network_device(model) if requested is None else _as_device(requested)
+        model = model.to(device)
+    else:
         emit(ProgressEvent("model"))
-        model = load_model(options.model, device)
+        model = load_model(model, requested)
+        device = _network_device(model)
     writer = TableWriter(
-        out, run_metadata(model, options), per_frame=options.per_frame, all_faces=options.all_faces,
+        out, run_metadata(model, options, device), per_frame=options.per_frame, all_faces=options.all_faces,
         resume=options.resume, overwrite=options.overwrite,
     )  # fmt: skip
     done = writer.done() if options.resume else set()
@@ -72,7 +81,8 @@ def annotate(
             todo.append(clip)
     labeler = Labeler(model, options, device, clock, emit, on_clip=lambda vr, rows: _store(vr, rows, writer, clock, result))
     try:
-        SCHEDULES[_schedule(options, device, len(todo))](todo, labeler, options, device, clock)
+        run = SCHEDULES[_schedule(options, device, len(todo))]
+        run(todo, labeler, options, device, clock, requested=str(requested or device.type))
     finally:  # also on Ctrl-C: keep what finished, in a whole file
         if result.videos or not out.exists():
             with clock.stage("write"):
@@ -82,26 +92,27 @@ def annotate(
     return result
 
 
-def _run_on_ray(*args) -> None:
+def _run_on_ray(clips, labeler, options, device, clock, requested: str) -> None:
     from .cluster import run_on_ray
 
-    run_on_ray(*args)
+    run_on_ray(clips, labeler, options, device, clock, requested=requested)
 
 
-def _run_in_thread(*args) -> None:
+def _run_in_thread(clips, labeler, options, device, clock, requested: str) -> None:
     from .schedules import run_in_thread
 
-    run_in_thread(*args)
+    run_in_thread(clips, labeler, options, device, clock)
 
 
-def _run_in_workers(*args) -> None:
+def _run_in_workers(clips, labeler, options, device, clock, requested: str) -> None:
     from .schedules import run_in_workers
 
-    run_in_workers(*args)
+    run_in_workers(clips, labeler, options, device, clock)
 
 
 # Where the stages run: each takes (clips, labeler, options, device, clock) and hands every
-# finished clip to labeler.on_clip. Imported on use: Ray is an optional extra.
+# finished clip to labeler.on_clip; `requested` is the --device asked for (Ray places its model
+# actors by it). Imported on use: Ray is an optional extra.
 SCHEDULES = {"thread": _run_in_thread, "workers": _run_in_workers, "ray": _run_on_ray}
 
 
@@ -111,6 +122,18 @@ def _schedule(options: AnnotateOptions, device, n_clips: int) -> str:
     if options.ray:
         return "ray"
     return "workers" if workers(options, device, n_clips) else "thread"
+
+
+def _network_device(model):
+    import torch
+
+    return next((p.device for p in model.parameters()), torch.device("cpu"))
+
+
+def _as_device(device):
+    import torch
+
+    return device if isinstance(device, torch.device) else resolve_device(device)
 
 
 def _unique(clips: list[Clip], result: AnnotateResult) -> Iterator[Clip]:
@@ -134,21 +157,21 @@ def _store(vr: VideoResult, rows: list[dict] | None, writer, clock, result: Anno
     result.videos.append(vr)
 
 
-def run_metadata(model, options: AnnotateOptions) -> dict:
+def run_metadata(model, options: AnnotateOptions, device) -> dict:
     """What the output's Parquet metadata records about the run."""
     from . import __version__
 
     cfg = model.config
     return {
         "fer_version": __version__,
-        "model": getattr(model, "source", options.model),
+        "model": getattr(model, "source", type(model).__name__),
         "arch": cfg.arch,
         "weights_sha256": getattr(model, "weights_sha256", None),
         "fps": cfg.fps,
         "window": cfg.window,
         "per_frame": options.per_frame,
         "all_faces": options.all_faces,
-        "precision": resolve_precision(options.precision, resolve_device(options.device)),
+        "precision": resolve_precision(options.precision, device),
         "frames_fps": options.frames_fps,
         "preprocess": cfg.to_dict()["preprocess"],
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),

@@ -11,7 +11,7 @@ Both were measured on the 2-core development machine (EfficientNet-B0, batch 16,
   they spin on the cores that decoding and face detection need (5.7 CPU-s instead of 4.5 for
   the same 150 samples). A short spin keeps the back-to-back regions inside a forward pass fast
   and lets the threads sleep across the gaps. It must be in the environment before torch loads
-  libgomp, so `fercli/__init__.py` applies it at import.
+  libgomp, so `fer`'s entry point (`cli.main`) applies both before any command imports torch.
 """
 
 from __future__ import annotations
@@ -35,6 +35,17 @@ def quiet_openmp() -> None:
     """Shorten libgomp's idle spinning, unless the user chose a wait policy themselves."""
     if "OMP_WAIT_POLICY" not in os.environ:
         os.environ.setdefault("GOMP_SPINCOUNT", GOMP_SPINCOUNT)
+
+
+def tune_process() -> None:
+    """Both settings, as the `fer` command applies them first thing; for programs using the library.
+
+    Call it before anything imports torch (libgomp reads GOMP_SPINCOUNT once, when it loads).
+    Importing or calling fercli changes neither setting: they are the program's to choose. Worker
+    processes and Ray tasks that fer starts for a job apply `keep_freed_memory` themselves.
+    """
+    quiet_openmp()
+    keep_freed_memory()
 
 
 @functools.cache  # process-wide: the first call decides, later ones (one per Ray clip) are free

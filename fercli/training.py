@@ -100,9 +100,7 @@ class TrainResult:
 def train(options: TrainOptions, progress: Callable[[TrainEvent], None] | None = None) -> TrainResult:
     """Train per `options` into the run folder `options.out`; see the module doc."""
     from .devices import resolve_device
-    from .runtime import keep_freed_memory
 
-    keep_freed_memory()  # the feature cache is built by the same backbone as annotation
     emit = progress or (lambda event: None)
     opts = _checked(options)
     out = Path(opts.out)

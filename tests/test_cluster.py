@@ -45,7 +45,7 @@ def small_model(tmp_path_factory):
 @pytest.fixture(scope="module")
 def local_run(tmp_path_factory, clips_dir, broken_dir, small_model):
     out = tmp_path_factory.mktemp("local") / "results.parquet"
-    result = fercli.annotate([clips_dir, broken_dir], out, AnnotateOptions(workers=0), model=small_model)
+    result = fercli.annotate([clips_dir, broken_dir], out, options=AnnotateOptions(workers=0), model=small_model)
     return result, out
 
 
@@ -54,7 +54,7 @@ def ray_run(tmp_path_factory, ray_local, clips_dir, broken_dir, small_model):
     out = tmp_path_factory.mktemp("ray") / "results.parquet"
     events = []
     result = fercli.annotate(
-        [clips_dir, broken_dir], out, AnnotateOptions(ray="local"), model=small_model, progress=events.append
+        [clips_dir, broken_dir], out, options=AnnotateOptions(ray="local"), model=small_model, progress=events.append
     )
     return result, out, events
 
@@ -96,8 +96,8 @@ def test_ray_shows_progress_per_clip(ray_run):
 def test_ray_resume_completes_a_partial_table(tmp_path, ray_local, clips_dir, broken_dir, small_model, local_run):
     _, local_out = local_run
     out = tmp_path / "r.parquet"
-    fercli.annotate([clips_dir / "moving.mp4", clips_dir / "odd.avi"], out, AnnotateOptions(workers=0), model=small_model)
-    result = fercli.annotate([clips_dir, broken_dir], out, AnnotateOptions(ray="local", resume=True), model=small_model)
+    fercli.annotate([clips_dir / "moving.mp4", clips_dir / "odd.avi"], out, options=AnnotateOptions(workers=0), model=small_model)
+    result = fercli.annotate([clips_dir, broken_dir], out, options=AnnotateOptions(ray="local", resume=True), model=small_model)
     assert sorted(v.video for v in result.videos if v.resumed) == ["moving.mp4", "odd.avi"]
     pd.testing.assert_frame_equal(read_table(out), read_table(local_out), atol=1e-5, check_exact=False)
 
@@ -105,8 +105,8 @@ def test_ray_resume_completes_a_partial_table(tmp_path, ray_local, clips_dir, br
 def test_ray_per_frame_all_faces(tmp_path, ray_local, clips_dir, small_model):
     options = dict(per_frame=True, all_faces=True)
     local, remote = tmp_path / "l.csv", tmp_path / "r.csv"
-    fercli.annotate([clips_dir / "two.mkv"], local, AnnotateOptions(workers=0, **options), model=small_model)
-    fercli.annotate([clips_dir / "two.mkv"], remote, AnnotateOptions(ray="local", **options), model=small_model)
+    fercli.annotate([clips_dir / "two.mkv"], local, options=AnnotateOptions(workers=0, **options), model=small_model)
+    fercli.annotate([clips_dir / "two.mkv"], remote, options=AnnotateOptions(ray="local", **options), model=small_model)
     df = read_table(remote)
     assert sorted(df.face_id.unique().tolist()) == [0, 1]
     pd.testing.assert_frame_equal(df, read_table(local), atol=1e-5, check_exact=False)
@@ -116,7 +116,7 @@ def test_without_ray_it_says_how_to_install(tmp_path, clips_dir, small_model, mo
     monkeypatch.setitem(sys.modules, "ray", None)  # `import ray` now fails as if not installed
     out = tmp_path / "r.parquet"
     with pytest.raises(FerError, match=r"pip install 'fercli\[ray\]'"):
-        fercli.annotate([clips_dir / "odd.avi"], out, AnnotateOptions(ray="local"), model=small_model)
+        fercli.annotate([clips_dir / "odd.avi"], out, options=AnnotateOptions(ray="local"), model=small_model)
     assert not out.exists()
 
 

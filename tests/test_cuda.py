@@ -12,7 +12,7 @@ def test_cuda_run_matches_the_cpu_table(tmp_path, clips_dir, lstm_checkpoint):
     for device in ("cpu", "cuda"):
         out = tmp_path / f"{device}.parquet"
         model = fercli.load_model(lstm_checkpoint, device)
-        fercli.annotate([clips_dir], out, AnnotateOptions(device=device), model=model)
+        fercli.annotate([clips_dir], out, options=AnnotateOptions(), model=model, device=device)
         tables[device] = read_table(out)
     cpu, cuda = tables["cpu"], tables["cuda"]
     assert cuda[["video", "second", "face"]].equals(cpu[["video", "second", "face"]])

@@ -32,7 +32,7 @@ def annotate_table(clips_dir: Path, checkpoint: Path, options: dict, out: Path) 
     from fercli.options import AnnotateOptions
 
     inputs = [clips_dir / name for name in ("moving.mp4", "sub/gap.mkv", "two.mkv", "odd.avi")]
-    fercli.annotate(inputs, out, AnnotateOptions(device="cpu", **options), model=fercli.load_model(checkpoint, "cpu"))
+    fercli.annotate(inputs, out, options=AnnotateOptions(**options), model=fercli.load_model(checkpoint, "cpu"), device="cpu")
     return fercli.read_table(out)
 
 

@@ -24,7 +24,7 @@ def lstm(lstm_checkpoint):
 def clean(tmp_path_factory, clips_dir, broken_dir, lstm):
     """One full run over good and broken clips, shared by the checks below."""
     out = tmp_path_factory.mktemp("out") / "results.parquet"
-    result = fercli.annotate([clips_dir, broken_dir], out, AnnotateOptions(model="lstm"), model=lstm)
+    result = fercli.annotate([clips_dir, broken_dir], out, options=AnnotateOptions(), model=lstm)
     return result, read_table(out)
 
 
@@ -71,7 +71,7 @@ def test_main_subject_is_the_big_face(clean, tmp_path, clips_dir, lstm):
     cols = ["valence_score", "arousal_score"]
     main = df[df.video == "two.mkv"][cols].to_numpy()
     out = tmp_path / "faces.parquet"
-    fercli.annotate([clips_dir / "two.mkv"], out, AnnotateOptions(all_faces=True), model=lstm)
+    fercli.annotate([clips_dir / "two.mkv"], out, options=AnnotateOptions(all_faces=True), model=lstm)
     tracks = read_table(out)
     big = tracks[tracks.face_id == 0][cols].to_numpy()  # ids follow size: largest first
     small = tracks[tracks.face_id == 1][cols].to_numpy()
@@ -85,7 +85,7 @@ def test_main_subject_is_the_big_face(clean, tmp_path, clips_dir, lstm):
 def test_worker_processes_give_the_same_table(clean, tmp_path, clips_dir, broken_dir, lstm):
     result, df = clean
     out = tmp_path / "workers.parquet"
-    two = fercli.annotate([clips_dir, broken_dir], out, AnnotateOptions(workers=2), model=lstm)
+    two = fercli.annotate([clips_dir, broken_dir], out, options=AnnotateOptions(workers=2), model=lstm)
     pd.testing.assert_frame_equal(read_table(out), df, atol=1e-5, check_exact=False)
     assert sorted((v.video, v.error) for v in two.failed) == sorted((v.video, v.error) for v in result.failed)
 
@@ -122,7 +122,7 @@ def test_rows_match_a_hand_run_of_the_model(clean, lstm, clips_dir):
 
 def test_all_faces_gives_a_track_per_face(tmp_path, clips_dir, lstm):
     out = tmp_path / "faces.parquet"
-    fercli.annotate([clips_dir / "two.mkv"], out, AnnotateOptions(all_faces=True), model=lstm)
+    fercli.annotate([clips_dir / "two.mkv"], out, options=AnnotateOptions(all_faces=True), model=lstm)
     df = read_table(out)
     assert sorted(df.face_id.unique().tolist()) == [0, 1]
     assert df.groupby("face_id").size().tolist() == [3, 3]
@@ -131,7 +131,7 @@ def test_all_faces_gives_a_track_per_face(tmp_path, clips_dir, lstm):
 
 def test_per_frame_rows(tmp_path, clips_dir, lstm):
     out = tmp_path / "frames.csv"
-    fercli.annotate([clips_dir / "sub" / "gap.mkv"], out, AnnotateOptions(per_frame=True), model=lstm)
+    fercli.annotate([clips_dir / "sub" / "gap.mkv"], out, options=AnnotateOptions(per_frame=True), model=lstm)
     df = read_table(out)
     assert df.frame.tolist() == list(range(25))  # 5 s at 5 frames/s
     assert df.time.tolist() == pytest.approx([k / 5 for k in range(25)])
@@ -144,7 +144,7 @@ def test_frame_model_averages_frame_scores(tmp_path, clips_dir, frame_checkpoint
     fercli.annotate([clips_dir / "odd.avi"], out, model=model)
     sec = read_table(out)
     out_f = tmp_path / "hf.parquet"
-    fercli.annotate([clips_dir / "odd.avi"], out_f, AnnotateOptions(per_frame=True), model=model)
+    fercli.annotate([clips_dir / "odd.avi"], out_f, options=AnnotateOptions(per_frame=True), model=model)
     frames = read_table(out_f)
     frames["second"] = np.floor(frames.time + 1e-6).astype(int)
     means = frames.groupby("second").valence_score.mean()
@@ -169,7 +169,7 @@ def test_frame_model_sees_the_tight_box_and_scores_are_unclipped(tmp_path, clips
         net.backbone.classifier.bias[8] = 1.2
     model = fercli.load_model(save_checkpoint(net, tmp_path / "hse.pt"))
     out = tmp_path / "f.parquet"
-    fercli.annotate([clips_dir / "big_only.mkv"], out, AnnotateOptions(per_frame=True, reuse_boxes=0), model=model)
+    fercli.annotate([clips_dir / "big_only.mkv"], out, options=AnnotateOptions(per_frame=True, reuse_boxes=0), model=model)
     df = read_table(out)
     with av.open(str(clips_dir / "big_only.mkv")) as c:
         frames = [f.to_ndarray(format="rgb24") for i, f in zip(range(25), c.decode(video=0))][::5]
@@ -220,7 +220,7 @@ def test_a_model_failure_stops_the_decoding_thread(tmp_path, clips_dir, lstm, mo
 
     monkeypatch.setattr(lstm, "encode", failing_encode)
     with pytest.raises(RuntimeError, match="out of memory"):
-        fercli.annotate([clips_dir], tmp_path / "r.parquet", AnnotateOptions(workers=0, batch_size=4), model=lstm)
+        fercli.annotate([clips_dir], tmp_path / "r.parquet", options=AnnotateOptions(workers=0, batch_size=4), model=lstm)
     assert len(calls) == 2
     assert not _decode_threads()
     assert len(read_table(tmp_path / "r.parquet")) == 0  # no clip finished before the failure
@@ -234,7 +234,7 @@ def test_a_decoding_thread_crash_reaches_the_caller(tmp_path, clips_dir, lstm, m
 
     monkeypatch.setattr(fercli.faces, "FaceDetector", no_detector)
     with pytest.raises(OSError, match="graph failed to start"):
-        fercli.annotate([clips_dir], tmp_path / "r.parquet", AnnotateOptions(workers=0), model=lstm)
+        fercli.annotate([clips_dir], tmp_path / "r.parquet", options=AnnotateOptions(workers=0), model=lstm)
     assert not _decode_threads()
 
 
@@ -275,7 +275,7 @@ def test_no_phantom_row_after_a_whole_second_clip(tmp_path, lstm, seconds):
         stream = container.streams.video[0]
         assert float(stream.duration * stream.time_base) == pytest.approx(seconds + 0.0003)
     out = tmp_path / "r.parquet"
-    fercli.annotate([clip], out, AnnotateOptions(), model=lstm)
+    fercli.annotate([clip], out, options=AnnotateOptions(), model=lstm)
     df = read_table(out)
     assert df.second.tolist() == list(range(seconds))
     assert df.face.all()
@@ -290,7 +290,7 @@ def test_a_face_that_leaves_is_not_labelled_on_reused_boxes(tmp_path, lstm, leav
     clip = media.make_clip(tmp_path / "gap.mp4", 5.0, 30, (320, 240), lambda t: [] if leaves <= t < 4.0 else [(60, 40, 160)])
     assert AnnotateOptions().reuse_boxes > 0  # the default
     out = tmp_path / "frames.parquet"
-    fercli.annotate([clip], out, AnnotateOptions(per_frame=True), model=lstm)
+    fercli.annotate([clip], out, options=AnnotateOptions(per_frame=True), model=lstm)
     df = read_table(out)
     gone = (df.time >= leaves - 1e-9) & (df.time < 4.0)
     assert not df[gone].face.any()
@@ -308,3 +308,17 @@ def test_a_named_file_that_is_no_video_fails_by_name_and_the_batch_goes_on(tmp_p
     (failed,) = result.failed
     assert failed.video == "notes.txt" and str(notes) in failed.error and "\n" not in failed.error
     assert set(read_table(out).video) == {"interview.dat", "odd.avi"}
+
+
+def test_annotate_takes_a_name_or_path_and_defaults_to_the_networks_device(tmp_path, clips_dir, lstm_checkpoint, lstm):
+    import inspect
+
+    params = inspect.signature(fercli.annotate).parameters
+    assert all(params[p].kind is inspect.Parameter.KEYWORD_ONLY for p in ("model", "device", "options"))
+    assert not hasattr(AnnotateOptions(), "model") and not hasattr(AnnotateOptions(), "device")  # one place each
+    by_path = tmp_path / "p.parquet"
+    fercli.annotate([clips_dir / "odd.avi"], by_path, model=str(lstm_checkpoint))
+    by_net = tmp_path / "n.parquet"
+    fercli.annotate([clips_dir / "odd.avi"], by_net, model=lstm)
+    assert read_metadata(by_path)["model"] == str(lstm_checkpoint) == read_metadata(by_net)["model"]
+    pd.testing.assert_frame_equal(read_table(by_path), read_table(by_net))

@@ -44,16 +44,36 @@ def test_freed_memory_is_reused_without_page_faults():
     assert _faults("tuned") < PAGES // 100
 
 
-def _env_after_import(**env) -> dict:
+def _env_after(code: str, **env) -> dict:
     base = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")}
-    code = "import os, json, fercli; print(json.dumps({k: os.environ.get(k) for k in ('OMP_WAIT_POLICY', 'GOMP_SPINCOUNT')}))"
+    code += "; import os, json; print(json.dumps({k: os.environ.get(k) for k in ('OMP_WAIT_POLICY', 'GOMP_SPINCOUNT')}))"
     out = subprocess.run([sys.executable, "-c", code], env={**base, **env}, capture_output=True, text=True, check=True)
-    return json.loads(out.stdout)
+    return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def test_importing_fercli_shortens_the_openmp_spin_unless_the_user_chose():
+def test_the_fer_program_shortens_the_openmp_spin_unless_the_user_chose():
     from fercli.runtime import GOMP_SPINCOUNT
 
-    assert _env_after_import() == {"OMP_WAIT_POLICY": None, "GOMP_SPINCOUNT": GOMP_SPINCOUNT}
-    assert _env_after_import(GOMP_SPINCOUNT="5")["GOMP_SPINCOUNT"] == "5"
-    assert _env_after_import(OMP_WAIT_POLICY="ACTIVE") == {"OMP_WAIT_POLICY": "ACTIVE", "GOMP_SPINCOUNT": None}
+    fer = "import sys; sys.argv = ['fer', '--version']; import fercli.cli\ntry: fercli.cli.main()\nexcept SystemExit: pass"
+    fer = f"exec({fer!r})"
+    assert _env_after(fer) == {"OMP_WAIT_POLICY": None, "GOMP_SPINCOUNT": GOMP_SPINCOUNT}
+    assert _env_after(fer, GOMP_SPINCOUNT="5")["GOMP_SPINCOUNT"] == "5"
+    assert _env_after(fer, OMP_WAIT_POLICY="ACTIVE") == {"OMP_WAIT_POLICY": "ACTIVE", "GOMP_SPINCOUNT": None}
+
+
+def test_importing_and_calling_the_library_changes_no_process_setting(tmp_path):
+    # The settings belong to the program: a library user's process keeps its own.
+    code = "import fercli, fercli.pipeline, fercli.model, fercli.runtime as r; assert not r.keep_freed_memory.cache_info().currsize"
+    assert _env_after(code) == {"OMP_WAIT_POLICY": None, "GOMP_SPINCOUNT": None}
+
+
+def test_annotate_leaves_the_allocator_as_the_program_set_it(tmp_path, lstm_checkpoint):
+    import media
+
+    clip = media.make_clip(tmp_path / "c.mp4", 1.0, 10, (96, 96), media.still_face(10, 10, 70))
+    code = (
+        "import sys, fercli, fercli.runtime as r; "
+        f"fercli.annotate([{str(clip)!r}], {str(tmp_path / 'r.csv')!r}, model={str(lstm_checkpoint)!r}, device='cpu'); "
+        "assert not r.keep_freed_memory.cache_info().currsize, 'annotate applied mallopt'"
+    )
+    assert _env_after(code) == {"OMP_WAIT_POLICY": None, "GOMP_SPINCOUNT": None}

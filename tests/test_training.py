@@ -112,7 +112,7 @@ def test_checkpoint_runs_in_fer_annotate_and_agrees_with_the_truth(runs, synthet
     assert model.config.temporal == "lstm" and model.config.window == 5 and model.config.preprocess.size == 96
     test_clips = json.loads((runs["lstm"].out / "split.json").read_text())["test"]
     out = tmp_path / "pred.csv"
-    result = annotate([synthetic / c for c in test_clips], out, AnnotateOptions(device="cpu", frames_fps=5.0), model=model)
+    result = annotate([synthetic / c for c in test_clips], out, options=AnnotateOptions(frames_fps=5.0), model=model, device="cpu")
     assert not result.failed
     pred = pd.read_csv(out, dtype={"video": str})
     assert pred["face"].all()
