@@ -30,6 +30,10 @@ _LAZY = {
     "build_model": "fercli.model",
     "save_checkpoint": "fercli.checkpoints",
     "read_table": "fercli.writers",
+    "read_metadata": "fercli.writers",
+    "train": "fercli.training",
+    "TrainOptions": "fercli.training",
+    "evaluate": "fercli.evaluate",
     "find_clips": "fercli.inputs",
 }
 

@@ -74,6 +74,16 @@ class SpeedReport:
     def to_dict(self) -> dict:
         return asdict(self)
 
+    def write_json(self, path: str | Path) -> Path:
+        """The report as JSON at `path`, written atomically."""
+        import json
+
+        from .files import atomic_write
+
+        text = json.dumps(self.to_dict(), indent=2) + "\n"
+        atomic_write(Path(path), lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
+        return Path(path)
+
 
 def speed(
     paths,

@@ -10,11 +10,31 @@ import re
 import sys
 import traceback
 from pathlib import Path
-from typing import List, Optional
+from typing import Annotated, List, Optional
 
 import typer
 
 from . import __version__
+
+# Options several commands share, declared once (Typer reads the metadata of Annotated).
+ModelOption = Annotated[str, typer.Option(help="Registered model name or checkpoint path.")]
+DeviceOption = Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")]
+CropBatchOption = Annotated[int, typer.Option(min=1, help="Face crops per backbone batch.")]
+WorkersOption = Annotated[
+    Optional[int], typer.Option(min=0, help="Decode/face worker processes (default: by cores; 0: a thread in this process).")
+]
+PrecisionOption = Annotated[str, typer.Option(help="fp32, bf16 or fp16 (CUDA); auto: bf16 on CUDA, fp32 on a CPU.")]
+ReuseBoxesOption = Annotated[
+    int, typer.Option(min=0, help="Samples in a row that may reuse face boxes between two detections that agree (0: detect every sample).")
+]
+RayOption = Annotated[
+    Optional[str],
+    typer.Option(
+        "--ray", metavar="ADDRESS",
+        help="Run on Ray (pip install 'fercli\\[ray]'): local starts one here, auto joins the running cluster, or HOST:PORT.",
+    ),
+]  # fmt: skip
+VerboseOption = Annotated[bool, typer.Option("--verbose", "-v", help="Debug logging.")]
 
 EXIT_FAILED = 1  # some videos failed; the rest were written
 EXIT_ERROR = 2  # nothing could run: bad options, weights, output path
@@ -90,22 +110,19 @@ def _root(
 def annotate(
     paths: List[Path] = typer.Argument(..., help="Video files and folders (searched recursively)."),
     out: Path = typer.Option(..., "--out", "-o", help="Output table: .parquet or .csv."),
-    model: str = typer.Option("hsemotion", help="Registered model name or checkpoint path."),
-    device: str = typer.Option("auto", help="auto, cpu or cuda."),
-    batch_size: int = typer.Option(16, min=1, help="Face crops per backbone batch."),
+    model: ModelOption = "hsemotion",
+    device: DeviceOption = "auto",
+    batch_size: CropBatchOption = 16,
     per_frame: bool = typer.Option(False, "--per-frame", help="One row per sampled frame instead of per second."),
     all_faces: bool = typer.Option(False, "--all-faces", help="Annotate every tracked face (adds face_id)."),
     resume: bool = typer.Option(False, "--resume", help="Add to an existing --out: annotate only the videos it lacks."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing --out with this run alone."),
     frames_fps: float = typer.Option(25.0, min=0.001, help="Frame rate of image-sequence folders (frames/s)."),
-    workers: Optional[int] = typer.Option(None, min=0, help="Decode/face worker processes (default: by cores; 0: a thread in this process)."),
-    precision: str = typer.Option("auto", help="fp32, bf16 or fp16 (CUDA); auto: bf16 on CUDA, fp32 on a CPU."),
-    reuse_boxes: int = typer.Option(1, min=0, help="Samples in a row that may reuse steady face boxes (0: detect every sample)."),
-    ray: Optional[str] = typer.Option(
-        None, "--ray", metavar="ADDRESS",
-        help="Run on Ray (pip install 'fercli\\[ray]'): local starts one here, auto joins the running cluster, or HOST:PORT.",
-    ),
-    verbose: bool = typer.Option(False, "--verbose", "-v", help="Debug logging."),
+    workers: WorkersOption = None,
+    precision: PrecisionOption = "auto",
+    reuse_boxes: ReuseBoxesOption = 1,
+    ray: RayOption = None,
+    verbose: VerboseOption = False,
 ) -> None:
     """Annotate videos with per-second valence and arousal."""
     from .errors import FerError
@@ -292,8 +309,8 @@ def train(
     seed: int = typer.Option(0, help="Seed for initialisation, batch order and dropout (the split has its own)."),
     split_file: Optional[Path] = typer.Option(None, help="Split definition: {seed, ratios} or train/val/test clip lists."),
     resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its last.pt."),
-    device: str = typer.Option("auto", help="auto, cpu or cuda."),
-    verbose: bool = typer.Option(False, "--verbose", "-v", help="Debug logging."),
+    device: DeviceOption = "auto",
+    verbose: VerboseOption = False,
 ) -> None:
     """Train the EfficientNet-B0 + LSTM model on AFEW-VA; its best.pt is a --model for annotate."""
     from .errors import FerError
@@ -456,8 +473,6 @@ def benchmark_accuracy(
 
 
 def _benchmark_data(console, data, model, split, out, frames_fps, device, batch_size, cache_dir) -> None:
-    import json
-
     from rich.progress import Progress
 
     from .errors import FerError
@@ -490,15 +505,9 @@ def _benchmark_data(console, data, model, split, out, frames_fps, device, batch_
     for video, error in ev.failed.items():
         console.print(f"[yellow]not annotated:[/yellow] {video}: {error}", markup=True, highlight=False)
     if out is not None:
-        from . import metrics
-        from .plots import accuracy_pictures
-        from .files import atomic_write
+        from .evaluate import write_evaluation
 
-        for level, report in (("window", ev.windows), ("second", ev.seconds)):
-            metrics.write_report(report, out / level)
-            accuracy_pictures(report, out / level)
-        text = json.dumps(ev.to_dict(), indent=2) + "\n"
-        atomic_write(out / "evaluation.json", lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
+        write_evaluation(ev, out)
         console.print(f"wrote window/ and second/ (metrics.json, metrics.md, pictures) and evaluation.json to {out}")
 
 
@@ -525,21 +534,19 @@ def _print_metrics(report, title: str = "accuracy", unit: str = "rows") -> None:
 @benchmark_app.command("speed")
 def benchmark_speed(
     paths: List[Path] = typer.Argument(..., help="Videos or folders to time fer on."),
-    model: str = typer.Option("hsemotion", help="Registered model name or checkpoint path."),
-    device: str = typer.Option("auto", help="auto, cpu or cuda."),
-    batch_size: int = typer.Option(16, min=1, help="Face crops per backbone batch."),
-    workers: Optional[int] = typer.Option(None, min=0, help="Decode/face worker processes (default: by cores; 0: a thread in this process)."),
-    precision: str = typer.Option("auto", help="fp32, bf16 or fp16 (CUDA); auto: bf16 on CUDA, fp32 on a CPU."),
-    ray: Optional[str] = typer.Option(None, "--ray", metavar="ADDRESS", help="Time the Ray schedule: local, auto or HOST:PORT."),
-    reuse_boxes: int = typer.Option(1, min=0, help="As fer annotate --reuse-boxes (0: detect every sample)."),
+    model: ModelOption = "hsemotion",
+    device: DeviceOption = "auto",
+    batch_size: CropBatchOption = 16,
+    workers: WorkersOption = None,
+    precision: PrecisionOption = "auto",
+    ray: RayOption = None,
+    reuse_boxes: ReuseBoxesOption = 1,
     naive: bool = typer.Option(True, help="Also time the hand-written per-frame loop."),
     naive_seconds: Optional[float] = typer.Option(None, help="Read at most this much of each clip in the naive loop."),
     repeat: int = typer.Option(1, min=1, help="Time the run this many times and report the median run."),
     json_out: Optional[Path] = typer.Option(None, "--json", help="Write the report as JSON here."),
 ) -> None:
     """Time each stage (decode, faces, backbone, head, write) and the whole run."""
-    import json
-
     from .benchmark import speed
     from .errors import FerError
 
@@ -554,7 +561,7 @@ def benchmark_speed(
         raise _fail(console, str(e)) from None
     _print_speed(report)
     if json_out is not None:
-        json_out.write_text(json.dumps(report.to_dict(), indent=2))
+        report.write_json(json_out)
 
 
 def _print_speed(report) -> None:

@@ -177,6 +177,23 @@ class _Run:
     crops: str = "detector"
 
 
+def write_evaluation(ev, out: str | Path) -> list[Path]:
+    """Write an evaluation's files under `out`: window/ and second/ (metrics.json, metrics.md and
+    pictures, as `fer benchmark accuracy` writes them) and evaluation.json; returns the paths."""
+    from .files import atomic_write
+    from .plots import accuracy_pictures
+
+    out = Path(out)
+    written = []
+    for level, report in (("window", ev.windows), ("second", ev.seconds)):
+        written += metrics.write_report(report, out / level)
+        written += accuracy_pictures(report, out / level)
+    text = json.dumps(ev.to_dict(), indent=2) + "\n"
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write(out / "evaluation.json", lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
+    return written + [out / "evaluation.json"]
+
+
 def _training_record(model_path) -> _Run:
     from .checkpoints import read_checkpoint
 

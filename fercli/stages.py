@@ -277,12 +277,11 @@ class Labeler:
             return feats.float()
 
     def _label(self, state: _Clip, units: list) -> None:
-        from .windows import label_units
+        from .windows import label_rows
 
         if not units:
             return
         head = getattr(self.model, "head", None)
         n = sum(u.window is not None for u in units)
         with self.clock.stage("head", n), autocast(self.precision, self.device):
-            labels = label_units(units, head)
-        state.rows += [{**u.key, "face_id": u.face_id, "face": u.has_face, **lab} for u, lab in zip(units, labels)]
+            state.rows += label_rows(units, head)

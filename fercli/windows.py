@@ -21,7 +21,6 @@ from __future__ import annotations
 import math
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Iterable, Iterator
 
 import torch
 
@@ -156,21 +155,9 @@ def label_units(units: list[Unit], head) -> list[dict]:
     return labels
 
 
-def rows(units: Iterable[Unit], head, batch: int) -> Iterator[dict]:
-    """Rows (without the video column) for a stream of units, labelling windows in batches."""
-    pending: list[Unit] = []
-    for unit in units:
-        pending.append(unit)
-        if len(pending) >= batch:
-            yield from _rows(pending, head)
-            pending = []
-    if pending:
-        yield from _rows(pending, head)
-
-
-def _rows(units: list[Unit], head) -> Iterator[dict]:
-    for unit, labels in zip(units, label_units(units, head)):
-        yield {**unit.key, "face_id": unit.face_id, "face": unit.has_face, **labels}
+def label_rows(units: list[Unit], head) -> list[dict]:
+    """Table rows (without the video column) for a batch of units: their keys, face and labels."""
+    return [{**u.key, "face_id": u.face_id, "face": u.has_face, **lab} for u, lab in zip(units, label_units(units, head))]
 
 
 def _from_logits(logits: torch.Tensor) -> list[tuple[int, float, float]]:

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from fercli.windows import Aggregator, FrameFeatures, fill_window, label_units, n_seconds, rows
+from fercli.windows import Aggregator, FrameFeatures, fill_window, label_rows, label_units, n_seconds
 
 
 def feat(k):
@@ -115,7 +115,7 @@ def test_frame_scores_round_half_away_from_zero_and_rows_carry_keys():
     units = []
     for k, v in enumerate([2.5, -2.5, 0.49]):
         units += agg.push(FrameFeatures(k, float(k), {0: torch.tensor([v, 10.0])}))
-    out = list(rows(units + agg.finish(), head=None, batch=2))
+    out = label_rows(units + agg.finish(), head=None)
     assert [r["valence"] for r in out] == [3, -3, 0]
     assert [r["arousal"] for r in out] == [10, 10, 10]
     assert all(r["valence_conf"] is None and r["face"] for r in out)

@@ -1,0 +1,73 @@
+"""The module map ARCHITECTURE.md describes, checked on the source: data flows one way."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+PACKAGE = Path(__file__).parents[1] / "fercli"
+# Stages import nothing above them (the job, its schedules, the CLI, the tools built on tables).
+ABOVE_STAGES = {"pipeline", "stages", "schedules", "cluster", "cli", "benchmark", "evaluate", "training", "report", "export", "render", "plots", "doctor"}
+STAGES = ["inputs", "decode", "faces", "model", "windows", "writers", "labels", "files", "errors", "devices", "weights", "checkpoints", "options", "afew", "features", "examples", "splits"]
+
+
+def imports(module: str) -> list[tuple[str, list[str]]]:
+    """(fercli module, names taken from it) for every import in `module`, function-level ones included."""
+    tree = ast.parse((PACKAGE / f"{module}.py").read_text())
+    found = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom):
+            if node.level == 1 and node.module:  # from .x import a, b
+                found.append((node.module.split(".")[0], [a.name for a in node.names]))
+            elif node.level == 1:  # from . import x, y
+                found += [(a.name, []) for a in node.names]
+            elif node.module and node.module.startswith("fercli."):
+                found.append((node.module.split(".")[1], [a.name for a in node.names]))
+        elif isinstance(node, ast.Import):
+            found += [(a.name.split(".")[1], []) for a in node.names if a.name.startswith("fercli.")]
+    return [(m, names) for m, names in found if (PACKAGE / f"{m}.py").exists()]
+
+
+MODULES = sorted(p.stem for p in PACKAGE.glob("*.py") if p.stem != "__init__")
+GRAPH = {m: {dep for dep, _ in imports(m)} - {m} for m in MODULES}
+
+
+def test_no_import_cycle_inside_fercli():
+    state: dict[str, int] = {}
+
+    def visit(m, path):
+        if state.get(m) == 1:
+            pytest.fail("import cycle: " + " -> ".join(path + [m]))
+        if state.get(m) == 2:
+            return
+        state[m] = 1
+        for dep in sorted(GRAPH[m]):
+            visit(dep, path + [m])
+        state[m] = 2
+
+    for m in MODULES:
+        visit(m, [])
+
+
+@pytest.mark.parametrize("module", MODULES)
+def test_no_module_takes_another_modules_private_names(module):
+    private = [(dep, n) for dep, names in imports(module) for n in names if n.startswith("_")]
+    assert not private, f"{module} imports private names {private}"
+
+
+@pytest.mark.parametrize("module", [m for m in STAGES if m in MODULES])
+def test_stages_import_nothing_above_them(module):
+    assert not GRAPH[module] & ABOVE_STAGES, f"{module} imports {sorted(GRAPH[module] & ABOVE_STAGES)}"
+
+
+def test_schedules_use_the_stages_and_never_each_other():
+    assert "stages" in GRAPH["schedules"] and "stages" in GRAPH["cluster"]
+    assert "cluster" not in GRAPH["schedules"] and "schedules" not in GRAPH["cluster"]
+    assert not {"pipeline"} & (GRAPH["stages"] | GRAPH["schedules"] | GRAPH["cluster"])
+
+
+def test_a_name_becomes_a_network_one_way():
+    assert "weights" in GRAPH["checkpoints"] and "checkpoints" in GRAPH["model"]
+    assert not {"checkpoints", "model"} & GRAPH["weights"] and "model" not in GRAPH["checkpoints"]
