@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import DataError
+from .errors import DataError, first_line
 from .inputs import IMAGE_EXTENSIONS
 from .labels import LABEL_MAX, LABEL_MIN
 
@@ -94,7 +94,7 @@ def read_clip(folder: str | Path, json_path: str | Path | None = None) -> AfewCl
     except FileNotFoundError:
         raise DataError(f"{where}: label file missing") from None
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise DataError(f"{where}: malformed JSON ({_first_line(e)})") from None
+        raise DataError(f"{where}: malformed JSON ({first_line(e)})") from None
     if not isinstance(doc, dict) or not isinstance(doc.get("frames"), dict) or not doc["frames"]:
         raise DataError(f"{where}: malformed JSON (no 'frames' object with per-frame labels)")
     video_id = doc.get("video_id")
@@ -148,8 +148,3 @@ def _images(folder: Path) -> dict[int, Path]:
         if p.suffix.lower() in IMAGE_EXTENSIONS and p.stem.isdigit():
             found.setdefault(int(p.stem), p)
     return found
-
-
-def _first_line(e: BaseException) -> str:
-    lines = str(e).strip().splitlines()
-    return lines[0] if lines else type(e).__name__

@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from . import weights
-from .errors import WeightsError
+from .errors import WeightsError, first_line
 from .files import atomic_write
 
 if TYPE_CHECKING:
@@ -155,7 +155,7 @@ def read_checkpoint(path: str | os.PathLike) -> dict:
     except FileNotFoundError:
         raise WeightsError(f"{path}: no such file") from None
     except Exception as e:  # torch raises several types for non-checkpoint files
-        raise WeightsError(f"{path}: not a fer checkpoint ({type(e).__name__}: {_first_line(e)})") from None
+        raise WeightsError(f"{path}: not a fer checkpoint ({type(e).__name__}: {first_line(e)})") from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
         raise WeightsError(f"{path}: not a fer checkpoint (no '{CHECKPOINT_FORMAT}' header)")
     return ckpt
@@ -319,11 +319,7 @@ def _expected_shapes() -> dict[str, tuple[int, ...]]:
     return {k: tuple(v.shape) for k, v in model.state_dict().items()}
 
 
-def _first_line(error: BaseException) -> str:
-    text = str(error).strip()
-    return text.splitlines()[0] if text else type(error).__name__
-
 
 def _short(error: BaseException) -> str:
     # torch's messages run to paragraphs; the first sentence carries the cause.
-    return f"{type(error).__name__}: {_first_line(error).split('. ')[0][:120]}"
+    return f"{type(error).__name__}: {first_line(error).split('. ')[0][:120]}"

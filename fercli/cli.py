@@ -85,6 +85,21 @@ def _setup_logging(console, verbose: bool) -> None:
     logger.propagate = False
 
 
+def _command_console(verbose: bool, device: str | None = None):
+    """The stderr console and logging a command runs with; exit 2 at once for an unknown --device."""
+    from .devices import check_device
+    from .errors import FerError
+
+    console = _console()
+    _setup_logging(console, verbose)
+    if device is not None:
+        try:
+            check_device(device)
+        except FerError as e:
+            raise _fail(console, str(e)) from None
+    return console
+
+
 def _fail(console, message: str, code: int = EXIT_ERROR) -> typer.Exit:
     from rich.markup import escape
 
@@ -125,19 +140,14 @@ def annotate(
     verbose: VerboseOption = False,
 ) -> None:
     """Annotate videos with per-second valence and arousal."""
+    from .devices import resolve_device
     from .errors import FerError
     from .model import load_model
-    from .devices import check_device, resolve_device
     from .options import AnnotateOptions
     from .pipeline import annotate as run_annotate
     from .writers import check_output
 
-    console = _console()
-    _setup_logging(console, verbose)
-    try:
-        check_device(device)
-    except FerError as e:
-        raise _fail(console, str(e)) from None
+    console = _command_console(verbose, device)
     options = AnnotateOptions(
         batch_size=batch_size, per_frame=per_frame, all_faces=all_faces, resume=resume,
         overwrite=overwrite, frames_fps=frames_fps, workers=workers, precision=precision, reuse_boxes=reuse_boxes, ray=ray,
@@ -314,15 +324,9 @@ def train(
 ) -> None:
     """Train the EfficientNet-B0 + LSTM model on AFEW-VA; its best.pt is a --model for annotate."""
     from .errors import FerError
-    from .devices import check_device
     from .training import TrainOptions, train as run_train
 
-    console = _console()
-    _setup_logging(console, verbose)
-    try:
-        check_device(device)
-    except FerError as e:
-        raise _fail(console, str(e)) from None
+    console = _command_console(verbose, device)
     options = TrainOptions(
         data, out, split=split, backbone=backbone, temporal=temporal, finetune=finetune, epochs=epochs,
         patience=patience, batch_size=batch_size, lr=lr, window=window, fps=fps, frames_fps=frames_fps,

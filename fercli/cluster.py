@@ -25,7 +25,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from .errors import FerError
+from .errors import FerError, first_line
 from .inputs import Clip
 from .devices import resolve_precision
 from .options import ProgressEvent, VideoResult
@@ -81,7 +81,7 @@ def run_on_ray(
                 returned.add(row["key"])
                 _finish(clips[row["key"]], row["labelled"], labeler, clock)
         except ray.exceptions.RayError as e:
-            raise FerError(f"ray: {type(e).__name__}: {_first_line(e)}") from None
+            raise FerError(f"ray: {type(e).__name__}: {first_line(e)}") from None
         for key in sorted(set(range(len(clips))) - returned):  # records given up after MAX_RETRIES
             labeler.fail(key, clips[key], f"{clips[key].path}: {LOST}")
 
@@ -129,7 +129,7 @@ def _connected(ray, address: str):
             logging_level=logging.INFO if verbose else logging.ERROR,
         )
     except (ConnectionError, ValueError, RuntimeError) as e:
-        raise FerError(f"--ray {address}: cannot start or join a Ray cluster ({_first_line(e)})") from None
+        raise FerError(f"--ray {address}: cannot start or join a Ray cluster ({first_line(e)})") from None
     try:
         yield
     finally:
@@ -313,8 +313,3 @@ def _sum_clocks(payloads) -> tuple | None:
     for p in payloads:
         merge_clock(total, p)
     return dict(total.seconds), dict(total.items)
-
-
-def _first_line(e: BaseException) -> str:
-    lines = str(e).strip().splitlines()
-    return lines[0] if lines else type(e).__name__

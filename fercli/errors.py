@@ -17,3 +17,9 @@ class WeightsError(FerError):
 
 class DataError(FerError):
     """A data set or annotation file that is malformed (bad JSON, labels out of range, ...)."""
+
+
+def first_line(error: BaseException) -> str:
+    """The first line of an exception's message (its type's name when it has none), for one-line errors."""
+    lines = str(error).strip().splitlines()
+    return lines[0] if lines else type(error).__name__

@@ -112,17 +112,9 @@ def export(table_path: str | Path, options: ExportOptions) -> ExportResult:
 
 
 def _read(path: Path) -> pd.DataFrame:
-    from .writers import read_table
+    from .writers import load_table
 
-    if not path.is_file():
-        raise DataError(f"{path}: no such file")
-    try:
-        return read_table(path)
-    except FerError:
-        raise
-    except Exception as e:  # pyarrow/pandas raise many kinds for unreadable files
-        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
-        raise DataError(f"{path}: cannot read table ({first})") from e
+    return load_table(path)
 
 
 def _failed(table_path: Path) -> tuple[list[tuple[str, str]], Path | None]:

@@ -413,8 +413,3 @@ def _write_npz(path: Path, **arrays) -> None:
             np.savez(f, **arrays)
 
     atomic_write(path, write)
-
-
-def _first_line(e: BaseException) -> str:
-    lines = str(e).strip().splitlines()
-    return lines[0] if lines else type(e).__name__

@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from .checkpoints import hsemotion_config
-from .errors import WeightsError
+from .errors import WeightsError, first_line
 from .labels import LABEL_OFFSET, NUM_CLASSES
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -199,13 +199,9 @@ def model_from_checkpoint(ckpt: dict, source: str | Path = "checkpoint") -> nn.M
         model = build_model(config)
         model.load_state_dict(ckpt["state_dict"])
     except (KeyError, TypeError, ValueError, RuntimeError) as e:
-        raise WeightsError(f"{source}: checkpoint does not match its config ({_first_line(e)})") from None
+        raise WeightsError(f"{source}: checkpoint does not match its config ({first_line(e)})") from None
     return model
 
-
-def _first_line(e: BaseException) -> str:
-    lines = str(e).strip().splitlines()
-    return lines[0] if lines else type(e).__name__
 
 
 def load_model(name_or_path: str | Path = "hsemotion", device: str | torch.device = "auto", progress=None) -> nn.Module:

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .errors import DataError, FerError
+from .errors import DataError
 from .metrics import CLASSES, DIMENSIONS, LABEL_MAX, LABEL_MIN, Report, confusion_matrix
 
 DPI = 100
@@ -95,17 +95,10 @@ def scatter(report: Report, path: str | Path) -> Path:
 
 def plot_table(table_path: str | Path, out_dir: str | Path) -> list[Path]:
     """Timelines per video (under `out_dir/timelines/`) and `out_dir/circumplex.png`."""
-    from .writers import read_table
+    from .writers import load_table
 
     table_path = Path(table_path)
-    if not table_path.is_file():
-        raise DataError(f"{table_path}: no such file")
-    try:
-        df = read_table(table_path)
-    except FerError:
-        raise
-    except Exception as e:  # pyarrow/pandas raise many kinds for unreadable files
-        raise DataError(f"{table_path}: cannot read table ({e})") from e
+    df = load_table(table_path)
     _check_annotations(df, str(table_path))
     out_dir = Path(out_dir)
     return timelines(df, out_dir / "timelines") + [circumplex(df, out_dir / "circumplex.png")]

@@ -98,16 +98,9 @@ def check_report_dir(out_dir: Path, *, overwrite: bool) -> None:
 
 def read_annotations(table_path: Path) -> pd.DataFrame:
     """The table as a DataFrame, checked to be a per-second fer table; FerError (one line) if not."""
-    from .writers import read_table
+    from .writers import load_table
 
-    if not table_path.is_file():
-        raise DataError(f"{table_path}: no such file")
-    try:
-        df = read_table(table_path)
-    except FerError:
-        raise
-    except Exception as e:  # pyarrow/pandas raise many kinds for unreadable files
-        raise DataError(f"{table_path}: cannot read table ({_one_line(str(e))})") from e
+    df = load_table(table_path)
     if "frame" in df and "second" not in df:
         raise DataError(f"{table_path}: a per-frame table (--per-frame); fer report reads per-second tables")
     missing = [c for c in ("video", "second") if c not in df]

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from .afew import AfewClip
-from .errors import DataError
+from .errors import DataError, first_line
 from .examples import Examples
 from .features import ClipSamples
 
@@ -40,7 +40,7 @@ def read_split_file(path: str | Path) -> dict:
     except FileNotFoundError:
         raise DataError(f"{path}: split file not found") from None
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise DataError(f"{path}: malformed split file ({_first_line(e)})") from None
+        raise DataError(f"{path}: malformed split file ({first_line(e)})") from None
     if not isinstance(doc, dict):
         raise DataError(f"{path}: malformed split file (expected a JSON object)")
     lists = [p for p in PARTS if p in doc]
@@ -130,8 +130,3 @@ def _check_actor_overlap(clips: list[AfewClip], parts: dict[str, list[str]]) -> 
             a = actor.get(cid)
             if a and seen.setdefault(a, p) != p:
                 raise DataError(f"clip {cid}: actor {a!r} is in both {seen[a]} and {p}; splits must be disjoint by actor")
-
-
-def _first_line(e: BaseException) -> str:
-    lines = str(e).strip().splitlines()
-    return lines[0] if lines else type(e).__name__

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, Callable
 
-from fercli.errors import WeightsError
+from fercli.errors import WeightsError, first_line
 
 log = logging.getLogger("fercli")
 
@@ -172,7 +172,7 @@ def _download(
             dir=target.parent, prefix=f".{target.name}.", suffix=".part"
         )
     except OSError as e:
-        raise WeightsError(f"cannot write to {target.parent} ({_first_line(e)})") from e
+        raise WeightsError(f"cannot write to {target.parent} ({first_line(e)})") from e
     tmp = Path(tmp_name)
     try:
         with os.fdopen(fd, "wb") as out:
@@ -218,11 +218,11 @@ def _stream(
             raise http.client.IncompleteRead(b"", total - done)
     except (urllib.error.URLError, http.client.HTTPException, ConnectionError, TimeoutError) as e:
         raise WeightsError(
-            f"cannot download {url} ({_first_line(e)}); "
+            f"cannot download {url} ({first_line(e)}); "
             f"fetch {url} on a machine with internet and place it at {target}"
         ) from e
     except OSError as e:  # not a network error: disk full, permissions, ...
-        raise WeightsError(f"cannot write {target} ({_first_line(e)})") from e
+        raise WeightsError(f"cannot write {target} ({first_line(e)})") from e
     return digests
 
 
@@ -237,8 +237,3 @@ def _record_hash(target: Path, digest: str, verified: bool) -> None:
         "%s has no registry hash, so it is unverified; its SHA-256 is %s (recorded in %s.sha256)",
         target, digest, target,
     )
-
-
-def _first_line(error: BaseException) -> str:
-    text = str(error).strip()
-    return text.splitlines()[0] if text else type(error).__name__

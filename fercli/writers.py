@@ -18,7 +18,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from .errors import FerError
+from .errors import DataError, FerError, first_line
 from .files import atomic_write
 
 METADATA_KEY = b"fer"
@@ -71,6 +71,20 @@ def read_table(path: str | Path) -> pd.DataFrame:
         if col in df:
             df[col] = df[col].astype("Int64")
     return df
+
+
+def load_table(path: str | Path) -> pd.DataFrame:
+    """`read_table` for tools that take a table from the user: DataError (one line, naming the
+    file) when it is missing or unreadable."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: no such file")
+    try:
+        return read_table(path)
+    except FerError:
+        raise
+    except Exception as e:  # pyarrow/pandas raise many kinds for unreadable files
+        raise DataError(f"{path}: cannot read table ({first_line(e)})") from e
 
 
 def read_metadata(path: str | Path) -> dict | None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import json
 import shutil
 import subprocess
 import threading
@@ -176,3 +177,17 @@ def fake_samples(present, valence, arousal=None):
     a = np.where(present, np.asarray(arousal if arousal is not None else valence, float), np.nan)
     clip = afew.AfewClip("x", Path("x"), None, {}, {}, Path("x/x.json"))
     return features.ClipSamples(clip, np.arange(n), present, v, a, np.zeros((n, 4)), ["detector"] * n)
+
+
+def copy_clip(src: Path, dst_root: Path, cid: str = "001") -> Path:
+    import shutil
+
+    shutil.copytree(src / cid, dst_root / cid)
+    return dst_root / cid
+
+
+def edit_json(folder: Path, edit) -> None:
+    path = folder / f"{folder.name}.json"
+    doc = json.loads(path.read_text())
+    edit(doc)
+    path.write_text(json.dumps(doc))

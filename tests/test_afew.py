@@ -1,6 +1,5 @@
 """AFEW-VA on disk: layouts, every label checked, errors naming the clip."""
 
-import json
 from pathlib import Path
 
 import pytest
@@ -11,19 +10,7 @@ from fercli.errors import DataError
 
 REPO = Path(__file__).resolve().parents[1]
 
-
-def copy_clip(src: Path, dst_root: Path, cid: str = "001") -> Path:
-    import shutil
-
-    shutil.copytree(src / cid, dst_root / cid)
-    return dst_root / cid
-
-
-def edit_json(folder: Path, edit) -> None:
-    path = folder / f"{folder.name}.json"
-    doc = json.loads(path.read_text())
-    edit(doc)
-    path.write_text(json.dumps(doc))
+from conftest import copy_clip, edit_json  # noqa: E402
 
 
 # --- reading and checking ----------------------------------------------------------------------

@@ -1,6 +1,5 @@
 """Training data preparation: sampling (the same frames annotate reads), face boxes, cached features."""
 
-import json
 import logging
 from pathlib import Path
 
@@ -15,19 +14,7 @@ from fercli.model import Preprocess
 
 REPO = Path(__file__).resolve().parents[1]
 
-
-def copy_clip(src: Path, dst_root: Path, cid: str = "001") -> Path:
-    import shutil
-
-    shutil.copytree(src / cid, dst_root / cid)
-    return dst_root / cid
-
-
-def edit_json(folder: Path, edit) -> None:
-    path = folder / f"{folder.name}.json"
-    doc = json.loads(path.read_text())
-    edit(doc)
-    path.write_text(json.dumps(doc))
+from conftest import copy_clip, edit_json  # noqa: E402
 
 
 def test_sampling_follows_the_model_frame_rate():

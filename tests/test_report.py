@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import re
-import time
 import urllib.parse
 from html.parser import HTMLParser
 from pathlib import Path

@@ -14,20 +14,6 @@ REPO = Path(__file__).resolve().parents[1]
 from conftest import fake_samples  # noqa: E402
 
 
-def copy_clip(src: Path, dst_root: Path, cid: str = "001") -> Path:
-    import shutil
-
-    shutil.copytree(src / cid, dst_root / cid)
-    return dst_root / cid
-
-
-def edit_json(folder: Path, edit) -> None:
-    path = folder / f"{folder.name}.json"
-    doc = json.loads(path.read_text())
-    edit(doc)
-    path.write_text(json.dumps(doc))
-
-
 # --- splits ------------------------------------------------------------------------------------
 
 
