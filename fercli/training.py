@@ -35,6 +35,11 @@ log = logging.getLogger("fercli")
 BACKBONES = ("hsemotion", "random")
 SPLITS = ("clip", "window")
 TEMPORAL = ("lstm", "mean")
+# What keeps best.pt and counts patience: "ccc", the mean of valence and arousal CCC over the
+# validation windows (what users are scored on); "loss", the paper's Algorithm 1 (validation
+# cross-entropy). On synthetic AFEW-VA the validation loss rose from epoch 1 while the validation
+# CCC climbed for tens of epochs, so stopping on loss kept a near-useless epoch-1 model.
+MONITORS = ("ccc", "loss")
 # The unpretrained backbone is a fixture, like a pretrained one: the same seed whatever --seed
 # says, so its cached features serve every training seed.
 RANDOM_BACKBONE_SEED = 0
@@ -53,7 +58,8 @@ class TrainOptions:
     temporal: str = "lstm"  # "lstm", or "mean" of the frame features (no recurrence)
     finetune: bool = False  # train the backbone too (no feature cache; AMP on CUDA)
     epochs: int = 50  # at most
-    patience: int = 5  # epochs without a better validation loss before stopping
+    patience: int = 5  # epochs without a better monitored value before stopping
+    monitor: str = "ccc"  # "ccc" (mean validation CCC, higher is better) or "loss" (the paper's rule)
     batch_size: int = 8  # windows per step (paper)
     lr: float = 1e-4  # Adam (paper)
     window: int = 5  # samples per window, T
@@ -144,7 +150,8 @@ def _checked(options: TrainOptions) -> TrainOptions:
     o.split_file = Path(o.split_file) if o.split_file is not None else None
     o.cache_dir = Path(o.cache_dir) if o.cache_dir is not None else None
     for name, value, allowed in (("split", o.split, SPLITS), ("backbone", o.backbone, BACKBONES),
-                                 ("temporal", o.temporal, TEMPORAL), ("crops", o.crops, features.CROP_SOURCES)):
+                                 ("temporal", o.temporal, TEMPORAL), ("crops", o.crops, features.CROP_SOURCES),
+                                 ("monitor", o.monitor, MONITORS)):
         if value not in allowed:
             raise FerError(f"--{name} must be one of {', '.join(allowed)}, not {value!r}")
     for name in ("epochs", "batch_size", "window", "stride", "image_size", "hidden"):
@@ -294,6 +301,7 @@ def training_meta(opts: TrainOptions, backbone_sha: str, split: splits.Split) ->
         "backbone": opts.backbone,
         "backbone_sha256": backbone_sha,
         "finetune": opts.finetune,
+        "monitor": opts.monitor,
         "seed": opts.seed,
         "data": str(opts.data),
     }
@@ -312,12 +320,25 @@ def _run_config(opts, model, backbone_sha, split, rows, cache, prep) -> dict:
                   "clips": {p: len(v) for p, v in split.parts.items()} if split.kind == "clip" else None,
                   "windows": {p: int(len(r)) for p, r in rows.items()}},
         "optimizer": {"name": "Adam", "lr": opts.lr, "loss": "cross-entropy(valence) + cross-entropy(arousal)",
-                      "early_stopping": f"validation loss, patience {opts.patience}"},
+                      "early_stopping": f"{_MONITOR_TEXT[opts.monitor]}, patience {opts.patience}",
+                      "monitor": opts.monitor},
         "cache": str(cache.root),
         "data_stats": {"clips": prep.clips, "samples": prep.samples, "skipped": prep.skipped,
                        "from_landmarks": prep.from_landmarks},
         "versions": {"fer": __version__, "torch": torch.__version__},
     }
+
+
+_MONITOR_TEXT = {"ccc": "mean validation CCC of valence and arousal", "loss": "validation loss"}
+
+
+def monitored(val: dict, monitor: str) -> float:
+    """The value `monitor` ranks epochs by, higher is better (-inf when it is undefined)."""
+    if monitor == "loss":
+        value = -val["loss"]
+    else:
+        value = (val["ccc_valence"] + val["ccc_arousal"]) / 2
+    return value if math.isfinite(value) else -math.inf
 
 
 def _jsonable(d: dict) -> dict:
@@ -491,7 +512,7 @@ class _Trainer:
         amp = opts.finetune and device.type == "cuda"
         self.scaler = torch.amp.GradScaler("cuda") if amp else None
         self.history: list[dict] = []
-        self.best_loss, self.best_epoch, self.bad_epochs, self.stopped = math.inf, 0, 0, False
+        self.best_score, self.best_epoch, self.bad_epochs, self.stopped = -math.inf, 0, 0, False
         self._plotted = time.perf_counter()
 
     def restore(self, ckpt: dict) -> None:
@@ -503,7 +524,9 @@ class _Trainer:
             self.scaler.load_state_dict(ckpt["scaler"])
         loop = ckpt["loop"]
         self.history = list(loop["history"])
-        self.best_loss, self.best_epoch = loop["best_loss"], loop["best_epoch"]
+        # Runs from before --monitor kept the best validation loss, and stopped on it.
+        self.best_score = loop["best_score"] if "best_score" in loop else -loop["best_loss"]
+        self.best_epoch = loop["best_epoch"]
         self.bad_epochs, self.stopped = loop["bad_epochs"], loop["stopped"]
         torch.set_rng_state(ckpt["rng"]["torch"])
         if torch.cuda.is_available() and ckpt["rng"].get("cuda"):
@@ -537,12 +560,13 @@ class _Trainer:
         self.emit(TrainEvent("epoch_end", epoch, self.opts.epochs, epoch, row))
 
     def _after_epoch(self, epoch: int, row: dict, val: dict) -> None:
-        if val["loss"] < self.best_loss:
-            self.best_loss, self.best_epoch, self.bad_epochs = val["loss"], epoch, 0
+        score = monitored(val, self.opts.monitor)
+        if score > self.best_score or self.best_epoch == 0:
+            self.best_score, self.best_epoch, self.bad_epochs = score, epoch, 0
             self._save(self.out / "best.pt", epoch, val)
         else:
             self.bad_epochs += 1
-        # The paper stops on validation loss; patience counts epochs without a new best.
+        # Patience counts epochs without a new best of the monitored value (see MONITORS).
         self.stopped = self.bad_epochs >= self.opts.patience
         self._save_last(epoch, val)
         write_summary(self.out / "summary.csv", self.history)
@@ -550,8 +574,8 @@ class _Trainer:
             plot_curves(self.history, self.out / "curves.png")
             self._plotted = time.perf_counter()
         if self.stopped:
-            log.info("early stop after epoch %d: no better validation loss for %d epochs (best: epoch %d)",
-                     epoch, self.opts.patience, self.best_epoch)
+            log.info("early stop after epoch %d: no better %s for %d epochs (best: epoch %d)",
+                     epoch, _MONITOR_TEXT[self.opts.monitor], self.opts.patience, self.best_epoch)
 
     def _save(self, path: Path, epoch: int, val: dict, **more) -> None:
         from .checkpoints import save_checkpoint
@@ -561,7 +585,7 @@ class _Trainer:
     def _save_last(self, epoch: int, val: dict) -> None:
         import torch
 
-        loop = {"history": self.history, "best_loss": self.best_loss, "best_epoch": self.best_epoch,
+        loop = {"history": self.history, "best_score": self.best_score, "best_epoch": self.best_epoch,
                 "bad_epochs": self.bad_epochs, "stopped": self.stopped}
         rng = {"torch": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
         self._save(self.out / "last.pt", epoch, val, optimizer=self.optimizer.state_dict(), loop=loop, rng=rng,

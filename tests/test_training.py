@@ -244,11 +244,45 @@ def test_bad_data_stops_the_run_naming_the_clip(tiny, tmp_path):
         train(TrainOptions(tmp_path / "d", tmp_path / "run", **FAST))
 
 
-def test_paper_configuration_is_the_default():
+def test_paper_configuration_is_the_default_but_for_what_stops_it():
     paper = json.loads((REPO / "train" / "paper.json").read_text())
     defaults = TrainOptions("d", "o")
+    assert paper.pop("monitor") == "loss" and defaults.monitor == "ccc"  # Algorithm 1 stops on loss
     assert {k: getattr(defaults, k) for k in paper} == paper
     assert (defaults.lr, defaults.batch_size, defaults.split) == (1e-4, 8, "clip")
+
+
+def _summary(run) -> list[dict]:
+    with open(run.out / "summary.csv", newline="") as f:
+        return [{k: float(v) for k, v in row.items()} for row in csv.DictReader(f)]
+
+
+@pytest.mark.parametrize("temporal", ["lstm", "mean"])
+def test_best_checkpoint_is_the_epoch_with_the_best_mean_validation_ccc(runs, temporal):
+    run = runs[temporal]
+    rows = _summary(run)
+    ccc = [(r["val_ccc_valence"] + r["val_ccc_arousal"]) / 2 for r in rows]
+    assert run.best_epoch == int(rows[max(range(len(rows)), key=ccc.__getitem__)]["epoch"])
+    config = json.loads((run.out / "config.json").read_text())
+    assert config["options"]["monitor"] == "ccc" and config["optimizer"]["monitor"] == "ccc"
+    from fercli.checkpoints import read_checkpoint
+
+    assert read_checkpoint(run.best)["training"]["monitor"] == "ccc"
+    # Patience counts epochs after the best: a run that stopped early stopped `patience` after it.
+    if run.stopped_early:
+        assert len(rows) - run.best_epoch == FAST["patience"]
+
+
+def test_monitor_loss_keeps_the_epoch_with_the_lowest_validation_loss(tiny, tmp_path):
+    run = train(TrainOptions(tiny, tmp_path / "run", monitor="loss", **{**FAST, "epochs": 6}))
+    rows = _summary(run)
+    assert run.best_epoch == int(min(rows, key=lambda r: r["val_loss"])["epoch"])
+    assert json.loads((run.out / "config.json").read_text())["options"]["monitor"] == "loss"
+
+
+def test_unknown_monitor_is_refused(tiny, tmp_path):
+    with pytest.raises(FerError, match="--monitor must be one of ccc, loss"):
+        train(TrainOptions(tiny, tmp_path / "run", monitor="f1", **FAST))
 
 
 def test_fer_train_command(tiny, tmp_path):
