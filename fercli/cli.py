@@ -307,7 +307,7 @@ def train(
     out: Path = typer.Option(..., "--out", "-o", help="Run folder: config, split, summary.csv, best.pt, last.pt, curves.png."),
     split: str = typer.Option("clip", help="clip: train/val/test disjoint by clip and actor; window: paper-like random windows (inflated)."),
     backbone: str = typer.Option("hsemotion", help="hsemotion (pretrained, downloaded once) or random (seeded, offline)."),
-    temporal: str = typer.Option("lstm", help="lstm, or mean of the frame features (no recurrence)."),
+    temporal: str = typer.Option("lstm", help="lstm; mean of the frame features; none: per-frame predictions averaged (ABAW baseline)."),
     finetune: bool = typer.Option(False, "--finetune", help="Train the backbone too (no feature cache; AMP on CUDA)."),
     epochs: int = typer.Option(50, min=1, help="Maximum epochs."),
     patience: int = typer.Option(5, min=1, help="Stop after this many epochs without a better --monitor value."),

@@ -65,7 +65,9 @@ class ModelConfig:
     backbone: str = "tf_efficientnet_b0"  # timm model name
     fps: float = 5.0  # frames sampled per second of video
     window: int = 5  # frames per window (T); the window for second s ends at the end of s
-    temporal: str = "lstm"  # "lstm" or "mean" (mean of frame features, no recurrence)
+    # "lstm"; "mean" (mean of the frame features, no recurrence); "none" (a per-frame head, the
+    # window's prediction the mean of its frames' predicted distributions: ABAW's frame baseline)
+    temporal: str = "lstm"
     hidden: int = 256  # LSTM hidden size
     layers: int = 1  # LSTM layers
     dropout: float = 0.2  # before the heads
@@ -117,7 +119,7 @@ class EfficientNetLSTM(nn.Module):
         if config.temporal == "lstm":
             self.temporal = nn.LSTM(dim, config.hidden, num_layers=config.layers, batch_first=True)
             out_dim = config.hidden
-        elif config.temporal == "mean":
+        elif config.temporal in ("mean", "none"):
             self.temporal = None
             out_dim = dim
         else:
@@ -133,12 +135,19 @@ class EfficientNetLSTM(nn.Module):
     def head(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(B, T, F) window features -> valence and arousal logits, each (B, 21)."""
         x = self.norm(features)
+        if self.config.temporal == "none":
+            return self._frame_head(self.drop(x))
         if self.temporal is None:
             x = x.mean(dim=1)
         else:
             x = self.temporal(x)[0][:, -1]
         x = self.drop(x)
         return self.valence_head(x), self.arousal_head(x)
+
+    def _frame_head(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        # Each frame predicted on its own; the window's distribution is the mean of the frames',
+        # returned as its log so softmax, cross-entropy and decode_logits read it as logits.
+        return tuple(head(x).log_softmax(-1).exp().mean(dim=1).log() for head in (self.valence_head, self.arousal_head))
 
     def forward(self, clips: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(B, T, 3, H, W) -> valence and arousal logits, each (B, 21)."""

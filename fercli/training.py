@@ -34,7 +34,7 @@ log = logging.getLogger("fercli")
 
 BACKBONES = ("hsemotion", "random")
 SPLITS = ("clip", "window")
-TEMPORAL = ("lstm", "mean")
+TEMPORAL = ("lstm", "mean", "none")
 # What keeps best.pt and counts patience: "ccc", the mean of valence and arousal CCC over the
 # validation windows (what users are scored on); "loss", the paper's Algorithm 1 (validation
 # cross-entropy). On synthetic AFEW-VA the validation loss rose from epoch 1 while the validation
@@ -55,7 +55,7 @@ class TrainOptions:
     out: Path  # run folder
     split: str = "clip"  # "clip": disjoint clips and actors; "window": paper-like, inflated
     backbone: str = "hsemotion"  # "hsemotion" (pretrained, downloaded) or "random" (seeded init)
-    temporal: str = "lstm"  # "lstm", or "mean" of the frame features (no recurrence)
+    temporal: str = "lstm"  # "lstm"; "mean" of the frame features; "none": per-frame predictions, averaged
     finetune: bool = False  # train the backbone too (no feature cache; AMP on CUDA)
     epochs: int = 50  # at most
     patience: int = 5  # epochs without a better monitored value before stopping

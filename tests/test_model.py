@@ -144,3 +144,19 @@ def test_checkpoint_of_another_shape_is_a_clear_error(tmp_path):
 def test_unknown_model_name_lists_registered_ones():
     with pytest.raises(WeightsError, match="hsemotion"):
         load_model("no-such-model")
+
+
+def test_temporal_none_averages_the_frames_predicted_distributions():
+    """--temporal none: each frame through the heads on its own, the window's distribution their mean."""
+    torch.manual_seed(3)
+    net = EfficientNetLSTM(ModelConfig(temporal="none", hidden=0)).eval()
+    feats = torch.randn(2, 5, net.backbone.num_features)
+    with torch.no_grad():
+        v, a = net.head(feats)
+        x = net.norm(feats)
+        frame_v = torch.softmax(net.valence_head(x), -1)  # (2, 5, 21), by hand
+        frame_a = torch.softmax(net.arousal_head(x), -1)
+    torch.testing.assert_close(v.softmax(-1), frame_v.mean(1), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(a.softmax(-1), frame_a.mean(1), rtol=1e-5, atol=1e-6)
+    # Order-free, like the mean head: a window played backwards gets the same prediction.
+    torch.testing.assert_close(net.head(feats.flip(1))[0], v)

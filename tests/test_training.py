@@ -300,3 +300,17 @@ def test_fer_train_command(tiny, tmp_path):
     assert (tmp_path / "run" / "best.pt").exists()
     result = CliRunner().invoke(app, [str(a) for a in args], env=env)
     assert result.exit_code == 2 and "--resume" in result.output
+
+
+def test_temporal_none_trains_and_annotates(tiny, tmp_path):
+    """The ABAW frame baseline: a per-frame head, trained on windows, usable by fer annotate."""
+    import fercli
+
+    run = train(TrainOptions(tiny, tmp_path / "run", temporal="none", **{**FAST, "epochs": 2}))
+    model = fercli.load_model(run.best, "cpu")
+    assert model.config.temporal == "none" and model.config.is_window_model
+    clip = sorted(p for p in tiny.iterdir() if p.is_dir())[0]
+    out = tmp_path / "r.csv"
+    fercli.annotate([clip], out, model=model, options=fercli.AnnotateOptions(frames_fps=5.0))
+    df = fercli.read_table(out)
+    assert len(df) > 0 and df[df.face].valence_conf.between(0, 1).all()
