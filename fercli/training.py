@@ -60,6 +60,7 @@ class TrainOptions:
     epochs: int = 50  # at most
     patience: int = 5  # epochs without a better monitored value before stopping
     monitor: str = "ccc"  # "ccc" (mean validation CCC, higher is better) or "loss" (the paper's rule)
+    fraction: float = 1.0  # share of the training clips kept, whole actors at a time (the paper: 0.5)
     batch_size: int = 8  # windows per step (paper)
     lr: float = 1e-4  # Adam (paper)
     window: int = 5  # samples per window, T
@@ -214,9 +215,12 @@ def _split(opts, clips, samples, windows) -> tuple[splits.Split, dict[str, np.nd
     seed = opts.split_seed if opts.split_seed is not None else int(doc.get("seed", splits.DEFAULT_SPLIT_SEED))
     ratios = doc.get("ratios", splits.DEFAULT_RATIOS)
     if opts.split == "window":
+        if opts.fraction != 1:
+            raise DataError("--fraction keeps whole actors of a clip split; --split window has none")
         return splits.split_windows(windows, samples, seed, ratios)
     lists = {p: doc[p] for p in splits.PARTS} if all(p in doc for p in splits.PARTS) else None
     split = splits.split_clips(clips, seed, ratios, lists, str(opts.split_file) if opts.split_file else "seeded")
+    split = splits.keep_fraction(split, clips, opts.fraction, seed)
     rows = splits.rows_of_clips(windows, samples, split)
     for p, r in rows.items():
         if len(r) == 0:
@@ -302,6 +306,7 @@ def training_meta(opts: TrainOptions, backbone_sha: str, split: splits.Split) ->
         "backbone_sha256": backbone_sha,
         "finetune": opts.finetune,
         "monitor": opts.monitor,
+        "fraction": opts.fraction,
         "seed": opts.seed,
         "data": str(opts.data),
     }

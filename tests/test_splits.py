@@ -68,3 +68,30 @@ def test_window_split_shares_clips_between_parts():
     assert split.kind == "window"
     assert sorted(np.concatenate(list(rows.values())).tolist()) == list(range(len(w)))
     assert set(w.clip[rows["train"]]) & set(w.clip[rows["test"]])  # the leak this split is kept to show
+
+
+def _clip(cid, actor):
+    return afew.AfewClip(cid, Path(cid), actor, {}, {}, Path(f"{cid}/{cid}.json"))
+
+
+@pytest.mark.parametrize("fraction", [0.25, 0.5, 0.75])
+def test_fraction_keeps_whole_actors_of_the_training_part_only(fraction):
+    clips = [_clip(f"{i:03d}", f"actor{i % 8}") for i in range(40)]
+    split = splits.split_clips(clips, seed=0)
+    kept = splits.keep_fraction(split, clips, fraction, seed=3)
+    assert kept.parts["val"] == split.parts["val"] and kept.parts["test"] == split.parts["test"]
+    train, kept_train = set(split.parts["train"]), set(kept.parts["train"])
+    assert kept_train < train and len(kept_train) >= fraction * len(train)
+    actor = {c.id: c.actor for c in clips}
+    kept_actors = {actor[c] for c in kept_train}
+    assert {c for c in train if actor[c] in kept_actors} == kept_train  # whole actors, never part of one
+    assert len(kept_train) - fraction * len(train) < max(sum(actor[c] == a for c in train) for a in kept_actors)
+    assert splits.keep_fraction(split, clips, fraction, seed=3) == kept  # seeded
+    assert splits.keep_fraction(split, clips, 1.0, seed=3) == split
+
+
+@pytest.mark.parametrize("fraction", [0.0, -0.1, 1.5])
+def test_fraction_outside_zero_one_is_refused(fraction):
+    clips = [_clip(f"{i:03d}", f"a{i % 4}") for i in range(12)]
+    with pytest.raises(DataError, match="--fraction"):
+        splits.keep_fraction(splits.split_clips(clips, seed=0), clips, fraction, seed=0)

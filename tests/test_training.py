@@ -314,3 +314,12 @@ def test_temporal_none_trains_and_annotates(tiny, tmp_path):
     fercli.annotate([clip], out, model=model, options=fercli.AnnotateOptions(frames_fps=5.0))
     df = fercli.read_table(out)
     assert len(df) > 0 and df[df.face].valence_conf.between(0, 1).all()
+
+
+def test_fraction_trains_on_fewer_clips_with_the_same_validation_and_test(synthetic, features, tmp_path):
+    full = train(TrainOptions(synthetic, tmp_path / "full", cache_dir=features, **{**FAST, "epochs": 1}))
+    half = train(TrainOptions(synthetic, tmp_path / "half", fraction=0.5, cache_dir=features, **{**FAST, "epochs": 1}))
+    a, b = (json.loads((r.out / "split.json").read_text()) for r in (full, half))
+    assert (a["val"], a["test"]) == (b["val"], b["test"])
+    assert set(b["train"]) < set(a["train"])
+    assert json.loads((half.out / "config.json").read_text())["options"]["fraction"] == 0.5
