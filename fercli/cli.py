@@ -104,7 +104,8 @@ def _fail(console, message: str, code: int = EXIT_ERROR) -> typer.Exit:
     from rich.markup import escape
 
     # escaped: messages hold paths and hints such as "fercli[ray]" that rich would read as markup
-    console.print(f"[red]error:[/red] {escape(message)}", markup=True, highlight=False)
+    # soft_wrap: the message stays one line (a long path is not broken) however narrow the terminal
+    console.print(f"[red]error:[/red] {escape(message)}", markup=True, highlight=False, soft_wrap=True)
     return typer.Exit(code)
 
 
@@ -535,6 +536,34 @@ def _print_metrics(report, title: str = "accuracy", unit: str = "rows") -> None:
         f"matched {report.matched} {unit}; truth only {report.truth_only}, prediction only {report.pred_only}, "
         f"prediction without a face {report.pred_without_face}"
     )
+
+
+@benchmark_app.command("compare")
+def benchmark_compare(
+    runs: List[Path] = typer.Argument(..., help="Run folders from `fer train`."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Folder for compare.md and compare.json."),
+) -> None:
+    """Training runs side by side (the paper's Table 2): test CCC, accuracy, F1, time, settings."""
+    from rich.table import Table
+
+    from .compare import COLUMNS, cell, compare
+    from .errors import FerError
+
+    console = _console()
+    try:
+        rows = compare(runs, out)
+    except FerError as e:
+        raise _fail(console, str(e)) from None
+    table = Table(title="test part of each run (best checkpoint)")
+    for header in ["run", *(h for _, h, _ in COLUMNS)]:
+        table.add_column(header)
+    for r in rows:
+        table.add_row(r.name, *(cell(r, k, f) for k, _, f in COLUMNS))
+    from rich.console import Console
+
+    Console().print(table)
+    if out is not None:
+        console.print(f"wrote compare.md and compare.json to {out}")
 
 
 @benchmark_app.command("speed")

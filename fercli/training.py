@@ -45,8 +45,9 @@ MONITORS = ("ccc", "loss")
 RANDOM_BACKBONE_SEED = 0
 # Options that may differ when a run is resumed; any other difference is refused.
 RESUMABLE = ("epochs", "patience", "resume", "device", "cache_dir")
+OPTIONS_BEFORE_THEY_EXISTED = {"monitor": "loss", "fraction": 1.0}
 CURVES_EVERY_S = 30.0  # redraw curves.png during a run at most this often; always at its end
-METRIC_KEYS = ("loss", "acc_valence", "acc_arousal", "ccc_valence", "ccc_arousal")
+METRIC_KEYS = ("loss", "acc_valence", "acc_arousal", "f1_valence", "f1_arousal", "ccc_valence", "ccc_arousal")
 
 
 @dataclass
@@ -125,7 +126,7 @@ def train(options: TrainOptions, progress: Callable[[TrainEvent], None] | None =
     )
     windows = examples.make_windows(samples, opts.window, opts.stride)
     split, rows = _split(opts, clips, samples, windows)
-    config = _run_config(opts, model, backbone_sha, split, rows, cache, prep)
+    config = {**_run_config(opts, model, backbone_sha, split, rows, cache, prep), "device": str(device)}
     if previous is not None:
         _check_same_run(previous, config, split, out)
     out.mkdir(parents=True, exist_ok=True)
@@ -187,7 +188,9 @@ def _previous_run(opts: TrainOptions, out: Path) -> dict | None:
 
 
 def _check_same_run(previous: dict, config: dict, split: splits.Split, out: Path) -> None:
-    before = {k: v for k, v in previous["config"]["options"].items() if k not in RESUMABLE}
+    # Runs made before these options existed behaved as these values.
+    before = {**OPTIONS_BEFORE_THEY_EXISTED, **previous["config"]["options"]}
+    before = {k: v for k, v in before.items() if k not in RESUMABLE}
     now = {k: v for k, v in config["options"].items() if k not in RESUMABLE}
     changed = sorted(k for k in before.keys() | now.keys() if before.get(k) != now.get(k))
     if changed:
@@ -484,7 +487,9 @@ class _Accumulator:
     def metrics(self) -> dict:
         import torch
 
-        from .metrics import ccc
+        from .labels import LABEL_OFFSET
+
+        from .metrics import ccc, f1_macro
 
         if self.n == 0:
             return {k: math.nan for k in METRIC_KEYS}
@@ -493,6 +498,9 @@ class _Accumulator:
             "loss": self.loss_sum / self.n,
             "acc_valence": float(np.mean(p["vc"] == p["vt"])),
             "acc_arousal": float(np.mean(p["ac"] == p["at"])),
+            # macro F1 over the 21 classes present in truth or prediction (class index - 10 = label)
+            "f1_valence": f1_macro(p["vt"] - LABEL_OFFSET, p["vc"] - LABEL_OFFSET),
+            "f1_arousal": f1_macro(p["at"] - LABEL_OFFSET, p["ac"] - LABEL_OFFSET),
             "ccc_valence": float(ccc(p["vm"], p["vp"])),
             "ccc_arousal": float(ccc(p["am"], p["ap"])),
         }

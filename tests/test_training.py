@@ -323,3 +323,38 @@ def test_fraction_trains_on_fewer_clips_with_the_same_validation_and_test(synthe
     assert (a["val"], a["test"]) == (b["val"], b["test"])
     assert set(b["train"]) < set(a["train"])
     assert json.loads((half.out / "config.json").read_text())["options"]["fraction"] == 0.5
+
+
+def test_benchmark_compare_puts_runs_side_by_side(runs, tmp_path):
+    """compare.json and compare.md hold what each run recorded (test.json, summary.csv, config.json)."""
+    from typer.testing import CliRunner
+
+    from fercli.cli import app
+
+    folders = [runs["lstm"].out, runs["mean"].out]
+    result = CliRunner().invoke(app, ["benchmark", "compare", *map(str, folders), "--out", str(tmp_path / "cmp")])
+    assert result.exit_code == 0, result.output
+    doc = json.loads((tmp_path / "cmp" / "compare.json").read_text())
+    assert list(doc["runs"]) == [f.name for f in folders]
+    for folder in folders:
+        row, test = doc["runs"][folder.name], json.loads((folder / "test.json").read_text())
+        summary = _summary(type("R", (), {"out": folder}))
+        assert row["ccc_valence"] == test["ccc_valence"] and row["ccc_arousal"] == test["ccc_arousal"]
+        assert row["ccc_mean"] == pytest.approx((test["ccc_valence"] + test["ccc_arousal"]) / 2)
+        assert row["f1_valence"] == test["f1_valence"] and row["acc_arousal"] == test["acc_arousal"]
+        assert row["train_seconds"] == pytest.approx(sum(r["seconds"] for r in summary))
+        assert (row["lr"], row["batch_size"], row["split"], row["fraction"]) == (FAST["lr"], FAST["batch_size"], "clip", 1.0)
+        assert row["temporal"] == folder.name and row["init"] == "random" and row["device"] == "cpu"
+    md = (tmp_path / "cmp" / "compare.md").read_text().splitlines()
+    assert md[0].startswith("| run | backbone | init | temporal |") and len(md) == 2 + len(folders)
+    assert f"{doc['runs']['lstm']['ccc_arousal']:.3f}" in md[2]
+
+
+def test_benchmark_compare_names_a_folder_that_is_not_a_run(tmp_path):
+    from typer.testing import CliRunner
+
+    from fercli.cli import app
+
+    (tmp_path / "notarun").mkdir()
+    result = CliRunner().invoke(app, ["benchmark", "compare", str(tmp_path / "notarun")])
+    assert result.exit_code == 2 and "config.json" in result.output
