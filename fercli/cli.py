@@ -313,6 +313,7 @@ def train(
     epochs: int = typer.Option(50, min=1, help="Maximum epochs."),
     patience: int = typer.Option(5, min=1, help="Stop after this many epochs without a better --monitor value."),
     fraction: float = typer.Option(1.0, min=0.0, max=1.0, help="Share of the training clips kept, whole actors at a time (the paper: 0.5)."),
+    loss: str = typer.Option("ce", help="ce: the paper's summed cross-entropy; soft: against Gaussian soft labels (ordinal-aware)."),
     monitor: str = typer.Option("ccc", help="ccc: keep and stop by mean validation CCC; loss: by validation loss (the paper's)."),
     batch_size: int = typer.Option(8, min=1, help="Windows per step."),
     lr: float = typer.Option(1e-4, min=0.0, help="Adam learning rate."),
@@ -332,7 +333,7 @@ def train(
     console = _command_console(verbose, device)
     options = TrainOptions(
         data, out, split=split, backbone=backbone, temporal=temporal, finetune=finetune, epochs=epochs,
-        patience=patience, monitor=monitor, fraction=fraction, batch_size=batch_size, lr=lr, window=window, fps=fps, frames_fps=frames_fps,
+        patience=patience, monitor=monitor, fraction=fraction, loss=loss, batch_size=batch_size, lr=lr, window=window, fps=fps, frames_fps=frames_fps,
         seed=seed, split_file=split_file, resume=resume, device=device,
     )  # fmt: skip
     try:

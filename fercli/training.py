@@ -40,12 +40,14 @@ TEMPORAL = ("lstm", "mean", "none")
 # cross-entropy). On synthetic AFEW-VA the validation loss rose from epoch 1 while the validation
 # CCC climbed for tens of epochs, so stopping on loss kept a near-useless epoch-1 model.
 MONITORS = ("ccc", "loss")
+LOSSES = ("ce", "soft")  # plain cross-entropy (the paper's), or against Gaussian soft labels
+SOFT_LABEL_SIGMA = 1.0  # classes: the soft label's spread around the true class
 # The unpretrained backbone is a fixture, like a pretrained one: the same seed whatever --seed
 # says, so its cached features serve every training seed.
 RANDOM_BACKBONE_SEED = 0
 # Options that may differ when a run is resumed; any other difference is refused.
 RESUMABLE = ("epochs", "patience", "resume", "device", "cache_dir")
-OPTIONS_BEFORE_THEY_EXISTED = {"monitor": "loss", "fraction": 1.0}
+OPTIONS_BEFORE_THEY_EXISTED = {"monitor": "loss", "fraction": 1.0, "loss": "ce"}
 CURVES_EVERY_S = 30.0  # redraw curves.png during a run at most this often; always at its end
 METRIC_KEYS = ("loss", "acc_valence", "acc_arousal", "f1_valence", "f1_arousal", "ccc_valence", "ccc_arousal")
 
@@ -62,6 +64,7 @@ class TrainOptions:
     patience: int = 5  # epochs without a better monitored value before stopping
     monitor: str = "ccc"  # "ccc" (mean validation CCC, higher is better) or "loss" (the paper's rule)
     fraction: float = 1.0  # share of the training clips kept, whole actors at a time (the paper: 0.5)
+    loss: str = "ce"  # "ce": the paper's summed cross-entropy; "soft": against soft labels (ordinal-aware)
     batch_size: int = 8  # windows per step (paper)
     lr: float = 1e-4  # Adam (paper)
     window: int = 5  # samples per window, T
@@ -153,7 +156,7 @@ def _checked(options: TrainOptions) -> TrainOptions:
     o.cache_dir = Path(o.cache_dir) if o.cache_dir is not None else None
     for name, value, allowed in (("split", o.split, SPLITS), ("backbone", o.backbone, BACKBONES),
                                  ("temporal", o.temporal, TEMPORAL), ("crops", o.crops, features.CROP_SOURCES),
-                                 ("monitor", o.monitor, MONITORS)):
+                                 ("monitor", o.monitor, MONITORS), ("loss", o.loss, LOSSES)):
         if value not in allowed:
             raise FerError(f"--{name} must be one of {', '.join(allowed)}, not {value!r}")
     for name in ("epochs", "batch_size", "window", "stride", "image_size", "hidden"):
@@ -327,7 +330,7 @@ def _run_config(opts, model, backbone_sha, split, rows, cache, prep) -> dict:
         "split": {"kind": split.kind, "seed": split.seed, "ratios": split.ratios, "source": split.source,
                   "clips": {p: len(v) for p, v in split.parts.items()} if split.kind == "clip" else None,
                   "windows": {p: int(len(r)) for p, r in rows.items()}},
-        "optimizer": {"name": "Adam", "lr": opts.lr, "loss": "cross-entropy(valence) + cross-entropy(arousal)",
+        "optimizer": {"name": "Adam", "lr": opts.lr, "loss": _LOSS_TEXT[opts.loss],
                       "early_stopping": f"{_MONITOR_TEXT[opts.monitor]}, patience {opts.patience}",
                       "monitor": opts.monitor},
         "cache": str(cache.root),
@@ -337,6 +340,10 @@ def _run_config(opts, model, backbone_sha, split, rows, cache, prep) -> dict:
     }
 
 
+_LOSS_TEXT = {
+    "ce": "cross-entropy(valence) + cross-entropy(arousal)",
+    "soft": f"the same against Gaussian soft labels (sigma {SOFT_LABEL_SIGMA} classes)",
+}
 _MONITOR_TEXT = {"ccc": "mean validation CCC of valence and arousal", "loss": "validation loss"}
 
 
@@ -410,18 +417,32 @@ def _forward(model, x):
     return model.head(x)
 
 
-def _loss(v_logits, a_logits, v_cls, a_cls):
+def _loss(v_logits, a_logits, v_cls, a_cls, kind: str = "ce"):
     import torch.nn.functional as F
 
-    # The paper's objective: the two heads' cross-entropies, summed.
+    # The paper's objective: the two heads' cross-entropies, summed. "soft": the same against
+    # soft labels, so a prediction one class off costs less than one ten classes off.
+    if kind == "soft":
+        return F.cross_entropy(v_logits.float(), soft_labels(v_cls)) + F.cross_entropy(a_logits.float(), soft_labels(a_cls))
     return F.cross_entropy(v_logits.float(), v_cls) + F.cross_entropy(a_logits.float(), a_cls)
+
+
+def soft_labels(cls, sigma: float = SOFT_LABEL_SIGMA):
+    """(B,) class indices -> (B, 21) distributions: a Gaussian of `sigma` classes around each, normalised."""
+    import torch
+
+    from .labels import NUM_CLASSES
+
+    grid = torch.arange(NUM_CLASSES, device=cls.device, dtype=torch.float32)
+    weights = torch.exp(-0.5 * ((grid[None, :] - cls[:, None].float()) / sigma) ** 2)
+    return weights / weights.sum(dim=1, keepdim=True)
 
 
 # --- epochs ------------------------------------------------------------------------------------
 
 
 def train_one_epoch(model, batches, optimizer, *, epoch: int = 1, scaler=None, frozen: bool = True,
-                    on_batch: Callable[[int, int], None] | None = None) -> dict:
+                    on_batch: Callable[[int, int], None] | None = None, loss_kind: str = "ce") -> dict:
     """One pass over the training windows; returns loss, accuracy and CCC per dimension."""
     import torch
 
@@ -433,7 +454,7 @@ def train_one_epoch(model, batches, optimizer, *, epoch: int = 1, scaler=None, f
     for i, (x, v_cls, a_cls, v_mean, a_mean) in enumerate(batches.epoch(epoch)):
         with torch.autocast("cuda", dtype=torch.float16, enabled=scaler is not None):
             v_logits, a_logits = _forward(model, x)
-            loss = _loss(v_logits, a_logits, v_cls, a_cls)
+            loss = _loss(v_logits, a_logits, v_cls, a_cls, loss_kind)
         optimizer.zero_grad(set_to_none=True)
         if scaler is not None:
             scaler.scale(loss).backward()
@@ -448,7 +469,7 @@ def train_one_epoch(model, batches, optimizer, *, epoch: int = 1, scaler=None, f
     return acc.metrics()
 
 
-def validate(model, batches, *, amp: bool = False) -> dict:
+def validate(model, batches, *, amp: bool = False, loss_kind: str = "ce") -> dict:
     """Loss, accuracy and CCC per dimension on held-out windows, in eval mode."""
     import torch
 
@@ -457,7 +478,7 @@ def validate(model, batches, *, amp: bool = False) -> dict:
     with torch.inference_mode(), torch.autocast("cuda", dtype=torch.float16, enabled=amp):
         for x, v_cls, a_cls, v_mean, a_mean in batches.epoch(0):
             v_logits, a_logits = _forward(model, x)
-            acc.add(_loss(v_logits, a_logits, v_cls, a_cls), v_logits, a_logits, v_cls, a_cls, v_mean, a_mean)
+            acc.add(_loss(v_logits, a_logits, v_cls, a_cls, loss_kind), v_logits, a_logits, v_cls, a_cls, v_mean, a_mean)
     return acc.metrics()
 
 
@@ -563,9 +584,9 @@ class _Trainer:
         self.emit(TrainEvent("epoch", 0, len(self.batches["train"]), epoch))
         train = train_one_epoch(
             self.model, self.batches["train"], self.optimizer, epoch=epoch, scaler=self.scaler, frozen=frozen,
-            on_batch=lambda i, n: self.emit(TrainEvent("batch", i, n, epoch)),
+            on_batch=lambda i, n: self.emit(TrainEvent("batch", i, n, epoch)), loss_kind=self.opts.loss,
         )
-        val = validate(self.model, self.batches["val"], amp=self.scaler is not None)
+        val = validate(self.model, self.batches["val"], amp=self.scaler is not None, loss_kind=self.opts.loss)
         row = {"epoch": epoch, **{f"train_{k}": v for k, v in train.items()},
                **{f"val_{k}": v for k, v in val.items()}, "seconds": time.perf_counter() - start}
         self.history.append(row)
@@ -610,7 +631,7 @@ class _Trainer:
 
         best = read_checkpoint(self.out / "best.pt")
         self.model.load_state_dict(best["state_dict"])
-        test = validate(self.model, self.batches["test"], amp=self.scaler is not None)
+        test = validate(self.model, self.batches["test"], amp=self.scaler is not None, loss_kind=self.opts.loss)
         training = {**best["training"], "test": test}
         save_checkpoint(self.model, self.out / "best.pt", training=training)
         _write_json(self.out / "test.json", {"best_epoch": self.best_epoch, "split": self.meta["split"],

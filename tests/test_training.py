@@ -358,3 +358,35 @@ def test_benchmark_compare_names_a_folder_that_is_not_a_run(tmp_path):
     (tmp_path / "notarun").mkdir()
     result = CliRunner().invoke(app, ["benchmark", "compare", str(tmp_path / "notarun")])
     assert result.exit_code == 2 and "config.json" in result.output
+
+
+def test_soft_labels_are_gaussians_around_the_true_class():
+    import numpy as np
+
+    from fercli.training import soft_labels
+
+    cls = torch.tensor([0, 10, 13, 20])
+    got = soft_labels(cls, sigma=1.0).numpy()
+    grid = np.arange(21)
+    for row, c in zip(got, cls.tolist()):
+        want = np.exp(-0.5 * (grid - c) ** 2)
+        np.testing.assert_allclose(row, want / want.sum(), rtol=1e-5, atol=1e-7)
+    assert np.allclose(got.sum(1), 1) and (got.argmax(1) == cls.numpy()).all()
+
+
+def test_soft_loss_costs_a_near_miss_less_than_a_far_one():
+    from fercli.training import _loss
+
+    truth = torch.tensor([10])
+    near, far = torch.full((1, 21), -5.0), torch.full((1, 21), -5.0)
+    near[0, 11], far[0, 20] = 5.0, 5.0  # one class off against ten classes off
+    ce = [float(_loss(x, x, truth, truth, "ce")) for x in (near, far)]
+    soft = [float(_loss(x, x, truth, truth, "soft")) for x in (near, far)]
+    assert ce[0] == pytest.approx(ce[1])  # plain cross-entropy cannot tell them apart
+    assert soft[0] < soft[1] - 1.0
+
+
+def test_soft_loss_trains_and_is_recorded(tiny, tmp_path):
+    run = train(TrainOptions(tiny, tmp_path / "run", loss="soft", **{**FAST, "epochs": 2}))
+    config = json.loads((run.out / "config.json").read_text())
+    assert config["options"]["loss"] == "soft" and "soft labels" in config["optimizer"]["loss"]
