@@ -145,3 +145,15 @@ def test_cli_errors_are_one_line(tmp_path, clips_dir):
     assert not (tmp_path / "o.mp4").exists()
     code, text = run(clips_dir / GAP, "--table", table, "--out", tmp_path / "o.mp4", "--name", "other.mp4")
     assert code == 0 and "150 frames" in text and (tmp_path / "o.mp4").exists()
+
+
+def test_a_rotated_phone_clip_comes_out_upright(tmp_path):
+    # stored landscape with a -90 display matrix: annotation's boxes are in the upright frame
+    upright = [media.scene(120, 160, [(10, 20, 90)], seed=i) for i in range(10)]
+    path = media.write_coded(tmp_path / "phone.mp4", [np.rot90(f, 1) for f in upright], 25, "libx264", "yuv420p", rotation=-90)
+    pd.DataFrame([dict(video="phone.mp4", second=0, start=0.0, end=0.4, face=False)]).to_csv(tmp_path / "t.csv", index=False)
+    out = render(path, tmp_path / "t.csv", tmp_path / "o.mp4").out
+    frames, _, _ = decoded(out)
+    assert frames[0].shape == (160, 120, 3)
+    top = slice(0, 100)  # above the bars
+    assert np.abs(frames[5][top].astype(int) - upright[5][top]).mean() < 5
