@@ -695,6 +695,36 @@ def export(
         say(f"{len(result.failed)} clips failed in annotation and are not in the table: {names} (see {result.errors_file})")
 
 
+RENDER_EPILOG = """
+Examples:
+
+  fer render videos/a.mp4 --table results.parquet --out a_overlay.mp4
+
+  fer render /data/a.mp4 --table results.parquet --name interviews/a.mp4 --out a_overlay.mp4
+"""
+
+
+@app.command(epilog=RENDER_EPILOG)
+def render(
+    video: Path = typer.Argument(..., help="The clip to draw on (a video file or a folder of frames)."),
+    table: Path = typer.Option(..., "--table", "-t", help="A `fer annotate` output (.parquet or .csv) with rows for the clip."),
+    out: Path = typer.Option(..., "--out", "-o", help="The overlay video (.mp4, .m4v, .mov or .mkv; H.264)."),
+    name: Optional[str] = typer.Option(None, "--name", help="The clip's `video` value in the table (default: matched by file name / relative path)."),
+    frames_fps: float = typer.Option(25.0, "--frames-fps", help="Frame rate of a folder of frames (frames/s), as annotated."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing --out."),
+) -> None:
+    """The clip re-encoded with the face box, valence/arousal bars and expression drawn on every frame."""
+    from .errors import FerError
+    from .render import render as run_render
+
+    console = _console()
+    try:
+        result = run_render(video, table, out, name=name, overwrite=overwrite, frames_fps=frames_fps)
+    except FerError as e:
+        raise _fail(console, str(e)) from None
+    console.print(f"wrote {result.out} ({result.frames} frames of {result.video})", markup=False, highlight=False)
+
+
 @app.command()
 def report(
     table: Path = typer.Argument(..., help="A `fer annotate` output (.parquet or .csv)."),

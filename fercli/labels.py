@@ -14,6 +14,10 @@ import numpy as np
 LABEL_MIN, LABEL_MAX = -10, 10  # the AFEW-VA scale
 NUM_CLASSES = LABEL_MAX - LABEL_MIN + 1  # 21
 LABEL_OFFSET = -LABEL_MIN  # class index = label + LABEL_OFFSET
+# The eight AffectNet expressions in the order of HSEmotion's outputs 0-7 (its authors' class
+# list: Anger, Contempt, Disgust, Fear, Happiness, Neutral, Sadness, Surprise); also the names
+# of the tables' probability columns.
+EXPRESSIONS = ("anger", "contempt", "disgust", "fear", "happiness", "neutral", "sadness", "surprise")
 
 
 def to_class(values) -> np.ndarray:

@@ -8,7 +8,9 @@ loss, no tanh), about [-1, 1] but free to leave it.
 
 Both expose the same two stages so the pipeline can share backbone work between windows:
 `encode(images) -> features` per frame, then `head(windows)` (window models) or
-`frame_scores(features)` (frame models).
+`frame_scores(features)` (frame models). A model with HSEmotion's expression classifier
+(`has_expressions`: HSEmotionNet always, EfficientNetLSTM when its config says `expressions`)
+also gives `expression_logits(features)`: the 8 AffectNet logits per frame, in `EXPRESSIONS` order.
 """
 
 from __future__ import annotations
@@ -21,12 +23,13 @@ from torch import nn
 
 from .checkpoints import hsemotion_config
 from .errors import WeightsError, first_line
-from .labels import LABEL_OFFSET, NUM_CLASSES
+from .labels import EXPRESSIONS, LABEL_OFFSET, NUM_CLASSES
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 HSEMOTION_OUTPUTS = 10  # 8 emotion logits, valence, arousal
 HSEMOTION_VA = slice(8, 10)  # valence, arousal columns of the HSEmotion head
+HSEMOTION_EXPRESSIONS = slice(0, len(EXPRESSIONS))  # its 8 expression logits, in EXPRESSIONS order
 
 
 CROPS = ("square", "box")
@@ -72,6 +75,9 @@ class ModelConfig:
     layers: int = 1  # LSTM layers
     dropout: float = 0.2  # before the heads
     preprocess: Preprocess = field(default_factory=Preprocess)
+    # efficientnet_lstm: keep HSEmotion's expression classifier (its outputs 0-7) on the backbone's
+    # features. Off by default, so checkpoints saved before this field load unchanged.
+    expressions: bool = False
 
     @property
     def is_window_model(self) -> bool:
@@ -127,6 +133,37 @@ class EfficientNetLSTM(nn.Module):
         self.drop = nn.Dropout(config.dropout)
         self.valence_head = nn.Linear(out_dim, NUM_CLASSES)
         self.arousal_head = nn.Linear(out_dim, NUM_CLASSES)
+        # HSEmotion's classifier rows 0-7 on the raw pooled feature, as in its own network (no
+        # LayerNorm, no dropout in eval). Never trained here: no loss reaches it.
+        self.expression_head = nn.Linear(dim, len(EXPRESSIONS)) if config.expressions else None
+        if self.expression_head is not None:
+            self.expression_head.requires_grad_(False)
+
+    @property
+    def has_expressions(self) -> bool:
+        return self.expression_head is not None
+
+    def load_backbone(self, state: dict) -> None:
+        """Load timm backbone weights; an HSEmotion `classifier.*` fills the expression head.
+
+        `state` may hold HSEmotion's 10-way classifier: its rows 0-7 (the expressions) become the
+        expression head when the config asks for one, and are dropped otherwise.
+        """
+        classifier = {k.removeprefix("classifier."): v for k, v in state.items() if k.startswith("classifier.")}
+        self.backbone.load_state_dict({k: v for k, v in state.items() if not k.startswith("classifier.")})
+        if self.expression_head is None:
+            return
+        if not classifier:
+            raise ValueError("the expression head needs HSEmotion's classifier weights (classifier.*)")
+        with torch.no_grad():
+            self.expression_head.weight.copy_(classifier["weight"][HSEMOTION_EXPRESSIONS])
+            self.expression_head.bias.copy_(classifier["bias"][HSEMOTION_EXPRESSIONS])
+
+    def expression_logits(self, features: torch.Tensor) -> torch.Tensor:
+        """(N, F) backbone features -> (N, 8) expression logits, in EXPRESSIONS order."""
+        if self.expression_head is None:
+            raise ValueError("this model has no expression head (config.expressions is off)")
+        return self.expression_head(features)
 
     def encode(self, images: torch.Tensor) -> torch.Tensor:
         """(N, 3, H, W) normalised crops -> (N, F) backbone features."""
@@ -165,6 +202,13 @@ class HSEmotionNet(nn.Module):
 
         self.config = config
         self.backbone = timm.create_model(config.backbone, pretrained=False, num_classes=HSEMOTION_OUTPUTS)
+
+    has_expressions = True  # outputs 0-7 are the expression logits
+
+    @staticmethod
+    def expression_logits(outputs: torch.Tensor) -> torch.Tensor:
+        """(N, 10) outputs -> (N, 8) expression logits, in EXPRESSIONS order."""
+        return outputs[:, HSEMOTION_EXPRESSIONS]
 
     def encode(self, images: torch.Tensor) -> torch.Tensor:
         """(N, 3, H, W) -> (N, 10) raw outputs."""

@@ -17,7 +17,7 @@ from .devices import resolve_device, resolve_precision
 from .errors import FerError
 from .inputs import Clip, find_clips
 from .options import AnnotateOptions, AnnotateResult, ProgressEvent, VideoResult
-from .stages import NO_CLOCK, Labeler, StageClock
+from .stages import NO_CLOCK, Labeler, StageClock, has_expressions
 
 log = logging.getLogger("fercli")
 
@@ -69,7 +69,7 @@ def annotate(
         device = _network_device(model)
     writer = TableWriter(
         out, run_metadata(model, options, device), per_frame=options.per_frame, all_faces=options.all_faces,
-        resume=options.resume, overwrite=options.overwrite,
+        resume=options.resume, overwrite=options.overwrite, expressions=has_expressions(model),
     )  # fmt: skip
     done = writer.done() if options.resume else set()
     result = AnnotateResult(out, skipped_files=inputs.skipped)

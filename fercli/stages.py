@@ -105,6 +105,9 @@ class SampleCrops:
     index: int  # sample index k
     time: float  # seconds
     crops: dict  # face id -> size x size x 3 uint8 crop
+    # face id -> the faces.Detection the crop was cut from: box in pixels of the upright frame
+    # and detector score (a box reused by SteadyDetector is the one the crop was cut from)
+    detections: dict = field(default_factory=dict)
 
 
 def clip_samples(clip: Clip, cfg, options: AnnotateOptions, detector, device_type: str = "cpu", clock=NO_CLOCK):
@@ -123,7 +126,7 @@ def clip_samples(clip: Clip, cfg, options: AnnotateOptions, detector, device_typ
             with clock.stage("faces", 1):
                 found = _faces_of(tracker, frame, detections, options.all_faces)
                 crops = {fid: pre.cut(frame.image, det.box) for fid, det in found.items()}
-            yield SampleCrops(frame.index, frame.time, crops)
+            yield SampleCrops(frame.index, frame.time, crops, dict(found))
 
 
 @dataclass
@@ -182,6 +185,20 @@ def _produce_one(key, stream, put) -> None:
 
 
 # -- consumer: the model, batched across clips. ----------------------------------------------
+
+
+def has_expressions(model) -> bool:
+    """Whether `model` gives expression logits (HSEmotion's head): its table has expression columns."""
+    return bool(getattr(model, "has_expressions", False))
+
+
+def _seen(sample: SampleCrops, face_id: int, probs: list | None):
+    from .windows import FaceSeen
+
+    det = sample.detections.get(face_id)
+    if det is None:  # a producer that sends crops only: no box to report
+        return None
+    return FaceSeen(tuple(float(v) for v in det.box), float(det.score), tuple(probs) if probs is not None else None)
 
 
 @dataclass
@@ -247,13 +264,16 @@ class Labeler:
     def flush(self) -> None:
         from .windows import FrameFeatures
 
-        feats = self._encode([c for _, s in self.pending for c in s.crops.values()])
+        feats, probs = self._encode([c for _, s in self.pending for c in s.crops.values()])
         j, touched = 0, {}
         for key, sample in self.pending:
             state = self.clips[key]
             faces = {fid: feats[j + i] for i, fid in enumerate(sample.crops)}
+            seen = {fid: _seen(sample, fid, probs[j + i] if probs is not None else None) for i, fid in enumerate(sample.crops)}
+            seen = {fid: face for fid, face in seen.items() if face is not None}
             j += len(sample.crops)
-            touched.setdefault(key, []).extend(state.agg.push(FrameFeatures(sample.index, sample.time, faces)))
+            ff = FrameFeatures(sample.index, sample.time, faces, seen)
+            touched.setdefault(key, []).extend(state.agg.push(ff))
             state.samples += 1
         self.pending, self.n_crops = [], 0
         for key, units in touched.items():
@@ -268,13 +288,16 @@ class Labeler:
         from .model import to_input
 
         if not crops:
-            return None
+            return None, None
         x = to_input(np.stack(crops), self.model.config.preprocess, self.device)
         with self.clock.stage("backbone", len(crops)), torch.inference_mode(), autocast(self.precision, self.device):
             feats = self.model.encode(x)
+            probs = None
+            if has_expressions(self.model):  # softmax in fp32: the probabilities must sum to 1
+                probs = self.model.expression_logits(feats).float().softmax(dim=-1).cpu().tolist()
             if not self.model.config.is_window_model:
                 feats = self.model.frame_scores(feats)
-            return feats.float()
+            return feats.float(), probs
 
     def _label(self, state: _Clip, units: list) -> None:
         from .windows import label_rows

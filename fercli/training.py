@@ -240,8 +240,11 @@ def _split(opts, clips, samples, windows) -> tuple[splits.Split, dict[str, np.nd
 def model_config(opts: TrainOptions):
     from .model import ModelConfig, Preprocess
 
+    # HSEmotion's expression classifier is kept on its frozen backbone; fine-tuning moves the
+    # features under it and no loss keeps it right, so then it is left out.
     return ModelConfig(fps=opts.fps, window=opts.window, temporal=opts.temporal, hidden=opts.hidden,
-                       preprocess=Preprocess(size=opts.image_size))
+                       preprocess=Preprocess(size=opts.image_size),
+                       expressions=opts.backbone == "hsemotion" and not opts.finetune)
 
 
 def build_model(opts: TrainOptions):
@@ -253,7 +256,7 @@ def build_model(opts: TrainOptions):
     config = model_config(opts)
     model = EfficientNetLSTM(config)  # heads initialised from --seed
     state, sha = backbone_weights(opts.backbone, config)
-    model.backbone.load_state_dict(state)
+    model.load_backbone(state)
     if not opts.finetune:
         model.backbone.requires_grad_(False)
     return model.to(memory_format=torch.channels_last), sha
@@ -266,8 +269,8 @@ def backbone_weights(name: str, config) -> tuple[dict, str]:
 
         path = weights.fetch("hsemotion")
         state = checkpoints.load_timm_pickle(path)
-        # HSEmotion's 10-way head is not ours: the backbone ends at its pooled 1280-d feature.
-        return {k: v for k, v in state.items() if not k.startswith("classifier.")}, weights.sha256(path)
+        # With its 10-way classifier: EfficientNetLSTM.load_backbone keeps rows 0-7 (expressions).
+        return state, weights.sha256(path)
     if name == "random":
         state = random_backbone(config)
         return state, state_sha256(state)

@@ -14,6 +14,10 @@ Rules, in video time:
   padded on the left by repeating its first face feature, so early seconds are still labelled
   from real frames only.
 - Frame models: the label of a second is the mean of its face samples' scores.
+- What the detector saw (`FaceSeen`) is described per second over the second's own samples where
+  the face was found: the mean box and detector score, the mean expression probabilities (their
+  most probable name as `expression`), and `face_share`, the share of the second's samples that
+  found it (0 without a face). Per-frame rows carry their sample's own values (share 1 or 0).
 """
 
 from __future__ import annotations
@@ -24,9 +28,21 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .labels import decode_logits, to_class
+from .labels import EXPRESSIONS, decode_logits, to_class
 
 TIME_EPS = 1e-6  # seconds; float sample times that land on a second boundary belong to it
+
+
+BOX_COLUMNS = ("face_x0", "face_y0", "face_x1", "face_y1")  # the face box, px of the upright frame
+
+
+@dataclass(frozen=True)
+class FaceSeen:
+    """What the detector and the expression classifier saw of one face in one sample."""
+
+    box: tuple[float, float, float, float]  # x0, y0, x1, y1 in pixels of the upright frame
+    score: float  # detector confidence 0..1
+    expressions: tuple[float, ...] | None = None  # softmax over EXPRESSIONS; None without the head
 
 
 @dataclass
@@ -34,6 +50,7 @@ class FrameFeatures:
     index: int  # sample index k
     time: float  # seconds
     faces: dict[int, torch.Tensor]  # face id -> feature vector (window models) or (valence, arousal) scores
+    seen: dict[int, FaceSeen] = field(default_factory=dict)  # face id -> its box, score, expressions
 
 
 @dataclass
@@ -44,6 +61,7 @@ class Unit:
     face_id: int | None
     window: torch.Tensor | None = None  # (T, F) for window models
     scores: torch.Tensor | None = None  # (2,) mean frame scores for frame models
+    columns: dict = field(default_factory=dict)  # face_* and expression columns (see face_columns)
 
     @property
     def has_face(self) -> bool:
@@ -85,6 +103,8 @@ class Aggregator:
     recent: deque = field(init=False)
     _second: int = 0  # the second being filled
     _present: dict[int, list[torch.Tensor]] = field(default_factory=dict)  # face id -> its samples in _second
+    _seen: dict[int, list[FaceSeen]] = field(default_factory=dict)  # face id -> what was seen in _second
+    _samples: int = 0  # samples in _second, with or without a face
     _before: dict[int, torch.Tensor] = field(default_factory=dict)  # face id -> last feature older than `recent`
 
     def __post_init__(self):
@@ -101,8 +121,11 @@ class Aggregator:
         while self._second < s:  # close every second before this sample, also ones with no samples
             units += self._close_second()
         self._remember(ff.faces)
+        self._samples += 1
         for face_id, feat in ff.faces.items():
             self._present.setdefault(face_id, []).append(feat)
+            if face_id in ff.seen:
+                self._seen.setdefault(face_id, []).append(ff.seen[face_id])
         return units
 
     def finish(self) -> list[Unit]:
@@ -122,25 +145,55 @@ class Aggregator:
         s = self._second
         end = self.duration if s == self.seconds - 1 else min(s + 1, self.duration)
         key = {"second": s, "start": float(s), "end": float(end)}
-        units = [self._unit(key, face_id, samples) for face_id, samples in sorted(self._present.items())]
-        self._second, self._present = s + 1, {}
-        return units or [Unit(key, None)]
+        units = [
+            self._unit(key, face_id, samples, face_columns(self._seen.get(face_id, []), self._samples))
+            for face_id, samples in sorted(self._present.items())
+        ]
+        self._second, self._present, self._seen, self._samples = s + 1, {}, {}, 0
+        return units or [Unit(key, None, columns=face_columns([], self._samples))]
 
     def _frame_units(self, ff: FrameFeatures) -> list[Unit]:
         key = {"frame": ff.index, "time": ff.time}
-        units = [self._unit(key, face_id, [feat]) for face_id, feat in sorted(ff.faces.items())]
-        return units or [Unit(key, None)]
+        units = [
+            self._unit(key, face_id, [feat], face_columns([ff.seen[face_id]] if face_id in ff.seen else [], 1))
+            for face_id, feat in sorted(ff.faces.items())
+        ]
+        return units or [Unit(key, None, columns=face_columns([], 1))]
 
-    def _unit(self, key: dict, face_id: int, samples: list[torch.Tensor]) -> Unit:
+    def _unit(self, key: dict, face_id: int, samples: list[torch.Tensor], columns: dict) -> Unit:
         if not self.window_model:
-            return Unit(key, face_id, scores=torch.stack(samples).mean(dim=0))
+            return Unit(key, face_id, scores=torch.stack(samples).mean(dim=0), columns=columns)
         pad = [None] * (self.window - len(self.recent))  # start of clip: fewer than T samples yet
         window = pad + [faces.get(face_id) for faces in self.recent]
-        return Unit(key, face_id, window=fill_window(window, self._before.get(face_id)))
+        return Unit(key, face_id, window=fill_window(window, self._before.get(face_id)), columns=columns)
+
+
+def face_columns(seen: list[FaceSeen], samples: int) -> dict:
+    """A row's face columns from what was seen of its face in its `samples` samples.
+
+    Box and score are means over the samples that found the face, as are the expression
+    probabilities (a mean of distributions still sums to 1); `face_share` is how many of the
+    row's samples found it. Without a face only the share (0) is set: the rest stay null.
+    """
+    cols: dict = {"face_share": len(seen) / samples if samples else 0.0}
+    if not seen:
+        return cols
+    box = [sum(s.box[i] for s in seen) / len(seen) for i in range(4)]
+    cols.update(zip(BOX_COLUMNS, box))
+    cols["face_score"] = sum(s.score for s in seen) / len(seen)
+    probs = [s.expressions for s in seen if s.expressions is not None]
+    if probs:
+        mean = [sum(p[i] for p in probs) / len(probs) for i in range(len(EXPRESSIONS))]
+        cols.update(zip(EXPRESSIONS, mean))
+        cols["expression"] = EXPRESSIONS[max(range(len(mean)), key=mean.__getitem__)]
+    return cols
 
 
 def label_units(units: list[Unit], head) -> list[dict]:
-    """Label a batch of units; `head` maps (B, T, F) windows to (valence, arousal) logits."""
+    """Label a batch of units; `head` maps (B, T, F) windows to (valence, arousal) logits.
+
+    Each unit's labels come with its face columns (`Unit.columns`): all a row holds but its key.
+    """
     labels: list[dict] = [_empty_labels() for _ in units]
     windowed = [i for i, u in enumerate(units) if u.window is not None]
     if windowed:
@@ -152,7 +205,7 @@ def label_units(units: list[Unit], head) -> list[dict]:
         if u.scores is not None:
             v, a = (float(x) for x in u.scores)
             labels[i] = {**_prefixed("valence", _from_score(v)), **_prefixed("arousal", _from_score(a))}
-    return labels
+    return [{**lab, **u.columns} for u, lab in zip(units, labels)]
 
 
 def label_rows(units: list[Unit], head) -> list[dict]:

@@ -20,6 +20,7 @@ import pyarrow.parquet as pq
 
 from .errors import DataError, FerError, first_line
 from .files import atomic_write
+from .labels import EXPRESSIONS
 
 METADATA_KEY = b"fer"
 PARTS_SUFFIX = ".parts"
@@ -35,16 +36,19 @@ _LABELS = [
     ("valence_conf", pa.float32()),
     ("arousal_conf", pa.float32()),
 ]
+# What the detector saw (windows.face_columns): the face box in pixels of the upright frame,
+# the detector's score and the share of the row's samples that found the face.
+_FACE = [(name, pa.float32()) for name in ("face_x0", "face_y0", "face_x1", "face_y1", "face_score", "face_share")]
+# Models with HSEmotion's expression head only: mean softmax probabilities and the most probable name.
+_EXPRESSIONS = [(name, pa.float32()) for name in EXPRESSIONS] + [("expression", pa.string())]
 _SECOND_KEY = [("video", pa.string()), ("second", pa.int32()), ("start", pa.float64()), ("end", pa.float64())]
 _FRAME_KEY = [("video", pa.string()), ("frame", pa.int32()), ("time", pa.float64())]
 
 
-def schema(per_frame: bool = False, all_faces: bool = False) -> pa.Schema:
-    """The output columns, in order."""
-    cols = (_FRAME_KEY if per_frame else _SECOND_KEY) + _LABELS
-    if all_faces:
-        cols.insert(len(cols) - len(_LABELS), ("face_id", pa.int32()))
-    return pa.schema(cols)
+def schema(per_frame: bool = False, all_faces: bool = False, expressions: bool = False) -> pa.Schema:
+    """The output columns, in order; `expressions`: the model has HSEmotion's expression head."""
+    key = (_FRAME_KEY if per_frame else _SECOND_KEY) + ([("face_id", pa.int32())] if all_faces else [])
+    return pa.schema(key + _LABELS + _FACE + (_EXPRESSIONS if expressions else []))
 
 
 def output_format(path: Path) -> str:
@@ -66,7 +70,7 @@ def read_table(path: str | Path) -> pd.DataFrame:
     path = Path(path)
     if output_format(path) == "parquet":
         return pq.read_table(path).to_pandas(types_mapper=_nullable)
-    df = pd.read_csv(path, dtype={"video": str})
+    df = pd.read_csv(path, dtype={"video": str, "expression": str})  # an all-null column is no float
     for col in ("valence", "arousal", "face_id"):
         if col in df:
             df[col] = df[col].astype("Int64")
@@ -129,13 +133,16 @@ class TableWriter:
     replaced (atomically, at the end) by this run's rows alone. Neither: `out` must be new.
     """
 
-    def __init__(self, out: Path, metadata: dict, *, per_frame: bool, all_faces: bool, resume: bool, overwrite: bool = False):
+    def __init__(
+        self, out: Path, metadata: dict, *, per_frame: bool, all_faces: bool, resume: bool, overwrite: bool = False,
+        expressions: bool = False,
+    ):  # fmt: skip
         self.out = Path(out)
         self.format = output_format(self.out)
         check_output(self.out, resume=resume, overwrite=overwrite)
         self.metadata = metadata
         self.resume = resume
-        self.schema = schema(per_frame, all_faces)
+        self.schema = schema(per_frame, all_faces, expressions)
         self.parts = self.out.with_name(self.out.name + PARTS_SUFFIX)
         self.out.parent.mkdir(parents=True, exist_ok=True)
         if resume:
@@ -190,6 +197,7 @@ class TableWriter:
             atomic_write(self.out, lambda tmp: table.to_pandas(types_mapper=_nullable).to_csv(tmp, index=False))
 
     def _check_resumable(self) -> None:
+        self._check_columns()
         old = read_metadata(self.out) if self.out.exists() else None
         if old is None:
             return
@@ -197,6 +205,33 @@ class TableWriter:
         if clash:
             detail = ", ".join(f"{k}: {old.get(k)!r} vs {self.metadata.get(k)!r}" for k in clash)
             raise FerError(f"{self.out}: cannot resume, the table was made with other settings ({detail})")
+
+
+    def _check_columns(self) -> None:
+        """FerError unless the table being resumed (and its parts) has this run's columns.
+
+        A table from an older fer, or from a model with or without the expression head, would
+        otherwise be merged into a table that lies about some of its rows.
+        """
+        files = ([self.out] if self.out.exists() else []) + self._part_files()
+        for path in files:
+            names = (
+                pq.read_schema(path).names if output_format(path) == "parquet"
+                else list(pd.read_csv(path, nrows=0).columns)
+            )  # fmt: skip
+            if names != self.schema.names:
+                missing = [n for n in self.schema.names if n not in names]
+                extra = [n for n in names if n not in self.schema.names]
+                detail = "; ".join(
+                    part for part in (
+                        f"lacks {', '.join(missing)}" if missing else "",
+                        f"has {', '.join(extra)} too" if extra else "",
+                    ) if part
+                ) or "its columns are in another order"  # fmt: skip
+                raise FerError(
+                    f"{path}: cannot resume, the table has other columns than this run writes ({detail}); "
+                    "--overwrite makes it again"
+                )
 
 
 def write_errors(out: Path, errors: list[tuple[str, str]]) -> Path | None:

@@ -160,3 +160,29 @@ def test_temporal_none_averages_the_frames_predicted_distributions():
     torch.testing.assert_close(a.softmax(-1), frame_a.mean(1), rtol=1e-5, atol=1e-6)
     # Order-free, like the mean head: a window played backwards gets the same prediction.
     torch.testing.assert_close(net.head(feats.flip(1))[0], v)
+
+
+def test_old_configs_load_without_an_expression_head():
+    old = ModelConfig(window=4, hidden=32).to_dict()
+    del old["expressions"]  # as checkpoints saved before the field hold it
+    net = EfficientNetLSTM(ModelConfig.from_dict(old))
+    assert not net.has_expressions and not any(k.startswith("expression_head") for k in net.state_dict())
+
+
+def test_lstm_expression_head_is_hsemotions_classifier_rows_0_to_7():
+    torch.manual_seed(5)
+    hse = HSEmotionNet(HSEMOTION_CONFIG).eval()
+    lstm = EfficientNetLSTM(ModelConfig(window=2, hidden=8, expressions=True)).eval()
+    lstm.load_backbone(hse.backbone.state_dict())
+    x = torch.randn(3, 3, SMALL, SMALL)
+    with torch.inference_mode():
+        want = hse.expression_logits(hse.encode(x))
+        got = lstm.expression_logits(lstm.encode(x))
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
+    assert want.shape == (3, 8) and HSEmotionNet.has_expressions
+    with pytest.raises(ValueError, match="classifier"):  # asked for, but no classifier to take
+        lstm.load_backbone({k: v for k, v in hse.backbone.state_dict().items() if not k.startswith("classifier")})
+    plain = EfficientNetLSTM(ModelConfig(window=2, hidden=8))
+    plain.load_backbone(hse.backbone.state_dict())  # without the head, the classifier is dropped
+    with pytest.raises(ValueError, match="no expression head"):
+        plain.expression_logits(torch.zeros(1, 1280))

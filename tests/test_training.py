@@ -14,7 +14,7 @@ import torch
 import synthetic_afew
 from fercli import afew, splits
 from fercli.errors import DataError, FerError, WeightsError
-from fercli.training import TrainOptions, backbone_weights, model_config, train
+from fercli.training import TrainOptions, backbone_weights, build_model, model_config, train
 
 REPO = Path(__file__).resolve().parents[1]
 # Small and fast for CI: 96 px crops, a 64-unit LSTM, bigger batches and steps than the paper's
@@ -217,8 +217,17 @@ def test_hsemotion_backbone_comes_from_its_weights_file(tmp_path, monkeypatch):
     monkeypatch.setattr(weights, "fetch", lambda name, **kw: path)
     state, sha = backbone_weights("hsemotion", model_config(TrainOptions("d", "o")))
     assert sha == weights.sha256(path)
-    assert not any(k.startswith("classifier") for k in state)
     assert torch.equal(state["conv_stem.weight"], net.state_dict()["conv_stem.weight"])
+    # The model keeps HSEmotion's expression logits (classifier rows 0-7), frozen; valence and
+    # arousal (rows 8-9) are the LSTM's job.
+    model, _ = build_model(TrainOptions("d", "o"))
+    assert model.config.expressions and not model.expression_head.weight.requires_grad
+    assert torch.equal(model.expression_head.weight, net.state_dict()["classifier.weight"][:8])
+    assert torch.equal(model.expression_head.bias, net.state_dict()["classifier.bias"][:8])
+    assert torch.equal(model.backbone.conv_stem.weight, net.state_dict()["conv_stem.weight"])
+    # fine-tuning moves the features under the classifier: no expression head then
+    assert not model_config(TrainOptions("d", "o", finetune=True)).expressions
+    assert not model_config(TrainOptions("d", "o", backbone="random")).expressions
 
 
 def test_missing_hsemotion_weights_stop_the_run(tiny, tmp_path, monkeypatch):

@@ -121,3 +121,50 @@ def test_frame_scores_round_half_away_from_zero_and_rows_carry_keys():
     assert all(r["valence_conf"] is None and r["face"] for r in out)
     assert [r["second"] for r in out] == [0, 1, 2]
     assert math.isclose(out[2]["valence_score"], 0.49, rel_tol=1e-6)
+
+
+def test_face_columns_describe_the_seconds_own_samples():
+    from fercli.windows import FaceSeen
+
+    # 5 samples/s; face 0 found in samples 0, 1 of second 0 and in all of second 1; face 1 only
+    # once, in sample 3 (a glimpse). Expressions: one-hot guesses, so their means are countable.
+    agg = Aggregator(window=1, duration=2.0, window_model=False)
+    seen = {
+        0: FaceSeen((10.0, 20.0, 50.0, 80.0), 0.9, (1.0,) + (0.0,) * 7),
+        1: FaceSeen((14.0, 24.0, 54.0, 84.0), 0.7, (0.0, 1.0) + (0.0,) * 6),
+        5: FaceSeen((0.0, 0.0, 10.0, 10.0), 0.6, (0.0,) * 7 + (1.0,)),
+    }
+    units = []
+    for k in range(10):
+        faces, found = {}, {}
+        if k in (0, 1) or k >= 5:
+            faces[0], found[0] = torch.tensor([1.0, 1.0]), seen[min(k, 5)]
+        if k == 3:
+            faces[1], found[1] = torch.tensor([2.0, 2.0]), seen[0]
+        units += agg.push(FrameFeatures(k, k / 5, faces, found))
+    units += agg.finish()
+    cols = {(u.key["second"], u.face_id): u.columns for u in units}
+    first = cols[0, 0]
+    assert first["face_share"] == pytest.approx(2 / 5)
+    assert [first[c] for c in ("face_x0", "face_y0", "face_x1", "face_y1")] == pytest.approx([12.0, 22.0, 52.0, 82.0])
+    assert first["face_score"] == pytest.approx(0.8)
+    assert first["anger"] == first["contempt"] == pytest.approx(0.5) and first["surprise"] == 0.0
+    assert first["expression"] == "anger"  # a tie goes to the first, as numpy's argmax
+    assert cols[0, 1]["face_share"] == pytest.approx(1 / 5) and cols[0, 1]["face_score"] == pytest.approx(0.9)
+    assert cols[1, 0]["face_share"] == 1.0 and cols[1, 0]["expression"] == "surprise"
+    # rows take the columns along; a faceless row has share 0 and nothing else
+    labelled = label_units(units, head=None)
+    assert labelled[0]["face_x0"] == pytest.approx(12.0)
+    agg = Aggregator(window=1, duration=1.0, window_model=False)
+    (empty,) = [*agg.push(FrameFeatures(0, 0.0, {})), *agg.finish()]
+    assert label_units([empty], head=None)[0]["face_share"] == 0.0 and "face_x0" not in empty.columns
+
+
+def test_per_frame_rows_carry_their_samples_box():
+    from fercli.windows import FaceSeen
+
+    agg = Aggregator(window=1, duration=1.0, window_model=False, per_frame=True)
+    a = agg.push(FrameFeatures(0, 0.0, {0: torch.tensor([1.0, 1.0])}, {0: FaceSeen((1.0, 2.0, 3.0, 4.0), 0.5)}))
+    b = agg.push(FrameFeatures(1, 0.2, {}))
+    assert a[0].columns == {"face_share": 1.0, "face_x0": 1.0, "face_y0": 2.0, "face_x1": 3.0, "face_y1": 4.0, "face_score": 0.5}
+    assert b[0].columns == {"face_share": 0.0}

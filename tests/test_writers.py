@@ -9,31 +9,39 @@ from fercli.writers import TableWriter, errors_path, read_metadata, read_table, 
 META = {"model": "m.pt", "weights_sha256": "ab" * 32, "fps": 5.0, "window": 5, "per_frame": False, "all_faces": False}
 
 
-def second_rows(n, face_every=1):
+EXPRESSIONS = ["anger", "contempt", "disgust", "fear", "happiness", "neutral", "sadness", "surprise"]
+
+
+def second_rows(n, face_every=1, expressions=False):
     out = []
     for s in range(n):
         face = s % face_every == 0
-        out.append(
-            {
-                "second": s,
-                "start": float(s),
-                "end": float(s + 1),
-                "face": face,
-                "valence": (s % 21) - 10 if face else None,
-                "arousal": -((s % 21) - 10) if face else None,
-                "valence_score": 0.5 * s if face else None,
-                "arousal_score": -0.25 * s if face else None,
-                "valence_conf": 0.5 if face else None,
-                "arousal_conf": 0.25 if face else None,
-            }
-        )
+        row = {
+            "second": s,
+            "start": float(s),
+            "end": float(s + 1),
+            "face": face,
+            "valence": (s % 21) - 10 if face else None,
+            "arousal": -((s % 21) - 10) if face else None,
+            "valence_score": 0.5 * s if face else None,
+            "arousal_score": -0.25 * s if face else None,
+            "valence_conf": 0.5 if face else None,
+            "arousal_conf": 0.25 if face else None,
+            "face_share": 0.6 if face else 0.0,
+        }
+        if face:
+            row.update(face_x0=10.5 + s, face_y0=20.25, face_x1=110.5 + s, face_y1=140.0, face_score=0.875)
+            if expressions:
+                row.update(dict(zip(EXPRESSIONS, [0.125] * 8)), expression="anger")
+        out.append(row)
     return out
 
 
 def writer(out, resume=False, meta=META, overwrite=False, **kw):
     return TableWriter(
-        out, meta, per_frame=kw.get("per_frame", False), all_faces=kw.get("all_faces", False), resume=resume, overwrite=overwrite
-    )
+        out, meta, per_frame=kw.get("per_frame", False), all_faces=kw.get("all_faces", False), resume=resume,
+        overwrite=overwrite, expressions=kw.get("expressions", False),
+    )  # fmt: skip
 
 
 def test_parquet_schema_types_and_metadata(tmp_path):
@@ -45,9 +53,14 @@ def test_parquet_schema_types_and_metadata(tmp_path):
     assert table.schema.names == [
         "video", "second", "start", "end", "face", "valence", "arousal",
         "valence_score", "arousal_score", "valence_conf", "arousal_conf",
+        "face_x0", "face_y0", "face_x1", "face_y1", "face_score", "face_share",
     ]  # fmt: skip
     assert str(table.schema.field("valence").type) == "int8"
     assert table.column("valence").to_pylist() == [-10, None, -8]
+    for name in ("face_x0", "face_y0", "face_x1", "face_y1", "face_score", "face_share"):
+        assert str(table.schema.field(name).type) == "float"  # float32
+    assert table.column("face_x0").to_pylist() == [10.5, None, 12.5]  # null without a face
+    assert table.column("face_share").to_pylist() == [0.6000000238418579, 0.0, 0.6000000238418579]
     assert read_metadata(out) == META
     assert not (tmp_path / "r.parquet.parts").exists()
 
@@ -55,6 +68,43 @@ def test_parquet_schema_types_and_metadata(tmp_path):
 def test_all_faces_and_per_frame_schemas():
     assert schema(all_faces=True).names[4:6] == ["face_id", "face"]
     assert schema(per_frame=True).names[:3] == ["video", "frame", "time"]
+
+
+def test_expression_columns_only_for_models_with_the_head(tmp_path):
+    assert not set(EXPRESSIONS + ["expression"]) & set(schema().names)
+    with_head = schema(expressions=True)
+    assert with_head.names[-9:] == EXPRESSIONS + ["expression"]
+    assert {str(with_head.field(n).type) for n in EXPRESSIONS} == {"float"}
+    assert str(with_head.field("expression").type) == "string"
+    for name in ("e.parquet", "e.csv"):  # CSV too: a column that is null in every row stays text
+        w = writer(tmp_path / name, expressions=True)
+        w.add("a.mp4", second_rows(3, face_every=2, expressions=True))
+        w.add("b.mp4", second_rows(2, face_every=9, expressions=True)[1:])  # no face at all
+        w.finish(["a.mp4", "b.mp4"])
+    pq_df, csv_df = read_table(tmp_path / "e.parquet"), read_table(tmp_path / "e.csv")
+    assert pq_df.expression.fillna("-").tolist() == ["anger", "-", "anger", "-"]
+    pd.testing.assert_frame_equal(pq_df, csv_df, check_dtype=False, atol=1e-6)
+    # resuming the CSV reads the all-null rows back and writes them again
+    w = writer(tmp_path / "e.csv", resume=True, expressions=True)
+    w.add("c.mp4", second_rows(1, expressions=True))
+    w.finish(["a.mp4", "b.mp4", "c.mp4"])
+    assert read_table(tmp_path / "e.csv").expression.fillna("-").tolist() == ["anger", "-", "anger", "-", "anger"]
+
+
+@pytest.mark.parametrize("name", ["r.parquet", "r.csv"])
+def test_resume_into_a_table_with_other_columns_is_refused(tmp_path, name):
+    out = tmp_path / name
+    w = writer(out)
+    w.add("a", second_rows(1))
+    w.finish(["a"])
+    with pytest.raises(FerError, match=r"cannot resume.*lacks anger, .*expression.*--overwrite"):
+        writer(out, resume=True, expressions=True)
+    # and a table from before the face columns (an older fer) is refused the same way
+    old = read_table(out).drop(columns=["face_x0", "face_y0", "face_x1", "face_y1", "face_score", "face_share"])
+    old.to_csv(out, index=False) if name.endswith(".csv") else old.to_parquet(out)
+    with pytest.raises(FerError, match="lacks face_x0"):
+        writer(out, resume=True)
+    writer(tmp_path / "fresh.parquet", resume=True)  # a new table resumes from nothing
 
 
 def test_csv_holds_the_same_content_as_parquet(tmp_path):

@@ -1,0 +1,159 @@
+"""`fer render`: the overlay against the source, both read back with PyAV."""
+
+from __future__ import annotations
+
+import av
+import numpy as np
+import pandas as pd
+import pytest
+
+import media
+from conftest import gap_faces
+from fercli.errors import FerError
+from fercli.render import AROUSAL_COLOUR, BOX_WIDTH, VALENCE_COLOUR, bar_layout, render
+
+GAP = "sub/gap.mkv"  # 5 s at 30 frames/s, 320 x 240; no face for 2 <= t < 4
+VALENCE = [-4.0, 7.5, None, None, 10.0]  # per second; None: no face
+AROUSAL = [2.0, -6.0, None, None, 0.0]
+COLOUR_DISTANCE = 90  # summed |RGB| difference that still counts as the bar's colour after H.264
+LENGTH_TOLERANCE = 2  # px: yuv420p halves the chroma, blurring a bar's end by a pixel or so
+
+
+def decoded(path):
+    """(frames as RGB arrays, their times in s, the container's duration in s), read by PyAV."""
+    with av.open(str(path)) as c:
+        frames = list(c.decode(video=0))
+        duration = c.duration / 1e6
+    return [f.to_ndarray(format="rgb24") for f in frames], [float(f.time) for f in frames], duration
+
+
+def second_table(path, video=GAP):
+    rows = []
+    for s, (v, a) in enumerate(zip(VALENCE, AROUSAL)):
+        face = v is not None
+        box = media.face_box(gap_faces(s + 0.4)[0]) if face else (None,) * 4
+        rows.append(dict(
+            video=video, second=s, start=float(s), end=float(s + 1), face=face,
+            valence=round(v) if face else None, arousal=round(a) if face else None,
+            valence_score=v, arousal_score=a,
+            face_x0=box[0], face_y0=box[1], face_x1=box[2], face_y1=box[3], face_score=0.9 if face else None,
+            face_share=1.0 if face else 0.0,
+        ))  # fmt: skip
+    pd.DataFrame(rows).to_csv(path, index=False)
+    return path
+
+
+def bar_reach(frame: np.ndarray, dim: str) -> int:
+    """Pixels of the bar's colour from the track's centre, signed (negative: to the left), measured."""
+    h, w = frame.shape[:2]
+    bar = bar_layout(w, h)[dim]
+    colour = np.array(VALENCE_COLOUR if dim == "valence" else AROUSAL_COLOUR)
+    row = frame[(bar.y0 + bar.y1) // 2, bar.centre - bar.half : bar.centre + bar.half + 1].astype(int)
+    hit = np.abs(row - colour).sum(axis=1) < COLOUR_DISTANCE
+    right, left = hit[bar.half :], hit[: bar.half][::-1]
+    return int(right.sum()) if right.sum() >= left.sum() else -int(left.sum())
+
+
+@pytest.fixture(scope="module")
+def overlay(tmp_path_factory, clips_dir):
+    root = tmp_path_factory.mktemp("render")
+    out = render(clips_dir / GAP, second_table(root / "t.csv"), root / "overlay.mp4")
+    return out, decoded(out.out), decoded(clips_dir / GAP)
+
+
+def test_every_source_frame_with_its_timestamps(overlay):
+    result, (frames, times, duration), (src_frames, src_times, src_duration) = overlay
+    assert result.frames == len(frames) == len(src_frames) == 150
+    assert times == pytest.approx(src_times, abs=1e-9)
+    assert duration == pytest.approx(src_duration, abs=1e-6)
+    assert frames[0].shape == src_frames[0].shape
+    assert result.video == GAP  # matched by its path's tail
+
+
+def test_the_box_is_drawn_where_the_face_is_and_not_in_a_faceless_second(overlay):
+    _, (frames, times, _), (src, _, _) = overlay
+    for i, t in enumerate(times):
+        s = int(t + 1e-6)
+        # the outline of second s's box (second 1's in the faceless seconds 2 and 3)
+        x0, y0, x1, y1 = (round(v) for v in media.face_box(gap_faces((1 if s in (2, 3) else s) + 0.4)[0]))
+        band = np.zeros(frames[i].shape[:2], bool)
+        band[y0 : y1, x0 : x0 + BOX_WIDTH] = band[y0 : y1, x1 - BOX_WIDTH : x1] = True
+        diff = np.abs(frames[i].astype(int) - src[i].astype(int)).sum(axis=2)
+        inside = diff[y0 + 10 : y1 - 10, x0 + 10 : x1 - 10]
+        if s in (2, 3):
+            assert diff[band].mean() < 15, f"a box in faceless second {s}"
+        else:
+            assert diff[band].mean() > 150, f"no box at frame {i}"
+            assert inside.mean() < 15  # the face itself is left alone
+
+
+def test_bar_lengths_follow_the_values(overlay):
+    _, (frames, times, _), _ = overlay
+    h, w = frames[0].shape[:2]
+    for s in range(5):
+        frame = frames[[i for i, t in enumerate(times) if int(t + 1e-6) == s][3]]
+        for dim, values in (("valence", VALENCE), ("arousal", AROUSAL)):
+            v = values[s]
+            want = round(v / 10 * bar_layout(w, h)[dim].half) if v is not None else 0
+            assert abs(bar_reach(frame, dim) - want) <= LENGTH_TOLERANCE, (dim, s)
+
+
+def test_per_frame_tables_hold_each_sample_until_the_next(tmp_path, clips_dir):
+    # samples every 0.2 s for 1 s, valence rising by 2 each
+    rows = [dict(video="gap.mkv", frame=k, time=k / 5, face=True, valence=2 * k, valence_score=2.0 * k,
+                 arousal=0, arousal_score=0.0) for k in range(5)]  # fmt: skip
+    pd.DataFrame(rows).to_csv(tmp_path / "f.csv", index=False)
+    out = render(clips_dir / GAP, tmp_path / "f.csv", tmp_path / "f.mp4", name="gap.mkv")
+    frames, times, _ = decoded(out.out)
+    half = bar_layout(320, 240)["valence"].half
+    for i, t in enumerate(times[:30]):
+        k = int(t * 5 + 1e-6)  # the sample on screen
+        assert abs(bar_reach(frames[i], "valence") - round(2 * k / 10 * half)) <= LENGTH_TOLERANCE, i
+    # after the last sample its values stay on screen to the end of the clip
+    assert abs(bar_reach(frames[-1], "valence") - round(8 / 10 * half)) <= LENGTH_TOLERANCE
+
+
+def test_existing_output_is_refused_without_overwrite(tmp_path, clips_dir):
+    table = second_table(tmp_path / "t.csv")
+    out = tmp_path / "o.mp4"
+    out.write_bytes(b"keep")
+    with pytest.raises(FerError, match="already exists.*--overwrite"):
+        render(clips_dir / GAP, table, out)
+    assert out.read_bytes() == b"keep"
+    render(clips_dir / GAP, table, out, overwrite=True)
+    assert len(decoded(out)[0]) == 150
+
+
+def test_cli_errors_are_one_line(tmp_path, clips_dir):
+    from typer.testing import CliRunner
+
+    from fercli.cli import app
+
+    table = second_table(tmp_path / "t.csv", video="other.mp4")
+    runner = CliRunner()
+
+    def run(*args):
+        r = runner.invoke(app, ["render", *map(str, args)], env={"COLUMNS": "2000"})  # no wrapping by width
+        return r.exit_code, r.output.strip()
+
+    code, text = run(tmp_path / "nope.mp4", "--table", table, "--out", tmp_path / "o.mp4")
+    assert code == 2 and "nope.mp4: no such video" in text and "\n" not in text
+    code, text = run(clips_dir / GAP, "--table", tmp_path / "none.csv", "--out", tmp_path / "o.mp4")
+    assert code == 2 and "none.csv: no such table" in text and "\n" not in text
+    code, text = run(clips_dir / GAP, "--table", table, "--out", tmp_path / "o.mp4")
+    assert code == 2 and "no rows for gap.mkv" in text and "other.mp4" in text and "--name" in text and "\n" not in text
+    assert not (tmp_path / "o.mp4").exists()
+    code, text = run(clips_dir / GAP, "--table", table, "--out", tmp_path / "o.mp4", "--name", "other.mp4")
+    assert code == 0 and "150 frames" in text and (tmp_path / "o.mp4").exists()
+
+
+def test_a_rotated_phone_clip_comes_out_upright(tmp_path):
+    # stored landscape with a -90 display matrix: annotation's boxes are in the upright frame
+    upright = [media.scene(120, 160, [(10, 20, 90)], seed=i) for i in range(10)]
+    path = media.write_coded(tmp_path / "phone.mp4", [np.rot90(f, 1) for f in upright], 25, "libx264", "yuv420p", rotation=-90)
+    pd.DataFrame([dict(video="phone.mp4", second=0, start=0.0, end=0.4, face=False)]).to_csv(tmp_path / "t.csv", index=False)
+    out = render(path, tmp_path / "t.csv", tmp_path / "o.mp4").out
+    frames, _, _ = decoded(out)
+    assert frames[0].shape == (160, 120, 3)
+    top = slice(0, 100)  # above the bars
+    assert np.abs(frames[5][top].astype(int) - upright[5][top]).mean() < 5
