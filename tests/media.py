@@ -69,27 +69,13 @@ def write_video(
     pix_fmt: str = "yuv420p",
     times: Sequence[float] | None = None,
 ) -> Path:
-    """Encode RGB frames with PyAV. `times` (seconds) gives each frame's timestamp (variable rate)."""
-    path = Path(path)
-    rate = Fraction(fps).limit_denominator(1001)
-    with av.open(str(path), "w") as out:
-        stream = out.add_stream(codec, rate=rate)
-        stream.pix_fmt = pix_fmt
-        time_base = Fraction(1, 1000) if times is not None else 1 / rate
-        stream.codec_context.time_base = time_base
-        if codec == "libx264":
-            stream.options = {"crf": "18", "preset": "ultrafast"}
-        for i, img in enumerate(frames):
-            if i == 0:
-                stream.height, stream.width = img.shape[:2]
-            frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(img), format="rgb24")
-            frame.pts = round(times[i] * 1000) if times is not None else i
-            frame.time_base = time_base
-            for packet in stream.encode(frame):
-                out.mux(packet)
-        for packet in stream.encode():
-            out.mux(packet)
-    return path
+    """Encode RGB frames with PyAV. `times` (seconds) gives each frame's timestamp (variable rate).
+
+    Only x264 gets encoder options (FAST_OPTIONS'); other codecs their defaults, as the session's
+    clips (and the golden tables made from them) were written.
+    """
+    options = FAST_OPTIONS["libx264"] if codec == "libx264" else {}
+    return write_coded(path, frames, fps, codec, pix_fmt, options=options, times=times)
 
 
 def make_clip(
