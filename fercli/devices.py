@@ -39,10 +39,11 @@ def check_device(device: str) -> None:
         raise FerError(f"--device must be auto, cpu or cuda, not {device!r}")
 
 
-def resolve_device(device: str):
-    """The torch device for a --device value; FerError for a GPU that torch cannot see."""
+def resolve_device(device):
+    """The torch device for a --device value or a torch.device; FerError for a GPU torch cannot see."""
     import torch
 
+    device = str(device)  # a torch.device reads as "cpu", "cuda" or "cuda:N", checked the same way
     check_device(device)
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")

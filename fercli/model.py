@@ -274,6 +274,4 @@ def load_model(name_or_path: str | Path = "hsemotion", device: str | torch.devic
     model = model_from_checkpoint(ckpt, name_or_path)
     model.source = ckpt["source"]
     model.weights_sha256 = ckpt["weights_sha256"]
-    if not isinstance(device, torch.device):
-        device = resolve_device(device)
-    return model.eval().to(device, memory_format=torch.channels_last)
+    return model.eval().to(resolve_device(device), memory_format=torch.channels_last)

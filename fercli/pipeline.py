@@ -61,7 +61,7 @@ def annotate(
     if inputs.missing:
         raise FerError(f"{inputs.missing[0]}: no such file or folder")
     if loaded:
-        device = _network_device(model) if requested is None else _as_device(requested)
+        device = _network_device(model) if requested is None else resolve_device(requested)
         model = model.to(device)
     else:
         emit(ProgressEvent("model"))
@@ -128,12 +128,6 @@ def _network_device(model):
     import torch
 
     return next((p.device for p in model.parameters()), torch.device("cpu"))
-
-
-def _as_device(device):
-    import torch
-
-    return device if isinstance(device, torch.device) else resolve_device(device)
 
 
 def _unique(clips: list[Clip], result: AnnotateResult) -> Iterator[Clip]:

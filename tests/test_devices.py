@@ -51,3 +51,10 @@ def test_load_model_defaults_to_the_device_annotate_defaults_to(monkeypatch, lst
     fercli.load_model(lstm_checkpoint)
     assert asked == ["auto"]  # what annotate uses for a model given by name or path
     assert inspect.signature(fercli.load_model).parameters["device"].default == "auto"
+
+
+def test_a_torch_device_is_checked_like_its_name(two_gpus):
+    assert devices.resolve_device(torch.device("cuda", 1)) == torch.device("cuda", 1)
+    assert devices.resolve_device(torch.device("cpu")) == torch.device("cpu")
+    with pytest.raises(FerError, match="cuda:5"):
+        devices.resolve_device(torch.device("cuda", 5))
