@@ -1,0 +1,134 @@
+"""Aff-Wild2 (ABAW valence-arousal) on disk: one `<video>.txt` per video (header `valence,arousal`,
+then line i = frame i, values -1..1, -5 = no label), aligned face crops in
+`cropped_aligned/<video>/00001.jpg ...`; the layout's detection, the -1..1 -> 21-class mapping
+and the ABAW score (CCC per dimension over all labelled frames pooled, and their mean)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .errors import DataError
+from .labels import to_class
+
+HEADER = "valence,arousal"
+NO_LABEL = -5.0  # ABAW's mark for a frame without a label
+ABAW_SCALE = 10.0  # fer's -10..10 scale = ABAW's -1..1 times this
+SPLIT_FOLDERS = {"Train_Set": "train", "Validation_Set": "val"}  # the release's predefined split
+PAIR_SUFFIXES = ("_left", "_right")  # two-person videos: one annotation per person
+
+
+@dataclass
+class AffWildClip:
+    id: str  # annotation file's stem, e.g. "video10_1" or "10-60-1280x720_left"
+    txt_path: Path
+    valence: np.ndarray  # (n_frames,) -1..1, NaN where unlabelled
+    arousal: np.ndarray
+    images: dict[int, Path]  # 0-based frame index -> aligned crop, for the frames that have one
+    split: str | None  # "train" / "val" from Train_Set / Validation_Set, else None
+
+    @property
+    def source(self) -> str:
+        """The source video's name: two-person annotations share it."""
+        for suffix in PAIR_SUFFIXES:
+            if self.id.endswith(suffix):
+                return self.id[: -len(suffix)]
+        return self.id
+
+    @property
+    def labelled(self) -> np.ndarray:
+        return ~np.isnan(self.valence)
+
+    def classes(self) -> tuple[np.ndarray, np.ndarray]:
+        """Labelled frames' (valence, arousal) on the 21-class -10..10 scale (labels.to_class rule)."""
+        m = self.labelled
+        return to_class(self.valence[m] * ABAW_SCALE), to_class(self.arousal[m] * ABAW_SCALE)
+
+
+def is_affwild(root: str | Path) -> bool:
+    """True when `root` holds ABAW VA annotation files (a `.txt` whose first line is the header)."""
+    return any(_header(p) == HEADER for p in Path(root).rglob("*.txt"))
+
+
+def detect_layout(root: str | Path) -> str:
+    """"affwild" or "afew" for a data root; DataError when it is neither."""
+    root = Path(root)
+    if not root.is_dir():
+        raise DataError(f"{root}: no such data folder")
+    if is_affwild(root):
+        return "affwild"
+    if any(p.stem == p.parent.name or p.with_suffix("").is_dir() for p in root.rglob("*.json")):
+        return "afew"
+    raise DataError(f"{root}: neither an AFEW-VA (<id>/<id>.json) nor an Aff-Wild2 (<video>.txt with "
+                    f"'{HEADER}') data set")
+
+
+def read_dataset(root: str | Path) -> list[AffWildClip]:
+    """Every annotated video under an Aff-Wild2 root, sorted by id; DataError names the first bad file."""
+    root = Path(root)
+    txts = sorted(p for p in root.rglob("*.txt") if "cropped_aligned" not in p.parts)
+    crops = {p.name: p for p in root.rglob("cropped_aligned/*") if p.is_dir()}
+    clips = [read_clip(p, crops.get(p.stem)) for p in txts if _header(p) is not None]
+    if not clips:
+        raise DataError(f"{root}: no Aff-Wild2 annotation files (<video>.txt with '{HEADER}')")
+    return sorted(clips, key=lambda c: c.id)
+
+
+def read_clip(txt_path: str | Path, crop_folder: Path | None = None) -> AffWildClip:
+    """One annotation file (and its aligned crops); every line checked."""
+    txt_path = Path(txt_path)
+    lines = txt_path.read_text().splitlines()
+    if not lines or lines[0].strip().lower() != HEADER:
+        raise DataError(f"{txt_path}: first line must be '{HEADER}'")
+    values = np.array([_line(s, txt_path, i) for i, s in enumerate(lines[1:], start=2) if s.strip()])
+    if values.size == 0:
+        raise DataError(f"{txt_path}: no frame lines")
+    values[values == NO_LABEL] = np.nan
+    images = _images(crop_folder) if crop_folder else {}
+    if images and max(images) >= len(values):
+        raise DataError(f"{txt_path}: {len(values)} frame lines but frame {max(images) + 1} in {crop_folder}")
+    split = next((SPLIT_FOLDERS[p] for p in txt_path.parts if p in SPLIT_FOLDERS), None)
+    return AffWildClip(txt_path.stem, txt_path, values[:, 0].copy(), values[:, 1].copy(), images, split)
+
+
+def abaw_ccc(truth: dict[str, np.ndarray], pred: dict[str, np.ndarray]) -> dict[str, float]:
+    """ABAW's score: CCC per dimension over all labelled frames pooled, and their mean.
+
+    `truth`/`pred`: "valence"/"arousal" -> frames pooled over all videos, on one scale (NaN = no label).
+    """
+    from .metrics import ccc
+
+    out = {}
+    for dim in ("valence", "arousal"):
+        t, p = np.asarray(truth[dim], float), np.asarray(pred[dim], float)
+        keep = ~np.isnan(t) & ~np.isnan(p)
+        out[dim] = ccc(t[keep], p[keep])
+    out["mean"] = (out["valence"] + out["arousal"]) / 2
+    return out
+
+
+def _header(path: Path) -> str | None:
+    try:
+        with open(path) as f:
+            first = f.readline().strip().lower()
+    except (OSError, UnicodeDecodeError):
+        return None
+    return first if first == HEADER else None
+
+
+def _line(text: str, path: Path, n: int) -> tuple[float, float]:
+    parts = text.split(",")
+    try:
+        v, a = (float(x) for x in parts)
+    except ValueError:
+        raise DataError(f"{path}: line {n}: expected 'valence,arousal' numbers, got {text.strip()!r}") from None
+    for x in (v, a):
+        if x != NO_LABEL and not -1.0 <= x <= 1.0:
+            raise DataError(f"{path}: line {n}: value {x} outside -1..1 (or -5 for no label)")
+    return v, a
+
+
+def _images(folder: Path) -> dict[int, Path]:
+    return {int(p.stem) - 1: p for p in folder.glob("*.jpg") if p.stem.isdigit()}
