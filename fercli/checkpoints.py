@@ -38,6 +38,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("fercli")
 
 CHECKPOINT_FORMAT = "fer-checkpoint"
+BACKBONE_ONLY_FORMAT = "timm-state-dict"  # a registry format holding a backbone, no valence/arousal head
 CHECKPOINT_VERSION = 1
 
 # The HSEmotion backbone: timm's TF-ported EfficientNet-B0 with a 10-way head
@@ -184,6 +185,9 @@ def write_checkpoint(payload: dict, path: str | os.PathLike) -> Path:
 
 def _from_registry(name: str, progress) -> dict:
     entry = weights.registry()[name]
+    if entry.format == BACKBONE_ONLY_FORMAT:  # refused before any download
+        raise WeightsError(f"{name}: backbone weights for training ({entry.description}), not a "
+                           "valence/arousal model for annotate")
     raw = weights.fetch(name, progress=progress)
     if entry.format == CHECKPOINT_FORMAT:
         return read_file(raw)

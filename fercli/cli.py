@@ -261,11 +261,13 @@ def weights_list() -> None:
     from . import weights
 
     table = Table()
-    for col in ("name", "format", "cached", "sha256", "url"):
+    for col in ("name", "format", "cached", "pinned by", "url"):
         table.add_column(col, overflow="fold")
     for name, entry in weights.registry().items():
         cached = (weights.cache_dir() / entry.filename).exists()
-        table.add_row(name, entry.format, "yes" if cached else "no", entry.sha256 or "(unpublished)", entry.url)
+        pin = entry.sha256 or (f"{entry.sha256_prefix}... (prefix)" if entry.sha256_prefix else None)
+        pin = pin or (f"git blob {entry.git_blob}" if entry.git_blob else "(unpublished)")
+        table.add_row(name, entry.format, "yes" if cached else "no", pin, entry.url)
     Console().print(table)
     Console().print(f"cache: {weights.cache_dir()}")
 

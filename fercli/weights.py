@@ -23,7 +23,9 @@ log = logging.getLogger("fercli")
 
 CHUNK_BYTES = 1 << 20  # 1 MiB: read/hash/write granularity
 TIMEOUT_S = 30.0  # seconds without data before a download counts as failed
-FORMATS = ("timm-pickle", "fer-checkpoint")
+# timm-state-dict: a plain timm state dict (backbone weights for `fer train`, no valence/arousal head)
+FORMATS = ("timm-pickle", "fer-checkpoint", "timm-state-dict")
+SHA256_PREFIX_HEX = 8  # torch.hub's convention: file names end in the first 8 hex digits of the SHA-256
 
 
 
@@ -35,7 +37,7 @@ class WeightsEntry:
     filename: str  # name of the file in the cache directory
     url: str  # where fetch() downloads it from
     sha256: str | None  # expected hex digest; None = not yet known (recorded on download)
-    format: str  # "timm-pickle" (whole pickled timm model) or "fer-checkpoint"
+    format: str  # one of FORMATS
     description: str  # one line for `fer weights list` and errors
     # Expected git blob id (what `git hash-object FILE` prints) of the file in the
     # repository that serves it; None = not pinned. Lets us pin a file whose SHA-256
@@ -44,6 +46,15 @@ class WeightsEntry:
     # How a face becomes this network's input, as its authors feed it (model.Preprocess fields);
     # None for fer checkpoints, which carry their own.
     preprocess: dict | None = None
+    # The first SHA256_PREFIX_HEX hex digits of the SHA-256, where only those are published (timm's
+    # release files, named `<stem>-<prefix>.pth`): a 32-bit check against a wrong or truncated
+    # file, not against a forged one. The full digest is recorded on download.
+    sha256_prefix: str | None = None
+
+    @property
+    def pinned(self) -> bool:
+        """Whether any hash pins the file (a cached copy is re-checked before use)."""
+        return any(h is not None for h in (self.git_blob, self.sha256, self.sha256_prefix))
 
 
 def cache_dir() -> Path:
@@ -128,14 +139,14 @@ def fetch(
     root = Path(root) if root is not None else cache_dir()
     target = root / entry.filename
     if target.is_file():
-        if entry.git_blob is None and entry.sha256 is None:
+        if not entry.pinned:
             return target  # nothing to check it against (it was recorded on download)
         if _mismatch(entry, _Digests.of_file(target)) is None:
             return target
         log.warning("%s does not match its registry hash; downloading it again", target)
     digests = _download(entry, target, progress)
     if entry.sha256 is None:
-        _record_hash(target, digests.sha256, verified=entry.git_blob is not None)
+        _record_hash(target, digests.sha256, verified=entry.pinned)
     return target
 
 
@@ -153,6 +164,8 @@ def _mismatch(entry: WeightsEntry, digests: _Digests) -> str | None:
         return f"git blob id {digests.git_blob}, registry expects {entry.git_blob}"
     if entry.sha256 is not None and digests.sha256 != entry.sha256:
         return f"SHA-256 {digests.sha256}, registry expects {entry.sha256}"
+    if entry.sha256_prefix is not None and not digests.sha256.startswith(entry.sha256_prefix):
+        return f"SHA-256 {digests.sha256}, registry expects one starting {entry.sha256_prefix}"
     return None
 
 
@@ -229,8 +242,8 @@ def _stream(
 def _record_hash(target: Path, digest: str, verified: bool) -> None:
     # sha256sum's format, so `sha256sum -c` can re-check the file later.
     Path(f"{target}.sha256").write_text(f"{digest}  {target.name}\n", encoding="utf-8")
-    if verified:  # its git blob id matched: the SHA-256 is just recorded, not a warning
-        log.info("%s matches its registry git blob id; its SHA-256 is %s (recorded in %s.sha256)",
+    if verified:  # its git blob id or SHA-256 prefix matched: the digest is just recorded
+        log.info("%s matches its registry hash; its SHA-256 is %s (recorded in %s.sha256)",
                  target, digest, target)
         return
     log.warning(

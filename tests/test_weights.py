@@ -222,3 +222,59 @@ def test_no_hash_entry_records_sidecar_and_warns(server, cache, caplog):
         path = weights.fetch(_entry(f"{url}/w.bin", None))
     assert Path(f"{path}.sha256").read_text() == f"{digest}  w.bin\n"
     assert any(digest in r.getMessage() and "unverified" in r.getMessage() for r in caplog.records)
+
+
+# ---------------------------------------------------------------- ImageNet backbones (timm release files)
+
+
+def test_shipped_imagenet_backbones_are_pinned_to_their_release_names():
+    reg = weights.registry()
+    for name, arch in (("imagenet-tf_efficientnet_b0", "tf_efficientnet_b0"), ("imagenet-resnet50", "resnet50")):
+        entry = reg[name]
+        assert entry.format == "timm-state-dict" and entry.filename.startswith(arch)
+        # timm names its release files `<stem>-<first 8 hex digits of the SHA-256>.pth`.
+        named = entry.filename.removesuffix(".pth").rsplit("-", 1)[1]
+        assert len(named) == weights.SHA256_PREFIX_HEX
+        pinned = entry.sha256 if entry.sha256 is not None else entry.sha256_prefix
+        assert pinned.startswith(named) and entry.url.endswith("/" + entry.filename)
+        assert entry.preprocess["mean"] == [0.485, 0.456, 0.406]
+
+
+def _prefix_entry(url: str, prefix: str) -> WeightsEntry:
+    return WeightsEntry("test", "w.pth", url, None, "timm-state-dict", "test backbone", sha256_prefix=prefix)
+
+
+def test_sha256_prefix_accepts_the_file_and_records_its_full_digest(server, cache, caplog):
+    url, www, requests = server
+    data = _serve(www, name="w.pth")
+    digest = hashlib.sha256(data).hexdigest()
+    with caplog.at_level(logging.INFO, logger="fercli"):
+        path = weights.fetch(_prefix_entry(f"{url}/w.pth", digest[:8]))
+    assert path.read_bytes() == data
+    assert (cache / "w.pth.sha256").read_text() == f"{digest}  w.pth\n"
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]  # verified: no warning
+    (cache / "w.pth").write_bytes(data[:-1])  # a truncated cached copy is checked and replaced
+    assert weights.fetch(_prefix_entry(f"{url}/w.pth", digest[:8])).read_bytes() == data
+    assert requests == ["/w.pth", "/w.pth"]
+
+
+def test_sha256_prefix_mismatch_is_refused_and_deleted(server, cache):
+    url, www, _ = server
+    data = _serve(www, name="w.pth")
+    digest = hashlib.sha256(data).hexdigest()
+    wrong = format((int(digest[:8], 16) + 1) % 16**8, "08x")
+    with pytest.raises(WeightsError) as err:
+        weights.fetch(_prefix_entry(f"{url}/w.pth", wrong))
+    message = str(err.value)
+    assert f"SHA-256 {digest}, registry expects one starting {wrong}" in message and "\n" not in message
+    assert not cache.exists() or list(cache.iterdir()) == []
+
+
+def test_backbone_weights_are_not_an_annotation_model(server, cache, monkeypatch):
+    from fercli import checkpoints
+
+    url, _, requests = server
+    monkeypatch.setattr(weights, "registry", lambda: {"test": _prefix_entry(f"{url}/w.pth", "00000000")})
+    with pytest.raises(WeightsError, match="test: backbone weights for training"):
+        checkpoints.resolve("test")
+    assert requests == []  # refused before any download
