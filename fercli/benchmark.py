@@ -9,9 +9,12 @@ in a long batch).
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import resource
+import subprocess
+import sys
 import tempfile
 import time
 from dataclasses import asdict, dataclass, field
@@ -37,6 +40,27 @@ class StageFigure:
 
 
 @dataclass
+class StartUp:
+    """Seconds before a new `fer annotate` process has its first decoded frame, by cause.
+
+    Measured in a fresh Python process (this one has everything imported and warmed already),
+    with the process settings `fer` applies, in the order annotate pays them.
+    """
+
+    import_s: float  # importing torch, timm, mediapipe and fer's pipeline
+    model_load_s: float  # the checkpoint read and the network built (load_model)
+    detector_init_s: float  # MediaPipe's face detector started
+    first_frame_s: float  # the first clip opened and its first frame decoded
+    first_batch_s: float  # the first backbone batch (allocator growth, kernel selection)
+    second_batch_s: float  # the same batch again: first_batch_s minus this is the warm-up cost
+
+    @property
+    def total_s(self) -> float:
+        """Everything before steady state: the cost one `fer annotate` call pays once."""
+        return self.import_s + self.model_load_s + self.detector_init_s + self.first_frame_s + self.first_batch_s
+
+
+@dataclass
 class SpeedReport:
     setup: dict  # device, threads, model, batch size, clips and their sizes
     stages: dict[str, StageFigure]
@@ -52,6 +76,7 @@ class SpeedReport:
     peak_rss_mb: float = 0.0  # of this process, over its whole life
     peak_cuda_mb: float | None = None
     end_to_end_runs_s: list[float] = field(default_factory=list)  # every timed run, in order
+    startup: StartUp | None = None  # a new process's fixed cost, if measured
     derived: dict = field(default_factory=dict)
 
     def __post_init__(self):
@@ -72,7 +97,10 @@ class SpeedReport:
         }
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        d = asdict(self)
+        if self.startup is not None:
+            d["startup"]["total_s"] = self.startup.total_s
+        return d
 
     def write_json(self, path: str | Path) -> Path:
         """The report as JSON at `path`, written atomically."""
@@ -99,12 +127,14 @@ def speed(
     naive_seconds: float | None = None,
     repeat: int = 1,
     loaded_model=None,
+    startup: bool = True,
 ) -> SpeedReport:
     """Time `fer annotate` on `paths`, stage by stage and end to end; optionally the naive loop.
 
     `repeat` times the run that many times in this process and reports the median run (for an
     even count, the faster of the middle two), its stages included. `naive_seconds` caps how
-    much of each clip the (slow) naive loop reads.
+    much of each clip the (slow) naive loop reads. `startup` also times a new process's start-up
+    (`measure_startup`) with the same model, device and batch size.
     """
     import torch
 
@@ -155,8 +185,58 @@ def speed(
     if naive:
         report.naive_s, report.naive_frames = naive_loop(clips, net, dev, naive_seconds)
         report.__post_init__()
+    if startup and loaded_model is None:  # a network passed in has no file a new process could load
+        report.startup = measure_startup(clips[0].path, model, str(dev), batch_size)
     report.peak_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     return report
+
+
+def measure_startup(clip, model: str, device: str, batch_size: int) -> StartUp:
+    """Time a new process's start-up (`StartUp`) for `clip`, `model` and `device`."""
+    code = "import sys; from fercli.benchmark import startup_probe; startup_probe(*sys.argv[1:])"
+    done = subprocess.run([sys.executable, "-c", code, str(clip), str(model), device, str(batch_size)],
+                          capture_output=True, text=True)
+    if done.returncode != 0:
+        lines = (done.stderr or done.stdout).strip().splitlines() or ["no output"]
+        raise FerError(f"start-up probe failed: {lines[-1]}")
+    return StartUp(**json.loads(done.stdout.strip().splitlines()[-1]))
+
+
+def startup_probe(clip: str, model: str, device: str, batch_size: str) -> None:
+    """The child side of `measure_startup`: pays each start-up cost in turn, prints them as JSON.
+
+    Call it first thing in a new process; it applies the settings `fer`'s entry point applies.
+    """
+    from . import runtime
+
+    runtime.tune_process()
+    marks = [time.perf_counter()]
+    import mediapipe  # noqa: F401  (what annotate imports, in the order it needs them)
+    import timm  # noqa: F401
+    import torch
+
+    from . import pipeline  # noqa: F401
+    from .decode import open_video
+    from .faces import FaceDetector
+    from .model import load_model
+
+    marks.append(time.perf_counter())
+    net = load_model(model, resolve_device(device))
+    marks.append(time.perf_counter())
+    with FaceDetector():
+        marks.append(time.perf_counter())
+    with open_video(clip) as src:
+        next(src.sample(net.config.fps))
+    marks.append(time.perf_counter())
+    size = net.config.preprocess.size
+    batch = torch.zeros(int(batch_size), 3, size, size).to(memory_format=torch.channels_last)
+    for _ in range(2):
+        with torch.inference_mode():
+            net.encode(batch.to(next(net.parameters()).device))
+        _sync(next(net.parameters()).device)
+        marks.append(time.perf_counter())
+    names = ("import_s", "model_load_s", "detector_init_s", "first_frame_s", "first_batch_s", "second_batch_s")
+    print(json.dumps({n: b - a for n, a, b in zip(names, marks, marks[1:])}))
 
 
 def _timed_run(clips, options, model, device) -> tuple[StageClock, float, float]:

@@ -582,9 +582,10 @@ def benchmark_speed(
     naive: bool = typer.Option(True, help="Also time the hand-written per-frame loop."),
     naive_seconds: Optional[float] = typer.Option(None, help="Read at most this much of each clip in the naive loop."),
     repeat: int = typer.Option(1, min=1, help="Time the run this many times and report the median run."),
+    startup: bool = typer.Option(True, help="Also time a new process's start-up (imports, model, detector, first frame and batch)."),
     json_out: Optional[Path] = typer.Option(None, "--json", help="Write the report as JSON here."),
 ) -> None:
-    """Time each stage (decode, faces, backbone, head, write) and the whole run."""
+    """Time start-up, each stage (decode, faces, backbone, head, write) and the whole run."""
     from .benchmark import speed
     from .errors import FerError
 
@@ -594,6 +595,7 @@ def benchmark_speed(
         report = speed(
             paths, model=model, device=device, batch_size=batch_size, workers=workers, precision=precision,
             ray=ray, reuse_boxes=reuse_boxes, naive=naive, naive_seconds=naive_seconds, repeat=repeat,
+            startup=startup,
         )
     except FerError as e:
         raise _fail(console, str(e)) from None
@@ -608,6 +610,12 @@ def _print_speed(report) -> None:
 
     console = Console()
     console.print(" ".join(f"{k}={v}" for k, v in report.setup.items()))
+    if (up := report.startup) is not None:
+        console.print(
+            f"start-up (new process): {up.total_s:.2f} s = imports {up.import_s:.2f} + model {up.model_load_s:.2f} "
+            f"+ detector {up.detector_init_s:.2f} + first frame {up.first_frame_s:.2f} + first batch "
+            f"{up.first_batch_s:.2f} (the next batch: {up.second_batch_s:.2f})"
+        )
     table = Table(title="stages")
     table.caption = "decode and faces run beside the model (a thread or worker processes): busy shares overlap"
     for col in ("stage", "seconds", "items", "items/s", "busy"):

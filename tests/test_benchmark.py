@@ -111,3 +111,33 @@ def test_speed_without_clips_is_a_one_line_error(tmp_path, lstm_checkpoint, args
     assert result.exit_code == 2, result.output
     assert result.exception is None or isinstance(result.exception, SystemExit)
     assert paths[0] in " ".join(result.output.split()) and "Traceback" not in result.output
+
+
+def test_startup_is_measured_in_a_new_process(report):
+    up = report.startup
+    parts = [up.import_s, up.model_load_s, up.detector_init_s, up.first_frame_s, up.first_batch_s]
+    assert all(p > 0 for p in parts) and up.second_batch_s > 0
+    assert up.total_s == pytest.approx(sum(parts))
+    # This process imported torch long ago; the probe paid it again, so it ran in a fresh one.
+    assert up.import_s > 0.3
+    assert report.to_dict()["startup"]["total_s"] == pytest.approx(up.total_s)
+
+
+def test_startup_line_and_json(tmp_path, clips_dir, lstm_checkpoint):
+    out = tmp_path / "speed.json"
+    result = CliRunner().invoke(app, ["benchmark", "speed", str(clips_dir / "odd.avi"), "--model", str(lstm_checkpoint),
+                                      "--device", "cpu", "--no-naive", "--json", str(out)])
+    assert result.exit_code == 0, result.output
+    up = json.loads(out.read_text())["startup"]
+    assert f"start-up (new process): {up['total_s']:.2f} s = imports {up['import_s']:.2f}" in result.output
+
+
+def test_startup_probe_failure_is_one_line(clips_dir, tmp_path):
+    from fercli.benchmark import measure_startup
+    from fercli.errors import FerError
+
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(b"not a checkpoint")
+    with pytest.raises(FerError, match="start-up probe failed: ") as err:
+        measure_startup(clips_dir / "odd.avi", str(bad), "cpu", 16)
+    assert "\n" not in str(err.value)
