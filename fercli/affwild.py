@@ -1,7 +1,7 @@
 """Aff-Wild2 (ABAW valence-arousal) on disk: one `<video>.txt` per video (header `valence,arousal`,
 then line i = frame i, values -1..1, -5 = no label), aligned face crops in
 `cropped_aligned/<video>/00001.jpg ...`; the layout's detection, the -1..1 -> 21-class mapping
-and the ABAW score (CCC per dimension over all labelled frames pooled, and their mean)."""
+(the ABAW score, which pools its frames, is `metrics.abaw_score`)."""
 
 from __future__ import annotations
 
@@ -91,22 +91,6 @@ def read_clip(txt_path: str | Path, crop_folder: Path | None = None) -> AffWildC
         raise DataError(f"{txt_path}: {len(values)} frame lines but frame {max(images) + 1} in {crop_folder}")
     split = next((SPLIT_FOLDERS[p] for p in txt_path.parts if p in SPLIT_FOLDERS), None)
     return AffWildClip(txt_path.stem, txt_path, values[:, 0].copy(), values[:, 1].copy(), images, split)
-
-
-def abaw_ccc(truth: dict[str, np.ndarray], pred: dict[str, np.ndarray]) -> dict[str, float]:
-    """ABAW's score: CCC per dimension over all labelled frames pooled, and their mean.
-
-    `truth`/`pred`: "valence"/"arousal" -> frames pooled over all videos, on one scale (NaN = no label).
-    """
-    from .metrics import ccc
-
-    out = {}
-    for dim in ("valence", "arousal"):
-        t, p = np.asarray(truth[dim], float), np.asarray(pred[dim], float)
-        keep = ~np.isnan(t) & ~np.isnan(p)
-        out[dim] = ccc(t[keep], p[keep])
-    out["mean"] = (out["valence"] + out["arousal"]) / 2
-    return out
 
 
 def _header(path: Path) -> str | None:

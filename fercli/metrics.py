@@ -36,6 +36,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from . import affwild
 from .errors import DataError, FerError
 from .labels import LABEL_MAX, LABEL_MIN, to_class
 
@@ -205,6 +206,8 @@ class Report:
     continuous_from: dict[str, str]  # dimension -> prediction column behind CCC, r, RMSE, MAE, SAGR
     pairs: dict[str, Pairs] = field(repr=False)  # dimension -> scored rows, for pictures
     unmatched: pd.DataFrame = field(repr=False)  # video, second, side ("truth" or "pred")
+    # Aff-Wild2 truth only: ABAW's score (`abaw_score`), CCC over all labelled frames pooled.
+    abaw: dict | None = None
 
 
 def score(truth: pd.DataFrame, pred: pd.DataFrame, *, on=("video", "second")) -> Report:
@@ -316,6 +319,8 @@ def report_json(report: Report) -> dict:
         "missing_truth": dict(report.missing_truth),
     }
     out["continuous_from"] = dict(report.continuous_from)
+    if report.abaw is not None:
+        out["abaw"] = clean(report.abaw)
     return out
 
 
@@ -335,6 +340,13 @@ def report_markdown(report: Report, digits: int = 3) -> str:
         "F1 and accuracy use the integer labels -10..10 (truth: the per-second mean, rounded). "
         "RMSE and MAE are on the -10..10 scale; CCC uses population moments.",
     ]
+    if (a := report.abaw) is not None:
+        lines += [
+            "",
+            f"ABAW score (CCC over all {a['frames']} labelled frames pooled, each frame given its second's "
+            f"prediction; {a['frames_without_prediction']} labelled frames had none): valence "
+            f"{_fmt(a['valence'], digits)}, arousal {_fmt(a['arousal'], digits)}, mean {_fmt(a['mean'], digits)}.",
+        ]
     return "\n".join(lines) + "\n"
 
 
@@ -375,7 +387,7 @@ def load_truth(path: str | Path, frames_fps: float = 25.0) -> pd.DataFrame:
     if not path.exists():
         raise DataError(f"{path}: no such file or folder")
     if path.is_dir():
-        frames = _afew_va(path)
+        frames = _affwild(path) if affwild.is_affwild(path) else _afew_va(path)
     else:
         frames = _truth_table(path)
         if "second" in frames:
@@ -424,6 +436,55 @@ def _check_truth(df: pd.DataFrame, path: Path, *, per_second: bool) -> pd.DataFr
     if per_second and df.duplicated(subset=["video", "second"]).any():
         raise DataError(f"{path}: more than one row for the same video and second")
     return df.sort_values(["video", key], kind="stable").reset_index(drop=True)
+
+
+def _affwild(root: Path) -> pd.DataFrame:
+    """Aff-Wild2's labelled frames on fer's -10..10 scale; videos named by their annotation files."""
+    rows = []
+    for clip in affwild.read_dataset(root):
+        frames = np.flatnonzero(clip.labelled)
+        rows.append(pd.DataFrame({"video": clip.id, "frame": frames,
+                                  "valence": clip.valence[frames] * affwild.ABAW_SCALE,
+                                  "arousal": clip.arousal[frames] * affwild.ABAW_SCALE}))
+    return pd.concat(rows, ignore_index=True)
+
+
+def abaw_ccc(truth: dict[str, np.ndarray], pred: dict[str, np.ndarray]) -> dict[str, float]:
+    """ABAW's score: CCC per dimension over all labelled frames pooled, and their mean.
+
+    `truth`/`pred`: "valence"/"arousal" -> frames pooled over all videos, on one scale (NaN = no label).
+    """
+    out = {}
+    for dim in ("valence", "arousal"):
+        t, p = np.asarray(truth[dim], float), np.asarray(pred[dim], float)
+        keep = ~np.isnan(t) & ~np.isnan(p)
+        out[dim] = ccc(t[keep], p[keep])
+    out["mean"] = (out["valence"] + out["arousal"]) / 2
+    return out
+
+
+def abaw_score(truth: str | Path, pred: pd.DataFrame, frames_fps: float = 25.0) -> dict | None:
+    """ABAW's score of a per-second table against an Aff-Wild2 root; None for other truth.
+
+    Every labelled frame i of a video takes the prediction of the row covering it (second
+    floor(i / frames_fps)); CCC per dimension over all such frames of all videos pooled, and
+    their mean. Frames whose second has no prediction (no row, or no face) are left out and
+    counted.
+    """
+    truth = Path(truth)
+    if not (truth.is_dir() and affwild.is_affwild(truth)):
+        return None
+    frames = _affwild(truth)
+    frames["second"] = np.floor(frames["frame"].to_numpy(dtype=float) / frames_fps + TIME_EPS).astype(np.int64)
+    cols = {d: (f"{d}_score" if f"{d}_score" in pred else d) for d in DIMENSIONS}
+    keyed = _keyed(pred, ["video", "second"], "prediction")
+    preds = keyed[["video", "second", *cols.values()]].rename(columns={c: f"{d}_pred" for d, c in cols.items()})
+    both = frames.merge(preds, on=["video", "second"], how="left")
+    ok = np.isfinite(both[[f"{d}_pred" for d in DIMENSIONS]].to_numpy(dtype=float)).all(axis=1)
+    scale = affwild.ABAW_SCALE  # back to ABAW's -1..1 (CCC is unchanged by scaling both sides)
+    out = abaw_ccc({d: both[d].to_numpy(float)[ok] / scale for d in DIMENSIONS},
+                           {d: both[f"{d}_pred"].to_numpy(float)[ok] / scale for d in DIMENSIONS})
+    return {**out, "frames": int(ok.sum()), "frames_without_prediction": int((~ok).sum())}
 
 
 def _afew_va(root: Path) -> pd.DataFrame:

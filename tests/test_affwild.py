@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from fercli import affwild
+from fercli import affwild, metrics
 from fercli.errors import DataError
 
 
@@ -92,7 +92,61 @@ def test_abaw_ccc_pools_labelled_frames_matches_numpy():
         x, y = x[k], y[k]
         return 2 * np.cov(x, y, bias=True)[0, 1] / (x.var() + y.var() + (x.mean() - y.mean()) ** 2)
 
-    got = affwild.abaw_ccc({"valence": t[0], "arousal": t[1]}, {"valence": p[0], "arousal": p[1]})
+    got = metrics.abaw_ccc({"valence": t[0], "arousal": t[1]}, {"valence": p[0], "arousal": p[1]})
     assert got["valence"] == pytest.approx(ref(t[0], p[0]))
     assert got["arousal"] == pytest.approx(ref(t[1], p[1]))
     assert got["mean"] == pytest.approx((ref(t[0], p[0]) + ref(t[1], p[1])) / 2)
+
+
+def test_benchmark_accuracy_scores_affwild_truth_per_second_and_abaw_pooled(tmp_path):
+    import json
+
+    import pandas as pd
+    from typer.testing import CliRunner
+
+    from fercli.cli import app
+
+    fps = 10.0
+    truth = make_affwild(tmp_path / "aw", {"video1": 47, "video2_left": 33}, seed=3)
+    rng = np.random.default_rng(5)
+    rows = []
+    for vid, va in truth.items():
+        for second in range(int(np.ceil(len(va) / fps))):
+            v, a = rng.uniform(-9, 9, 2)
+            rows.append({"video": vid, "second": second, "valence": int(round(v)), "arousal": int(round(a)),
+                         "valence_score": v, "arousal_score": a})
+    rows = rows[:-1]  # the last second of video2_left has no prediction: its frames are left out
+    pred = pd.DataFrame(rows)
+    pred.to_csv(tmp_path / "pred.csv", index=False)
+
+    # Hand reference: every labelled frame takes its second's score, all frames pooled, on -1..1.
+    by_key = {(r["video"], r["second"]): r for r in rows}
+    t, p, missing = {"valence": [], "arousal": []}, {"valence": [], "arousal": []}, 0
+    for vid, va in truth.items():
+        for i, (v, a) in enumerate(va):
+            row = by_key.get((vid, int(i // fps)))
+            for d, x in (("valence", v), ("arousal", a)):
+                if x != -5 and row is not None:
+                    t[d].append(x)
+                    p[d].append(row[f"{d}_score"] / 10)
+            missing += v != -5 and row is None
+
+    def ccc(x, y):
+        x, y = np.asarray(x), np.asarray(y)
+        return 2 * np.cov(x, y, bias=True)[0, 1] / (x.var() + y.var() + (x.mean() - y.mean()) ** 2)
+
+    out = tmp_path / "eval"
+    result = CliRunner().invoke(app, ["benchmark", "accuracy", "--truth", str(tmp_path / "aw"), "--pred",
+                                      str(tmp_path / "pred.csv"), "--frames-fps", str(fps), "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    got = json.loads((out / "metrics.json").read_text())
+    assert got["abaw"]["valence"] == pytest.approx(ccc(t["valence"], p["valence"]), abs=1e-9)
+    assert got["abaw"]["arousal"] == pytest.approx(ccc(t["arousal"], p["arousal"]), abs=1e-9)
+    assert got["abaw"]["mean"] == pytest.approx((got["abaw"]["valence"] + got["abaw"]["arousal"]) / 2)
+    assert got["abaw"]["frames_without_prediction"] == missing > 0
+    assert "ABAW score" in (out / "metrics.md").read_text()
+    # Per second too: the truth of a second is the mean of its labelled frames times 10.
+    va = truth["video1"][:10]
+    expect = va[va[:, 0] != -5, 0].mean() * 10
+    table = metrics.load_truth(tmp_path / "aw", fps)
+    assert table.set_index(["video", "second"]).loc[("video1", 0), "valence"] == pytest.approx(expect)
