@@ -309,7 +309,8 @@ def train(
     data: Path = typer.Option(..., "--data", help="AFEW-VA folder: one folder per clip, frames and <id>.json."),
     out: Path = typer.Option(..., "--out", "-o", help="Run folder: config, split, summary.csv, best.pt, last.pt, curves.png."),
     split: str = typer.Option("clip", help="clip: train/val/test disjoint by clip and actor; window: paper-like random windows (inflated)."),
-    backbone: str = typer.Option("hsemotion", help="hsemotion (pretrained, downloaded once) or random (seeded, offline)."),
+    backbone: str = typer.Option("efficientnet_b0", help="efficientnet_b0 (HSEmotion's architecture) or resnet50 (timm models)."),
+    init: str = typer.Option("hsemotion", help="hsemotion (AffectNet, efficientnet_b0 only), imagenet (timm's ImageNet-1k; both downloaded once, verified) or random (seeded, offline)."),
     temporal: str = typer.Option("lstm", help="lstm; mean of the frame features; none: per-frame predictions averaged (ABAW baseline)."),
     finetune: bool = typer.Option(False, "--finetune", help="Train the backbone too (no feature cache; AMP on CUDA)."),
     epochs: int = typer.Option(50, min=1, help="Maximum epochs."),
@@ -334,16 +335,17 @@ def train(
 
     console = _command_console(verbose, device)
     options = TrainOptions(
-        data, out, split=split, backbone=backbone, temporal=temporal, finetune=finetune, epochs=epochs,
+        data, out, split=split, backbone=backbone, init=init, temporal=temporal, finetune=finetune, epochs=epochs,
         patience=patience, monitor=monitor, fraction=fraction, loss=loss, batch_size=batch_size, lr=lr, window=window, fps=fps, frames_fps=frames_fps,
         seed=seed, split_file=split_file, resume=resume, device=device,
     )  # fmt: skip
     try:
-        if backbone == "hsemotion":  # download with a bar now; training then finds it in the cache
+        name = _init_weights_name(backbone, init)
+        if name is not None:  # download with a bar now; training then finds it in the cache
             from . import weights
 
             with _download_bar(console) as on_bytes:
-                weights.fetch("hsemotion", progress=on_bytes)
+                weights.fetch(name, progress=on_bytes)
         with _TrainProgress(console) as bar:
             result = run_train(options, progress=bar.update)
     except FerError as e:
@@ -352,6 +354,18 @@ def train(
         console.print(f"interrupted: finished epochs are in {out}; run again with --resume to continue")
         raise typer.Exit(EXIT_INTERRUPTED) from None
     _train_summary(console, result)
+
+
+def _init_weights_name(backbone: str, init: str) -> str | None:
+    """The registry name `fer train` will fetch for --backbone/--init, if any."""
+    from .training import BACKBONES, OLD_BACKBONES
+
+    backbone, init = OLD_BACKBONES.get(backbone, (backbone, init))
+    if init == "hsemotion":
+        return "hsemotion" if backbone == "efficientnet_b0" else None  # training refuses the pair
+    if init == "imagenet" and backbone in BACKBONES:
+        return f"imagenet-{BACKBONES[backbone]}"
+    return None
 
 
 class _TrainProgress:

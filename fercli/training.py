@@ -32,7 +32,12 @@ from .errors import DataError, FerError
 
 log = logging.getLogger("fercli")
 
-BACKBONES = ("hsemotion", "random")
+# --backbone: the paper's Table 2 names -> timm models. efficientnet_b0 is HSEmotion's architecture
+# (TF-ported, "same" padding), so its HSEmotion and ImageNet inits share one network.
+BACKBONES = {"efficientnet_b0": "tf_efficientnet_b0", "resnet50": "resnet50"}
+INITS = ("hsemotion", "imagenet", "random")  # HSEmotion's AffectNet net (efficientnet_b0 only), timm's ImageNet-1k, seeded
+# The old --backbone values, still accepted: what they now spell as --backbone and --init.
+OLD_BACKBONES = {"hsemotion": ("efficientnet_b0", "hsemotion"), "random": ("efficientnet_b0", "random")}
 SPLITS = ("clip", "window")
 TEMPORAL = ("lstm", "mean", "none")
 # What keeps best.pt and counts patience: "ccc", the mean of valence and arousal CCC over the
@@ -47,7 +52,7 @@ SOFT_LABEL_SIGMA = 1.0  # classes: the soft label's spread around the true class
 RANDOM_BACKBONE_SEED = 0
 # Options that may differ when a run is resumed; any other difference is refused.
 RESUMABLE = ("epochs", "patience", "resume", "device", "cache_dir")
-OPTIONS_BEFORE_THEY_EXISTED = {"monitor": "loss", "fraction": 1.0, "loss": "ce"}
+OPTIONS_BEFORE_THEY_EXISTED = {"monitor": "loss", "fraction": 1.0, "loss": "ce", "init": "hsemotion"}
 CURVES_EVERY_S = 30.0  # redraw curves.png during a run at most this often; always at its end
 METRIC_KEYS = ("loss", "acc_valence", "acc_arousal", "f1_valence", "f1_arousal", "ccc_valence", "ccc_arousal")
 
@@ -57,7 +62,8 @@ class TrainOptions:
     data: Path  # AFEW-VA root: one folder per clip with <id>.json beside its frames
     out: Path  # run folder
     split: str = "clip"  # "clip": disjoint clips and actors; "window": paper-like, inflated
-    backbone: str = "hsemotion"  # "hsemotion" (pretrained, downloaded) or "random" (seeded init)
+    backbone: str = "efficientnet_b0"  # a BACKBONES name ("hsemotion"/"random": the old spelling, see OLD_BACKBONES)
+    init: str = "hsemotion"  # where its weights come from: an INITS name
     temporal: str = "lstm"  # "lstm"; "mean" of the frame features; "none": per-frame predictions, averaged
     finetune: bool = False  # train the backbone too (no feature cache; AMP on CUDA)
     epochs: int = 50  # at most
@@ -80,6 +86,12 @@ class TrainOptions:
     resume: bool = False  # continue the run in `out` from last.pt
     device: str = "auto"  # "auto", "cpu" or "cuda"
     cache_dir: Path | None = None  # boxes and features; None: <fer cache>/features
+
+    def __post_init__(self):
+        if self.backbone in OLD_BACKBONES:  # the old spelling: --backbone hsemotion|random
+            new = OLD_BACKBONES[self.backbone]
+            log.warning("--backbone %s is now spelled --backbone %s --init %s", self.backbone, *new)
+            self.backbone, self.init = new
 
 
 @dataclass
@@ -154,7 +166,10 @@ def _checked(options: TrainOptions) -> TrainOptions:
     o.data, o.out = Path(o.data), Path(o.out)
     o.split_file = Path(o.split_file) if o.split_file is not None else None
     o.cache_dir = Path(o.cache_dir) if o.cache_dir is not None else None
-    for name, value, allowed in (("split", o.split, SPLITS), ("backbone", o.backbone, BACKBONES),
+    if o.init == "hsemotion" and o.backbone != "efficientnet_b0":
+        raise FerError(f"--init hsemotion is an efficientnet_b0 network; --backbone {o.backbone} takes imagenet or random")
+    for name, value, allowed in (("split", o.split, SPLITS), ("backbone", o.backbone, tuple(BACKBONES)),
+                                 ("init", o.init, INITS),
                                  ("temporal", o.temporal, TEMPORAL), ("crops", o.crops, features.CROP_SOURCES),
                                  ("monitor", o.monitor, MONITORS), ("loss", o.loss, LOSSES)):
         if value not in allowed:
@@ -193,6 +208,8 @@ def _previous_run(opts: TrainOptions, out: Path) -> dict | None:
 def _check_same_run(previous: dict, config: dict, split: splits.Split, out: Path) -> None:
     # Runs made before these options existed behaved as these values.
     before = {**OPTIONS_BEFORE_THEY_EXISTED, **previous["config"]["options"]}
+    if before.get("backbone") in OLD_BACKBONES:
+        before["backbone"], before["init"] = OLD_BACKBONES[before["backbone"]]
     before = {k: v for k, v in before.items() if k not in RESUMABLE}
     now = {k: v for k, v in config["options"].items() if k not in RESUMABLE}
     changed = sorted(k for k in before.keys() | now.keys() if before.get(k) != now.get(k))
@@ -242,20 +259,20 @@ def model_config(opts: TrainOptions):
 
     # HSEmotion's expression classifier is kept on its frozen backbone; fine-tuning moves the
     # features under it and no loss keeps it right, so then it is left out.
-    return ModelConfig(fps=opts.fps, window=opts.window, temporal=opts.temporal, hidden=opts.hidden,
-                       preprocess=Preprocess(size=opts.image_size),
-                       expressions=opts.backbone == "hsemotion" and not opts.finetune)
+    return ModelConfig(backbone=BACKBONES[opts.backbone], fps=opts.fps, window=opts.window,
+                       temporal=opts.temporal, hidden=opts.hidden, preprocess=Preprocess(size=opts.image_size),
+                       expressions=opts.init == "hsemotion" and not opts.finetune)
 
 
 def build_model(opts: TrainOptions):
-    """The model `fer annotate` runs, with backbone weights per --backbone; and their SHA-256."""
+    """The model `fer annotate` runs, with backbone weights per --backbone/--init; and their SHA-256."""
     import torch
 
     from .model import EfficientNetLSTM
 
     config = model_config(opts)
     model = EfficientNetLSTM(config)  # heads initialised from --seed
-    state, sha = backbone_weights(opts.backbone, config)
+    state, sha = backbone_weights(opts.init, config)
     model.load_backbone(state)
     if not opts.finetune:
         model.backbone.requires_grad_(False)
@@ -263,7 +280,19 @@ def build_model(opts: TrainOptions):
 
 
 def backbone_weights(name: str, config) -> tuple[dict, str]:
-    """(state_dict for EfficientNetLSTM.backbone, SHA-256 naming those weights)."""
+    """(state_dict for EfficientNetLSTM.backbone, SHA-256 naming those weights) for an --init."""
+    if name == "imagenet":
+        import torch
+
+        from . import weights
+
+        path = weights.fetch(f"imagenet-{config.backbone}")
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as e:  # a file that passed its hash but is no state dict
+            raise FerError(f"{path}: not a timm state dict ({e})") from e
+        # ImageNet's 1000-way classifier (`fc.` on ResNet, `classifier.` on EfficientNet) is not used.
+        return {k: v for k, v in state.items() if not k.startswith(("fc.", "classifier."))}, weights.sha256(path)
     if name == "hsemotion":
         from . import checkpoints, weights
 
@@ -274,7 +303,7 @@ def backbone_weights(name: str, config) -> tuple[dict, str]:
     if name == "random":
         state = random_backbone(config)
         return state, state_sha256(state)
-    raise FerError(f"--backbone must be one of {', '.join(BACKBONES)}, not {name!r}")
+    raise FerError(f"--init must be one of {', '.join(INITS)}, not {name!r}")
 
 
 def random_backbone(config) -> dict:
@@ -291,10 +320,11 @@ def random_backbone(config) -> dict:
         torch.manual_seed(RANDOM_BACKBONE_SEED)
         net = timm.create_model(config.backbone, pretrained=False, num_classes=0).eval()
         noise = torch.randn(4, 3, config.preprocess.size, config.preprocess.size)
-    with torch.no_grad():
-        scale = 1.0 / net(noise).std()
-        net.bn2.weight.mul_(scale)
-        net.bn2.bias.mul_(scale)
+    if hasattr(net, "bn2"):  # EfficientNet's last BatchNorm; ResNet's init keeps features near 0.05
+        with torch.no_grad():
+            scale = 1.0 / net(noise).std()
+            net.bn2.weight.mul_(scale)
+            net.bn2.bias.mul_(scale)
     return {k: v.detach().clone() for k, v in net.state_dict().items()}
 
 
@@ -312,6 +342,7 @@ def training_meta(opts: TrainOptions, backbone_sha: str, split: splits.Split) ->
         "split": split.kind,
         "split_seed": split.seed,
         "backbone": opts.backbone,
+        "init": opts.init,
         "backbone_sha256": backbone_sha,
         "finetune": opts.finetune,
         "monitor": opts.monitor,

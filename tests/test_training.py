@@ -94,7 +94,7 @@ def test_run_folder_records_itself(runs):
     assert r.stopped_early or r.epochs == FAST["epochs"]
     best = torch.load(r.best, weights_only=True)
     meta = best["training"]
-    assert meta["split"] == "clip" and meta["backbone"] == "random" and meta["epoch"] == r.best_epoch
+    assert meta["split"] == "clip" and (meta["backbone"], meta["init"]) == ("efficientnet_b0", "random") and meta["epoch"] == r.best_epoch
     assert meta["backbone_sha256"] == config["backbone_sha256"]
     assert meta["test"]["ccc_valence"] == pytest.approx(r.test["ccc_valence"])
     assert json.loads((r.out / "test.json").read_text())["best_epoch"] == r.best_epoch
@@ -399,3 +399,73 @@ def test_soft_loss_trains_and_is_recorded(tiny, tmp_path):
     run = train(TrainOptions(tiny, tmp_path / "run", loss="soft", **{**FAST, "epochs": 2}))
     config = json.loads((run.out / "config.json").read_text())
     assert config["options"]["loss"] == "soft" and "soft labels" in config["optimizer"]["loss"]
+
+
+# --- --backbone efficientnet_b0|resnet50 with --init hsemotion|imagenet|random ------------------
+
+
+def test_old_backbone_spelling_maps_to_backbone_and_init():
+    assert (TrainOptions("d", "o", backbone="random").backbone, TrainOptions("d", "o", backbone="random").init) \
+        == ("efficientnet_b0", "random")
+    old = TrainOptions("d", "o", backbone="hsemotion")
+    assert (old.backbone, old.init) == ("efficientnet_b0", "hsemotion")
+    assert model_config(TrainOptions("d", "o", backbone="resnet50", init="random")).backbone == "resnet50"
+    assert model_config(TrainOptions("d", "o")).backbone == "tf_efficientnet_b0"
+
+
+@pytest.mark.parametrize("backbone, init, message", [
+    ("resnet50", "hsemotion", "--init hsemotion is an efficientnet_b0 network"),
+    ("vit", "random", "--backbone must be one of efficientnet_b0, resnet50"),
+    ("resnet50", "scratch", "--init must be one of hsemotion, imagenet, random"),
+])
+def test_bad_backbone_or_init_is_refused(tiny, tmp_path, backbone, init, message):
+    with pytest.raises(FerError, match=message):
+        train(TrainOptions(tiny, tmp_path / "run", backbone=backbone, init=init))
+    assert not (tmp_path / "run").exists()
+
+
+def test_random_resnet50_features_clear_the_layernorm_epsilon():
+    cfg = model_config(TrainOptions("d", "o", backbone="resnet50", init="random", image_size=64))
+    state, _ = backbone_weights("random", cfg)
+    model = build_model(TrainOptions("d", "o", backbone="resnet50", init="random", image_size=64))[0].eval()
+    assert torch.equal(model.backbone.conv1.weight, state["conv1.weight"])
+    with torch.no_grad():
+        f = model.encode(torch.randn(4, 3, 64, 64))
+    assert f.shape == (4, 2048)
+    # The head's LayerNorm adds 1e-5 to the variance: features must spread far above that.
+    assert f.var(dim=1).min() > 1e-5 * 100
+
+
+@pytest.mark.parametrize("arch, drop", [("resnet50", "fc."), ("tf_efficientnet_b0", "classifier.")])
+def test_imagenet_init_loads_timm_state_dict_without_its_classifier(tmp_path, monkeypatch, arch, drop):
+    import timm
+
+    from fercli import weights
+
+    torch.manual_seed(4)
+    net = timm.create_model(arch, num_classes=1000)
+    path = tmp_path / f"{arch}.pth"
+    torch.save(net.state_dict(), path)
+    asked = []
+    monkeypatch.setattr(weights, "fetch", lambda name, **kw: asked.append(name) or path)
+    backbone = "resnet50" if arch == "resnet50" else "efficientnet_b0"
+    model, sha = build_model(TrainOptions("d", "o", backbone=backbone, init="imagenet", image_size=64))
+    assert asked == [f"imagenet-{arch}"] and sha == weights.sha256(path)
+    theirs = {k: v for k, v in net.state_dict().items() if not k.startswith(drop)}
+    ours = model.backbone.state_dict()
+    assert set(ours) == set(theirs) and all(torch.equal(ours[k], theirs[k]) for k in ours)
+    assert not model.config.expressions  # no HSEmotion classifier on an ImageNet start
+
+
+def test_resnet50_run_is_a_model_for_annotate(tiny, tmp_path):
+    from fercli import annotate
+    from fercli.writers import read_table
+
+    opts = dict(FAST, backbone="resnet50", init="random", image_size=64, epochs=1)
+    r = train(TrainOptions(tiny, tmp_path / "run", cache_dir=tmp_path / "c", **opts))
+    config = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert config["model"]["backbone"] == "resnet50" and config["options"]["init"] == "random"
+    clip = next(p for p in sorted(Path(tiny).iterdir()) if p.is_dir())
+    annotate([clip], tmp_path / "t.parquet", model=str(r.best), device="cpu")
+    table = read_table(tmp_path / "t.parquet")
+    assert len(table) > 0 and table["valence"].notna().any()
