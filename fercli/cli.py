@@ -483,8 +483,9 @@ def benchmark_accuracy(
         from . import metrics
         from .writers import read_table
 
+        truth_table = metrics.load_truth(truth, frames_fps or 25.0)  # truth first: its errors first
         table = read_table(pred)
-        report = metrics.score(metrics.load_truth(truth, frames_fps or 25.0), table)
+        report = metrics.score(truth_table, table)
         report.abaw = metrics.abaw_score(truth, table, frames_fps or 25.0)  # Aff-Wild2 truth only
     except FerError as e:
         raise _fail(console, str(e)) from None
