@@ -49,7 +49,7 @@ class AffWildClip:
 
 def is_affwild(root: str | Path) -> bool:
     """True when `root` holds ABAW VA annotation files (a `.txt` whose first line is the header)."""
-    return any(_header(p) == HEADER for p in Path(root).rglob("*.txt"))
+    return any(_has_header(p) for p in Path(root).rglob("*.txt"))
 
 
 def detect_layout(root: str | Path) -> str:
@@ -70,7 +70,7 @@ def read_dataset(root: str | Path) -> list[AffWildClip]:
     root = Path(root)
     txts = sorted(p for p in root.rglob("*.txt") if "cropped_aligned" not in p.parts)
     crops = {p.name: p for p in root.rglob("cropped_aligned/*") if p.is_dir()}
-    clips = [read_clip(p, crops.get(p.stem)) for p in txts if _header(p) is not None]
+    clips = [read_clip(p, crops.get(p.stem)) for p in txts if _has_header(p)]
     if not clips:
         raise DataError(f"{root}: no Aff-Wild2 annotation files (<video>.txt with '{HEADER}')")
     return sorted(clips, key=lambda c: c.id)
@@ -93,13 +93,12 @@ def read_clip(txt_path: str | Path, crop_folder: Path | None = None) -> AffWildC
     return AffWildClip(txt_path.stem, txt_path, values[:, 0].copy(), values[:, 1].copy(), images, split)
 
 
-def _header(path: Path) -> str | None:
+def _has_header(path: Path) -> bool:
     try:
         with open(path) as f:
-            first = f.readline().strip().lower()
+            return f.readline().strip().lower() == HEADER
     except (OSError, UnicodeDecodeError):
-        return None
-    return first if first == HEADER else None
+        return False
 
 
 def _line(text: str, path: Path, n: int) -> tuple[float, float]:

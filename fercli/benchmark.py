@@ -228,12 +228,12 @@ def startup_probe(clip: str, model: str, device: str, batch_size: str) -> None:
     with open_video(clip) as src:
         next(src.sample(net.config.fps))
     marks.append(time.perf_counter())
-    size = net.config.preprocess.size
-    batch = torch.zeros(int(batch_size), 3, size, size).to(memory_format=torch.channels_last)
+    size, dev = net.config.preprocess.size, next(net.parameters()).device
+    batch = torch.zeros(int(batch_size), 3, size, size, device=dev).to(memory_format=torch.channels_last)
     for _ in range(2):
         with torch.inference_mode():
-            net.encode(batch.to(next(net.parameters()).device))
-        _sync(next(net.parameters()).device)
+            net.encode(batch)
+        _sync(dev)
         marks.append(time.perf_counter())
     names = ("import_s", "model_load_s", "detector_init_s", "first_frame_s", "first_batch_s", "second_batch_s")
     print(json.dumps({n: b - a for n, a, b in zip(names, marks, marks[1:])}))

@@ -357,15 +357,13 @@ def train(
 
 
 def _init_weights_name(backbone: str, init: str) -> str | None:
-    """The registry name `fer train` will fetch for --backbone/--init, if any."""
-    from .training import BACKBONES, OLD_BACKBONES
+    """The registry name `fer train` will fetch for --backbone/--init, if any (none for a pair it refuses)."""
+    from .training import BACKBONES, OLD_BACKBONES, init_weights_name
 
     backbone, init = OLD_BACKBONES.get(backbone, (backbone, init))
-    if init == "hsemotion":
-        return "hsemotion" if backbone == "efficientnet_b0" else None  # training refuses the pair
-    if init == "imagenet" and backbone in BACKBONES:
-        return f"imagenet-{BACKBONES[backbone]}"
-    return None
+    if backbone not in BACKBONES or (init == "hsemotion" and backbone != "efficientnet_b0"):
+        return None
+    return init_weights_name(init, BACKBONES[backbone])
 
 
 class _TrainProgress:

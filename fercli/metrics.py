@@ -455,11 +455,11 @@ def abaw_ccc(truth: dict[str, np.ndarray], pred: dict[str, np.ndarray]) -> dict[
     `truth`/`pred`: "valence"/"arousal" -> frames pooled over all videos, on one scale (NaN = no label).
     """
     out = {}
-    for dim in ("valence", "arousal"):
+    for dim in DIMENSIONS:
         t, p = np.asarray(truth[dim], float), np.asarray(pred[dim], float)
         keep = ~np.isnan(t) & ~np.isnan(p)
         out[dim] = ccc(t[keep], p[keep])
-    out["mean"] = (out["valence"] + out["arousal"]) / 2
+    out["mean"] = float(np.mean([out[d] for d in DIMENSIONS]))
     return out
 
 
@@ -483,7 +483,7 @@ def abaw_score(truth: str | Path, pred: pd.DataFrame, frames_fps: float = 25.0) 
     ok = np.isfinite(both[[f"{d}_pred" for d in DIMENSIONS]].to_numpy(dtype=float)).all(axis=1)
     scale = affwild.ABAW_SCALE  # back to ABAW's -1..1 (CCC is unchanged by scaling both sides)
     out = abaw_ccc({d: both[d].to_numpy(float)[ok] / scale for d in DIMENSIONS},
-                           {d: both[f"{d}_pred"].to_numpy(float)[ok] / scale for d in DIMENSIONS})
+                   {d: both[f"{d}_pred"].to_numpy(float)[ok] / scale for d in DIMENSIONS})
     return {**out, "frames": int(ok.sum()), "frames_without_prediction": int((~ok).sum())}
 
 

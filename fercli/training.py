@@ -279,6 +279,11 @@ def build_model(opts: TrainOptions):
     return model.to(memory_format=torch.channels_last), sha
 
 
+def init_weights_name(init: str, arch: str) -> str | None:
+    """The registry entry an --init downloads for the timm model `arch`; None when it needs none."""
+    return {"hsemotion": "hsemotion", "imagenet": f"imagenet-{arch}"}.get(init)
+
+
 def backbone_weights(name: str, config) -> tuple[dict, str]:
     """(state_dict for EfficientNetLSTM.backbone, SHA-256 naming those weights) for an --init."""
     if name == "imagenet":
@@ -286,7 +291,7 @@ def backbone_weights(name: str, config) -> tuple[dict, str]:
 
         from . import weights
 
-        path = weights.fetch(f"imagenet-{config.backbone}")
+        path = weights.fetch(init_weights_name(name, config.backbone))
         try:
             state = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as e:  # a file that passed its hash but is no state dict
@@ -296,7 +301,7 @@ def backbone_weights(name: str, config) -> tuple[dict, str]:
     if name == "hsemotion":
         from . import checkpoints, weights
 
-        path = weights.fetch("hsemotion")
+        path = weights.fetch(init_weights_name(name, config.backbone))
         state = checkpoints.load_timm_pickle(path)
         # With its 10-way classifier: EfficientNetLSTM.load_backbone keeps rows 0-7 (expressions).
         return state, weights.sha256(path)
