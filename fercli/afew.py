@@ -1,5 +1,8 @@
 """AFEW-VA on disk: one folder of frames per clip and its labels (`<id>/<id>.json`, or `<id>.json`
-beside the folder), every field checked; a DataError names the first bad clip."""
+beside the folder), every field checked; a DataError names the first bad clip.
+
+`AfewClip` is also the training clip of the other layout fer trains on: `affwild.training_clips`
+builds it from Aff-Wild2's annotation files and aligned crops."""
 
 from __future__ import annotations
 
@@ -19,8 +22,8 @@ N_LANDMARKS = 68
 
 @dataclass(frozen=True)
 class FrameLabel:
-    valence: int  # -10..10
-    arousal: int  # -10..10
+    valence: float  # -10..10: integers in AFEW-VA, Aff-Wild2's -1..1 times 10 (affwild.training_clips)
+    arousal: float  # -10..10
     landmarks: np.ndarray | None = field(default=None, compare=False)  # (68, 2) x, y pixels
 
 
@@ -31,7 +34,9 @@ class AfewClip:
     actor: str | None  # from the JSON; splits keep an actor's clips together
     labels: dict[int, FrameLabel]  # frame index -> labels
     images: dict[int, Path]  # frame index -> image file, for the frames that have one
-    json_path: Path
+    json_path: Path  # the label file (Aff-Wild2: the video's .txt)
+    aligned: bool = False  # frames are already aligned face crops (Aff-Wild2's cropped_aligned): no detection
+    part: str | None = None  # a split the data set itself assigns ("train", "val"), else None
 
     @property
     def n_frames(self) -> int:

@@ -1,7 +1,8 @@
 """Aff-Wild2 (ABAW valence-arousal) on disk: one `<video>.txt` per video (header `valence,arousal`,
 then line i = frame i, values -1..1, -5 = no label), aligned face crops in
 `cropped_aligned/<video>/00001.jpg ...`; the layout's detection, the -1..1 -> 21-class mapping
-(the ABAW score, which pools its frames, is `metrics.abaw_score`)."""
+(the ABAW score, which pools its frames, is `metrics.abaw_score`), and the same videos as training
+clips (`training_clips`; `read_labelled` reads either layout)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .afew import AfewClip, FrameLabel
+from .afew import read_dataset as read_afew
 from .errors import DataError
 from .labels import to_class
 
@@ -115,3 +118,33 @@ def _line(text: str, path: Path, n: int) -> tuple[float, float]:
 
 def _images(folder: Path) -> dict[int, Path]:
     return {int(p.stem) - 1: p for p in folder.glob("*.jpg") if p.stem.isdigit()}
+
+
+def training_clips(root: str | Path) -> list[AfewClip]:
+    """Aff-Wild2 videos as training clips: the labelled frames' values times ABAW_SCALE (the
+    -10..10 scale, kept continuous so a window's mean label is rounded once, by labels.to_class),
+    the aligned crops as frames that need no detection, the source video as the group a split
+    keeps together (a two-person video's _left and _right), Train_Set/Validation_Set as `part`.
+
+    Only videos with aligned crops train; a DataError says so when none has them.
+    """
+    clips = []
+    for c in read_dataset(root):
+        if not c.images:
+            continue
+        labels = {int(i): FrameLabel(float(c.valence[i]) * ABAW_SCALE, float(c.arousal[i]) * ABAW_SCALE)
+                  for i in np.flatnonzero(c.labelled)}
+        if not labels:
+            continue
+        folder = next(iter(c.images.values())).parent
+        clips.append(AfewClip(c.id, folder, c.source, labels, dict(sorted(c.images.items())), c.txt_path,
+                              aligned=True, part=c.split))
+    if not clips:
+        raise DataError(f"{root}: no Aff-Wild2 video has both labels and aligned crops "
+                        "(cropped_aligned/<video>/00001.jpg ...); fer trains on the aligned crops")
+    return clips
+
+
+def read_labelled(root: str | Path) -> list[AfewClip]:
+    """The training clips of a data root in either layout (AFEW-VA or Aff-Wild2)."""
+    return training_clips(root) if is_affwild(root) else read_afew(root)

@@ -306,7 +306,7 @@ Examples:
 
 @app.command(epilog=TRAIN_EPILOG)
 def train(
-    data: Path = typer.Option(..., "--data", help="AFEW-VA folder: one folder per clip, frames and <id>.json."),
+    data: Path = typer.Option(..., "--data", help="AFEW-VA folder (one folder per clip, frames and <id>.json) or Aff-Wild2 root (<video>.txt files, cropped_aligned/)."),
     out: Path = typer.Option(..., "--out", "-o", help="Run folder: config, split, summary.csv, best.pt, last.pt, curves.png."),
     split: str = typer.Option("clip", help="clip: train/val/test disjoint by clip and actor; window: paper-like random windows (inflated)."),
     backbone: str = typer.Option("efficientnet_b0", help="efficientnet_b0 (HSEmotion's architecture) or resnet50 (timm models)."),
@@ -322,14 +322,14 @@ def train(
     lr: float = typer.Option(1e-4, min=0.0, help="Adam learning rate."),
     window: int = typer.Option(5, min=1, help="Frames per window (T)."),
     fps: float = typer.Option(5.0, min=0.001, help="Frames sampled per second of video."),
-    frames_fps: float = typer.Option(25.0, min=0.001, help="Frame rate of the AFEW-VA frame folders (frames/s)."),
+    frames_fps: float = typer.Option(25.0, min=0.001, help="Frame rate of the frame folders (frames/s): AFEW-VA 25; Aff-Wild2 the video's, mostly 30."),
     seed: int = typer.Option(0, help="Seed for initialisation, batch order and dropout (the split has its own)."),
     split_file: Optional[Path] = typer.Option(None, help="Split definition: {seed, ratios} or train/val/test clip lists."),
     resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its last.pt."),
     device: DeviceOption = "auto",
     verbose: VerboseOption = False,
 ) -> None:
-    """Train the EfficientNet-B0 + LSTM model on AFEW-VA; its best.pt is a --model for annotate."""
+    """Train the EfficientNet-B0 + LSTM model on AFEW-VA or Aff-Wild2; its best.pt is a --model for annotate."""
     from .errors import FerError
     from .training import TrainOptions, train as run_train
 

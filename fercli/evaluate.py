@@ -37,7 +37,7 @@ from typing import Callable
 import numpy as np
 import pandas as pd
 
-from . import afew, examples, features, splits
+from . import affwild, examples, features, splits
 from . import metrics
 from .errors import DataError, FerError, WeightsError
 from .labels import to_class
@@ -135,7 +135,7 @@ def evaluate(
         )
     frames_fps = _frames_fps(frames_fps, run)
     dev = resolve_device(device)
-    clips = afew.read_dataset(root)
+    clips = affwild.read_labelled(root)
     model = load_model(model_path, dev)
     cfg = model.config
     samples, _ = features.prepare(

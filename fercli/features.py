@@ -23,6 +23,7 @@ from .errors import DataError
 log = logging.getLogger("fercli")
 
 CROP_SOURCES = ("detector", "landmarks")  # how boxes are found: MediaPipe + landmark fallback, or landmarks only
+ALIGNED = "aligned"  # the box source of a clip whose frames are aligned face crops (AfewClip.aligned)
 LANDMARK_MATCH_IOU = 0.2  # a detection must overlap the landmark box this much to be the labelled face
 ENCODE_BATCH = 32  # crops per backbone call
 BOXES_VERSION = 1  # bump when the box rule changes, so cached boxes are recomputed
@@ -162,6 +163,11 @@ def crop_key(crops: str) -> str:
     return f"mediapipe{mp}-conf{MIN_CONFIDENCE}-range{FULL_RANGE_MODEL}-iou{LANDMARK_MATCH_IOU}-v{BOXES_VERSION}"
 
 
+def clip_crop_key(clip: AfewClip, crops_key: str) -> str:
+    """The crop key a clip's boxes come under: aligned-crop clips need no detector, whatever --crops says."""
+    return f"{ALIGNED}-v{BOXES_VERSION}" if clip.aligned else crops_key
+
+
 def feature_key(weights_sha256: str, preprocess, crops_key: str) -> str:
     """Names a feature set: backbone weights, crop size/margin/normalisation, and box source."""
     from dataclasses import asdict
@@ -192,12 +198,12 @@ def prepare(
 
     start = time.perf_counter()
     stats = PrepStats()
-    ckey = crop_key(crops)
-    fkey = feature_key(weights_sha256, preprocess, ckey) if model is not None else None
     detector = _LazyDetector() if crops == "detector" else None
     out = []
     try:
         for i, clip in enumerate(clips):
+            ckey = clip_crop_key(clip, crop_key(crops))
+            fkey = feature_key(weights_sha256, preprocess, ckey) if model is not None else None
             samples = _prepare_clip(clip, fps, frames_fps, preprocess, cache, ckey, fkey, detector, model, device, stats)
             if samples.usable:
                 out.append(samples)
@@ -286,6 +292,9 @@ def _clip_boxes(clip, frames, cache, ckey, detector, images, stats) -> dict[int,
         image = _read_image(clip.images[f])
         if image is None:
             boxes[f] = "unreadable"
+        elif clip.aligned:  # the crop is the face: its whole image is the box
+            images[f] = image
+            boxes[f] = {"box": [0.0, 0.0, float(image.shape[1]), float(image.shape[0])], "source": ALIGNED}
         else:
             images[f] = image
             found = detector.detect(image) if detector is not None else []
@@ -325,14 +334,15 @@ def _clip_features(samples: ClipSamples, cache, fkey, pre, model, device, images
 
 
 def face_crop(clip: AfewClip, frame: int, box, pre, images: dict | None = None) -> np.ndarray:
-    """The network's input crop of one frame, cut as `fer annotate` cuts it (`pre.cut`)."""
+    """The network's input crop of one frame, cut as `fer annotate` cuts it (`pre.cut`); an aligned
+    clip's frame is the crop already, resized whole."""
 
     image = images.pop(frame, None) if images is not None else None
     if image is None:
         image = _read_image(clip.images[frame])
         if image is None:
             raise DataError(f"{clip.where()}: frame {frame:05d} became unreadable")
-    return pre.cut(image, tuple(box))
+    return pre.cut(image, None if clip.aligned else tuple(box))
 
 
 def encode(model, crops: np.ndarray, pre, device) -> np.ndarray:
@@ -348,7 +358,7 @@ def encode(model, crops: np.ndarray, pre, device) -> np.ndarray:
 def clip_crops(samples: ClipSamples, cache: FeatureCache, pre, crops_key: str) -> np.ndarray:
     """(S, size, size, 3) uint8 crops of a clip's samples (zeros where skipped), cached on disk;
     for end-to-end training, where the backbone sees pixels every epoch."""
-    key = f"{crops_key}-{pre.size}-{pre.margin}" + ("" if pre.crop == "square" else f"-{pre.crop}")
+    key = f"{clip_crop_key(samples.clip, crops_key)}-{pre.size}-{pre.margin}" + ("" if pre.crop == "square" else f"-{pre.crop}")
     path = cache.crops_file(key, samples.clip)
     have = _read_npz(path)
     if have is not None and np.array_equal(have["frames"], samples.frames):

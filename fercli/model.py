@@ -51,10 +51,17 @@ class Preprocess:
         if self.crop not in CROPS:
             raise ValueError(f"preprocess crop must be one of {', '.join(CROPS)}, not {self.crop!r}")
 
-    def cut(self, image, box):
-        """The network's size x size uint8 RGB crop of the face at `box` (pixels) in `image`."""
+    def cut(self, image, box=None):
+        """The network's size x size uint8 RGB crop of the face at `box` (pixels) in `image`.
+
+        box None: `image` is already an aligned face crop (Aff-Wild2's cropped_aligned), resized
+        whole: no margin around it, since the aligner has already framed the face.
+        """
         from .faces import crop
 
+        if box is None:
+            h, w = image.shape[:2]
+            return crop(image, (0.0, 0.0, float(w), float(h)), self.size, 0.0, square=False)
         return crop(image, box, self.size, self.margin if self.crop == "square" else 0.0, square=self.crop == "square")
 
 

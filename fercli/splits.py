@@ -88,6 +88,36 @@ def split_clips(clips: list[AfewClip], seed: int = DEFAULT_SPLIT_SEED, ratios: d
     return Split("clip", seed, ratios, {p: sorted(v) for p, v in parts.items()}, source)
 
 
+def split_predefined(clips: list[AfewClip], seed: int = DEFAULT_SPLIT_SEED, ratios: dict | None = None) -> Split:
+    """The data set's own split (Aff-Wild2's Train_Set/Validation_Set, `AfewClip.part`), honoured:
+    its validation set is the test part (the held-out set ABAW papers report), and fer's
+    validation part (early stopping, best.pt) is a seeded share of its training set, whole groups
+    (source videos: a two-person video's _left and _right together) at a time. Clips without a
+    part join the training set. The share is ratios["val"] / (ratios["train"] + ratios["val"]).
+    """
+    ratios = _check_ratios(ratios or DEFAULT_RATIOS, "split ratios")
+    test = sorted(c.id for c in clips if c.part == "val")
+    pool = [c for c in clips if c.part != "val"]
+    if not test:
+        raise DataError("the data set's own split has no validation videos (Validation_Set) to test on")
+    groups: dict[str, list[str]] = {}
+    for c in sorted(pool, key=lambda c: c.id):
+        groups.setdefault(c.actor or f"clip {c.id}", []).append(c.id)
+    if len(groups) < 2:
+        raise DataError(f"the data set's training set has {len(groups)} source video(s); fer needs 2 to keep one for validation")
+    order = sorted(groups)
+    np.random.default_rng(seed).shuffle(order)
+    target = ratios["val"] / (ratios["train"] + ratios["val"]) * len(pool)
+    val: list[str] = []
+    for name in order[:-1]:  # the last group always trains
+        if val and len(val) >= target:
+            break
+        val += groups[name]
+    train = sorted({c.id for c in pool} - set(val))
+    lists = {"train": train, "val": sorted(val), "test": test}
+    return split_clips(clips, seed, ratios, lists, source="data set (Train_Set/Validation_Set)")
+
+
 def split_windows(windows: Examples, clips: list[ClipSamples], seed: int = DEFAULT_SPLIT_SEED,
                   ratios: dict | None = None) -> tuple[Split, dict[str, np.ndarray]]:
     """The paper-like split: overlapping windows shuffled and cut by ratio, clips shared across

@@ -1,6 +1,6 @@
 """`fer train`: the paper's EfficientNet-B0 + LSTM on AFEW-VA, evaluated on clips it never saw.
 
-Stages: check the data (afew.read_dataset) -> build the model `fer annotate` runs, with its
+Stages: check the data (affwild.read_labelled: AFEW-VA or Aff-Wild2) -> build the model `fer annotate` runs, with its
 backbone weights -> face boxes, and with a frozen backbone one feature per frame (features.prepare,
 cached on disk, so every epoch after the first costs only the LSTM) -> windows and the split ->
 epochs of `train_one_epoch` and `validate`, early stopping on validation loss -> the best
@@ -27,7 +27,7 @@ from typing import Callable
 
 import numpy as np
 
-from . import afew, examples, features, splits
+from . import affwild, examples, features, splits
 from .errors import DataError, FerError
 
 log = logging.getLogger("fercli")
@@ -59,7 +59,7 @@ METRIC_KEYS = ("loss", "acc_valence", "acc_arousal", "f1_valence", "f1_arousal",
 
 @dataclass
 class TrainOptions:
-    data: Path  # AFEW-VA root: one folder per clip with <id>.json beside its frames
+    data: Path  # AFEW-VA root (<id>/<id>.json beside its frames) or Aff-Wild2 root (<video>.txt, cropped_aligned/)
     out: Path  # run folder
     split: str = "clip"  # "clip": disjoint clips and actors; "window": paper-like, inflated
     backbone: str = "efficientnet_b0"  # a BACKBONES name ("hsemotion"/"random": the old spelling, see OLD_BACKBONES)
@@ -131,7 +131,7 @@ def train(options: TrainOptions, progress: Callable[[TrainEvent], None] | None =
     device = resolve_device(opts.device)
     _seed(opts.seed)
 
-    clips = afew.read_dataset(opts.data)
+    clips = affwild.read_labelled(opts.data)
     model, backbone_sha = build_model(opts)
     cache = features.FeatureCache(opts.cache_dir or features.default_cache_root())
     samples, prep = features.prepare(
@@ -242,7 +242,10 @@ def _split(opts, clips, samples, windows) -> tuple[splits.Split, dict[str, np.nd
             raise DataError("--fraction keeps whole actors of a clip split; --split window has none")
         return splits.split_windows(windows, samples, seed, ratios)
     lists = {p: doc[p] for p in splits.PARTS} if all(p in doc for p in splits.PARTS) else None
-    split = splits.split_clips(clips, seed, ratios, lists, str(opts.split_file) if opts.split_file else "seeded")
+    if lists is None and any(c.part for c in clips):  # the data set's own split (Aff-Wild2)
+        split = splits.split_predefined(clips, seed, ratios)
+    else:
+        split = splits.split_clips(clips, seed, ratios, lists, str(opts.split_file) if opts.split_file else "seeded")
     split = splits.keep_fraction(split, clips, opts.fraction, seed)
     rows = splits.rows_of_clips(windows, samples, split)
     for p, r in rows.items():

@@ -176,3 +176,39 @@ def landmarks(placement, roll: float) -> list[list[float]]:
     rx = cx + dx * np.cos(t) + dy * np.sin(t)
     ry = cy - dx * np.sin(t) + dy * np.cos(t)
     return np.round(np.c_[rx, ry], 2).tolist()
+
+
+ALIGNED_SIZE = 112  # px: Aff-Wild2's cropped_aligned frames are 112 x 112
+
+
+def make_affwild(root: str | Path, videos: dict[str, str], frames: int = 30, seed: int = 0,
+                 unlabelled: int = 9) -> dict[str, ClipTruth]:
+    """The same faces in Aff-Wild2's layout: <root>/annotations/<Train_Set|Validation_Set>/<video>.txt
+    (values / 10, every `unlabelled`-th frame -5) and <root>/cropped_aligned/<video>/00001.jpg ...,
+    each frame cut to its face box and resized to 112 x 112, as an aligner would.
+
+    `videos` maps a video name to its set ("Train_Set" or "Validation_Set"); names ending in
+    _left/_right share an actor (two people of one source video, here the same face).
+    """
+    root = Path(root)
+    rng = np.random.default_rng(seed)
+    actors = sorted({v.removesuffix("_left").removesuffix("_right") for v in videos})
+    looks = {a: _actor_look(rng, i) for i, a in enumerate(actors)}
+    truth = {}
+    for name, part in sorted(videos.items()):
+        actor = name.removesuffix("_left").removesuffix("_right")
+        look = looks[actor]
+        t = _clip_truth(rng, actor, frames, look["placement"])
+        box = tuple(round(v) for v in media.face_box(look["placement"]))
+        folder = root / "cropped_aligned" / name
+        folder.mkdir(parents=True, exist_ok=True)
+        lines = ["valence,arousal"]
+        for i, (v, a, roll) in enumerate(zip(t.valence, t.arousal, t.roll)):
+            face = Image.fromarray(frame(v, roll, look)).crop(box).resize((ALIGNED_SIZE, ALIGNED_SIZE), Image.BILINEAR)
+            face.save(folder / f"{i + 1:05d}.jpg", quality=95)
+            lines.append("-5,-5" if unlabelled and i % unlabelled == unlabelled - 1 else f"{v / 10:g},{a / 10:g}")
+        txt = root / "annotations" / part / f"{name}.txt"
+        txt.parent.mkdir(parents=True, exist_ok=True)
+        txt.write_text("\n".join(lines) + "\n")
+        truth[name] = t
+    return truth

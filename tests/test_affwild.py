@@ -6,10 +6,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import synthetic_afew
 from PIL import Image
 
-from fercli import affwild, metrics
+from fercli import affwild, features, metrics, splits
 from fercli.errors import DataError
+from fercli.model import Preprocess
 
 
 def make_affwild(root: Path, videos: dict[str, int], seed: int = 0) -> dict[str, np.ndarray]:
@@ -150,3 +152,109 @@ def test_benchmark_accuracy_scores_affwild_truth_per_second_and_abaw_pooled(tmp_
     expect = va[va[:, 0] != -5, 0].mean() * 10
     table = metrics.load_truth(tmp_path / "aw", fps)
     assert table.set_index(["video", "second"]).loc[("video1", 0), "valence"] == pytest.approx(expect)
+
+
+# --- training on the layout ----------------------------------------------------------------------
+
+
+# Train_Set: 14 source videos (one two-person pair among them); Validation_Set: 4, a pair among them.
+AFFWILD_VIDEOS = {
+    **{f"video{i}": "Train_Set" for i in range(1, 13)},
+    "20-30-640x480_left": "Train_Set", "20-30-640x480_right": "Train_Set", "video9": "Train_Set",
+    "video30": "Validation_Set", "video31": "Validation_Set",
+    "40-30-1280x720_left": "Validation_Set", "40-30-1280x720_right": "Validation_Set",
+}
+FAST = dict(backbone="efficientnet_b0", init="random", frames_fps=5.0, image_size=96, hidden=64, batch_size=16,
+            lr=2e-3, patience=6, epochs=30)
+
+
+@pytest.fixture(scope="module")
+def affwild_root(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("affwild2")
+    synthetic_afew.make_affwild(root, AFFWILD_VIDEOS, frames=40)
+    return root
+
+
+@pytest.fixture(scope="module")
+def affwild_run(affwild_root, tmp_path_factory):
+    from fercli.training import TrainOptions, train
+
+    return train(TrainOptions(affwild_root, tmp_path_factory.mktemp("runs") / "aw", cache_dir=tmp_path_factory.mktemp("feat"), **FAST))
+
+
+def test_training_clips_take_labelled_frames_times_ten_and_group_pairs(affwild_root):
+    clips = {c.id: c for c in affwild.read_labelled(affwild_root)}
+    raw = {c.id: c for c in affwild.read_dataset(affwild_root)}
+    assert set(clips) == set(AFFWILD_VIDEOS)
+    c, r = clips["video1"], raw["video1"]
+    labelled = np.flatnonzero(~np.isnan(r.valence))
+    assert sorted(c.labels) == labelled.tolist() and len(labelled) < len(r.valence)  # -5 frames carry no label
+    np.testing.assert_allclose([c.labels[i].valence for i in labelled], r.valence[labelled] * 10)
+    assert c.aligned and c.part == "train" and clips["video30"].part == "val"
+    assert clips["20-30-640x480_left"].actor == clips["20-30-640x480_right"].actor == "20-30-640x480"
+
+
+def test_aligned_crop_is_the_whole_image_resized_without_detection(affwild_root, tmp_path, monkeypatch):
+    import fercli.faces
+
+    def no_detector(*a, **k):
+        raise AssertionError("an aligned crop must not be run through the detector")
+
+    monkeypatch.setattr(fercli.faces, "FaceDetector", no_detector)
+    clip = next(c for c in affwild.read_labelled(affwild_root) if c.id == "video2")
+    pre = Preprocess(size=64, margin=0.2)
+    samples, stats = features.prepare([clip], fps=5.0, frames_fps=5.0, preprocess=pre,
+                                      cache=features.FeatureCache(tmp_path))
+    s = samples[0]
+    assert stats.detected == 0 and set(np.array(s.sources)[s.present]) == {features.ALIGNED}
+    assert not s.present[np.isin(s.frames, [8, 17, 26])].any()  # the -5 frames
+    k = int(np.flatnonzero(s.present)[0])
+    crop = features.face_crop(clip, int(s.frames[k]), s.boxes[k], pre)
+    ref = np.asarray(Image.open(clip.images[int(s.frames[k])]).convert("RGB").resize((64, 64), Image.BILINEAR))
+    np.testing.assert_array_equal(crop, ref)
+
+
+def test_validation_set_is_the_test_part_and_pairs_stay_together(affwild_root):
+    clips = affwild.read_labelled(affwild_root)
+    split = splits.split_predefined(clips, seed=3)
+    assert split.parts["test"] == sorted(v for v, p in AFFWILD_VIDEOS.items() if p == "Validation_Set")
+    assert split.parts["val"] and set(split.parts["train"]) | set(split.parts["val"]) == {
+        v for v, p in AFFWILD_VIDEOS.items() if p == "Train_Set"}
+    pair = {"20-30-640x480_left", "20-30-640x480_right"}
+    assert pair <= set(split.parts["train"]) or pair <= set(split.parts["val"])
+
+
+@pytest.mark.slow
+def test_fer_train_learns_on_affwild_and_its_checkpoint_scores(affwild_run, affwild_root):
+    import json
+
+    run = affwild_run
+    assert run.test["ccc_valence"] > 0.8  # the held-out Validation_Set videos
+    split = json.loads((run.out / "split.json").read_text())
+    assert split["test"] == sorted(v for v, p in AFFWILD_VIDEOS.items() if p == "Validation_Set")
+    assert split["source"].startswith("data set")
+    config = json.loads((run.out / "config.json").read_text())
+    assert config["options"]["data"] == str(affwild_root)
+
+
+def test_fer_train_command_reads_the_affwild_layout(affwild_root, tmp_path):
+    from typer.testing import CliRunner
+
+    from fercli.cli import app
+
+    r = CliRunner().invoke(app, ["train", "--data", str(affwild_root), "--out", str(tmp_path / "run"), "--init", "random",
+                                 "--epochs", "1", "--frames-fps", "5"])
+    assert r.exit_code == 0, r.output
+    import json
+
+    split = json.loads((tmp_path / "run" / "split.json").read_text())
+    assert split["test"] == sorted(v for v, p in AFFWILD_VIDEOS.items() if p == "Validation_Set")
+
+
+def test_affwild_root_without_aligned_crops_is_a_one_line_error(tmp_path):
+    d = tmp_path / "annotations" / "Train_Set"
+    d.mkdir(parents=True)
+    (d / "video1.txt").write_text("valence,arousal\n0.1,0.2\n")
+    with pytest.raises(DataError) as e:
+        affwild.read_labelled(tmp_path)
+    assert "aligned crops" in str(e.value) and "\n" not in str(e.value)
