@@ -549,3 +549,35 @@ def test_import_is_cheap():
     root = Path(__file__).resolve().parents[1]
     result = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+_LOADED_CUDNN = """
+import sys, torch
+from fercli.decode import import_decord
+if sys.argv[1] == "plain":
+    import decord
+else:
+    import_decord()
+import decord
+assert decord.VideoReader
+print(sum("libcudnn_graph" in line for line in open("/proc/self/maps")))  # torch itself loads only libcudnn.so
+"""
+
+
+def _cudnn_maps(how: str) -> int:
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-c", _LOADED_CUDNN, how], capture_output=True, text=True, check=True)
+    return int(out.stdout.split()[-1])
+
+
+@pytest.mark.skipif(not Path("/proc/self/maps").exists(), reason="needs Linux's /proc/self/maps")
+def test_cpu_decoding_does_not_load_cuda_libraries():
+    import importlib.util
+
+    if importlib.util.find_spec("nvidia") is None:
+        pytest.skip("no nvidia-* pip packages here (a CPU build of torch): nothing for decord to preload")
+    if _cudnn_maps("plain") == 0:
+        pytest.skip("this decord does not preload the nvidia libraries on import")
+    assert _cudnn_maps("fer") == 0  # and the frames themselves are checked against PyAV above
