@@ -199,10 +199,11 @@ def prepare(
     start = time.perf_counter()
     stats = PrepStats()
     detector = _LazyDetector() if crops == "detector" else None
+    boxes_key = crop_key(crops)  # asks mediapipe's version: once, not per clip
     out = []
     try:
         for i, clip in enumerate(clips):
-            ckey = clip_crop_key(clip, crop_key(crops))
+            ckey = clip_crop_key(clip, boxes_key)
             fkey = feature_key(weights_sha256, preprocess, ckey) if model is not None else None
             samples = _prepare_clip(clip, fps, frames_fps, preprocess, cache, ckey, fkey, detector, model, device, stats)
             if samples.usable:

@@ -100,19 +100,11 @@ def split_predefined(clips: list[AfewClip], seed: int = DEFAULT_SPLIT_SEED, rati
     pool = [c for c in clips if c.part != "val"]
     if not test:
         raise DataError("the data set's own split has no validation videos (Validation_Set) to test on")
-    groups: dict[str, list[str]] = {}
-    for c in sorted(pool, key=lambda c: c.id):
-        groups.setdefault(c.actor or f"clip {c.id}", []).append(c.id)
+    groups = _groups(pool, sorted(c.id for c in pool))
     if len(groups) < 2:
         raise DataError(f"the data set's training set has {len(groups)} source video(s); fer needs 2 to keep one for validation")
-    order = sorted(groups)
-    np.random.default_rng(seed).shuffle(order)
     target = ratios["val"] / (ratios["train"] + ratios["val"]) * len(pool)
-    val: list[str] = []
-    for name in order[:-1]:  # the last group always trains
-        if val and len(val) >= target:
-            break
-        val += groups[name]
+    val = _take_groups(groups, seed, target, spare=1)  # the last group always trains
     train = sorted({c.id for c in pool} - set(val))
     lists = {"train": train, "val": sorted(val), "test": test}
     return split_clips(clips, seed, ratios, lists, source="data set (Train_Set/Validation_Set)")
@@ -175,17 +167,29 @@ def keep_fraction(split: Split, clips: list[AfewClip], fraction: float, seed: in
         raise DataError("--fraction keeps whole actors of a clip split; --split window has none")
     if fraction == 1:
         return split
-    actor = {c.id: c.actor or f"clip {c.id}" for c in clips}
-    groups: dict[str, list[str]] = {}
-    for cid in split.parts["train"]:
-        groups.setdefault(actor[cid], []).append(cid)
-    order = sorted(groups)
-    np.random.default_rng(seed).shuffle(order)
-    target = fraction * len(split.parts["train"])
-    kept: list[str] = []
-    for name in order:
-        if kept and len(kept) >= target:
-            break
-        kept += groups[name]
+    groups = _groups(clips, split.parts["train"])
+    kept = _take_groups(groups, seed, fraction * len(split.parts["train"]))
     parts = {**split.parts, "train": sorted(kept)}
     return Split(split.kind, split.seed, split.ratios, parts, split.source)
+
+
+def _groups(clips: list[AfewClip], ids: list[str]) -> dict[str, list[str]]:
+    """The clips named in `ids`, in that order, by actor (a clip without one is its own group)."""
+    actor = {c.id: c.actor or f"clip {c.id}" for c in clips}
+    groups: dict[str, list[str]] = {}
+    for cid in ids:
+        groups.setdefault(actor[cid], []).append(cid)
+    return groups
+
+
+def _take_groups(groups: dict[str, list[str]], seed: int, target: float, spare: int = 0) -> list[str]:
+    """Clip ids of whole groups, shuffled with `seed` and taken in turn until they reach `target`
+    clips (at least one group; never the last `spare` of the shuffled order)."""
+    order = sorted(groups)
+    np.random.default_rng(seed).shuffle(order)
+    taken: list[str] = []
+    for name in order[: len(order) - spare]:
+        if taken and len(taken) >= target:
+            break
+        taken += groups[name]
+    return taken
