@@ -1,11 +1,12 @@
 """Decode a clip (video file or folder of frames) and sample it at a fixed rate, streaming.
 
-Video files are read with decord2 (imported as `decord`): decord's API over FFmpeg 8 with
-dav1d, so it opens AV1 as well as H.264, HEVC (8 and 10 bit), VP9, ProRes and MJPEG, and turns
-rotated (phone) clips upright. decord 0.6's FFmpeg had no AV1 decoder; README "Inputs and
-decoding" has the comparison that chose decord2 over keeping it beside a second decoder.
+Video files are decoded on the CPU with PyAV (its wheel's FFmpeg has dav1d, so it opens AV1 as
+well as H.264, HEVC (8 and 10 bit), VP9, ProRes and MJPEG), forward and on the caller's thread,
+and rotated (phone) clips are turned upright by their display matrix. decord (decord2) decodes
+on the GPU where it was built with CUDA. README "Inputs and decoding" says why PyAV replaced
+decord on the CPU (decord's decoding thread buffers frames without bound).
 
-decord and PIL are imported inside the functions that need them, so importing this module
+PyAV, decord and PIL are imported inside the functions that need them, so importing this module
 (and `fer --help`) stays cheap.
 """
 
@@ -14,7 +15,6 @@ from __future__ import annotations
 import logging
 import math
 import re
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator, Sequence
@@ -25,7 +25,7 @@ from fercli.errors import VideoError
 from fercli.inputs import IMAGE_EXTENSIONS
 
 CHUNK_FRAMES = 16  # frames decoded per read; bounds memory whatever the video length
-AUTO_THREADS = 0  # decord/FFmpeg decoder threads: 0 lets FFmpeg choose (frame threads per core)
+AUTO_THREADS = 0  # FFmpeg decoder threads: 0 lets FFmpeg choose (frame threads per core)
 # A frame counts as on screen at t when it starts no later than t + TIME_TOLERANCE.
 # Matroska stores milliseconds, so a 29.97 fps frame starts up to 0.5 ms after k / fps
 # (ties round up); decord also returns float32. More than half a tick, less than a whole
@@ -73,7 +73,7 @@ def open_video(path, *, frames_fps: float = 25.0, device: str = "cpu", threads: 
     if path.is_dir():
         return VideoSource(_ImageReader(path, frames_fps))
     _check_file(path)
-    return VideoSource(_DecordReader(path, device, threads))
+    return VideoSource(_open_file(path, device, threads))
 
 
 class VideoSource:
@@ -98,6 +98,8 @@ class VideoSource:
 
     def close(self) -> None:
         """Release the decoder."""
+        if self._reader is not None and hasattr(self._reader, "close"):
+            self._reader.close()
         self._reader = None
 
     def __enter__(self) -> VideoSource:
@@ -183,24 +185,147 @@ def _reason(error: Exception, path: Path | None = None) -> str:
     return reason.strip()[:MESSAGE_CHARS] or type(error).__name__
 
 
-class _DecordReader:
-    """A video file read with decord; frame start times in seconds from the first frame."""
+class _PyAVReader:
+    """A video file decoded on the CPU with PyAV, forward and on the calling thread.
 
-    def __init__(self, path: Path, device: str, threads: int):
+    Frames come out of FFmpeg's decoder one at a time as `read` asks for them; only the needed
+    ones are converted to RGB, and nothing is decoded ahead of the caller. decord, which fer used
+    before, decodes in a thread of its own with unbounded queues: when its caller waits (here,
+    for the model), that thread turns every packet it was handed ahead into an RGB frame, and
+    its frame pool keeps the high-water mark. Measured on 2 cores with an HSEmotion-form model:
+    peak RSS 2.19 GB on a 10-minute 320x240 clip (0.8 GB of it decord's frames) against 1.43
+    with this reader, and 2.29 against 1.43 on a 2-minute 720p clip; identical tables.
+    """
+
+    sparse = True  # read() decodes forward and skips the conversion of frames nobody asked for
+
+    def __init__(self, path: Path, threads: int):
         self.path = path
-        self._vr, decoder = _open_decord(path, device, threads)
-        fps, frames = self._header()
-        self.starts, duration, valid = _timestamps(self._vr, path, frames, fps)
-        # Reading only the needed frames lets decord skip the others without converting
-        # them to RGB: on a 60 s 640x360 H.264 mp4, 4100 vs 1800 frames/s sampled at 1 fps,
-        # 2500 vs 1200 at 5 fps, even at the native rate. But decord seeks and skips by
-        # timestamp: without valid ones (AVI has none; MPEG-4 part 2 with B-frames) sparse
-        # reads return wrong frames, while reading forward in contiguous chunks is exact.
-        # AVI always reads forward, being the container where this was seen.
-        self.sparse = valid and path.suffix.lower() != ".avi"
+        self._threads = threads
+        self._container = None
+        self._frames: Iterator | None = None  # (frame index, av.VideoFrame) in display order
+        self._last = None  # the latest (index, frame) decoded, kept while it may be asked again
+        fps, pts, stamps = self._index()
+        frames = len(stamps)
+        self.starts, duration, valid = _timestamps(stamps, path, frames, fps)
+        # Valid timestamps place each decoded frame by its pts (a frame the decoder drops does
+        # not shift the rest); without them (AVI, MPEG-4 part 2 with B-frames) the count does.
+        self._by_pts = {int(p): i for i, p in enumerate(pts)} if valid else {}
+        self._ahead = None  # a frame decoded past the one asked for, kept for the next ask
         height, width = self._first_shape()
         last_start = round(float(self.starts[-1]), 6)
-        self.info = VideoInfo(path, fps, frames, duration, last_start, width, height, decoder)
+        self.info = VideoInfo(path, fps, frames, duration, last_start, width, height, "cpu")
+
+    def _index(self) -> tuple[float, np.ndarray, np.ndarray]:
+        """The frame rate; each packet's pts (stream ticks) and (start, end) in seconds, in pts order.
+
+        Reads the container's packets without decoding them, as decord indexed a clip.
+        """
+        import av
+
+        try:
+            with av.open(str(self.path)) as container:
+                if not container.streams.video:
+                    raise VideoError(f"{self.path}: cannot read as a video (no video stream this FFmpeg can decode)")
+                stream = container.streams.video[0]
+                rate = stream.average_rate or stream.guessed_rate
+                tick, first = float(stream.time_base or 0), stream.start_time or 0
+                packets = [(p.pts, p.duration) for p in container.demux(stream) if p.size]
+        except av.error.FFmpegError as error:
+            raise VideoError(f"{self.path}: cannot read as a video ({_av_reason(error)})") from error
+        if not packets:
+            raise VideoError(f"{self.path}: video has no frames")
+        fps = float(rate) if rate else math.nan
+        if not (math.isfinite(fps) and fps > 0):
+            raise VideoError(f"{self.path}: video reports no frame rate")
+        # A packet without pts (AVI) or duration gives NaN, which _timestamps turns down.
+        pts = np.array([np.nan if p is None else p for p, _ in packets], dtype=np.float64)
+        ticks = np.array([np.nan if d is None else d for _, d in packets], dtype=np.float64)
+        order = np.argsort(pts, kind="stable")
+        pts, ticks = pts[order], ticks[order]
+        stamps = np.stack([(pts - first) * tick, (pts + ticks - first) * tick], axis=1)
+        return fps, pts, stamps
+
+    def _first_shape(self) -> tuple[int, int]:
+        # Decoding frame 0 gives the size as the caller sees it (after the rotation tag).
+        return self.read([0])[0].shape[:2]
+
+    def read(self, indices: Sequence[int]) -> list[np.ndarray]:
+        """RGB frames at `indices` (increasing); an index behind the last read starts over."""
+        import av
+
+        try:
+            return [self._rgb(self._frame_at(i)) for i in indices]
+        except av.error.FFmpegError as error:
+            raise VideoError(f"{self.path}: decoding failed near frame {indices[0]} ({_av_reason(error)})") from error
+
+    def _frame_at(self, index: int):
+        if self._frames is None or (self._last is not None and self._last[0] > index):
+            self._restart()
+        while self._last is None or self._last[0] < index:
+            found, self._ahead = self._ahead or next(self._frames, None), None
+            if found is None:
+                # The index lists frames the decoder never gave: the file is damaged (an AVI
+                # cut inside a frame). Raise rather than return part of the clip as the whole.
+                got = "no frame" if self._last is None else f"frames up to {self._last[0]}"
+                raise VideoError(f"{self.path}: decoding failed near frame {index} (the decoder gave {got})")
+            if found[0] > index and self._last is not None:
+                self._ahead = found  # frame `index` was never decoded: the one before stays on screen
+                break
+            self._last = found
+        return self._last[1]
+
+    def _restart(self) -> None:
+        import av
+
+        self.close()
+        self._container = av.open(str(self.path))
+        stream = self._container.streams.video[0]
+        if self._threads != 1:
+            stream.thread_type = "AUTO"  # frame and slice threads, as FFmpeg's own tools decode
+        stream.codec_context.thread_count = self._threads
+        self._frames = self._numbered(self._container.decode(stream))
+        self._last = self._ahead = None
+
+    def _numbered(self, frames) -> Iterator[tuple[int, object]]:
+        for n, frame in enumerate(frames):
+            yield self._by_pts.get(frame.pts, n) if frame.pts is not None else n, frame
+
+    @staticmethod
+    def _rgb(frame) -> np.ndarray:
+        # Bicubic, FFmpeg's own default (its CLI and filter graphs; decord's too): at odd sizes the
+        # converters differ at the odd row and column, and this one gives decord's pixels exactly.
+        image = frame.to_ndarray(format="rgb24", interpolation="BICUBIC")
+        turns = (frame.rotation // 90) % 4  # the display matrix: quarter turns counter-clockwise
+        return np.ascontiguousarray(np.rot90(image, turns)) if turns else image
+
+    def close(self) -> None:
+        if self._container is not None:
+            self._container.close()
+        self._container = self._frames = None
+
+
+def _av_reason(error: Exception) -> str:
+    """PyAV's error on one line, without its errno prefix or the file name it repeats."""
+    reason = getattr(error, "strerror", None) or str(error)
+    return str(reason).splitlines()[0].strip()[:MESSAGE_CHARS] or type(error).__name__
+
+
+class _DecordReader:
+    """A video file decoded on the GPU by a decord built with CUDA (NVDEC)."""
+
+    def __init__(self, path: Path, vr):
+        self.path = path
+        self._vr = vr
+        fps, frames = self._header()
+        stamps = self._stamps(frames)
+        self.starts, duration, valid = _timestamps(stamps, path, frames, fps)
+        # decord seeks and skips by timestamp: without valid ones sparse reads return wrong
+        # frames, while reading forward in contiguous chunks is exact (AVI: always forward).
+        self.sparse = valid and path.suffix.lower() != ".avi"
+        height, width = self.read([0])[0].shape[:2]
+        last_start = round(float(self.starts[-1]), 6)
+        self.info = VideoInfo(path, fps, frames, duration, last_start, width, height, "cuda")
 
     def _header(self) -> tuple[float, int]:
         try:
@@ -213,81 +338,41 @@ class _DecordReader:
             raise VideoError(f"{self.path}: video reports no frame rate")
         return fps, frames
 
-    def _first_shape(self) -> tuple[int, int]:
-        # decord reports no size, so decode frame 0. sample() then seeks back to frame 0,
-        # which was checked exact even on the B-frame AVI whose other seeks go wrong.
-        return self.read([0])[0].shape[:2]
+    def _stamps(self, frames: int) -> np.ndarray:
+        try:
+            return np.asarray(self._vr.get_frame_timestamp(list(range(frames))), dtype=np.float64)
+        except Exception as error:
+            log.debug("%s: no frame timestamps (%s)", self.path, _reason(error))
+            return np.full((frames, 2), np.nan)
 
     def read(self, indices: Sequence[int]) -> np.ndarray:
-        # A damaged file fails here rather than at open when its index still lists frames
-        # it cannot decode (an AVI cut inside a frame's JPEG headers): we raise instead of
-        # returning part of the clip, so no caller mistakes a fragment for the whole. Damage
-        # the decoder does not report (a frame cut in its pixel data, a Matroska file cut
-        # anywhere: no index to contradict) decodes as FFmpeg decodes it, i.e. a shorter clip.
         try:
             return self._vr.get_batch(list(indices)).asnumpy()
         except Exception as error:  # decord raises DECORDError, RuntimeError, IndexError
-            raise VideoError(
-                f"{self.path}: decoding failed near frame {indices[0]} ({_reason(error)})"
-            ) from error
+            raise VideoError(f"{self.path}: decoding failed near frame {indices[0]} ({_reason(error)})") from error
+
+    def close(self) -> None:
+        self._vr = None
 
 
-def import_decord(cuda: bool = False):
-    """The `decord` module, imported so that decoding on the CPU does not load CUDA.
-
-    On import, decord2 dlopens every shared library of the nvidia-* pip packages it can find
-    (for its CUDA builds, whose runtime comes from those packages). Beside a CUDA build of
-    torch, that is cuDNN, cuBLAS, NVRTC and the rest: measured on a 2-core CPU machine, 0.3-0.6 s
-    of import and about 420 MB of peak memory on a 1-minute clip, for a decoder that then reads
-    on the CPU. For CPU decoding the `nvidia` package is hidden while decord loads, so its
-    search finds nothing, as on a machine without those packages; `cuda=True` imports it as it
-    is. The first import in a process decides (a later CUDA decode then falls back to the CPU,
-    with its warning). A decord without that preload imports the same either way.
-    """
-    if cuda or "decord" in sys.modules:
-        import decord
-
-        return decord
-    saved = sys.modules.get("nvidia", _ABSENT)
-    sys.modules["nvidia"] = None  # importlib.util.find_spec("nvidia") is then None
-    try:
-        import decord
-    finally:
-        if saved is _ABSENT:
-            sys.modules.pop("nvidia", None)
-        else:
-            sys.modules["nvidia"] = saved
-    return decord
-
-
-_ABSENT = object()
-
-
-def _open_decord(path: Path, device: str, threads: int):
-    """A decord VideoReader on the requested device, or on the CPU when CUDA is missing."""
-    decord = import_decord(cuda=device != "cpu")
-
+def _open_file(path: Path, device: str, threads: int):
+    """PyAV on the CPU; with device "cuda[:N]", decord on the GPU when it was built with CUDA."""
     if device == "cpu":
-        return _video_reader(decord, path, decord.cpu(0), threads), "cpu"
+        return _PyAVReader(path, threads)
     match = re.fullmatch(r"cuda(?::(\d+))?", device)
     if match is None:
         raise ValueError(f"device must be 'cpu', 'cuda' or 'cuda:N', got {device!r}")
     try:
+        import decord
+
         # The x86 PyPI wheel has no CUDA: opening raises "GPU acceleration not available on
         # this platform" (decord 0.6: "CUDA not enabled").
-        ctx = decord.gpu(int(match.group(1) or 0))
-        return decord.VideoReader(str(path), ctx=ctx, num_threads=threads), "cuda"
-    except Exception as error:
-        reader = _video_reader(decord, path, decord.cpu(0), threads)
+        vr = decord.VideoReader(str(path), ctx=decord.gpu(int(match.group(1) or 0)), num_threads=threads)
+    except Exception as error:  # also ImportError: decord is only needed for GPU decoding
+        reader = _PyAVReader(path, threads)
         _warn_cpu_fallback(error)
-        return reader, "cpu"
-
-
-def _video_reader(decord, path: Path, ctx, threads: int):
-    try:
-        return decord.VideoReader(str(path), ctx=ctx, num_threads=threads)
-    except Exception as error:
-        raise VideoError(f"{path}: cannot read as a video ({_reason(error, path)})") from error
+        return reader
+    return _DecordReader(path, vr)
 
 
 def _warn_cpu_fallback(error: Exception) -> None:
@@ -298,13 +383,11 @@ def _warn_cpu_fallback(error: Exception) -> None:
         log.warning("CUDA video decoding is unavailable (%s); decoding runs on the CPU", reason)
 
 
-def _timestamps(vr, path: Path, frames: int, fps: float) -> tuple[np.ndarray, float, bool]:
-    """Frame start times (s, from the first frame), duration (s), and whether they are real."""
-    try:
-        stamps = np.asarray(vr.get_frame_timestamp(list(range(frames))), dtype=np.float64)
-    except Exception as error:
-        log.debug("%s: no frame timestamps (%s)", path, _reason(error))
-        stamps = np.full((frames, 2), np.nan)
+def _timestamps(stamps: np.ndarray, path: Path, frames: int, fps: float) -> tuple[np.ndarray, float, bool]:
+    """Frame start times (s, from the first frame), duration (s), and whether they are real.
+
+    stamps: each frame's (start, end) in seconds in display order, NaN where unknown.
+    """
     if _plausible(stamps):
         starts = stamps[:, 0] - stamps[0, 0]
         # Rounded to the microsecond to drop float32 noise (2.4000000953674316).

@@ -21,7 +21,7 @@ def test_help_is_quick_and_has_examples():
     start = time.perf_counter()
     proc = subprocess.run([sys.executable, "-m", "fercli.cli", "--help"], capture_output=True, text=True)
     assert proc.returncode == 0 and "annotate" in proc.stdout
-    check = "import sys, fercli.cli; print(sorted(m for m in ('torch','decord','mediapipe') if m in sys.modules))"
+    check = "import sys, fercli.cli; print(sorted(m for m in ('torch','av','decord','mediapipe') if m in sys.modules))"
     assert subprocess.run([sys.executable, "-c", check], capture_output=True, text=True).stdout.strip() == "[]"
     result = fer("annotate", "--help")
     assert "Examples" in result.output and "--resume" in result.output

@@ -192,15 +192,18 @@ def test_tiny_and_faceless_videos(tmp_path, lstm):
     import media
 
     one_frame = media.write_video(tmp_path / "one.mp4", [media.background(64, 64)], fps=25)
-    # decord cannot copy out frames of some small widths (16, 32, 48, 96, 144 px for decord2 3.4):
-    # a clear error, and the batch goes on
-    undecodable = media.write_video(tmp_path / "tiny16.mp4", [media.background(16, 16)] * 3, fps=25)
+    # 16 px wide (decord refused to copy such frames out; PyAV decodes them: no face, one row)
+    tiny = media.write_video(tmp_path / "tiny16.mp4", [media.background(16, 16)] * 3, fps=25)
+    # a file of the right name that is not a video: a clear error, and the batch goes on
+    undecodable = tmp_path / "junk.mp4"
+    undecodable.write_bytes(b"not a video\n" * 50)
     out = tmp_path / "t.parquet"
-    result = fercli.annotate([one_frame, undecodable], out, model=lstm)
+    result = fercli.annotate([one_frame, tiny, undecodable], out, model=lstm)
     df = read_table(out)
-    assert len(df) == 1 and not df.face.any() and df.end.iloc[0] == pytest.approx(0.04)
-    assert [v.video for v in result.failed] == ["tiny16.mp4"]
-    assert "tiny16.mp4" in result.failed[0].error
+    assert len(df) == 2 and not df.face.any()
+    assert sorted(df.end) == pytest.approx([0.04, 0.12])
+    assert [v.video for v in result.failed] == ["junk.mp4"]
+    assert "junk.mp4" in result.failed[0].error and "\n" not in result.failed[0].error
 
 
 def _decode_threads() -> list:
@@ -240,7 +243,7 @@ def test_a_decoding_thread_crash_reaches_the_caller(tmp_path, clips_dir, lstm, m
 
 @pytest.mark.skipif((os.cpu_count() or 1) < 2, reason="FFmpeg picks one thread on one core anyway")
 def test_a_cpu_model_decodes_with_one_ffmpeg_thread(clips_dir, lstm):
-    # Counted as OS threads started by an open clip: decord's worker plus FFmpeg's own decoders.
+    # Counted as OS threads started by an open clip: FFmpeg's own decoder threads.
     from fercli.decode import open_video
     from fercli.faces import FaceDetector
     from fercli.inputs import find_clips
