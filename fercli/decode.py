@@ -24,7 +24,8 @@ import numpy as np
 from fercli.errors import VideoError
 from fercli.inputs import IMAGE_EXTENSIONS
 
-CHUNK_FRAMES = 16  # frames decoded per read; bounds memory whatever the video length
+CHUNK_FRAMES = 16  # frames decoded per read at most; bounds memory whatever the video length
+CHUNK_BYTES = 16 << 20  # RGB bytes per read at most: 720p reads 5 frames at a time, 1080p 2
 AUTO_THREADS = 0  # FFmpeg decoder threads: 0 lets FFmpeg choose (frame threads per core)
 # A frame counts as on screen at t when it starts no later than t + TIME_TOLERANCE.
 # Matroska stores milliseconds, so a 29.97 fps frame starts up to 0.5 ms after k / fps
@@ -86,15 +87,16 @@ class VideoSource:
     def sample(self, fps: float) -> Iterator[Frame]:
         """Yield the frame on screen at t = k / fps for k = 0, 1, ... while t < duration.
 
-        Decodes CHUNK_FRAMES frames per read and keeps none of them once yielded, so memory
-        does not grow with the clip's length.
+        Decodes up to CHUNK_FRAMES frames (CHUNK_BYTES of RGB) per read and keeps none of them
+        once yielded, so memory does not grow with the clip's length.
         """
         if not (math.isfinite(fps) and fps > 0):
             raise ValueError(f"sampling rate must be a positive number, got {fps}")
         if self._reader is None:
             raise ValueError(f"{self.info.path} is closed")
         sources = sample_sources(self._reader.starts, self.info.duration, fps)
-        return _stream(self._reader, sources, fps)
+        chunk = max(1, min(CHUNK_FRAMES, CHUNK_BYTES // (3 * self.info.width * self.info.height)))
+        return _stream(self._reader, sources, fps, chunk)
 
     def close(self) -> None:
         """Release the decoder."""
@@ -123,9 +125,9 @@ def sample_sources(starts: np.ndarray, duration: float, fps: float) -> np.ndarra
     return np.maximum(np.searchsorted(starts, times + TIME_TOLERANCE, side="right") - 1, 0)
 
 
-def _stream(reader, sources: np.ndarray, fps: float) -> Iterator[Frame]:
+def _stream(reader, sources: np.ndarray, fps: float, chunk: int) -> Iterator[Frame]:
     k = 0
-    for indices in _plan_reads(sources, reader.sparse):
+    for indices in _plan_reads(sources, reader.sparse, chunk):
         batch = dict(zip(indices, reader.read(indices)))
         while k < len(sources) and sources[k] in batch:
             # A copy, so a frame the caller keeps does not pin the whole batch.
@@ -135,17 +137,18 @@ def _stream(reader, sources: np.ndarray, fps: float) -> Iterator[Frame]:
         del batch  # before the next read, so two batches are never alive at once
 
 
-def _plan_reads(sources: np.ndarray, sparse: bool) -> Iterator[list[int]]:
-    """Index lists of at most CHUNK_FRAMES, in order, that cover every needed frame.
+def _plan_reads(sources: np.ndarray, sparse: bool, chunk: int = CHUNK_FRAMES) -> Iterator[list[int]]:
+    """Index lists of at most `chunk` frames, in order, that cover every needed frame.
 
-    sparse: only the needed frames (decord skips the rest without converting them to RGB);
-    otherwise every frame up to the last needed one, read forward without any seek.
+    sparse: only the needed frames (the readers skip the rest without converting them to RGB);
+    otherwise every frame up to the last needed one, read forward without any seek (decord
+    without usable timestamps).
     """
     if len(sources) == 0:
         return
     needed = np.unique(sources) if sparse else np.arange(sources[-1] + 1)
-    for i in range(0, len(needed), CHUNK_FRAMES):
-        yield needed[i : i + CHUNK_FRAMES].tolist()
+    for i in range(0, len(needed), chunk):
+        yield needed[i : i + chunk].tolist()
 
 
 def _check_file(path: Path) -> None:

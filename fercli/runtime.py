@@ -16,11 +16,13 @@ Both were measured on the 2-core development machine (EfficientNet-B0, batch 16,
 
 from __future__ import annotations
 
+import atexit
 import ctypes
 import functools
 import logging
 import os
 import platform
+import sys
 
 log = logging.getLogger("fercli")
 
@@ -63,3 +65,30 @@ def keep_freed_memory() -> bool:
     except (OSError, AttributeError) as e:
         log.debug("mallopt unavailable: %s", e)
         return False
+
+
+def exit_now(code: int | str | None = 0) -> None:
+    """End the process with `code` after the atexit handlers, skipping the interpreter's teardown.
+
+    A command that imported torch pays for its teardown at exit: measured on 2 cores, a process
+    that imports torch, timm and MediaPipe took 3.9-4.2 s with the teardown and 2.9-3.1 s without,
+    and its peak RSS grew by 125 MB in those last moments (pages of torch's libraries that only
+    their destructors touch). Everything of fer's is written and closed before this is called;
+    the handlers registered with atexit (logging's flush, Ray's and multiprocessing's clean-up)
+    still run, then the standard streams are flushed. `code` as SystemExit takes it.
+    """
+    run_exit_handlers = getattr(atexit, "_run_exitfuncs", None)
+    if run_exit_handlers is None:  # not CPython: leave by the normal way
+        sys.exit(code)
+    if code is None:
+        code = 0
+    elif not isinstance(code, int):
+        print(code, file=sys.stderr)
+        code = 1
+    run_exit_handlers()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):  # a closed pipe or stream: nothing more can reach it
+            pass
+    os._exit(code)

@@ -175,10 +175,8 @@ def test_an_unexpected_crash_has_its_own_exit_code(monkeypatch, capsys, tmp_path
 
     monkeypatch.setattr(fercli.pipeline, "annotate", crash)
     argv = ["fer", "annotate", str(clips_dir / "odd.avi"), "--out", str(tmp_path / "r.csv"), "--model", str(lstm_checkpoint)]
-    monkeypatch.setattr(sys, "argv", argv + (["-v"] if verbose else []))
-    with pytest.raises(SystemExit) as stop:
-        fercli.cli.main()
-    assert stop.value.code == 3 not in (0, 1, 2, 130)
+    code = fercli.cli.run(argv[1:] + (["-v"] if verbose else []))  # main() exits with it
+    assert code == 3 not in (0, 1, 2, 130)
     err = capsys.readouterr().err
     assert "RuntimeError: boom inside fer" in err and ("Traceback" in err) == verbose
 
@@ -207,3 +205,25 @@ def test_mediapipe_start_up_lines_only_with_verbose(tmp_path, clips_dir, lstm_ch
     noise = ("XNNPACK", "inference_feedback_manager", "absl::InitializeLog")
     assert all((line in proc.stderr) == verbose for line in noise), proc.stderr
     assert "r.csv" in proc.stderr  # fer's own summary is still shown
+
+
+_MAIN_WITH_HANDLER = """
+import atexit, sys
+atexit.register(lambda: print("handler ran", flush=True))
+from fercli.cli import main
+sys.argv = ["fer", *sys.argv[1:]]
+main()
+"""
+
+
+@pytest.mark.parametrize("args, code", [(["--help"], 0), (["annotate", "--no-such-option"], 2)])
+def test_the_command_exits_with_its_code_after_the_exit_handlers(tmp_path, args, code):
+    # `fer` leaves without the interpreter's teardown (runtime.exit_now): the exit code, every
+    # line written to a pipe, and the program's atexit handlers must all survive that.
+    proc = subprocess.run([sys.executable, "-c", _MAIN_WITH_HANDLER, *args], cwd=tmp_path, capture_output=True, text=True)
+    assert proc.returncode == code, proc.stderr
+    assert proc.stdout.rstrip().endswith("handler ran")
+    if code == 0:
+        assert "annotate" in proc.stdout
+    else:
+        assert "--no-such-option" in proc.stderr

@@ -626,3 +626,20 @@ def test_cpu_decoding_does_not_import_decord(media_dir):
     out = subprocess.run([sys.executable, "-c", _DECODE_ONLY, str(media_dir / "h264.mp4")],
                          capture_output=True, text=True, check=True)
     assert out.stdout.split()[-1] == "False"
+
+
+def test_large_frames_are_read_a_few_at_a_time(tmp_path, monkeypatch):
+    # CHUNK_BYTES caps a read: 16 frames of 720p RGB would be 44 MB alive at once.
+    width, height, fps = 320, 240, 25
+    frame_bytes = width * height * 3
+    path = write_video(tmp_path / "big.mp4", moving_frames(2 * fps, width, height), fps)
+    monkeypatch.setattr(decode, "CHUNK_BYTES", 2 * frame_bytes)  # as if each frame were 8x larger
+    with open_video(path) as video:
+        tracemalloc.start()
+        try:
+            count = sum(1 for _ in video.sample(fps))
+            _, peak = tracemalloc.get_traced_memory()
+        finally:
+            tracemalloc.stop()
+    assert count == 2 * fps
+    assert frame_bytes <= peak < 5 * frame_bytes

@@ -54,7 +54,7 @@ def _env_after(code: str, **env) -> dict:
 def test_the_fer_program_shortens_the_openmp_spin_unless_the_user_chose():
     from fercli.runtime import GOMP_SPINCOUNT
 
-    fer = "import sys; sys.argv = ['fer', '--version']; import fercli.cli\ntry: fercli.cli.main()\nexcept SystemExit: pass"
+    fer = "import fercli.cli; fercli.cli.run(['--version'])"  # what main() runs before it exits
     fer = f"exec({fer!r})"
     assert _env_after(fer) == {"OMP_WAIT_POLICY": None, "GOMP_SPINCOUNT": GOMP_SPINCOUNT}
     assert _env_after(fer, GOMP_SPINCOUNT="5")["GOMP_SPINCOUNT"] == "5"
