@@ -61,6 +61,24 @@ class StartUp:
 
 
 @dataclass
+class ColdRun:
+    """Both commands as a user runs them, each in a new process that pays its own start-up.
+
+    fer: `fer annotate` on all the clips in one command. naive: the per-frame loop
+    (`naive_loop`) as a script of its own (no fer process settings), every frame of every clip.
+    """
+
+    fer_s: float  # wall time of `fer annotate CLIPS` from launch to exit
+    naive_s: float  # wall time of the naive loop's script from launch to exit
+    naive_frames: int  # frames the naive loop read (every frame of every clip)
+    clips: int
+
+    @property
+    def speedup(self) -> float:
+        return self.naive_s / self.fer_s
+
+
+@dataclass
 class SpeedReport:
     setup: dict  # device, threads, model, batch size, clips and their sizes
     stages: dict[str, StageFigure]
@@ -77,6 +95,7 @@ class SpeedReport:
     peak_cuda_mb: float | None = None
     end_to_end_runs_s: list[float] = field(default_factory=list)  # every timed run, in order
     startup: StartUp | None = None  # a new process's fixed cost, if measured
+    cold: ColdRun | None = None  # fer annotate against the naive loop, new processes, if measured
     derived: dict = field(default_factory=dict)
 
     def __post_init__(self):
@@ -100,6 +119,8 @@ class SpeedReport:
         d = asdict(self)
         if self.startup is not None:
             d["startup"]["total_s"] = self.startup.total_s
+        if self.cold is not None:
+            d["cold"]["speedup"] = self.cold.speedup
         return d
 
     def write_json(self, path: str | Path) -> Path:
@@ -128,13 +149,15 @@ def speed(
     repeat: int = 1,
     loaded_model=None,
     startup: bool = True,
+    cold: bool = False,
 ) -> SpeedReport:
     """Time `fer annotate` on `paths`, stage by stage and end to end; optionally the naive loop.
 
     `repeat` times the run that many times in this process and reports the median run (for an
     even count, the faster of the middle two), its stages included. `naive_seconds` caps how
     much of each clip the (slow) naive loop reads. `startup` also times a new process's start-up
-    (`measure_startup`) with the same model, device and batch size.
+    (`measure_startup`) with the same model, device and batch size. `cold` also runs `fer
+    annotate` and the naive loop on every clip in new processes, start-up included (`measure_cold`).
     """
     import torch
 
@@ -187,6 +210,8 @@ def speed(
         report.__post_init__()
     if startup and loaded_model is None:  # a network passed in has no file a new process could load
         report.startup = measure_startup(clips[0].path, model, str(dev), batch_size)
+    if cold and loaded_model is None:
+        report.cold = measure_cold([c.path for c in clips], model, str(dev), batch_size)
     report.peak_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     return report
 
@@ -200,6 +225,39 @@ def measure_startup(clip, model: str, device: str, batch_size: int) -> StartUp:
         lines = (done.stderr or done.stdout).strip().splitlines() or ["no output"]
         raise FerError(f"start-up probe failed: {lines[-1]}")
     return StartUp(**json.loads(done.stdout.strip().splitlines()[-1]))
+
+
+def measure_cold(paths, model: str, device: str, batch_size: int) -> ColdRun:
+    """`fer annotate PATHS` and the naive loop's script, each timed from launch to exit."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="fer-cold-") as tmp:
+        fer = [sys.executable, "-m", "fercli.cli", "annotate", *map(str, paths), "--out", str(Path(tmp) / "cold.parquet"),
+               "--model", str(model), "--device", device, "--batch-size", str(batch_size)]  # fmt: skip
+        fer_s, _ = _time_command(fer, "fer annotate")
+    code = "import sys; from fercli.benchmark import naive_probe; naive_probe(*sys.argv[1:])"
+    naive_s, out = _time_command([sys.executable, "-c", code, str(model), device, *map(str, paths)], "naive loop")
+    return ColdRun(fer_s, naive_s, int(out.split()[-1]), len(paths))
+
+
+def _time_command(cmd: list[str], what: str) -> tuple[float, str]:
+    """Seconds from launch to exit, and what the command printed."""
+    start = time.perf_counter()
+    done = subprocess.run(cmd, capture_output=True, text=True)
+    seconds = time.perf_counter() - start
+    if done.returncode != 0:
+        lines = (done.stderr or done.stdout).strip().splitlines() or ["no output"]
+        raise FerError(f"{what} failed in the cold run: {lines[-1]}")
+    return seconds, done.stdout
+
+
+def naive_probe(model: str, device: str, *paths: str) -> None:
+    """The naive loop as a script of its own: imports, the model, then every frame of `paths`."""
+    from .model import load_model
+
+    dev = resolve_device(device)
+    _, frames = naive_loop(find_clips(list(paths)).clips, load_model(model, dev), dev)
+    print(frames)
 
 
 def startup_probe(clip: str, model: str, device: str, batch_size: str) -> None:

@@ -598,6 +598,7 @@ def benchmark_speed(
     naive_seconds: Optional[float] = typer.Option(None, help="Read at most this much of each clip in the naive loop."),
     repeat: int = typer.Option(1, min=1, help="Time the run this many times and report the median run."),
     startup: bool = typer.Option(True, help="Also time a new process's start-up (imports, model, detector, first frame and batch)."),
+    cold: bool = typer.Option(False, help="Also run fer annotate and the naive loop on every clip in new processes, start-up included."),
     json_out: Optional[Path] = typer.Option(None, "--json", help="Write the report as JSON here."),
 ) -> None:
     """Time start-up, each stage (decode, faces, backbone, head, write) and the whole run."""
@@ -610,7 +611,7 @@ def benchmark_speed(
         report = speed(
             paths, model=model, device=device, batch_size=batch_size, workers=workers, precision=precision,
             ray=ray, reuse_boxes=reuse_boxes, naive=naive, naive_seconds=naive_seconds, repeat=repeat,
-            startup=startup,
+            startup=startup, cold=cold,
         )
     except FerError as e:
         raise _fail(console, str(e)) from None
@@ -657,6 +658,11 @@ def _print_speed(report) -> None:
     if report.naive_s:
         console.print(
             f"naive loop: {d['naive_fps']:.1f} frames/s; fer is {d['speedup_vs_naive']:.1f}x faster on the same videos"
+        )
+    if (c := report.cold) is not None:
+        console.print(
+            f"cold, new processes, start-up included: fer annotate {c.fer_s:.2f} s, naive loop {c.naive_s:.2f} s "
+            f"for the {c.clips} clip(s): fer is {c.speedup:.1f}x faster"
         )
     console.print(
         f"CPU: {report.cpu_s:.2f} core-seconds in {report.end_to_end_s:.2f} s = {d['cores_busy']:.2f} of "

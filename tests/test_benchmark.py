@@ -141,3 +141,17 @@ def test_startup_probe_failure_is_one_line(clips_dir, tmp_path):
     with pytest.raises(FerError, match="start-up probe failed: ") as err:
         measure_startup(clips_dir / "odd.avi", str(bad), "cpu", 16)
     assert "\n" not in str(err.value)
+
+
+def test_cold_run_times_both_commands_and_the_naive_loop_reads_every_frame(clips_dir, lstm_checkpoint):
+    import av
+
+    from fercli.benchmark import measure_cold
+
+    clip = clips_dir / "odd.avi"
+    with av.open(str(clip)) as container:
+        frames = sum(1 for _ in container.decode(video=0))
+    cold = measure_cold([clip], str(lstm_checkpoint), "cpu", 16)
+    assert cold.naive_frames == frames == 40
+    assert cold.fer_s > 0 and cold.naive_s > 0 and cold.clips == 1
+    assert cold.speedup == pytest.approx(cold.naive_s / cold.fer_s)
