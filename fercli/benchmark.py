@@ -24,7 +24,7 @@ from .errors import FerError
 from .inputs import find_clips
 from .devices import autocast, resolve_device, resolve_precision
 from .options import AnnotateOptions
-from .pipeline import annotate
+from .pipeline import annotate, engine_of
 from .stages import NO_CLOCK, Labeler, StageClock, clip_samples, produce_clips
 
 STAGES = ("decode", "faces", "backbone", "head", "write")
@@ -150,6 +150,7 @@ def speed(
     loaded_model=None,
     startup: bool = True,
     cold: bool = False,
+    engine: str = "torch",
 ) -> SpeedReport:
     """Time `fer annotate` on `paths`, stage by stage and end to end; optionally the naive loop.
 
@@ -158,10 +159,13 @@ def speed(
     much of each clip the (slow) naive loop reads. `startup` also times a new process's start-up
     (`measure_startup`) with the same model, device and batch size. `cold` also runs `fer
     annotate` and the naive loop on every clip in new processes, start-up included (`measure_cold`).
+    `engine` runs fer's backbone ("torch" or "openvino"); the naive loop always runs torch, as a
+    hand-written loop would.
     """
     import torch
 
     from .decode import open_video
+    from .engines import engine_device
     from .model import load_model
 
     if repeat < 1:
@@ -172,14 +176,15 @@ def speed(
     clips = inputs.clips
     if not clips:
         raise FerError(f"no video clips under {', '.join(map(str, paths)) or 'the given paths'} to benchmark")
-    dev = resolve_device(device)
-    net = loaded_model or load_model(model, dev)
+    dev = resolve_device(engine_device(engine, device))
+    net = loaded_model or load_model(model, dev, engine=engine, precision=precision)
     infos = []
     for clip in clips:
         with open_video(clip.path) as src:
             infos.append(src.info)
     options = AnnotateOptions(
         batch_size=batch_size, workers=workers, precision=precision, ray=ray, reuse_boxes=reuse_boxes,
+        engine=engine_of(net),
     )  # fmt: skip
     precision = resolve_precision(precision, dev)
     _warm_up(clips[0], net, options, dev)
@@ -206,20 +211,21 @@ def speed(
         end_to_end_runs_s=[run[1] for run in runs],
     )
     if naive:
-        report.naive_s, report.naive_frames = naive_loop(clips, net, dev, naive_seconds)
+        naive_net = net if engine_of(net) == "torch" else load_model(model, dev)
+        report.naive_s, report.naive_frames = naive_loop(clips, naive_net, dev, naive_seconds)
         report.__post_init__()
     if startup and loaded_model is None:  # a network passed in has no file a new process could load
-        report.startup = measure_startup(clips[0].path, model, str(dev), batch_size)
+        report.startup = measure_startup(clips[0].path, model, str(dev), batch_size, engine)
     if cold and loaded_model is None:
-        report.cold = measure_cold([c.path for c in clips], model, str(dev), batch_size)
+        report.cold = measure_cold([c.path for c in clips], model, str(dev), batch_size, engine)
     report.peak_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     return report
 
 
-def measure_startup(clip, model: str, device: str, batch_size: int) -> StartUp:
-    """Time a new process's start-up (`StartUp`) for `clip`, `model` and `device`."""
+def measure_startup(clip, model: str, device: str, batch_size: int, engine: str = "torch") -> StartUp:
+    """Time a new process's start-up (`StartUp`) for `clip`, `model`, `device` and `engine`."""
     code = "import sys; from fercli.benchmark import startup_probe; startup_probe(*sys.argv[1:])"
-    done = subprocess.run([sys.executable, "-c", code, str(clip), str(model), device, str(batch_size)],
+    done = subprocess.run([sys.executable, "-c", code, str(clip), str(model), device, str(batch_size), engine],
                           capture_output=True, text=True)
     if done.returncode != 0:
         lines = (done.stderr or done.stdout).strip().splitlines() or ["no output"]
@@ -227,13 +233,13 @@ def measure_startup(clip, model: str, device: str, batch_size: int) -> StartUp:
     return StartUp(**json.loads(done.stdout.strip().splitlines()[-1]))
 
 
-def measure_cold(paths, model: str, device: str, batch_size: int) -> ColdRun:
-    """`fer annotate PATHS` and the naive loop's script, each timed from launch to exit."""
+def measure_cold(paths, model: str, device: str, batch_size: int, engine: str = "torch") -> ColdRun:
+    """`fer annotate PATHS` and the naive loop's script (torch), each timed from launch to exit."""
     import tempfile
 
     with tempfile.TemporaryDirectory(prefix="fer-cold-") as tmp:
         fer = [sys.executable, "-m", "fercli.cli", "annotate", *map(str, paths), "--out", str(Path(tmp) / "cold.parquet"),
-               "--model", str(model), "--device", device, "--batch-size", str(batch_size)]  # fmt: skip
+               "--model", str(model), "--device", device, "--batch-size", str(batch_size), "--engine", engine]  # fmt: skip
         fer_s, _ = _time_command(fer, "fer annotate")
     code = "import sys; from fercli.benchmark import naive_probe; naive_probe(*sys.argv[1:])"
     naive_s, out = _time_command([sys.executable, "-c", code, str(model), device, *map(str, paths)], "naive loop")
@@ -260,33 +266,38 @@ def naive_probe(model: str, device: str, *paths: str) -> None:
     print(frames)
 
 
-def startup_probe(clip: str, model: str, device: str, batch_size: str) -> None:
+def startup_probe(clip: str, model: str, device: str, batch_size: str, engine: str = "torch") -> None:
     """The child side of `measure_startup`: pays each start-up cost in turn, prints them as JSON.
 
     Call it first thing in a new process; it applies the settings `fer`'s entry point applies.
+    With the OpenVINO engine and its backbone cached, annotate imports OpenVINO and never timm.
     """
+    import importlib
+
     from . import runtime
 
     runtime.tune_process()
     marks = [time.perf_counter()]
     import mediapipe  # noqa: F401  (what annotate imports, in the order it needs them)
-    import timm  # noqa: F401
     import torch
 
+    importlib.import_module("timm" if engine == "torch" else "openvino")
     from . import pipeline  # noqa: F401
     from .decode import open_video
+    from .engines import engine_device
     from .faces import FaceDetector
     from .model import load_model
 
     marks.append(time.perf_counter())
-    net = load_model(model, resolve_device(device))
+    dev = resolve_device(engine_device(engine, device))
+    net = load_model(model, dev, engine=engine)
     marks.append(time.perf_counter())
     with FaceDetector():
         marks.append(time.perf_counter())
     with open_video(clip) as src:
         next(src.sample(net.config.fps))
     marks.append(time.perf_counter())
-    size, dev = net.config.preprocess.size, next(net.parameters()).device
+    size = net.config.preprocess.size
     batch = torch.zeros(int(batch_size), 3, size, size, device=dev).to(memory_format=torch.channels_last)
     for _ in range(2):
         with torch.inference_mode():
@@ -412,6 +423,7 @@ def _setup(model, device, options, clips, infos) -> dict:
         "batch_size": options.batch_size,
         "reuse_boxes": options.reuse_boxes,
         "precision": resolve_precision(options.precision, device),
+        "engine": engine_of(model),
         "workers": f"ray {options.ray}" if options.ray else workers(options, device, len(clips)),
         "clips": len(clips),
         "sizes": sorted({f"{i.width}x{i.height}" for i in infos}),

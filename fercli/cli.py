@@ -24,6 +24,10 @@ WorkersOption = Annotated[
     Optional[int], typer.Option(min=0, help="Decode/face worker processes (default: by cores; 0: a thread in this process).")
 ]
 PrecisionOption = Annotated[str, typer.Option(help="fp32, bf16 or fp16 (CUDA); auto: bf16 on CUDA, fp32 on a CPU.")]
+EngineOption = Annotated[
+    str,
+    typer.Option(help="The backbone's engine: torch, or openvino on the CPU (pip install 'fercli\\[openvino]'; converted once per model, then cached)."),
+]
 ReuseBoxesOption = Annotated[
     int, typer.Option(min=0, help="Samples in a row that may reuse face boxes between two detections that agree (0: detect every sample).")
 ]
@@ -136,12 +140,14 @@ def annotate(
     frames_fps: float = typer.Option(25.0, min=0.001, help="Frame rate of image-sequence folders (frames/s)."),
     workers: WorkersOption = None,
     precision: PrecisionOption = "auto",
+    engine: EngineOption = "torch",
     reuse_boxes: ReuseBoxesOption = 1,
     ray: RayOption = None,
     verbose: VerboseOption = False,
 ) -> None:
     """Annotate videos with per-second valence and arousal."""
     from .devices import resolve_device
+    from .engines import check_engine, engine_device
     from .errors import FerError
     from .model import load_model
     from .options import AnnotateOptions
@@ -152,6 +158,7 @@ def annotate(
     options = AnnotateOptions(
         batch_size=batch_size, per_frame=per_frame, all_faces=all_faces, resume=resume,
         overwrite=overwrite, frames_fps=frames_fps, workers=workers, precision=precision, reuse_boxes=reuse_boxes, ray=ray,
+        engine=engine,
     )  # fmt: skip
     try:
         check_output(out, resume=resume, overwrite=overwrite)  # before weights are downloaded or loaded
@@ -159,8 +166,9 @@ def annotate(
             from .cluster import import_ray
 
             import_ray()  # before weights are downloaded or loaded: say how to install Ray
+        check_engine(engine, resolve_device(engine_device(engine, device)), ray)
         with _download_bar(console) as on_bytes:
-            net = load_model(model, resolve_device(device), progress=on_bytes)
+            net = load_model(model, device, progress=on_bytes, engine=engine, precision=precision)
         with _AnnotateProgress(console) as bar:
             result = run_annotate(paths, out, model=net, device=device, options=options, progress=bar.update)
     except FerError as e:
@@ -592,6 +600,7 @@ def benchmark_speed(
     batch_size: CropBatchOption = 16,
     workers: WorkersOption = None,
     precision: PrecisionOption = "auto",
+    engine: EngineOption = "torch",
     ray: RayOption = None,
     reuse_boxes: ReuseBoxesOption = 1,
     naive: bool = typer.Option(True, help="Also time the hand-written per-frame loop."),
@@ -611,7 +620,7 @@ def benchmark_speed(
         report = speed(
             paths, model=model, device=device, batch_size=batch_size, workers=workers, precision=precision,
             ray=ray, reuse_boxes=reuse_boxes, naive=naive, naive_seconds=naive_seconds, repeat=repeat,
-            startup=startup, cold=cold,
+            startup=startup, cold=cold, engine=engine,
         )
     except FerError as e:
         raise _fail(console, str(e)) from None

@@ -6,7 +6,7 @@ import importlib.metadata as md
 import platform
 from pathlib import Path
 
-PACKAGES = ("torch", "torchvision", "timm", "decord2", "mediapipe", "numpy", "pyarrow", "pandas", "typer", "rich")
+PACKAGES = ("torch", "torchvision", "timm", "av", "decord2", "mediapipe", "openvino", "numpy", "pyarrow", "pandas", "typer", "rich")
 
 
 def checks() -> list[tuple[str, str]]:
@@ -17,7 +17,8 @@ def checks() -> list[tuple[str, str]]:
     found += [(name, _version(name)) for name in PACKAGES]
     found += [
         ("torch CUDA", _guard(_torch_cuda)),
-        ("video decoder", _guard(_decoder)),
+        ("CPU video decoder", _guard(_pyav)),
+        ("GPU video decoder", _guard(_decoder)),
         ("decord GPU decoding", _guard(_decord_cuda)),
         ("face detector", _guard(_face_detector)),
         ("weights cache", _guard(_weights)),
@@ -56,6 +57,12 @@ def _torch_cuda() -> str:
     if not torch.cuda.is_available():
         return f"not available (torch {torch.__version__})"
     return f"{torch.cuda.get_device_name(0)} (CUDA {torch.version.cuda})"
+
+
+def _pyav() -> str:
+    import av
+
+    return f"PyAV {av.__version__} (FFmpeg {av.ffmpeg_version_info})"
 
 
 def _decoder() -> str:

@@ -119,12 +119,10 @@ HSEMOTION_PREPROCESS = HSEMOTION_CONFIG.preprocess
 class EfficientNetLSTM(nn.Module):
     """EfficientNet-B0 per frame, LSTM over a window, two 21-class heads (valence, arousal)."""
 
-    def __init__(self, config: ModelConfig):
+    def __init__(self, config: ModelConfig, backbone: nn.Module | None = None):
         super().__init__()
-        import timm
-
         self.config = config
-        self.backbone = timm.create_model(config.backbone, pretrained=False, num_classes=0)
+        self.backbone = backbone if backbone is not None else _timm_backbone(config, num_classes=0)
         dim = self.backbone.num_features
         # Pretrained features have large, uneven scales; normalising them keeps the LSTM's
         # gates out of saturation from the first step.
@@ -203,12 +201,10 @@ class EfficientNetLSTM(nn.Module):
 class HSEmotionNet(nn.Module):
     """HSEmotion's frame network: timm EfficientNet-B0 with a 10-output head."""
 
-    def __init__(self, config: ModelConfig = HSEMOTION_CONFIG):
+    def __init__(self, config: ModelConfig = HSEMOTION_CONFIG, backbone: nn.Module | None = None):
         super().__init__()
-        import timm
-
         self.config = config
-        self.backbone = timm.create_model(config.backbone, pretrained=False, num_classes=HSEMOTION_OUTPUTS)
+        self.backbone = backbone if backbone is not None else _timm_backbone(config, num_classes=HSEMOTION_OUTPUTS)
 
     has_expressions = True  # outputs 0-7 are the expression logits
 
@@ -234,12 +230,18 @@ class HSEmotionNet(nn.Module):
         return self.frame_scores(self.encode(images))
 
 
-def build_model(config: ModelConfig) -> nn.Module:
-    """A fresh, randomly initialised model for `config`."""
+def _timm_backbone(config: ModelConfig, num_classes: int) -> nn.Module:
+    import timm  # here, not at the top: an OpenVINO backbone from the cache needs no timm
+
+    return timm.create_model(config.backbone, pretrained=False, num_classes=num_classes)
+
+
+def build_model(config: ModelConfig, backbone: nn.Module | None = None) -> nn.Module:
+    """A fresh, randomly initialised model for `config`; `backbone` replaces the timm network if given."""
     if config.arch == "efficientnet_lstm":
-        return EfficientNetLSTM(config)
+        return EfficientNetLSTM(config, backbone)
     if config.arch == "hsemotion":
-        return HSEmotionNet(config)
+        return HSEmotionNet(config, backbone)
     raise ValueError(f"unknown architecture {config.arch!r}")
 
 
@@ -252,33 +254,60 @@ def to_input(crops, preprocess: Preprocess, device: torch.device | str = "cpu") 
     return ((x - mean) / std).contiguous(memory_format=torch.channels_last)
 
 
-def model_from_checkpoint(ckpt: dict, source: str | Path = "checkpoint") -> nn.Module:
-    """Rebuild the model a checkpoint describes and load its weights."""
+def model_from_checkpoint(ckpt: dict, source: str | Path = "checkpoint", backbone: nn.Module | None = None) -> nn.Module:
+    """Rebuild the model a checkpoint describes and load its weights.
+
+    With `backbone` (one that holds its own weights, such as an OpenVINO one) it takes the timm
+    network's place and the checkpoint's `backbone.*` tensors are not loaded.
+    """
     try:
         config = ModelConfig.from_dict(ckpt["config"])
-        model = build_model(config)
-        model.load_state_dict(ckpt["state_dict"])
+        model = build_model(config, backbone)
+        state = ckpt["state_dict"]
+        if backbone is not None:
+            state = {k: v for k, v in state.items() if not k.startswith("backbone.")}
+        model.load_state_dict(state)
     except (KeyError, TypeError, ValueError, RuntimeError) as e:
         raise WeightsError(f"{source}: checkpoint does not match its config ({first_line(e)})") from None
     return model
 
 
 
-def load_model(name_or_path: str | Path = "hsemotion", device: str | torch.device = "auto", progress=None) -> nn.Module:
+def load_model(
+    name_or_path: str | Path = "hsemotion",
+    device: str | torch.device = "auto",
+    progress=None,
+    engine: str = "torch",
+    precision: str = "auto",
+) -> nn.Module:
     """A ready model in eval mode on `device`, from a registry name or a file.
 
     `device` as `annotate` takes it: "auto" (the default, as there) is the GPU when torch sees
-    one, else the CPU; "cpu", "cuda", "cuda:N" or a torch.device.
+    one, else the CPU; "cpu", "cuda", "cuda:N" or a torch.device. `engine` "openvino" runs the
+    backbone with OpenVINO on the CPU ("auto" then means the CPU), compiled for `precision`
+    (see `fercli.engines`); the model's `.engine` says which one it has.
 
     Files may be fer checkpoints (from `fer train`) or HSEmotion-style whole-pickled timm models,
     read by `checkpoints` with the restricted unpickler. The returned module carries `.config`,
     `.source` (what was asked for) and `.weights_sha256`.
     """
     from .checkpoints import resolve
-    from .devices import resolve_device
+    from .devices import resolve_device, resolve_precision
+    from .engines import check_engine, engine_device
 
+    dev = resolve_device(engine_device(engine, device))
+    check_engine(engine, dev)
     ckpt = resolve(name_or_path, progress)
-    model = model_from_checkpoint(ckpt, name_or_path)
+    backbone = None
+    if engine == "openvino":
+        from .engines import openvino_backbone
+
+        config = ModelConfig.from_dict(ckpt["config"])
+        torch_backbone = lambda: model_from_checkpoint(ckpt, name_or_path).backbone  # noqa: E731  (only on a cache miss)
+        backbone = openvino_backbone(ckpt["state_dict"], config.preprocess.size, torch_backbone,
+                                     resolve_precision(precision, dev))  # fmt: skip
+    model = model_from_checkpoint(ckpt, name_or_path, backbone)
     model.source = ckpt["source"]
     model.weights_sha256 = ckpt["weights_sha256"]
-    return model.eval().to(resolve_device(device), memory_format=torch.channels_last)
+    model.engine = engine
+    return model.eval().to(dev, memory_format=torch.channels_last)

@@ -43,6 +43,7 @@ def annotate(
     `options.overwrite`. Process-wide tuning (OpenMP spinning, glibc's freed memory) is left
     to the program: see `fercli.runtime.tune_process`.
     """
+    from .engines import check_engine, engine_device
     from .model import load_model
     from .writers import TableWriter, check_output, write_errors
 
@@ -60,12 +61,18 @@ def annotate(
     inputs = find_clips(paths)
     if inputs.missing:
         raise FerError(f"{inputs.missing[0]}: no such file or folder")
+    engine = options.engine or (engine_of(model) if loaded else "torch")
     if loaded:
-        device = _network_device(model) if requested is None else resolve_device(requested)
+        if engine != engine_of(model):
+            raise FerError(f"the network passed in runs on {engine_of(model)}, not {engine}: load it "
+                           f"with load_model(..., engine={engine!r})")  # fmt: skip
+        device = _network_device(model) if requested is None else resolve_device(engine_device(engine, requested))
+        check_engine(engine, device, options.ray)
         model = model.to(device)
     else:
+        check_engine(engine, resolve_device(engine_device(engine, requested)), options.ray)
         emit(ProgressEvent("model"))
-        model = load_model(model, requested)
+        model = load_model(model, requested, engine=engine, precision=options.precision)
         device = _network_device(model)
     writer = TableWriter(
         out, run_metadata(model, options, device), per_frame=options.per_frame, all_faces=options.all_faces,
@@ -124,6 +131,11 @@ def _schedule(options: AnnotateOptions, device, n_clips: int) -> str:
     return "workers" if workers(options, device, n_clips) else "thread"
 
 
+def engine_of(model) -> str:
+    """The engine a network's backbone runs on ("torch" unless `load_model` gave it another)."""
+    return getattr(model, "engine", "torch")
+
+
 def _network_device(model):
     import torch
 
@@ -151,6 +163,12 @@ def _store(vr: VideoResult, rows: list[dict] | None, writer, clock, result: Anno
     result.videos.append(vr)
 
 
+def _engine_version(engine: str) -> str:
+    import importlib.metadata
+
+    return f"{engine} {importlib.metadata.version(engine)}"
+
+
 def run_metadata(model, options: AnnotateOptions, device) -> dict:
     """What the output's Parquet metadata records about the run."""
     from . import __version__
@@ -166,6 +184,7 @@ def run_metadata(model, options: AnnotateOptions, device) -> dict:
         "per_frame": options.per_frame,
         "all_faces": options.all_faces,
         "precision": resolve_precision(options.precision, device),
+        "engine": _engine_version(engine_of(model)),
         "frames_fps": options.frames_fps,
         "preprocess": cfg.to_dict()["preprocess"],
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),

@@ -155,3 +155,25 @@ def test_cold_run_times_both_commands_and_the_naive_loop_reads_every_frame(clips
     assert cold.naive_frames == frames == 40
     assert cold.fer_s > 0 and cold.naive_s > 0 and cold.clips == 1
     assert cold.speedup == pytest.approx(cold.naive_s / cold.fer_s)
+
+
+def test_speed_with_openvino_times_it_and_keeps_the_naive_loop_on_torch(clips_dir, frame_checkpoint, monkeypatch):
+    # The OpenVINO network has no parameters of its own (its weights are compiled), which the
+    # start-up probe must cope with; the naive loop stays the hand-written torch one.
+    pytest.importorskip("openvino")
+    from fercli import benchmark
+    from fercli.pipeline import engine_of
+
+    naive_engines = []
+
+    def naive_loop(clips, model, device, max_seconds=None):
+        naive_engines.append(engine_of(model))
+        return real_naive(clips, model, device, max_seconds)
+
+    real_naive = benchmark.naive_loop
+    monkeypatch.setattr(benchmark, "naive_loop", naive_loop)
+    report = benchmark.speed([clips_dir / "odd.avi"], model=str(frame_checkpoint), device="cpu", engine="openvino", naive_seconds=1)
+    assert report.setup["engine"] == "openvino"
+    assert report.stages["backbone"].items > 0 and report.naive_frames > 0 and naive_engines == ["torch"]
+    up = report.startup
+    assert all(p > 0 for p in (up.import_s, up.model_load_s, up.first_batch_s, up.second_batch_s))

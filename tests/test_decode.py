@@ -460,15 +460,12 @@ def test_audio_only_file_says_it_has_no_video_stream(tmp_path):
 
 @pytest.mark.parametrize("width", [16, 48, 96])
 def test_narrow_clips_decord_refused_decode(tmp_path, width):
-    # decord cannot copy out frames of a few narrow widths (decode.KNOWN_REASONS; decord 0.6 and
-    # decord2 3.4); PyAV hands them out like any other.
-    import decord
-
+    # decord could not copy out frames of a few narrow widths (decode.KNOWN_REASONS; decord 0.6
+    # and decord2 3.4), which widths depending on the CPU (96 failed on an Intel Xeon and worked
+    # on an AMD EPYC); PyAV hands them out like any other.
     source = moving_frames(3, width, 64)
     images = list(source)
     path = write_video(tmp_path / "narrow.mp4", images, 25)
-    with pytest.raises(decord.DECORDError):
-        decord.VideoReader(str(path)).get_batch([0]).asnumpy()
     frames = sample(path, 25)
     assert [f.source for f in frames] == [0, 1, 2]
     for frame in frames:  # against what was written: x264's loss only

@@ -1,0 +1,177 @@
+"""The OpenVINO backbone engine against torch's, its cache, and its one-line errors."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from fercli.errors import FerError
+from fercli.options import AnnotateOptions
+from fercli.pipeline import annotate
+
+CLIP = "moving.mp4"
+TOLERANCE = 1e-4  # the README's promise for f32 tables
+LABEL_COLUMNS = ["valence", "arousal", "expression"]
+
+
+def _float_columns(table: pd.DataFrame) -> list[str]:
+    return [c for c in table.columns if table[c].dtype.kind == "f"]
+
+
+@pytest.fixture(scope="module")
+def wide_frame_checkpoint(tmp_path_factory):
+    # HSEmotion's form with a classifier scaled up: random weights give outputs near 1e-4, which
+    # would hide any difference; these spread valence and arousal over the whole scale.
+    from fercli.checkpoints import save_checkpoint
+    from fercli.model import HSEMOTION_CONFIG, HSEmotionNet
+
+    torch.manual_seed(3)
+    net = HSEmotionNet(HSEMOTION_CONFIG).eval()
+    with torch.no_grad():
+        net.backbone.classifier.weight.mul_(2000)
+    return save_checkpoint(net, tmp_path_factory.mktemp("ckpt") / "wide.pt")
+
+
+@pytest.mark.parametrize("which", ["lstm", "frame"])
+def test_openvino_tables_match_torch_within_the_tolerance(which, clips_dir, lstm_checkpoint, wide_frame_checkpoint, tmp_path):
+    pytest.importorskip("openvino")
+    ckpt = {"lstm": lstm_checkpoint, "frame": wide_frame_checkpoint}[which]
+    tables = {}
+    for engine in ("torch", "openvino"):
+        out = tmp_path / f"{engine}.parquet"
+        options = AnnotateOptions(per_frame=True, engine=engine)
+        result = annotate([clips_dir / CLIP], out, model=str(ckpt), device="cpu", options=options)
+        assert not result.failed
+        tables[engine] = pd.read_parquet(out)
+    ref, ov = tables["torch"], tables["openvino"]
+    assert len(ref) == len(ov) > 10
+    scores = ref["valence_score"].dropna()
+    assert scores.max() - scores.min() > 100 * TOLERANCE  # the check below is not on constant output
+    for col in _float_columns(ref):
+        np.testing.assert_allclose(ov[col], ref[col], atol=TOLERANCE, rtol=0, equal_nan=True, err_msg=col)
+    for col in (c for c in LABEL_COLUMNS if c in ref):
+        assert ov[col].equals(ref[col]), col
+
+
+def test_the_backbone_is_converted_once_then_read_from_the_cache(frame_checkpoint, cache):
+    pytest.importorskip("openvino")
+    from fercli.checkpoints import read_checkpoint
+    from fercli.engines import ir_path, openvino_backbone
+    from fercli.model import model_from_checkpoint
+
+    ckpt = read_checkpoint(frame_checkpoint)
+    built = []
+
+    def torch_backbone():
+        built.append(1)
+        return model_from_checkpoint(ckpt).backbone
+
+    first = openvino_backbone(ckpt["state_dict"], 224, torch_backbone)
+    path = ir_path(ckpt["state_dict"], 224, __import__("openvino").__version__)
+    assert path.is_file() and path.with_suffix(".bin").is_file() and built == [1]
+    again = openvino_backbone(ckpt["state_dict"], 224, lambda: pytest.fail("converted again"))
+    x = torch.randn(3, 3, 224, 224)
+    assert torch.equal(first(x), again(x))
+    # Other weights, another entry: one changed number is enough.
+    other = dict(ckpt["state_dict"])
+    key = next(k for k in other if k.endswith("conv_stem.weight"))
+    other[key] = other[key].clone()
+    other[key].view(-1)[0] += 1
+    assert ir_path(other, 224, "x") != ir_path(ckpt["state_dict"], 224, "x")
+    assert ir_path(ckpt["state_dict"], 224, "x") != ir_path(ckpt["state_dict"], 224, "y")
+
+
+def test_outputs_survive_the_next_call(frame_checkpoint):
+    # OpenVINO writes each result into the same output buffer; features kept from one batch
+    # (windows span batches) must not change when the next batch runs.
+    pytest.importorskip("openvino")
+    from fercli.model import load_model
+
+    net = load_model(frame_checkpoint, "cpu", engine="openvino")
+    a, b = torch.randn(4, 3, 224, 224), torch.randn(4, 3, 224, 224)
+    first = net.encode(a)
+    kept = first.clone()
+    net.encode(b)
+    assert torch.equal(first, kept)
+
+
+_NO_TIMM = """
+import sys
+from fercli.cli import run
+code = run(sys.argv[1:])
+print(code, "timm" in sys.modules, "torchvision" in sys.modules)
+"""
+
+
+def test_a_cached_openvino_backbone_needs_neither_timm_nor_torchvision(clips_dir, frame_checkpoint, tmp_path):
+    pytest.importorskip("openvino")
+    from fercli.model import load_model
+
+    load_model(frame_checkpoint, "cpu", engine="openvino")  # converts into the test's cache
+    argv = ["annotate", str(clips_dir / CLIP), "--out", str(tmp_path / "t.parquet"), "--model", str(frame_checkpoint),
+            "--engine", "openvino"]  # fmt: skip
+    done = subprocess.run([sys.executable, "-c", _NO_TIMM, *argv], capture_output=True, text=True, check=True)
+    assert done.stdout.split()[-3:] == ["0", "False", "False"]
+    assert len(pd.read_parquet(tmp_path / "t.parquet")) > 0
+
+
+def test_a_damaged_cached_backbone_is_one_line_naming_it(frame_checkpoint, cache):
+    pytest.importorskip("openvino")
+    from fercli.checkpoints import read_checkpoint
+    from fercli.engines import ir_path
+    from fercli.model import load_model
+
+    load_model(frame_checkpoint, "cpu", engine="openvino")
+    ckpt = read_checkpoint(frame_checkpoint)
+    path = ir_path(ckpt["state_dict"], 224, __import__("openvino").__version__)
+    path.write_text("<net broken")
+    with pytest.raises(FerError) as err:
+        load_model(frame_checkpoint, "cpu", engine="openvino")
+    assert str(path) in str(err.value) and "\n" not in str(err.value)
+
+
+def test_engine_errors_are_one_line(frame_checkpoint, monkeypatch):
+    from fercli.engines import check_engine
+
+    with pytest.raises(FerError, match="--engine must be one of torch, openvino"):
+        check_engine("tensorrt", torch.device("cpu"))
+    with pytest.raises(FerError, match="runs on the CPU"):
+        check_engine("openvino", torch.device("cuda"))
+    with pytest.raises(FerError, match="Ray"):
+        check_engine("openvino", torch.device("cpu"), ray="local")
+    monkeypatch.setitem(sys.modules, "openvino", None)  # as if it were not installed
+    from fercli.model import load_model
+
+    with pytest.raises(FerError, match=r"pip install .*fercli\[openvino\]"):
+        load_model(frame_checkpoint, "cpu", engine="openvino")
+
+
+def test_a_loaded_network_runs_on_its_own_engine_and_no_other(clips_dir, frame_checkpoint, tmp_path):
+    pytest.importorskip("openvino")
+    import pyarrow.parquet as pq
+
+    from fercli.model import load_model
+
+    net = load_model(frame_checkpoint, "cpu")
+    out = tmp_path / "t.parquet"
+    with pytest.raises(FerError, match="engine='openvino'"):
+        annotate([clips_dir / CLIP], out, model=net, options=AnnotateOptions(engine="openvino"))
+    assert not out.exists()
+    # No engine asked for: the network's own, recorded in the table.
+    annotate([clips_dir / CLIP], out, model=load_model(frame_checkpoint, "cpu", engine="openvino"))
+    meta = json.loads(pq.read_schema(out).metadata[b"fer"])
+    assert meta["engine"].split()[0] == "openvino"
+
+
+def test_the_cli_refuses_an_unknown_engine_before_loading(clips_dir, tmp_path):
+    from fercli.cli import run
+
+    out = tmp_path / "t.parquet"
+    assert run(["annotate", str(clips_dir / CLIP), "--out", str(out), "--engine", "tensorrt"]) == 2
+    assert not out.exists()
