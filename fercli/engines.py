@@ -47,6 +47,8 @@ def check_engine(engine: str, device, ray: str | None = None) -> None:
         raise FerError(f"--engine openvino runs on the CPU, not {device}; GPUs run the model with torch")
     if engine != "torch" and ray:
         raise FerError(f"--engine {engine} runs the model in this process; Ray's model actors run torch")
+    if engine == "openvino":
+        import_openvino()  # before any weights are downloaded: say how to install it
 
 
 def engine_device(engine: str, device):

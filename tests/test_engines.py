@@ -175,3 +175,13 @@ def test_the_cli_refuses_an_unknown_engine_before_loading(clips_dir, tmp_path):
     out = tmp_path / "t.parquet"
     assert run(["annotate", str(clips_dir / CLIP), "--out", str(out), "--engine", "tensorrt"]) == 2
     assert not out.exists()
+
+
+def test_without_openvino_the_cli_says_how_to_install_it_before_any_download(clips_dir, tmp_path, cache, monkeypatch, capsys):
+    from fercli.cli import run
+
+    monkeypatch.setitem(sys.modules, "openvino", None)  # as if it were not installed
+    out = tmp_path / "t.parquet"
+    assert run(["annotate", str(clips_dir / CLIP), "--out", str(out), "--engine", "openvino"]) == 2
+    assert "fercli[openvino]" in capsys.readouterr().err
+    assert not out.exists() and not any(cache.rglob("*"))  # the default model was not fetched
