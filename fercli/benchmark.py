@@ -24,7 +24,7 @@ from .errors import FerError
 from .inputs import find_clips
 from .devices import autocast, resolve_device, resolve_precision
 from .options import AnnotateOptions
-from .pipeline import annotate, engine_of
+from .pipeline import annotate
 from .stages import NO_CLOCK, Labeler, StageClock, clip_samples, produce_clips
 
 STAGES = ("decode", "faces", "backbone", "head", "write")
@@ -165,7 +165,7 @@ def speed(
     import torch
 
     from .decode import open_video
-    from .engines import engine_device
+    from .engines import engine_device, engine_of
     from .model import load_model
 
     if repeat < 1:
@@ -225,12 +225,9 @@ def speed(
 def measure_startup(clip, model: str, device: str, batch_size: int, engine: str = "torch") -> StartUp:
     """Time a new process's start-up (`StartUp`) for `clip`, `model`, `device` and `engine`."""
     code = "import sys; from fercli.benchmark import startup_probe; startup_probe(*sys.argv[1:])"
-    done = subprocess.run([sys.executable, "-c", code, str(clip), str(model), device, str(batch_size), engine],
-                          capture_output=True, text=True)
-    if done.returncode != 0:
-        lines = (done.stderr or done.stdout).strip().splitlines() or ["no output"]
-        raise FerError(f"start-up probe failed: {lines[-1]}")
-    return StartUp(**json.loads(done.stdout.strip().splitlines()[-1]))
+    _, out = _time_command([sys.executable, "-c", code, str(clip), str(model), device, str(batch_size), engine],
+                           "start-up probe")
+    return StartUp(**json.loads(out.strip().splitlines()[-1]))
 
 
 def measure_cold(paths, model: str, device: str, batch_size: int, engine: str = "torch") -> ColdRun:
@@ -240,20 +237,20 @@ def measure_cold(paths, model: str, device: str, batch_size: int, engine: str = 
     with tempfile.TemporaryDirectory(prefix="fer-cold-") as tmp:
         fer = [sys.executable, "-m", "fercli.cli", "annotate", *map(str, paths), "--out", str(Path(tmp) / "cold.parquet"),
                "--model", str(model), "--device", device, "--batch-size", str(batch_size), "--engine", engine]  # fmt: skip
-        fer_s, _ = _time_command(fer, "fer annotate")
+        fer_s, _ = _time_command(fer, "fer annotate (cold run)")
     code = "import sys; from fercli.benchmark import naive_probe; naive_probe(*sys.argv[1:])"
-    naive_s, out = _time_command([sys.executable, "-c", code, str(model), device, *map(str, paths)], "naive loop")
+    naive_s, out = _time_command([sys.executable, "-c", code, str(model), device, *map(str, paths)], "naive loop (cold run)")
     return ColdRun(fer_s, naive_s, int(out.split()[-1]), len(paths))
 
 
 def _time_command(cmd: list[str], what: str) -> tuple[float, str]:
-    """Seconds from launch to exit, and what the command printed."""
+    """Seconds from launch to exit, and what the command printed; FerError with its last line if it fails."""
     start = time.perf_counter()
     done = subprocess.run(cmd, capture_output=True, text=True)
     seconds = time.perf_counter() - start
     if done.returncode != 0:
         lines = (done.stderr or done.stdout).strip().splitlines() or ["no output"]
-        raise FerError(f"{what} failed in the cold run: {lines[-1]}")
+        raise FerError(f"{what} failed: {lines[-1]}")
     return seconds, done.stdout
 
 
@@ -410,6 +407,8 @@ def _cpu_seconds() -> float:
 
 def _setup(model, device, options, clips, infos) -> dict:
     import torch
+
+    from .engines import engine_of
 
     from .schedules import workers
 

@@ -51,6 +51,11 @@ def check_engine(engine: str, device, ray: str | None = None) -> None:
         import_openvino()  # before any weights are downloaded: say how to install it
 
 
+def engine_of(model) -> str:
+    """The engine a network's backbone runs on ("torch" unless `load_model` gave it another)."""
+    return getattr(model, "engine", "torch")
+
+
 def engine_device(engine: str, device):
     """The device to resolve for `engine`: "auto" means the CPU for OpenVINO, else as asked."""
     return "cpu" if engine == "openvino" and str(device) == "auto" else device
@@ -72,11 +77,10 @@ class OpenVINOBackbone(nn.Module):
     the CPU; the output is a fresh tensor (OpenVINO reuses its output buffer on the next call).
     """
 
-    def __init__(self, compiled, precision: str):
+    def __init__(self, compiled):
         super().__init__()
         self.compiled = compiled
         self.request = compiled.create_infer_request()
-        self.precision = precision
         self.num_features = compiled.output(0).get_partial_shape()[1].get_length()
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
@@ -123,7 +127,7 @@ def openvino_backbone(
     ran = str(compiled.get_property("INFERENCE_PRECISION_HINT"))  # e.g. "<Type: 'float32'>"
     if precision == "bf16" and "bf" not in ran.lower():  # bf16 / bfloat16; OpenVINO falls back silently
         log.warning("this CPU has no bf16 support: OpenVINO runs the backbone in f32")
-    return OpenVINOBackbone(compiled, precision)
+    return OpenVINOBackbone(compiled)
 
 
 def ir_path(state: dict[str, torch.Tensor], size: int, ov_version: str) -> Path:

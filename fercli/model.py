@@ -254,14 +254,22 @@ def to_input(crops, preprocess: Preprocess, device: torch.device | str = "cpu") 
     return ((x - mean) / std).contiguous(memory_format=torch.channels_last)
 
 
+def checkpoint_config(ckpt: dict, source: str | Path = "checkpoint") -> ModelConfig:
+    """The ModelConfig a checkpoint describes; WeightsError naming `source` if it is malformed."""
+    try:
+        return ModelConfig.from_dict(ckpt["config"])
+    except (KeyError, TypeError, ValueError) as e:
+        raise WeightsError(f"{source}: checkpoint does not match its config ({first_line(e)})") from None
+
+
 def model_from_checkpoint(ckpt: dict, source: str | Path = "checkpoint", backbone: nn.Module | None = None) -> nn.Module:
     """Rebuild the model a checkpoint describes and load its weights.
 
     With `backbone` (one that holds its own weights, such as an OpenVINO one) it takes the timm
     network's place and the checkpoint's `backbone.*` tensors are not loaded.
     """
+    config = checkpoint_config(ckpt, source)
     try:
-        config = ModelConfig.from_dict(ckpt["config"])
         model = build_model(config, backbone)
         state = ckpt["state_dict"]
         if backbone is not None:
@@ -302,7 +310,7 @@ def load_model(
     if engine == "openvino":
         from .engines import openvino_backbone
 
-        config = ModelConfig.from_dict(ckpt["config"])
+        config = checkpoint_config(ckpt, name_or_path)
         torch_backbone = lambda: model_from_checkpoint(ckpt, name_or_path).backbone  # noqa: E731  (only on a cache miss)
         backbone = openvino_backbone(ckpt["state_dict"], config.preprocess.size, torch_backbone,
                                      resolve_precision(precision, dev))  # fmt: skip

@@ -43,7 +43,7 @@ def annotate(
     `options.overwrite`. Process-wide tuning (OpenMP spinning, glibc's freed memory) is left
     to the program: see `fercli.runtime.tune_process`.
     """
-    from .engines import check_engine, engine_device
+    from .engines import check_engine, engine_device, engine_of
     from .model import load_model
     from .writers import TableWriter, check_output, write_errors
 
@@ -131,11 +131,6 @@ def _schedule(options: AnnotateOptions, device, n_clips: int) -> str:
     return "workers" if workers(options, device, n_clips) else "thread"
 
 
-def engine_of(model) -> str:
-    """The engine a network's backbone runs on ("torch" unless `load_model` gave it another)."""
-    return getattr(model, "engine", "torch")
-
-
 def _network_device(model):
     import torch
 
@@ -172,6 +167,7 @@ def _engine_version(engine: str) -> str:
 def run_metadata(model, options: AnnotateOptions, device) -> dict:
     """What the output's Parquet metadata records about the run."""
     from . import __version__
+    from .engines import engine_of
 
     cfg = model.config
     return {

@@ -162,7 +162,7 @@ def test_speed_with_openvino_times_it_and_keeps_the_naive_loop_on_torch(clips_di
     # start-up probe must cope with; the naive loop stays the hand-written torch one.
     pytest.importorskip("openvino")
     from fercli import benchmark
-    from fercli.pipeline import engine_of
+    from fercli.engines import engine_of
 
     naive_engines = []
 

@@ -185,3 +185,17 @@ def test_without_openvino_the_cli_says_how_to_install_it_before_any_download(cli
     assert run(["annotate", str(clips_dir / CLIP), "--out", str(out), "--engine", "openvino"]) == 2
     assert "fercli[openvino]" in capsys.readouterr().err
     assert not out.exists() and not any(cache.rglob("*"))  # the default model was not fetched
+
+
+def test_a_malformed_config_is_a_weights_error_with_openvino_too(frame_checkpoint, tmp_path, cache):
+    pytest.importorskip("openvino")
+    from fercli.checkpoints import read_checkpoint, write_checkpoint
+    from fercli.errors import WeightsError
+    from fercli.model import load_model
+
+    ckpt = read_checkpoint(frame_checkpoint)
+    bad = tmp_path / "bad.pt"
+    write_checkpoint({"config": {**ckpt["config"], "colour": "blue"}, "state_dict": ckpt["state_dict"]}, bad)
+    for engine in ("torch", "openvino"):
+        with pytest.raises(WeightsError, match=rf"{bad}: checkpoint does not match its config \(unknown config keys"):
+            load_model(bad, "cpu", engine=engine)
