@@ -169,12 +169,14 @@ def test_a_loaded_network_runs_on_its_own_engine_and_no_other(clips_dir, frame_c
     assert meta["engine"].split()[0] == "openvino"
 
 
-def test_the_cli_refuses_an_unknown_engine_before_loading(clips_dir, tmp_path):
+def test_the_cli_refuses_an_unknown_engine_before_loading(clips_dir, tmp_path, cache, capsys):
     from fercli.cli import run
 
     out = tmp_path / "t.parquet"
     assert run(["annotate", str(clips_dir / CLIP), "--out", str(out), "--engine", "tensorrt"]) == 2
-    assert not out.exists()
+    # The refusal itself, not the failed fetch of the default weights that would follow it.
+    assert "--engine must be one of torch, openvino, not 'tensorrt'" in capsys.readouterr().err
+    assert not out.exists() and not any(cache.rglob("*"))
 
 
 def test_without_openvino_the_cli_says_how_to_install_it_before_any_download(clips_dir, tmp_path, cache, monkeypatch, capsys):
