@@ -4,7 +4,7 @@
     model = fercli.load_model("hsemotion")            # or a checkpoint from `fer train`
     result = fercli.annotate(["videos/"], "results.parquet", model=model)
 
-Heavy modules (torch, PyAV, mediapipe) load on first use, so importing fercli is cheap.
+Heavy modules (torch, PyAV, LiteRT) load on first use, so importing fercli is cheap.
 """
 
 from __future__ import annotations

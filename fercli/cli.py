@@ -1,6 +1,6 @@
 """`fer`: the command line, a thin Typer shell over the fercli library.
 
-Heavy imports (torch, PyAV, mediapipe) happen inside commands so `fer --help` is instant.
+Heavy imports (torch, PyAV, LiteRT) happen inside commands so `fer --help` is instant.
 """
 
 from __future__ import annotations

@@ -121,7 +121,7 @@ def _connected(ray, address: str):
         yield
         return
     verbose = log.isEnabledFor(logging.DEBUG)
-    try:  # Ray's notices and the workers' output (MediaPipe's chatter) only with --verbose
+    try:  # Ray's notices and the workers' output (LiteRT's chatter) only with --verbose
         ray.init(
             address=address,
             include_dashboard=False,

@@ -2,11 +2,11 @@
 
 Video files are decoded on the CPU with PyAV (its wheel's FFmpeg has dav1d, so it opens AV1 as
 well as H.264, HEVC (8 and 10 bit), VP9, ProRes and MJPEG), forward and on the caller's thread,
-and rotated (phone) clips are turned upright by their display matrix. decord (decord2) decodes
-on the GPU where it was built with CUDA. README "Inputs and decoding" says why PyAV replaced
-decord on the CPU (decord's decoding thread buffers frames without bound).
+and rotated (phone) clips are turned upright by their display matrix, whatever device the model
+runs on. README "Inputs and decoding" says why PyAV replaced decord (decord's decoding thread
+buffers frames without bound; its PyPI wheel decodes on the CPU only).
 
-PyAV, decord and PIL are imported inside the functions that need them, so importing this module
+PyAV and PIL are imported inside the functions that need them, so importing this module
 (and `fer --help`) stays cheap.
 """
 
@@ -29,14 +29,13 @@ CHUNK_BYTES = 16 << 20  # RGB bytes per read at most: 720p reads 5 frames at a t
 AUTO_THREADS = 0  # FFmpeg decoder threads: 0 lets FFmpeg choose (frame threads per core)
 # A frame counts as on screen at t when it starts no later than t + TIME_TOLERANCE.
 # Matroska stores milliseconds, so a 29.97 fps frame starts up to 0.5 ms after k / fps
-# (ties round up); decord also returns float32. More than half a tick, less than a whole
+# (ties round up). More than half a tick, less than a whole
 # one, so a start on the millisecond grid never sits on the edge for t on that grid.
 TIME_TOLERANCE = 0.75e-3  # s
 MAX_TIMESTAMP = 1e6  # s; later than this (11 days) is garbage, not a clip
 MESSAGE_CHARS = 160  # longest decoder reason quoted in an error message
 
 log = logging.getLogger("fercli")
-_warned_cpu_fallback = False  # the CUDA fallback warning is shown once per process
 
 
 @dataclass(frozen=True)
@@ -50,7 +49,7 @@ class VideoInfo:
     last_start: float  # s: when the last frame starts, from the first frame (decides the rows)
     width: int  # px
     height: int  # px
-    decoder: str  # "cpu", "cuda" or "images"
+    decoder: str  # "cpu" or "images"
 
 
 @dataclass(frozen=True)
@@ -66,8 +65,8 @@ class Frame:
 def open_video(path, *, frames_fps: float = 25.0, device: str = "cpu", threads: int = AUTO_THREADS) -> VideoSource:
     """Open a video file, or a folder of frames read as a clip at `frames_fps`.
 
-    device "cuda" (or "cuda:N") decodes on the GPU when decord was built with CUDA and
-    falls back to the CPU otherwise. `threads`: FFmpeg decoder threads (0: FFmpeg chooses).
+    device: the model's ("cpu", "cuda", "cuda:N"); frames are decoded on the CPU either way.
+    `threads`: FFmpeg decoder threads (0: FFmpeg chooses).
     Raises VideoError when the clip cannot be read.
     """
     path = Path(path)
@@ -80,7 +79,7 @@ def open_video(path, *, frames_fps: float = 25.0, device: str = "cpu", threads: 
 class VideoSource:
     """An open clip. Use as a context manager; `sample` streams frames at any rate."""
 
-    def __init__(self, reader: _ImageReader | _DecordReader):
+    def __init__(self, reader: _ImageReader | _PyAVReader):
         self._reader = reader
         self.info: VideoInfo = reader.info
 
@@ -158,34 +157,6 @@ def _check_file(path: Path) -> None:
         raise VideoError(f"{path}: not a file")
     if path.stat().st_size == 0:
         raise VideoError(f"{path}: file is empty (0 bytes)")
-
-
-# decord's words for two failures whose cause they do not say, and what they mean.
-KNOWN_REASONS = {
-    # No stream FFmpeg has a decoder for: an audio-only file, or a codec this build lacks.
-    "cannot find video stream with wanted index": "no video stream this FFmpeg can decode",
-    # decord shapes a frame from FFmpeg's padded row length, which for a few narrow widths
-    # (measured, decord2 3.4: 16, 32, 48, 96 and 144 px; decord 0.6: 16 and 48) divides by
-    # the width, so it sees 4 or more channels and refuses to copy the frame out.
-    "DECORDArrayCopyFromTo": "decord cannot copy out frames of this width, a decord bug",
-}
-
-
-def _reason(error: Exception, path: Path | None = None) -> str:
-    """The gist of a decord error, on one line.
-
-    decord's messages carry '[hh:mm:ss] file.cc:123: ' prefixes, the C++ check that failed,
-    and a stack trace; keep the words after them. FFmpeg's own reason went to stderr.
-    """
-    lines = str(error).strip().splitlines() or [""]
-    known = next((meaning for words, meaning in KNOWN_REASONS.items() if words in lines[0]), None)
-    if known is not None:
-        return known
-    reason = re.sub(r"(\[[\d:]+\] \S+:\d+: )+", "", lines[0])
-    reason = re.sub(r"^Check failed: .*\(\S+ vs\. \S+\) ", "", reason)
-    if path is not None:  # "Error reading /the/path..."
-        reason = reason.replace(str(path), "").replace("...", "")
-    return reason.strip()[:MESSAGE_CHARS] or type(error).__name__
 
 
 class _PyAVReader:
@@ -314,76 +285,11 @@ def _av_reason(error: Exception) -> str:
     return str(reason).splitlines()[0].strip()[:MESSAGE_CHARS] or type(error).__name__
 
 
-class _DecordReader:
-    """A video file decoded on the GPU by a decord built with CUDA (NVDEC)."""
-
-    def __init__(self, path: Path, vr):
-        self.path = path
-        self._vr = vr
-        fps, frames = self._header()
-        stamps = self._stamps(frames)
-        self.starts, duration, valid = _timestamps(stamps, path, frames, fps)
-        # decord seeks and skips by timestamp: without valid ones sparse reads return wrong
-        # frames, while reading forward in contiguous chunks is exact (AVI: always forward).
-        self.sparse = valid and path.suffix.lower() != ".avi"
-        height, width = self.read([0])[0].shape[:2]
-        last_start = round(float(self.starts[-1]), 6)
-        self.info = VideoInfo(path, fps, frames, duration, last_start, width, height, "cuda")
-
-    def _header(self) -> tuple[float, int]:
-        try:
-            fps, frames = float(self._vr.get_avg_fps()), len(self._vr)
-        except Exception as error:
-            raise VideoError(f"{self.path}: unreadable header ({_reason(error)})") from error
-        if frames == 0:
-            raise VideoError(f"{self.path}: video has no frames")
-        if not (math.isfinite(fps) and fps > 0):
-            raise VideoError(f"{self.path}: video reports no frame rate")
-        return fps, frames
-
-    def _stamps(self, frames: int) -> np.ndarray:
-        try:
-            return np.asarray(self._vr.get_frame_timestamp(list(range(frames))), dtype=np.float64)
-        except Exception as error:
-            log.debug("%s: no frame timestamps (%s)", self.path, _reason(error))
-            return np.full((frames, 2), np.nan)
-
-    def read(self, indices: Sequence[int]) -> np.ndarray:
-        try:
-            return self._vr.get_batch(list(indices)).asnumpy()
-        except Exception as error:  # decord raises DECORDError, RuntimeError, IndexError
-            raise VideoError(f"{self.path}: decoding failed near frame {indices[0]} ({_reason(error)})") from error
-
-    def close(self) -> None:
-        self._vr = None
-
-
-def _open_file(path: Path, device: str, threads: int):
-    """PyAV on the CPU; with device "cuda[:N]", decord on the GPU when it was built with CUDA."""
-    if device == "cpu":
-        return _PyAVReader(path, threads)
-    match = re.fullmatch(r"cuda(?::(\d+))?", device)
-    if match is None:
+def _open_file(path: Path, device: str, threads: int) -> _PyAVReader:
+    """PyAV on the CPU, whatever the model's device (GPU decoding: README "Inputs and decoding")."""
+    if re.fullmatch(r"cpu|cuda(?::\d+)?", device) is None:
         raise ValueError(f"device must be 'cpu', 'cuda' or 'cuda:N', got {device!r}")
-    try:
-        import decord
-
-        # The x86 PyPI wheel has no CUDA: opening raises "GPU acceleration not available on
-        # this platform" (decord 0.6: "CUDA not enabled").
-        vr = decord.VideoReader(str(path), ctx=decord.gpu(int(match.group(1) or 0)), num_threads=threads)
-    except Exception as error:  # also ImportError: decord is only needed for GPU decoding
-        reader = _PyAVReader(path, threads)
-        _warn_cpu_fallback(error)
-        return reader
-    return _DecordReader(path, vr)
-
-
-def _warn_cpu_fallback(error: Exception) -> None:
-    global _warned_cpu_fallback
-    if not _warned_cpu_fallback:
-        _warned_cpu_fallback = True
-        reason = _reason(error)
-        log.warning("CUDA video decoding is unavailable (%s); decoding runs on the CPU", reason)
+    return _PyAVReader(path, threads)
 
 
 def _timestamps(stamps: np.ndarray, path: Path, frames: int, fps: float) -> tuple[np.ndarray, float, bool]:
@@ -400,8 +306,8 @@ def _timestamps(stamps: np.ndarray, path: Path, frames: int, fps: float) -> tupl
 
 
 def _plausible(stamps: np.ndarray) -> bool:
-    # Garbage seen from decord 0.6 and decord2 3.4 on AVI: -3.7e17 for most frames, repeated
-    # starts.
+    # Garbage seen on AVI (decord 0.6 and decord2 3.4 read -3.7e17 for most frames) and
+    # repeated starts.
     starts, ends = stamps[:, 0], stamps[:, 1]
     return bool(
         np.isfinite(stamps).all()

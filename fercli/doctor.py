@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import importlib.metadata as md
 import platform
-from pathlib import Path
 
-PACKAGES = ("torch", "torchvision", "timm", "av", "decord2", "mediapipe", "openvino", "numpy", "pyarrow", "pandas", "typer", "rich")
+PACKAGES = ("torch", "torchvision", "timm", "av", "ai-edge-litert", "openvino", "numpy", "pyarrow", "pandas", "typer", "rich")
 
 
 def checks() -> list[tuple[str, str]]:
@@ -18,8 +17,6 @@ def checks() -> list[tuple[str, str]]:
     found += [
         ("torch CUDA", _guard(_torch_cuda)),
         ("CPU video decoder", _guard(_pyav)),
-        ("GPU video decoder", _guard(_decoder)),
-        ("decord GPU decoding", _guard(_decord_cuda)),
         ("face detector", _guard(_face_detector)),
         ("weights cache", _guard(_weights)),
     ]
@@ -65,37 +62,15 @@ def _pyav() -> str:
     return f"PyAV {av.__version__} (FFmpeg {av.ffmpeg_version_info})"
 
 
-def _decoder() -> str:
-    import decord
-
-    # decord2 (what fer needs: its FFmpeg decodes AV1) and decord 0.6 both install the
-    # `decord` folder: with both, one shadows or overwrites the other and uninstalling either
-    # breaks the rest, so say so.
-    owners = [name for name in ("decord2", "decord") if _version(name) != "not installed"]
-    found = f"decord {decord.__version__} ({', '.join(owners) or 'no package metadata'})"
-    if len(owners) > 1:
-        found += ": both installed; pip uninstall -y decord decord2, then reinstall fer"
-    return found
-
-
-def _decord_cuda() -> str:
-    import decord
-
-    # The PyPI wheel is built without NVDEC; a CUDA build links the cuvid decoder.
-    lib = Path(decord.__file__).parent / "libdecord.so"
-    if lib.exists() and b"cuvid" in lib.read_bytes():
-        return "built with CUDA (NVDEC)"
-    return "CPU-only build (GPU runs decode on the CPU)"
-
-
 def _face_detector() -> str:
-    import numpy as np
-
+    from . import blazeface
     from .faces import FaceDetector
 
-    with FaceDetector() as det:
-        det.detect(np.zeros((64, 64, 3), np.uint8))
-    return "MediaPipe BlazeFace (bundled): ok"
+    model = blazeface.MODEL_FILE
+    blazeface.verify_model(model)  # a damaged file is this check's error
+    with FaceDetector():
+        pass  # built and run once on a blank image
+    return f"BlazeFace full range, {model} (SHA-256 verified), on LiteRT {_version('ai-edge-litert')}: ok"
 
 
 def _weights() -> str:

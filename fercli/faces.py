@@ -1,4 +1,4 @@
-"""Face detection (MediaPipe BlazeFace), tracking across sampled frames, and square crops."""
+"""Face detection (MediaPipe's BlazeFace, see `blazeface`), tracking across sampled frames, and crops."""
 
 from __future__ import annotations
 
@@ -14,15 +14,15 @@ from typing import Callable, Iterable, Iterator, TypeVar
 
 import numpy as np
 
-MIN_CONFIDENCE = 0.5  # detector score below which a box is ignored
-FULL_RANGE_MODEL = 1  # MediaPipe model_selection: 1 = full range (faces up to ~5 m), 0 = short range
+from .blazeface import MIN_SCORE
+
 MATCH_IOU = 0.15  # box overlap that continues a track from one sampled frame to the next
 TRACK_TTL = 1.0  # seconds a track survives without a detection (brief occlusions, missed frames)
 SALIENCE_HALF_LIFE = 2.0  # seconds; how fast a track's claim to be the main subject fades
 SWITCH_RATIO = 2.0  # another face must be this many times more salient to become the main subject
 STEADY_IOU = 0.9  # two detections in a row this alike (every box) mean the faces hold still
 
-WARM_UP_SIDE = 64  # px; a blank image run once at start, while MediaPipe's start-up lines are muted
+WARM_UP_SIDE = 64  # px; a blank image run once at start, while LiteRT's start-up line is muted
 
 log = logging.getLogger("fercli")
 _stderr_lock = threading.Lock()
@@ -42,40 +42,32 @@ class Detection:
 
 
 class FaceDetector:
-    """MediaPipe's BlazeFace (bundled in the mediapipe wheel, so no download)."""
+    """MediaPipe's full-range BlazeFace (`blazeface`: the network shipped inside fercli, run by LiteRT)."""
 
-    def __init__(self, min_confidence: float = MIN_CONFIDENCE, model_selection: int = FULL_RANGE_MODEL):
-        # MediaPipe, TensorFlow Lite and absl write start-up lines ("Created TensorFlow Lite
-        # XNNPACK delegate", "inference_feedback_manager ...") straight to file descriptor 2,
-        # from native code and graph threads, on creation and on the first image; no setting
-        # turns them off. They are muted for exactly that span, unless fer logs at debug level (-v).
+    def __init__(self, min_score: float = MIN_SCORE):
+        from .blazeface import BlazeFace
+
+        self.min_score = min_score
+        # LiteRT writes "Created TensorFlow Lite XNNPACK delegate" straight to file descriptor 2
+        # from native code, on creation and on the first image; no setting turns it off. It is
+        # muted for exactly that span, unless fer logs at debug level (-v).
         with _native_stderr_muted(not log.isEnabledFor(logging.DEBUG)):
-            import mediapipe as mp
-
-            self._mp = mp.solutions.face_detection.FaceDetection(
-                model_selection=model_selection, min_detection_confidence=min_confidence
-            )
-            self._mp.process(np.zeros((WARM_UP_SIDE, WARM_UP_SIDE, 3), np.uint8))
+            self._net = BlazeFace()
+            self._net(np.zeros((WARM_UP_SIDE, WARM_UP_SIDE, 3), np.uint8))
 
     def detect(self, image: np.ndarray) -> list[Detection]:
-        """All faces in an RGB uint8 image, largest first."""
+        """All faces in an RGB uint8 image, largest first, boxes clipped to the frame."""
         h, w = image.shape[:2]
-        result = self._mp.process(np.ascontiguousarray(image))
+        boxes, scores = self._net(np.ascontiguousarray(image), self.min_score)
         found = []
-        for det in result.detections or ():
-            b = det.location_data.relative_bounding_box
-            box = (
-                max(0.0, b.xmin * w),
-                max(0.0, b.ymin * h),
-                min(float(w), (b.xmin + b.width) * w),
-                min(float(h), (b.ymin + b.height) * h),
-            )
+        for (x0, y0, x1, y1), score in zip(boxes.tolist(), scores.tolist()):
+            box = (max(0.0, x0), max(0.0, y0), min(float(w), x1), min(float(h), y1))
             if box[2] > box[0] and box[3] > box[1]:
-                found.append(Detection(box, float(det.score[0])))
+                found.append(Detection(box, score))
         return sorted(found, key=lambda d: d.area, reverse=True)
 
     def close(self) -> None:
-        self._mp.close()
+        self._net = None
 
     def __enter__(self) -> FaceDetector:
         return self

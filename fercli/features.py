@@ -1,5 +1,5 @@
 """Training data prepared once and cached on disk: each clip sampled at the model's rate, its face
-found (the same MediaPipe detector and crop as `fer annotate`, falling back to the box of the 68
+found (the same BlazeFace detector and crop as `fer annotate`, falling back to the box of the 68
 landmarks) and encoded with the frozen backbone.
 
 Frames that are missing, unreadable or without a face are skipped (said once per clip); a
@@ -22,7 +22,7 @@ from .errors import DataError
 
 log = logging.getLogger("fercli")
 
-CROP_SOURCES = ("detector", "landmarks")  # how boxes are found: MediaPipe + landmark fallback, or landmarks only
+CROP_SOURCES = ("detector", "landmarks")  # how boxes are found: BlazeFace + landmark fallback, or landmarks only
 ALIGNED = "aligned"  # the box source of a clip whose frames are aligned face crops (AfewClip.aligned)
 LANDMARK_MATCH_IOU = 0.2  # a detection must overlap the landmark box this much to be the labelled face
 ENCODE_BATCH = 32  # crops per backbone call
@@ -148,19 +148,13 @@ def _stat(path: Path) -> tuple[int, int]:
 
 def crop_key(crops: str) -> str:
     """Names how boxes were found: the source, the detector's settings and version."""
-    from importlib.metadata import PackageNotFoundError, version
-
-    from .faces import FULL_RANGE_MODEL, MIN_CONFIDENCE
+    from .blazeface import detector_id
 
     if crops not in CROP_SOURCES:
         raise DataError(f"crops must be one of {', '.join(CROP_SOURCES)}, not {crops!r}")
     if crops == "landmarks":
         return f"landmarks-v{BOXES_VERSION}"
-    try:
-        mp = version("mediapipe")
-    except PackageNotFoundError:  # pragma: no cover - mediapipe is a dependency
-        mp = "unknown"
-    return f"mediapipe{mp}-conf{MIN_CONFIDENCE}-range{FULL_RANGE_MODEL}-iou{LANDMARK_MATCH_IOU}-v{BOXES_VERSION}"
+    return f"{detector_id()}-iou{LANDMARK_MATCH_IOU}-v{BOXES_VERSION}"
 
 
 def clip_crop_key(clip: AfewClip, crops_key: str) -> str:
@@ -199,7 +193,7 @@ def prepare(
     start = time.perf_counter()
     stats = PrepStats()
     detector = _LazyDetector() if crops == "detector" else None
-    boxes_key = crop_key(crops)  # asks mediapipe's version: once, not per clip
+    boxes_key = crop_key(crops)  # once, not per clip
     out = []
     try:
         for i, clip in enumerate(clips):
@@ -221,7 +215,7 @@ def prepare(
 
 
 class _LazyDetector:
-    """MediaPipe is started only when a box is not in the cache."""
+    """The detector is started only when a box is not in the cache."""
 
     def __init__(self):
         self._det = None

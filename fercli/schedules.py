@@ -22,7 +22,7 @@ QUEUE_CHUNKS = 4  # messages in flight per worker: bounds memory whatever the vi
 def run_in_thread(clips: list[Clip], labeler: Labeler, options, device, clock) -> None:
     """Decode and detect in a thread while this one runs the model, so the stages overlap.
 
-    PyAV, MediaPipe and torch release the GIL in their native code. Measured on 2 cores
+    PyAV, LiteRT and torch release the GIL in their native code. Measured on 2 cores
     (three 10 s 720p clips): 2.51 s against 2.63 s with the stages in series (bf16: 2.21, 2.48).
     """
     import queue
@@ -78,7 +78,7 @@ def run_in_workers(clips: list[Clip], labeler: Labeler, options, device, clock) 
     import multiprocessing as mp
 
     n = workers(options, device, len(clips))
-    ctx = mp.get_context("spawn")  # fork after torch and MediaPipe threads start is unsafe
+    ctx = mp.get_context("spawn")  # fork after torch and LiteRT threads start is unsafe
     tasks, results, drained = ctx.Queue(), ctx.Queue(maxsize=QUEUE_CHUNKS * n), ctx.Event()
     timed = is_timed(clock)
     for key, clip in enumerate(clips):

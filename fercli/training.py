@@ -82,7 +82,7 @@ class TrainOptions:
     seed: int = 0  # model init, batch order, dropout
     split_seed: int | None = None  # None: the split file's seed (splits.DEFAULT_SPLIT_SEED)
     split_file: Path | None = None  # seed/ratios and/or clip lists; None: the default clip split
-    crops: str = "detector"  # "detector" (MediaPipe, landmark fallback) or "landmarks"
+    crops: str = "detector"  # "detector" (BlazeFace, landmark fallback) or "landmarks"
     resume: bool = False  # continue the run in `out` from last.pt
     device: str = "auto"  # "auto", "cpu" or "cuda"
     cache_dir: Path | None = None  # boxes and features; None: <fer cache>/features

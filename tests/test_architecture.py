@@ -10,7 +10,7 @@ import pytest
 PACKAGE = Path(__file__).parents[1] / "fercli"
 # Stages import nothing above them (the job, its schedules, the CLI, the tools built on tables).
 ABOVE_STAGES = {"pipeline", "stages", "schedules", "cluster", "cli", "benchmark", "evaluate", "training", "report", "export", "render", "plots", "doctor"}
-STAGES = ["inputs", "decode", "faces", "model", "windows", "writers", "labels", "files", "errors", "devices", "weights", "checkpoints", "options", "afew", "features", "examples", "splits", "engines"]
+STAGES = ["inputs", "decode", "blazeface", "faces", "model", "windows", "writers", "labels", "files", "errors", "devices", "weights", "checkpoints", "options", "afew", "features", "examples", "splits", "engines"]
 
 
 def imports(module: str) -> list[tuple[str, list[str]]]:
