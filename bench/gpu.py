@@ -1,0 +1,225 @@
+"""The GPU measurements in one prepared run (bench/gpu.sh calls this); its CPU form runs in CI.
+
+    python bench/gpu.py DIR [--cpu]
+
+Makes its own media and model, then runs, each step in a process of its own with a time limit,
+a failed step recorded and the next one run:
+
+- env: torch, CUDA, the GPU, `fer doctor`;
+- tests: the `requires_cuda` tests;
+- speed_fp32, speed_bf16, speed_threads, speed_ray: `fer benchmark speed` on the clips (fp32 and
+  bf16 with fer's default worker processes, bf16 with --workers 0, bf16 on `--ray local`);
+- detector: the face detector alone on this machine's cores (bench/detector.py);
+- train: `fer train` for two epochs, backbone fine-tuned (AMP on CUDA), on synthetic AFEW-VA.
+
+Writes DIR/gpu.json (every step's exit status, seconds and figures; the GPU's mean utilisation
+during each step, from nvidia-smi) and DIR/<step>.log. The GPU form (16 clips of 60 s 720p
+H.264 and two of 60 s 1080p) is sized for at most 5 minutes on one H200; --cpu uses two 4 s
+320x240 clips and the CPU, to prove the plumbing.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
+
+GPU_MEDIA = {"720p": ((1280, 720), 60.0, 16), "1080p": ((1920, 1080), 60.0, 2)}  # size, seconds, copies
+CPU_MEDIA = {"240p": ((320, 240), 4.0, 2)}
+FPS = 25  # frames/s of every clip
+STEP_TIMEOUT_S = {"gpu": 240, "cpu": 300}  # one step's limit
+UTILISATION_PERIOD_MS = 200
+
+
+def make_media(out: Path, plan: dict) -> dict[str, list[Path]]:
+    """One clip per size, then copies of it: throughput does not depend on the pixels, and
+    encoding 16 minutes of 720p would take longer than the measurements."""
+    from bench_media import long_clip
+
+    clips = {}
+    for name, (size, seconds, copies) in plan.items():
+        first = out / f"{name}_00.mp4"
+        long_clip(first, seconds / 60, size)
+        clips[name] = [first]
+        for k in range(1, copies):
+            copy = out / f"{name}_{k:02d}.mp4"
+            if not copy.exists():
+                shutil.copyfile(first, copy)
+            clips[name].append(copy)
+    return clips
+
+
+def make_model(path: Path) -> Path:
+    """A random network of HSEmotion's form (EfficientNet-B0, 8 expressions + valence/arousal)."""
+    if not path.exists():
+        import torch
+
+        from fercli.checkpoints import save_checkpoint
+        from fercli.model import HSEMOTION_CONFIG, HSEmotionNet
+
+        torch.manual_seed(0)
+        save_checkpoint(HSEmotionNet(HSEMOTION_CONFIG).eval(), path)
+    return path
+
+
+AFEW = {"gpu": dict(clips=24, frames=40, actors=8), "cpu": dict(clips=6, frames=8, actors=3)}
+
+
+def make_afew(root: Path, mode: str) -> Path:
+    import synthetic_afew
+
+    if not root.exists():
+        synthetic_afew.make_dataset(root, seed=3, **AFEW[mode])
+    return root
+
+
+class Utilisation:
+    """nvidia-smi's GPU utilisation sampled in the background while a step runs (none on a CPU)."""
+
+    def __init__(self):
+        self.samples: list[float] = []
+        self._proc = None
+        if shutil.which("nvidia-smi"):
+            cmd = ["nvidia-smi", "--query-gpu=utilization.gpu,memory.used", "--format=csv,noheader,nounits", f"-lms={UTILISATION_PERIOD_MS}"]
+            self._proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+            threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self):
+        for line in self._proc.stdout:
+            try:
+                self.samples.append(float(line.split(",")[0]))
+            except ValueError:
+                pass
+
+    def stop(self) -> dict:
+        if self._proc is None:
+            return {}
+        self._proc.terminate()
+        s = self.samples
+        return {"gpu_util_mean": sum(s) / len(s), "gpu_util_max": max(s), "samples": len(s)} if s else {}
+
+
+def run_step(name: str, command: list[str], out: Path, timeout: float, figures=None) -> dict:
+    """Run one step, its output in out/<name>.log; figures(out) reads what it measured."""
+    log = out / f"{name}.log"
+    util = Utilisation()
+    start = time.perf_counter()
+    with log.open("w") as handle:
+        try:
+            code = subprocess.run(command, stdout=handle, stderr=subprocess.STDOUT, timeout=timeout, cwd=ROOT).returncode
+        except subprocess.TimeoutExpired:
+            code = "timeout"
+    result = {"command": " ".join(map(str, command)), "exit": code, "seconds": round(time.perf_counter() - start, 2)}
+    result |= util.stop()
+    if code == 0 and figures is not None:
+        try:
+            result["figures"] = figures()
+        except Exception as error:  # a step whose output cannot be read is a finding, not a crash
+            result["figures_error"] = f"{type(error).__name__}: {error}"
+    print(f"{name}: exit {code}, {result['seconds']} s", flush=True)
+    return result
+
+
+def speed_figures(path: Path):
+    def read() -> dict:
+        report = json.loads(path.read_text())
+        keep = ("end_to_end_s", "cpu_s", "video_seconds", "decoded_frames", "sampled_frames", "backbone_only_fps",
+                "producer_only_fps", "peak_rss_mb", "peak_cuda_mb")
+        figures = {k: report[k] for k in keep if k in report}
+        figures |= {k: v for k, v in report["derived"].items() if v is not None}
+        figures["stages"] = report["stages"]
+        figures["setup"] = report["setup"]
+        return figures
+
+    return read
+
+
+def train_figures(run: Path):
+    def read() -> dict:
+        import csv
+
+        rows = list(csv.DictReader((run / "summary.csv").open()))
+        return {"epochs": len(rows), "epoch_s": [float(r["seconds"]) for r in rows], "summary": rows}
+
+    return read
+
+
+def main(out: Path, cpu: bool) -> dict:
+    out.mkdir(parents=True, exist_ok=True)
+    work = out / "work"
+    work.mkdir(exist_ok=True)
+    mode = "cpu" if cpu else "gpu"
+    device = "cpu" if cpu else "cuda"
+    timeout = STEP_TIMEOUT_S[mode]
+    t0 = time.perf_counter()
+    clips = make_media(work, CPU_MEDIA if cpu else GPU_MEDIA)
+    model = make_model(work / "hse.pt")
+    data = make_afew(work / "afew", mode)
+    prepared_s = time.perf_counter() - t0
+    fer = [sys.executable, "-m", "fercli.cli"]
+    every = [p for group in clips.values() for p in group]
+    steps: dict[str, dict] = {}
+
+    steps["env"] = run_step("env", [sys.executable, "-c", _ENV], out, timeout, lambda: json.loads((out / "env.log").read_text().splitlines()[-1]))
+    steps["doctor"] = run_step("doctor", [*fer, "doctor"], out, timeout)
+    cuda_tests = sorted(str(p) for p in (ROOT / "tests").glob("test_*.py") if "requires_cuda" in p.read_text())
+    steps["tests"] = run_step("tests", [sys.executable, "-m", "pytest", "-q", "-m", "requires_cuda", "-p", "no:cacheprovider", *cuda_tests], out, timeout)
+
+    speed = [*fer, "benchmark", "speed", *map(str, every), "--model", str(model), "--device", device,
+             "--no-startup", "--naive-seconds", "2"]
+    variants = {
+        "speed_fp32": ["--precision", "fp32"],
+        "speed_bf16": ["--precision", "bf16"],
+        "speed_threads": ["--precision", "bf16", "--workers", "0", "--no-naive"],
+        "speed_ray": ["--precision", "bf16", "--ray", "local", "--no-naive"],
+    }
+    for name, extra in variants.items():
+        report = out / f"{name}.json"
+        if "--ray" in extra and importlib.util.find_spec("ray") is None:
+            steps[name] = {"exit": "skipped", "reason": "ray is not installed (its wheel is larger than what can travel)"}
+            continue
+        steps[name] = run_step(name, [*speed, *extra, "--json", str(report)], out, timeout, speed_figures(report))
+
+    steps["detector"] = run_step("detector", [sys.executable, "bench/detector.py", "fer"], out, timeout,
+                                 lambda: [line for line in (out / "detector.log").read_text().splitlines() if line.startswith("fer ")])
+    run = work / "train"
+    shutil.rmtree(run, ignore_errors=True)
+    train = [*fer, "train", "--data", str(data), "--out", str(run), "--init", "random", "--finetune", "--epochs", "2",
+             "--device", device, "--frames-fps", "5", "--batch-size", "8"]
+    steps["train"] = run_step("train", train, out, timeout, train_figures(run))
+
+    report = {"mode": mode, "prepared_s": round(prepared_s, 2), "total_s": round(time.perf_counter() - t0, 2),
+              "media": {name: {"clips": len(paths), "size": (CPU_MEDIA if cpu else GPU_MEDIA)[name][0]} for name, paths in clips.items()},
+              "steps": steps}
+    (out / "gpu.json").write_text(json.dumps(report, indent=1, default=str) + "\n")
+    return report
+
+
+_ENV = r"""
+import json, os, platform, torch
+info = {"python": platform.python_version(), "torch": torch.__version__, "cuda": torch.version.cuda,
+        "cuda_available": torch.cuda.is_available(), "cpu_cores": os.cpu_count()}
+if torch.cuda.is_available():
+    info["gpu"] = torch.cuda.get_device_name(0)
+    info["gpu_memory_gib"] = round(torch.cuda.get_device_properties(0).total_memory / 2**30, 1)
+print(json.dumps(info))
+"""
+
+
+if __name__ == "__main__":
+    args = [a for a in sys.argv[1:] if not a.startswith("--")]
+    if len(args) != 1:
+        raise SystemExit(__doc__)
+    os.environ.setdefault("PYTHONUNBUFFERED", "1")
+    result = main(Path(args[0]), "--cpu" in sys.argv[1:])
+    failed = [name for name, step in result["steps"].items() if step["exit"] not in (0, "skipped")]
+    print(f"{args[0]}/gpu.json written; failed steps: {', '.join(failed) or 'none'}")

@@ -1,0 +1,52 @@
+"""bench/gpu.sh's CPU form: every step of the GPU run works, on small media, before a GPU is lent."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import av
+import pytest
+
+ROOT = Path(__file__).parents[1]
+
+
+@pytest.fixture(scope="module")
+def report(tmp_path_factory):
+    out = tmp_path_factory.mktemp("gpu-bench")
+    env = os.environ | {"PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    done = subprocess.run(["bash", str(ROOT / "bench" / "gpu.sh"), str(out), "--cpu"], env=env,
+                          capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stdout + done.stderr
+    return out, json.loads((out / "gpu.json").read_text())
+
+
+def test_every_step_ran_and_says_so(report):
+    out, result = report
+    assert result["mode"] == "cpu"
+    failed = {name: (out / f"{name}.log").read_text()[-1500:] for name, step in result["steps"].items() if step["exit"] != 0}
+    assert not failed, failed
+    assert set(result["steps"]) == {"env", "doctor", "tests", "speed_fp32", "speed_bf16", "speed_threads", "speed_ray", "detector", "train"}
+
+
+def test_speed_figures_count_the_frames_the_clips_hold(report):
+    out, result = report
+    frames = 0
+    for clip in sorted((out / "work").glob("240p_*.mp4")):
+        with av.open(str(clip)) as container:
+            frames += sum(1 for _ in container.decode(video=0))  # PyAV decodes every frame itself
+    for name in ("speed_fp32", "speed_bf16", "speed_threads", "speed_ray"):
+        figures = result["steps"][name]["figures"]
+        assert figures["decoded_frames"] == frames
+        assert figures["decoded_fps"] == pytest.approx(frames / figures["end_to_end_s"])
+        assert figures["setup"]["device"] == "cpu"
+    assert result["steps"]["speed_bf16"]["figures"]["setup"]["precision"] == "bf16"
+
+
+def test_training_ran_two_timed_epochs(report):
+    _, result = report
+    figures = result["steps"]["train"]["figures"]
+    assert figures["epochs"] == 2 and all(s > 0 for s in figures["epoch_s"])
