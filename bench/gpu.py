@@ -10,6 +10,8 @@ a failed step recorded and the next one run:
 - speed_fp32, speed_bf16, speed_threads, speed_ray: `fer benchmark speed` on the clips (fp32 and
   bf16 with fer's default worker processes, bf16 with --workers 0, bf16 on `--ray local`);
 - detector: the face detector alone on this machine's cores (bench/detector.py);
+- detector_torch: the torch port of the same network (bench/blazeface_torch.py) on the device,
+  batched: parity with LiteRT and time per frame (skipped without the `tflite` package);
 - train: `fer train` for two epochs, backbone fine-tuned (AMP on CUDA), on synthetic AFEW-VA.
 
 Writes DIR/gpu.json (every step's exit status, seconds and figures; the GPU's mean utilisation
@@ -191,6 +193,12 @@ def main(out: Path, cpu: bool) -> dict:
 
     steps["detector"] = run_step("detector", [sys.executable, "bench/detector.py", "fer"], out, timeout,
                                  lambda: [line for line in (out / "detector.log").read_text().splitlines() if line.startswith("fer ")])
+    if importlib.util.find_spec("tflite") is None:
+        steps["detector_torch"] = {"exit": "skipped", "reason": "the tflite package (the port's graph reader) is not installed"}
+    else:
+        batches = "1,8" if cpu else "1,64,256,1024"
+        steps["detector_torch"] = run_step("detector_torch", [sys.executable, "bench/blazeface_torch.py", "--device", device, "--batches", batches],
+                                           out, timeout, lambda: [line for line in (out / "detector_torch.log").read_text().splitlines() if "torch port" in line or "IoU" in line])
     run = work / "train"
     shutil.rmtree(run, ignore_errors=True)
     train = [*fer, "train", "--data", str(data), "--out", str(run), "--init", "random", "--finetune", "--epochs", "2",

@@ -8,7 +8,7 @@
 set -uo pipefail
 [ $# -ge 1 ] || { echo "usage: bench/gpu.sh DIR [--cpu]" >&2; exit 2; }
 cd "$(dirname "$0")/.."
-if compgen -G ".whl/*.whl" >/dev/null; then
+if [[ " $* " != *" --cpu "* ]] && compgen -G ".whl/*.whl" >/dev/null; then  # the GPU machine's wheels
     python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit
     export PYTHONPATH=/tmp/site
 fi

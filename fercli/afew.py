@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import DataError, first_line
+from .files import is_regular_file
 from .inputs import IMAGE_EXTENSIONS
 from .labels import LABEL_MAX, LABEL_MIN
 
@@ -94,6 +95,8 @@ def read_clip(folder: str | Path, json_path: str | Path | None = None) -> AfewCl
     where = f"clip {cid} ({json_path})"
     if not folder.is_dir():
         raise DataError(f"clip {cid}: frames folder {folder} is missing")
+    if json_path.exists() and not is_regular_file(json_path):  # a FIFO would block the read forever
+        raise DataError(f"{where}: label file is not a regular file")
     try:
         doc = json.loads(json_path.read_text(encoding="utf-8"))
     except FileNotFoundError:

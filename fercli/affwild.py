@@ -14,6 +14,7 @@ import numpy as np
 from .afew import AfewClip, FrameLabel
 from .afew import read_dataset as read_afew
 from .errors import DataError
+from .files import is_regular_file
 from .labels import to_class
 
 HEADER = "valence,arousal"
@@ -82,6 +83,8 @@ def read_dataset(root: str | Path) -> list[AffWildClip]:
 def read_clip(txt_path: str | Path, crop_folder: Path | None = None) -> AffWildClip:
     """One annotation file (and its aligned crops); every line checked."""
     txt_path = Path(txt_path)
+    if not is_regular_file(txt_path):  # a FIFO would block the read forever
+        raise DataError(f"{txt_path}: not a regular file")
     lines = txt_path.read_text().splitlines()
     if not lines or lines[0].strip().lower() != HEADER:
         raise DataError(f"{txt_path}: first line must be '{HEADER}'")
@@ -97,6 +100,8 @@ def read_clip(txt_path: str | Path, crop_folder: Path | None = None) -> AffWildC
 
 
 def _has_header(path: Path) -> bool:
+    if not is_regular_file(path):
+        return False
     try:
         with open(path) as f:
             return f.readline().strip().lower() == HEADER

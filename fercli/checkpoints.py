@@ -121,11 +121,13 @@ def resolve(name_or_path: str | os.PathLike, progress=None) -> dict:
 
     Raises WeightsError naming the file when it is missing, unsafe or not a supported model.
     """
+    # A registry name is always the registry's verified file, never a file that happens to bear
+    # the name in the working directory: a path is a path (`./hsemotion`, or a Path object).
+    if isinstance(name_or_path, str) and name_or_path in weights.registry():
+        return {**_from_registry(name_or_path, progress), "source": name_or_path}
     path = Path(name_or_path)
     if path.is_file():
         ckpt = read_file(path)
-    elif str(name_or_path) in weights.registry():
-        ckpt = _from_registry(str(name_or_path), progress)
     else:
         known = ", ".join(sorted(weights.registry()))
         raise WeightsError(f"{name_or_path}: no such file or registered model (registered: {known})")

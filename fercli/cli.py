@@ -15,6 +15,7 @@ from typing import Annotated, List, Optional
 import typer
 
 from . import __version__
+from .errors import printable
 
 # Options several commands share, declared once (Typer reads the metadata of Annotated).
 ModelOption = Annotated[str, typer.Option(help="Registered model name or checkpoint path.")]
@@ -76,17 +77,39 @@ Examples:
 def _console():
     from rich.console import Console
 
-    return Console(stderr=True)
+    # Literal by default: what fer prints holds file names, which may contain "[...]" (rich
+    # markup) or escape sequences; the few styled words pass markup=True with the names escaped.
+    return Console(stderr=True, markup=False, highlight=False)
+
+
+def _shown(text) -> str:
+    """A name or message as printed inside markup: control characters escaped, markup escaped."""
+    from rich.markup import escape
+
+    return escape(printable(str(text)))
 
 
 def _setup_logging(console, verbose: bool) -> None:
     from rich.logging import RichHandler
 
     handler = RichHandler(console=console, show_time=False, show_path=False, markup=False)
+    handler.addFilter(_literal_record)
     logger = logging.getLogger("fercli")
     logger.handlers[:] = [handler]
     logger.setLevel(logging.DEBUG if verbose else logging.INFO)
     logger.propagate = False
+
+
+def _literal_record(record: logging.LogRecord) -> bool:
+    """Log messages name files: shown with their control characters escaped (never raw codes)."""
+    record.msg, record.args = printable(record.getMessage()), ()
+    return True
+
+
+def _stdout():
+    from rich.console import Console
+
+    return Console(markup=False, highlight=False)  # tables of runs, weights and paths: literal
 
 
 def _command_console(verbose: bool, device: str | None = None):
@@ -105,11 +128,9 @@ def _command_console(verbose: bool, device: str | None = None):
 
 
 def _fail(console, message: str, code: int = EXIT_ERROR) -> typer.Exit:
-    from rich.markup import escape
-
     # escaped: messages hold paths and hints such as "fercli[ray]" that rich would read as markup
     # soft_wrap: the message stays one line (a long path is not broken) however narrow the terminal
-    console.print(f"[red]error:[/red] {escape(message)}", markup=True, highlight=False, soft_wrap=True)
+    console.print(f"[red]error:[/red] {_shown(message)}", markup=True, highlight=False, soft_wrap=True)
     return typer.Exit(code)
 
 
@@ -188,7 +209,7 @@ class _AnnotateProgress:
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
         self.progress = Progress(
-            TextColumn("{task.description}"),
+            TextColumn("{task.description}", markup=False),  # video names are not markup
             BarColumn(),
             MofNCompleteColumn(),
             TimeRemainingColumn(),
@@ -209,7 +230,7 @@ class _AnnotateProgress:
     def update(self, event) -> None:
         p = self.progress
         if event.kind == "start":
-            self.current = p.add_task(event.video[-40:], total=None)
+            self.current = p.add_task(printable(event.video)[-40:], total=None)
         elif event.kind == "frames" and self.current is not None:
             p.update(self.current, completed=event.done, total=event.total)
         elif event.kind == "done":
@@ -246,28 +267,29 @@ class _download_bar:
 
 def _summary(console, result) -> None:
     from rich.table import Table
+    from rich.text import Text
 
-    table = Table(title=f"{result.out} ({result.rows} rows)", show_lines=False)
+    table = Table(title=Text(f"{printable(str(result.out))} ({result.rows} rows)"), show_lines=False)
     for col in ("video", "seconds", "rows", "with face", "time (s)", "status"):
         table.add_column(col)
     for v in result.videos:
-        status = "[red]failed[/red]" if v.error else ("resumed" if v.resumed else "ok")
-        table.add_row(v.video, f"{v.duration:.1f}", str(v.rows), str(v.face_rows), f"{v.elapsed:.1f}", status)
+        status = Text("failed", style="red") if v.error else Text("resumed" if v.resumed else "ok")
+        table.add_row(Text(printable(v.video)), f"{v.duration:.1f}", str(v.rows), str(v.face_rows), f"{v.elapsed:.1f}", status)
     console.print(table)
     if result.skipped_files:
         console.print(f"skipped {result.skipped_files} files that are not videos")
     if result.errors_file:
-        console.print(f"[red]{len(result.failed)} failed[/red]: see {result.errors_file}")
+        console.print(f"[red]{len(result.failed)} failed[/red]: see {_shown(result.errors_file)}", markup=True)
 
 
 @weights_app.command("list")
-def weights_list() -> None:
+def weights_list(verbose: VerboseOption = False) -> None:
     """Show the registered weights and whether they are cached."""
-    from rich.console import Console
     from rich.table import Table
 
     from . import weights
 
+    _command_console(verbose)
     table = Table()
     for col in ("name", "format", "cached", "pinned by", "url"):
         table.add_column(col, overflow="fold")
@@ -276,17 +298,20 @@ def weights_list() -> None:
         pin = entry.sha256 or (f"{entry.sha256_prefix}... (prefix)" if entry.sha256_prefix else None)
         pin = pin or (f"git blob {entry.git_blob}" if entry.git_blob else "(unpublished)")
         table.add_row(name, entry.format, "yes" if cached else "no", pin, entry.url)
-    Console().print(table)
-    Console().print(f"cache: {weights.cache_dir()}")
+    _stdout().print(table)
+    _stdout().print(f"cache: {weights.cache_dir()}")
 
 
 @weights_app.command("download")
-def weights_download(names: List[str] = typer.Argument(None, help="Registry names (default: all).")) -> None:
+def weights_download(
+    names: List[str] = typer.Argument(None, help="Registry names (default: all)."),
+    verbose: VerboseOption = False,
+) -> None:
     """Download weights into the cache and verify them."""
     from .errors import FerError
     from . import weights
 
-    console = _console()
+    console = _command_console(verbose)
     _setup_logging(console, False)
     try:
         for name in names or list(weights.registry()):
@@ -469,12 +494,13 @@ def benchmark_accuracy(
     device: str = typer.Option("auto", help="With --data: auto, cpu or cuda."),
     batch_size: int = typer.Option(16, min=1, help="With --data: face crops per backbone batch."),
     cache_dir: Optional[Path] = typer.Option(None, help="With --data: cached boxes and features (default: fer's)."),
+    verbose: VerboseOption = False,
 ) -> None:
     """Score a model: predictions against truth (--truth/--pred), or a checkpoint run directly on a
     split of a data set (--data/--model), per window and per second. CCC, r, RMSE, MAE, SAGR, accuracy, F1."""
     from .errors import FerError
 
-    console = _console()
+    console = _command_console(verbose)
     pairs = {"--truth/--pred": (truth, pred), "--data/--model": (data, model)}
     given = {name for name, pair in pairs.items() if any(v is not None for v in pair)}
     if len(given) != 1:
@@ -536,7 +562,7 @@ def _benchmark_data(console, data, model, split, out, frames_fps, device, batch_
     if s.seconds_left_out:
         console.print(f"per second: {s.seconds_left_out} seconds of those clips left out (not {s.part} windows)")
     for video, error in ev.failed.items():
-        console.print(f"[yellow]not annotated:[/yellow] {video}: {error}", markup=True, highlight=False)
+        console.print(f"[yellow]not annotated:[/yellow] {_shown(video)}: {_shown(error)}", markup=True, highlight=False)
     if out is not None:
         from .evaluate import write_evaluation
 
@@ -545,7 +571,6 @@ def _benchmark_data(console, data, model, split, out, frames_fps, device, batch_
 
 
 def _print_metrics(report, title: str = "accuracy", unit: str = "rows") -> None:
-    from rich.console import Console
     from rich.table import Table
 
     from .metrics import METRICS
@@ -556,7 +581,7 @@ def _print_metrics(report, title: str = "accuracy", unit: str = "rows") -> None:
     for key, label in METRICS.items():
         values = [report.metrics["valence"][key], report.metrics["arousal"][key], report.mean[key]]
         table.add_row(label, *(f"{v:.3f}" for v in values))
-    console = Console()
+    console = _stdout()
     console.print(table)
     console.print(
         f"matched {report.matched} {unit}; truth only {report.truth_only}, prediction only {report.pred_only}, "
@@ -568,6 +593,7 @@ def _print_metrics(report, title: str = "accuracy", unit: str = "rows") -> None:
 def benchmark_compare(
     runs: List[Path] = typer.Argument(..., help="Run folders from `fer train`."),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Folder for compare.md and compare.json."),
+    verbose: VerboseOption = False,
 ) -> None:
     """Training runs side by side (the paper's Table 2): test CCC, accuracy, F1, time, settings."""
     from rich.table import Table
@@ -575,7 +601,7 @@ def benchmark_compare(
     from .compare import COLUMNS, cell, compare
     from .errors import FerError
 
-    console = _console()
+    console = _command_console(verbose)
     try:
         rows = compare(runs, out)
     except FerError as e:
@@ -585,9 +611,8 @@ def benchmark_compare(
         table.add_column(header)
     for r in rows:
         table.add_row(r.name, *(cell(r, k, f) for k, _, f in COLUMNS))
-    from rich.console import Console
 
-    Console().print(table)
+    _stdout().print(table)
     if out is not None:
         console.print(f"wrote compare.md and compare.json to {out}")
 
@@ -609,12 +634,13 @@ def benchmark_speed(
     startup: bool = typer.Option(True, help="Also time a new process's start-up (imports, model, detector, first frame and batch)."),
     cold: bool = typer.Option(False, help="Also run fer annotate and the naive loop on every clip in new processes, start-up included."),
     json_out: Optional[Path] = typer.Option(None, "--json", help="Write the report as JSON here."),
+    verbose: VerboseOption = False,
 ) -> None:
     """Time start-up, each stage (decode, faces, backbone, head, write) and the whole run."""
     from .benchmark import speed
     from .errors import FerError
 
-    console = _console()
+    console = _command_console(verbose)
     _setup_logging(console, False)
     try:
         report = speed(
@@ -630,10 +656,9 @@ def benchmark_speed(
 
 
 def _print_speed(report) -> None:
-    from rich.console import Console
     from rich.table import Table
 
-    console = Console()
+    console = _stdout()
     console.print(" ".join(f"{k}={v}" for k, v in report.setup.items()))
     if (up := report.startup) is not None:
         console.print(
@@ -685,12 +710,13 @@ def _print_speed(report) -> None:
 def plot(
     table: Path = typer.Argument(..., help="A `fer annotate` output (.parquet or .csv)."),
     out: Path = typer.Option(..., "--out", "-o", help="Folder for the pictures."),
+    verbose: VerboseOption = False,
 ) -> None:
     """Per-video valence/arousal timelines and a circumplex scatter of an annotation table."""
     from .errors import FerError
     from .plots import plot_table
 
-    console = _console()
+    console = _command_console(verbose)
     try:
         written = plot_table(table, out)
     except FerError as e:
@@ -713,12 +739,13 @@ def export(
     to: str = typer.Option(..., "--to", help="elan (tab-delimited text for ELAN's import) or nova (continuous annotations)."),
     out: Path = typer.Option(..., "--out", "-o", help="Folder for the files (created if missing)."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace files of an earlier export in --out."),
+    verbose: VerboseOption = False,
 ) -> None:
     """Export an annotation table to ELAN or NOVA annotation files."""
     from .errors import FerError
     from .export import ExportOptions, export as run_export
 
-    console = _console()
+    console = _command_console(verbose)
     try:
         result = run_export(table, ExportOptions(to=to, out_dir=out, overwrite=overwrite))
     except FerError as e:
@@ -752,12 +779,13 @@ def render(
     name: Optional[str] = typer.Option(None, "--name", help="The clip's `video` value in the table (default: matched by file name / relative path)."),
     frames_fps: float = typer.Option(25.0, "--frames-fps", help="Frame rate of a folder of frames (frames/s), as annotated."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing --out."),
+    verbose: VerboseOption = False,
 ) -> None:
     """The clip re-encoded with the face box, valence/arousal bars and expression drawn on every frame."""
     from .errors import FerError
     from .render import render as run_render
 
-    console = _console()
+    console = _command_console(verbose)
     try:
         result = run_render(video, table, out, name=name, overwrite=overwrite, frames_fps=frames_fps)
     except FerError as e:
@@ -774,12 +802,13 @@ def report(
         help="Folder the table's video paths are relative to (what you gave fer annotate); default: the table's folder.",
     ),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace the report in a non-empty --out folder."),
+    verbose: VerboseOption = False,
 ) -> None:
     """One self-contained HTML page for the batch: summary, timelines with the videos, circumplex."""
     from .errors import FerError
     from .report import write_report
 
-    console = _console()
+    console = _command_console(verbose)
     try:
         page = write_report(table, out, videos=videos, overwrite=overwrite)
     except FerError as e:
@@ -788,13 +817,12 @@ def report(
 
 
 @app.command()
-def doctor() -> None:
+def doctor(verbose: VerboseOption = False) -> None:
     """Versions, decoders, CUDA, face detector and cached weights."""
     from .doctor import report
 
-    from rich.console import Console
-
-    Console().print(report())
+    _command_console(verbose)
+    _stdout().print(report())
 
 
 def main() -> None:

@@ -19,6 +19,14 @@ class DataError(FerError):
     """A data set or annotation file that is malformed (bad JSON, labels out of range, ...)."""
 
 
+def printable(text: str) -> str:
+    """`text` with every control or format character (newlines, escape sequences, bidi marks)
+    written as a Python escape, so a file's name shows as it is and cannot drive the terminal."""
+    import unicodedata
+
+    return "".join(c if c == " " or unicodedata.category(c)[0] not in "CZ" else c.encode("unicode_escape").decode() for c in text)
+
+
 def first_line(error: BaseException) -> str:
     """The first line of an exception's message (its type's name when it has none), for one-line errors."""
     lines = str(error).strip().splitlines()

@@ -48,13 +48,19 @@ def find_clips(paths: Iterable[str | Path]) -> Inputs:
             missing.append(root)
             continue
         found, others = _walk(root) if root.is_dir() else (_single(root), [])
-        skipped.update(p.resolve() for p in others)
+        skipped.update(_real(p) for p in others)
         for clip in found:
-            key = clip.path.resolve()
+            key = _real(clip.path)
             if key not in seen:
                 seen.add(key)
                 clips.append(clip)
     return Inputs(clips, len(skipped), missing)
+
+
+def _real(path: Path) -> Path:
+    """Where a path really leads. Never raises: a symbolic link loop (`notes -> notes`) is itself,
+    and opening it later fails for that one clip (Path.resolve raises on loops before 3.13)."""
+    return Path(os.path.realpath(path))
 
 
 def _single(path: Path) -> list[Clip]:

@@ -252,6 +252,12 @@ class Labeler:
         self.on_clip(vr, state.rows)
         self.emit(ProgressEvent("done", state.clip.name, result=vr))
 
+    def discard(self, key) -> None:
+        """Forget a clip's samples so far (its producer died; it will be started again)."""
+        self.pending = [(k, s) for k, s in self.pending if k != key]
+        self.n_crops = sum(len(s.crops) for _, s in self.pending)
+        self.clips.pop(key, None)
+
     def fail(self, key, clip: Clip, error: str) -> None:
         self.pending = [(k, s) for k, s in self.pending if k != key]
         self.n_crops = sum(len(s.crops) for _, s in self.pending)

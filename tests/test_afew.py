@@ -67,3 +67,17 @@ def test_missing_folder_or_label_file_names_the_clip(small, tmp_path):
         afew.read_dataset(tmp_path)
     with pytest.raises(DataError, match="no such data folder"):
         afew.read_dataset(tmp_path / "nowhere")
+
+
+def test_a_fifo_for_a_label_file_is_refused_not_waited_on(small, tmp_path):
+    # Reading a FIFO blocks until someone writes to it: run the reader where a hang is a failure.
+    import os
+    import subprocess
+    import sys
+
+    folder = copy_clip(small, tmp_path)
+    (folder / "001.json").unlink()
+    os.mkfifo(tmp_path / "001.json")  # the layout with labels beside the frames folder
+    code = "import sys; from fercli import afew\ntry:\n    afew.read_dataset(sys.argv[1])\nexcept Exception as e:\n    print(e)"
+    done = subprocess.run([sys.executable, "-c", code, str(tmp_path)], capture_output=True, text=True, timeout=60)
+    assert "clip 001" in done.stdout and "not a regular file" in done.stdout, done.stdout + done.stderr

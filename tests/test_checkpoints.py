@@ -268,3 +268,20 @@ def test_a_conversion_made_with_other_preprocessing_is_not_reused(server, cache,
     monkeypatch.setattr(weights, "registry", lambda: {"hsemotion": dataclasses.replace(entry, preprocess=square)})
     assert model_module.load_model("hsemotion").config.preprocess.crop == "square"
     assert len(list(cache.glob("*.fer.pt"))) == 2
+
+
+def test_a_registry_name_is_never_a_file_that_shares_it(tmp_path, monkeypatch, lstm_checkpoint):
+    # A file called "hsemotion" in the working directory must not stand in for the verified
+    # default weights; "./hsemotion" (a path) reads it.
+    import shutil
+
+    from fercli import checkpoints
+
+    monkeypatch.chdir(tmp_path)
+    shutil.copy(lstm_checkpoint, tmp_path / "hsemotion")
+    fetched = []
+    monkeypatch.setattr(checkpoints, "_from_registry", lambda name, progress=None: fetched.append(name) or {"registry": name})
+    assert checkpoints.resolve("hsemotion") == {"registry": "hsemotion", "source": "hsemotion"}
+    assert fetched == ["hsemotion"]
+    own = checkpoints.resolve("./hsemotion")
+    assert own["source"] == "./hsemotion" and "state_dict" in own and fetched == ["hsemotion"]

@@ -5,6 +5,7 @@ import time
 
 import pandas as pd
 import pytest
+import typer
 from typer.testing import CliRunner
 
 from fercli.cli import app
@@ -229,3 +230,38 @@ def test_the_command_exits_with_its_code_after_the_exit_handlers(tmp_path, args,
         assert "annotate" in proc.stdout
     else:
         assert "--no-such-option" in proc.stderr
+
+
+@pytest.mark.parametrize("name", ["[bold]ok.mp4", "a[/x].mp4", "esc\x1b[31mred.mp4", "two\nlines.mp4"])
+def test_file_names_are_printed_as_they_are(tmp_path, clips_dir, lstm_checkpoint, name):
+    # A name is never read as rich markup nor sent to the terminal raw; the batch goes on.
+    import shutil
+
+    from fercli.errors import printable
+
+    folder = tmp_path / "in"
+    for path in (folder / name, folder / f"broken {name}"):  # "a[/x].mp4" is x].mp4 in a folder a[
+        path.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copy(clips_dir / "moving.mp4", folder / name)
+    (folder / f"broken {name}").write_bytes(b"not a video")
+    result = fer("annotate", folder, "--out", tmp_path / "r.csv", "--model", lstm_checkpoint)
+    assert result.exit_code == 1, result.output  # one clip failed; no crash
+    assert printable(name) in result.output and printable(f"broken {name}") in result.output
+    assert "\x1b" not in result.output
+    table = read_table(tmp_path / "r.csv")
+    assert set(table.video) == {name}
+
+
+def _leaf_commands(group, path=()):
+    for name, command in group.commands.items():
+        if hasattr(command, "commands"):  # a group (typer may carry its own click)
+            yield from _leaf_commands(command, (*path, name))
+        else:
+            yield (*path, name)
+
+
+@pytest.mark.parametrize("command", sorted(_leaf_commands(typer.main.get_command(app))))
+def test_every_command_takes_verbose(command):
+    # Errors say "run with -v"; every command must then accept it.
+    result = runner.invoke(app, [*command, "-v", "--help"])
+    assert result.exit_code == 0, result.output

@@ -61,7 +61,7 @@ def test_landmarks_stand_in_where_the_detector_finds_nothing(small, tmp_path):
                                   preprocess=Preprocess(size=64), cache=features.FeatureCache(tmp_path / "c"))
     assert samples[0].sources[2] == "landmarks" and stats.from_landmarks == 1
     assert samples[0].present.all()
-    # Landmarks only: no MediaPipe at all.
+    # Landmarks only: no face detector at all.
     samples, stats = features.prepare(afew.read_dataset(tmp_path / "d"), fps=5, frames_fps=5, crops="landmarks",
                                   preprocess=Preprocess(size=64), cache=features.FeatureCache(tmp_path / "c"))
     assert stats.detected == 0 and set(samples[0].sources) == {"landmarks"}

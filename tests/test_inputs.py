@@ -75,3 +75,14 @@ def test_every_frame_suffix_the_search_accepts_is_one_decode_reads(tmp_path):
         with open_video(clip.path, frames_fps=3) as video:
             frames = list(video.sample(3))
         assert [int(f.image.mean()) for f in frames] == [0, 40, 80]
+
+
+def test_symbolic_link_loops_under_a_folder_are_not_fatal(tmp_path):
+    root = tmp_path / "videos"
+    touch(root / "a.mp4")
+    (root / "notes").symlink_to("notes")  # a loop onto itself: skipped, as any other non-video
+    (root / "sub").mkdir()
+    (root / "sub" / "loop.mp4").symlink_to("loop.mp4")  # a loop with a video's name: a clip that will fail alone
+    found = find_clips([root])
+    assert [c.name for c in found.clips] == ["a.mp4", "sub/loop.mp4"]
+    assert found.skipped == 1

@@ -233,10 +233,10 @@ def test_a_decoding_thread_crash_reaches_the_caller(tmp_path, clips_dir, lstm, m
     import fercli.faces
 
     def no_detector(*args, **kwargs):
-        raise OSError("MediaPipe graph failed to start (test)")
+        raise OSError("face detector failed to start (test)")
 
     monkeypatch.setattr(fercli.faces, "FaceDetector", no_detector)
-    with pytest.raises(OSError, match="graph failed to start"):
+    with pytest.raises(OSError, match="face detector failed to start"):
         fercli.annotate([clips_dir], tmp_path / "r.parquet", options=AnnotateOptions(workers=0), model=lstm)
     assert not _decode_threads()
 
@@ -259,7 +259,7 @@ def test_a_cpu_model_decodes_with_one_ffmpeg_thread(clips_dir, lstm):
     path = clips_dir / "moving.mp4"
     clip = find_clips([path]).clips[0]
     with FaceDetector() as detector:
-        detector.detect(np.zeros((240, 320, 3), np.uint8))  # MediaPipe's threads start before counting
+        detector.detect(np.zeros((240, 320, 3), np.uint8))  # the detector's threads start before counting
         one = extra_threads(lambda: open_video(path, threads=1).sample(5.0))
         auto = extra_threads(lambda: open_video(path, threads=0).sample(5.0))
         pipeline = extra_threads(lambda: clip_samples(clip, lstm.config, AnnotateOptions(), detector, "cpu"))

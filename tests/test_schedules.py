@@ -1,0 +1,103 @@
+"""fercli.schedules: worker processes that die (OOM killer, a decoder crashing) do not stop the batch."""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import shutil
+import signal
+import threading
+
+import pandas as pd
+import pytest
+
+import fercli
+from fercli.options import AnnotateOptions
+from fercli.writers import read_table
+
+RUN_LIMIT_S = 240  # a run that has not ended by then is hung
+
+
+@pytest.fixture(scope="module")
+def batch(tmp_path_factory, clips_dir):
+    folder = tmp_path_factory.mktemp("batch")
+    for k in range(4):
+        shutil.copy(clips_dir / "moving.mp4", folder / f"c{k}.mp4")
+    shutil.copy(clips_dir / "odd.avi", folder / "c4.avi")
+    return folder
+
+
+def run(folder, out, checkpoint, on_event=None, workers=1):
+    """annotate in a thread, so that a hang is a failed assertion rather than a stuck suite."""
+    done = {}
+
+    def target():
+        try:
+            model = fercli.load_model(checkpoint, "cpu")
+            options = AnnotateOptions(workers=workers, precision="fp32")
+            done["result"] = fercli.annotate([folder], out, model=model, device="cpu", options=options, progress=on_event)
+        except BaseException as error:  # reported by the test
+            done["error"] = error
+
+    thread = threading.Thread(target=target, daemon=True)
+    thread.start()
+    thread.join(RUN_LIMIT_S)
+    assert not thread.is_alive(), f"annotate still running after {RUN_LIMIT_S} s"
+    assert "error" not in done, repr(done.get("error"))
+    return done["result"]
+
+
+def killer(video: str, times: int):
+    """A progress callback that SIGKILLs the worker processes when `video` starts, `times` times."""
+    kills = []
+
+    def on_event(event):
+        if event.kind == "start" and event.video == video and len(kills) < times:
+            for child in multiprocessing.active_children():
+                os.kill(child.pid, signal.SIGKILL)
+            kills.append(event.video)
+
+    return on_event, kills
+
+
+@pytest.fixture(scope="module")
+def clean(batch, lstm_checkpoint, tmp_path_factory):
+    out = tmp_path_factory.mktemp("clean") / "t.parquet"
+    run(batch, out, lstm_checkpoint)
+    return read_table(out)
+
+
+def same_rows(a: pd.DataFrame, b: pd.DataFrame) -> None:
+    keys = ["video", "second"]
+    a, b = (t.sort_values(keys).reset_index(drop=True) for t in (a, b))
+    pd.testing.assert_frame_equal(a, b, check_exact=False, atol=1e-5)
+
+
+def test_a_clip_whose_worker_is_killed_is_retried_on_a_fresh_one(batch, lstm_checkpoint, clean, tmp_path):
+    on_event, kills = killer("c2.mp4", times=1)
+    out = tmp_path / "t.parquet"
+    result = run(batch, out, lstm_checkpoint, on_event)
+    assert kills == ["c2.mp4"]
+    assert not result.failed
+    same_rows(read_table(out), clean)  # the retried clip's rows once, as a clean run gives them
+
+
+def test_a_clip_that_kills_its_worker_twice_fails_alone(batch, lstm_checkpoint, clean, tmp_path):
+    on_event, kills = killer("c2.mp4", times=2)
+    out = tmp_path / "t.parquet"
+    result = run(batch, out, lstm_checkpoint, on_event)
+    assert kills == ["c2.mp4", "c2.mp4"]
+    assert [v.video for v in result.failed] == ["c2.mp4"]
+    assert "the decoding process died" in result.failed[0].error and "signal 9" in result.failed[0].error
+    errors = pd.read_csv(result.errors_file)
+    assert list(errors.video) == ["c2.mp4"]
+    same_rows(read_table(out), clean[clean.video != "c2.mp4"])
+
+
+def test_two_workers_one_killed_the_batch_still_ends(batch, lstm_checkpoint, clean, tmp_path):
+    # The other worker finishes its clips and waits; the run must notice the dead one, not wait.
+    on_event, kills = killer("c1.mp4", times=1)
+    out = tmp_path / "t.parquet"
+    result = run(batch, out, lstm_checkpoint, on_event, workers=2)
+    assert kills and not result.failed
+    same_rows(read_table(out), clean)
