@@ -513,10 +513,10 @@ def benchmark_accuracy(
         return _benchmark_data(console, data, model, split, out, frames_fps, device, batch_size, cache_dir)
     try:
         from . import metrics
-        from .writers import read_table
+        from .writers import load_table
 
         truth_table = metrics.load_truth(truth, frames_fps or 25.0)  # truth first: its errors first
-        table = read_table(pred)
+        table = load_table(pred)
         report = metrics.score(truth_table, table)
         report.abaw = metrics.abaw_score(truth, table, frames_fps or 25.0)  # Aff-Wild2 truth only
     except FerError as e:
@@ -710,6 +710,7 @@ def _print_speed(report) -> None:
 def plot(
     table: Path = typer.Argument(..., help="A `fer annotate` output (.parquet or .csv)."),
     out: Path = typer.Option(..., "--out", "-o", help="Folder for the pictures."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace the pictures in a non-empty --out folder."),
     verbose: VerboseOption = False,
 ) -> None:
     """Per-video valence/arousal timelines and a circumplex scatter of an annotation table."""
@@ -718,7 +719,7 @@ def plot(
 
     console = _command_console(verbose)
     try:
-        written = plot_table(table, out)
+        written = plot_table(table, out, overwrite=overwrite)
     except FerError as e:
         raise _fail(console, str(e)) from None
     console.print(f"wrote {len(written)} pictures to {out}")

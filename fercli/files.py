@@ -46,3 +46,14 @@ def is_regular_file(path: str | os.PathLike) -> bool:
         return stat.S_ISREG(os.stat(path).st_mode)
     except (OSError, ValueError):
         return False
+
+
+def check_out_dir(out_dir: str | os.PathLike, *, overwrite: bool, what: str) -> None:
+    """FerError unless `out_dir` may receive `what`: new, empty, or non-empty with overwrite."""
+    from .errors import FerError
+
+    out_dir = Path(out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise FerError(f"{out_dir}: exists and is not a folder")
+    if out_dir.is_dir() and any(out_dir.iterdir()) and not overwrite:
+        raise FerError(f"{out_dir} is not empty: --overwrite replaces the {what} in it")

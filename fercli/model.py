@@ -33,6 +33,15 @@ HSEMOTION_EXPRESSIONS = slice(0, len(EXPRESSIONS))  # its 8 expression logits, i
 
 
 CROPS = ("square", "box")
+# What a checkpoint's config may say. A config is data from a file, so each number is checked
+# before it sizes anything: a 20,000 px input took about 6 GB, 10^6 samples/s planned millions
+# of samples for a 2 s clip, and a zero std divides by zero.
+INPUT_SIDE_PX = (16, 1024)  # crop side; EfficientNet-B0 is trained at 224, ResNet-50 at 224
+MAX_MARGIN = 2.0  # of the box's larger side, on each side
+STD_RANGE = (1e-3, 10.0)  # per channel, after scaling pixels to [0, 1]
+FPS_RANGE = (1e-3, 120.0)  # samples per second of video: no camera fer meets films faster
+MAX_WINDOW = 600  # samples per window: two minutes at 5 samples/s
+MAX_HIDDEN, MAX_LAYERS = 8192, 16  # LSTM
 
 
 @dataclass(frozen=True)
@@ -50,6 +59,13 @@ class Preprocess:
     def __post_init__(self):
         if self.crop not in CROPS:
             raise ValueError(f"preprocess crop must be one of {', '.join(CROPS)}, not {self.crop!r}")
+        _in_range("preprocess size", self.size, *INPUT_SIDE_PX, integer=True)
+        _in_range("preprocess margin", self.margin, 0.0, MAX_MARGIN)
+        for name, values, low, high in (("mean", self.mean, 0.0, 1.0), ("std", self.std, *STD_RANGE)):
+            if len(values) != 3:
+                raise ValueError(f"preprocess {name} must have 3 values (RGB), not {len(values)}")
+            for value in values:
+                _in_range(f"preprocess {name}", value, low, high)
 
     def cut(self, image, box=None):
         """The network's size x size uint8 RGB crop of the face at `box` (pixels) in `image`.
@@ -86,6 +102,13 @@ class ModelConfig:
     # features. Off by default, so checkpoints saved before this field load unchanged.
     expressions: bool = False
 
+    def __post_init__(self):
+        _in_range("fps", self.fps, *FPS_RANGE)
+        _in_range("window", self.window, 1, MAX_WINDOW, integer=True)
+        _in_range("hidden", self.hidden, 0, MAX_HIDDEN, integer=True)  # 0: no LSTM (frame models)
+        _in_range("layers", self.layers, 0, MAX_LAYERS, integer=True)
+        _in_range("dropout", self.dropout, 0.0, 1.0)
+
     @property
     def is_window_model(self) -> bool:
         return self.arch == "efficientnet_lstm"
@@ -106,6 +129,13 @@ class ModelConfig:
             if key in pre:
                 pre[key] = tuple(pre[key])
         return cls(**{**d, "preprocess": Preprocess(**pre)})
+
+
+def _in_range(name: str, value, low, high, integer: bool = False) -> None:
+    """ValueError unless `value` is a number (an int where `integer`) within [low, high]."""
+    kinds = (int,) if integer else (int, float)
+    if isinstance(value, bool) or not isinstance(value, kinds) or not (low <= value <= high):  # NaN fails too
+        raise ValueError(f"{name} must be {'an integer' if integer else 'a number'} from {low} to {high}, not {value!r}")
 
 
 HSEMOTION_CONFIG = ModelConfig.from_dict(hsemotion_config())

@@ -93,13 +93,18 @@ def scatter(report: Report, path: str | Path) -> Path:
 # --- annotations (`fer plot`) ------------------------------------------------------------------
 
 
-def plot_table(table_path: str | Path, out_dir: str | Path) -> list[Path]:
-    """Timelines per video (under `out_dir/timelines/`) and `out_dir/circumplex.png`."""
+def plot_table(table_path: str | Path, out_dir: str | Path, *, overwrite: bool = False) -> list[Path]:
+    """Timelines per video (under `out_dir/timelines/`) and `out_dir/circumplex.png`.
+
+    A non-empty `out_dir` is refused unless `overwrite` (then the pictures in it are replaced).
+    """
+    from .files import check_out_dir
     from .writers import load_table
 
     table_path = Path(table_path)
     df = load_table(table_path)
     _check_annotations(df, str(table_path))
+    check_out_dir(out_dir, overwrite=overwrite, what="pictures")
     out_dir = Path(out_dir)
     return timelines(df, out_dir / "timelines") + [circumplex(df, out_dir / "circumplex.png")]
 

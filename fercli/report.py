@@ -90,10 +90,9 @@ def write_report(
 
 def check_report_dir(out_dir: Path, *, overwrite: bool) -> None:
     """FerError unless `out_dir` may hold the report: new, empty, or non-empty with overwrite."""
-    if out_dir.exists() and not out_dir.is_dir():
-        raise FerError(f"{out_dir}: exists and is not a folder")
-    if out_dir.is_dir() and any(out_dir.iterdir()) and not overwrite:
-        raise FerError(f"{out_dir} is not empty: --overwrite replaces the report in it")
+    from .files import check_out_dir
+
+    check_out_dir(out_dir, overwrite=overwrite, what="report")
 
 
 def read_annotations(table_path: Path) -> pd.DataFrame:

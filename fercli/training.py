@@ -19,6 +19,7 @@ import hashlib
 import json
 import logging
 import math
+import os
 import time
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, fields
@@ -183,6 +184,10 @@ def _checked(options: TrainOptions) -> TrainOptions:
         raise FerError("--lr, --fps and --frames-fps must be positive")
     if o.split == "window" and o.split_file is not None:
         raise FerError("--split window shuffles windows; a split file only applies to --split clip")
+    data, out = (Path(os.path.realpath(p)) for p in (o.data, o.out))
+    if out == data or data in out.parents:
+        # A run folder inside the data set is read as a clip next time (and breaks the data set).
+        raise FerError(f"--out {o.out} is inside --data {o.data}: put the run folder outside the data set")
     return o
 
 

@@ -10,6 +10,7 @@ output untouched and its finished videos in the parts folder, where `--resume` f
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 from typing import Iterable
@@ -112,6 +113,12 @@ def check_output(out: str | Path, *, resume: bool = False, overwrite: bool = Fal
     """
     out = Path(out)
     output_format(out)
+    if out.is_dir():
+        raise FerError(f"{out} is a folder: --out names the table to write, such as {out / 'results.parquet'}")
+    if not out.parent.is_dir():
+        raise FerError(f"{out}: the folder {out.parent} does not exist")
+    if not os.access(out.parent, os.W_OK | os.X_OK):
+        raise FerError(f"{out}: cannot write in {out.parent} (permission denied)")
     if resume and overwrite:
         raise FerError("--resume and --overwrite exclude each other: add to the output, or replace it")
     if resume or overwrite:

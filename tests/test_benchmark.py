@@ -1,6 +1,7 @@
 import json
 import math
 
+import pandas as pd
 import pytest
 
 from conftest import DURATIONS
@@ -101,6 +102,16 @@ def test_accuracy_cli_on_perfect_predictions_and_plot(tmp_path):
 def test_accuracy_cli_names_a_missing_file(tmp_path):
     result = CliRunner().invoke(app, ["benchmark", "accuracy", "--truth", str(tmp_path / "no.csv"), "--pred", str(tmp_path / "p.csv")])
     assert result.exit_code == 2 and "no.csv" in result.output
+
+
+@pytest.mark.parametrize("suffix", ["parquet", "csv"])
+def test_accuracy_cli_names_a_missing_prediction_table(tmp_path, suffix):
+    # The truth exists, the predictions do not: the message said "None: no such file" for Parquet.
+    pd.DataFrame({"video": ["a"], "second": [0], "valence": [1], "arousal": [2]}).to_csv(tmp_path / "truth.csv", index=False)
+    missing = tmp_path / f"missing.{suffix}"
+    result = CliRunner().invoke(app, ["benchmark", "accuracy", "--truth", str(tmp_path / "truth.csv"), "--pred", str(missing)])
+    assert result.exit_code == 2 and f"{missing}: no such file" in " ".join(result.output.split())
+    assert "None" not in result.output
 
 
 @pytest.mark.parametrize("args", [["{missing}"], ["{empty}"]])

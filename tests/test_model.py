@@ -186,3 +186,31 @@ def test_lstm_expression_head_is_hsemotions_classifier_rows_0_to_7():
     plain.load_backbone(hse.backbone.state_dict())  # without the head, the classifier is dropped
     with pytest.raises(ValueError, match="no expression head"):
         plain.expression_logits(torch.zeros(1, 1280))
+
+
+@pytest.mark.parametrize(
+    "edit,words",
+    [
+        (lambda c: c.update(fps=float("nan")), "fps must be a number"),
+        (lambda c: c.update(fps=1e6), "fps must be a number from 0.001 to 120.0"),
+        (lambda c: c.update(window=10**9), "window must be an integer"),
+        (lambda c: c["preprocess"].update(size=20000), "preprocess size must be an integer from 16 to 1024"),
+        (lambda c: c["preprocess"].update(std=[0.0, 0.2, 0.2]), "preprocess std"),
+        (lambda c: c["preprocess"].update(mean=[0.5, 0.5]), "3 values"),
+        (lambda c: c.update(hidden="many"), "hidden must be an integer"),
+    ],
+)
+def test_a_config_out_of_range_is_refused_before_it_sizes_anything(lstm_checkpoint, tmp_path, edit, words):
+    # A config is data from a file: nan or huge values were exit 3, or gigabytes, or hours.
+    from fercli.checkpoints import read_checkpoint, write_checkpoint
+    from fercli.errors import WeightsError
+    from fercli.model import load_model
+
+    ckpt = read_checkpoint(lstm_checkpoint)
+    config = {**ckpt["config"], "preprocess": dict(ckpt["config"]["preprocess"])}
+    edit(config)
+    bad = tmp_path / "bad.pt"
+    write_checkpoint({"config": config, "state_dict": ckpt["state_dict"]}, bad)
+    with pytest.raises(WeightsError, match=rf"{bad}: checkpoint does not match its config \(.*{words}") as error:
+        load_model(bad, "cpu")
+    assert "\n" not in str(error.value)

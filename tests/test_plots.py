@@ -171,3 +171,19 @@ def test_timeline_per_face_and_per_frame_spans():
     for t, v in zip(frames["time"], frames["valence"]):
         if not pd.isna(v):
             assert holds(xy, t, t + 0.2, v)
+
+
+def test_an_existing_folder_is_kept_unless_overwrite(tmp_path):
+    # The other commands refuse to write into a non-empty folder; plot replaced files silently.
+    table = tmp_path / "r.csv"
+    annotations().to_csv(table, index=False)
+    out = tmp_path / "pics"
+    out.mkdir()
+    (out / "mine.txt").write_text("a colleague's notes")
+    from fercli.errors import FerError
+
+    with pytest.raises(FerError, match=r"pics is not empty: --overwrite replaces the pictures"):
+        plots.plot_table(table, out)
+    assert [p.name for p in out.iterdir()] == ["mine.txt"]
+    written = plots.plot_table(table, out, overwrite=True)
+    assert written and (out / "mine.txt").read_text() == "a colleague's notes"

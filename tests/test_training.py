@@ -469,3 +469,17 @@ def test_resnet50_run_is_a_model_for_annotate(tiny, tmp_path):
     annotate([clip], tmp_path / "t.parquet", model=str(r.best), device="cpu")
     table = read_table(tmp_path / "t.parquet")
     assert len(table) > 0 and table["valence"].notna().any()
+
+
+@pytest.mark.parametrize("where", ["same", "inside"])
+def test_a_run_folder_inside_the_data_is_refused(tmp_path, where):
+    # `--out D` with `--data D` wrote the run into the data set, which then no longer read.
+    from fercli.errors import FerError
+    from fercli.training import TrainOptions, train
+
+    data = tmp_path / "afew"
+    data.mkdir()
+    out = {"same": data, "inside": data / "runs" / "x"}[where]
+    with pytest.raises(FerError, match="is inside --data .*: put the run folder outside the data set"):
+        train(TrainOptions(data, out, init="random"))
+    assert not any(data.iterdir())

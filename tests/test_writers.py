@@ -216,3 +216,14 @@ def test_errors_sidecar_written_and_cleared(tmp_path):
     assert path == errors_path(out) == tmp_path / "results.errors.csv"
     assert pd.read_csv(path).to_dict("records") == [{"video": "bad.mp4", "error": "bad.mp4: not a video"}]
     assert write_errors(out, []) is None and not path.exists()
+
+
+def test_an_out_that_cannot_be_a_table_is_refused_before_any_work(tmp_path):
+    from fercli.errors import FerError
+    from fercli.writers import check_output
+
+    (tmp_path / "results.parquet").mkdir()  # a folder where the table should go
+    with pytest.raises(FerError, match=r"results.parquet is a folder: --out names the table"):
+        check_output(tmp_path / "results.parquet", overwrite=True)
+    with pytest.raises(FerError, match=r"the folder .*nowhere does not exist"):
+        check_output(tmp_path / "nowhere" / "t.parquet")
