@@ -181,6 +181,7 @@ def annotate(
         overwrite=overwrite, frames_fps=frames_fps, workers=workers, precision=precision, reuse_boxes=reuse_boxes, ray=ray,
         engine=engine,
     )  # fmt: skip
+    existed = out.exists()
     try:
         check_output(out, resume=resume, overwrite=overwrite)  # before weights are downloaded or loaded
         if ray:
@@ -195,7 +196,11 @@ def annotate(
     except FerError as e:
         raise _fail(console, str(e)) from None
     except KeyboardInterrupt:
-        console.print(f"interrupted: finished videos are in {out}; run again with --resume to complete it")
+        if overwrite and existed:
+            console.print(f"interrupted: {out} is left as it was; this run's finished videos wait beside it "
+                          "(--resume adds them, --overwrite starts again)")
+        else:
+            console.print(f"interrupted: finished videos are in {out}; run again with --resume to complete it")
         raise typer.Exit(EXIT_INTERRUPTED) from None
     _summary(console, result)
     if result.failed:

@@ -87,15 +87,22 @@ def annotate(
         else:
             todo.append(clip)
     labeler = Labeler(model, options, device, clock, emit, on_clip=lambda vr, rows: _store(vr, rows, writer, clock, result))
+    ended = False
     try:
         run = SCHEDULES[_schedule(options, device, len(todo))]
         run(todo, labeler, options, device, clock, requested=str(requested or device.type))
+        ended = True
     finally:  # also on Ctrl-C: keep what finished, in a whole file
-        if result.videos or not out.exists():
-            with clock.stage("write"):
-                result.rows = writer.finish([c.name for c in inputs.clips])
-        errors = [(v.video, v.error) for v in result.videos if v.error]
-        result.errors_file = write_errors(out, errors)
+        if not ended and options.overwrite and out.exists():
+            # An interrupted --overwrite leaves the table it was to replace as it was: only a
+            # finished run swaps in its table. Its finished videos wait in the parts (--resume).
+            log.warning("%s: interrupted, left as it was; this run's finished videos are in %s", out, writer.parts)
+        else:
+            if result.videos or not out.exists():
+                with clock.stage("write"):
+                    result.rows = writer.finish([c.name for c in inputs.clips])
+            errors = [(v.video, v.error) for v in result.videos if v.error]
+            result.errors_file = write_errors(out, errors)
     return result
 
 

@@ -325,3 +325,27 @@ def test_annotate_takes_a_name_or_path_and_defaults_to_the_networks_device(tmp_p
     fercli.annotate([clips_dir / "odd.avi"], by_net, model=lstm)
     assert read_metadata(by_path)["model"] == str(lstm_checkpoint) == read_metadata(by_net)["model"]
     pd.testing.assert_frame_equal(read_table(by_path), read_table(by_net))
+
+
+def test_an_interrupted_overwrite_leaves_the_old_table_whole(tmp_path, clips_dir, lstm):
+    # Ctrl-C during --overwrite replaced a complete table with the one video that had finished.
+    out = tmp_path / "r.parquet"
+    clips = [clips_dir / "moving.mp4", clips_dir / "odd.avi", clips_dir / "two.mkv"]
+    fercli.annotate(clips, out, options=AnnotateOptions(workers=0), model=lstm)
+    before, clean = out.read_bytes(), read_table(out)
+    started = []
+
+    def interrupt(event):
+        if event.kind == "start":
+            started.append(event.video)
+            if len(started) == 2:  # one clip finished, the second begun
+                raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        fercli.annotate(clips, out, options=AnnotateOptions(workers=0, overwrite=True), model=lstm, progress=interrupt)
+    assert out.read_bytes() == before
+    parts = out.with_name(out.name + ".parts")
+    assert len(list(parts.glob("*.parquet"))) == 1  # the finished video, kept for --resume
+    result = fercli.annotate(clips, out, options=AnnotateOptions(workers=0, resume=True), model=lstm)
+    assert not result.failed and not parts.exists()
+    pd.testing.assert_frame_equal(read_table(out), clean)  # same model and settings: the same rows
