@@ -317,7 +317,6 @@ def weights_download(
     from . import weights
 
     console = _command_console(verbose)
-    _setup_logging(console, False)
     try:
         for name in names or list(weights.registry()):
             with _download_bar(console) as on_bytes:
@@ -542,7 +541,6 @@ def _benchmark_data(console, data, model, split, out, frames_fps, device, batch_
     from .errors import FerError
     from .evaluate import evaluate
 
-    _setup_logging(console, False)
     try:
         with Progress(console=console, transient=True) as bar:
             tasks = {}
@@ -646,7 +644,6 @@ def benchmark_speed(
     from .errors import FerError
 
     console = _command_console(verbose)
-    _setup_logging(console, False)
     try:
         report = speed(
             paths, model=model, device=device, batch_size=batch_size, workers=workers, precision=precision,

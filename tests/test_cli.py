@@ -265,3 +265,17 @@ def test_every_command_takes_verbose(command):
     # Errors say "run with -v"; every command must then accept it.
     result = runner.invoke(app, [*command, "-v", "--help"])
     assert result.exit_code == 0, result.output
+
+
+@pytest.mark.parametrize(
+    "args",
+    [["weights", "download", "nosuch"], ["benchmark", "speed", "missing.mp4"], ["benchmark", "accuracy", "--data", "missing", "--model", "x"]],
+)
+def test_verbose_really_turns_on_debug_logging(args, tmp_path, monkeypatch):
+    import logging
+
+    monkeypatch.chdir(tmp_path)
+    logger = logging.getLogger("fercli")
+    monkeypatch.setattr(logger, "level", logger.level)  # put back after the test
+    runner.invoke(app, [*args, "-v"])
+    assert logger.level == logging.DEBUG
