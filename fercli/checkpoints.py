@@ -124,10 +124,9 @@ def resolve(name_or_path: str | os.PathLike, progress=None) -> dict:
     # A registry name is always the registry's verified file, never a file that happens to bear
     # the name in the working directory: a path is a path (`./hsemotion`, or a Path object).
     if isinstance(name_or_path, str) and name_or_path in weights.registry():
-        return {**_from_registry(name_or_path, progress), "source": name_or_path}
-    path = Path(name_or_path)
-    if path.is_file():
-        ckpt = read_file(path)
+        ckpt = _from_registry(name_or_path, progress)
+    elif Path(name_or_path).is_file():
+        ckpt = read_file(Path(name_or_path))
     else:
         known = ", ".join(sorted(weights.registry()))
         raise WeightsError(f"{name_or_path}: no such file or registered model (registered: {known})")

@@ -38,7 +38,7 @@ import numpy as np
 import pandas as pd
 
 from .errors import DataError, FerError
-from .files import atomic_write
+from .files import atomic_write, check_out_dir
 from .labels import LABEL_MAX, LABEL_MIN
 
 REPORT_NAME = "index.html"
@@ -79,20 +79,13 @@ def write_report(
     root = table_path.parent if videos is None else Path(videos)
     if not root.is_dir():
         raise FerError(f"{root}: --videos must be a folder (the one the table's video paths are relative to)")
-    check_report_dir(out_dir, overwrite=overwrite)
+    check_out_dir(out_dir, overwrite=overwrite, what="report")
     meta = _metadata(table_path)
     page = render(df, errors, out_dir=out_dir, videos_root=root, title=title or table_path.name, metadata=meta)
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / REPORT_NAME
     atomic_write(path, lambda tmp: Path(tmp).write_text(page, encoding="utf-8"))
     return path
-
-
-def check_report_dir(out_dir: Path, *, overwrite: bool) -> None:
-    """FerError unless `out_dir` may hold the report: new, empty, or non-empty with overwrite."""
-    from .files import check_out_dir
-
-    check_out_dir(out_dir, overwrite=overwrite, what="report")
 
 
 def read_annotations(table_path: Path) -> pd.DataFrame:
