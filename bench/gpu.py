@@ -1,6 +1,9 @@
 """The GPU measurements in one prepared run (bench/gpu.sh calls this); its CPU form runs in CI.
 
-    python bench/gpu.py DIR [--cpu]
+    python bench/gpu.py DIR [--cpu] [--steps a,b,...] [--clips N] [--tests-k EXPR]
+
+--steps runs those steps alone, in that order (a second run on a machine lent for minutes);
+--clips N uses N 720p clips and no 1080p ones; --tests-k selects requires_cuda tests (pytest -k).
 
 Makes its own media and model, then runs, each step in a process of its own with a time limit,
 a failed step recorded and the next one run:
@@ -9,6 +12,8 @@ a failed step recorded and the next one run:
 - tests: the `requires_cuda` tests;
 - speed_fp32, speed_bf16, speed_threads, speed_ray: `fer benchmark speed` on the clips (fp32 and
   bf16 with fer's default worker processes, bf16 with --workers 0, bf16 on `--ray local`);
+- nvdec: decoding alone, fer's PyAV reader in worker processes against NVIDIA's PyNvVideoCodec
+  (bench/nvdec.py; PyAV only where PyNvVideoCodec is not installed);
 - detector: the face detector alone on this machine's cores (bench/detector.py);
 - detector_torch: the torch port of the same network (bench/blazeface_torch.py) on the device,
   batched: parity with LiteRT and time per frame (skipped without the `tflite` package);
@@ -39,6 +44,10 @@ GPU_MEDIA = {"720p": ((1280, 720), 60.0, 16), "1080p": ((1920, 1080), 60.0, 2)} 
 CPU_MEDIA = {"240p": ((320, 240), 4.0, 2)}
 FPS = 25  # frames/s of every clip
 STEP_TIMEOUT_S = {"gpu": 240, "cpu": 300}  # one step's limit
+# The whole run's limit: the GPU machine is lent for minutes, so a slow step shortens the
+# ones after it rather than losing the run (steps run in order of importance).
+DEADLINE_S = {"gpu": 330, "cpu": 1200}
+TEST_TIMEOUT_S = 75  # one requires_cuda test's limit, where pytest-timeout is installed
 UTILISATION_PERIOD_MS = 200
 
 
@@ -155,15 +164,19 @@ def train_figures(run: Path):
     return read
 
 
-def main(out: Path, cpu: bool) -> dict:
+def main(out: Path, cpu: bool, only: list[str] | None = None, n_clips: int | None = None, tests_k: str | None = None) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     work = out / "work"
     work.mkdir(exist_ok=True)
     mode = "cpu" if cpu else "gpu"
     device = "cpu" if cpu else "cuda"
-    timeout = STEP_TIMEOUT_S[mode]
     t0 = time.perf_counter()
-    clips = make_media(work, CPU_MEDIA if cpu else GPU_MEDIA)
+    deadline = t0 + DEADLINE_S[mode]
+    media = CPU_MEDIA if cpu else GPU_MEDIA
+    if n_clips:
+        name, (size, seconds, _) = next(iter(media.items()))
+        media = {name: (size, seconds, n_clips)}
+    clips = make_media(work, media)
     model = make_model(work / "hse.pt")
     data = make_afew(work / "afew", mode)
     prepared_s = time.perf_counter() - t0
@@ -171,10 +184,16 @@ def main(out: Path, cpu: bool) -> dict:
     every = [p for group in clips.values() for p in group]
     steps: dict[str, dict] = {}
 
-    steps["env"] = run_step("env", [sys.executable, "-c", _ENV], out, timeout, lambda: json.loads((out / "env.log").read_text().splitlines()[-1]))
-    steps["doctor"] = run_step("doctor", [*fer, "doctor"], out, timeout)
-    cuda_tests = sorted(str(p) for p in (ROOT / "tests").glob("test_*.py") if "requires_cuda" in p.read_text())
-    steps["tests"] = run_step("tests", [sys.executable, "-m", "pytest", "-q", "-m", "requires_cuda", "-p", "no:cacheprovider", *cuda_tests], out, timeout)
+    def timeout() -> float:
+        return max(1.0, min(STEP_TIMEOUT_S[mode], deadline - time.perf_counter()))
+
+    def save() -> dict:
+        # After every step, so a run cut short still leaves its figures.
+        report = {"mode": mode, "prepared_s": round(prepared_s, 2), "total_s": round(time.perf_counter() - t0, 2),
+                  "media": {name: {"clips": len(paths), "size": media[name][0]} for name, paths in clips.items()},
+                  "steps": steps}
+        (out / "gpu.json").write_text(json.dumps(report, indent=1, default=str) + "\n")
+        return report
 
     speed = [*fer, "benchmark", "speed", *map(str, every), "--model", str(model), "--device", device,
              "--no-startup", "--naive-seconds", "2"]
@@ -183,33 +202,70 @@ def main(out: Path, cpu: bool) -> dict:
         "speed_bf16": ["--precision", "bf16"],
         "speed_threads": ["--precision", "bf16", "--workers", "0", "--no-naive"],
         "speed_ray": ["--precision", "bf16", "--ray", "local", "--no-naive"],
+        # every core but the model's a worker (fer's default stops at schedules.MAX_WORKERS)
+        "speed_all_cores": ["--precision", "bf16", "--workers", str(max(1, (os.cpu_count() or 2) - 1)), "--no-naive"],
     }
-    for name, extra in variants.items():
+
+    def speed_step(name: str) -> dict:
         report = out / f"{name}.json"
-        if "--ray" in extra and importlib.util.find_spec("ray") is None:
-            steps[name] = {"exit": "skipped", "reason": "ray is not installed (its wheel is larger than what can travel)"}
-            continue
-        steps[name] = run_step(name, [*speed, *extra, "--json", str(report)], out, timeout, speed_figures(report))
+        if "--ray" in variants[name] and importlib.util.find_spec("ray") is None:
+            return {"exit": "skipped", "reason": "ray is not installed (its wheel is larger than what can travel)"}
+        return run_step(name, [*speed, *variants[name], "--json", str(report)], out, timeout(), speed_figures(report))
 
-    steps["detector"] = run_step("detector", [sys.executable, "bench/detector.py", "fer"], out, timeout,
-                                 lambda: [line for line in (out / "detector.log").read_text().splitlines() if line.startswith("fer ")])
-    if importlib.util.find_spec("tflite") is None:
-        steps["detector_torch"] = {"exit": "skipped", "reason": "the tflite package (the port's graph reader) is not installed"}
-    else:
+    def tests_step() -> dict:
+        cuda_tests = sorted(str(p) for p in (ROOT / "tests").glob("test_*.py") if "requires_cuda" in p.read_text())
+        extra = ["-k", tests_k] if tests_k else []
+        if importlib.util.find_spec("pytest_timeout"):  # a hung test dumps every thread's stack
+            extra += ["--timeout", str(TEST_TIMEOUT_S)]
+        command = [sys.executable, "-m", "pytest", "-v", "--durations=0", "-m", "requires_cuda", "-p", "no:cacheprovider", *extra, *cuda_tests]
+        return run_step("tests", command, out, timeout())
+
+    def train_step() -> dict:
+        run = work / "train"
+        shutil.rmtree(run, ignore_errors=True)
+        train = [*fer, "train", "--data", str(data), "--out", str(run), "--init", "random", "--finetune", "--epochs", "2",
+                 "--device", device, "--frames-fps", "5", "--batch-size", "8"]
+        return run_step("train", train, out, timeout(), train_figures(run))
+
+    def nvdec_step() -> dict:
+        report = out / "nvdec.json"
+        clips_720 = [str(p) for p in clips[next(iter(clips))]]
+        streams = "1,2,4,8" if importlib.util.find_spec("PyNvVideoCodec") and not cpu else ""
+        command = [sys.executable, "bench/nvdec.py", str(report), *clips_720, "--workers", str(os.cpu_count() if not cpu else 2), "--streams", streams]
+        return run_step("nvdec", command, out, timeout(), lambda: json.loads(report.read_text()))
+
+    def detector_torch_step() -> dict:
+        if importlib.util.find_spec("tflite") is None:
+            return {"exit": "skipped", "reason": "the tflite package (the port's graph reader) is not installed"}
         batches = "1,8" if cpu else "1,64,256,1024"
-        steps["detector_torch"] = run_step("detector_torch", [sys.executable, "bench/blazeface_torch.py", "--device", device, "--batches", batches],
-                                           out, timeout, lambda: [line for line in (out / "detector_torch.log").read_text().splitlines() if "torch port" in line or "IoU" in line])
-    run = work / "train"
-    shutil.rmtree(run, ignore_errors=True)
-    train = [*fer, "train", "--data", str(data), "--out", str(run), "--init", "random", "--finetune", "--epochs", "2",
-             "--device", device, "--frames-fps", "5", "--batch-size", "8"]
-    steps["train"] = run_step("train", train, out, timeout, train_figures(run))
+        return run_step("detector_torch", [sys.executable, "bench/blazeface_torch.py", "--device", device, "--batches", batches],
+                        out, timeout(), lambda: [line for line in (out / "detector_torch.log").read_text().splitlines() if "torch port" in line or "IoU" in line])
 
-    report = {"mode": mode, "prepared_s": round(prepared_s, 2), "total_s": round(time.perf_counter() - t0, 2),
-              "media": {name: {"clips": len(paths), "size": (CPU_MEDIA if cpu else GPU_MEDIA)[name][0]} for name, paths in clips.items()},
-              "steps": steps}
-    (out / "gpu.json").write_text(json.dumps(report, indent=1, default=str) + "\n")
-    return report
+    plan = {  # in order of importance, as the deadline may cut the last ones short
+        "env": lambda: run_step("env", [sys.executable, "-c", _ENV], out, timeout(), lambda: json.loads((out / "env.log").read_text().splitlines()[-1])),
+        "doctor": lambda: run_step("doctor", [*fer, "doctor"], out, timeout()),
+        "tests": tests_step,
+        "speed_all_cores": lambda: speed_step("speed_all_cores"),
+        "train": train_step,
+        "speed_bf16": lambda: speed_step("speed_bf16"),
+        "nvdec": nvdec_step,
+        "speed_fp32": lambda: speed_step("speed_fp32"),
+        "speed_threads": lambda: speed_step("speed_threads"),
+        "detector_torch": detector_torch_step,
+        "detector": lambda: run_step("detector", [sys.executable, "bench/detector.py", "fer"], out, timeout(),
+                                     lambda: [line for line in (out / "detector.log").read_text().splitlines() if line.startswith("fer ")]),
+        "speed_ray": lambda: speed_step("speed_ray"),
+    }
+    if only is None:
+        only = list(plan)
+    for name in only:
+        step = plan[name]
+        if time.perf_counter() > deadline:
+            steps[name] = {"exit": "skipped", "reason": "the run's deadline had passed"}
+        else:
+            steps[name] = step()
+        save()
+    return save()
 
 
 _ENV = r"""
@@ -224,10 +280,16 @@ print(json.dumps(info))
 
 
 if __name__ == "__main__":
-    args = [a for a in sys.argv[1:] if not a.startswith("--")]
-    if len(args) != 1:
-        raise SystemExit(__doc__)
+    import argparse
+
+    parser = argparse.ArgumentParser(usage=__doc__)
+    parser.add_argument("out", type=Path)
+    parser.add_argument("--cpu", action="store_true")
+    parser.add_argument("--steps", type=lambda v: v.split(","))
+    parser.add_argument("--clips", type=int)
+    parser.add_argument("--tests-k")
+    a = parser.parse_args()
     os.environ.setdefault("PYTHONUNBUFFERED", "1")
-    result = main(Path(args[0]), "--cpu" in sys.argv[1:])
+    result = main(a.out, a.cpu, a.steps, a.clips, a.tests_k)
     failed = [name for name, step in result["steps"].items() if step["exit"] not in (0, "skipped")]
-    print(f"{args[0]}/gpu.json written; failed steps: {', '.join(failed) or 'none'}")
+    print(f"{a.out}/gpu.json written; failed steps: {', '.join(failed) or 'none'}")

@@ -10,6 +10,8 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 if [[ " $* " != *" --cpu "* ]] && compgen -G ".whl/*.whl" >/dev/null; then  # the GPU machine's wheels
     python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit
+    # Wheels slimmed to fit what travels (bench/slim_wheel.sh): unpacked as pip would lay them out.
+    for t in .whl/*.tar.gz; do [ -e "$t" ] && tar xzf "$t" -C /tmp/site; done
     export PYTHONPATH=/tmp/site
 fi
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1

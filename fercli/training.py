@@ -464,6 +464,10 @@ def _forward(model, x):
     return model.head(x)
 
 
+def _device_type(x) -> str:
+    return (x[0] if isinstance(x, tuple) else x).device.type
+
+
 def _loss(v_logits, a_logits, v_cls, a_cls, kind: str = "ce"):
     import torch.nn.functional as F
 
@@ -488,9 +492,27 @@ def soft_labels(cls, sigma: float = SOFT_LABEL_SIGMA):
 # --- epochs ------------------------------------------------------------------------------------
 
 
-def train_one_epoch(model, batches, optimizer, *, epoch: int = 1, scaler=None, frozen: bool = True,
+def amp_dtype(device):
+    """The autocast dtype (a torch.dtype) for fine-tuning on `device`: None (fp32) on a CPU.
+
+    bf16 where the GPU has it (Ampere on): it keeps fp32's range. fp16 overflowed on the H200
+    run: a randomly initialised EfficientNet-B0's features pass fp16's largest value (65,504),
+    turned to inf and made every prediction NaN (tests/test_training.py). GPUs without bf16 get
+    fp16 with loss scaling, as before.
+    """
+    import torch
+
+    if device.type != "cuda":
+        return None
+    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+
+
+def train_one_epoch(model, batches, optimizer, *, epoch: int = 1, amp=None, scaler=None, frozen: bool = True,
                     on_batch: Callable[[int, int], None] | None = None, loss_kind: str = "ce") -> dict:
-    """One pass over the training windows; returns loss, accuracy and CCC per dimension."""
+    """One pass over the training windows; returns loss, accuracy and CCC per dimension.
+
+    amp: the autocast dtype (None: off); scaler: a GradScaler (fp16 only).
+    """
     import torch
 
     model.train()
@@ -499,7 +521,7 @@ def train_one_epoch(model, batches, optimizer, *, epoch: int = 1, scaler=None, f
     acc = _Accumulator()
     total = len(batches)
     for i, (x, v_cls, a_cls, v_mean, a_mean) in enumerate(batches.epoch(epoch)):
-        with torch.autocast("cuda", dtype=torch.float16, enabled=scaler is not None):
+        with torch.autocast(_device_type(x), dtype=amp, enabled=amp is not None):
             v_logits, a_logits = _forward(model, x)
             loss = _loss(v_logits, a_logits, v_cls, a_cls, loss_kind)
         optimizer.zero_grad(set_to_none=True)
@@ -516,15 +538,16 @@ def train_one_epoch(model, batches, optimizer, *, epoch: int = 1, scaler=None, f
     return acc.metrics()
 
 
-def validate(model, batches, *, amp: bool = False, loss_kind: str = "ce") -> dict:
-    """Loss, accuracy and CCC per dimension on held-out windows, in eval mode."""
+def validate(model, batches, *, amp=None, loss_kind: str = "ce") -> dict:
+    """Loss, accuracy and CCC per dimension on held-out windows, in eval mode (amp: autocast dtype)."""
     import torch
 
     model.eval()
     acc = _Accumulator()
-    with torch.inference_mode(), torch.autocast("cuda", dtype=torch.float16, enabled=amp):
+    with torch.inference_mode():
         for x, v_cls, a_cls, v_mean, a_mean in batches.epoch(0):
-            v_logits, a_logits = _forward(model, x)
+            with torch.autocast(_device_type(x), dtype=amp, enabled=amp is not None):
+                v_logits, a_logits = _forward(model, x)
             acc.add(_loss(v_logits, a_logits, v_cls, a_cls, loss_kind), v_logits, a_logits, v_cls, a_cls, v_mean, a_mean)
     return acc.metrics()
 
@@ -590,8 +613,8 @@ class _Trainer:
         }
         params = [p for p in model.parameters() if p.requires_grad]
         self.optimizer = torch.optim.Adam(params, lr=opts.lr)
-        amp = opts.finetune and device.type == "cuda"
-        self.scaler = torch.amp.GradScaler("cuda") if amp else None
+        self.amp = amp_dtype(device) if opts.finetune else None
+        self.scaler = torch.amp.GradScaler("cuda") if self.amp == torch.float16 else None
         self.history: list[dict] = []
         self.best_score, self.best_epoch, self.bad_epochs, self.stopped = -math.inf, 0, 0, False
         self._plotted = time.perf_counter()
@@ -630,10 +653,10 @@ class _Trainer:
         start = time.perf_counter()
         self.emit(TrainEvent("epoch", 0, len(self.batches["train"]), epoch))
         train = train_one_epoch(
-            self.model, self.batches["train"], self.optimizer, epoch=epoch, scaler=self.scaler, frozen=frozen,
+            self.model, self.batches["train"], self.optimizer, epoch=epoch, amp=self.amp, scaler=self.scaler, frozen=frozen,
             on_batch=lambda i, n: self.emit(TrainEvent("batch", i, n, epoch)), loss_kind=self.opts.loss,
         )
-        val = validate(self.model, self.batches["val"], amp=self.scaler is not None, loss_kind=self.opts.loss)
+        val = validate(self.model, self.batches["val"], amp=self.amp, loss_kind=self.opts.loss)
         row = {"epoch": epoch, **{f"train_{k}": v for k, v in train.items()},
                **{f"val_{k}": v for k, v in val.items()}, "seconds": time.perf_counter() - start}
         self.history.append(row)
@@ -678,7 +701,7 @@ class _Trainer:
 
         best = read_checkpoint(self.out / "best.pt")
         self.model.load_state_dict(best["state_dict"])
-        test = validate(self.model, self.batches["test"], amp=self.scaler is not None, loss_kind=self.opts.loss)
+        test = validate(self.model, self.batches["test"], amp=self.amp, loss_kind=self.opts.loss)
         training = {**best["training"], "test": test}
         save_checkpoint(self.model, self.out / "best.pt", training=training)
         _write_json(self.out / "test.json", {"best_epoch": self.best_epoch, "split": self.meta["split"],

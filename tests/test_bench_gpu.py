@@ -29,7 +29,7 @@ def test_every_step_ran_and_says_so(report):
     assert result["mode"] == "cpu"
     failed = {name: (out / f"{name}.log").read_text()[-1500:] for name, step in result["steps"].items() if step["exit"] not in (0, "skipped")}
     assert not failed, failed
-    assert set(result["steps"]) == {"env", "doctor", "tests", "speed_fp32", "speed_bf16", "speed_threads", "speed_ray", "detector",
+    assert set(result["steps"]) == {"env", "doctor", "tests", "speed_fp32", "speed_bf16", "speed_threads", "speed_ray", "speed_all_cores", "nvdec", "detector",
                                     "detector_torch", "train"}
 
 
@@ -39,12 +39,24 @@ def test_speed_figures_count_the_frames_the_clips_hold(report):
     for clip in sorted((out / "work").glob("240p_*.mp4")):
         with av.open(str(clip)) as container:
             frames += sum(1 for _ in container.decode(video=0))  # PyAV decodes every frame itself
-    for name in ("speed_fp32", "speed_bf16", "speed_threads", "speed_ray"):
+    for name in ("speed_fp32", "speed_bf16", "speed_threads", "speed_ray", "speed_all_cores"):
         figures = result["steps"][name]["figures"]
         assert figures["decoded_frames"] == frames
         assert figures["decoded_fps"] == pytest.approx(frames / figures["end_to_end_s"])
         assert figures["setup"]["device"] == "cpu"
     assert result["steps"]["speed_bf16"]["figures"]["setup"]["precision"] == "bf16"
+
+
+def test_decoding_alone_counts_the_frames_the_clips_hold(report):
+    out, result = report
+    frames = 0
+    for clip in sorted((out / "work").glob("240p_*.mp4")):
+        with av.open(str(clip)) as container:
+            frames += sum(1 for _ in container.decode(video=0))
+    (pyav,) = result["steps"]["nvdec"]["figures"]["results"]  # no PyNvVideoCodec on the CPU form
+    assert pyav["kind"] == "pyav" and not pyav["errors"]
+    assert pyav["decoded_frames"] == frames
+    assert pyav["decoded_fps"] == pytest.approx(frames / pyav["seconds"], rel=1e-3)
 
 
 def test_training_ran_two_timed_epochs(report):

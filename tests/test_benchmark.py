@@ -188,3 +188,15 @@ def test_speed_with_openvino_times_it_and_keeps_the_naive_loop_on_torch(clips_di
     assert report.stages["backbone"].items > 0 and report.naive_frames > 0 and naive_engines == ["torch"]
     up = report.startup
     assert all(p > 0 for p in (up.import_s, up.model_load_s, up.first_batch_s, up.second_batch_s))
+
+
+def test_producer_only_rate_reads_the_first_clips_up_to_two_minutes():
+    from types import SimpleNamespace
+
+    from fercli.benchmark import PRODUCER_ONLY_VIDEO_S, _first_minutes
+
+    info = [SimpleNamespace(duration=d) for d in (50.0, 50.0, 50.0, 50.0)]
+    assert PRODUCER_ONLY_VIDEO_S == 120.0
+    assert _first_minutes(list("abcd"), info, PRODUCER_ONLY_VIDEO_S) == list("abc")  # 150 s >= 120 s
+    assert _first_minutes(list("ab"), [SimpleNamespace(duration=600.0)] * 2, 120.0) == ["a"]  # one long clip
+    assert _first_minutes(list("ab"), [SimpleNamespace(duration=3.0)] * 2, 120.0) == list("ab")  # all, if short

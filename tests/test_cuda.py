@@ -60,3 +60,14 @@ def test_a_model_trained_on_cuda_with_amp_annotates_on_the_cpu(tmp_path, clips_d
     train(TrainOptions(data, run, init="random", finetune=True, epochs=1, frames_fps=5, device="cuda", image_size=96, hidden=32))
     table = annotate_on("cpu", clips_dir, run / "best.pt", tmp_path / "cpu.parquet")
     assert len(table) and table.loc[table.face, "valence"].notna().all()
+
+
+@pytest.mark.requires_cuda
+def test_amp_on_a_bf16_gpu_is_bf16():
+    # fp16 overflowed on a random backbone (tests/test_training.py); Ampere and later have bf16.
+    import torch
+
+    from fercli.training import amp_dtype
+
+    expected = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    assert amp_dtype(torch.device("cuda")) == expected

@@ -6,6 +6,7 @@ feature cache, so the backbone sees each frame once for the whole module.
 
 import csv
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -203,6 +204,21 @@ def test_finetune_trains_the_backbone_end_to_end(tiny, tmp_path):
     init, _ = backbone_weights("random", model_config(opts))
     assert not torch.equal(trained["backbone.conv_stem.weight"], init["conv_stem.weight"])
     assert list((tmp_path / "c" / "crops").rglob("*.npz"))  # crops computed once, cached
+
+
+def test_finetuning_under_bf16_autocast_keeps_a_random_backbone_finite(tiny, tmp_path, monkeypatch):
+    # On the H200 run, fp16 autocast turned a random EfficientNet's features into inf and every
+    # prediction into NaN (training stopped in its first epoch). The same loop under CPU
+    # autocast: bf16, the GPU's choice now, keeps fp32's range.
+    from fercli import training
+
+    assert training.amp_dtype(torch.device("cpu")) is None  # CPU runs stay fp32
+    monkeypatch.setattr(training, "amp_dtype", lambda device: torch.bfloat16)
+    opts = TrainOptions(tiny, tmp_path / "bf16", finetune=True, cache_dir=tmp_path / "c",
+                        **{**FAST, "epochs": 1, "hidden": 16, "window": 3})
+    r = train(opts)
+    row = next(csv.DictReader((r.out / "summary.csv").open()))
+    assert all(math.isfinite(float(row[k])) for k in ("train_loss", "train_ccc_valence", "val_loss", "val_ccc_arousal"))
 
 
 def test_hsemotion_backbone_comes_from_its_weights_file(tmp_path, monkeypatch):

@@ -1,0 +1,25 @@
+"""One line per step of bench/gpu.sh's gpu.json: exit, seconds, GPU use and the headline figures.
+
+    python bench/gpu_summary.py DIR/gpu.json
+"""
+
+import json
+import sys
+
+HEADLINE = ("decoded_fps", "sampled_fps", "end_to_end_s", "backbone_only_fps", "producer_only_fps", "peak_cuda_mb", "epoch_s")
+
+
+def main(path: str) -> None:
+    report = json.load(open(path))
+    print(f"mode {report['mode']}, prepared {report['prepared_s']} s, total {report['total_s']} s")
+    for name, step in report["steps"].items():
+        figures = step.get("figures")
+        heads = {k: figures[k] for k in HEADLINE if isinstance(figures, dict) and k in figures}
+        gpu = f" gpu {step['gpu_util_mean']:.0f}% mean" if "gpu_util_mean" in step else ""
+        print(f"{name}: exit {step['exit']} {step.get('seconds', '')} s{gpu} {heads or ''} {step.get('reason', '')}")
+        if name in ("env", "nvdec", "detector", "detector_torch") and figures:
+            print("   ", json.dumps(figures)[:1500])
+
+
+if __name__ == "__main__":
+    main(sys.argv[1])
