@@ -19,6 +19,10 @@ from .inputs import IMAGE_EXTENSIONS
 from .labels import LABEL_MAX, LABEL_MIN
 
 N_LANDMARKS = 68
+# A clip's frames are numbered from 0; sizes follow the largest number (n_frames), so one bogus
+# key ("20000000") would allocate gigabytes. AFEW-VA clips hold a few hundred frames; this is 9 h
+# at 30 frames/s.
+MAX_FRAMES = 1_000_000
 
 
 @dataclass(frozen=True)
@@ -101,7 +105,9 @@ def read_clip(folder: str | Path, json_path: str | Path | None = None) -> AfewCl
         doc = json.loads(json_path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise DataError(f"{where}: label file missing") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+    except RecursionError:  # arrays or objects nested deeper than Python's stack
+        raise DataError(f"{where}: malformed JSON (nested too deeply)") from None
+    except (OSError, ValueError) as e:  # ValueError: undecodable bytes, bad JSON, a 5,000-digit number
         raise DataError(f"{where}: malformed JSON ({first_line(e)})") from None
     if not isinstance(doc, dict) or not isinstance(doc.get("frames"), dict) or not doc["frames"]:
         raise DataError(f"{where}: malformed JSON (no 'frames' object with per-frame labels)")
@@ -114,14 +120,26 @@ def read_clip(folder: str | Path, json_path: str | Path | None = None) -> AfewCl
         if index in labels:
             raise DataError(f"{where}: frame {key} appears twice")
         labels[index] = _frame_label(entry, f"{where}: frame {key}")
+    images = _images(folder)
+    last = max(images, default=-1)
+    if max(labels) > last:  # labels past the last frame label nothing, and size everything
+        has = f"its last frame is {images[last].name}" if images else "it has no frames"
+        raise DataError(f"{where}: frame {max(labels)} has labels but no image in {folder} ({has})")
     actor = doc.get("actor")
-    return AfewClip(cid, folder, str(actor) if actor not in (None, "") else None, labels, _images(folder), json_path)
+    return AfewClip(cid, folder, str(actor) if actor not in (None, "") else None, labels, images, json_path)
 
 
 def _frame_index(key: str, where: str) -> int:
-    if not (isinstance(key, str) and key.isdigit()):
+    if not (isinstance(key, str) and _is_number(key)):
         raise DataError(f"{where}: malformed JSON (frame key {key!r} is not a frame number)")
+    if len(key) > len(str(MAX_FRAMES)) or int(key) >= MAX_FRAMES:
+        raise DataError(f"{where}: frame {key[:20]}{'...' if len(key) > 20 else ''} is past the largest frame number fer reads ({MAX_FRAMES - 1})")
     return int(key)
+
+
+def _is_number(text: str) -> bool:
+    # ASCII digits only: str.isdigit() is also true of "²", which int() refuses
+    return text.isascii() and text.isdigit()
 
 
 def _frame_label(entry, where: str) -> FrameLabel:
@@ -153,6 +171,8 @@ def _landmarks(raw, where: str) -> np.ndarray | None:
 def _images(folder: Path) -> dict[int, Path]:
     found = {}
     for p in sorted(folder.iterdir()):
-        if p.suffix.lower() in IMAGE_EXTENSIONS and p.stem.isdigit():
+        if p.suffix.lower() in IMAGE_EXTENSIONS and _is_number(p.stem):
+            if len(p.stem) > len(str(MAX_FRAMES)) or int(p.stem) >= MAX_FRAMES:
+                raise DataError(f"{p}: frame number past the largest fer reads ({MAX_FRAMES - 1})")
             found.setdefault(int(p.stem), p)
     return found

@@ -69,12 +69,23 @@ def detect_layout(root: str | Path) -> str:
                     f"'{HEADER}') data set")
 
 
+def annotation_files(root: str | Path) -> list[Path]:
+    """The annotation files under an Aff-Wild2 root: every `.txt` in a folder where one has the header.
+
+    A file beside annotation files is one too, so a BOM-less header typo, a wrong header or a
+    non-UTF-8 byte is an error naming it (read_clip), not a video silently left out; text files
+    in other folders (a README) are not annotations.
+    """
+    txts = sorted(p for p in Path(root).rglob("*.txt") if "cropped_aligned" not in p.parts)
+    folders = {p.parent for p in txts if _has_header(p)}
+    return [p for p in txts if p.parent in folders]
+
+
 def read_dataset(root: str | Path) -> list[AffWildClip]:
     """Every annotated video under an Aff-Wild2 root, sorted by id; DataError names the first bad file."""
     root = Path(root)
-    txts = sorted(p for p in root.rglob("*.txt") if "cropped_aligned" not in p.parts)
     crops = {p.name: p for p in root.rglob("cropped_aligned/*") if p.is_dir()}
-    clips = [read_clip(p, crops.get(p.stem)) for p in txts if _has_header(p)]
+    clips = [read_clip(p, crops.get(p.stem)) for p in annotation_files(root)]
     if not clips:
         raise DataError(f"{root}: no Aff-Wild2 annotation files (<video>.txt with '{HEADER}')")
     return sorted(clips, key=lambda c: c.id)
@@ -85,7 +96,7 @@ def read_clip(txt_path: str | Path, crop_folder: Path | None = None) -> AffWildC
     txt_path = Path(txt_path)
     if not is_regular_file(txt_path):  # a FIFO would block the read forever
         raise DataError(f"{txt_path}: not a regular file")
-    lines = txt_path.read_text().splitlines()
+    lines = _text(txt_path).splitlines()
     if not lines or lines[0].strip().lower() != HEADER:
         raise DataError(f"{txt_path}: first line must be '{HEADER}'")
     values = np.array([_line(s, txt_path, i) for i, s in enumerate(lines[1:], start=2) if s.strip()])
@@ -99,13 +110,26 @@ def read_clip(txt_path: str | Path, crop_folder: Path | None = None) -> AffWildC
     return AffWildClip(txt_path.stem, txt_path, values[:, 0].copy(), values[:, 1].copy(), images, split)
 
 
+def _text(path: Path) -> str:
+    """The file as UTF-8 text (a leading BOM dropped); DataError names a byte that is not UTF-8."""
+    try:
+        data = path.read_bytes()
+    except OSError as e:
+        raise DataError(f"{path}: cannot read ({e.strerror or e})") from None
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        line = data[: e.start].count(b"\n") + 1
+        raise DataError(f"{path}: line {line}: byte 0x{data[e.start]:02x} is not UTF-8 text") from None
+
+
 def _has_header(path: Path) -> bool:
     if not is_regular_file(path):
         return False
     try:
-        with open(path) as f:
-            return f.readline().strip().lower() == HEADER
-    except (OSError, UnicodeDecodeError):
+        with open(path, encoding="utf-8-sig", errors="replace") as f:
+            return f.readline(len(HEADER) + 64).strip().lower() == HEADER
+    except OSError:
         return False
 
 
@@ -122,7 +146,12 @@ def _line(text: str, path: Path, n: int) -> tuple[float, float]:
 
 
 def _images(folder: Path) -> dict[int, Path]:
-    return {int(p.stem) - 1: p for p in folder.glob("*.jpg") if p.stem.isdigit()}
+    return {int(p.stem) - 1: p for p in folder.glob("*.jpg") if _is_number(p.stem)}
+
+
+def _is_number(text: str) -> bool:
+    # ASCII digits only: str.isdigit() is also true of "²", which int() refuses
+    return text.isascii() and text.isdigit()
 
 
 def training_clips(root: str | Path) -> list[AfewClip]:

@@ -48,6 +48,48 @@ def test_bad_labels_are_clear_errors_naming_the_clip(small, tmp_path, edit, mess
     assert "clip 001" in str(err.value)
 
 
+@pytest.mark.parametrize(
+    "key,message",
+    [
+        ("20000000", "frame 20000000 is past the largest frame number"),  # sized every array: 19 GiB
+        ("9" * 5000, "is past the largest frame number"),
+        ("²", "not a frame number"),  # str.isdigit() is true of it; int() is not
+        ("٣", "not a frame number"),  # an Arabic-Indic three: int() reads it, the folder never names it so
+        ("00040", r"frame 40 has labels but no image in .*last frame is 00011"),
+    ],
+)
+def test_frame_keys_must_name_frames_the_clip_has(small, tmp_path, key, message):
+    folder = copy_clip(small, tmp_path)
+    edit_json(folder, lambda d: d["frames"].__setitem__(key, d["frames"]["00001"]))
+    with pytest.raises(DataError, match=message) as err:
+        afew.read_dataset(tmp_path)
+    assert "clip 001" in str(err.value) and "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize(
+    "text,message",
+    [
+        ('{"frames": {"00000": {"valence": 1' + "0" * 5000 + ', "arousal": 0}}}', "malformed JSON .*digits"),
+        ('{"frames": ' + "[" * 200_000 + "]" * 200_000 + "}", "nested too deeply"),
+        (b'{"frames": {"00000": {"valence": 1, "arousal": 0, "note": "\xff"}}}', "malformed JSON .*utf-8"),
+    ],
+)
+def test_hostile_json_is_one_line_error_naming_the_clip(small, tmp_path, text, message):
+    folder = copy_clip(small, tmp_path)
+    path = folder / "001.json"
+    path.write_bytes(text if isinstance(text, bytes) else text.encode())
+    with pytest.raises(DataError, match=message) as err:
+        afew.read_dataset(tmp_path)
+    assert str(path) in str(err.value) and "\n" not in str(err.value)
+
+
+def test_an_image_numbered_past_the_largest_frame_is_named(small, tmp_path):
+    folder = copy_clip(small, tmp_path)
+    (folder / "00000.png").rename(folder / "20000000.png")
+    with pytest.raises(DataError, match=r"20000000.png: frame number past the largest"):
+        afew.read_dataset(tmp_path)
+
+
 def test_unparsable_json_names_the_clip(small, tmp_path):
     folder = copy_clip(small, tmp_path)
     (folder / "001.json").write_text('{"frames": {"00000": ')

@@ -258,3 +258,45 @@ def test_affwild_root_without_aligned_crops_is_a_one_line_error(tmp_path):
     with pytest.raises(DataError) as e:
         affwild.read_labelled(tmp_path)
     assert "aligned crops" in str(e.value) and "\n" not in str(e.value)
+
+
+def _annotations(root: Path) -> Path:
+    return root / "VA_Estimation_Challenge" / "Train_Set"
+
+
+def test_a_bom_before_the_header_is_read_as_utf8_text(tmp_path):
+    make_affwild(tmp_path, {"a": 10, "b": 10, "c": 10})
+    path = _annotations(tmp_path) / "a.txt"
+    path.write_bytes(b"\xef\xbb\xbf" + path.read_bytes())  # as Windows' Notepad saves UTF-8
+    assert [c.id for c in affwild.read_dataset(tmp_path)] == ["a", "b", "c"]
+
+
+@pytest.mark.parametrize(
+    "content,message",
+    [
+        (b"valence;arousal\n0.1;0.2\n", r"a\.txt: first line must be 'valence,arousal'"),
+        (b"valence,arousal\n0.1,0.2\n" + b"0.1,0.2\n" * 2000 + b"0.3,0.\xe9\n", r"a\.txt: line 2003: byte 0xe9 is not UTF-8"),
+        (b"vale\xffnce,arousal\n0.1,0.2\n", r"a\.txt: line 1: byte 0xff is not UTF-8"),
+    ],
+)
+def test_an_annotation_file_that_cannot_be_read_is_named_not_skipped(tmp_path, content, message):
+    # It sits beside the other annotation files: leaving its video out would train on 4 of 5.
+    make_affwild(tmp_path, {"a": 10, "b": 10, "c": 10})
+    (_annotations(tmp_path) / "a.txt").write_bytes(content)
+    with pytest.raises(DataError, match=message) as err:
+        affwild.read_dataset(tmp_path)
+    assert "\n" not in str(err.value)
+
+
+def test_text_files_outside_the_annotation_folders_are_not_annotations(tmp_path):
+    make_affwild(tmp_path, {"a": 10, "b": 10})
+    (tmp_path / "README.txt").write_text("Aff-Wild2, downloaded 2026\n")
+    (tmp_path / "cropped_aligned" / "notes.txt").write_bytes(b"\xff\xfe")
+    assert [c.id for c in affwild.read_dataset(tmp_path)] == ["a", "b"]
+
+
+def test_a_crop_named_with_a_non_ascii_digit_is_not_a_frame(tmp_path):
+    make_affwild(tmp_path, {"a": 10})
+    Image.new("RGB", (16, 16)).save(tmp_path / "cropped_aligned" / "a" / "².jpg")
+    (clip,) = affwild.read_dataset(tmp_path)
+    assert sorted(clip.images) == [i for i in range(10) if i % 5 != 4]
