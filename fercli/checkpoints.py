@@ -40,6 +40,11 @@ log = logging.getLogger("fercli")
 CHECKPOINT_FORMAT = "fer-checkpoint"
 BACKBONE_ONLY_FORMAT = "timm-state-dict"  # a registry format holding a backbone, no valence/arousal head
 CHECKPOINT_VERSION = 1
+# torch.save writes a zip archive, which may hold compressed entries that torch inflates in
+# memory: a 2 MB file of zeros reached 7.1 GB before it was refused. What the archive declares is
+# checked first. fer's largest file (a ResNet-50 run's last.pt, Adam's moments included) is
+# about 0.3 GB.
+MAX_UNPACKED_BYTES = 2 << 30
 
 # The HSEmotion backbone: timm's TF-ported EfficientNet-B0 with a 10-way head
 # (8 emotion logits, valence, arousal).
@@ -139,11 +144,10 @@ def read_file(path: str | os.PathLike) -> dict:
     try:
         ckpt = read_checkpoint(path)
         return {**ckpt, "weights_sha256": ckpt.get("weights_sha256") or weights.sha256(path)}
-    except WeightsError as not_ours:
-        try:
-            state = load_timm_pickle(path)
-        except WeightsError:
-            raise not_ours from None
+    except WeightsError:
+        # Not fer's own: HSEmotion's form is the other one read, and its reader says what is
+        # wrong (a refused class, the shape of the head) where fer's would only miss its header.
+        state = load_timm_pickle(path)
         return _hsemotion_checkpoint(state, weights.sha256(path), hsemotion_config())
 
 
@@ -152,6 +156,7 @@ def read_checkpoint(path: str | os.PathLike) -> dict:
     import torch
 
     path = Path(path)
+    _check_archive(path)
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError:
@@ -227,6 +232,7 @@ def load_timm_pickle(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     path = Path(path)
     if not path.is_file():
         raise WeightsError(f"{path}: weights file not found")
+    _check_archive(path)
     try:
         with torch.serialization.safe_globals(_safe_globals()):
             obj = torch.load(path, map_location="cpu", weights_only=True)
@@ -245,6 +251,22 @@ def load_timm_pickle(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     state = _as_state_dict(obj, path)
     _check_shapes(state, path)
     return state
+
+
+def _check_archive(path: Path) -> None:
+    """Refuse a zip archive (torch.save's format) that declares more than MAX_UNPACKED_BYTES.
+
+    torch's reader sizes each entry's buffer by its declared size, so the declared sizes bound
+    what loading can take.
+    """
+    try:
+        with zipfile.ZipFile(path) as archive:
+            declared = sum(info.file_size for info in archive.infolist())
+    except (zipfile.BadZipFile, OSError, ValueError):
+        return  # not a zip (a legacy torch file, or no model at all): torch.load says which
+    if declared > MAX_UNPACKED_BYTES:
+        raise WeightsError(f"{path}: unpacks to {declared / 2**30:.1f} GiB, more than any model fer reads "
+                           f"({MAX_UNPACKED_BYTES / 2**30:.0f} GiB); refused before reading it")
 
 
 @lru_cache(maxsize=1)
@@ -270,7 +292,7 @@ def _as_state_dict(obj, path: Path) -> dict[str, torch.Tensor]:
         _warn_if_not_tf_padding(obj, path)
         obj = obj.state_dict()
     if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
-        raise WeightsError(f"{path}: holds a {type(obj).__name__}, not a model or a state_dict")
+        raise WeightsError(f"{path}: holds a {type(obj).__name__}: not a fer checkpoint, a model or a state_dict")
     state = {str(k): v.detach().to("cpu").clone() for k, v in obj.items()}
     return _flatten_head(state)
 
@@ -302,14 +324,14 @@ def _check_shapes(state: dict[str, torch.Tensor], path: Path) -> None:
     missing = sorted(expected.keys() - got.keys())
     extra = sorted(got.keys() - expected.keys())
     wrong = sorted(k for k in expected.keys() & got.keys() if expected[k] != got[k])
-    if wrong:
+    if extra:  # another network altogether (a ResNet): its own names say so best
+        detail = f"{len(extra)} of its {len(got)} tensors are not {TIMM_ARCH}'s, e.g. {extra[0]}"
+    elif wrong:  # the same network with another head (8 expressions only) or width
         detail = f"{wrong[0]} has shape {got[wrong[0]]}, expected {expected[wrong[0]]}"
-    elif missing:
-        detail = f"{len(missing)} keys missing, e.g. {missing[0]}"
     else:
-        detail = f"{len(extra)} unexpected keys, e.g. {extra[0]}"
+        detail = f"{len(missing)} keys missing, e.g. {missing[0]}"
     raise WeightsError(
-        f"{path}: not a {TIMM_ARCH} with a {TIMM_NUM_OUTPUTS}-output head ({detail})"
+        f"{path}: not a fer checkpoint, nor HSEmotion's {TIMM_ARCH} with a {TIMM_NUM_OUTPUTS}-output head ({detail})"
     )
 
 

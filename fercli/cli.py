@@ -299,10 +299,11 @@ def weights_list(verbose: VerboseOption = False) -> None:
     for col in ("name", "format", "cached", "pinned by", "url"):
         table.add_column(col, overflow="fold")
     for name, entry in weights.registry().items():
-        cached = (weights.cache_dir() / entry.filename).exists()
+        state = weights.cache_state(entry)
+        cached = {"missing": "no", "verified": "yes", "unpinned": "yes (unverified)"}.get(state, "no: the file there fails its hash")
         pin = entry.sha256 or (f"{entry.sha256_prefix}... (prefix)" if entry.sha256_prefix else None)
         pin = pin or (f"git blob {entry.git_blob}" if entry.git_blob else "(unpublished)")
-        table.add_row(name, entry.format, "yes" if cached else "no", pin, entry.url)
+        table.add_row(name, entry.format, cached, pin, entry.url)
     _stdout().print(table)
     _stdout().print(f"cache: {weights.cache_dir()}")
 

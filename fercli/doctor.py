@@ -77,5 +77,7 @@ def _weights() -> str:
     from . import weights
 
     root = weights.cache_dir()
-    cached = [e.name for e in weights.registry().values() if (root / e.filename).exists()]
+    states = {e.name: weights.cache_state(e, root) for e in weights.registry().values()}
+    cached = [name if state != "wrong file" else f"{name} (wrong file: set aside and fetched again when used)"
+              for name, state in states.items() if state != "missing"]
     return f"{root}: " + (", ".join(cached) if cached else "nothing cached")

@@ -138,16 +138,42 @@ def fetch(
     entry = name if isinstance(name, WeightsEntry) else _lookup(name)
     root = Path(root) if root is not None else cache_dir()
     target = root / entry.filename
+    wrong = None
     if target.is_file():
         if not entry.pinned:
             return target  # nothing to check it against (it was recorded on download)
-        if _mismatch(entry, _Digests.of_file(target)) is None:
+        wrong = _mismatch(entry, _Digests.of_file(target))
+        if wrong is None:
             return target
-        log.warning("%s does not match its registry hash; downloading it again", target)
-    digests = _download(entry, target, progress)
+        aside = _set_aside(target)
+        wrong = f"{target} was not the registry's file: it has {wrong} (moved to {aside.name})"
+        log.warning("%s; downloading the registry's file", wrong)
+    try:
+        digests = _download(entry, target, progress)
+    except WeightsError as e:
+        raise WeightsError(f"{wrong}; {e}" if wrong else str(e)) from e
     if entry.sha256 is None:
         _record_hash(target, digests.sha256, verified=entry.pinned)
     return target
+
+
+def cache_state(entry: WeightsEntry, root: Path | None = None) -> str:
+    """"missing", "verified" (its pinned hash matches), "unpinned" (nothing to check) or "wrong file"."""
+    target = (Path(root) if root is not None else cache_dir()) / entry.filename
+    if not target.is_file():
+        return "missing"
+    if not entry.pinned:
+        return "unpinned"
+    return "verified" if _mismatch(entry, _Digests.of_file(target)) is None else "wrong file"
+
+
+def _set_aside(target: Path) -> Path:
+    """Move a cached file that fails its hash out of the cache's way, keeping it: it may be a
+    user's own copy, put where fer asked for the file. Named by its own SHA-256, so setting the
+    same file aside twice keeps one copy."""
+    aside = target.with_name(f"{target.name}.{sha256(target)[:12]}.rejected")
+    os.replace(target, aside)
+    return aside
 
 
 def _lookup(name: str) -> WeightsEntry:
@@ -194,7 +220,6 @@ def _download(
             digests = _Digests.of_file(tmp)
         wrong = _mismatch(entry, digests)
         if wrong is not None:
-            target.unlink(missing_ok=True)  # a stale cached copy is known bad too
             raise WeightsError(f"{entry.url}: downloaded file has {wrong}; deleted it")
         os.replace(tmp, target)
         return digests

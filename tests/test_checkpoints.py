@@ -233,6 +233,52 @@ def test_wrong_files_are_weights_errors(tmp_path, kind):
     assert str(path) in str(err.value) and "\n" not in str(err.value)
 
 
+@pytest.mark.parametrize(
+    "kind,message",
+    [
+        ("evil", r"refused to load: it needs .*system.*not on the safe allowlist"),
+        ("custom", r"refused to load: it needs .*_CustomNet"),
+        ("resnet", r"not a fer checkpoint, nor HSEmotion's tf_efficientnet_b0 with a 10-output head \(\d+ of its \d+ tensors are not tf_efficientnet_b0's, e.g. conv1.weight"),
+        ("head8", r"classifier.bias has shape \(8,\), expected \(10,\)"),
+    ],
+)
+def test_a_file_given_as_model_says_what_is_wrong_with_it(tmp_path, kind, message):
+    # Through the path `--model FILE` takes: fer's own refusal, not torch's paragraph (with its
+    # colour codes and its advice to turn weights_only off) or "no 'fer-checkpoint' header".
+    path = tmp_path / f"{kind}.pt"
+    if kind == "evil":
+        torch.save({"model": _Payload(tmp_path / "pwned")}, path)
+    elif kind == "custom":
+        torch.save(_CustomNet(), path)
+    elif kind == "resnet":
+        torch.save(timm.create_model("resnet18", num_classes=10).state_dict(), path)
+    else:
+        torch.save(timm.create_model("tf_efficientnet_b0", num_classes=8), path)
+    with pytest.raises(WeightsError, match=message) as err:
+        checkpoints.resolve(path)
+    text = str(err.value)
+    assert text.startswith(str(path)) and "\n" not in text and "\x1b" not in text and "weights_only=False" not in text
+    assert not (tmp_path / "pwned").exists()
+
+
+def test_an_archive_that_unpacks_past_the_bound_is_refused_before_loading(tmp_path, monkeypatch, lstm_checkpoint):
+    # A zip bomb in torch.save's format: one deflated entry of zeros. The bound is lowered so the
+    # test stays small; the check reads only the archive's directory.
+    monkeypatch.setattr(checkpoints, "MAX_UNPACKED_BYTES", 64 << 20)
+    bomb = tmp_path / "bomb.pt"
+    with zipfile.ZipFile(bomb, "w", compression=zipfile.ZIP_DEFLATED) as z:
+        z.writestr("bomb/data.pkl", b"\x80\x02}q\x00.")
+        z.writestr("bomb/data/0", bytes(200 << 20))
+    assert bomb.stat().st_size < 1 << 20
+    calls = []
+    monkeypatch.setattr(torch, "load", lambda *a, **k: calls.append(a) or {})
+    with pytest.raises(WeightsError, match=r"bomb.pt: unpacks to 0.2 GiB, more than any model fer reads"):
+        checkpoints.resolve(bomb)
+    assert not calls  # refused before torch read a byte of it
+    monkeypatch.undo()
+    assert checkpoints.resolve(lstm_checkpoint)["format"] == "fer-checkpoint"  # real checkpoints pass
+
+
 def test_load_model_by_name_downloads_verifies_and_feeds_hsemotion_preprocessing(server, cache, saved, monkeypatch):
     """`load_model("hsemotion")` end to end against a local server serving HSEmotion's file form."""
     from fercli import model as model_module

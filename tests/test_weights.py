@@ -127,12 +127,13 @@ def test_download_with_wrong_hash_leaves_nothing(server, cache):
     url, www, _ = server
     _serve(www, size=5000)
     cache.mkdir()
-    (cache / "w.bin").write_bytes(b"stale")  # a bad cached copy must go too
+    (cache / "w.bin").write_bytes(b"stale")  # a bad cached copy leaves the cache's slot too
     wrong = hashlib.sha256(b"something else").hexdigest()
     with pytest.raises(WeightsError, match=f"registry expects {wrong}") as err:
         weights.fetch(_entry(f"{url}/w.bin", wrong))
     assert url in str(err.value) and "\n" not in str(err.value)
-    assert list(cache.iterdir()) == []
+    stale = hashlib.sha256(b"stale").hexdigest()
+    assert [p.name for p in cache.iterdir()] == [f"w.bin.{stale[:12]}.rejected"]  # kept aside, not deleted
 
 
 def test_fetch_verifies_git_blob_and_records_sha256(server, cache, caplog):
@@ -160,14 +161,15 @@ def test_download_with_wrong_git_blob_is_refused_and_deleted(server, cache, pref
     (www / "other").write_bytes(b"some other file")
     wrong = _git_hash_object(www / "other")
     cache.mkdir()
-    (cache / "w.bin").write_bytes(b"stale")  # a bad cached copy must go too
+    (cache / "w.bin").write_bytes(b"stale")  # a bad cached copy leaves the cache's slot too
     source = f"{url}{prefix}/w.bin"
     with pytest.raises(WeightsError) as err:
         weights.fetch(_entry(source, None, git_blob=wrong))
     message = str(err.value)
     assert source in message and "\n" not in message
     assert f"git blob id {served}, registry expects {wrong}" in message
-    assert list(cache.iterdir()) == []  # no file, temp file or sidecar left
+    # no file, temp file or sidecar left; the stale copy kept aside under its own hash
+    assert [p.name for p in cache.iterdir()] == [f"w.bin.{hashlib.sha256(b'stale').hexdigest()[:12]}.rejected"]
 
 
 def test_git_blob_verified_without_content_length(server, cache):
@@ -205,6 +207,49 @@ def test_server_down_names_url_and_target(cache):
     assert "place it at" in message and "\n" not in message
     assert not (cache / "enet.pt").exists()
     assert [p for p in cache.iterdir()] == []
+
+
+def test_a_users_own_wrong_copy_offline_is_named_set_aside_and_not_reported_cached(cache, tmp_path):
+    # Offline, fer asks for the file at the cache path; a user puts their own copy there. It is
+    # not the registry's file: the message names both ids, and the copy is kept, out of the way.
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    published = tmp_path / "published.pt"
+    published.write_bytes(os.urandom(3000))
+    entry = _entry(f"http://127.0.0.1:{port}/enet.pt", None, filename="enet.pt", git_blob=_git_hash_object(published))
+    cache.mkdir()
+    theirs = cache / "enet.pt"
+    theirs.write_bytes(b"a checkpoint of the user's own")
+    their_blob = _git_hash_object(theirs)
+    assert weights.cache_state(entry) == "wrong file"
+    with pytest.raises(WeightsError) as err:
+        weights.fetch(entry)
+    message = str(err.value)
+    assert f"git blob id {their_blob}, registry expects {entry.git_blob}" in message
+    digest = hashlib.sha256(b"a checkpoint of the user's own").hexdigest()
+    aside = cache / f"enet.pt.{digest[:12]}.rejected"
+    assert aside.read_bytes() == b"a checkpoint of the user's own" and aside.name in message
+    assert "place it at" in message and "\n" not in message
+    assert not theirs.exists() and weights.cache_state(entry) == "missing"
+    published_copy = cache / "enet.pt"
+    published_copy.write_bytes(published.read_bytes())  # the right file, put there by hand, is used
+    assert weights.cache_state(entry) == "verified" and weights.fetch(entry) == published_copy
+
+
+def test_weights_list_and_doctor_do_not_call_a_wrong_file_cached(cache, monkeypatch):
+    from typer.testing import CliRunner
+
+    from fercli import doctor
+    from fercli.cli import app
+
+    entry = weights.registry()["hsemotion"]
+    cache.mkdir()
+    (cache / entry.filename).write_bytes(b"not the published file")
+    out = CliRunner().invoke(app, ["weights", "list"], env={"COLUMNS": "250"}).output
+    row = next(line for line in out.splitlines() if "hsemotion" in line)
+    assert "fails its hash" in row and "│ yes" not in row
+    assert "hsemotion (wrong file" in doctor._weights()
 
 
 def test_http_404_is_a_weights_error(server, cache):
