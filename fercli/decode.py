@@ -33,6 +33,14 @@ AUTO_THREADS = 0  # FFmpeg decoder threads: 0 lets FFmpeg choose (frame threads 
 # one, so a start on the millisecond grid never sits on the edge for t on that grid.
 TIME_TOLERANCE = 0.75e-3  # s
 MAX_TIMESTAMP = 1e6  # s; later than this (11 days) is garbage, not a clip
+# Samples follow the frames the stream really has, not what its timestamps declare: a 1.4 KB
+# Matroska file whose last frame starts at 999,000 s (or lasts that long) planned 4,995,001
+# samples, 11 hours of work. A frame on screen longer than this is refused (a one-line
+# VideoError naming the file); an hour is far past any pause a recorder leaves.
+MAX_HOLD_S = 3600.0  # s
+# The last frame's declared duration is kept unless it is both over a second and over this
+# many times the clip's usual frame: then it lasts a usual frame (its end is a declaration).
+LAST_FRAME_SLACK = 10
 MESSAGE_CHARS = 160  # longest decoder reason quoted in an error message
 
 log = logging.getLogger("fercli")
@@ -299,8 +307,18 @@ def _timestamps(stamps: np.ndarray, path: Path, frames: int, fps: float) -> tupl
     """
     if _plausible(stamps):
         starts = stamps[:, 0] - stamps[0, 0]
+        gaps = np.diff(starts)
+        if len(gaps) and gaps.max() > MAX_HOLD_S:
+            k = int(gaps.argmax()) + 1
+            raise VideoError(f"{path}: frame {k} starts {gaps[k - 1]:.0f} s after the frame before it "
+                             f"(timestamps, not video: fer samples no frame held over {MAX_HOLD_S:.0f} s)")
+        usual = float(np.median(gaps)) if len(gaps) else 1 / fps
+        last = float(stamps[-1, 1] - stamps[-1, 0])
+        if last > max(1.0, LAST_FRAME_SLACK * usual):
+            log.debug("%s: last frame declared %.3f s long, taken as %.3f s", path, last, usual)
+            last = usual
         # Rounded to the microsecond to drop float32 noise (2.4000000953674316).
-        return starts, round(float(stamps[-1, 1] - stamps[0, 0]), 6), True
+        return starts, round(float(starts[-1] + last), 6), True
     log.debug("%s: frame timestamps unusable, using frame index / %.3f fps", path, fps)
     return np.arange(frames) / fps, frames / fps, False
 

@@ -20,7 +20,7 @@ from PIL import Image
 from fercli import decode
 from fercli.decode import CHUNK_FRAMES, open_video
 from fercli.errors import VideoError
-from media import background, portrait, write_coded, write_frames, write_video
+from media import background, portrait, write_coded, write_frames, write_sliver_clip, write_video
 
 # Two FFmpeg builds may convert YUV to RGB with different code. Measured (decord vs PyAV, and
 # Debian's ffmpeg 5.1 vs PyAV) on these clips: identical at even sizes; at 321x241 mean 0.1-0.2
@@ -348,6 +348,29 @@ def test_short_mkv_without_usable_timestamps_plays_at_its_nominal_rate(tmp_path)
     assert [f.source for f in frames] == [k // 2 for k in range(10)]
     for frame in frames:
         assert_close(frame.image, images[frame.source], f"short.mkv frame {frame.source}")
+
+
+def test_a_frame_declared_999000_s_after_the_last_is_refused_by_name(tmp_path):
+    # 10 frames, the last stamped at 999,000 s: fer planned 4,995,001 samples (11 hours) of a
+    # 2 KB file. PyAV, the second reader, shows what the file declares.
+    times = [k / 25 for k in range(9)] + [999_000.0]
+    path = write_coded(tmp_path / "bomb.mkv", moving_frames(10, 64, 48), 25, "libx264", "yuv420p", times=times)
+    assert path.stat().st_size < 20_000
+    stamps, _ = pyav_decode(path)
+    assert stamps[-1] == pytest.approx(999_000.0)
+    with pytest.raises(VideoError, match=r"bomb.mkv: frame 9 starts 999000 s after the frame before it") as err:
+        open_video(path)
+    assert "\n" not in str(err.value)
+
+
+def test_a_last_frame_declared_to_last_999000_s_lasts_a_usual_frame(tmp_path):
+    path = write_sliver_clip(tmp_path / "long_last.mkv", 1, fps=30, sliver=999_000.0, codec="libx264")
+    with av.open(str(path)) as container:  # what the file declares, read by PyAV
+        last = [p for p in container.demux(video=0) if p.size][-1]
+        assert float(last.duration * last.time_base) == pytest.approx(999_000 + 1 / 30, rel=1e-9)
+    with open_video(path) as video:
+        assert video.info.duration == pytest.approx(30 / 30, abs=1e-3)  # 30 frames of 1/30 s
+        assert len(list(video.sample(5))) == 5
 
 
 def test_samples_are_fresh_arrays(media_dir):
