@@ -95,7 +95,7 @@ def read_annotations(table_path: Path) -> pd.DataFrame:
     df = load_table(table_path)
     if "frame" in df and "second" not in df:
         raise DataError(f"{table_path}: a per-frame table (--per-frame); fer report reads per-second tables")
-    missing = [c for c in ("video", "second") if c not in df]
+    missing = [c for c in ("video", "second", "face") if c not in df]
     missing += [d for d in DIMENSIONS if d not in df and f"{d}_score" not in df]
     if missing:
         raise DataError(f"{table_path}: missing column(s) {', '.join(missing)}")

@@ -15,11 +15,13 @@ import shutil
 from pathlib import Path
 from typing import Iterable
 
+import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from .errors import DataError, FerError, first_line
+from .decode import MAX_TIMESTAMP
+from .errors import DataError, FerError, first_line, printable
 from .files import atomic_write
 from .labels import EXPRESSIONS
 
@@ -72,24 +74,70 @@ def read_table(path: str | Path) -> pd.DataFrame:
     if output_format(path) == "parquet":
         return pq.read_table(path).to_pandas(types_mapper=_nullable)
     df = pd.read_csv(path, dtype={"video": str, "expression": str})  # an all-null column is no float
+    check_table(df, path)
     for col in ("valence", "arousal", "face_id"):
         if col in df:
+            whole = df[col].dropna()
+            if not (whole == whole.round()).all():
+                row = int((df[col] != df[col].round()).to_numpy().argmax())
+                raise DataError(f"{path}: column {col} holds {df[col].iloc[row]!r} (row {row + 1}) where a whole number belongs")
             df[col] = df[col].astype("Int64")
     return df
 
 
-def load_table(path: str | Path) -> pd.DataFrame:
+def load_table(path: str | Path, require=None) -> pd.DataFrame:
     """`read_table` for tools that take a table from the user: DataError (one line, naming the
-    file) when it is missing or unreadable."""
+    file) when it is missing, unreadable, lacks a column in `require` (a tuple in it is a choice:
+    any one of its names), or a column of fer's holds values of another kind."""
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: no such file")
     try:
-        return read_table(path)
+        df = read_table(path)
     except FerError:
         raise
     except Exception as e:  # pyarrow/pandas raise many kinds for unreadable files
         raise DataError(f"{path}: cannot read table ({first_line(e)})") from e
+    check_table(df, path, require or ())
+    return df
+
+
+# The time keys' largest values: decode.MAX_TIMESTAMP seconds, and frames of it at 1,000 frames/s.
+TIME_BOUNDS = {"second": MAX_TIMESTAMP, "start": MAX_TIMESTAMP, "end": MAX_TIMESTAMP, "time": MAX_TIMESTAMP,
+               "frame": MAX_TIMESTAMP * 1000}
+
+
+def check_table(df: pd.DataFrame, path: Path, require=()) -> None:
+    """DataError (one line, naming the file) unless `df` has the `require`d columns, each of its kind.
+
+    A table edited by hand, or made by another tool, reaches plot, export, report and render
+    through here, which would otherwise fail deep inside with a KeyError or a TypeError.
+    """
+    choices = [(c,) if isinstance(c, str) else tuple(c) for c in require]
+    missing = [c[0] if len(c) == 1 else " or ".join(c) for c in choices if not any(n in df for n in c)]
+    if missing:
+        raise DataError(f"{path}: missing column(s) {', '.join(missing)}")
+    kinds = {f.name: f.type for f in schema(per_frame=True, all_faces=True, expressions=True)}
+    kinds |= {f.name: f.type for f in schema()}
+    for col in df.columns:
+        kind = kinds.get(col)
+        if kind is None or pa.types.is_string(kind) or col == "face":
+            continue
+        if not pd.api.types.is_numeric_dtype(df[col]) or pd.api.types.is_bool_dtype(df[col]):
+            bad = pd.to_numeric(df[col], errors="coerce").isna() & df[col].notna()
+            row = int(bad.to_numpy().argmax()) if bad.any() else 0
+            raise DataError(f"{path}: column {col} holds {printable(str(df[col].iloc[row]))!r} (row {row + 1}) where a number belongs")
+    for col, top in TIME_BOUNDS.items():  # keys that size what the tools build (a NOVA track per second)
+        if col in df and len(df):
+            values = df[col].to_numpy(dtype=float, na_value=np.nan)
+            bad = ~((values >= 0) & (values <= top)) & ~np.isnan(values)
+            if bad.any():
+                row = int(bad.argmax())
+                raise DataError(f"{path}: column {col} holds {values[row]!r} (row {row + 1}); fer's run from 0 to {top:g}")
+    if "face" in df and df["face"].notna().any() and not pd.api.types.is_bool_dtype(df["face"]):
+        values = set(df["face"].dropna().unique())
+        if not values <= {True, False, 0, 1}:
+            raise DataError(f"{path}: column face holds {sorted(map(str, values - {True, False, 0, 1}))[0]!r} where true or false belongs")
 
 
 def read_metadata(path: str | Path) -> dict | None:
