@@ -58,6 +58,7 @@ class VideoInfo:
     width: int  # px
     height: int  # px
     decoder: str  # "cpu" or "images"
+    by_index: bool = False  # True: the file's timestamps are unusable, frame i starts at i / fps
 
 
 @dataclass(frozen=True)
@@ -90,6 +91,11 @@ class VideoSource:
     def __init__(self, reader: _ImageReader | _PyAVReader):
         self._reader = reader
         self.info: VideoInfo = reader.info
+
+    @property
+    def starts(self) -> np.ndarray:
+        """Each frame's start (s from the first frame), in display order: decode's rule for a file's time."""
+        return self._reader.starts
 
     def sample(self, fps: float) -> Iterator[Frame]:
         """Yield the frame on screen at t = k / fps for k = 0, 1, ... while t < duration.
@@ -196,7 +202,7 @@ class _PyAVReader:
         self._ahead = None  # a frame decoded past the one asked for, kept for the next ask
         height, width = self._first_shape()
         last_start = round(float(self.starts[-1]), 6)
-        self.info = VideoInfo(path, fps, frames, duration, last_start, width, height, "cpu")
+        self.info = VideoInfo(path, fps, frames, duration, last_start, width, height, "cpu", by_index=not valid)
 
     def _index(self) -> tuple[float, np.ndarray, np.ndarray]:
         """The frame rate; each packet's pts (stream ticks) and (start, end) in seconds, in pts order.

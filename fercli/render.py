@@ -178,6 +178,12 @@ def _frames(video: Path, frames_fps: float):
         return
     import av
 
+    from .decode import open_video
+
+    # decode's rule for a file's time: its timestamps where usable, else frame i at i / fps
+    # (an AVI of MPEG-4 part 2 with B-frames: its pts go backwards, and the muxer refused them).
+    with open_video(video) as source:
+        by_index, fps, starts = source.info.by_index, source.info.fps, source.starts
     try:
         container = av.open(str(video))
     except av.FFmpegError as e:
@@ -187,17 +193,23 @@ def _frames(video: Path, frames_fps: float):
             raise FerError(f"{video}: no video stream")
         stream = container.streams.video[0]
         stream.thread_type = "AUTO"
-        rate = stream.average_rate or stream.guessed_rate or Fraction(25)
+        rate = Fraction(fps).limit_denominator(1001) if by_index else stream.average_rate or stream.guessed_rate or Fraction(25)
         first = None
         try:
-            for frame in container.decode(stream):
-                if frame.pts is None:
-                    continue
-                first = frame.pts if first is None else first
+            for n, frame in enumerate(container.decode(stream)):
+                if by_index:
+                    pts, duration, time_base = n, 1, 1 / rate
+                elif n < len(starts):
+                    # Frame n starts at starts[n]: the packets' pts in display order (the frame's
+                    # own pts is the decode order's in an AVI with B-frames, and went backwards).
+                    first = (frame.pts or 0) if first is None else first
+                    pts, duration, time_base = first + round(starts[n] / stream.time_base), frame.duration or None, stream.time_base
+                else:
+                    break  # frames the index does not list (decode's reader stops there too)
+                first = pts if first is None else first
                 # Stored pixels turned as the display matrix says: annotation's boxes are upright.
                 image = np.rot90(frame.to_ndarray(format="rgb24"), (frame.rotation or 0) // 90)
-                t = float((frame.pts - first) * stream.time_base)
-                yield image, frame.pts, frame.duration or None, stream.time_base, t, rate
+                yield image, pts, duration, time_base, float((pts - first) * time_base), rate
         except av.FFmpegError as e:
             raise FerError(f"{video}: decoding failed ({e})") from None
     if first is None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import av
 import numpy as np
 import pandas as pd
@@ -157,3 +159,28 @@ def test_a_rotated_phone_clip_comes_out_upright(tmp_path):
     assert frames[0].shape == (160, 120, 3)
     top = slice(0, 100)  # above the bars
     assert np.abs(frames[5][top].astype(int) - upright[5][top]).mean() < 5
+
+
+MEGAMIND = Path("/usr/share/doc/opencv-doc/examples/data/Megamind.avi")
+
+
+@pytest.mark.skipif(not MEGAMIND.is_file(), reason="Debian's opencv-doc (OpenCV's sample Megamind.avi) is not installed")
+def test_an_avi_whose_frame_timestamps_go_backwards_renders_every_frame_in_order(tmp_path):
+    # OpenCV's sample: MPEG-4 part 2 with B-frames in AVI. The decoder hands frames their decode
+    # order's pts, which go backwards; the muxer refused them (exit 3). The overlay takes decode's
+    # frame starts (the packets' times in display order), as annotation does.
+    from fercli.decode import open_video
+
+    with av.open(str(MEGAMIND)) as c:
+        stamps = [f.pts for f in c.decode(video=0)]
+    assert stamps != sorted(stamps)  # the trap is in the file
+    with open_video(MEGAMIND) as video:
+        starts, duration = video.starts, video.info.duration
+    table = tmp_path / "t.csv"
+    pd.DataFrame([dict(video="Megamind.avi", second=s, start=float(s), end=float(s + 1), face=False) for s in range(12)]).to_csv(table, index=False)
+    result = render(MEGAMIND, table, tmp_path / "o.mp4")
+    frames, times, _ = decoded(result.out)
+    assert result.frames == len(frames) == len(stamps)
+    assert np.all(np.diff(times) > 0)
+    assert np.allclose(np.array(times) - times[0], starts, atol=1e-3)  # decode's times, to the millisecond
+    assert times[-1] - times[0] == pytest.approx(starts[-1]) and starts[-1] < duration
