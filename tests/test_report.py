@@ -413,3 +413,21 @@ def test_unplayable_video_says_so(browser, tmp_path):
     assert page.locator(".video-note").inner_text() == "the browser cannot play this file"
     assert problems == []
     page.close()
+
+
+def test_a_table_naming_paths_outside_videos_links_none_of_them(tmp_path):
+    # A table edited or made elsewhere names ../ and absolute paths: the page links only clips
+    # inside --videos (a link the user put there stays theirs to follow).
+    root = tmp_path / "study" / "videos"
+    vp9_clip(root / "inside.webm")
+    vp9_clip(tmp_path / "secret.webm")  # exists, outside the folder given
+    elsewhere = tmp_path / "elsewhere"
+    vp9_clip(elsewhere / "linked.webm")
+    (root / "linked.webm").symlink_to(elsewhere / "linked.webm")
+    names = ["inside.webm", "../../secret.webm", str(tmp_path / "secret.webm"), "sub/../../../secret.webm", "linked.webm"]
+    table = write_batch(tmp_path, {name: TALK for name in names})
+    html = write_report(table, tmp_path / "report", videos=root).read_text()
+    sources = {urllib.parse.unquote(attrs["src"]) for tag, attrs, _ in Page(html).tags if tag == "source" or (tag == "video" and "src" in attrs)}
+    resolved = {(tmp_path / "report" / s).resolve() for s in sources}
+    assert resolved == {(root / "inside.webm").resolve(), (elsewhere / "linked.webm").resolve()}
+    assert "secret" not in " ".join(sources)
