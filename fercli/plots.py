@@ -8,6 +8,7 @@ file and renamed.
 
 from __future__ import annotations
 
+import hashlib
 import re
 from pathlib import Path
 
@@ -21,6 +22,13 @@ DPI = 100
 TRUE_COLOR, PRED_COLOR = "#4c72b0", "#dd8452"
 DIM_COLORS = {"valence": "#4c72b0", "arousal": "#c44e52"}
 LIM = (LABEL_MIN - 0.5, LABEL_MAX + 0.5)
+
+
+# File names are at most 255 bytes; a stem gets suffixes up to about 40 (`-2`, an export's
+# `.face12.valence.annotation~`). A longer stem keeps its start and a hash of the whole name.
+MAX_STEM_CHARS = 200
+TITLE_CHARS = 90  # a timeline's title at most: a longer path squeezed the plot away
+LEGEND_CHARS = 40  # a circumplex legend entry at most
 
 
 # --- accuracy ----------------------------------------------------------------------------------
@@ -141,7 +149,7 @@ def circumplex(df: pd.DataFrame, path: str | Path) -> Path:
             v, a, size = pts[:, 0], pts[:, 1], 12 + 6 * counts
         else:
             size = 10
-        ax.scatter(v, a, s=size, alpha=0.5, color=color, edgecolors="none", label=video if len(videos) <= 10 else None)
+        ax.scatter(v, a, s=size, alpha=0.5, color=color, edgecolors="none", label=_tail(video, LEGEND_CHARS) if len(videos) <= 10 else None)
     if 0 < len(videos) <= 10:
         ax.legend(frameon=False, fontsize=8, loc="lower left", bbox_to_anchor=(0, 1.0), ncol=2)
     ax.set(xlim=LIM, ylim=LIM, aspect="equal", xlabel=v_col.replace("_", " "), ylabel=a_col.replace("_", " "))
@@ -181,7 +189,7 @@ def timeline_figure(group: pd.DataFrame, video: str | None = None):
         axes[0].legend(frameon=False, fontsize=8)
     axes[-1].set_xlabel("seconds" if x == "second" else "time (s)")
     if video is not None:
-        axes[0].set_title(video, loc="left")
+        axes[0].set_title(_tail(video), loc="left")
     return fig
 
 
@@ -244,10 +252,14 @@ def _check_annotations(df: pd.DataFrame, what: str) -> None:
 
 def safe_names(videos: list[str]) -> dict[str, str]:
     """A file-name stem per video: path separators and odd characters become '_', clashes get a
-    suffix ('a/b' and 'a_b' become 'a_b' and 'a_b-2'); case-insensitive, for macOS and Windows."""
+    suffix ('a/b' and 'a_b' become 'a_b' and 'a_b-2'); case-insensitive, for macOS and Windows.
+    A stem over MAX_STEM_CHARS is cut and ends in 8 hex digits of the video name's SHA-1."""
     out, taken = {}, set()
     for video in videos:
         stem = re.sub(r"[^A-Za-z0-9._-]+", "_", video).strip("._") or "video"
+        if len(stem) > MAX_STEM_CHARS:
+            digest = hashlib.sha1(video.encode("utf-8", "surrogatepass"), usedforsecurity=False).hexdigest()[:8]
+            stem = f"{stem[: MAX_STEM_CHARS - 9]}-{digest}"
         name, n = stem, 1
         while name.lower() in taken:
             n += 1
@@ -255,6 +267,11 @@ def safe_names(videos: list[str]) -> dict[str, str]:
         taken.add(name.lower())
         out[video] = name
     return out
+
+
+def _tail(name: str, chars: int = TITLE_CHARS) -> str:
+    """A long video path as its end (the file name and the folders nearest it), which tells clips apart."""
+    return name if len(name) <= chars else "…" + name[-(chars - 1):]
 
 
 # --- matplotlib plumbing -----------------------------------------------------------------------

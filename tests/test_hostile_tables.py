@@ -101,3 +101,23 @@ def test_numbers_out_of_any_range_are_named(tmp_path, clip, value):
     df.loc[2, "second"] = value
     df.to_csv(table, index=False)
     check(run_all(table, clip, tmp_path), table, f"second {value}")
+
+
+def test_video_names_past_a_file_names_length_still_export_and_plot(tmp_path):
+    # Two clips whose flattened names pass 255 bytes and differ only at their ends: each gets
+    # its own files, every file name fits, nothing is left half written.
+    deep = "/".join(["recordings_of_the_second_session_of_the_study"] * 6)
+    videos = [f"{deep}/participant_{k:03d}_interview.mp4" for k in (1, 2)]
+    assert all(len(v) > 255 for v in videos)
+    table = tmp_path / "t.csv"
+    pd.concat([fer_table(v) for v in videos]).to_csv(table, index=False)
+    for args in (["export", str(table), "--to", "nova", "--out", str(tmp_path / "nova")],
+                 ["export", str(table), "--to", "elan", "--out", str(tmp_path / "elan")],
+                 ["plot", str(table), "--out", str(tmp_path / "plots")]):
+        result = CliRunner().invoke(app, args)
+        assert result.exit_code == 0, (args[0], result.output)
+    for folder, per_clip in (("nova", 2 * 2 * 2), ("elan", 1), ("plots/timelines", 1)):
+        files = list((tmp_path / folder).iterdir())
+        assert len(files) == 2 * per_clip, folder  # 2 clips (x 2 faces x 2 dimensions x 2 files for NOVA)
+        assert all(len(f.name.encode()) <= 255 for f in files)
+        assert len({f.name.split(".")[0] for f in files}) == 2  # one stem per clip
