@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import math
 
+import media
 import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
-import media
 from fercli.cli import app
 from fercli.writers import schema
 
