@@ -21,7 +21,7 @@
   low-confidence marking flags it. In an `--all-faces` table each face is its own role
   (`face1`) and its own file set (`<clip>.face1.valence.annotation`).
 
-Clips that failed in `fer annotate` are not in the table; `<table stem>.errors.csv` lists them,
+Clips that failed in `fer annotate` are not in the table; `<table name>.errors.csv` lists them,
 and `export()` reports them instead of failing. Existing files are never replaced unless
 `overwrite` is set; every file is written by write-then-rename.
 """
@@ -118,10 +118,10 @@ def _read(path: Path) -> pd.DataFrame:
 
 
 def _failed(table_path: Path) -> tuple[list[tuple[str, str]], Path | None]:
-    from .writers import errors_path
+    from .writers import find_errors
 
-    path = errors_path(table_path)
-    if not path.is_file():
+    path = find_errors(table_path)
+    if path is None:
         return [], None
     try:
         errors = pd.read_csv(path, dtype=str, keep_default_na=False)

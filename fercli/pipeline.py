@@ -39,7 +39,7 @@ def annotate(
     model: a registry name ("hsemotion", the default), a checkpoint path, or a loaded network
     (`load_model`). device: "auto", "cpu", "cuda", "cuda:N" or a torch.device; by default the
     loaded network's own device, else "auto". A clip that fails is reported in the result and in
-    `<out stem>.errors.csv`; the others go on. An existing `out` needs `options.resume` or
+    `<out name>.errors.csv`; the others go on. An existing `out` needs `options.resume` or
     `options.overwrite`. Process-wide tuning (OpenMP spinning, glibc's freed memory) is left
     to the program: see `fercli.runtime.tune_process`.
     """

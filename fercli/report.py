@@ -8,7 +8,7 @@ report folder opened from disk (file://) or served together with the videos play
 What it shows:
 
 - a summary of the batch (clips, seconds, share of seconds with a face, failed clips with their
-  one-line error from the `<out stem>.errors.csv` sidecar) and a table per clip;
+  one-line error from the `<out name>.errors.csv` sidecar) and a table per clip;
 - per clip, a timeline of valence and arousal: second *s* is drawn over its span [start, end)
   (= [s, s+1), the clip's last second ends at the clip's end), each segment's opacity is the
   confidence of its label (`*_conf`; frame models have none and are drawn opaque), and seconds
@@ -104,10 +104,10 @@ def read_annotations(table_path: Path) -> pd.DataFrame:
 
 def read_errors(table_path: Path) -> list[tuple[str, str]]:
     """(video, one-line error) for each clip in the table's errors sidecar; [] when there is none."""
-    from .writers import errors_path
+    from .writers import find_errors
 
-    path = errors_path(table_path)
-    if not path.is_file():
+    path = find_errors(table_path)
+    if path is None:
         return []
     try:
         errs = pd.read_csv(path, dtype=str, keep_default_na=False)

@@ -10,6 +10,7 @@ output untouched and its finished videos in the parts folder, where `--resume` f
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 from pathlib import Path
@@ -24,6 +25,8 @@ from .decode import MAX_TIMESTAMP
 from .errors import DataError, FerError, first_line, printable
 from .files import atomic_write
 from .labels import EXPRESSIONS
+
+log = logging.getLogger("fercli")
 
 METADATA_KEY = b"fer"
 PARTS_SUFFIX = ".parts"
@@ -63,9 +66,34 @@ def output_format(path: Path) -> str:
     raise FerError(f"{path}: output must end in .parquet or .csv")
 
 
+ERRORS_COLUMNS = ["video", "error"]
+
+
 def errors_path(out: Path) -> Path:
-    """The sidecar listing videos that failed: `<out stem>.errors.csv`."""
-    return out.with_name(f"{out.stem}.errors.csv")
+    """The sidecar listing videos that failed: `<out name>.errors.csv` (results.parquet.errors.csv).
+
+    Named after the whole output name, so results.csv and results.parquet each own theirs.
+    """
+    return out.with_name(f"{out.name}.errors.csv")
+
+
+def find_errors(out: Path) -> Path | None:
+    """The errors sidecar of a table, where readers look: this fer's name, else the one fer
+    0.1 wrote (`<out stem>.errors.csv`) when it is an errors file; None when there is none."""
+    path = errors_path(out)
+    if path.is_file():
+        return path
+    legacy = out.with_name(f"{out.stem}.errors.csv")
+    return legacy if legacy.is_file() and _is_errors_file(legacy) else None
+
+
+def _is_errors_file(path: Path) -> bool:
+    # fer's own: a CSV whose header is exactly `video,error`. Anything else there is the user's.
+    try:
+        with open(path, encoding="utf-8", errors="replace") as f:
+            return f.readline().strip() == ",".join(ERRORS_COLUMNS)
+    except OSError:
+        return False
 
 
 def read_table(path: str | Path) -> pd.DataFrame:
@@ -169,6 +197,9 @@ def check_output(out: str | Path, *, resume: bool = False, overwrite: bool = Fal
         raise FerError(f"{out}: cannot write in {out.parent} (permission denied)")
     if resume and overwrite:
         raise FerError("--resume and --overwrite exclude each other: add to the output, or replace it")
+    errors = errors_path(out)
+    if errors.exists() and not _is_errors_file(errors):  # before the work, not after it
+        raise FerError(f"{errors} exists and is not an errors file of fer's: the run would need its name; move it")
     if resume or overwrite:
         return
     parts = out.with_name(out.name + PARTS_SUFFIX)
@@ -290,12 +321,18 @@ class TableWriter:
 
 
 def write_errors(out: Path, errors: list[tuple[str, str]]) -> Path | None:
-    """Write `<out stem>.errors.csv` (video, error); remove a stale one when nothing failed."""
+    """Write `<out name>.errors.csv` (video, error); when nothing failed, remove a stale one that
+    fer wrote (a file of another form by that name is the user's, and stays)."""
     path = errors_path(out)
     if not errors:
-        path.unlink(missing_ok=True)
+        if path.is_file() and _is_errors_file(path):
+            path.unlink()
+        elif path.exists():
+            log.warning("%s is not an errors file of fer's; left as it is", printable(str(path)))
         return None
-    df = pd.DataFrame(errors, columns=["video", "error"])
+    if path.exists() and not _is_errors_file(path):
+        raise FerError(f"{path} exists and is not an errors file of fer's: move it, and run again with --resume")
+    df = pd.DataFrame(errors, columns=ERRORS_COLUMNS)
     atomic_write(path, lambda tmp: df.to_csv(tmp, index=False))
     return path
 

@@ -39,7 +39,7 @@ def clean_run(tmp_path_factory, clips_dir, broken_dir, lstm_checkpoint):
 def test_exit_status_and_errors_file(clean_run):
     result, out = clean_run
     assert result.exit_code == 1, result.output
-    errors = pd.read_csv(out.with_name("clean.errors.csv"))
+    errors = pd.read_csv(out.with_name("clean.parquet.errors.csv"))
     assert sorted(errors.video) == ["empty.mp4", "notavideo.mov", "truncated.mp4"]
     assert "3 failed" in result.output
 
@@ -50,7 +50,7 @@ def test_all_good_exits_zero_and_csv_equals_parquet(tmp_path, clips_dir, clean_r
     out = tmp_path / "r.csv"
     result = fer("annotate", clips_dir, "--out", out, "--model", lstm_checkpoint)
     assert result.exit_code == 0, result.output
-    assert not (tmp_path / "r.errors.csv").exists()
+    assert not (tmp_path / "r.csv.errors.csv").exists()
     pd.testing.assert_frame_equal(read_table(out), read_table(clean_out), check_dtype=False, atol=1e-5)
 
 

@@ -307,7 +307,7 @@ def test_cli_exports_and_names_the_failed_clip(batch, tmp_path):
     result = fer("export", batch, "--to", "nova", "--out", tmp_path / "n")
     assert result.exit_code == 0, result.output
     assert "wrote 12 files for 3 clips" in result.output
-    assert "broken.mp4" in result.output and "r.errors.csv" in result.output
+    assert "broken.mp4" in result.output and "r.parquet.errors.csv" in result.output
     assert len(list((tmp_path / "n").iterdir())) == 12
 
 

@@ -65,7 +65,7 @@ def test_every_good_clip_is_annotated(batch, clips_dir):
 
 def test_each_bad_input_is_one_line_naming_it(batch):
     _, out, _ = batch
-    errors = pd.read_csv(out.with_name("results.errors.csv"))
+    errors = pd.read_csv(out.with_name("results.csv.errors.csv"))
     assert sorted(errors.video) == ["bomb.mkv", "empty.mp4"]
     for video, error in zip(errors.video, errors.error):
         assert video in error and "\n" not in error

@@ -4,7 +4,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from fercli.errors import FerError
-from fercli.writers import TableWriter, errors_path, read_metadata, read_table, schema, write_errors
+from fercli.writers import TableWriter, check_output, errors_path, read_metadata, read_table, schema, write_errors
 
 META = {"model": "m.pt", "weights_sha256": "ab" * 32, "fps": 5.0, "window": 5, "per_frame": False, "all_faces": False}
 
@@ -213,7 +213,7 @@ def test_resume_and_overwrite_exclude_each_other(tmp_path):
 def test_errors_sidecar_written_and_cleared(tmp_path):
     out = tmp_path / "results.parquet"
     path = write_errors(out, [("bad.mp4", "bad.mp4: not a video")])
-    assert path == errors_path(out) == tmp_path / "results.errors.csv"
+    assert path == errors_path(out) == tmp_path / "results.parquet.errors.csv"
     assert pd.read_csv(path).to_dict("records") == [{"video": "bad.mp4", "error": "bad.mp4: not a video"}]
     assert write_errors(out, []) is None and not path.exists()
 
@@ -227,3 +227,41 @@ def test_an_out_that_cannot_be_a_table_is_refused_before_any_work(tmp_path):
         check_output(tmp_path / "results.parquet", overwrite=True)
     with pytest.raises(FerError, match=r"the folder .*nowhere does not exist"):
         check_output(tmp_path / "nowhere" / "t.parquet")
+
+
+def test_a_csv_and_a_parquet_output_own_their_errors_files(tmp_path):
+    # results.csv and results.parquet shared results.errors.csv: one run replaced the other's.
+    parquet, csv = tmp_path / "results.parquet", tmp_path / "results.csv"
+    write_errors(parquet, [("a.mp4", "a.mp4: not a video")])
+    write_errors(csv, [("b.mp4", "b.mp4: empty file")])
+    assert pd.read_csv(errors_path(parquet)).video.tolist() == ["a.mp4"]
+    assert pd.read_csv(errors_path(csv)).video.tolist() == ["b.mp4"]
+    write_errors(csv, [])  # a clean CSV run clears its own, not the Parquet run's
+    assert not errors_path(csv).exists() and errors_path(parquet).exists()
+
+
+def test_a_users_file_by_the_errors_name_is_never_removed_or_replaced(tmp_path):
+    out = tmp_path / "study.parquet"
+    theirs = errors_path(out)
+    theirs.write_text("participant,notes\n7,left early\n")
+    assert write_errors(out, []) is None  # a clean run
+    assert theirs.read_text() == "participant,notes\n7,left early\n"
+    with pytest.raises(FerError, match="is not an errors file of fer's"):
+        write_errors(out, [("a.mp4", "a.mp4: not a video")])
+    with pytest.raises(FerError, match="is not an errors file of fer's"):  # said before any work
+        check_output(out)
+    assert theirs.read_text() == "participant,notes\n7,left early\n"
+
+
+def test_readers_find_the_errors_file_an_older_fer_wrote(tmp_path):
+    from fercli.writers import find_errors
+
+    out = tmp_path / "study.parquet"
+    assert find_errors(out) is None
+    legacy = tmp_path / "study.errors.csv"
+    legacy.write_text("video,error\na.mp4,a.mp4: not a video\n")
+    assert find_errors(out) == legacy
+    legacy.write_text("participant,notes\n")  # the user's own file by that name is not one
+    assert find_errors(out) is None
+    write_errors(out, [("b.mp4", "b.mp4: empty")])
+    assert find_errors(out) == errors_path(out)
