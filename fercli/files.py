@@ -1,13 +1,23 @@
-"""Writing files so a crash never leaves half of one: write a temporary file beside it, then rename."""
+"""Writing files so a crash never leaves half of one (a temporary file beside it, then a rename),
+and one run at a time per output (`OutputLock`)."""
 
 from __future__ import annotations
 
+import json
+import logging
 import os
+import socket
 import stat
+import sys
 import tempfile
 import threading
+import time
 from pathlib import Path
 from typing import Callable
+
+from .errors import FerError
+
+LOCK_COMMAND_CHARS = 300  # the holder's command line, as far as a lock file records it
 
 _umask_lock = threading.Lock()
 
@@ -57,3 +67,69 @@ def check_out_dir(out_dir: str | os.PathLike, *, overwrite: bool, what: str) -> 
         raise FerError(f"{out_dir}: exists and is not a folder")
     if out_dir.is_dir() and any(out_dir.iterdir()) and not overwrite:
         raise FerError(f"{out_dir} is not empty: --overwrite replaces the {what} in it")
+
+
+class OutputLock:
+    """One run at a time per output: `<out name>.lock`, created exclusively, naming its holder.
+
+    The file holds the holder's host, process id, start time and command. A lock left by a run
+    that was killed (same host, its process gone) is taken over with a warning; one held by a
+    live process, or by another host (whose processes cannot be seen from here), stops the new
+    run with a one-line FerError naming the holder and the lock file to remove if it is stale.
+    """
+
+    def __init__(self, out: str | os.PathLike):
+        self.path = Path(out).with_name(Path(out).name + ".lock")
+        self._held = False
+
+    def acquire(self) -> OutputLock:
+        holder = {"host": socket.gethostname(), "pid": os.getpid(), "started": time.strftime("%Y-%m-%d %H:%M:%S"),
+                  "command": " ".join(sys.argv)[:LOCK_COMMAND_CHARS]}
+        for _ in range(2):  # a second try after taking over a stale lock
+            try:
+                fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+            except FileExistsError:
+                self._stale_or_raise()
+                continue
+            with os.fdopen(fd, "w") as f:
+                json.dump(holder, f)
+            self._held = True
+            return self
+        raise FerError(f"{self.path}: another run took the lock at the same moment; run again")
+
+    def release(self) -> None:
+        if self._held:
+            self.path.unlink(missing_ok=True)
+            self._held = False
+
+    def __enter__(self) -> OutputLock:
+        return self.acquire()
+
+    def __exit__(self, *exc) -> None:
+        self.release()
+
+    def _stale_or_raise(self) -> None:
+        from .errors import printable
+
+        try:
+            holder = json.loads(self.path.read_text(encoding="utf-8"))
+            host, pid = str(holder["host"]), int(holder["pid"])
+        except (OSError, ValueError, KeyError, TypeError):
+            raise FerError(f"{self.path} exists but names no run: if no fer run is writing {self.path.with_suffix('').name}, remove it") from None
+        if host == socket.gethostname() and not _alive(pid):
+            logging.getLogger("fercli").warning("%s: taking over the lock of run %d, which is gone (killed?)", self.path, pid)
+            self.path.unlink(missing_ok=True)
+            return
+        since = printable(str(holder.get("started", "?")))
+        raise FerError(f"{self.path.with_suffix('')} is being written by another fer run (process {pid} on {printable(host)}, since {since}); "
+                       f"wait for it, or remove {self.path} if that run is gone")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)  # no signal: only whether the process exists
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process: alive
+        return True
+    return True

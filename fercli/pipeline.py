@@ -45,7 +45,8 @@ def annotate(
     """
     from .engines import check_engine, engine_device, engine_of
     from .model import load_model
-    from .writers import TableWriter, check_output, write_errors
+    from .files import OutputLock
+    from .writers import check_output
 
     options = options or AnnotateOptions()
     emit = progress or (lambda event: None)
@@ -74,6 +75,13 @@ def annotate(
         emit(ProgressEvent("model"))
         model = load_model(model, requested, engine=engine, precision=options.precision)
         device = _network_device(model)
+    with OutputLock(out):  # one run at a time writes `out`, its parts and its errors file
+        return _annotate_into(out, model, options, device, requested, inputs, clock, emit)
+
+
+def _annotate_into(out, model, options, device, requested, inputs, clock, emit) -> AnnotateResult:
+    from .writers import TableWriter, write_errors
+
     writer = TableWriter(
         out, run_metadata(model, options, device), per_frame=options.per_frame, all_faces=options.all_faces,
         resume=options.resume, overwrite=options.overwrite, expressions=has_expressions(model),

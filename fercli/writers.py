@@ -168,13 +168,22 @@ def check_table(df: pd.DataFrame, path: Path, require=()) -> None:
             raise DataError(f"{path}: column face holds {sorted(map(str, values - {True, False, 0, 1}))[0]!r} where true or false belongs")
 
 
+def metadata_path(out: Path) -> Path:
+    """Where a CSV output's run metadata lives (a CSV has no place for it): `<out name>.fer.json`."""
+    return out.with_name(f"{out.name}.fer.json")
+
+
 def read_metadata(path: str | Path) -> dict | None:
-    """The run metadata stored in a Parquet output, or None (CSV, or no metadata)."""
+    """The run metadata of an output (Parquet: in its schema; CSV: its `.fer.json`), or None."""
     path = Path(path)
-    if output_format(path) != "parquet":
+    try:
+        if output_format(path) != "parquet":
+            side = metadata_path(path)
+            return json.loads(side.read_text(encoding="utf-8")) if side.is_file() else None
+        meta = pq.read_schema(path).metadata or {}
+        return json.loads(meta[METADATA_KEY]) if METADATA_KEY in meta else None
+    except (OSError, ValueError, pa.ArrowException):
         return None
-    meta = pq.read_schema(path).metadata or {}
-    return json.loads(meta[METADATA_KEY]) if METADATA_KEY in meta else None
 
 
 def _nullable(t: pa.DataType):
@@ -249,6 +258,8 @@ class TableWriter:
     def add(self, video: str, rows: Iterable[dict]) -> int:
         """Store one finished video's rows; returns how many."""
         table = self._table([{**r, "video": video} for r in rows])
+        # Each part says what made it, so --resume can refuse parts of another model or setting.
+        table = table.replace_schema_metadata({METADATA_KEY: json.dumps(self.metadata).encode()})
         n = len(list(self.parts.glob("*.parquet")))
         atomic_write(self.parts / f"{n:06d}.parquet", lambda tmp: pq.write_table(table, tmp))
         return table.num_rows
@@ -281,16 +292,24 @@ class TableWriter:
             atomic_write(self.out, lambda tmp: pq.write_table(table, tmp))
         else:
             atomic_write(self.out, lambda tmp: table.to_pandas(types_mapper=_nullable).to_csv(tmp, index=False))
+            atomic_write(metadata_path(self.out), lambda tmp: Path(tmp).write_text(json.dumps(self.metadata) + "\n", encoding="utf-8"))
 
     def _check_resumable(self) -> None:
+        """FerError unless the table and every part were made with this run's model and settings.
+
+        Parts and CSV tables carried nothing before: a resume with another model merged two
+        models' rows. What records nothing cannot be resumed into.
+        """
         self._check_columns()
-        old = read_metadata(self.out) if self.out.exists() else None
-        if old is None:
-            return
-        clash = [k for k in RESUME_KEYS if old.get(k) != self.metadata.get(k)]
-        if clash:
-            detail = ", ".join(f"{k}: {old.get(k)!r} vs {self.metadata.get(k)!r}" for k in clash)
-            raise FerError(f"{self.out}: cannot resume, the table was made with other settings ({detail})")
+        for path in ([self.out] if self.out.exists() else []) + self._part_files():
+            old = read_metadata(path)
+            if old is None:
+                raise FerError(f"{path}: cannot resume, it does not record the model and settings it was made with "
+                               "(an older fer, or not fer); --overwrite makes the table again")
+            clash = [k for k in RESUME_KEYS if old.get(k) != self.metadata.get(k)]
+            if clash:
+                detail = ", ".join(f"{k}: {old.get(k)!r} vs {self.metadata.get(k)!r}" for k in clash)
+                raise FerError(f"{path}: cannot resume, it was made with other settings ({detail})")
 
 
     def _check_columns(self) -> None:

@@ -44,3 +44,56 @@ def test_only_regular_files_are_regular(tmp_path):
     assert is_regular_file(tmp_path / "f")
     assert not any(is_regular_file(tmp_path / n) for n in ("fifo", "loop", "missing"))
     assert not is_regular_file(tmp_path)
+
+
+def test_one_run_at_a_time_per_output_and_the_lock_names_its_holder(tmp_path):
+    import json
+    import socket
+
+    from fercli.errors import FerError
+    from fercli.files import OutputLock
+
+    out = tmp_path / "r.parquet"
+    with OutputLock(out) as lock:
+        holder = json.loads(lock.path.read_text())
+        assert lock.path == tmp_path / "r.parquet.lock"
+        assert (holder["host"], holder["pid"]) == (socket.gethostname(), os.getpid())
+        with pytest.raises(FerError) as err:  # a second run on the same output, while this one lives
+            OutputLock(out).acquire()
+        message = str(err.value)
+        assert f"process {os.getpid()} on {socket.gethostname()}" in message and str(lock.path) in message
+        assert "\n" not in message
+    assert not lock.path.exists()
+
+
+def test_a_stale_lock_of_a_killed_run_is_taken_over(tmp_path, caplog):
+    import json
+    import socket
+    import subprocess
+    import sys
+
+    from fercli.files import OutputLock
+
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()  # its pid now names no process
+    out = tmp_path / "r.csv"
+    (tmp_path / "r.csv.lock").write_text(json.dumps({"host": socket.gethostname(), "pid": gone.pid, "started": "x"}))
+    with OutputLock(out) as lock:
+        assert json.loads(lock.path.read_text())["pid"] == os.getpid()
+    assert any(f"run {gone.pid}, which is gone" in r.getMessage() for r in caplog.records)
+
+
+def test_a_lock_held_on_another_host_or_unreadable_is_not_taken(tmp_path):
+    import json
+
+    from fercli.errors import FerError
+    from fercli.files import OutputLock
+
+    lock = tmp_path / "r.csv.lock"
+    lock.write_text(json.dumps({"host": "lab-server-2", "pid": 1, "started": "2026-12-04 03:00:00"}))
+    with pytest.raises(FerError, match=r"process 1 on lab-server-2, since 2026-12-04 03:00:00\); wait for it, or remove"):
+        OutputLock(tmp_path / "r.csv").acquire()
+    lock.write_text("garbage")
+    with pytest.raises(FerError, match="names no run"):
+        OutputLock(tmp_path / "r.csv").acquire()
+    assert lock.read_text() == "garbage"  # never removed on a guess

@@ -305,7 +305,8 @@ def afew_clip(folder, valence, arousal, **extra):
     folder.mkdir(parents=True, exist_ok=True)
     frames = {f"{i:05d}": {"valence": v, "arousal": a, "landmarks": [[0, 0]] * 68} for i, (v, a) in enumerate(zip(valence, arousal))}
     (folder / f"{folder.name}.json").write_text(json.dumps({"video_id": folder.name, "frames": frames, **extra}))
-    (folder / "00000.png").write_bytes(b"")  # a frame file, so find_clips sees an image-sequence clip
+    for i in range(len(valence)):  # a frame file per label, as AFEW-VA has (find_clips sees an image-sequence clip)
+        (folder / f"{i:05d}.png").write_bytes(b"")
 
 
 def test_afew_va_truth_per_second_by_hand(tmp_path):

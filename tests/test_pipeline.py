@@ -1,6 +1,7 @@
 import contextlib
 import math
 import os
+import shutil
 
 import numpy as np
 import pandas as pd
@@ -349,3 +350,21 @@ def test_an_interrupted_overwrite_leaves_the_old_table_whole(tmp_path, clips_dir
     result = fercli.annotate(clips, out, options=AnnotateOptions(workers=0, resume=True), model=lstm)
     assert not result.failed and not parts.exists()
     pd.testing.assert_frame_equal(read_table(out), clean)  # same model and settings: the same rows
+
+
+def test_a_second_run_on_a_locked_output_stops_before_touching_it(clean, tmp_path, clips_dir, lstm):
+    # Two runs on one --out (both --overwrite): one crashed and its cleanup wrote an empty table
+    # over the other's. Now the second stops at once, naming the first; the table stays whole.
+
+    from fercli.errors import FerError
+    from fercli.files import OutputLock
+
+    out = tmp_path / "r.parquet"
+    shutil.copyfile(clean[0].out, out)  # a complete table from an earlier run
+    before = out.read_bytes()
+    with OutputLock(out):  # the first run, still writing
+        with pytest.raises(FerError, match=f"being written by another fer run \\(process {os.getpid()}"):
+            fercli.annotate([clips_dir], out, options=AnnotateOptions(overwrite=True), model=lstm)
+    assert out.read_bytes() == before and not (tmp_path / "r.parquet.parts").exists()
+    fercli.annotate([clips_dir], out, options=AnnotateOptions(overwrite=True), model=lstm)  # free again
+    assert not (tmp_path / "r.parquet.lock").exists() and len(read_table(out))

@@ -265,3 +265,32 @@ def test_readers_find_the_errors_file_an_older_fer_wrote(tmp_path):
     assert find_errors(out) is None
     write_errors(out, [("b.mp4", "b.mp4: empty")])
     assert find_errors(out) == errors_path(out)
+
+
+OTHER_MODEL = {**META, "model": "other.pt", "weights_sha256": "cd" * 32}
+
+
+def test_resume_refuses_the_parts_a_killed_run_of_another_model_left(tmp_path):
+    # A run killed after one video leaves its part; resuming with another model merged the two
+    # models' rows (parts recorded nothing), and exited 0.
+    out = tmp_path / "r.parquet"
+    writer(out).add("a.mp4", second_rows(3))  # killed before finish()
+    with pytest.raises(FerError, match=r"000000.parquet: cannot resume, it was made with other settings \(model: 'm.pt' vs 'other.pt', weights_sha256"):
+        writer(out, resume=True, meta=OTHER_MODEL)
+    same = writer(out, resume=True)  # the same model resumes, and keeps the part
+    assert same.done() == {"a.mp4"}
+
+
+@pytest.mark.parametrize("name", ["r.csv", "r.parquet"])
+def test_resume_refuses_a_finished_table_of_another_model_csv_included(tmp_path, name):
+    out = tmp_path / name
+    w = writer(out)
+    w.add("a.mp4", second_rows(2))
+    w.finish(["a.mp4"])
+    assert read_metadata(out) == META  # a CSV's record sits beside it (r.csv.fer.json)
+    with pytest.raises(FerError, match="made with other settings"):
+        writer(out, resume=True, meta=OTHER_MODEL)
+    if name.endswith(".csv"):
+        (tmp_path / "r.csv.fer.json").unlink()  # a CSV from an older fer, or made by hand
+        with pytest.raises(FerError, match="does not record the model and settings"):
+            writer(out, resume=True)
