@@ -29,16 +29,25 @@ def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> None:
     whole new one; on any error the temporary file is removed and `path` is untouched.
     """
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as e:  # a read-only or missing folder
+        raise FerError(f"cannot write {path} ({_reason(e)})") from None
     os.close(fd)
     try:
         write(tmp)
         # mkstemp makes the file 0600; what fer writes gets the mode any new file gets here.
         os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
+    except OSError as e:  # a full disk, a quota, a file-size limit: one line naming the file
+        raise FerError(f"cannot write {path} ({_reason(e)}); what was there is as it was") from None
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+
+
+def _reason(error: OSError) -> str:
+    return error.strerror or str(error).splitlines()[0] if str(error) else type(error).__name__
 
 
 def _umask() -> int:

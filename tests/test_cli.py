@@ -279,3 +279,27 @@ def test_verbose_really_turns_on_debug_logging(args, tmp_path, monkeypatch):
     monkeypatch.setattr(logger, "level", logger.level)  # put back after the test
     runner.invoke(app, [*args, "-v"])
     assert logger.level == logging.DEBUG
+
+
+def _file_size_limit(limit_bytes):
+    def apply():  # in the child: a disk that takes no more than this per file (EFBIG, as ENOSPC)
+        import resource
+
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit_bytes, limit_bytes))
+
+    return apply
+
+
+@pytest.mark.parametrize("limit", [300, 3000])
+def test_a_full_disk_is_one_line_naming_the_file_and_the_old_table_stays(tmp_path, clips_dir, lstm_checkpoint, limit):
+    # 300 bytes: the first part cannot be written; 3000: the parts can, the table cannot.
+    out = tmp_path / "r.parquet"
+    out.write_bytes(b"the table of an earlier run")
+    done = subprocess.run([sys.executable, "-m", "fercli.cli", "annotate", str(clips_dir), "--out", str(out), "--model", str(lstm_checkpoint),
+                           "--overwrite"], preexec_fn=_file_size_limit(limit), capture_output=True, text=True, timeout=600, check=False)
+    assert done.returncode == 2, done.stdout + done.stderr
+    (line,) = [x for x in done.stderr.splitlines() if x.startswith("error")]  # beside a warning that the table stays
+    assert line.startswith(f"error: cannot write {tmp_path}") and "File too large" in line
+    assert out.read_bytes() == b"the table of an earlier run"
+    assert not (tmp_path / "r.parquet.lock").exists()

@@ -32,7 +32,9 @@ def test_a_failed_write_leaves_the_old_file_and_no_temporary(tmp_path):
         Path(tmp).write_text("half")
         raise OSError("disk full")
 
-    with pytest.raises(OSError):
+    from fercli.errors import FerError
+
+    with pytest.raises(FerError, match=f"cannot write {path} \\(disk full\\); what was there is as it was"):
         atomic_write(path, fail)
     assert path.read_text() == "old" and [p.name for p in tmp_path.iterdir()] == ["t.csv"]
 
