@@ -740,8 +740,9 @@ Examples:
 @app.command(epilog=EXPORT_EPILOG)
 def export(
     table: Path = typer.Argument(..., help="A `fer annotate` output (.parquet or .csv)."),
-    to: str = typer.Option(..., "--to", help="elan (tab-delimited text for ELAN's import) or nova (continuous annotations)."),
+    to: str = typer.Option(..., "--to", help="elan (an ELAN .eaf per clip, its video linked), elan-txt (tab-delimited text for ELAN's import) or nova (continuous annotations)."),
     out: Path = typer.Option(..., "--out", "-o", help="Folder for the files (created if missing)."),
+    videos: Optional[Path] = typer.Option(None, "--videos", metavar="ROOT", help="Folder the table's video paths are relative to (ELAN links the clips); default: the table's folder."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace files of an earlier export in --out."),
     verbose: VerboseOption = False,
 ) -> None:
@@ -751,7 +752,7 @@ def export(
 
     console = _command_console(verbose)
     try:
-        result = run_export(table, ExportOptions(to=to, out_dir=out, overwrite=overwrite))
+        result = run_export(table, ExportOptions(to=to, out_dir=out, overwrite=overwrite, videos=videos))
     except FerError as e:
         raise _fail(console, str(e)) from None
 

@@ -59,6 +59,7 @@ class VideoInfo:
     height: int  # px
     decoder: str  # "cpu" or "images"
     by_index: bool = False  # True: the file's timestamps are unusable, frame i starts at i / fps
+    origin: float = 0.0  # s: where t = 0 (the first frame) sits after the stream's start time
 
 
 @dataclass(frozen=True)
@@ -202,7 +203,8 @@ class _PyAVReader:
         self._ahead = None  # a frame decoded past the one asked for, kept for the next ask
         height, width = self._first_shape()
         last_start = round(float(self.starts[-1]), 6)
-        self.info = VideoInfo(path, fps, frames, duration, last_start, width, height, "cpu", by_index=not valid)
+        origin = round(float(stamps[0, 0]), 6) if valid else 0.0
+        self.info = VideoInfo(path, fps, frames, duration, last_start, width, height, "cpu", by_index=not valid, origin=origin)
 
     def _index(self) -> tuple[float, np.ndarray, np.ndarray]:
         """The frame rate; each packet's pts (stream ticks) and (start, end) in seconds, in pts order.

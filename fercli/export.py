@@ -1,8 +1,16 @@
 """Export an annotation table to the files annotation tools read: ELAN and NOVA.
 
-`fer export T --to elan|nova --out DIR` is a thin shell over `export()` / `export_table()`.
+`fer export T --to elan|elan-txt|nova --out DIR [--videos ROOT]` is a thin shell over `export()` /
+`export_table()`.
 
-- ELAN: one tab-delimited text file per clip (`<clip>.txt`) with the columns `Tier`, `Begin Time`,
+- ELAN (`elan`): one ELAN document per clip (`<clip>.eaf`, EAF 3.0, times in milliseconds), which
+  ELAN and pympi-ling open as they are: the clip's video linked (`MEDIA_DESCRIPTOR`, absolute and
+  relative URL, and `TIME_ORIGIN`, where the first frame sits in the file) when it is found under
+  `videos` (the folder fer annotate was given; default the table's folder); tiers `valence`,
+  `arousal` and, where the table has it, `expression`, one annotation per second (or sample) with
+  a face, its value the integer label (the expression's name); in an `--all-faces` table each
+  face's tiers (`valence (face 1)`, participant `face 1`) in the clip's one document.
+- ELAN text (`elan-txt`): one tab-delimited text file per clip (`<clip>.txt`) with the columns `Tier`, `Begin Time`,
   `End Time`, `Annotation` and a header row, the layout ELAN's "Import CSV/Tab-delimited Text File"
   dialog maps column by column. Times are seconds with millisecond precision (`12.345`, ELAN's
   "ss.msec" format). One annotation per second (or sample) that has a face, its text the integer
@@ -39,9 +47,12 @@ from .errors import DataError, FerError
 from .files import atomic_write
 from .labels import LABEL_MAX, LABEL_MIN
 
-FORMATS = ("elan", "nova")
+FORMATS = ("elan", "elan-txt", "nova")
 DIMENSIONS = ("valence", "arousal")
 ELAN_COLUMNS = ("Tier", "Begin Time", "End Time", "Annotation")
+EAF_LINGUISTIC_TYPE = "fer-label"  # the one tier type: time-aligned, free text
+MIME_TYPES = {".mp4": "video/mp4", ".m4v": "video/mp4", ".mov": "video/quicktime", ".mkv": "video/x-matroska",
+              ".webm": "video/webm", ".avi": "video/x-msvideo", ".mpg": "video/mpeg", ".mpeg": "video/mpeg"}
 NOVA_ANNOTATOR = "fer"
 
 
@@ -52,6 +63,7 @@ class ExportOptions:
     to: str
     out_dir: Path
     overwrite: bool = False
+    videos: Path | None = None  # where the table's videos are (ELAN links them); default the table's folder
 
 
 @dataclass
@@ -70,13 +82,16 @@ class ExportResult:
     errors_file: Path | None = None
 
 
-def export_table(table_path: str | Path, to: str, out_dir: str | Path, *, overwrite: bool = False) -> list[Path]:
-    """Export a `fer annotate` table to ELAN (`to="elan"`) or NOVA (`to="nova"`) files in `out_dir`.
+def export_table(table_path: str | Path, to: str, out_dir: str | Path, *, overwrite: bool = False,
+                 videos: str | Path | None = None) -> list[Path]:
+    """Export a `fer annotate` table to ELAN (`to="elan"`: .eaf; "elan-txt": tab-delimited text)
+    or NOVA (`to="nova"`) files in `out_dir`; `videos`: where the clips are, for ELAN's media link.
 
     Returns the files written. Raises FerError (a one-line message) for a missing or unreadable
     table, an unknown format, or files in `out_dir` that would be overwritten without `overwrite`.
     """
-    return export(table_path, ExportOptions(to=to, out_dir=Path(out_dir), overwrite=overwrite)).files
+    return export(table_path, ExportOptions(to=to, out_dir=Path(out_dir), overwrite=overwrite,
+                                            videos=Path(videos) if videos is not None else None)).files
 
 
 def export(table_path: str | Path, options: ExportOptions) -> ExportResult:
@@ -93,7 +108,8 @@ def export(table_path: str | Path, options: ExportOptions) -> ExportResult:
 
     result = ExportResult()
     result.failed, result.errors_file = _failed(table_path)
-    planned = _plan(table, to, result)
+    videos = Path(options.videos) if options.videos is not None else table_path.parent
+    planned = _plan(table, to, result, videos, out_dir)
     clashes = [p for p in planned if (out_dir / p).exists()]
     if clashes and not options.overwrite:
         more = f" and {len(clashes) - 1} more files" if len(clashes) > 1 else ""
@@ -223,7 +239,7 @@ def _frame_rate(df: pd.DataFrame, path: Path) -> float:
 # --- planning the files ------------------------------------------------------------------------
 
 
-def _plan(table: _Table, to: str, result: ExportResult) -> dict[str, str]:
+def _plan(table: _Table, to: str, result: ExportResult, videos: Path, out_dir: Path) -> dict[str, str]:
     """File name -> text for every file of the export, names unique (case-insensitively)."""
     from .plots import safe_names
 
@@ -233,7 +249,10 @@ def _plan(table: _Table, to: str, result: ExportResult) -> dict[str, str]:
     stems = safe_names([video for video, _ in table.clips()])
     planned: dict[str, str] = {}
     for video, rows in table.clips():
-        files = _elan_files(table, rows) if to == "elan" else _nova_files(table, rows)
+        if to == "elan":
+            files = _eaf_files(table, rows, video, videos, out_dir)
+        else:
+            files = _elan_files(table, rows) if to == "elan-txt" else _nova_files(table, rows)
         if not files:
             result.no_files.append(video)
         planned.update({f"{stems[video]}{suffix}": text for suffix, text in files.items()})
@@ -252,6 +271,84 @@ def _elan_files(table: _Table, rows: pd.DataFrame) -> dict[str, str]:
             for begin, end, value in zip(shown["_begin"], shown["_end"], shown[tier]):
                 lines.append("\t".join((name, _ms(begin), _ms(end), _elan_text(value))))
     return {".txt": "\n".join(lines) + "\n"}
+
+
+def _eaf_files(table: _Table, rows: pd.DataFrame, video: str, videos: Path, out_dir: Path) -> dict[str, str]:
+    """The clip's ELAN document: one tier per face and dimension, time slots shared by all."""
+    import xml.etree.ElementTree as ET
+
+    tiers = []  # (tier id, participant, [(begin ms, end ms, text)])
+    names = list(DIMENSIONS) + (["expression"] if "expression" in rows else [])
+    for face_id in table.face_ids(rows):
+        face = table.of_face(rows, face_id).sort_values("_index")
+        for name in names:
+            shown = face[face["_face"] & face[name].notna()]
+            spans = [(_to_ms(b), _to_ms(e), _elan_text(v)) for b, e, v in zip(shown["_begin"], shown["_end"], shown[name])]
+            tier = name if face_id is None else f"{name} (face {face_id})"
+            tiers.append((tier, "" if face_id is None else f"face {face_id}", spans))
+    slots = {ms: f"ts{i + 1}" for i, ms in enumerate(sorted({t for *_, spans in tiers for b, e, _ in spans for t in (b, e)}))}
+
+    doc = ET.Element("ANNOTATION_DOCUMENT", {
+        "AUTHOR": "fer", "DATE": _now(), "FORMAT": "3.0", "VERSION": "3.0",
+        "xmlns:xsi": "http://www.w3.org/2001/XMLSchema-instance",
+        "xsi:noNamespaceSchemaLocation": "http://www.mpi.nl/tools/elan/EAFv3.0.xsd",
+    })  # fmt: skip
+    header = ET.SubElement(doc, "HEADER", {"MEDIA_FILE": "", "TIME_UNITS": "milliseconds"})
+    media = _media(video, videos, out_dir)
+    if media is not None:
+        ET.SubElement(header, "MEDIA_DESCRIPTOR", media)
+    count = sum(len(spans) for *_, spans in tiers)
+    ET.SubElement(header, "PROPERTY", {"NAME": "lastUsedAnnotationId"}).text = str(count)
+    order = ET.SubElement(doc, "TIME_ORDER")
+    for ms, slot in slots.items():
+        ET.SubElement(order, "TIME_SLOT", {"TIME_SLOT_ID": slot, "TIME_VALUE": str(ms)})
+    n = 0
+    for tier_id, participant, spans in tiers:
+        attrs = {"LINGUISTIC_TYPE_REF": EAF_LINGUISTIC_TYPE, "TIER_ID": tier_id}
+        if participant:
+            attrs["PARTICIPANT"] = participant
+        tier = ET.SubElement(doc, "TIER", attrs)
+        for begin, end, text in spans:
+            n += 1
+            a = ET.SubElement(ET.SubElement(tier, "ANNOTATION"), "ALIGNABLE_ANNOTATION", {
+                "ANNOTATION_ID": f"a{n}", "TIME_SLOT_REF1": slots[begin], "TIME_SLOT_REF2": slots[end]})  # fmt: skip
+            ET.SubElement(a, "ANNOTATION_VALUE").text = text
+    ET.SubElement(doc, "LINGUISTIC_TYPE", {"GRAPHIC_REFERENCES": "false", "LINGUISTIC_TYPE_ID": EAF_LINGUISTIC_TYPE,
+                                           "TIME_ALIGNABLE": "true"})
+    ET.indent(doc)
+    return {".eaf": '<?xml version="1.0" encoding="UTF-8"?>\n' + ET.tostring(doc, encoding="unicode") + "\n"}
+
+
+def _media(video: str, videos: Path, out_dir: Path) -> dict[str, str] | None:
+    """ELAN's link to the clip: absolute and relative URL, type and where t = 0 sits in it."""
+    import os
+    import urllib.parse
+
+    from .decode import open_video
+    from .errors import VideoError
+    from .inputs import clip_under
+
+    path = clip_under(videos, video)
+    if path is None or path.is_dir():
+        return None  # not found (or a folder of frames, which ELAN cannot play): no link
+    try:
+        with open_video(path) as source:
+            origin = source.info.origin
+    except VideoError:
+        origin = 0.0
+    relative = os.path.relpath(path.resolve(), out_dir.resolve())
+    return {"MEDIA_URL": path.resolve().as_uri(), "MIME_TYPE": MIME_TYPES.get(path.suffix.lower(), "video/*"),
+            "RELATIVE_MEDIA_URL": urllib.parse.quote(Path(relative).as_posix()), "TIME_ORIGIN": str(_to_ms(origin))}
+
+
+def _to_ms(seconds: float) -> int:
+    return int(round(float(seconds) * 1000))
+
+
+def _now() -> str:
+    import datetime
+
+    return datetime.datetime.now(datetime.timezone.utc).astimezone().isoformat(timespec="seconds")
 
 
 def _ms(seconds: float) -> str:

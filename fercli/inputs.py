@@ -82,3 +82,18 @@ def _walk(root: Path) -> tuple[list[Clip], list[Path]]:
         clips += [Clip(here / f, (here / f).relative_to(root).as_posix()) for f in videos]
         skipped += [here / f for f in files if f not in videos]
     return clips, skipped
+
+
+def clip_under(root: str | os.PathLike, video: str) -> Path | None:
+    """The file a table's `video` names under `root` (what fer annotate was given), or None.
+
+    Inside `root` only: a table naming `../../x` or `/etc/x` (edited, or from elsewhere) would
+    otherwise have a report or an ELAN file link files outside the folder given. Judged by name,
+    so a link the user put in the folder stays theirs to follow.
+    """
+    base = Path(os.path.normpath(Path(root).absolute()))
+    path = Path(os.path.normpath(base / video))
+    try:
+        return path if base in path.parents and path.is_file() else None
+    except (OSError, ValueError):  # a name too long for the file system, a NUL byte
+        return None

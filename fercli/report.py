@@ -433,14 +433,9 @@ def _circumplex_html(df: pd.DataFrame, summary: BatchSummary, colors: dict[str, 
 
 
 def _find_video(video: str, root: Path) -> Path | None:
-    """The clip the table names, inside `root` only: a table naming `../../x` or `/etc/x` (edited,
-    or from elsewhere) would otherwise have the page link files outside the folder given."""
-    base = Path(os.path.normpath(root.absolute()))
-    path = Path(os.path.normpath(base / video))  # by name: a link the user put in the folder stays theirs
-    try:
-        return path if base in path.parents and path.is_file() else None
-    except (OSError, ValueError):  # a name too long for the file system, a NUL byte
-        return None
+    from .inputs import clip_under
+
+    return clip_under(root, video)
 
 
 def _relative_src(path: Path, out_dir: Path) -> str:

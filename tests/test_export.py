@@ -7,10 +7,13 @@ import re
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
+import av
 import numpy as np
 import pandas as pd
 import pytest
 from typer.testing import CliRunner
+
+import media
 
 from fercli.cli import app
 from fercli.errors import FerError
@@ -144,7 +147,7 @@ def assert_nova_data(pairs, rows, dim, index="second"):
 
 
 def test_elan_one_file_per_clip_faceless_seconds_are_gaps(batch, tmp_path):
-    result = export(batch, ExportOptions("elan", tmp_path / "elan"))
+    result = export(batch, ExportOptions("elan-txt", tmp_path / "elan"))
     assert sorted(p.name for p in result.files) == ["dark.mkv.txt", "sub_a.mp4-2.txt", "sub_a.mp4.txt"]
     assert result.failed == [("broken.mp4", "no video stream this FFmpeg can decode")]
     ref = reference(batch)
@@ -156,8 +159,69 @@ def test_elan_one_file_per_clip_faceless_seconds_are_gaps(batch, tmp_path):
     assert read_elan(tmp_path / "elan" / "dark.mkv.txt") == []
 
 
+def eaf_annotations(path) -> list[tuple[str, float, float, str]]:
+    """An .eaf as pympi-ling (what labs read ELAN files with) reads it: (tier, begin s, end s, value)."""
+    from pympi import Elan
+
+    eaf = Elan.Eaf(str(path))
+    out = []
+    for tier in eaf.get_tier_names():
+        out += [(tier, b / 1000, e / 1000, v) for b, e, v in sorted(eaf.get_annotation_data_for_tier(tier))]
+    return out
+
+
+def test_eaf_round_trips_through_pympi_ling(batch, tmp_path):
+    result = export(batch, ExportOptions("elan", tmp_path / "elan"))
+    assert sorted(p.name for p in result.files) == ["dark.mkv.eaf", "sub_a.mp4-2.eaf", "sub_a.mp4.eaf"]
+    ref = reference(batch)
+    for video, name in [("sub/a.mp4", "sub_a.mp4.eaf"), ("sub_a.mp4", "sub_a.mp4-2.eaf"), ("dark.mkv", "dark.mkv.eaf")]:
+        got = [a for a in eaf_annotations(tmp_path / "elan" / name)]
+        assert got == elan_expected(ref[ref["video"] == video], ("valence", "arousal")), video
+    from pympi import Elan
+
+    eaf = Elan.Eaf(str(tmp_path / "elan" / "dark.mkv.eaf"))  # no face at all: the tiers are there, empty
+    assert sorted(eaf.get_tier_names()) == ["arousal", "valence"] and eaf.media_descriptors == []  # no such clip beside the table
+
+
+def test_eaf_gives_each_face_its_tiers_and_participant(two_faces, tmp_path):
+    from pympi import Elan
+
+    path = next(p for p in export_table(two_faces, "elan", tmp_path / "e") if p.name == "two.mkv.eaf")
+    eaf = Elan.Eaf(str(path))
+    ref = reference(two_faces)
+    for face_id in (0, 1):
+        rows = ref[(ref["video"] == "two.mkv") & (ref["face_id"] == face_id)]
+        tiers = [f"{t} (face {face_id})" for t in ("valence", "arousal", "expression") if t in rows]
+        for tier in tiers:
+            assert eaf.tiers[tier][2]["PARTICIPANT"] == f"face {face_id}"
+        got = [a for a in eaf_annotations(path) if a[0] in tiers and a[0] != f"expression (face {face_id})"]
+        assert got == elan_expected(rows, ("valence", "arousal"), name=lambda t, f=face_id: f"{t} (face {f})")
+
+
+def test_eaf_links_the_clip_under_videos_with_its_time_origin(tmp_path):
+    from pympi import Elan
+
+    root = tmp_path / "videos"
+    (root / "sub").mkdir(parents=True)
+    clip = media.make_clip(root / "sub" / "talk.mp4", 2.0, 10, (160, 120), media.still_face(30, 20, 80))
+    table = write(tmp_path / "r.parquet", {"sub/talk.mp4": seconds(2), "../outside.mp4": seconds(2)})
+    (tmp_path / "outside.mp4").write_bytes(clip.read_bytes())  # exists, but outside --videos
+    out = tmp_path / "exports" / "elan"
+    result = export(table, ExportOptions("elan", out, videos=root))
+    by_name = {p.name: p for p in result.files}
+    (link,) = Elan.Eaf(str(by_name["sub_talk.mp4.eaf"])).media_descriptors
+    assert link["MEDIA_URL"] == clip.resolve().as_uri() and link["MIME_TYPE"] == "video/mp4"
+    assert (out / link["RELATIVE_MEDIA_URL"]).resolve() == clip.resolve()
+    with av.open(str(clip)) as c:  # PyAV: where the first frame sits after the stream's start
+        stream = c.streams.video[0]
+        first = min(p.pts for p in c.demux(stream) if p.size)
+        origin = (first - (stream.start_time or 0)) * stream.time_base
+    assert int(link["TIME_ORIGIN"]) == round(float(origin) * 1000)
+    assert Elan.Eaf(str(by_name["outside.mp4.eaf"])).media_descriptors == []  # never linked outside --videos
+
+
 def test_elan_faces_are_tiers_of_one_file(two_faces, tmp_path):
-    paths = export_table(two_faces, "elan", tmp_path / "e")
+    paths = export_table(two_faces, "elan-txt", tmp_path / "e")
     assert [p.name for p in paths] == ["two.mkv.txt", "empty.mkv.txt"]
     got = read_elan(paths[0])
     ref = reference(two_faces)
@@ -175,14 +239,14 @@ def test_elan_expression_tier_from_csv(tmp_path):
     df.insert(0, "video", "x.mp4")
     df["expression"] = ["happy", "sad\tvery", None]  # a tab in free text must not split the row
     df.to_csv(tmp_path / "r.csv", index=False)
-    (path,) = export_table(tmp_path / "r.csv", "elan", tmp_path / "e")
+    (path,) = export_table(tmp_path / "r.csv", "elan-txt", tmp_path / "e")
     got = read_elan(path)
     assert [row for row in got if row[0] == "expression"] == [("expression", 0.0, 1.0, "happy"), ("expression", 1.0, 2.0, "sad very")]
     assert [row[0] for row in got].count("valence") == 2
 
 
 def test_elan_per_frame_samples_span_one_period(frames, tmp_path):
-    (path,) = export_table(frames, "elan", tmp_path / "e")
+    (path,) = export_table(frames, "elan-txt", tmp_path / "e")
     got = [row for row in read_elan(path) if row[0] == "valence"]
     ref = reference(frames)
     shown = ref[ref["face"]]
@@ -292,7 +356,7 @@ def test_bad_tables(tmp_path, case, message):
 
 
 def test_unknown_format(batch, tmp_path):
-    with pytest.raises(FerError, match="elan, nova"):
+    with pytest.raises(FerError, match="elan, elan-txt, nova"):
         export_table(batch, "eaf", tmp_path / "out")
 
 
