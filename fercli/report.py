@@ -424,12 +424,18 @@ def _circumplex_html(df: pd.DataFrame, summary: BatchSummary, colors: dict[str, 
     )
     return (
         '<section class="circumplex-section" id="circumplex"><h2>Circumplex</h2>'
-        f'<p class="note">{n_points} seconds with a face; a dot per (valence, arousal) pair of a clip, '
-        f'larger where seconds share it.</p><div class="circ-body">{"".join(out)}<ul class="legend">{legend}</ul></div></section>'
+        f'<p class="note">{summary.face_seconds} seconds with a face{_per_face(n_points, summary.face_seconds)}; '
+        f'a dot per (valence, arousal) pair of a clip, larger where seconds share it.</p><div class="circ-body">{"".join(out)}<ul class="legend">{legend}</ul></div></section>'
     )
 
 
 # --- helpers --------------------------------------------------------------------------------------
+
+
+def _per_face(face_seconds: int, seconds: int) -> str:
+    # An --all-faces table has a dot's worth per face per second: the count of seconds is the
+    # summary's, and the dots' own count is said beside it, never in its place.
+    return "" if face_seconds == seconds else f" ({face_seconds} face-seconds: each face counts in a second it was seen)"
 
 
 def _find_video(video: str, root: Path) -> Path | None:

@@ -431,3 +431,14 @@ def test_a_table_naming_paths_outside_videos_links_none_of_them(tmp_path):
     resolved = {(tmp_path / "report" / s).resolve() for s in sources}
     assert resolved == {(root / "inside.webm").resolve(), (elsewhere / "linked.webm").resolve()}
     assert "secret" not in " ".join(sources)
+
+
+def test_the_circumplex_counts_seconds_as_the_summary_does(two_faces, tmp_path):
+    # An --all-faces table: the circumplex said "3 seconds with a face" (its dots: a face per
+    # second) where the summary said 2 seconds. One count of seconds everywhere, by hand: faces
+    # 0 and 1 in second 0, face 0 in second 1, nobody in second 2.
+    text = write_report(two_faces, tmp_path / "r", videos=two_faces.parent / "clips").read_text()
+    note = re.search(r'<p class="note">(\d+) seconds with a face( \((\d+) face-seconds)?', text)
+    summary_cell = re.search(r"seconds with a face</t[dh]><t[dh][^>]*>(\d+)", text)
+    assert note and summary_cell, text[:2000]
+    assert (int(note.group(1)), int(summary_cell.group(1)), note.group(3)) == (2, 2, "3")
