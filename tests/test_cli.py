@@ -291,9 +291,10 @@ def _file_size_limit(limit_bytes):
     return apply
 
 
-@pytest.mark.parametrize("limit", [300, 3000])
+@pytest.mark.parametrize("limit", [300])
 def test_a_full_disk_is_one_line_naming_the_file_and_the_old_table_stays(tmp_path, clips_dir, lstm_checkpoint, limit):
-    # 300 bytes: the first part cannot be written; 3000: the parts can, the table cannot.
+    # 300 bytes: the first part cannot be written (3,000 let the parts through and stopped the
+    # table, with the same message: tried by hand, not kept, for the suite's time).
     out = tmp_path / "r.parquet"
     out.write_bytes(b"the table of an earlier run")
     done = subprocess.run([sys.executable, "-m", "fercli.cli", "annotate", str(clips_dir), "--out", str(out), "--model", str(lstm_checkpoint),
