@@ -151,7 +151,10 @@ def fetch(
     try:
         digests = _download(entry, target, progress)
     except WeightsError as e:
-        raise WeightsError(f"{wrong}; {e}" if wrong else str(e)) from e
+        if wrong is None:
+            raise
+        # A file of one's own is a path, never the registry's name: say how to pass it.
+        raise WeightsError(f"{wrong}; {e}; to use that file as it is, pass it with --model {aside}") from e
     if entry.sha256 is None:
         _record_hash(target, digests.sha256, verified=entry.pinned)
     return target

@@ -230,6 +230,7 @@ def test_a_users_own_wrong_copy_offline_is_named_set_aside_and_not_reported_cach
     digest = hashlib.sha256(b"a checkpoint of the user's own").hexdigest()
     aside = cache / f"enet.pt.{digest[:12]}.rejected"
     assert aside.read_bytes() == b"a checkpoint of the user's own" and aside.name in message
+    assert message.endswith(f"pass it with --model {aside}")  # how to use one's own file
     assert "place it at" in message and "\n" not in message
     assert not theirs.exists() and weights.cache_state(entry) == "missing"
     published_copy = cache / "enet.pt"
