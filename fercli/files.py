@@ -69,8 +69,6 @@ def is_regular_file(path: str | os.PathLike) -> bool:
 
 def check_out_dir(out_dir: str | os.PathLike, *, overwrite: bool, what: str) -> None:
     """FerError unless `out_dir` may receive `what`: new, empty, or non-empty with overwrite."""
-    from .errors import FerError
-
     out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
         raise FerError(f"{out_dir}: exists and is not a folder")

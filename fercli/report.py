@@ -210,12 +210,14 @@ def render(
     metadata: dict | None = None,
 ) -> str:
     """The report page as one HTML string (see the module docstring for what it holds)."""
+    from .inputs import clip_under
+
     df = _normalized(df)
     summary = summarize(df, errors)
     colors = {c.video: PALETTE[i % len(PALETTE)] for i, c in enumerate(summary.clips)}
     sections = []
     for i, (clip, (video, rows)) in enumerate(zip(summary.clips, df.groupby("video", sort=False))):
-        path = _find_video(video, videos_root)
+        path = clip_under(videos_root, video)
         src = _relative_src(path, out_dir) if path else None
         sections.append(_clip_section(i, clip, rows, df, src, colors[video], videos_root))
     body = "\n".join(
@@ -436,12 +438,6 @@ def _per_face(face_seconds: int, seconds: int) -> str:
     # An --all-faces table has a dot's worth per face per second: the count of seconds is the
     # summary's, and the dots' own count is said beside it, never in its place.
     return "" if face_seconds == seconds else f" ({face_seconds} face-seconds: each face counts in a second it was seen)"
-
-
-def _find_video(video: str, root: Path) -> Path | None:
-    from .inputs import clip_under
-
-    return clip_under(root, video)
 
 
 def _relative_src(path: Path, out_dir: Path) -> str:

@@ -96,13 +96,16 @@ def _is_errors_file(path: Path) -> bool:
         return False
 
 
-def read_table(path: str | Path) -> pd.DataFrame:
-    """Read a fer output (Parquet or CSV) into a DataFrame with nullable integer labels."""
+def read_table(path: str | Path, require=()) -> pd.DataFrame:
+    """Read a fer output (Parquet or CSV) into a DataFrame with nullable integer labels, checked
+    by `check_table` (a CSV before its labels become integers, so a bad value is named)."""
     path = Path(path)
     if output_format(path) == "parquet":
-        return pq.read_table(path).to_pandas(types_mapper=_nullable)
+        df = pq.read_table(path).to_pandas(types_mapper=_nullable)
+        check_table(df, path, require)
+        return df
     df = pd.read_csv(path, dtype={"video": str, "expression": str})  # an all-null column is no float
-    check_table(df, path)
+    check_table(df, path, require)
     for col in ("valence", "arousal", "face_id"):
         if col in df:
             whole = df[col].dropna()
@@ -121,13 +124,11 @@ def load_table(path: str | Path, require=None) -> pd.DataFrame:
     if not path.is_file():
         raise DataError(f"{path}: no such file")
     try:
-        df = read_table(path)
+        return read_table(path, require or ())
     except FerError:
         raise
     except Exception as e:  # pyarrow/pandas raise many kinds for unreadable files
         raise DataError(f"{path}: cannot read table ({first_line(e)})") from e
-    check_table(df, path, require or ())
-    return df
 
 
 # The time keys' largest values: decode.MAX_TIMESTAMP seconds, and frames of it at 1,000 frames/s.

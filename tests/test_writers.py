@@ -37,6 +37,14 @@ def second_rows(n, face_every=1, expressions=False):
     return out
 
 
+def finished(out, video, rows):
+    """A table of one video, written to the end by a run of META."""
+    w = writer(out)
+    w.add(video, rows)
+    w.finish([video])
+    return out
+
+
 def writer(out, resume=False, meta=META, overwrite=False, **kw):
     return TableWriter(
         out, meta, per_frame=kw.get("per_frame", False), all_faces=kw.get("all_faces", False), resume=resume,
@@ -94,9 +102,7 @@ def test_expression_columns_only_for_models_with_the_head(tmp_path):
 @pytest.mark.parametrize("name", ["r.parquet", "r.csv"])
 def test_resume_into_a_table_with_other_columns_is_refused(tmp_path, name):
     out = tmp_path / name
-    w = writer(out)
-    w.add("a", second_rows(1))
-    w.finish(["a"])
+    finished(out, "a", second_rows(1))
     with pytest.raises(FerError, match=r"cannot resume.*lacks anger, .*expression.*--overwrite"):
         writer(out, resume=True, expressions=True)
     # and a table from before the face columns (an older fer) is refused the same way
@@ -125,9 +131,7 @@ def test_unknown_extension_is_refused(tmp_path):
 
 def test_killed_run_keeps_old_output_and_parts_for_resume(tmp_path):
     out = tmp_path / "r.parquet"
-    w = writer(out)
-    w.add("a.mp4", second_rows(2))
-    w.finish(["a.mp4"])
+    finished(out, "a.mp4", second_rows(2))
     before = out.read_bytes()
     w = writer(out, resume=True)
     w.add("b.mp4", second_rows(3))  # ... and then the process dies: no finish()
@@ -157,9 +161,7 @@ def test_resume_matches_clean_run(tmp_path):
 
 def test_resume_with_other_settings_is_refused(tmp_path):
     out = tmp_path / "r.parquet"
-    w = writer(out)
-    w.add("a", second_rows(1))
-    w.finish(["a"])
+    finished(out, "a", second_rows(1))
     with pytest.raises(FerError, match="window"):
         writer(out, resume=True, meta={**META, "window": 9})
 
@@ -181,9 +183,7 @@ def test_a_killed_runs_parts_are_kept_unless_overwritten(tmp_path):
 @pytest.mark.parametrize("name", ["r.parquet", "r.csv"])
 def test_an_existing_output_is_refused_untouched(tmp_path, name):
     out = tmp_path / name
-    w = writer(out)
-    w.add("a.mp4", second_rows(2))
-    w.finish(["a.mp4"])
+    finished(out, "a.mp4", second_rows(2))
     before = out.read_bytes()
     with pytest.raises(FerError) as error:
         writer(out, meta={**META, "model": "other"})
@@ -193,9 +193,7 @@ def test_an_existing_output_is_refused_untouched(tmp_path, name):
 
 def test_overwrite_replaces_the_output_with_the_new_run_alone(tmp_path):
     out = tmp_path / "r.parquet"
-    w = writer(out)
-    w.add("a.mp4", second_rows(2))
-    w.finish(["a.mp4"])
+    finished(out, "a.mp4", second_rows(2))
     w = writer(out, overwrite=True, meta={**META, "model": "other"})
     assert w.done() == set()
     w.add("b.avi", second_rows(3))
@@ -284,9 +282,7 @@ def test_resume_refuses_the_parts_a_killed_run_of_another_model_left(tmp_path):
 @pytest.mark.parametrize("name", ["r.csv", "r.parquet"])
 def test_resume_refuses_a_finished_table_of_another_model_csv_included(tmp_path, name):
     out = tmp_path / name
-    w = writer(out)
-    w.add("a.mp4", second_rows(2))
-    w.finish(["a.mp4"])
+    finished(out, "a.mp4", second_rows(2))
     assert read_metadata(out) == META  # a CSV's record sits beside it (r.csv.fer.json)
     with pytest.raises(FerError, match="made with other settings"):
         writer(out, resume=True, meta=OTHER_MODEL)
