@@ -155,7 +155,7 @@ def annotate(
     device: DeviceOption = "auto",
     batch_size: CropBatchOption = 16,
     per_frame: bool = typer.Option(False, "--per-frame", help="One row per sampled frame instead of per second."),
-    all_faces: bool = typer.Option(False, "--all-faces", help="Annotate every tracked face (adds face_id)."),
+    all_faces: bool = typer.Option(False, "--all-faces", help="A row per person per second (adds person); default: the person on screen longest."),
     resume: bool = typer.Option(False, "--resume", help="Add to an existing --out: annotate only the videos it lacks."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing --out with this run alone."),
     frames_fps: float = typer.Option(25.0, min=0.001, help="Frame rate of image-sequence folders (frames/s)."),

@@ -9,15 +9,15 @@
   `videos` (the folder fer annotate was given; default the table's folder); tiers `valence`,
   `arousal` and, where the table has it, `expression`, one annotation per second (or sample) with
   a face, its value the integer label (the expression's name); in an `--all-faces` table each
-  face's tiers (`valence (face 1)`, participant `face 1`) in the clip's one document.
+  face's tiers (`valence (person 1)`, participant `person 1`) in the clip's one document.
 - ELAN text (`elan-txt`): one tab-delimited text file per clip (`<clip>.txt`) with the columns `Tier`, `Begin Time`,
   `End Time`, `Annotation` and a header row, the layout ELAN's "Import CSV/Tab-delimited Text File"
   dialog maps column by column. Times are seconds with millisecond precision (`12.345`, ELAN's
   "ss.msec" format). One annotation per second (or sample) that has a face, its text the integer
   label; a second without a face has no annotation, so it shows as a gap on the tier. Tiers:
   `valence`, `arousal` and, where the table has an `expression` column, `expression`; in an
-  `--all-faces` table every face gets its own tiers in the clip's one file (`valence (face 1)`,
-  the number is the table's `face_id`), because ELAN makes one document per imported file and the
+  `--all-faces` table every face gets its own tiers in the clip's one file (`valence (person 1)`,
+  the number is the table's `person`), because ELAN makes one document per imported file and the
   faces of a clip belong on one timeline.
 - NOVA (hcmlab/nova): per clip, face and dimension, a continuous annotation, the XML header
   `<name>.annotation` and its ASCII data file `<name>.annotation~`: one line `score;confidence` per
@@ -153,7 +153,7 @@ class _Table:
     df: pd.DataFrame
     per_frame: bool
     rate: float  # samples per second: 1 for per-second tables, the sampling fps for per-frame
-    faces: bool  # an --all-faces table (a face_id column)
+    faces: bool  # an --all-faces table (a person column)
 
     @classmethod
     def of(cls, df: pd.DataFrame, path: Path) -> _Table:
@@ -174,8 +174,8 @@ class _Table:
         if index.isna().any() or (index < 0).any() or (index != np.floor(index)).any():
             raise DataError(f"{path}: column {key} must hold whole numbers from 0")
         df["_index"] = index.astype(np.int64)
-        faces = "face_id" in df
-        dup = df.duplicated(["video", "_index", "face_id"] if faces else ["video", "_index"])
+        faces = "person" in df
+        dup = df.duplicated(["video", "_index", "person"] if faces else ["video", "_index"])
         if dup.any():
             row = df[dup].iloc[0]
             raise DataError(f"{path}: {row['video']} has {key} {row['_index']} twice")
@@ -190,7 +190,7 @@ class _Table:
         if "face" in df:
             has_face &= df["face"].fillna(False).astype(bool)
         if faces:
-            has_face &= df["face_id"].notna()
+            has_face &= df["person"].notna()
         df["_face"] = has_face
         return cls(df, per_frame, rate, faces)
 
@@ -199,17 +199,17 @@ class _Table:
         for video in pd.unique(self.df["video"]):
             yield video, self.df[self.df["video"] == video]
 
-    def face_ids(self, rows: pd.DataFrame) -> list[int | None]:
+    def persons(self, rows: pd.DataFrame) -> list[int | None]:
         """The faces of a clip: [None] for a one-face table, else the face ids found in it."""
         if not self.faces:
             return [None]
-        return sorted(int(f) for f in pd.unique(rows.loc[rows["face_id"].notna(), "face_id"]))
+        return sorted(int(f) for f in pd.unique(rows.loc[rows["person"].notna(), "person"]))
 
     @staticmethod
-    def of_face(rows: pd.DataFrame, face_id: int | None) -> pd.DataFrame:
-        if face_id is None:
+    def of_face(rows: pd.DataFrame, person: int | None) -> pd.DataFrame:
+        if person is None:
             return rows
-        return rows[rows["face_id"].notna() & (rows["face_id"] == face_id)]
+        return rows[rows["person"].notna() & (rows["person"] == person)]
 
 
 def _frame_rate(df: pd.DataFrame, path: Path) -> float:
@@ -244,7 +244,7 @@ def _plan(table: _Table, to: str, result: ExportResult, videos: Path, out_dir: P
     from .plots import safe_names
 
     # The stems are unique (case-insensitively) and every clip of a table gets suffixes of one
-    # pattern (`.txt`; `.valence.annotation` or, in an --all-faces table, `.face<id>.valence...`),
+    # pattern (`.txt`; `.valence.annotation` or, in an --all-faces table, `.person<id>.valence...`),
     # so file names cannot clash either.
     stems = safe_names([video for video, _ in table.clips()])
     planned: dict[str, str] = {}
@@ -263,10 +263,10 @@ def _plan(table: _Table, to: str, result: ExportResult, videos: Path, out_dir: P
 def _elan_files(table: _Table, rows: pd.DataFrame) -> dict[str, str]:
     lines = ["\t".join(ELAN_COLUMNS)]
     tiers = list(DIMENSIONS) + (["expression"] if "expression" in rows else [])
-    for face_id in table.face_ids(rows):
-        face = table.of_face(rows, face_id).sort_values("_index")
+    for person in table.persons(rows):
+        face = table.of_face(rows, person).sort_values("_index")
         for tier in tiers:
-            name = tier if face_id is None else f"{tier} (face {face_id})"
+            name = tier if person is None else f"{tier} (person {person})"
             shown = face[face["_face"] & face[tier].notna()]
             for begin, end, value in zip(shown["_begin"], shown["_end"], shown[tier]):
                 lines.append("\t".join((name, _ms(begin), _ms(end), _elan_text(value))))
@@ -279,13 +279,13 @@ def _eaf_files(table: _Table, rows: pd.DataFrame, video: str, videos: Path, out_
 
     tiers = []  # (tier id, participant, [(begin ms, end ms, text)])
     names = list(DIMENSIONS) + (["expression"] if "expression" in rows else [])
-    for face_id in table.face_ids(rows):
-        face = table.of_face(rows, face_id).sort_values("_index")
+    for person in table.persons(rows):
+        face = table.of_face(rows, person).sort_values("_index")
         for name in names:
             shown = face[face["_face"] & face[name].notna()]
             spans = [(_to_ms(b), _to_ms(e), _elan_text(v)) for b, e, v in zip(shown["_begin"], shown["_end"], shown[name])]
-            tier = name if face_id is None else f"{name} (face {face_id})"
-            tiers.append((tier, "" if face_id is None else f"face {face_id}", spans))
+            tier = name if person is None else f"{name} (person {person})"
+            tiers.append((tier, "" if person is None else f"person {person}", spans))
     slots = {ms: f"ts{i + 1}" for i, ms in enumerate(sorted({t for *_, spans in tiers for b, e, _ in spans for t in (b, e)}))}
 
     doc = ET.Element("ANNOTATION_DOCUMENT", {
@@ -367,10 +367,10 @@ def _elan_text(value) -> str:
 def _nova_files(table: _Table, rows: pd.DataFrame) -> dict[str, str]:
     length = int(rows["_index"].max()) + 1  # every face's file covers the whole clip
     files: dict[str, str] = {}
-    for face_id in table.face_ids(rows):
-        face = table.of_face(rows, face_id).set_index("_index").reindex(range(length))
-        role = "face" if face_id is None else f"face{face_id}"
-        prefix = "" if face_id is None else f".{role}"
+    for person in table.persons(rows):
+        face = table.of_face(rows, person).set_index("_index").reindex(range(length))
+        role = "face" if person is None else f"person{person}"
+        prefix = "" if person is None else f".{role}"
         for dim in DIMENSIONS:
             data = _nova_data(face, dim)
             files[f"{prefix}.{dim}.annotation"] = _nova_header(dim, role, table.rate, len(data))

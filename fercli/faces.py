@@ -18,8 +18,6 @@ from .blazeface import MIN_SCORE
 
 MATCH_IOU = 0.15  # box overlap that continues a track from one sampled frame to the next
 TRACK_TTL = 1.0  # seconds a track survives without a detection (brief occlusions, missed frames)
-SALIENCE_HALF_LIFE = 2.0  # seconds; how fast a track's claim to be the main subject fades
-SWITCH_RATIO = 2.0  # another face must be this many times more salient to become the main subject
 STEADY_IOU = 0.9  # two detections in a row this alike (every box) mean the faces hold still
 
 WARM_UP_SIDE = 64  # px; a blank image run once at start, while LiteRT's start-up line is muted
@@ -158,55 +156,31 @@ class _Track:
     id: int
     box: Box
     last_seen: float  # seconds
-    salience: float = 0.0  # decayed sum of area x score: who has been the big, clear face lately
 
 
 @dataclass
 class FaceTracker:
-    """Follows faces across sampled frames by box overlap.
+    """Follows faces across sampled frames of one shot by box overlap.
 
-    The main subject is chosen by salience (area x confidence, summed over samples and fading
-    with a half-life) and then kept: another face takes over only once it is SWITCH_RATIO times
-    more salient, or when the subject's track ends. So a face passing through cannot steal the
-    track, a subject hidden for a moment keeps it, and a subject who walks in past a small
-    background face wins it within a few seconds.
+    A track lives on for `ttl` seconds without a detection (a blink of the detector, a hand
+    passing), so a face hidden that briefly keeps its track. Which track is which person, across
+    cuts and longer absences, is `people`'s business.
     """
 
     ttl: float = TRACK_TTL
-    half_life: float = SALIENCE_HALF_LIFE
     tracks: dict[int, _Track] = field(default_factory=dict)
     _next_id: int = 0
     _time: float | None = None
-    _main: int | None = None
 
     def update(self, time: float, detections: list[Detection]) -> dict[int, Detection]:
         """Match this frame's detections to tracks; returns {track id: detection}."""
-        self._decay(time)
+        self._time = time
         self.tracks = {i: t for i, t in self.tracks.items() if time - t.last_seen <= self.ttl}
         matched = self._match(detections)
         for track_id, det in matched.items():
             track = self.tracks[track_id]
             track.box, track.last_seen = det.box, time
-            track.salience += det.area * det.score
         return matched
-
-    def main(self, matched: dict[int, Detection]) -> Detection | None:
-        """The main subject's detection in this frame, or None when the subject is not visible."""
-        if not self.tracks:
-            self._main = None
-            return None
-        best = max(self.tracks.values(), key=lambda t: (t.salience, -t.id))
-        current = self.tracks.get(self._main)
-        if current is None or best.salience > SWITCH_RATIO * current.salience:
-            self._main = best.id
-        return matched.get(self._main)
-
-    def _decay(self, time: float) -> None:
-        if self._time is not None and time > self._time:
-            factor = 0.5 ** ((time - self._time) / self.half_life)
-            for t in self.tracks.values():
-                t.salience *= factor
-        self._time = time
 
     def _match(self, detections: list[Detection]) -> dict[int, Detection]:
         pairs = sorted(

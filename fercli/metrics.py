@@ -283,7 +283,7 @@ def _keyed(df: pd.DataFrame, on: list[str], what: str) -> pd.DataFrame:
     dup = df.duplicated(subset=on)
     if dup.any():
         first = df.loc[dup, on].iloc[0].tolist()
-        hint = " (annotate without --all-faces)" if "face_id" in df else ""
+        hint = " (annotate without --all-faces)" if "person" in df else ""
         raise DataError(f"{what}: {int(dup.sum())} duplicate rows for the same {'/'.join(on)}, e.g. {first}{hint}")
     return df
 

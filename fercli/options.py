@@ -12,7 +12,7 @@ DEFAULT_BATCH = 16  # face crops per backbone call; small batches run best on a 
 class AnnotateOptions:
     batch_size: int = DEFAULT_BATCH  # face crops per backbone batch
     per_frame: bool = False  # one row per sampled frame instead of per second
-    all_faces: bool = False  # a row per tracked face (with face_id) instead of the main subject only
+    all_faces: bool = False  # a row per person per second (a `person` column) instead of the person on screen longest
     resume: bool = False  # keep videos already in the output and annotate only the rest
     overwrite: bool = False  # replace an existing output with this run alone (else it is refused)
     frames_fps: float = 25.0  # frame rate of image-sequence clips (frames/s)

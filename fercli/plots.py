@@ -170,22 +170,22 @@ def timeline_figure(group: pd.DataFrame, video: str | None = None):
     step = 1.0 if x == "second" else _step(group[x])
     fig = _figure(figsize=(10, 4.5))
     axes = fig.subplots(2, 1, sharex=True)
-    faces = group.groupby("face_id", sort=True) if "face_id" in group else [(None, group)]  # null face_id: no face
-    for face_id, rows in faces:
+    faces = group.groupby("person", sort=True) if "person" in group else [(None, group)]  # null person: no face
+    for person, rows in faces:
         begin, end = _spans(rows, x, step)
         order = np.argsort(begin, kind="stable")
         for ax, dim in zip(axes, DIMENSIONS):
             y = pd.to_numeric(rows[_value_column(rows, dim)], errors="coerce").to_numpy(dtype=float, na_value=np.nan)
             xs, ys = _steps(begin[order], end[order], y[order])
-            label, color = (None, DIM_COLORS[dim]) if face_id is None else (f"face {face_id}", None)
-            gid = dim if face_id is None else f"{dim} face {face_id}"
+            label, color = (None, DIM_COLORS[dim]) if person is None else (f"person {person}", None)
+            gid = dim if person is None else f"{dim} person {person}"
             ax.plot(xs, ys, "-", lw=1.5, label=label, color=color, gid=gid)
     _shade_no_face(axes, group, x, step)
     for ax, dim in zip(axes, DIMENSIONS):
         ax.axhline(0, color="0.8", lw=0.8, zorder=0)
         ax.set(ylim=LIM, ylabel=dim)
         ax.set_yticks([-10, -5, 0, 5, 10])
-    if "face_id" in group and group["face_id"].notna().any():
+    if "person" in group and group["person"].notna().any():
         axes[0].legend(frameon=False, fontsize=8)
     axes[-1].set_xlabel("seconds" if x == "second" else "time (s)")
     if video is not None:

@@ -145,7 +145,7 @@ class Timeline:
 
     def __init__(self, rows):
         key = "time" if "time" in rows.columns else "start"
-        rows = rows.sort_values([key] + (["face_id"] if "face_id" in rows.columns else []), kind="stable")
+        rows = rows.sort_values([key] + (["person"] if "person" in rows.columns else []), kind="stable")
         self.records = rows.to_dict("records")
         self.starts = np.array([r[key] for r in self.records], dtype=float)
         self.ends = np.array([r["end"] for r in self.records], dtype=float) if key == "start" else None
@@ -301,7 +301,7 @@ def _value(row: dict, dim: str) -> float | None:
 
 
 def _caption(row: dict, numbered: bool) -> str:
-    parts = [f"#{row['face_id']}"] if numbered and not _missing(row.get("face_id")) else []
+    parts = [f"#{row['person']}"] if numbered and not _missing(row.get("person")) else []
     expression = row.get("expression")
     if not _missing(expression):
         p = row.get(expression)

@@ -13,7 +13,7 @@ What it shows:
   (= [s, s+1), the clip's last second ends at the clip's end), each segment's opacity is the
   confidence of its label (`*_conf`; frame models have none and are drawn opaque), and seconds
   without a face are shaded grey;
-- with `--all-faces` tables (a `face_id` column), one timeline per tracked face inside the clip's
+- with `--all-faces` tables (a `person` column), one timeline per tracked face inside the clip's
   section, all sharing the clip's player; a second in which a face has no row (it was not seen)
   is shaded on that face's timeline;
 - the circumplex: valence against arousal for every second with a face, one colour per clip;
@@ -129,7 +129,7 @@ class ClipSummary:
     seconds: int  # distinct seconds with a row
     face_seconds: int  # of those, seconds in which a face (any face, with --all-faces) was found
     duration: float  # the clip's end (last row's end)
-    faces: int  # tracked faces (1 without face_id, 0 if none was ever found)
+    faces: int  # people: distinct `person` ids, else the most seen in one row (`people`), else 1 or 0
     mean_valence: float | None
     mean_arousal: float | None
 
@@ -165,7 +165,7 @@ def summarize(df: pd.DataFrame, errors: list[tuple[str, str]] | None = None) -> 
     for video, rows in df.groupby("video", sort=False):
         per_second = rows.groupby("second")["face"].any()
         faced = rows[rows["face"]]
-        n_faces = faced["face_id"].nunique() if "face_id" in rows else int(len(faced) > 0)
+        n_faces = _people(rows, faced)
         means = [faced[_value_column(df, d)].astype(float).mean() if len(faced) else None for d in DIMENSIONS]
         clips.append(
             ClipSummary(
@@ -287,14 +287,23 @@ def _clip_section(i: int, clip: ClipSummary, rows: pd.DataFrame, df: pd.DataFram
     )
 
 
+def _people(rows: pd.DataFrame, faced: pd.DataFrame) -> int:
+    """How many people a clip's rows saw: a default table follows one but counts the others."""
+    if "person" in rows:
+        return int(faced["person"].nunique())
+    if "people" in rows and rows["people"].notna().any():
+        return int(rows["people"].max())
+    return int(len(faced) > 0)
+
+
 def _faces(rows: pd.DataFrame) -> list[tuple[str, pd.DataFrame]]:
-    """(caption, rows) per timeline: one per tracked face with face_id, else one for the clip."""
-    if "face_id" not in rows:
+    """(caption, rows) per timeline: one per person in an --all-faces table, else one for the clip."""
+    if "person" not in rows:
         return [("valence and arousal", rows)]
-    ids = sorted(int(f) for f in rows.loc[rows["face"], "face_id"].dropna().unique())
+    ids = sorted(int(f) for f in rows.loc[rows["face"], "person"].dropna().unique())
     if not ids:  # no face was ever found: one timeline, all shaded
         return [("no face found", rows.iloc[0:0])]
-    return [(f"face {f}", rows[rows["face_id"] == f]) for f in ids]
+    return [(f"person {f}", rows[rows["person"] == f]) for f in ids]
 
 
 def _timeline_svg(face_rows: pd.DataFrame, clip_rows: pd.DataFrame, duration: float, df: pd.DataFrame) -> str:

@@ -22,12 +22,12 @@ from .errors import FerError
 from .inputs import Clip
 from .options import AnnotateOptions, ProgressEvent, VideoResult
 
-MAIN_FACE = 0  # face id of the main subject when not annotating every face
 # FFmpeg decoder threads per clip while the model runs on the CPU: the backbone already keeps
 # every core busy, and one thread decodes with less overhead than frame threading (measured on
 # 2 cores: 2.17 s and 4.1 CPU-s against 2.36 s and 4.5 CPU-s). With a GPU, FFmpeg chooses.
 DECODE_THREADS_BESIDE_CPU_MODEL = 1
 SAMPLES_PER_MESSAGE = 8  # samples a producer sends at once (each crop is ~150 kB)
+HEAD_BATCH = 256  # rows labelled at once at a clip's end: bounds the windows held (256 x T x 1280 floats)
 
 
 class StageClock:
@@ -104,29 +104,33 @@ def merge_clock(clock, payload) -> None:
 class SampleCrops:
     index: int  # sample index k
     time: float  # seconds
-    crops: dict  # face id -> size x size x 3 uint8 crop
-    # face id -> the faces.Detection the crop was cut from: box in pixels of the upright frame
+    crops: dict  # track id -> size x size x 3 uint8 crop, for every face in the sample
+    # track id -> the faces.Detection the crop was cut from: box in pixels of the upright frame
     # and detector score (a box reused by SteadyDetector is the one the crop was cut from)
     detections: dict = field(default_factory=dict)
+    # track id -> the face's `people.appearance` descriptor (float32), for joining tracks into people
+    looks: dict = field(default_factory=dict)
 
 
 def clip_samples(clip: Clip, cfg, options: AnnotateOptions, detector, device_type: str = "cpu", clock=NO_CLOCK):
     """The clip's VideoInfo first, then a SampleCrops per sample at the model's rate."""
     from .decode import AUTO_THREADS, open_video
-    from .faces import FaceTracker, SteadyDetector
+    from .faces import SteadyDetector
+    from .people import Tracks
 
     pre = cfg.preprocess
     threads = DECODE_THREADS_BESIDE_CPU_MODEL if device_type == "cpu" else AUTO_THREADS
     with open_video(clip.path, frames_fps=options.frames_fps, device=device_type, threads=threads) as source:
         yield source.info
-        tracker = FaceTracker()
+        tracks = Tracks()
         steady = SteadyDetector(_TimedDetector(detector, clock), options.reuse_boxes)
         frames = clock.iterate("decode", source.sample(cfg.fps))
         for frame, detections in steady.detections(frames, lambda f: f.image):
             with clock.stage("faces", 1):
-                found = _faces_of(tracker, frame, detections, options.all_faces)
-                crops = {fid: pre.cut(frame.image, det.box) for fid, det in found.items()}
-            yield SampleCrops(frame.index, frame.time, crops, dict(found))
+                found = tracks.update(frame.time, frame.image, detections)
+                crops = {t: pre.cut(frame.image, det.box) for t, (det, _) in found.items()}
+            detections = {t: det for t, (det, _) in found.items()}
+            yield SampleCrops(frame.index, frame.time, crops, detections, {t: look for t, (_, look) in found.items()})
 
 
 @dataclass
@@ -139,14 +143,6 @@ class _TimedDetector:
     def detect(self, image):
         with self.clock.stage("faces"):
             return self.detector.detect(image)
-
-
-def _faces_of(tracker, frame, detections, all_faces: bool) -> dict:
-    matched = tracker.update(frame.time, detections)
-    if all_faces:
-        return dict(sorted(matched.items()))
-    main = tracker.main(matched)
-    return {MAIN_FACE: main} if main is not None else {}
 
 
 def clip_error(clip: Clip, e: Exception) -> str:
@@ -192,10 +188,10 @@ def has_expressions(model) -> bool:
     return bool(getattr(model, "has_expressions", False))
 
 
-def _seen(sample: SampleCrops, face_id: int, probs: list | None):
+def _seen(sample: SampleCrops, person: int, probs: list | None):
     from .windows import FaceSeen
 
-    det = sample.detections.get(face_id)
+    det = sample.detections.get(person)
     if det is None:  # a producer that sends crops only: no box to report
         return None
     return FaceSeen(tuple(float(v) for v in det.box), float(det.score), tuple(probs) if probs is not None else None)
@@ -209,7 +205,11 @@ class _Clip:
     started: float  # perf_counter at start
     duration: float
     rows: list = field(default_factory=list)
-    samples: int = 0  # samples labelled so far
+    samples: int = 0  # samples encoded so far
+    # Held until the clip ends, when its tracks are joined into people (`people.group_tracks`):
+    frames: list = field(default_factory=list)  # windows.FrameFeatures keyed by track id
+    looks: dict = field(default_factory=dict)  # track id -> sum of its appearance descriptors
+    seen_in: dict = field(default_factory=dict)  # track id -> sample indices it was seen in
 
 
 class Labeler:
@@ -244,10 +244,14 @@ class Labeler:
             self.flush()
 
     def end(self, key) -> None:
+        from .windows import follow
+
         if any(k == key for k, _ in self.pending):
             self.flush()
         state = self.clips.pop(key)
-        self._label(state, state.agg.finish())
+        self._aggregate(state)
+        if not self.options.all_faces:  # the person on screen longest, known only now
+            state.rows = follow(state.rows, state.agg.main_person())
         vr = VideoResult(state.clip.name, duration=state.duration, elapsed=time.perf_counter() - state.started)
         self.on_clip(vr, state.rows)
         self.emit(ProgressEvent("done", state.clip.name, result=vr))
@@ -278,14 +282,32 @@ class Labeler:
             seen = {fid: _seen(sample, fid, probs[j + i] if probs is not None else None) for i, fid in enumerate(sample.crops)}
             seen = {fid: face for fid, face in seen.items() if face is not None}
             j += len(sample.crops)
-            ff = FrameFeatures(sample.index, sample.time, faces, seen)
-            touched.setdefault(key, []).extend(state.agg.push(ff))
+            state.frames.append(FrameFeatures(sample.index, sample.time, faces, seen))
+            for track, look in sample.looks.items():
+                state.looks[track] = state.looks.get(track, 0) + look
+                state.seen_in.setdefault(track, set()).add(sample.index)
             state.samples += 1
+            touched[key] = state
         self.pending, self.n_crops = [], 0
-        for key, units in touched.items():
-            state = self.clips[key]
-            self._label(state, units)
+        for state in touched.values():
             self.emit(ProgressEvent("frames", state.clip.name, state.samples, state.total))
+
+    def _aggregate(self, state: _Clip) -> None:
+        """The clip's tracks joined into people, then its rows: per person, per second (or sample)."""
+        from .people import group_tracks
+        from .windows import FrameFeatures
+
+        person = group_tracks(state.looks, state.seen_in)
+        units = []
+        for ff in state.frames:
+            faces = {person.get(t, t): f for t, f in ff.faces.items()}
+            seen = {person.get(t, t): f for t, f in ff.seen.items()}
+            units += state.agg.push(FrameFeatures(ff.index, ff.time, faces, seen))
+            if len(units) >= HEAD_BATCH:
+                self._label(state, units)
+                units = []
+        self._label(state, units + state.agg.finish())
+        state.frames = []
 
     def _encode(self, crops: list):
         import numpy as np

@@ -33,6 +33,7 @@ from .labels import EXPRESSIONS, decode_logits, to_class
 TIME_EPS = 1e-6  # seconds; float sample times that land on a second boundary belong to it
 
 
+KEY_COLUMNS = ("second", "start", "end", "frame", "time")  # where a row sits, per second or per frame
 BOX_COLUMNS = ("face_x0", "face_y0", "face_x1", "face_y1")  # the face box, px of the upright frame
 
 
@@ -49,8 +50,8 @@ class FaceSeen:
 class FrameFeatures:
     index: int  # sample index k
     time: float  # seconds
-    faces: dict[int, torch.Tensor]  # face id -> feature vector (window models) or (valence, arousal) scores
-    seen: dict[int, FaceSeen] = field(default_factory=dict)  # face id -> its box, score, expressions
+    faces: dict[int, torch.Tensor]  # person id -> feature vector (window models) or (valence, arousal) scores
+    seen: dict[int, FaceSeen] = field(default_factory=dict)  # person id -> its box, score, expressions
 
 
 @dataclass
@@ -58,7 +59,7 @@ class Unit:
     """One future row: where it sits, whose face, and what the model needs to label it."""
 
     key: dict  # second/start/end, or frame/time
-    face_id: int | None
+    person: int | None
     window: torch.Tensor | None = None  # (T, F) for window models
     scores: torch.Tensor | None = None  # (2,) mean frame scores for frame models
     columns: dict = field(default_factory=dict)  # face_* and expression columns (see face_columns)
@@ -102,10 +103,11 @@ class Aggregator:
     last_start: float | None = None  # s: start of the clip's last frame; None: just before `duration`
     recent: deque = field(init=False)
     _second: int = 0  # the second being filled
-    _present: dict[int, list[torch.Tensor]] = field(default_factory=dict)  # face id -> its samples in _second
-    _seen: dict[int, list[FaceSeen]] = field(default_factory=dict)  # face id -> what was seen in _second
+    _present: dict[int, list[torch.Tensor]] = field(default_factory=dict)  # person id -> its samples in _second
+    _seen: dict[int, list[FaceSeen]] = field(default_factory=dict)  # person id -> what was seen in _second
     _samples: int = 0  # samples in _second, with or without a face
-    _before: dict[int, torch.Tensor] = field(default_factory=dict)  # face id -> last feature older than `recent`
+    _before: dict[int, torch.Tensor] = field(default_factory=dict)  # person id -> last feature older than `recent`
+    on_screen: dict[int, int] = field(default_factory=dict)  # person id -> samples that found them, whole clip
 
     def __post_init__(self):
         self.recent = deque(maxlen=self.window)
@@ -113,6 +115,8 @@ class Aggregator:
         self.seconds = n_seconds(last)
 
     def push(self, ff: FrameFeatures) -> list[Unit]:
+        for person in ff.faces:
+            self.on_screen[person] = self.on_screen.get(person, 0) + 1
         if self.per_frame:
             self._remember(ff.faces)
             return self._frame_units(ff)
@@ -122,10 +126,10 @@ class Aggregator:
             units += self._close_second()
         self._remember(ff.faces)
         self._samples += 1
-        for face_id, feat in ff.faces.items():
-            self._present.setdefault(face_id, []).append(feat)
-            if face_id in ff.seen:
-                self._seen.setdefault(face_id, []).append(ff.seen[face_id])
+        for person, feat in ff.faces.items():
+            self._present.setdefault(person, []).append(feat)
+            if person in ff.seen:
+                self._seen.setdefault(person, []).append(ff.seen[person])
         return units
 
     def finish(self) -> list[Unit]:
@@ -136,6 +140,10 @@ class Aggregator:
             units += self._close_second()
         return units
 
+    def main_person(self) -> int | None:
+        """The person found in the most samples so far (ties: the one seen first); None if nobody."""
+        return min(self.on_screen, key=lambda p: (-self.on_screen[p], p), default=None)
+
     def _remember(self, faces: dict[int, torch.Tensor]) -> None:
         if len(self.recent) == self.recent.maxlen:
             self._before.update(self.recent[0])
@@ -145,27 +153,29 @@ class Aggregator:
         s = self._second
         end = self.duration if s == self.seconds - 1 else min(s + 1, self.duration)
         key = {"second": s, "start": float(s), "end": float(end)}
+        people = {"people": len(self._present)}
         units = [
-            self._unit(key, face_id, samples, face_columns(self._seen.get(face_id, []), self._samples))
-            for face_id, samples in sorted(self._present.items())
+            self._unit(key, person, samples, {**face_columns(self._seen.get(person, []), self._samples), **people})
+            for person, samples in sorted(self._present.items())
         ]
         self._second, self._present, self._seen, self._samples = s + 1, {}, {}, 0
-        return units or [Unit(key, None, columns=face_columns([], self._samples))]
+        return units or [Unit(key, None, columns={**face_columns([], self._samples), **people})]
 
     def _frame_units(self, ff: FrameFeatures) -> list[Unit]:
         key = {"frame": ff.index, "time": ff.time}
+        people = {"people": len(ff.faces)}
         units = [
-            self._unit(key, face_id, [feat], face_columns([ff.seen[face_id]] if face_id in ff.seen else [], 1))
-            for face_id, feat in sorted(ff.faces.items())
+            self._unit(key, person, [feat], {**face_columns([ff.seen[person]] if person in ff.seen else [], 1), **people})
+            for person, feat in sorted(ff.faces.items())
         ]
-        return units or [Unit(key, None, columns=face_columns([], 1))]
+        return units or [Unit(key, None, columns={**face_columns([], 1), **people})]
 
-    def _unit(self, key: dict, face_id: int, samples: list[torch.Tensor], columns: dict) -> Unit:
+    def _unit(self, key: dict, person: int, samples: list[torch.Tensor], columns: dict) -> Unit:
         if not self.window_model:
-            return Unit(key, face_id, scores=torch.stack(samples).mean(dim=0), columns=columns)
+            return Unit(key, person, scores=torch.stack(samples).mean(dim=0), columns=columns)
         pad = [None] * (self.window - len(self.recent))  # start of clip: fewer than T samples yet
-        window = pad + [faces.get(face_id) for faces in self.recent]
-        return Unit(key, face_id, window=fill_window(window, self._before.get(face_id)), columns=columns)
+        window = pad + [faces.get(person) for faces in self.recent]
+        return Unit(key, person, window=fill_window(window, self._before.get(person)), columns=columns)
 
 
 def face_columns(seen: list[FaceSeen], samples: int) -> dict:
@@ -210,7 +220,23 @@ def label_units(units: list[Unit], head) -> list[dict]:
 
 def label_rows(units: list[Unit], head) -> list[dict]:
     """Table rows (without the video column) for a batch of units: their keys, face and labels."""
-    return [{**u.key, "face_id": u.face_id, "face": u.has_face, **lab} for u, lab in zip(units, label_units(units, head))]
+    return [{**u.key, "person": u.person, "face": u.has_face, **lab} for u, lab in zip(units, label_units(units, head))]
+
+
+def follow(rows: list[dict], person: int | None) -> list[dict]:
+    """One row per time key: `person`'s row where they were seen, else a row without a face.
+
+    `rows` are a whole clip's `label_rows`, in time order, with a row per person per key.
+    """
+    out: dict[tuple, dict] = {}
+    for row in rows:
+        key = tuple((k, row[k]) for k in ("second", "frame") if k in row)
+        if row["person"] == person and row["face"]:
+            out[key] = row
+        elif key not in out:
+            empty = {**_empty_labels(), "face_share": 0.0, "people": row.get("people", 0)}
+            out[key] = {**{k: row[k] for k in KEY_COLUMNS if k in row}, "person": None, "face": False, **empty}
+    return list(out.values())
 
 
 def _from_logits(logits: torch.Tensor) -> list[tuple[int, float, float]]:

@@ -45,6 +45,9 @@ _LABELS = [
 # What the detector saw (windows.face_columns): the face box in pixels of the upright frame,
 # the detector's score and the share of the row's samples that found the face.
 _FACE = [(name, pa.float32()) for name in ("face_x0", "face_y0", "face_x1", "face_y1", "face_score", "face_share")]
+# How many different people (`people.People` ids) the row's samples saw: 2 in a default table's
+# row says someone else was on screen beside (or instead of) the person it follows.
+_PEOPLE = [("people", pa.int16())]
 # Models with HSEmotion's expression head only: mean softmax probabilities and the most probable name.
 _EXPRESSIONS = [(name, pa.float32()) for name in EXPRESSIONS] + [("expression", pa.string())]
 _SECOND_KEY = [("video", pa.string()), ("second", pa.int32()), ("start", pa.float64()), ("end", pa.float64())]
@@ -53,8 +56,8 @@ _FRAME_KEY = [("video", pa.string()), ("frame", pa.int32()), ("time", pa.float64
 
 def schema(per_frame: bool = False, all_faces: bool = False, expressions: bool = False) -> pa.Schema:
     """The output columns, in order; `expressions`: the model has HSEmotion's expression head."""
-    key = (_FRAME_KEY if per_frame else _SECOND_KEY) + ([("face_id", pa.int32())] if all_faces else [])
-    return pa.schema(key + _LABELS + _FACE + (_EXPRESSIONS if expressions else []))
+    key = (_FRAME_KEY if per_frame else _SECOND_KEY) + ([("person", pa.int32())] if all_faces else [])
+    return pa.schema(key + _LABELS + _FACE + _PEOPLE + (_EXPRESSIONS if expressions else []))
 
 
 def output_format(path: Path) -> str:
@@ -101,18 +104,25 @@ def read_table(path: str | Path, require=()) -> pd.DataFrame:
     by `check_table` (a CSV before its labels become integers, so a bad value is named)."""
     path = Path(path)
     if output_format(path) == "parquet":
-        df = pq.read_table(path).to_pandas(types_mapper=_nullable)
+        df = _renamed(pq.read_table(path).to_pandas(types_mapper=_nullable))
         check_table(df, path, require)
         return df
-    df = pd.read_csv(path, dtype={"video": str, "expression": str})  # an all-null column is no float
+    df = _renamed(pd.read_csv(path, dtype={"video": str, "expression": str}))  # an all-null column is no float
     check_table(df, path, require)
-    for col in ("valence", "arousal", "face_id"):
+    for col in ("valence", "arousal", "person", "people"):
         if col in df:
             whole = df[col].dropna()
             if not (whole == whole.round()).all():
                 row = int((df[col] != df[col].round()).to_numpy().argmax())
                 raise DataError(f"{path}: column {col} holds {df[col].iloc[row]!r} (row {row + 1}) where a whole number belongs")
             df[col] = df[col].astype("Int64")
+    return df
+
+
+def _renamed(df: pd.DataFrame) -> pd.DataFrame:
+    # Tables of fer 0.1 called the person column `face_id` (a track, which did not survive cuts).
+    if "face_id" in df and "person" not in df:
+        df = df.rename(columns={"face_id": "person"})
     return df
 
 
@@ -188,7 +198,7 @@ def read_metadata(path: str | Path) -> dict | None:
 
 
 def _nullable(t: pa.DataType):
-    return {pa.int8(): pd.Int64Dtype(), pa.int32(): pd.Int64Dtype()}.get(t)
+    return {pa.int8(): pd.Int64Dtype(), pa.int16(): pd.Int64Dtype(), pa.int32(): pd.Int64Dtype()}.get(t)
 
 
 def check_output(out: str | Path, *, resume: bool = False, overwrite: bool = False) -> None:
@@ -276,7 +286,7 @@ class TableWriter:
         return len(df)
 
     def _key(self) -> list[str]:
-        keys = [n for n in ("video", "second", "frame", "face_id") if n in self.schema.names]
+        keys = [n for n in ("video", "second", "frame", "person") if n in self.schema.names]
         return keys
 
     def _part_files(self) -> list[Path]:

@@ -81,3 +81,46 @@ def frames() -> dict[str, np.ndarray]:
         two = paste(background(1280, 720), a(300), 80, 120)
         out["two_faces"] = paste(two, head(m, MESSI_HEAD, 300), 800, 160)
     return out
+
+
+# -- two people across shot cuts -----------------------------------------------------------------
+
+CUTS_SIZE = (480, 270)  # px
+# (start s, end s, tint, [(person, x, y, head width px, (absent from s, back at s) or None)]);
+# person 0 is the astronaut, 1 the player. Cuts at 4, 6, 9 and 11 s. The astronaut leaves the
+# third shot for 1.4 s, longer than a track lives (faces.TRACK_TTL), and comes back; she is on
+# screen 7.6 s in all, the player 6 s.
+CUTS_SHOTS = (
+    (0.0, 4.0, (1.00, 0.95, 0.90), [(0, 60, 30, 150, None)]),
+    (4.0, 6.0, (0.80, 0.95, 1.15), [(1, 280, 60, 130, None)]),
+    (6.0, 9.0, (1.10, 1.00, 0.80), [(0, 170, 20, 180, (7.0, 8.4))]),
+    (9.0, 11.0, (0.90, 1.10, 0.95), [(1, 40, 80, 110, None)]),
+    (11.0, 13.0, (1.00, 1.00, 1.00), [(1, 30, 70, 120, None), (0, 270, 40, 150, None)]),
+)
+CUTS = (4.0, 6.0, 9.0, 11.0)
+
+
+def people_at(t: float) -> list[tuple[int, tuple[int, int, int, int]]]:
+    """(person, head box) of each head on screen at time t in `cuts_frames`."""
+    shot = next(s for s in CUTS_SHOTS if s[0] <= t < s[1])
+    return [(p, (x, y, x + side, y + side)) for p, x, y, side, gone in shot[3] if not (gone and gone[0] <= t < gone[1])]
+
+
+def cuts_frames(fps: float) -> list[np.ndarray]:
+    """The frames of a clip with two real people alternating across shot cuts (see CUTS_SHOTS).
+
+    Needs `messi5.jpg` (opencv-doc). Each shot has its own colour cast, as cuts between camera
+    set-ups do; within a shot the background's noise changes from frame to frame.
+    """
+    photos = {0: (astronaut(), ASTRONAUT_HEAD), 1: (messi(), MESSI_HEAD)}
+    n = round(CUTS_SHOTS[-1][1] * fps)
+    frames = []
+    for i in range(n):
+        t = i / fps
+        shot = next(s for s in CUTS_SHOTS if s[0] <= t < s[1])
+        frame = background(*CUTS_SIZE, seed=i)
+        for person, (x0, y0, x1, _) in people_at(t):
+            photo, box = photos[person]
+            paste(frame, head(photo, box, x1 - x0), x0, y0)
+        frames.append(np.clip(frame * np.array(shot[2]), 0, 255).astype(np.uint8))
+    return frames

@@ -108,7 +108,7 @@ def test_ray_per_frame_all_faces(tmp_path, ray_local, clips_dir, small_model):
     fercli.annotate([clips_dir / "two.mkv"], local, options=AnnotateOptions(workers=0, **options), model=small_model)
     fercli.annotate([clips_dir / "two.mkv"], remote, options=AnnotateOptions(ray="local", **options), model=small_model)
     df = read_table(remote)
-    assert sorted(df.face_id.unique().tolist()) == [0, 1]
+    assert sorted(df.person.unique().tolist()) == [0, 1]
     pd.testing.assert_frame_equal(df, read_table(local), atol=1e-5, check_exact=False)
 
 

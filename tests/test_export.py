@@ -76,8 +76,8 @@ def two_faces(tmp_path):
     rng = np.random.default_rng(2)
     rows = []
     for s in range(3):
-        for face_id in (0, 1) if s != 1 else (0,):
-            rows.append({"second": s, "start": float(s), "end": s + 1.0, "face_id": face_id, **labelled(True, rng, True)})
+        for person in (0, 1) if s != 1 else (0,):
+            rows.append({"second": s, "start": float(s), "end": s + 1.0, "person": person, **labelled(True, rng, True)})
     clips = {"two.mkv": rows, "empty.mkv": [{"second": 0, "start": 0.0, "end": 0.8, "face": False}]}
     return write(tmp_path / "faces.parquet", clips, all_faces=True)
 
@@ -189,13 +189,13 @@ def test_eaf_gives_each_face_its_tiers_and_participant(two_faces, tmp_path):
     path = next(p for p in export_table(two_faces, "elan", tmp_path / "e") if p.name == "two.mkv.eaf")
     eaf = Elan.Eaf(str(path))
     ref = reference(two_faces)
-    for face_id in (0, 1):
-        rows = ref[(ref["video"] == "two.mkv") & (ref["face_id"] == face_id)]
-        tiers = [f"{t} (face {face_id})" for t in ("valence", "arousal", "expression") if t in rows]
+    for person in (0, 1):
+        rows = ref[(ref["video"] == "two.mkv") & (ref["person"] == person)]
+        tiers = [f"{t} (person {person})" for t in ("valence", "arousal", "expression") if t in rows]
         for tier in tiers:
-            assert eaf.tiers[tier][2]["PARTICIPANT"] == f"face {face_id}"
-        got = [a for a in eaf_annotations(path) if a[0] in tiers and a[0] != f"expression (face {face_id})"]
-        assert got == elan_expected(rows, ("valence", "arousal"), name=lambda t, f=face_id: f"{t} (face {f})")
+            assert eaf.tiers[tier][2]["PARTICIPANT"] == f"person {person}"
+        got = [a for a in eaf_annotations(path) if a[0] in tiers and a[0] != f"expression (person {person})"]
+        assert got == elan_expected(rows, ("valence", "arousal"), name=lambda t, f=person: f"{t} (person {f})")
 
 
 def test_eaf_links_the_clip_under_videos_with_its_time_origin(tmp_path):
@@ -226,11 +226,11 @@ def test_elan_faces_are_tiers_of_one_file(two_faces, tmp_path):
     got = read_elan(paths[0])
     ref = reference(two_faces)
     expected = []
-    for face_id in (0, 1):
-        rows = ref[(ref["video"] == "two.mkv") & (ref["face_id"] == face_id)]
-        expected += elan_expected(rows, ("valence", "arousal"), lambda tier, f=face_id: f"{tier} (face {f})")
+    for person in (0, 1):
+        rows = ref[(ref["video"] == "two.mkv") & (ref["person"] == person)]
+        expected += elan_expected(rows, ("valence", "arousal"), lambda tier, f=person: f"{tier} (person {f})")
     assert got == expected
-    assert [b for tier, b, _, _ in got if tier == "valence (face 1)"] == [0.0, 2.0]
+    assert [b for tier, b, _, _ in got if tier == "valence (person 1)"] == [0.0, 2.0]
     assert read_elan(paths[1]) == []
 
 
@@ -282,18 +282,18 @@ def test_nova_one_file_set_per_face(two_faces, tmp_path):
     out = tmp_path / "nova"
     result = export(two_faces, ExportOptions("nova", out))
     assert sorted(p.name for p in result.files) == sorted(
-        f"two.mkv.face{f}.{dim}.annotation{t}" for f in (0, 1) for dim in ("valence", "arousal") for t in ("", "~")
+        f"two.mkv.person{f}.{dim}.annotation{t}" for f in (0, 1) for dim in ("valence", "arousal") for t in ("", "~")
     )
     assert result.no_files == ["empty.mkv"]
     ref = reference(two_faces)
-    for face_id in (0, 1):
-        rows = ref[(ref["video"] == "two.mkv") & (ref["face_id"] == face_id)]
+    for person in (0, 1):
+        rows = ref[(ref["video"] == "two.mkv") & (ref["person"] == person)]
         for dim in ("valence", "arousal"):
-            scheme, meta, pairs = read_nova(out / f"two.mkv.face{face_id}.{dim}.annotation")
-            assert meta["role"] == f"face{face_id}" and scheme["name"] == dim
+            scheme, meta, pairs = read_nova(out / f"two.mkv.person{person}.{dim}.annotation")
+            assert meta["role"] == f"person{person}" and scheme["name"] == dim
             assert len(pairs) == 3  # the whole clip, also for the face that leaves
             assert_nova_data(pairs, rows, dim)
-    _, _, pairs = read_nova(out / "two.mkv.face1.arousal.annotation")
+    _, _, pairs = read_nova(out / "two.mkv.person1.arousal.annotation")
     assert math.isnan(pairs[1][0]) and pairs[1][1] == 0
 
 

@@ -45,38 +45,6 @@ def test_tracker_follows_a_moving_face_with_one_id():
     assert ids == {(0,)}
 
 
-def test_passing_face_does_not_steal_the_main_subject():
-    tracker = FaceTracker()
-    mains = []
-    for k in range(30):
-        t = k / 5
-        dets = [det(100, 100, 120)]  # the subject, all along
-        if 10 <= k < 20:  # a larger face passes by for 2 s
-            dets.append(det(300 + 5 * k, 40, 160))
-        matched = tracker.update(t, dets)
-        mains.append(tracker.main(matched).box)
-    assert all(b == (100, 100, 220, 220) for b in mains)
-
-
-def test_hidden_subject_gives_no_face_not_the_background_face():
-    tracker = FaceTracker()
-    for k in range(10):
-        tracker.update(k / 5, [det(100, 100, 120), det(400, 50, 40)])
-    matched = tracker.update(2.0, [det(400, 50, 40)])  # subject hidden for one sample
-    assert tracker.main(matched) is None
-
-
-def test_subject_gone_for_good_lets_another_face_become_main():
-    tracker = FaceTracker(ttl=1.0)
-    for k in range(10):
-        tracker.update(k / 5, [det(100, 100, 120)])
-    main = None
-    for k in range(10, 30):
-        matched = tracker.update(k / 5, [det(400, 50, 60)])
-        main = tracker.main(matched)
-    assert main is not None and main.box == (400, 50, 460, 110)
-
-
 def test_square_box_adds_margin_around_centre():
     assert square_box((10, 20, 50, 100), margin=0.0) == (-10, 20, 70, 100)
     x0, y0, x1, y1 = square_box((100, 100, 200, 200), margin=0.1)
@@ -96,18 +64,6 @@ def test_crop_outside_frame_is_black():
     out = crop(frame, (0, 0, 50, 50), size=100, margin=0.5)  # square (-25,-25)-(75,75)
     assert out[:20, :20].max() == 0
     assert out[40:, 40:].min() == 200
-
-
-def test_subject_walking_in_past_a_small_background_face_becomes_main():
-    tracker = FaceTracker()
-    mains = []
-    for k in range(40):
-        dets = [det(500, 20, 40)]  # small background face, all along
-        if k >= 5:
-            dets.append(det(100, 100, 160))
-        mains.append(tracker.main(tracker.update(k / 5, dets)).box)
-    assert mains[0] == (500, 20, 540, 60)
-    assert all(b == (100, 100, 260, 260) for b in mains[15:])
 
 
 def run_steady(boxes_per_sample, reuse=1):

@@ -19,7 +19,7 @@ from fercli.writers import schema
 
 SECONDS = 3
 NUMERIC = ("second", "start", "end", "valence", "arousal", "valence_score", "arousal_score", "valence_conf",
-           "arousal_conf", "face_x0", "face_y0", "face_x1", "face_y1", "face_score", "face_share", "face_id")
+           "arousal_conf", "face_x0", "face_y0", "face_x1", "face_y1", "face_score", "face_share", "person")
 
 
 @pytest.fixture(scope="module")
@@ -33,12 +33,12 @@ def fer_table(video: str) -> pd.DataFrame:
     """A complete --all-faces per-second table, as `fer annotate` writes it (two faces a second)."""
     rows = []
     for second in range(SECONDS):
-        for face_id in (0, 1):
-            v = (second - 1) * 3 + face_id
-            rows.append({"video": video, "second": second, "start": float(second), "end": float(second + 1), "face_id": face_id,
+        for person in (0, 1):
+            v = (second - 1) * 3 + person
+            rows.append({"video": video, "second": second, "start": float(second), "end": float(second + 1), "person": person,
                          "face": True, "valence": v, "arousal": -v, "valence_score": v + 0.2, "arousal_score": -v - 0.2,
                          "valence_conf": 0.5, "arousal_conf": 0.4, "face_x0": 30.0, "face_y0": 20.0, "face_x1": 110.0,
-                         "face_y1": 100.0, "face_score": 0.9, "face_share": 1.0})
+                         "face_y1": 100.0, "face_score": 0.9, "face_share": 1.0, "people": 2})
     df = pd.DataFrame(rows)
     assert list(df.columns) == schema(all_faces=True).names  # the table is what fer writes
     return df

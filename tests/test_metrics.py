@@ -225,7 +225,7 @@ def test_score_all_rows_without_face_gives_nan_and_counts():
 def test_score_rejects_duplicates_and_missing_columns():
     truth = truth_df([("a", 0, 1, 1)])
     pred = pred_df([("a", 0, 1, 1), ("a", 0, 2, 2)])
-    pred["face_id"] = [0, 1]
+    pred["person"] = [0, 1]
     with pytest.raises(DataError, match="all-faces"):
         score(truth, pred)
     with pytest.raises(DataError, match="arousal"):

@@ -74,8 +74,8 @@ def test_main_subject_is_the_big_face(clean, tmp_path, clips_dir, lstm):
     out = tmp_path / "faces.parquet"
     fercli.annotate([clips_dir / "two.mkv"], out, options=AnnotateOptions(all_faces=True), model=lstm)
     tracks = read_table(out)
-    big = tracks[tracks.face_id == 0][cols].to_numpy()  # ids follow size: largest first
-    small = tracks[tracks.face_id == 1][cols].to_numpy()
+    big = tracks[tracks.person == 0][cols].to_numpy()  # ids follow size: largest first
+    small = tracks[tracks.person == 1][cols].to_numpy()
     np.testing.assert_allclose(main, big, atol=1e-4)
     assert np.abs(main - small).min() > 10 * np.abs(main - big).max()
     # and the big face alone in the frame gives nearly the same labels (its box moves slightly)
@@ -125,8 +125,8 @@ def test_all_faces_gives_a_track_per_face(tmp_path, clips_dir, lstm):
     out = tmp_path / "faces.parquet"
     fercli.annotate([clips_dir / "two.mkv"], out, options=AnnotateOptions(all_faces=True), model=lstm)
     df = read_table(out)
-    assert sorted(df.face_id.unique().tolist()) == [0, 1]
-    assert df.groupby("face_id").size().tolist() == [3, 3]
+    assert sorted(df.person.unique().tolist()) == [0, 1]
+    assert df.groupby("person").size().tolist() == [3, 3]
     assert df.face.all()
 
 

@@ -78,7 +78,7 @@ def test_timelines_per_frame_and_all_faces(tmp_path):
     df["time"] = df["time"] * 0.2
     assert_png(plots.timelines(df, tmp_path / "frames")[0])
     df = annotations(n=6, scores=False)
-    df["face_id"] = pd.array([0, 1] * (len(df) // 2), "Int64")
+    df["person"] = pd.array([0, 1] * (len(df) // 2), "Int64")
     df = df.assign(second=df["second"] // 2)
     assert_png(plots.timelines(df, tmp_path / "faces")[0])
 
@@ -160,11 +160,11 @@ def test_timeline_draws_each_second_over_its_span():
 
 def test_timeline_per_face_and_per_frame_spans():
     df = annotations(videos=("a.mp4",), n=4, scores=False)
-    df["face_id"] = pd.array([0, 1, 0, None], "Int64")
+    df["person"] = pd.array([0, 1, 0, None], "Int64")
     valence = value_lines(plots.timeline_figure(df))[0]
-    assert set(valence) == {"valence face 0", "valence face 1"}  # the null face_id row is no face's line
-    assert holds(valence["valence face 0"], 2.0, 3.0, df.loc[2, "valence"])
-    assert holds(valence["valence face 1"], 1.0, 2.0, df.loc[1, "valence"])
+    assert set(valence) == {"valence person 0", "valence person 1"}  # the null person row is no face's line
+    assert holds(valence["valence person 0"], 2.0, 3.0, df.loc[2, "valence"])
+    assert holds(valence["valence person 1"], 1.0, 2.0, df.loc[1, "valence"])
     frames = annotations(videos=("a.mp4",), n=5).drop(columns=["second", "start", "end"])
     frames["time"] = np.arange(5) * 0.2  # 5 samples/s: a sample holds until the next one
     xy = value_lines(plots.timeline_figure(frames))[0]["valence"]

@@ -85,9 +85,9 @@ def two_faces(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("faces")
     vp9_clip(root / "clips" / "two.webm", 3.0)
     rows = [
-        row(0, 2, 2, (0.8, 0.8), face_id=0), row(0, -6, 4, (0.5, 0.6), face_id=1),
-        row(1, 3, 1, (0.8, 0.7), face_id=0),
-        row(2, face_id=None),
+        row(0, 2, 2, (0.8, 0.8), person=0), row(0, -6, 4, (0.5, 0.6), person=1),
+        row(1, 3, 1, (0.8, 0.7), person=0),
+        row(2, person=None),
     ]  # fmt: skip
     return write_batch(root, {"two.webm": rows}, all_faces=True, name="faces.csv")
 
@@ -388,7 +388,7 @@ def test_two_faces_in_browser(browser, two_faces, tmp_path):
     path = write_report(two_faces, tmp_path / "r", videos=two_faces.parent / "clips")
     page, problems, requests = open_page(browser, path)
     sid = page.locator("section.clip").nth(0).get_attribute("id")
-    assert page.locator(f"#{sid} figure.face figcaption").all_inner_texts() == ["face 0", "face 1"]
+    assert page.locator(f"#{sid} figure.face figcaption").all_inner_texts() == ["person 0", "person 1"]
     page.wait_for_function(f"document.querySelector('#{sid} video').readyState >= 1", timeout=10_000)
     # A click on the second face's timeline seeks the shared video and moves both cursors.
     x, y = click_point(page, sid, 1.25, which=1)
@@ -397,7 +397,7 @@ def test_two_faces_in_browser(browser, two_faces, tmp_path):
     assert cursor_x(page, sid, 1) == pytest.approx(x, abs=1.5)
     assert cursor_x(page, sid, 0) == pytest.approx(click_point(page, sid, 1.25, which=0)[0], abs=1.5)
     readout = page.locator(f"#{sid} output.readout").inner_text()
-    assert readout.endswith(" s, second 1: face 0: valence 3 (0.80), arousal 1 (0.70); face 1: no face")
+    assert readout.endswith(" s, second 1: person 0: valence 3 (0.80), arousal 1 (0.70); person 1: no face")
     assert problems == [] and all(u.startswith("file://") for u in requests)
     page.close()
 

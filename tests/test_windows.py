@@ -66,7 +66,7 @@ def test_faceless_seconds_are_kept_with_no_window():
     agg = Aggregator(window=2, duration=3.0, window_model=True)
     units = push_all(agg, fps=2, n=6, present={0, 1, 4, 5})
     assert [(u.key["second"], u.has_face) for u in units] == [(0, True), (1, False), (2, True)]
-    assert units[1].face_id is None
+    assert units[1].person is None
     # second 2 starts after a faceless second: its window holds only its own frames
     assert tags(units[2].window) == [4, 5]
 
@@ -143,7 +143,7 @@ def test_face_columns_describe_the_seconds_own_samples():
             faces[1], found[1] = torch.tensor([2.0, 2.0]), seen[0]
         units += agg.push(FrameFeatures(k, k / 5, faces, found))
     units += agg.finish()
-    cols = {(u.key["second"], u.face_id): u.columns for u in units}
+    cols = {(u.key["second"], u.person): u.columns for u in units}
     first = cols[0, 0]
     assert first["face_share"] == pytest.approx(2 / 5)
     assert [first[c] for c in ("face_x0", "face_y0", "face_x1", "face_y1")] == pytest.approx([12.0, 22.0, 52.0, 82.0])
@@ -166,5 +166,52 @@ def test_per_frame_rows_carry_their_samples_box():
     agg = Aggregator(window=1, duration=1.0, window_model=False, per_frame=True)
     a = agg.push(FrameFeatures(0, 0.0, {0: torch.tensor([1.0, 1.0])}, {0: FaceSeen((1.0, 2.0, 3.0, 4.0), 0.5)}))
     b = agg.push(FrameFeatures(1, 0.2, {}))
-    assert a[0].columns == {"face_share": 1.0, "face_x0": 1.0, "face_y0": 2.0, "face_x1": 3.0, "face_y1": 4.0, "face_score": 0.5}
-    assert b[0].columns == {"face_share": 0.0}
+    box = {"face_x0": 1.0, "face_y0": 2.0, "face_x1": 3.0, "face_y1": 4.0, "face_score": 0.5}
+    assert a[0].columns == {"face_share": 1.0, **box, "people": 1}
+    assert b[0].columns == {"face_share": 0.0, "people": 0}
+
+
+def two_people(fps=5, seconds=6, second=lambda k: 10 <= k < 20, subject=lambda k: True):
+    """Rows of a frame model over `seconds`: person 0 (scores 1) where subject(k), person 1
+    (scores 5) where second(k)."""
+    from fercli.windows import follow
+
+    agg = Aggregator(window=1, duration=float(seconds), window_model=False)
+    units = []
+    for k in range(fps * seconds):
+        faces = {**({0: torch.tensor([1.0, 1.0])} if subject(k) else {}), **({1: torch.tensor([5.0, 5.0])} if second(k) else {})}
+        units += agg.push(FrameFeatures(k, k / fps, faces))
+    rows = label_rows(units + agg.finish(), head=None)
+    return rows, follow(rows, agg.main_person()), agg
+
+
+def test_the_default_table_follows_the_person_seen_longest_and_counts_the_others():
+    # Person 1 (the higher scores) passes through in seconds 2-3; person 0 is there all along.
+    rows, followed, agg = two_people()
+    assert agg.main_person() == 0 and agg.on_screen == {0: 30, 1: 10}
+    assert [r["second"] for r in followed] == list(range(6))
+    assert all(r["person"] == 0 and r["face"] and r["valence_score"] == 1.0 for r in followed)
+    assert [r["people"] for r in followed] == [1, 1, 2, 2, 1, 1]
+    assert len([r for r in rows if r["person"] == 1]) == 2  # --all-faces keeps them
+
+
+def test_a_second_without_the_followed_person_has_no_face_whoever_else_is_there():
+    # Person 0 is missing from second 2 (samples 10-14), where person 1 alone is seen.
+    _, followed, _ = two_people(subject=lambda k: not 10 <= k < 15)
+    row = followed[2]
+    assert not row["face"] and row["valence"] is None and row["person"] is None
+    assert row["face_share"] == 0.0 and row["people"] == 1
+    assert all(r["face"] and r["person"] == 0 for r in followed if r["second"] != 2)
+
+
+def test_the_person_seen_longest_wins_even_if_seen_later():
+    # Person 1 is seen from second 1 to the end (25 samples), person 0 only in second 0 (5).
+    _, followed, agg = two_people(second=lambda k: k >= 5, subject=lambda k: k < 5)
+    assert agg.main_person() == 1
+    assert [r["face"] for r in followed] == [False, True, True, True, True, True]
+    assert all(r["valence_score"] == 5.0 for r in followed[1:])
+
+
+def test_a_tie_goes_to_the_person_seen_first():
+    _, _, agg = two_people(second=lambda k: k >= 15, subject=lambda k: k < 15)
+    assert agg.on_screen == {0: 15, 1: 15} and agg.main_person() == 0

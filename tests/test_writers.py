@@ -61,7 +61,7 @@ def test_parquet_schema_types_and_metadata(tmp_path):
     assert table.schema.names == [
         "video", "second", "start", "end", "face", "valence", "arousal",
         "valence_score", "arousal_score", "valence_conf", "arousal_conf",
-        "face_x0", "face_y0", "face_x1", "face_y1", "face_score", "face_share",
+        "face_x0", "face_y0", "face_x1", "face_y1", "face_score", "face_share", "people",
     ]  # fmt: skip
     assert str(table.schema.field("valence").type) == "int8"
     assert table.column("valence").to_pylist() == [-10, None, -8]
@@ -74,7 +74,7 @@ def test_parquet_schema_types_and_metadata(tmp_path):
 
 
 def test_all_faces_and_per_frame_schemas():
-    assert schema(all_faces=True).names[4:6] == ["face_id", "face"]
+    assert schema(all_faces=True).names[4:6] == ["person", "face"]
     assert schema(per_frame=True).names[:3] == ["video", "frame", "time"]
 
 

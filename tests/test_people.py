@@ -1,0 +1,152 @@
+"""fercli.people: shot cuts, and face tracks joined into people across cuts and absences.
+
+The clips with known people are made from real photographs (`real_faces.cuts_frames`: the
+astronaut and the player of OpenCV's messi5.jpg alternating over four cuts, the astronaut
+leaving one shot for longer than a track lives) and OpenCV's own sample `Megamind.avi`
+(three people, four cuts), both from Debian's opencv-doc.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import fercli
+import media
+import real_faces
+from fercli.options import AnnotateOptions
+from fercli.people import ShotCuts, Tracks, colour_histogram, group_tracks
+
+MEGAMIND = Path("/usr/share/doc/opencv-doc/examples/data/Megamind.avi")
+needs_opencv_doc = pytest.mark.skipif(
+    real_faces.messi() is None or not MEGAMIND.exists(),
+    reason="Debian's opencv-doc is missing (messi5.jpg, Megamind.avi): apt-get install opencv-doc",
+)
+FPS = 5  # the models' sampling rate
+
+
+def test_colour_histogram_is_numpys_on_every_4th_pixel():
+    image = np.random.default_rng(0).integers(0, 256, (37, 50, 3), dtype=np.uint8)
+    small = image[::4, ::4]
+    want = np.concatenate([np.histogram(small[..., c], bins=16, range=(0, 256))[0] for c in range(3)])
+    np.testing.assert_allclose(colour_histogram(image), want / want.sum())
+
+
+def test_a_face_moving_within_a_shot_is_no_cut_a_change_of_shot_is():
+    # The astronaut's head crossing the frame at 150 px/s (30 px per sample), new noise each frame.
+    astro = real_faces.head(real_faces.astronaut(), real_faces.ASTRONAUT_HEAD, 180)
+    frames = [real_faces.paste(real_faces.background(640, 360, seed=k), astro, 20 + 30 * k, 40) for k in range(10)]
+    cuts = ShotCuts()
+    assert not any(cuts(f) for f in frames)
+    other = (frames[-1] * np.array([0.8, 0.95, 1.15])).clip(0, 255).astype(np.uint8)  # another camera's cast
+    assert cuts(other)
+
+
+def test_group_tracks_by_hand():
+    a, near_a, b = np.array([1.0, 0, 0]), np.array([0.95, 0.31, 0]), np.array([0.0, 1, 0])  # cos(a, near_a) = 0.95
+    # Alike and never together: one person, unless the threshold asks for more than 0.95.
+    assert group_tracks({0: 3 * a, 1: 2 * near_a}, {0: {0, 1}, 1: {4, 5}}) == {0: 0, 1: 0}
+    assert group_tracks({0: 3 * a, 1: 2 * near_a}, {0: {0, 1}, 1: {4, 5}}, same=0.96) == {0: 0, 1: 1}
+    # Alike but on screen together (sample 1): two people.
+    assert group_tracks({0: a, 1: a}, {0: {0, 1}, 1: {1, 2}}) == {0: 0, 1: 1}
+    # Track 3 is like track 0 but was on screen with track 2, already joined to 0: a third person.
+    assert group_tracks({0: a, 2: a, 3: near_a}, {0: {0}, 2: {5}, 3: {5}}) == {0: 0, 2: 0, 3: 1}
+    # Unalike: two people, numbered in order of first appearance.
+    assert group_tracks({0: b, 1: a}, {0: {9}, 1: {0}}) == {1: 0, 0: 1}
+
+
+def detections_with_truth(frames, fps):
+    """Per sample: (time, frame, detections, the true person of each detection by head centre)."""
+    from fercli.faces import FaceDetector
+
+    out = []
+    with FaceDetector() as detector:
+        for i, frame in enumerate(frames):
+            t = i / fps
+            found = detector.detect(frame)
+            truth = real_faces.people_at(t)
+            centre = lambda box: np.array([(box[0] + box[2]) / 2, (box[1] + box[3]) / 2])  # noqa: E731
+            who = [min(truth, key=lambda pb: np.linalg.norm(centre(pb[1]) - centre(d.box)))[0] for d in found]
+            out.append((t, frame, found, who))
+    return out
+
+
+@needs_opencv_doc
+def test_two_people_keep_one_id_each_across_cuts_and_an_absence():
+    tracks, looks, seen, pairs = Tracks(), {}, {}, []
+    for k, (t, frame, found, who) in enumerate(detections_with_truth(real_faces.cuts_frames(FPS), FPS)):
+        assert len(found) == len(real_faces.people_at(t))  # the detector sees each head
+        out = tracks.update(t, frame, found)
+        by_box = {det.box: track for track, (det, _) in out.items()}
+        for track, (_, look) in out.items():
+            looks[track] = looks.get(track, 0) + look
+            seen.setdefault(track, set()).add(k)
+        pairs += [(by_box[d.box], truth) for d, truth in zip(found, who)]
+    assert all(any(abs(c - cut) < 1 / FPS for c in tracks.cuts) for cut in real_faces.CUTS)
+    person = group_tracks(looks, seen)
+    assert len(set(looks)) >= 6  # each shot (and the return) began new tracks
+    truth_of = {}
+    for track, truth in pairs:
+        truth_of.setdefault(person[track], set()).add(truth)
+    assert truth_of == {0: {0}, 1: {1}}  # two ids, each one person's, in order of appearance
+
+
+@pytest.fixture(scope="module")
+def cuts_clip(tmp_path_factory):
+    if real_faces.messi() is None:
+        pytest.skip("Debian's opencv-doc is missing (messi5.jpg): apt-get install opencv-doc")
+    path = tmp_path_factory.mktemp("cuts") / "cuts.mp4"
+    return media.write_video(path, real_faces.cuts_frames(10), 10)
+
+
+def truth_per_second(second: int) -> set[int]:
+    return {p for k in range(FPS) for p, _ in real_faces.people_at(second + k / FPS)}
+
+
+def whose(row) -> int:
+    """The true person whose head is nearest the row's mean box, over the row's second."""
+    cx, cy = (row.face_x0 + row.face_x1) / 2, (row.face_y0 + row.face_y1) / 2
+    heads = [(p, b) for k in range(FPS) for p, b in real_faces.people_at(row.second + k / FPS)]
+    return min(heads, key=lambda pb: np.hypot((pb[1][0] + pb[1][2]) / 2 - cx, (pb[1][1] + pb[1][3]) / 2 - cy))[0]
+
+
+def test_all_faces_gives_one_row_per_person_per_second(cuts_clip, lstm_checkpoint, tmp_path):
+    model = fercli.load_model(lstm_checkpoint, "cpu")
+    fercli.annotate([cuts_clip], tmp_path / "all.csv", model=model, device="cpu", options=AnnotateOptions(all_faces=True))
+    table = fercli.read_table(tmp_path / "all.csv")
+    faced = table[table.face]
+    assert sorted(faced.person.unique()) == [0, 1]
+    assert {int(r.person): whose(r) for r in faced.itertuples()} == {0: 0, 1: 1}  # each id one person
+    assert not table.duplicated(["second", "person"]).any()
+    for second, rows in table.groupby("second"):
+        assert set(rows.loc[rows.face, "person"]) == truth_per_second(second)
+        assert set(rows.people) == {len(truth_per_second(second))}
+
+
+def test_the_default_table_follows_the_person_on_screen_longest(cuts_clip, lstm_checkpoint, tmp_path):
+    model = fercli.load_model(lstm_checkpoint, "cpu")
+    fercli.annotate([cuts_clip], tmp_path / "one.csv", model=model, device="cpu")
+    table = fercli.read_table(tmp_path / "one.csv")
+    assert "person" not in table
+    assert list(table.second) == list(range(13))
+    for row in table.itertuples():  # the astronaut (7.6 s on screen against 6), never the player
+        assert row.face == (0 in truth_per_second(row.second))
+        assert row.people == len(truth_per_second(row.second))
+        if row.face:
+            assert whose(row) == 0
+
+
+@needs_opencv_doc
+def test_megamind_three_people_across_four_cuts(lstm_checkpoint, tmp_path):
+    model = fercli.load_model(lstm_checkpoint, "cpu")
+    fercli.annotate([MEGAMIND], tmp_path / "mm.csv", model=model, device="cpu", options=AnnotateOptions(all_faces=True))
+    table = fercli.read_table(tmp_path / "mm.csv")
+    faced = table[table.face]
+    assert faced.person.nunique() == 3  # the woman, the diner behind her, the man in glasses
+    width = faced.face_x1 - faced.face_x0
+    largest = faced.loc[width.groupby(faced.second).idxmax()].set_index("second").person
+    # The woman fills seconds 0-3 and 7 (shots 4.2 s apart), the man seconds 5 and 9-10.
+    assert largest[[0, 1, 2, 3, 7]].nunique() == 1 and largest[[5, 9, 10]].nunique() == 1
+    assert largest[0] != largest[5]
