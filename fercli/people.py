@@ -71,7 +71,7 @@ def appearance(image: np.ndarray, box) -> np.ndarray:
 
     h, w = image.shape[:2]
     x0, y0 = min(max(int(box[0]), 0), w - 1), min(max(int(box[1]), 0), h - 1)
-    x1, y1 = max(min(int(round(box[2])), w), x0 + 1), max(min(int(round(box[3])), h), y0 + 1)
+    x1, y1 = max(min(round(box[2]), w), x0 + 1), max(min(round(box[3]), h), y0 + 1)
     face = Image.fromarray(np.ascontiguousarray(image[y0:y1, x0:x1])).convert("L")
     gray = np.asarray(face.resize((LBP_SIDE + 2, LBP_SIDE + 2), Image.BILINEAR), dtype=np.int16)
     centre = gray[1:-1, 1:-1]

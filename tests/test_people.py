@@ -10,12 +10,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import media
 import numpy as np
 import pytest
+import real_faces
 
 import fercli
-import media
-import real_faces
 from fercli.options import AnnotateOptions
 from fercli.people import ShotCuts, Tracks, colour_histogram, group_tracks
 
@@ -67,7 +67,7 @@ def detections_with_truth(frames, fps):
             t = i / fps
             found = detector.detect(frame)
             truth = real_faces.people_at(t)
-            centre = lambda box: np.array([(box[0] + box[2]) / 2, (box[1] + box[3]) / 2])  # noqa: E731
+            centre = lambda box: np.array([(box[0] + box[2]) / 2, (box[1] + box[3]) / 2])
             who = [min(truth, key=lambda pb: np.linalg.norm(centre(pb[1]) - centre(d.box)))[0] for d in found]
             out.append((t, frame, found, who))
     return out
