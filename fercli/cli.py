@@ -154,7 +154,8 @@ def annotate(
     model: ModelOption = "hsemotion",
     device: DeviceOption = "auto",
     batch_size: CropBatchOption = 16,
-    per_frame: bool = typer.Option(False, "--per-frame", help="One row per sampled frame instead of per second."),
+    per_frame: bool = typer.Option(False, "--per-frame", help="One row per video frame (the model on every frame; frame = the video's index)."),
+    per_sample: bool = typer.Option(False, "--per-sample", help="One row per model sample (5/s: sample_index, time) instead of per second."),
     all_faces: bool = typer.Option(False, "--all-faces", help="A row per person per second (adds person); default: the person on screen longest."),
     resume: bool = typer.Option(False, "--resume", help="Add to an existing --out: annotate only the videos it lacks."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing --out with this run alone."),
@@ -177,12 +178,13 @@ def annotate(
 
     console = _command_console(verbose, device)
     options = AnnotateOptions(
-        batch_size=batch_size, per_frame=per_frame, all_faces=all_faces, resume=resume,
+        batch_size=batch_size, per_frame=per_frame, per_sample=per_sample, all_faces=all_faces, resume=resume,
         overwrite=overwrite, frames_fps=frames_fps, workers=workers, precision=precision, reuse_boxes=reuse_boxes, ray=ray,
         engine=engine,
     )  # fmt: skip
     existed = out.exists()
     try:
+        options.rows  # noqa: B018  (refuses --per-frame with --per-sample before any work)
         check_output(out, resume=resume, overwrite=overwrite)  # before weights are downloaded or loaded
         if ray:
             from .cluster import import_ray

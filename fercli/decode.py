@@ -64,10 +64,10 @@ class VideoInfo:
 
 @dataclass(frozen=True)
 class Frame:
-    """One sample: the frame on screen at time k / fps."""
+    """One sample: the frame on screen at time k / fps (or, from `frames`, the file's frame k)."""
 
-    index: int  # sample index k at the requested rate
-    time: float  # k / fps, seconds
+    index: int  # sample index k at the requested rate (`frames`: the frame's index in the file)
+    time: float  # k / fps, seconds (`frames`: the frame's start)
     source: int  # index of the decoded frame shown at that time
     image: np.ndarray  # H x W x 3 uint8 RGB
 
@@ -111,6 +111,16 @@ class VideoSource:
         sources = sample_sources(self._reader.starts, self.info.duration, fps)
         chunk = max(1, min(CHUNK_FRAMES, CHUNK_BYTES // (3 * self.info.width * self.info.height)))
         return _stream(self._reader, sources, fps, chunk)
+
+    def frames(self) -> Iterator[Frame]:
+        """Yield every decoded frame in display order: `index` is the frame's own index in the
+        file and `time` its start (`starts`, s from the first frame), streamed as `sample` does."""
+        if self._reader is None:
+            raise ValueError(f"{self.info.path} is closed")
+        starts = self._reader.starts
+        chunk = max(1, min(CHUNK_FRAMES, CHUNK_BYTES // (3 * self.info.width * self.info.height)))
+        for frame in _stream(self._reader, np.arange(len(starts)), 1.0, chunk):
+            yield Frame(index=frame.source, time=float(starts[frame.source]), source=frame.source, image=frame.image)
 
     def close(self) -> None:
         """Release the decoder."""

@@ -158,18 +158,14 @@ class _Table:
     @classmethod
     def of(cls, df: pd.DataFrame, path: Path) -> _Table:
         missing = [c for c in ("video", *DIMENSIONS) if c not in df]
-        if "second" in df:
-            per_frame = False
-        elif "frame" in df and "time" in df:
-            per_frame = True
-        else:
-            per_frame = False
-            missing.append("second (or frame and time)")
+        key = next((k for k in ("second", "sample_index", "frame") if k in df), None)
+        per_frame = key in ("sample_index", "frame")
+        if key is None or (per_frame and "time" not in df):
+            missing.append("second (or sample_index or frame, and time)")
         if missing:
             raise DataError(f"{path}: missing column(s) {', '.join(missing)}")
         df = df[df["video"].notna()].copy()
         df["video"] = df["video"].astype(str)
-        key = "frame" if per_frame else "second"
         index = pd.to_numeric(df[key], errors="coerce")
         if index.isna().any() or (index < 0).any() or (index != np.floor(index)).any():
             raise DataError(f"{path}: column {key} must hold whole numbers from 0")
@@ -179,7 +175,7 @@ class _Table:
         if dup.any():
             row = df[dup].iloc[0]
             raise DataError(f"{path}: {row['video']} has {key} {row['_index']} twice")
-        rate = _frame_rate(df, path) if per_frame else 1.0
+        rate = _frame_rate(df, path, key) if per_frame else 1.0
         if per_frame:  # a sample is shown until the next one: [k / fps, (k + 1) / fps)
             df["_begin"] = df["_index"] / rate
             df["_end"] = (df["_index"] + 1) / rate
@@ -212,16 +208,17 @@ class _Table:
         return rows[rows["person"].notna() & (rows["person"] == person)]
 
 
-def _frame_rate(df: pd.DataFrame, path: Path) -> float:
-    """Samples per second of a per-frame table: its metadata's fps, else `frame / time` (the
-    sampler places sample k at k / fps exactly), which must then agree across the rows."""
+def _frame_rate(df: pd.DataFrame, path: Path, key: str) -> float:
+    """Rows per second of a per-sample table: its metadata's fps, else `sample_index / time` (the
+    sampler places sample k at k / fps exactly), which must then agree across the rows. A table
+    per video frame: `frame / time`, the video's own rate (a variable-rate video has none)."""
     from .writers import read_metadata
 
     try:
         meta = read_metadata(path) or {}
     except (OSError, ValueError):  # damaged metadata: fall back on the times themselves
         meta = {}
-    fps = meta.get("fps")
+    fps = meta.get("fps") if key == "sample_index" else None  # the model's rate, not the video's
     if isinstance(fps, (int, float)) and fps > 0:
         return float(fps)
     time = pd.to_numeric(df["time"], errors="coerce").to_numpy(dtype=float)
@@ -231,8 +228,9 @@ def _frame_rate(df: pd.DataFrame, path: Path) -> float:
         raise DataError(f"{path}: a per-frame table without metadata and with one sample: cannot tell its sample rate")
     rates = frame[usable] / time[usable]
     fps = float(np.median(rates))
-    if not np.allclose(frame, time * fps, atol=1e-3):
-        raise DataError(f"{path}: per-frame times are not frame / fps for one fps: cannot tell the sample rate")
+    # Video timestamps are rounded to the file's time base (often 1 ms): a tenth of a frame.
+    if not np.allclose(frame, time * fps, atol=1e-3 if key == "sample_index" else 0.1):
+        raise DataError(f"{path}: times are not {key} / fps for one fps (a variable frame rate?): cannot tell the sample rate")
     return fps
 
 

@@ -218,8 +218,8 @@ def score(truth: pd.DataFrame, pred: pd.DataFrame, *, on=("video", "second")) ->
     """
     on = list(on)
     _require(truth, on + list(DIMENSIONS), "truth")
-    if "second" in on and "second" not in pred and "frame" in pred:
-        raise DataError("prediction: a per-frame table (--per-frame); scoring needs one row per second")
+    if "second" in on and "second" not in pred and ("frame" in pred or "sample_index" in pred):
+        raise DataError("prediction: a per-frame or per-sample table; scoring needs one row per second")
     _require(pred, on, "prediction")
     for dim in DIMENSIONS:
         if dim not in pred and f"{dim}_score" not in pred:

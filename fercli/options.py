@@ -5,13 +5,16 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .errors import FerError
+
 DEFAULT_BATCH = 16  # face crops per backbone call; small batches run best on a 2-core CPU
 
 
 @dataclass
 class AnnotateOptions:
     batch_size: int = DEFAULT_BATCH  # face crops per backbone batch
-    per_frame: bool = False  # one row per sampled frame instead of per second
+    per_frame: bool = False  # a row per decoded video frame (the model on every frame): `frame`, `time`
+    per_sample: bool = False  # a row per sample at the model's rate (5/s): `sample_index`, `time`
     all_faces: bool = False  # a row per person per second (a `person` column) instead of the person on screen longest
     resume: bool = False  # keep videos already in the output and annotate only the rest
     overwrite: bool = False  # replace an existing output with this run alone (else it is refused)
@@ -21,6 +24,14 @@ class AnnotateOptions:
     reuse_boxes: int = 1  # samples in a row that may reuse steady face boxes; 0 = detect on every sample
     ray: str | None = None  # run on Ray: "local" starts an instance, "auto" or an address joins a cluster
     engine: str | None = None  # the backbone's: "torch" or "openvino" (CPU; fercli.engines); None = a loaded network's own, else torch
+
+
+    @property
+    def rows(self) -> str:
+        """What a row is: "second", "sample" or "frame" (windows.ROW_KINDS)."""
+        if self.per_frame and self.per_sample:
+            raise FerError("--per-frame and --per-sample: choose one (a row per video frame, or per model sample)")
+        return "frame" if self.per_frame else "sample" if self.per_sample else "second"
 
 
 @dataclass

@@ -52,6 +52,7 @@ def annotate(
     emit = progress or (lambda event: None)
     clock = clock or NO_CLOCK
     out = Path(out)
+    options.rows  # noqa: B018  (refuses --per-frame with --per-sample before any work)
     check_output(out, resume=options.resume, overwrite=options.overwrite)  # before any work
     loaded = not isinstance(model, (str, Path))
     requested = device if device is not None else (None if loaded else "auto")
@@ -83,7 +84,7 @@ def _annotate_into(out, model, options, device, requested, inputs, clock, emit) 
     from .writers import TableWriter, write_errors
 
     writer = TableWriter(
-        out, run_metadata(model, options, device), per_frame=options.per_frame, all_faces=options.all_faces,
+        out, run_metadata(model, options, device), rows=options.rows, all_faces=options.all_faces,
         resume=options.resume, overwrite=options.overwrite, expressions=has_expressions(model),
     )  # fmt: skip
     done = writer.done() if options.resume else set()
@@ -193,6 +194,7 @@ def run_metadata(model, options: AnnotateOptions, device) -> dict:
         "fps": cfg.fps,
         "window": cfg.window,
         "per_frame": options.per_frame,
+        "per_sample": options.per_sample,
         "all_faces": options.all_faces,
         "precision": resolve_precision(options.precision, device),
         "engine": _engine_version(engine_of(model)),

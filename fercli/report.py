@@ -21,7 +21,7 @@ What it shows:
   timeline: clicking a timeline seeks the video there, and a cursor on every timeline of the
   clip follows playback.
 
-Per-frame tables (`--per-frame`) are not supported: the page is about seconds.
+Per-frame and per-sample tables (`--per-frame`, `--per-sample`) are not supported: the page is about seconds.
 """
 
 from __future__ import annotations
@@ -93,8 +93,8 @@ def read_annotations(table_path: Path) -> pd.DataFrame:
     from .writers import load_table
 
     df = load_table(table_path)
-    if "frame" in df and "second" not in df:
-        raise DataError(f"{table_path}: a per-frame table (--per-frame); fer report reads per-second tables")
+    if "second" not in df and ("frame" in df or "sample_index" in df):
+        raise DataError(f"{table_path}: a per-frame or per-sample table; fer report reads per-second tables")
     missing = [c for c in ("video", "second", "face") if c not in df]
     missing += [d for d in DIMENSIONS if d not in df and f"{d}_score" not in df]
     if missing:

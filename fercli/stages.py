@@ -124,7 +124,7 @@ def clip_samples(clip: Clip, cfg, options: AnnotateOptions, detector, device_typ
         yield source.info
         tracks = Tracks()
         steady = SteadyDetector(_TimedDetector(detector, clock), options.reuse_boxes)
-        frames = clock.iterate("decode", source.sample(cfg.fps))
+        frames = clock.iterate("decode", source.frames() if options.per_frame else source.sample(cfg.fps))
         for frame, detections in steady.detections(frames, lambda f: f.image):
             with clock.stage("faces", 1):
                 found = tracks.update(frame.time, frame.image, detections)
@@ -232,8 +232,9 @@ class Labeler:
         from .windows import Aggregator
 
         cfg = self.model.config
-        agg = Aggregator(cfg.window, info.duration, cfg.is_window_model, self.options.per_frame, info.last_start)
-        total = sample_count(info.duration, cfg.fps)
+        rows = self.options.rows
+        agg = Aggregator(cfg.window, info.duration, cfg.is_window_model, rows, info.last_start, cfg.fps)
+        total = info.frames if rows == "frame" else sample_count(info.duration, cfg.fps)
         self.clips[key] = _Clip(clip, agg, total, time.perf_counter(), info.duration)
         self.emit(ProgressEvent("start", clip.name, 0, total))
 

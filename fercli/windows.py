@@ -1,4 +1,4 @@
-"""From per-frame features to rows: windows per second (or per frame) and their labels.
+"""From per-sample features to rows: windows per second (or per sample, or per video frame) and their labels.
 
 Rules, in video time:
 - Sample k sits at t_k = k / fps. Second s holds the samples with s <= t_k < s + 1.
@@ -17,7 +17,12 @@ Rules, in video time:
 - What the detector saw (`FaceSeen`) is described per second over the second's own samples where
   the face was found: the mean box and detector score, the mean expression probabilities (their
   most probable name as `expression`), and `face_share`, the share of the second's samples that
-  found it (0 without a face). Per-frame rows carry their sample's own values (share 1 or 0).
+  found it (0 without a face). Per-sample and per-frame rows carry their own values (share 1 or 0).
+- Rows per video frame (`rows="frame"`): every decoded frame is a sample, keyed by its own index
+  in the file and its start time. A window model's window for the frame at t is the T frames on
+  screen at t - (T-1)/fps, ..., t (fps: the model's rate, the spacing it was trained on), padded
+  as above; a missed face holds the latest frame's feature before it (per sample: the latest
+  sample's). A frame model labels each frame from its own score.
 """
 
 from __future__ import annotations
@@ -33,7 +38,8 @@ from .labels import EXPRESSIONS, decode_logits, to_class
 TIME_EPS = 1e-6  # seconds; float sample times that land on a second boundary belong to it
 
 
-KEY_COLUMNS = ("second", "start", "end", "frame", "time")  # where a row sits, per second or per frame
+ROW_KINDS = ("second", "sample", "frame")  # a row per second, per model sample, per video frame
+KEY_COLUMNS = ("second", "start", "end", "sample_index", "frame", "time")  # where a row sits
 BOX_COLUMNS = ("face_x0", "face_y0", "face_x1", "face_y1")  # the face box, px of the upright frame
 
 
@@ -94,14 +100,21 @@ def fill_window(window: list[torch.Tensor | None], before: torch.Tensor | None =
 
 @dataclass
 class Aggregator:
-    """Streams FrameFeatures in, Units out; holds only the last T samples."""
+    """Streams FrameFeatures in, Units out; holds only the last T samples (or T / fps seconds of frames).
+
+    `rows`: "second" (a row per second), "sample" (per sample at the model's rate) or "frame"
+    (per decoded video frame: FrameFeatures come for every frame, and a window model's window for
+    a frame is the T frames on screen at the model's spacing 1 / `fps` ending with it).
+    """
 
     window: int  # T, samples per window (1 for frame models)
     duration: float  # s: the clip's end, the last row's `end`
     window_model: bool
-    per_frame: bool = False
+    rows: str = "second"
     last_start: float | None = None  # s: start of the clip's last frame; None: just before `duration`
+    fps: float = 5.0  # the model's sampling rate (rows="frame": the spacing of a window's frames)
     recent: deque = field(init=False)
+    _history: deque = field(default_factory=deque)  # rows="frame": (time, faces) back to T / fps s ago
     _second: int = 0  # the second being filled
     _present: dict[int, list[torch.Tensor]] = field(default_factory=dict)  # person id -> its samples in _second
     _seen: dict[int, list[FaceSeen]] = field(default_factory=dict)  # person id -> what was seen in _second
@@ -110,6 +123,8 @@ class Aggregator:
     on_screen: dict[int, int] = field(default_factory=dict)  # person id -> samples that found them, whole clip
 
     def __post_init__(self):
+        if self.rows not in ROW_KINDS:
+            raise ValueError(f"rows must be one of {ROW_KINDS}, not {self.rows!r}")
         self.recent = deque(maxlen=self.window)
         last = self.last_start if self.last_start is not None else max(self.duration - 2 * TIME_EPS, 0.0)
         self.seconds = n_seconds(last)
@@ -117,9 +132,12 @@ class Aggregator:
     def push(self, ff: FrameFeatures) -> list[Unit]:
         for person in ff.faces:
             self.on_screen[person] = self.on_screen.get(person, 0) + 1
-        if self.per_frame:
+        if self.rows == "sample":
             self._remember(ff.faces)
-            return self._frame_units(ff)
+            return self._instant_units(ff, "sample_index")
+        if self.rows == "frame":
+            self._keep(ff)
+            return self._instant_units(ff, "frame")
         units = []
         s = min(second_of(ff.time), self.seconds - 1)  # a long last frame: still the last row
         while self._second < s:  # close every second before this sample, also ones with no samples
@@ -133,7 +151,7 @@ class Aggregator:
         return units
 
     def finish(self) -> list[Unit]:
-        if self.per_frame:
+        if self.rows != "second":
             return []
         units = []
         while self._second < self.seconds:
@@ -161,8 +179,15 @@ class Aggregator:
         self._second, self._present, self._seen, self._samples = s + 1, {}, {}, 0
         return units or [Unit(key, None, columns={**face_columns([], self._samples), **people})]
 
-    def _frame_units(self, ff: FrameFeatures) -> list[Unit]:
-        key = {"frame": ff.index, "time": ff.time}
+    def _keep(self, ff: FrameFeatures) -> None:
+        """rows="frame": remember this frame; forget frames no window will pick again."""
+        self._history.append((ff.time, ff.faces))
+        earliest = ff.time - (self.window - 1) / self.fps + TIME_EPS
+        while len(self._history) > 1 and self._history[1][0] <= earliest:  # [0] is on screen at `earliest`
+            self._before.update(self._history.popleft()[1])
+
+    def _instant_units(self, ff: FrameFeatures, index: str) -> list[Unit]:
+        key = {index: ff.index, "time": ff.time}
         people = {"people": len(ff.faces)}
         units = [
             self._unit(key, person, [feat], {**face_columns([ff.seen[person]] if person in ff.seen else [], 1), **people})
@@ -173,9 +198,23 @@ class Aggregator:
     def _unit(self, key: dict, person: int, samples: list[torch.Tensor], columns: dict) -> Unit:
         if not self.window_model:
             return Unit(key, person, scores=torch.stack(samples).mean(dim=0), columns=columns)
-        pad = [None] * (self.window - len(self.recent))  # start of clip: fewer than T samples yet
-        window = pad + [faces.get(person) for faces in self.recent]
+        if self.rows == "frame":
+            window = [faces.get(person) if faces is not None else None for faces in self._picks(key["time"])]
+        else:
+            pad = [None] * (self.window - len(self.recent))  # start of clip: fewer than T samples yet
+            window = pad + [faces.get(person) for faces in self.recent]
         return Unit(key, person, window=fill_window(window, self._before.get(person)), columns=columns)
+
+    def _picks(self, time: float) -> list[dict | None]:
+        """rows="frame": the faces of the frame on screen at each of the T times time - j / fps
+        (j = T-1 .. 0); None before the clip's first frame (padded as the sample rule pads)."""
+        picks, i, frames = [], 0, self._history
+        for j in range(self.window - 1, -1, -1):
+            t = time - j / self.fps + TIME_EPS
+            while i + 1 < len(frames) and frames[i + 1][0] <= t:
+                i += 1
+            picks.append(frames[i][1] if frames[i][0] <= t else None)
+        return picks
 
 
 def face_columns(seen: list[FaceSeen], samples: int) -> dict:
@@ -230,7 +269,7 @@ def follow(rows: list[dict], person: int | None) -> list[dict]:
     """
     out: dict[tuple, dict] = {}
     for row in rows:
-        key = tuple((k, row[k]) for k in ("second", "frame") if k in row)
+        key = tuple((k, row[k]) for k in ("second", "sample_index", "frame") if k in row)
         if row["person"] == person and row["face"]:
             out[key] = row
         elif key not in out:

@@ -31,7 +31,7 @@ log = logging.getLogger("fercli")
 METADATA_KEY = b"fer"
 PARTS_SUFFIX = ".parts"
 # Metadata that must agree for --resume to add rows to an existing table.
-RESUME_KEYS = ("model", "weights_sha256", "fps", "window", "per_frame", "all_faces", "precision")
+RESUME_KEYS = ("model", "weights_sha256", "fps", "window", "per_frame", "per_sample", "all_faces", "precision")
 
 _LABELS = [
     ("face", pa.bool_()),
@@ -51,12 +51,17 @@ _PEOPLE = [("people", pa.int16())]
 # Models with HSEmotion's expression head only: mean softmax probabilities and the most probable name.
 _EXPRESSIONS = [(name, pa.float32()) for name in EXPRESSIONS] + [("expression", pa.string())]
 _SECOND_KEY = [("video", pa.string()), ("second", pa.int32()), ("start", pa.float64()), ("end", pa.float64())]
+# A row per model sample: `sample_index` k at `time` k / fps. A row per video frame: `frame`, the
+# frame's own index in the file, at `time`, its start. Named apart so neither passes for the other.
+_SAMPLE_KEY = [("video", pa.string()), ("sample_index", pa.int32()), ("time", pa.float64())]
 _FRAME_KEY = [("video", pa.string()), ("frame", pa.int32()), ("time", pa.float64())]
+_KEYS = {"second": _SECOND_KEY, "sample": _SAMPLE_KEY, "frame": _FRAME_KEY}
 
 
-def schema(per_frame: bool = False, all_faces: bool = False, expressions: bool = False) -> pa.Schema:
-    """The output columns, in order; `expressions`: the model has HSEmotion's expression head."""
-    key = (_FRAME_KEY if per_frame else _SECOND_KEY) + ([("person", pa.int32())] if all_faces else [])
+def schema(rows: str = "second", all_faces: bool = False, expressions: bool = False) -> pa.Schema:
+    """The output columns, in order, for rows per "second", "sample" or "frame" (video frame);
+    `expressions`: the model has HSEmotion's expression head."""
+    key = _KEYS[rows] + ([("person", pa.int32())] if all_faces else [])
     return pa.schema(key + _LABELS + _FACE + _PEOPLE + (_EXPRESSIONS if expressions else []))
 
 
@@ -143,7 +148,7 @@ def load_table(path: str | Path, require=None) -> pd.DataFrame:
 
 # The time keys' largest values: decode.MAX_TIMESTAMP seconds, and frames of it at 1,000 frames/s.
 TIME_BOUNDS = {"second": MAX_TIMESTAMP, "start": MAX_TIMESTAMP, "end": MAX_TIMESTAMP, "time": MAX_TIMESTAMP,
-               "frame": MAX_TIMESTAMP * 1000}
+               "sample_index": MAX_TIMESTAMP * 1000, "frame": MAX_TIMESTAMP * 1000}
 
 
 def check_table(df: pd.DataFrame, path: Path, require=()) -> None:
@@ -156,8 +161,7 @@ def check_table(df: pd.DataFrame, path: Path, require=()) -> None:
     missing = [c[0] if len(c) == 1 else " or ".join(c) for c in choices if not any(n in df for n in c)]
     if missing:
         raise DataError(f"{path}: missing column(s) {', '.join(missing)}")
-    kinds = {f.name: f.type for f in schema(per_frame=True, all_faces=True, expressions=True)}
-    kinds |= {f.name: f.type for f in schema()}
+    kinds = {f.name: f.type for rows in _KEYS for f in schema(rows, all_faces=True, expressions=True)}
     for col in df.columns:
         kind = kinds.get(col)
         if kind is None or pa.types.is_string(kind) or col == "face":
@@ -240,7 +244,7 @@ class TableWriter:
     """
 
     def __init__(
-        self, out: Path, metadata: dict, *, per_frame: bool, all_faces: bool, resume: bool, overwrite: bool = False,
+        self, out: Path, metadata: dict, *, rows: str = "second", all_faces: bool, resume: bool, overwrite: bool = False,
         expressions: bool = False,
     ):  # fmt: skip
         self.out = Path(out)
@@ -248,7 +252,7 @@ class TableWriter:
         check_output(self.out, resume=resume, overwrite=overwrite)
         self.metadata = metadata
         self.resume = resume
-        self.schema = schema(per_frame, all_faces, expressions)
+        self.schema = schema(rows, all_faces, expressions)
         self.parts = self.out.with_name(self.out.name + PARTS_SUFFIX)
         self.out.parent.mkdir(parents=True, exist_ok=True)
         if resume:
@@ -286,7 +290,7 @@ class TableWriter:
         return len(df)
 
     def _key(self) -> list[str]:
-        keys = [n for n in ("video", "second", "frame", "person") if n in self.schema.names]
+        keys = [n for n in ("video", "second", "sample_index", "frame", "person") if n in self.schema.names]
         return keys
 
     def _part_files(self) -> list[Path]:

@@ -103,7 +103,7 @@ def test_ray_resume_completes_a_partial_table(tmp_path, ray_local, clips_dir, br
 
 
 def test_ray_per_frame_all_faces(tmp_path, ray_local, clips_dir, small_model):
-    options = dict(per_frame=True, all_faces=True)
+    options = dict(per_sample=True, all_faces=True)
     local, remote = tmp_path / "l.csv", tmp_path / "r.csv"
     fercli.annotate([clips_dir / "two.mkv"], local, options=AnnotateOptions(workers=0, **options), model=small_model)
     fercli.annotate([clips_dir / "two.mkv"], remote, options=AnnotateOptions(ray="local", **options), model=small_model)

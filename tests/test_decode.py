@@ -639,3 +639,17 @@ def test_large_frames_are_read_a_few_at_a_time(tmp_path, monkeypatch):
             tracemalloc.stop()
     assert count == 2 * fps
     assert frame_bytes <= peak < 5 * frame_bytes
+
+
+@pytest.mark.parametrize("suffix", [".mp4", ".mkv"])
+def test_frames_gives_every_frame_with_its_own_index_and_start(tmp_path, suffix):
+    # A variable-rate clip: each frame's time must be its own start, as PyAV gives it.
+    frames_in = list(moving_frames(len(VFR_TIMES), 160, 120))
+    path = write_video(tmp_path / f"vfr{suffix}", frames_in, 25, times=VFR_TIMES)
+    times, images = pyav_decode(path)
+    with open_video(path) as video:
+        frames = list(video.frames())
+    assert [f.index for f in frames] == list(range(len(images)))
+    assert [f.time for f in frames] == pytest.approx(times, abs=1e-3)
+    for frame in frames:
+        assert_close(frame.image, images[frame.index], f"frame {frame.index}")

@@ -45,7 +45,7 @@ def test_openvino_tables_match_torch_within_the_tolerance(which, clips_dir, lstm
     tables = {}
     for engine in ("torch", "openvino"):
         out = tmp_path / f"{engine}.parquet"
-        options = AnnotateOptions(per_frame=True, engine=engine)
+        options = AnnotateOptions(per_sample=True, engine=engine)
         result = annotate([clips_dir / CLIP], out, model=str(ckpt), device="cpu", options=options)
         assert not result.failed
         tables[engine] = pd.read_parquet(out)

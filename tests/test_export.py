@@ -50,7 +50,7 @@ def seconds(n, faceless=(), last_end=None, conf=True, seed=0):
 
 
 def write(path, clips, meta=META, **kw):
-    w = TableWriter(path, {**meta, **kw}, per_frame=kw.get("per_frame", False), all_faces=kw.get("all_faces", False), resume=False)
+    w = TableWriter(path, {**meta, **kw}, rows="sample" if kw.get("per_frame") else "second", all_faces=kw.get("all_faces", False), resume=False)
     for video, rows in clips.items():
         w.add(video, rows)
     w.finish(list(clips))
@@ -85,7 +85,7 @@ def two_faces(tmp_path):
 @pytest.fixture
 def frames(tmp_path):
     rng = np.random.default_rng(3)
-    rows = [{"frame": k, "time": k / 5.0, **labelled(k != 3, rng, True)} for k in range(7)]
+    rows = [{"sample_index": k, "time": k / 5.0, **labelled(k != 3, rng, True)} for k in range(7)]
     return write(tmp_path / "frames.parquet", {"c.mp4": rows}, per_frame=True)
 
 
@@ -250,7 +250,7 @@ def test_elan_per_frame_samples_span_one_period(frames, tmp_path):
     got = [row for row in read_elan(path) if row[0] == "valence"]
     ref = reference(frames)
     shown = ref[ref["face"]]
-    assert got == [("valence", round(k / 5, 3), round((k + 1) / 5, 3), str(int(v))) for k, v in zip(shown["frame"], shown["valence"])]
+    assert got == [("valence", round(k / 5, 3), round((k + 1) / 5, 3), str(int(v))) for k, v in zip(shown["sample_index"], shown["valence"])]
     assert 3 not in [round(b * 5) for _, b, _, _ in got]
 
 
@@ -301,14 +301,14 @@ def test_nova_per_frame_at_the_sample_rate(frames, tmp_path):
     export_table(frames, "nova", tmp_path / "n")
     scheme, _, pairs = read_nova(tmp_path / "n" / "c.mp4.valence.annotation")
     assert scheme["sr"] == "5" and len(pairs) == 7
-    assert_nova_data(pairs, reference(frames), "valence", index="frame")
+    assert_nova_data(pairs, reference(frames), "valence", index="sample_index")
     # Without metadata (CSV) the rate comes from the times: sample k is at k / fps.
-    df = reference(frames).assign(time=lambda d: d["frame"] / 12.5)
+    df = reference(frames).assign(time=lambda d: d["sample_index"] / 12.5)
     df.to_csv(tmp_path / "f.csv", index=False)
     export_table(tmp_path / "f.csv", "nova", tmp_path / "csv")
     scheme, _, pairs = read_nova(tmp_path / "csv" / "c.mp4.arousal.annotation")
     assert scheme["sr"] == "12.5"
-    assert_nova_data(pairs, df, "arousal", index="frame")
+    assert_nova_data(pairs, df, "arousal", index="sample_index")
 
 
 def test_per_frame_csv_with_irregular_times_is_refused(frames, tmp_path):

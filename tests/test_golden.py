@@ -14,7 +14,8 @@ each) and lstm_frames (three samples); the frame model's labels and expressions 
 Re-recorded when faces became people (issue 28): `face_id` is now `person` and every table has
 `people`; all other values equal the earlier tables (same tolerances) but one: in
 lstm_all_faces the face that comes back to gap.mkv after 2 s away is person 0 again, where it
-had been a new track, 1.
+had been a new track, 1. Then the per-sample table (`--per-sample`, once `--per-frame`) became
+lstm_samples, its `frame` column `sample_index`, every value equal.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ pytestmark = pytest.mark.smoke  # .ci/run repeats these on CPython 3.13
 DATA = Path(__file__).with_name("data")
 RUNS = {  # name: (checkpoint fixture, annotate options)
     "lstm_seconds": ("lstm_checkpoint", {}),
-    "lstm_frames": ("lstm_checkpoint", {"per_frame": True}),
+    "lstm_samples": ("lstm_checkpoint", {"per_sample": True}),
     "lstm_all_faces": ("lstm_checkpoint", {"all_faces": True}),
     "frame_seconds": ("frame_checkpoint", {}),
 }

@@ -238,7 +238,7 @@ def test_score_on_a_fer_table(tmp_path):
     # Real output dtypes: nullable Int64 labels, float32 scores, from a Parquet written by fer.
     out = tmp_path / "r.parquet"
     meta = {"model": "m", "weights_sha256": "0", "fps": 5.0, "window": 5, "per_frame": False, "all_faces": False}
-    w = TableWriter(out, meta, per_frame=False, all_faces=False, resume=False)
+    w = TableWriter(out, meta, all_faces=False, resume=False)
     rows = []
     for s in range(4):
         face = s != 2

@@ -10,6 +10,7 @@ import torch
 
 import fercli
 from conftest import BROKEN, DURATIONS
+from fercli.errors import FerError
 from fercli.options import AnnotateOptions
 from fercli.writers import read_metadata, read_table
 
@@ -132,9 +133,9 @@ def test_all_faces_gives_a_track_per_face(tmp_path, clips_dir, lstm):
 
 def test_per_frame_rows(tmp_path, clips_dir, lstm):
     out = tmp_path / "frames.csv"
-    fercli.annotate([clips_dir / "sub" / "gap.mkv"], out, options=AnnotateOptions(per_frame=True), model=lstm)
+    fercli.annotate([clips_dir / "sub" / "gap.mkv"], out, options=AnnotateOptions(per_sample=True), model=lstm)
     df = read_table(out)
-    assert df.frame.tolist() == list(range(25))  # 5 s at 5 frames/s
+    assert df.sample_index.tolist() == list(range(25))  # 5 s at 5 samples/s
     assert df.time.tolist() == pytest.approx([k / 5 for k in range(25)])
     assert df.face.tolist() == [not (2.0 <= k / 5 < 4.0) for k in range(25)]
 
@@ -145,7 +146,7 @@ def test_frame_model_averages_frame_scores(tmp_path, clips_dir, frame_checkpoint
     fercli.annotate([clips_dir / "odd.avi"], out, model=model)
     sec = read_table(out)
     out_f = tmp_path / "hf.parquet"
-    fercli.annotate([clips_dir / "odd.avi"], out_f, options=AnnotateOptions(per_frame=True), model=model)
+    fercli.annotate([clips_dir / "odd.avi"], out_f, options=AnnotateOptions(per_sample=True), model=model)
     frames = read_table(out_f)
     frames["second"] = np.floor(frames.time + 1e-6).astype(int)
     means = frames.groupby("second").valence_score.mean()
@@ -170,7 +171,7 @@ def test_frame_model_sees_the_tight_box_and_scores_are_unclipped(tmp_path, clips
         net.backbone.classifier.bias[8] = 1.2
     model = fercli.load_model(save_checkpoint(net, tmp_path / "hse.pt"))
     out = tmp_path / "f.parquet"
-    fercli.annotate([clips_dir / "big_only.mkv"], out, options=AnnotateOptions(per_frame=True, reuse_boxes=0), model=model)
+    fercli.annotate([clips_dir / "big_only.mkv"], out, options=AnnotateOptions(per_sample=True, reuse_boxes=0), model=model)
     df = read_table(out)
     with av.open(str(clips_dir / "big_only.mkv")) as c:
         frames = [f.to_ndarray(format="rgb24") for i, f in zip(range(25), c.decode(video=0))][::5]
@@ -182,7 +183,7 @@ def test_frame_model_sees_the_tight_box_and_scores_are_unclipped(tmp_path, clips
     x = torch.stack([hsemotion(Image.fromarray(f[y0:y1, x0:x1])) for f, (x0, y0, x1, y1) in zip(frames, boxes)])
     with torch.inference_mode():
         expected = net.backbone(x)[:, 8:10] * 10
-    got = df[df.frame < 5][["valence_score", "arousal_score"]].to_numpy()
+    got = df[df.sample_index < 5][["valence_score", "arousal_score"]].to_numpy()
     np.testing.assert_allclose(got, expected.numpy(), atol=0.05)
     assert np.abs(got[:, 0]).max() > 10  # beyond the label range, and kept
     assert set(df.valence[df.valence_score.abs() > 10]) <= {-10, 10}  # the label is clipped
@@ -294,7 +295,7 @@ def test_a_face_that_leaves_is_not_labelled_on_reused_boxes(tmp_path, lstm, leav
     clip = media.make_clip(tmp_path / "gap.mp4", 5.0, 30, (320, 240), lambda t: [] if leaves <= t < 4.0 else [(60, 40, 160)])
     assert AnnotateOptions().reuse_boxes > 0  # the default
     out = tmp_path / "frames.parquet"
-    fercli.annotate([clip], out, options=AnnotateOptions(per_frame=True), model=lstm)
+    fercli.annotate([clip], out, options=AnnotateOptions(per_sample=True), model=lstm)
     df = read_table(out)
     gone = (df.time >= leaves - 1e-9) & (df.time < 4.0)
     assert not df[gone].face.any()
@@ -368,3 +369,38 @@ def test_a_second_run_on_a_locked_output_stops_before_touching_it(clean, tmp_pat
     assert out.read_bytes() == before and not (tmp_path / "r.parquet.parts").exists()
     assert not (tmp_path / "r.parquet.lock").exists()  # the first run ended: the output is free again
     OutputLock(out).acquire().release()
+
+
+@pytest.mark.parametrize("clip, step", [("moving.mp4", 5), ("sub/gap.mkv", 6)])  # 25 and 30 frames/s
+def test_rows_per_video_frame_are_the_videos_frames(tmp_path, clips_dir, lstm, clip, step):
+    """--per-frame: a row per decoded frame, `frame` its index and `time` its start as PyAV gives
+    them; at the frames the 5/s sampler takes (every `step`-th), the same rows as --per-sample."""
+    import av
+
+    options = dict(reuse_boxes=0)  # the same detections in both runs
+    fercli.annotate([clips_dir / clip], tmp_path / "f.parquet", options=AnnotateOptions(per_frame=True, **options), model=lstm)
+    fercli.annotate([clips_dir / clip], tmp_path / "s.parquet", options=AnnotateOptions(per_sample=True, **options), model=lstm)
+    frames, samples = read_table(tmp_path / "f.parquet"), read_table(tmp_path / "s.parquet")
+    with av.open(str(clips_dir / clip)) as c:
+        starts = [float(f.time) for f in c.decode(video=0)]
+    assert frames.frame.tolist() == list(range(len(starts)))
+    np.testing.assert_allclose(frames.time, np.array(starts) - starts[0], atol=1e-3)
+    assert "sample_index" not in frames and "frame" not in samples
+    taken = frames.set_index("frame").loc[samples.sample_index * step].reset_index(drop=True)
+    cols = ["face", "valence", "arousal", "people"]
+    pd.testing.assert_frame_equal(taken[cols], samples[cols])
+    # A window that reaches back over missed faces holds the latest feature before them: the
+    # latest sample's per sample, the latest frame's per frame (gap.mkv: 1/30 s apart). Elsewhere
+    # the windows hold the same frames, so the same scores.
+    missed = ~samples.face.to_numpy(bool)
+    held = np.array([missed[max(0, k - lstm.config.window + 1) : k + 1].any() for k in range(len(samples))])
+    floats = ["valence_score", "arousal_score"]
+    np.testing.assert_allclose(taken.loc[~held, floats].to_numpy(float), samples.loc[~held, floats].to_numpy(float), atol=1e-4)
+    boxes = ["face_x0", "face_y0", "face_x1", "face_y1"]
+    np.testing.assert_allclose(taken[boxes].to_numpy(float), samples[boxes].to_numpy(float), atol=1e-4, equal_nan=True)
+
+
+def test_per_frame_and_per_sample_together_are_refused(tmp_path, clips_dir, lstm):
+    with pytest.raises(FerError, match="choose one"):
+        fercli.annotate([clips_dir / "moving.mp4"], tmp_path / "x.csv", options=AnnotateOptions(per_frame=True, per_sample=True), model=lstm)
+    assert not (tmp_path / "x.csv").exists()

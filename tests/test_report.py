@@ -46,7 +46,7 @@ def row(s, v=None, a=None, conf=(None, None), end=None, **extra):
 
 def write_batch(folder: Path, clips: dict[str, list[dict]], errors=(), all_faces=False, name="results.parquet") -> Path:
     out = folder / name
-    w = TableWriter(out, {**META, "all_faces": all_faces}, per_frame=False, all_faces=all_faces, resume=False)
+    w = TableWriter(out, {**META, "all_faces": all_faces}, all_faces=all_faces, resume=False)
     for video, rows in clips.items():
         w.add(video, rows)
     w.finish(list(clips))

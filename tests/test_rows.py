@@ -52,7 +52,7 @@ def hsemotion_net(tmp_path_factory):
 def hse_frames(tmp_path_factory, clips_dir, hsemotion_net):
     _, model = hsemotion_net
     out = tmp_path_factory.mktemp("rows") / "frames.parquet"
-    options = AnnotateOptions(per_frame=True, reuse_boxes=0)
+    options = AnnotateOptions(per_sample=True, reuse_boxes=0)
     fercli.annotate([clips_dir / "big_only.mkv"], out, model=model, options=options)
     return read_table(out)
 
@@ -101,7 +101,7 @@ def test_face_share_counts_the_samples_that_found_the_face(tmp_path, lstm_checkp
     dets = hand_detections(pyav_samples(clip, 0.4, 25))
     np.testing.assert_allclose(df[BOX].to_numpy(float)[0], np.mean([d.box for d in dets], axis=0), atol=0.01)
     out_f = tmp_path / "f.parquet"
-    fercli.annotate([clip], out_f, model=model, options=AnnotateOptions(per_frame=True))
+    fercli.annotate([clip], out_f, model=model, options=AnnotateOptions(per_sample=True))
     frames = read_table(out_f)
     assert frames.face_share.tolist() == [1.0, 1.0, 0.0, 0.0, 0.0] + [1.0] * 5
     assert frames[~frames.face][BOX].isna().all().all()
@@ -161,6 +161,6 @@ def test_an_lstm_with_the_expression_head_gives_them_too(tmp_path, clips_dir, hs
     lstm.load_backbone(net.backbone.state_dict())
     model = fercli.load_model(save_checkpoint(lstm.eval(), tmp_path / "lstm_expr.pt"), "cpu")
     out = tmp_path / "f.parquet"
-    fercli.annotate([clips_dir / "big_only.mkv"], out, model=model, options=AnnotateOptions(per_frame=True, reuse_boxes=0))
+    fercli.annotate([clips_dir / "big_only.mkv"], out, model=model, options=AnnotateOptions(per_sample=True, reuse_boxes=0))
     df = read_table(out)
     np.testing.assert_allclose(df[EXPRESSIONS].to_numpy(float), hand_expressions(net, clips_dir), atol=0.02)

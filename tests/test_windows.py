@@ -88,10 +88,10 @@ def test_frame_model_averages_its_seconds_samples():
     assert [u.scores.tolist() for u in units] == [[2.0, -3.0], [6.0, 6.0]]
 
 
-def test_per_frame_units():
-    agg = Aggregator(window=2, duration=1.5, window_model=True, per_frame=True)
+def test_per_sample_units():
+    agg = Aggregator(window=2, duration=1.5, window_model=True, rows="sample")
     units = push_all(agg, fps=2, n=3, present={0, 2})
-    assert [(u.key["frame"], u.key["time"], u.has_face) for u in units] == [(0, 0.0, True), (1, 0.5, False), (2, 1.0, True)]
+    assert [(u.key["sample_index"], u.key["time"], u.has_face) for u in units] == [(0, 0.0, True), (1, 0.5, False), (2, 1.0, True)]
     assert tags(units[2].window) == [0, 2]
 
 
@@ -163,7 +163,7 @@ def test_face_columns_describe_the_seconds_own_samples():
 def test_per_frame_rows_carry_their_samples_box():
     from fercli.windows import FaceSeen
 
-    agg = Aggregator(window=1, duration=1.0, window_model=False, per_frame=True)
+    agg = Aggregator(window=1, duration=1.0, window_model=False, rows="sample")
     a = agg.push(FrameFeatures(0, 0.0, {0: torch.tensor([1.0, 1.0])}, {0: FaceSeen((1.0, 2.0, 3.0, 4.0), 0.5)}))
     b = agg.push(FrameFeatures(1, 0.2, {}))
     box = {"face_x0": 1.0, "face_y0": 2.0, "face_x1": 3.0, "face_y1": 4.0, "face_score": 0.5}
@@ -215,3 +215,35 @@ def test_the_person_seen_longest_wins_even_if_seen_later():
 def test_a_tie_goes_to_the_person_seen_first():
     _, _, agg = two_people(second=lambda k: k >= 15, subject=lambda k: k < 15)
     assert agg.on_screen == {0: 15, 1: 15} and agg.main_person() == 0
+
+
+def push_frames(agg, times, present, tag=lambda i: i):
+    """FrameFeatures for frames starting at `times`; the face (person 0) in frames `present`."""
+    units = []
+    for i, t in enumerate(times):
+        units += agg.push(FrameFeatures(i, t, {0: feat(tag(i))} if i in present else {}))
+    return units + agg.finish()
+
+
+def test_rows_per_video_frame_take_windows_at_the_models_spacing():
+    # 25 frames/s, a model at 5 samples/s with T = 3: the window of the frame at t is the frames on
+    # screen at t - 0.4, t - 0.2 and t: 10 and 5 frames back.
+    agg = Aggregator(window=3, duration=1.0, window_model=True, rows="frame", fps=5.0)
+    units = push_frames(agg, [i / 25 for i in range(25)], present=set(range(25)))
+    assert [(u.key["frame"], u.key["time"]) for u in units] == [(i, i / 25) for i in range(25)]
+    assert tags(units[24].window) == [14, 19, 24]
+    assert tags(units[12].window) == [2, 7, 12]
+    assert tags(units[7].window) == [2, 2, 7]  # t - 0.4 is before the clip: padded with the first face
+    assert tags(units[0].window) == [0, 0, 0]
+
+
+def test_rows_per_video_frame_follow_timestamps_and_hold_missed_faces():
+    # Variable rate: frames at these starts; the picks are the frames on screen at t - 0.2 j.
+    times = [0.0, 0.1, 0.15, 0.3, 0.45, 0.5, 0.62, 0.7]
+    agg = Aggregator(window=3, duration=0.8, window_model=True, rows="frame", fps=5.0)
+    units = push_frames(agg, times, present={0, 1, 2, 4, 5, 6, 7})  # frame 3 (0.3 s) missed the face
+    # Frame 7 at 0.7: on screen at 0.3 -> frame 3 (no face: holds frame 2's), at 0.5 -> 5, at 0.7 -> 7.
+    assert tags(units[7].window) == [2, 5, 7]
+    # Frame 6 at 0.62: at 0.22 -> frame 2, at 0.42 -> frame 3 (held: frame 2), at 0.62 -> 6.
+    assert tags(units[6].window) == [2, 2, 6]
+    assert not units[3].has_face and units[3].columns["face_share"] == 0.0

@@ -47,7 +47,7 @@ def finished(out, video, rows):
 
 def writer(out, resume=False, meta=META, overwrite=False, **kw):
     return TableWriter(
-        out, meta, per_frame=kw.get("per_frame", False), all_faces=kw.get("all_faces", False), resume=resume,
+        out, meta, rows="sample" if kw.get("per_frame") else "second", all_faces=kw.get("all_faces", False), resume=resume,
         overwrite=overwrite, expressions=kw.get("expressions", False),
     )  # fmt: skip
 
@@ -75,7 +75,8 @@ def test_parquet_schema_types_and_metadata(tmp_path):
 
 def test_all_faces_and_per_frame_schemas():
     assert schema(all_faces=True).names[4:6] == ["person", "face"]
-    assert schema(per_frame=True).names[:3] == ["video", "frame", "time"]
+    assert schema("sample").names[:3] == ["video", "sample_index", "time"]
+    assert schema("frame").names[:3] == ["video", "frame", "time"]
 
 
 def test_expression_columns_only_for_models_with_the_head(tmp_path):
