@@ -5,9 +5,16 @@ rotation tag as annotation saw it, drawn on with PIL and encoded as H.264 (yuv42
 source's own timestamps, so the overlay has the source's frame count and duration and plays in
 step with it. Per frame, the row on screen at its time is drawn: per-second tables hold a
 second's values over [start, end); per-frame (`--per-frame`) tables hold a sample's values until
-the next sample. Drawn: the face box (from the face_x0.. columns), the expression and its
+the next sample. Drawn: the face box, the expression and its
 probability above it (tables from a model with the expression head), and two bars, valence and
 arousal, from the centre of their track (0) towards +10 (right) or -10 (left).
+
+The box is the face as the detector finds it in that frame (`FrameBoxes`): a per-second row's
+box is the mean over its second, which sits off a moving face at the start and end of the
+second, so each frame is detected again and each row takes the nearest detection (centre to
+centre, within MAX_BOX_SHIFT box sides; the nearest pairs first, a detection to one row). A
+frame without one (the detector missed the face there) keeps the row's box.
+A table per video frame (`--per-frame`) holds each frame's own detection and is drawn as it is.
 """
 
 from __future__ import annotations
@@ -26,6 +33,11 @@ ENCODER = "libx264"
 PIXEL_FORMAT = "yuv420p"  # what every player takes; needs even sides (odd ones are padded by 1 px)
 ENCODER_OPTIONS = {"crf": "18", "preset": "veryfast"}  # near-transparent quality, fast on a CPU
 TIME_EPS = 1e-6  # s; a frame starting on a row's boundary (float times) belongs to the later row
+# How far (in the row box's larger side) a frame's detection may sit from a row's box and still
+# be that row's face: a face crossing at 150 px/s is 75 px off its second's mean box at the
+# second's ends, about one side of an 80 px face box, where the boxes no longer overlap at all.
+MAX_BOX_SHIFT = 1.5
+BOX_COLUMNS = ("face_x0", "face_y0", "face_x1", "face_y1")
 
 BOX_COLOUR = (0, 255, 0)  # the tracked face's box
 BOX_WIDTH = 3  # px, drawn inside the box's edge
@@ -109,7 +121,9 @@ def render(
     timeline = Timeline(df[df["video"] == picked])
     out.parent.mkdir(parents=True, exist_ok=True)
     written = []
-    atomic_write(out, lambda tmp: written.append(_encode(_frames(video, frames_fps), timeline, tmp, container)))
+    with FrameBoxes(detect="frame" not in df.columns) as boxes:
+        write = lambda tmp: written.append(_encode(_frames(video, frames_fps), timeline, tmp, container, boxes))  # noqa: E731
+        atomic_write(out, write)
     return RenderResult(out, picked, written[0])
 
 
@@ -161,6 +175,49 @@ class Timeline:
         if self.ends is not None:  # a second's end bounds it (the last row ends at the clip's end)
             rows = [r for r in rows if t < r["end"] + TIME_EPS]
         return rows
+
+
+class FrameBoxes:
+    """Each row's face box in one frame: the frame's own detection nearest the row's box (within
+    MAX_BOX_SHIFT of its side), else the row's box. `detect=False`: the rows' boxes as they are."""
+
+    def __init__(self, detect: bool = True):
+        self.detector = None
+        if detect:
+            from .faces import FaceDetector
+
+            self.detector = FaceDetector()
+
+    def place(self, image: np.ndarray, rows: list[dict]) -> list[dict]:
+        faced = [r for r in rows if r.get("face") and not any(_missing(r.get(c)) for c in BOX_COLUMNS)]
+        if self.detector is None or not faced:
+            return rows
+        found = [d.box for d in self.detector.detect(image)]
+        pairs = sorted((_shift([float(r[c]) for c in BOX_COLUMNS], box), i, j) for i, r in enumerate(faced) for j, box in enumerate(found))
+        placed: dict[int, int] = {}
+        for shift, i, j in pairs:  # the nearest first, each detection to one row
+            if shift <= MAX_BOX_SHIFT and i not in placed and j not in placed.values():
+                placed[i] = j
+        moved = {id(faced[i]): dict(zip(BOX_COLUMNS, found[j])) for i, j in placed.items()}
+        return [{**r, **moved[id(r)]} if id(r) in moved else r for r in rows]
+
+    def close(self) -> None:
+        if self.detector is not None:
+            self.detector.close()
+
+    def __enter__(self) -> FrameBoxes:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def _shift(row_box, box) -> float:
+    """Distance between two boxes' centres, in the first box's larger side."""
+    side = max(row_box[2] - row_box[0], row_box[3] - row_box[1], 1.0)
+    dx = (box[0] + box[2] - row_box[0] - row_box[2]) / 2
+    dy = (box[1] + box[3] - row_box[1] - row_box[3]) / 2
+    return float(np.hypot(dx, dy)) / side
 
 
 def _frames(video: Path, frames_fps: float):
@@ -216,7 +273,7 @@ def _frames(video: Path, frames_fps: float):
         raise FerError(f"{video}: no frames")
 
 
-def _encode(frames, timeline: Timeline, path: str, container: str) -> int:
+def _encode(frames, timeline: Timeline, path: str, container: str, boxes: FrameBoxes) -> int:
     import av
 
     n, durations = 0, {}  # presentation time -> duration, both in s (Fractions)
@@ -229,7 +286,8 @@ def _encode(frames, timeline: Timeline, path: str, container: str) -> int:
                 stream.height, stream.width = (image.shape[0] + 1) // 2 * 2, (image.shape[1] + 1) // 2 * 2
                 stream.codec_context.time_base = time_base
                 stream.options = dict(ENCODER_OPTIONS)
-            frame = av.VideoFrame.from_ndarray(draw(_even(image), timeline.at(t)), format="rgb24")
+            image = _even(image)
+            frame = av.VideoFrame.from_ndarray(draw(image, boxes.place(image, timeline.at(t))), format="rgb24")
             frame.pts, frame.time_base = pts, time_base  # the source's timestamps, kept
             if duration:
                 durations[pts * time_base] = duration * time_base
