@@ -809,6 +809,7 @@ def report(
         help="Folder the table's video paths are relative to (what you gave fer annotate); default: the table's folder.",
     ),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace the report in a non-empty --out folder."),
+    previews: bool = typer.Option(True, help="Make small H.264 copies of clips browsers cannot play (AVI, MJPEG, HEVC, MKV)."),
     verbose: VerboseOption = False,
 ) -> None:
     """One self-contained HTML page for the batch: summary, timelines with the videos, circumplex."""
@@ -817,7 +818,7 @@ def report(
 
     console = _command_console(verbose)
     try:
-        page = write_report(table, out, videos=videos, overwrite=overwrite)
+        page = write_report(table, out, videos=videos, overwrite=overwrite, previews=previews)
     except FerError as e:
         raise _fail(console, str(e)) from None
     console.print(f"wrote {page}")

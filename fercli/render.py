@@ -39,6 +39,13 @@ TIME_EPS = 1e-6  # s; a frame starting on a row's boundary (float times) belongs
 MAX_BOX_SHIFT = 1.5
 BOX_COLUMNS = ("face_x0", "face_y0", "face_x1", "face_y1")
 
+# What a browser's <video> plays (Chromium, Firefox, Safari in common): these codecs in an MP4,
+# QuickTime or WebM file. Anything else (AVI, MPEG-4 part 2, MJPEG, HEVC, Matroska) gets a preview.
+BROWSER_CONTAINERS = (".mp4", ".m4v", ".mov", ".webm")
+BROWSER_CODECS = ("h264", "vp8", "vp9", "av1")
+PREVIEW_HEIGHT = 360  # px at most; a preview is for finding one's place, not for looking closely
+PREVIEW_OPTIONS = {"crf": "28", "preset": "veryfast"}  # small files, about 0.5 MB per minute at 360p
+
 BOX_COLOUR = (0, 255, 0)  # the tracked face's box
 BOX_WIDTH = 3  # px, drawn inside the box's edge
 TEXT_COLOUR = (255, 255, 255)
@@ -175,6 +182,70 @@ class Timeline:
         if self.ends is not None:  # a second's end bounds it (the last row ends at the clip's end)
             rows = [r for r in rows if t < r["end"] + TIME_EPS]
         return rows
+
+
+def browser_plays(video: Path) -> bool:
+    """Whether browsers play `video` as it is (suffix and codec; see BROWSER_CODECS)."""
+    import av
+
+    if video.suffix.lower() not in BROWSER_CONTAINERS:
+        return False
+    try:
+        with av.open(str(video)) as container:
+            return bool(container.streams.video) and container.streams.video[0].codec_context.name in BROWSER_CODECS
+    except (av.FFmpegError, OSError):
+        return False
+
+
+def preview(video: str | Path, out: str | Path, height: int = PREVIEW_HEIGHT) -> int:
+    """Write `out` (.mp4): `video` as H.264 a browser plays, at most `height` px high, its frames
+    at their own times (as `render` keeps them). Returns the frames written."""
+    from .files import atomic_write
+
+    video, out = Path(video), Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    written = []
+    frames = ((_scaled(image, height), *rest) for image, *rest in _frames(video, 25.0))
+    atomic_write(out, lambda tmp: written.append(_encode_plain(frames, tmp)))
+    return written[0]
+
+
+def _scaled(image: np.ndarray, height: int) -> np.ndarray:
+    from PIL import Image
+
+    h, w = image.shape[:2]
+    if h <= height:
+        return image
+    size = (max(2, round(w * height / h / 2) * 2), height)
+    return np.asarray(Image.fromarray(image).resize(size, Image.BILINEAR))
+
+
+def _encode_plain(frames, path: str) -> int:
+    """Frames as `_frames` yields them, encoded to an MP4 as they are (no drawing)."""
+    import av
+
+    n, durations = 0, {}
+    with av.open(path, "w", format="mp4") as out:
+        stream = None
+        for image, pts, duration, time_base, _, rate in frames:
+            image = _even(image)
+            if stream is None:
+                stream = out.add_stream(ENCODER, rate=rate)
+                stream.pix_fmt = PIXEL_FORMAT
+                stream.height, stream.width = image.shape[:2]
+                stream.codec_context.time_base = time_base
+                stream.options = dict(PREVIEW_OPTIONS)
+            frame = av.VideoFrame.from_ndarray(image, format="rgb24")
+            frame.pts, frame.time_base = pts, time_base
+            if duration:
+                durations[pts * time_base] = duration * time_base
+            for packet in stream.encode(frame):
+                _mux(out, packet, durations)
+            n += 1
+        if stream is not None:
+            for packet in stream.encode():
+                _mux(out, packet, durations)
+    return n
 
 
 class FrameBoxes:

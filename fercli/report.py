@@ -19,7 +19,8 @@ What it shows:
 - the circumplex: valence against arousal for every second with a face, one colour per clip;
 - where the clip's file is found under the videos root, a `<video>` player beside the
   timeline: clicking a timeline seeks the video there, and a cursor on every timeline of the
-  clip follows playback.
+  clip follows playback; a clip browsers cannot play (AVI, MJPEG, HEVC, Matroska) plays from a
+  small H.264 preview fer makes in the report's `previews/` folder, and the page says so.
 
 Per-frame and per-sample tables (`--per-frame`, `--per-sample`) are not supported: the page is about seconds.
 """
@@ -28,6 +29,7 @@ from __future__ import annotations
 
 import html
 import json
+import logging
 import math
 import os
 import urllib.parse
@@ -40,8 +42,11 @@ import pandas as pd
 from .errors import DataError, FerError
 from .files import atomic_write, check_out_dir
 from .labels import LABEL_MAX, LABEL_MIN
+from .render import PREVIEW_HEIGHT
 
+log = logging.getLogger("fercli")
 REPORT_NAME = "index.html"
+PREVIEWS = "previews"  # the folder in the report for copies of clips browsers cannot play
 DIMENSIONS = ("valence", "arousal")
 COLORS = {"valence": "#3b6fb6", "arousal": "#c8453b"}
 # matplotlib's tab10, so clips keep the colours `fer plot` gives them.
@@ -64,12 +69,16 @@ def write_report(
     videos: str | Path | None = None,
     overwrite: bool = False,
     title: str | None = None,
+    previews: bool = True,
 ) -> Path:
     """Write the batch report for a `fer annotate` table to `out_dir/index.html`; returns its path.
 
     videos: the folder the table's `video` paths are relative to (the folder `fer annotate` was
     pointed at); default the table's own folder. A clip found there gets a player, linked by a
-    path relative to the report. overwrite: allow a non-empty `out_dir` (its `index.html` is
+    path relative to the report. previews: a clip browsers cannot play (an AVI, MJPEG, HEVC,
+    Matroska: `render.browser_plays`) gets a small H.264 copy in `out_dir/previews/` to play
+    instead, and a note naming the original; without, its player says it cannot play it.
+    overwrite: allow a non-empty `out_dir` (its `index.html` and the previews it makes are
     replaced; nothing else in it is touched). Raises FerError (one line) for a missing or
     unreadable table, a per-frame table, a missing videos folder, or a non-empty `out_dir`.
     """
@@ -81,11 +90,32 @@ def write_report(
         raise FerError(f"{root}: --videos must be a folder (the one the table's video paths are relative to)")
     check_out_dir(out_dir, overwrite=overwrite, what="report")
     meta = _metadata(table_path)
-    page = render(df, errors, out_dir=out_dir, videos_root=root, title=title or table_path.name, metadata=meta)
+    made = _previews(df, root, out_dir) if previews else {}
+    page = render(df, errors, out_dir=out_dir, videos_root=root, title=title or table_path.name, metadata=meta, previews=made)
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / REPORT_NAME
     atomic_write(path, lambda tmp: Path(tmp).write_text(page, encoding="utf-8"))
     return path
+
+
+def _previews(df: pd.DataFrame, root: Path, out_dir: Path) -> dict[str, Path]:
+    """video -> a preview browsers play, made for each clip under `root` they cannot play as it is."""
+    from .inputs import clip_under
+    from .plots import safe_names
+    from .render import browser_plays, preview
+
+    found = {v: clip_under(root, v) for v in pd.unique(df["video"].astype(str))}
+    todo = [v for v, path in found.items() if path is not None and path.is_file() and not browser_plays(path)]
+    made = {}
+    for video, stem in zip(todo, safe_names(todo)):
+        target = out_dir / PREVIEWS / f"{stem}.mp4"
+        try:
+            preview(found[video], target)
+        except FerError as e:  # a clip fer annotated but cannot re-read now: its player says so
+            log.warning("no preview for %s: %s", video, e)
+            continue
+        made[video] = target
+    return made
 
 
 def read_annotations(table_path: Path) -> pd.DataFrame:
@@ -208,8 +238,10 @@ def render(
     videos_root: Path,
     title: str,
     metadata: dict | None = None,
+    previews: dict[str, Path] | None = None,
 ) -> str:
-    """The report page as one HTML string (see the module docstring for what it holds)."""
+    """The report page as one HTML string (see the module docstring for what it holds);
+    `previews`: video -> a copy to play in the original's place (`write_report` makes them)."""
     from .inputs import clip_under
 
     df = _normalized(df)
@@ -218,8 +250,10 @@ def render(
     sections = []
     for i, (clip, (video, rows)) in enumerate(zip(summary.clips, df.groupby("video", sort=False))):
         path = clip_under(videos_root, video)
-        src = _relative_src(path, out_dir) if path else None
-        sections.append(_clip_section(i, clip, rows, df, src, colors[video], videos_root))
+        copy = (previews or {}).get(video)
+        src = _relative_src(copy or path, out_dir) if path else None
+        original = _relative_src(path, out_dir) if copy else None
+        sections.append(_clip_section(i, clip, rows, df, src, colors[video], videos_root, original))
     body = "\n".join(
         [
             f"<header><h1>{_e(title)}</h1>{_meta_line(metadata)}</header>",
@@ -261,7 +295,7 @@ def _summary_html(summary: BatchSummary, colors: dict[str, str]) -> str:
     return "".join(parts)
 
 
-def _clip_section(i: int, clip: ClipSummary, rows: pd.DataFrame, df: pd.DataFrame, src, color, root) -> str:
+def _clip_section(i: int, clip: ClipSummary, rows: pd.DataFrame, df: pd.DataFrame, src, color, root, original=None) -> str:
     duration = max(clip.duration, float(rows["second"].max()) + 1e-9, 1e-3)
     faces = _faces(rows)
     timelines, data = [], []
@@ -269,8 +303,14 @@ def _clip_section(i: int, clip: ClipSummary, rows: pd.DataFrame, df: pd.DataFram
         timelines.append(f'<figure class="face"><figcaption>{_e(label)}</figcaption>{_timeline_svg(face_rows, rows, duration, df)}</figure>')
         data.append({"label": label, "seconds": _readout_rows(face_rows, df)})
     if src:
+        copy_note = (
+            f'<p class="preview-note">a preview (H.264, {PREVIEW_HEIGHT} px high): browsers do not play '
+            f'<a href="{_e(original)}">the original file</a></p>'
+            if original
+            else ""
+        )
         player = (
-            f'<div class="player"><video controls preload="metadata" src="{_e(src)}"></video>'
+            f'<div class="player"><video controls preload="metadata" src="{_e(src)}"></video>{copy_note}'
             '<p class="video-note" hidden>the browser cannot play this file</p></div>'
         )
     else:
@@ -542,6 +582,7 @@ table.errors td:last-child { font-family: ui-monospace, monospace; color: #a11; 
 .clip-body { display: flex; flex-wrap: wrap; gap: 14px; align-items: flex-start; }
 .player { flex: 0 0 320px; } .player video { width: 320px; background: #000; border-radius: 4px; }
 .player.missing { color: #777; font-style: italic; border: 1px dashed #ccc; border-radius: 4px; padding: 8px; }
+.preview-note { color: #555; font-size: 12px; margin: 4px 0 0; }
 .timelines { flex: 1 1 560px; min-width: 420px; }
 figure.face { margin: 0 0 6px; } figcaption { font-weight: 600; font-size: 13px; color: #444; }
 svg.timeline { width: 100%; height: auto; display: block; cursor: crosshair; }

@@ -12,9 +12,11 @@ import urllib.parse
 from html.parser import HTMLParser
 from pathlib import Path
 
+import av
 import numpy as np
 import pandas as pd
 import pytest
+from PIL import Image
 from typer.testing import CliRunner
 
 import media
@@ -402,15 +404,40 @@ def test_two_faces_in_browser(browser, two_faces, tmp_path):
     page.close()
 
 
-def test_unplayable_video_says_so(browser, tmp_path):
-    # MJPEG in AVI decodes in fer but not in Chromium: the player says so, and nothing is logged.
-    frames = (media.scene(160, 120, [(20, 10, 100)], seed=i) for i in range(10))
+def test_unplayable_video_plays_from_a_preview(browser, tmp_path):
+    # MJPEG in AVI decodes in fer but not in Chromium: the page plays a small H.264 copy, says
+    # so, and links the original; the copy holds the source's frames at their times.
+    frames = [media.scene(640, 480, [(120, 60, 300)], seed=i) for i in range(10)]
     media.write_coded(tmp_path / "cam.avi", frames, 10, "mjpeg", "yuvj420p")
     table = write_batch(tmp_path, {"cam.avi": [row(0, 1, 2)]})
     page, problems, _ = open_page(browser, write_report(table, tmp_path / "r"))
+    copy = tmp_path / "r" / "previews" / "cam.avi.mp4"
+    with av.open(str(copy)) as c:
+        got = [(float(f.time), f.to_ndarray(format="rgb24")) for f in c.decode(video=0)]
+        assert c.streams.video[0].codec_context.name == "h264"
+    assert [t for t, _ in got] == pytest.approx([i / 10 for i in range(10)], abs=1e-3)
+    assert got[0][1].shape == (360, 480, 3)  # scaled to 360 px high, the same shape
+    small = np.asarray(Image.fromarray(frames[3]).resize((480, 360), Image.BILINEAR)).astype(int)
+    assert np.abs(got[3][1].astype(int) - small).mean() < 6  # the source's frame 3, as H.264 keeps it
+    page.wait_for_function("document.querySelector('video').readyState >= 1", timeout=10_000)
+    assert page.evaluate("document.querySelector('video').error") is None
+    assert page.locator(".video-note").is_hidden()
+    note = page.locator(".preview-note")
+    assert note.is_visible() and "browsers do not play" in note.inner_text()
+    assert note.locator("a").get_attribute("href") == "../cam.avi"
+    assert problems == []
+    page.close()
+
+
+def test_without_previews_an_unplayable_video_says_so(browser, tmp_path):
+    frames = (media.scene(160, 120, [(20, 10, 100)], seed=i) for i in range(10))
+    media.write_coded(tmp_path / "cam.avi", frames, 10, "mjpeg", "yuvj420p")
+    table = write_batch(tmp_path, {"cam.avi": [row(0, 1, 2)]})
+    page, problems, _ = open_page(browser, write_report(table, tmp_path / "r", previews=False))
     page.wait_for_function("document.querySelector('video').error !== null", timeout=10_000)
     assert page.locator(".video-note").is_visible()
     assert page.locator(".video-note").inner_text() == "the browser cannot play this file"
+    assert not (tmp_path / "r" / "previews").exists()
     assert problems == []
     page.close()
 
