@@ -56,19 +56,6 @@ def is_affwild(root: str | Path) -> bool:
     return any(_has_header(p) for p in Path(root).rglob("*.txt"))
 
 
-def detect_layout(root: str | Path) -> str:
-    """"affwild" or "afew" for a data root; DataError when it is neither."""
-    root = Path(root)
-    if not root.is_dir():
-        raise DataError(f"{root}: no such data folder")
-    if is_affwild(root):
-        return "affwild"
-    if any(p.stem == p.parent.name or p.with_suffix("").is_dir() for p in root.rglob("*.json")):
-        return "afew"
-    raise DataError(f"{root}: neither an AFEW-VA (<id>/<id>.json) nor an Aff-Wild2 (<video>.txt with "
-                    f"'{HEADER}') data set")
-
-
 def annotation_files(root: str | Path) -> list[Path]:
     """The annotation files under an Aff-Wild2 root: every `.txt` in a folder where one has the header.
 

@@ -21,7 +21,7 @@ from typing import Callable, Iterator, Sequence
 
 import numpy as np
 
-from fercli.errors import VideoError
+from .errors import VideoError, first_line
 from fercli.inputs import IMAGE_EXTENSIONS
 
 CHUNK_FRAMES = 16  # frames decoded per read at most; bounds memory whatever the video length
@@ -308,7 +308,7 @@ class _PyAVReader:
 def _av_reason(error: Exception) -> str:
     """PyAV's error on one line, without its errno prefix or the file name it repeats."""
     reason = getattr(error, "strerror", None) or str(error)
-    return str(reason).splitlines()[0].strip()[:MESSAGE_CHARS] or type(error).__name__
+    return first_line(str(reason))[:MESSAGE_CHARS] or type(error).__name__
 
 
 def _open_file(path: Path, device: str, threads: int) -> _PyAVReader:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import importlib.metadata as md
 import platform
 
+from .errors import typed_line
+
 PACKAGES = ("torch", "torchvision", "timm", "av", "ai-edge-litert", "openvino", "numpy", "pyarrow", "pandas", "typer", "rich")
 
 
@@ -45,7 +47,7 @@ def _guard(check) -> str:
     try:
         return check()
     except Exception as e:  # a broken dependency is a finding, not a crash
-        return f"error: {type(e).__name__}: {e}".splitlines()[0]
+        return f"error: {typed_line(e)}"
 
 
 def _torch_cuda() -> str:

@@ -27,12 +27,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from .errors import FerError
+from .errors import FerError, first_line
 
 log = logging.getLogger("fercli")
 
 ENGINES = ("torch", "openvino")
-DEFAULT_ENGINE = "torch"
 IR_FORMAT = 1  # bump when the conversion changes, so IR cached by older code is not reused
 # fer's precisions -> OpenVINO's inference precision hint ("fp16" is CUDA-only in fer)
 OV_PRECISION = {"fp32": "f32", "bf16": "bf16"}
@@ -122,7 +121,7 @@ def openvino_backbone(
     try:
         compiled = core.compile_model(core.read_model(path), "CPU", config)
     except RuntimeError as e:
-        raise FerError(f"{path}: OpenVINO could not load this cached backbone ({str(e).strip().splitlines()[0]}); "
+        raise FerError(f"{path}: OpenVINO could not load this cached backbone ({first_line(e)}); "
                        "delete it to convert again") from None  # fmt: skip
     ran = str(compiled.get_property("INFERENCE_PRECISION_HINT"))  # e.g. "<Type: 'float32'>"
     if precision == "bf16" and "bf" not in ran.lower():  # bf16 / bfloat16; OpenVINO falls back silently

@@ -27,7 +27,14 @@ def printable(text: str) -> str:
     return "".join(c if c == " " or unicodedata.category(c)[0] not in "CZ" else c.encode("unicode_escape").decode() for c in text)
 
 
-def first_line(error: BaseException) -> str:
-    """The first line of an exception's message (its type's name when it has none), for one-line errors."""
+def first_line(error: BaseException | str) -> str:
+    """The first line of an exception's message (its type's name when it has none), for one-line
+    errors; a string's own first line."""
     lines = str(error).strip().splitlines()
-    return lines[0] if lines else type(error).__name__
+    return lines[0].strip() if lines else ("" if isinstance(error, str) else type(error).__name__)
+
+
+def typed_line(error: BaseException) -> str:
+    """`Type: first line` (only `Type` without a message): an unexpected error on one line."""
+    lines = str(error).strip().splitlines()
+    return f"{type(error).__name__}: {lines[0].strip()}" if lines else type(error).__name__

@@ -8,7 +8,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from .errors import DataError
-from .features import ClipSamples, fill_index
+from .features import ClipSamples
+from .windows import fill_index
 from .labels import LABEL_MIN, to_class
 
 

@@ -45,10 +45,9 @@ import pandas as pd
 
 from .errors import DataError, FerError
 from .files import atomic_write
-from .labels import LABEL_MAX, LABEL_MIN
+from .labels import DIMENSIONS, LABEL_MAX, LABEL_MIN
 
 FORMATS = ("elan", "elan-txt", "nova")
-DIMENSIONS = ("valence", "arousal")
 ELAN_COLUMNS = ("Tier", "Begin Time", "End Time", "Annotation")
 EAF_LINGUISTIC_TYPE = "fer-label"  # the one tier type: time-aligned, free text
 MIME_TYPES = {".mp4": "video/mp4", ".m4v": "video/mp4", ".mov": "video/quicktime", ".mkv": "video/x-matroska",

@@ -3,7 +3,7 @@ found (the same BlazeFace detector and crop as `fer annotate`, falling back to t
 landmarks) and encoded with the frozen backbone.
 
 Frames that are missing, unreadable or without a face are skipped (said once per clip); a
-skipped sample repeats the last good feature before it (`fill_index`, windows.fill_window's rule).
+skipped sample repeats the last good feature before it (`windows.fill_index`, annotation's rule).
 """
 
 from __future__ import annotations
@@ -304,7 +304,7 @@ def _clip_boxes(clip, frames, cache, ckey, detector, images, stats) -> dict[int,
 
 
 def _clip_features(samples: ClipSamples, cache, fkey, pre, model, device, images, stats) -> np.ndarray:
-    """(S, F) float32 features; rows of skipped samples are zero (never read: see fill_index)."""
+    """(S, F) float32 features; rows of skipped samples are zero (never read: see windows.fill_index)."""
     path = cache.features_file(fkey, samples.clip)
     have = _read_npz(path)
     known = dict(zip(have["frames"].tolist(), have["features"])) if have else {}
@@ -374,15 +374,6 @@ def _read_image(path: Path) -> np.ndarray | None:
             return np.asarray(img.convert("RGB"))
     except (OSError, SyntaxError, ValueError):  # PIL's errors for missing, truncated or garbled files
         return None
-
-
-def fill_index(present: np.ndarray) -> np.ndarray:
-    """For each sample, the sample whose feature it uses: itself when present, else the last
-    present one before it, else the first present one after it (windows.fill_window's rule)."""
-    idx = np.where(present, np.arange(len(present)), -1)
-    idx = np.maximum.accumulate(idx)
-    first = int(np.argmax(present)) if present.any() else 0
-    return np.where(idx < 0, first, idx)
 
 
 def _read_json(path: Path) -> dict:

@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 from typing import Callable
 
-from .errors import FerError
+from .errors import FerError, first_line
 
 LOCK_COMMAND_CHARS = 300  # the holder's command line, as far as a lock file records it
 
@@ -47,7 +47,7 @@ def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> None:
 
 
 def _reason(error: OSError) -> str:
-    return error.strerror or str(error).splitlines()[0] if str(error) else type(error).__name__
+    return error.strerror or first_line(error)
 
 
 def _umask() -> int:

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import numpy as np
 
+DIMENSIONS = ("valence", "arousal")  # the two scales, in the order every table and report gives them
+
 LABEL_MIN, LABEL_MAX = -10, 10  # the AFEW-VA scale
 NUM_CLASSES = LABEL_MAX - LABEL_MIN + 1  # 21
 LABEL_OFFSET = -LABEL_MIN  # class index = label + LABEL_OFFSET

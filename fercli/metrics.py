@@ -38,12 +38,10 @@ import pandas as pd
 
 from . import affwild
 from .errors import DataError, FerError
-from .labels import LABEL_MAX, LABEL_MIN, to_class
+from .labels import DIMENSIONS, LABEL_MAX, LABEL_MIN, to_class
+from .windows import TIME_EPS
 
-DIMENSIONS = ("valence", "arousal")
 CLASSES = np.arange(LABEL_MIN, LABEL_MAX + 1)
-# Same tolerance as windows.TIME_EPS: a frame time landing on a second boundary belongs to it.
-TIME_EPS = 1e-6
 
 # Metric key -> name shown in tables, in the order of the paper's Tables 1 and 2 (F1, accuracy,
 # CCC), then the others.

@@ -138,12 +138,11 @@ def _in_range(name: str, value, low, high, integer: bool = False) -> None:
         raise ValueError(f"{name} must be {'an integer' if integer else 'a number'} from {low} to {high}, not {value!r}")
 
 
-HSEMOTION_CONFIG = ModelConfig.from_dict(hsemotion_config())
-# HSEmotion's own preprocessing, kept with its weights in the registry (hsemotion
+# HSEmotion's own preprocessing comes with its weights in the registry (hsemotion
 # `facial_emotions.py`, EmotiEffLib `facial_analysis.py`): the detector's box cut tight out of the
 # RGB frame, `Resize((224, 224))` on a PIL image (bilinear), ImageNet mean/std. Its networks were
 # trained on AffectNet's tight face boxes. Also used for HSEmotion files given by path.
-HSEMOTION_PREPROCESS = HSEMOTION_CONFIG.preprocess
+HSEMOTION_CONFIG = ModelConfig.from_dict(hsemotion_config())
 
 
 class EfficientNetLSTM(nn.Module):

@@ -16,7 +16,8 @@ import numpy as np
 import pandas as pd
 
 from .errors import DataError
-from .metrics import CLASSES, DIMENSIONS, LABEL_MAX, LABEL_MIN, Report, confusion_matrix
+from .labels import DIMENSIONS
+from .metrics import CLASSES, LABEL_MAX, LABEL_MIN, Report, confusion_matrix
 
 DPI = 100
 TRUE_COLOR, PRED_COLOR = "#4c72b0", "#dd8452"

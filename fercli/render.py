@@ -26,13 +26,13 @@ from pathlib import Path
 import numpy as np
 
 from .errors import FerError
+from .windows import TIME_EPS  # a frame starting on a row's boundary (float times) belongs to the later row
 
 # Output container by suffix; all take H.264.
 CONTAINERS = {".mp4": "mp4", ".m4v": "mp4", ".mov": "mov", ".mkv": "matroska"}
 ENCODER = "libx264"
 PIXEL_FORMAT = "yuv420p"  # what every player takes; needs even sides (odd ones are padded by 1 px)
 ENCODER_OPTIONS = {"crf": "18", "preset": "veryfast"}  # near-transparent quality, fast on a CPU
-TIME_EPS = 1e-6  # s; a frame starting on a row's boundary (float times) belongs to the later row
 # How far (in the row box's larger side) a frame's detection may sit from a row's box and still
 # be that row's face: a face crossing at 150 px/s is 75 px off its second's mean box at the
 # second's ends, about one side of an 80 px face box, where the boxes no longer overlap at all.

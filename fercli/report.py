@@ -41,13 +41,12 @@ import pandas as pd
 
 from .errors import DataError, FerError
 from .files import atomic_write, check_out_dir
-from .labels import LABEL_MAX, LABEL_MIN
+from .labels import DIMENSIONS, LABEL_MAX, LABEL_MIN
 from .render import PREVIEW_HEIGHT
 
 log = logging.getLogger("fercli")
 REPORT_NAME = "index.html"
 PREVIEWS = "previews"  # the folder in the report for copies of clips browsers cannot play
-DIMENSIONS = ("valence", "arousal")
 COLORS = {"valence": "#3b6fb6", "arousal": "#c8453b"}
 # matplotlib's tab10, so clips keep the colours `fer plot` gives them.
 PALETTE = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf"]

@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import os
 
-from .errors import FerError
+from .errors import FerError, typed_line
 from .inputs import Clip
 from .options import AnnotateOptions
 from .stages import Labeler, is_timed, merge_clock, produce_clips
@@ -260,4 +260,4 @@ def _worker(conn, cfg, options, device_type: str, timed: bool) -> None:
         try:
             conn.send(("crash", None, error))
         except Exception:  # unpicklable, or the parent is gone
-            conn.send(("crash", None, FerError(f"a decoding worker failed: {type(error).__name__}: {error}".splitlines()[0])))
+            conn.send(("crash", None, FerError(f"a decoding worker failed: {typed_line(error)}")))

@@ -18,7 +18,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 from .devices import autocast, resolve_precision
-from .errors import FerError
+from .errors import FerError, typed_line
 from .inputs import Clip
 from .options import AnnotateOptions, ProgressEvent, VideoResult
 
@@ -148,7 +148,7 @@ class _TimedDetector:
 def clip_error(clip: Clip, e: Exception) -> str:
     if isinstance(e, FerError):
         return str(e)
-    return f"{clip.path}: {type(e).__name__}: {e}".splitlines()[0]
+    return f"{clip.path}: {typed_line(e)}"
 
 
 def produce_clips(tasks, put, cfg, options, device_type: str, timed: bool) -> None:

@@ -30,10 +30,14 @@ from __future__ import annotations
 import math
 from collections import deque
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
-import torch
+import numpy as np
 
 from .labels import EXPRESSIONS, decode_logits, to_class
+
+if TYPE_CHECKING:  # torch is imported where tensors are made: render and metrics read TIME_EPS here
+    import torch
 
 TIME_EPS = 1e-6  # seconds; float sample times that land on a second boundary belong to it
 
@@ -85,17 +89,26 @@ def second_of(time: float) -> int:
     return math.floor(time + TIME_EPS)
 
 
+def fill_index(present) -> np.ndarray:
+    """For each sample, the sample whose feature it uses: itself when present, else the last
+    present one before it, else the first present one after it (the module's filling rule)."""
+    present = np.asarray(present, dtype=bool)
+    idx = np.maximum.accumulate(np.where(present, np.arange(len(present)), -1))
+    first = int(np.argmax(present)) if present.any() else 0
+    return np.where(idx < 0, first, idx)
+
+
 def fill_window(window: list[torch.Tensor | None], before: torch.Tensor | None = None) -> torch.Tensor | None:
-    """Forward-fill missed samples from `before` (the face's last feature ahead of the window),
-    then back-fill any leading ones (see module rules)."""
-    first = before if before is not None else next((f for f in window if f is not None), None)
-    if first is None:
+    """The window with missed samples filled by `fill_index`'s rule, `before` (the face's last
+    feature ahead of the window) counting as a sample just before it."""
+    import torch
+
+    feats = ([before] if before is not None else []) + list(window)
+    present = [f is not None for f in feats]
+    if not any(present):
         return None
-    filled, last = [], first
-    for f in window:
-        last = f if f is not None else last
-        filled.append(last)
-    return torch.stack(filled)
+    filled = [feats[i] for i in fill_index(present)]
+    return torch.stack(filled[len(feats) - len(window) :])
 
 
 @dataclass
@@ -197,6 +210,8 @@ class Aggregator:
 
     def _unit(self, key: dict, person: int, samples: list[torch.Tensor], columns: dict) -> Unit:
         if not self.window_model:
+            import torch
+
             return Unit(key, person, scores=torch.stack(samples).mean(dim=0), columns=columns)
         if self.rows == "frame":
             window = [faces.get(person) if faces is not None else None for faces in self._picks(key["time"])]
@@ -243,6 +258,8 @@ def label_units(units: list[Unit], head) -> list[dict]:
 
     Each unit's labels come with its face columns (`Unit.columns`): all a row holds but its key.
     """
+    import torch
+
     labels: list[dict] = [_empty_labels() for _ in units]
     windowed = [i for i, u in enumerate(units) if u.window is not None]
     if windowed:

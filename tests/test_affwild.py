@@ -72,17 +72,6 @@ def test_more_frames_than_lines_is_an_error(tmp_path):
         affwild.read_dataset(tmp_path)
 
 
-def test_detect_layout(tmp_path):
-    make_affwild(tmp_path / "aw", {"v1": 5})
-    assert affwild.detect_layout(tmp_path / "aw") == "affwild"
-    (tmp_path / "af" / "001").mkdir(parents=True)
-    (tmp_path / "af" / "001" / "001.json").write_text("{}")
-    assert affwild.detect_layout(tmp_path / "af") == "afew"
-    (tmp_path / "none").mkdir()
-    with pytest.raises(DataError, match="neither"):
-        affwild.detect_layout(tmp_path / "none")
-
-
 def test_abaw_ccc_pools_labelled_frames_matches_numpy():
     rng = np.random.default_rng(1)
     t = rng.uniform(-1, 1, (2, 50))

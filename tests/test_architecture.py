@@ -10,7 +10,7 @@ import pytest
 PACKAGE = Path(__file__).parents[1] / "fercli"
 # Stages import nothing above them (the job, its schedules, the CLI, the tools built on tables).
 ABOVE_STAGES = {"pipeline", "stages", "schedules", "cluster", "cli", "benchmark", "evaluate", "training", "report", "export", "render", "plots", "doctor"}
-STAGES = ["inputs", "decode", "blazeface", "faces", "model", "windows", "writers", "labels", "files", "errors", "devices", "weights", "checkpoints", "options", "afew", "features", "examples", "splits", "engines"]
+STAGES = ["inputs", "decode", "blazeface", "faces", "people", "model", "windows", "writers", "labels", "files", "errors", "devices", "weights", "checkpoints", "options", "afew", "features", "examples", "splits", "engines"]
 
 
 def imports(module: str) -> list[tuple[str, list[str]]]:
@@ -71,3 +71,53 @@ def test_schedules_use_the_stages_and_never_each_other():
 def test_a_name_becomes_a_network_one_way():
     assert "weights" in GRAPH["checkpoints"] and "checkpoints" in GRAPH["model"]
     assert not {"checkpoints", "model"} & GRAPH["weights"] and "model" not in GRAPH["checkpoints"]
+
+
+# Each rule has one home (ARCHITECTURE.md, "Each rule has one home"): the constants and functions
+# that make it are defined there and nowhere else, so a second copy that could drift is found here.
+CONSTANT_HOMES = {
+    "TIME_EPS": "windows", "DIMENSIONS": "labels", "EXPRESSIONS": "labels", "LABEL_MIN": "labels",
+    "LABEL_MAX": "labels", "NUM_CLASSES": "labels", "MAX_TIMESTAMP": "decode", "MAX_HOLD_S": "decode",
+    "IMAGE_EXTENSIONS": "inputs", "ERRORS_COLUMNS": "writers", "RESUME_KEYS": "writers",
+    "CUT_DISTANCE": "people", "SAME_PERSON": "people", "ABAW_SCALE": "affwild",
+}  # fmt: skip
+FUNCTION_HOMES = {
+    "second_of": "windows", "n_seconds": "windows", "fill_index": "windows", "fill_window": "windows",
+    "follow": "windows", "to_class": "labels", "decode_logits": "labels", "sample_sources": "decode",
+    "sample_count": "decode", "first_line": "errors", "typed_line": "errors", "atomic_write": "files",
+    "read_table": "writers", "load_table": "writers", "check_table": "writers", "errors_path": "writers",
+    "find_errors": "writers", "group_tracks": "people", "appearance": "people", "crop": "faces",
+    "clip_under": "inputs",
+}  # fmt: skip
+
+
+def definitions(module: str) -> tuple[set[str], set[str]]:
+    """Names a module assigns at its top level, and functions it defines anywhere."""
+    tree = ast.parse((PACKAGE / f"{module}.py").read_text())
+    assigned = {t.id for node in tree.body if isinstance(node, (ast.Assign, ast.AnnAssign))
+                for t in (node.targets if isinstance(node, ast.Assign) else [node.target]) if isinstance(t, ast.Name)}
+    for node in tree.body:  # A, B = 1, 2
+        if isinstance(node, ast.Assign):
+            assigned |= {e.id for t in node.targets if isinstance(t, ast.Tuple) for e in t.elts if isinstance(e, ast.Name)}
+    functions = {n.name for n in ast.walk(tree) if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef))}
+    return assigned, functions
+
+
+@pytest.mark.parametrize("module", MODULES)
+def test_each_rule_is_defined_only_in_its_home(module):
+    assigned, functions = definitions(module)
+    strays = [f"constant {n} (home: {h})" for n, h in CONSTANT_HOMES.items() if n in assigned and module != h]
+    strays += [f"function {n} (home: {h})" for n, h in FUNCTION_HOMES.items() if n in functions and module != h]
+    assert not strays, f"{module} defines {strays}"
+
+
+@pytest.mark.parametrize("module", [m for m in MODULES if m != "errors"])
+def test_one_line_errors_are_made_by_errors_only(module):
+    source = (PACKAGE / f"{module}.py").read_text()
+    assert "splitlines()[0]" not in source, f"{module} cuts an error to its first line itself: use errors.first_line"
+
+
+def test_every_home_exists():
+    for name, home in {**CONSTANT_HOMES, **FUNCTION_HOMES}.items():
+        assigned, functions = definitions(home)
+        assert name in assigned | functions, f"{name} is not in {home}"

@@ -6,6 +6,7 @@ import numpy as np
 
 import synthetic_afew
 from fercli import examples, features
+from fercli.windows import fill_index
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -16,8 +17,8 @@ from conftest import fake_samples  # noqa: E402
 
 
 def test_fill_index_repeats_the_last_good_sample_like_annotate():
-    assert features.fill_index(np.array([1, 0, 0, 1, 0], bool)).tolist() == [0, 0, 0, 3, 3]
-    assert features.fill_index(np.array([0, 0, 1, 1, 0], bool)).tolist() == [2, 2, 2, 3, 3]
+    assert fill_index(np.array([1, 0, 0, 1, 0], bool)).tolist() == [0, 0, 0, 3, 3]
+    assert fill_index(np.array([0, 0, 1, 1, 0], bool)).tolist() == [2, 2, 2, 3, 3]
 
 
 def test_windows_mean_their_present_labels_and_round_to_classes():
