@@ -168,13 +168,9 @@ def annotate(
     verbose: VerboseOption = False,
 ) -> None:
     """Annotate videos with per-second valence and arousal."""
-    from .devices import resolve_device
-    from .engines import check_engine, engine_device
     from .errors import FerError
-    from .model import load_model
     from .options import AnnotateOptions
     from .pipeline import annotate as run_annotate
-    from .writers import check_output
 
     console = _command_console(verbose, device)
     options = AnnotateOptions(
@@ -183,18 +179,9 @@ def annotate(
         engine=engine,
     )  # fmt: skip
     existed = out.exists()
-    try:
-        options.rows  # noqa: B018  (refuses --per-frame with --per-sample before any work)
-        check_output(out, resume=resume, overwrite=overwrite)  # before weights are downloaded or loaded
-        if ray:
-            from .cluster import import_ray
-
-            import_ray()  # before weights are downloaded or loaded: say how to install Ray
-        check_engine(engine, resolve_device(engine_device(engine, device)), ray)
-        with _download_bar(console) as on_bytes:
-            net = load_model(model, device, progress=on_bytes, engine=engine, precision=precision)
+    try:  # the library checks everything before any work, and says when weights are downloading
         with _AnnotateProgress(console) as bar:
-            result = run_annotate(paths, out, model=net, device=device, options=options, progress=bar.update)
+            result = run_annotate(paths, out, model=model, device=device, options=options, progress=bar.update)
     except FerError as e:
         raise _fail(console, str(e)) from None
     except KeyboardInterrupt:
@@ -225,6 +212,7 @@ class _AnnotateProgress:
         )
         self.overall = None
         self.current = None
+        self.download = None
 
     def __enter__(self):
         self.progress.__enter__()
@@ -245,6 +233,10 @@ class _AnnotateProgress:
                 p.remove_task(self.current)
                 self.current = None
             p.advance(self.overall)
+        elif event.kind == "download":  # bytes of the weights file, shown in MB
+            if self.download is None:
+                self.download = p.add_task("weights (MB)", total=None)
+            p.update(self.download, completed=event.done // 1_000_000, total=event.total // 1_000_000 or None)
 
 
 class _download_bar:

@@ -60,8 +60,8 @@ class AnnotateResult:
 
 @dataclass
 class ProgressEvent:
-    kind: str  # "model", "start", "frames", "done"
+    kind: str  # "model" (loading), "download" (weights: bytes), "start", "frames", "done"
     video: str = ""
-    done: int = 0  # samples done (kind "frames")
-    total: int = 0  # samples expected
+    done: int = 0  # samples done (kind "frames"); bytes downloaded (kind "download")
+    total: int = 0  # samples expected; the file's bytes (0: not known)
     result: VideoResult | None = None

@@ -74,7 +74,9 @@ def annotate(
     else:
         check_engine(engine, resolve_device(engine_device(engine, requested)), options.ray)
         emit(ProgressEvent("model"))
-        model = load_model(model, requested, engine=engine, precision=options.precision)
+        name = str(model)
+        on_bytes = lambda done, total: emit(ProgressEvent("download", name, done, total or 0))  # noqa: E731
+        model = load_model(model, requested, on_bytes, engine=engine, precision=options.precision)
         device = _network_device(model)
     with OutputLock(out):  # one run at a time writes `out`, its parts and its errors file
         return _annotate_into(out, model, options, device, requested, inputs, clock, emit)

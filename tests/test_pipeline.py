@@ -404,3 +404,31 @@ def test_per_frame_and_per_sample_together_are_refused(tmp_path, clips_dir, lstm
     with pytest.raises(FerError, match="choose one"):
         fercli.annotate([clips_dir / "moving.mp4"], tmp_path / "x.csv", options=AnnotateOptions(per_frame=True, per_sample=True), model=lstm)
     assert not (tmp_path / "x.csv").exists()
+
+
+def test_a_registry_model_is_downloaded_by_annotate_with_progress(tmp_path, clips_dir, lstm_checkpoint, server, cache, monkeypatch):
+    """The run is prepared in one place: annotate fetches a registered model itself (verified),
+    reporting the bytes as "download" events, and `fer annotate NAME` does no more than call it."""
+    import hashlib
+
+    from fercli import weights
+    from fercli.weights import WeightsEntry
+
+    url, www, requests = server
+    data = lstm_checkpoint.read_bytes()
+    (www / "lstm.pt").write_bytes(data)
+    entry = WeightsEntry("served", "lstm.pt", f"{url}/lstm.pt", hashlib.sha256(data).hexdigest(), "fer-checkpoint", "test")
+    monkeypatch.setattr(weights, "registry", lambda: {"served": entry})
+    events = []
+    fercli.annotate([clips_dir / "moving.mp4"], tmp_path / "a.csv", model="served", device="cpu", progress=events.append)
+    got = [(e.done, e.total) for e in events if e.kind == "download"]
+    assert got and got[-1] == (len(data), len(data)) and all(a[0] <= b[0] for a, b in zip(got, got[1:]))
+    assert requests == ["/lstm.pt"] and (cache / "lstm.pt").read_bytes() == data
+    from typer.testing import CliRunner
+
+    from fercli.cli import app
+
+    res = CliRunner().invoke(app, ["annotate", str(clips_dir / "moving.mp4"), "--out", str(tmp_path / "b.csv"), "--model", "served", "--device", "cpu"])
+    assert res.exit_code == 0, res.output
+    pd.testing.assert_frame_equal(read_table(tmp_path / "a.csv"), read_table(tmp_path / "b.csv"))
+    assert requests == ["/lstm.pt"]  # the verified cached copy, not a second download
