@@ -168,7 +168,7 @@ def speed(
     import torch
 
     from .decode import open_video
-    from .engines import engine_device, engine_of
+    from .engines import engine_of, engine_target
     from .model import load_model
 
     if repeat < 1:
@@ -179,7 +179,8 @@ def speed(
     clips = inputs.clips
     if not clips:
         raise FerError(f"no video clips under {', '.join(map(str, paths)) or 'the given paths'} to benchmark")
-    dev = resolve_device(engine_device(engine, device))
+    dev = engine_target(engine, device)
+    precision = resolve_precision(precision, dev)
     net = loaded_model or load_model(model, dev, engine=engine, precision=precision)
     infos = []
     for clip in clips:
@@ -189,7 +190,6 @@ def speed(
         batch_size=batch_size, workers=workers, precision=precision, ray=ray, reuse_boxes=reuse_boxes,
         engine=engine_of(net),
     )  # fmt: skip
-    precision = resolve_precision(precision, dev)
     _warm_up(clips[0], net, options, dev)
     if dev.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
@@ -284,12 +284,12 @@ def startup_probe(clip: str, model: str, device: str, batch_size: str, engine: s
     importlib.import_module("timm" if engine == "torch" else "openvino")
     from . import pipeline  # noqa: F401
     from .decode import open_video
-    from .engines import engine_device
+    from .engines import engine_target
     from .faces import FaceDetector
     from .model import load_model
 
     marks.append(time.perf_counter())
-    dev = resolve_device(engine_device(engine, device))
+    dev = engine_target(engine, device)
     net = load_model(model, dev, engine=engine)
     marks.append(time.perf_counter())
     with FaceDetector():
@@ -433,7 +433,7 @@ def _setup(model, device, options, clips, infos) -> dict:
         "fps": model.config.fps,
         "batch_size": options.batch_size,
         "reuse_boxes": options.reuse_boxes,
-        "precision": resolve_precision(options.precision, device),
+        "precision": options.precision,
         "engine": engine_of(model),
         "workers": f"ray {options.ray}" if options.ray else workers(options, device, len(clips)),
         "clips": len(clips),

@@ -55,9 +55,12 @@ def engine_of(model) -> str:
     return getattr(model, "engine", "torch")
 
 
-def engine_device(engine: str, device):
-    """The device to resolve for `engine`: "auto" means the CPU for OpenVINO, else as asked."""
-    return "cpu" if engine == "openvino" and str(device) == "auto" else device
+def engine_target(engine: str, device):
+    """The torch.device `engine` runs on for a requested `device`, checked against what torch
+    sees (`devices.resolve_device`): "auto" is the CPU for OpenVINO, the GPU if any for torch."""
+    from .devices import resolve_device
+
+    return resolve_device("cpu" if engine == "openvino" and str(device) == "auto" else device)
 
 
 def import_openvino():

@@ -329,10 +329,10 @@ def load_model(
     `.source` (what was asked for) and `.weights_sha256`.
     """
     from .checkpoints import resolve
-    from .devices import resolve_device, resolve_precision
-    from .engines import check_engine, engine_device
+    from .devices import resolve_precision
+    from .engines import check_engine, engine_target
 
-    dev = resolve_device(engine_device(engine, device))
+    dev = engine_target(engine, device)
     check_engine(engine, dev)
     ckpt = resolve(name_or_path, progress)
     backbone = None
@@ -347,4 +347,5 @@ def load_model(
     model.source = ckpt["source"]
     model.weights_sha256 = ckpt["weights_sha256"]
     model.engine = engine
+    model.precision = resolve_precision(precision, dev)  # as it records its engine: what it runs at
     return model.eval().to(dev, memory_format=torch.channels_last)

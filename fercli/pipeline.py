@@ -11,9 +11,10 @@ from __future__ import annotations
 import logging
 from datetime import datetime, timezone
 from pathlib import Path
+from dataclasses import replace
 from typing import Callable, Iterable, Iterator
 
-from .devices import resolve_device, resolve_precision
+from .devices import resolve_precision
 from .errors import FerError
 from .inputs import Clip, find_clips
 from .options import AnnotateOptions, AnnotateResult, ProgressEvent, VideoResult
@@ -43,7 +44,7 @@ def annotate(
     `options.overwrite`. Process-wide tuning (OpenMP spinning, glibc's freed memory) is left
     to the program: see `fercli.runtime.tune_process`.
     """
-    from .engines import check_engine, engine_device, engine_of
+    from .engines import check_engine, engine_of, engine_target
     from .model import load_model
     from .files import OutputLock
     from .writers import check_output
@@ -68,16 +69,19 @@ def annotate(
         if engine != engine_of(model):
             raise FerError(f"the network passed in runs on {engine_of(model)}, not {engine}: load it "
                            f"with load_model(..., engine={engine!r})")  # fmt: skip
-        device = _network_device(model) if requested is None else resolve_device(engine_device(engine, requested))
+        device = _network_device(model) if requested is None else engine_target(engine, requested)
         check_engine(engine, device, options.ray)
         model = model.to(device)
     else:
-        check_engine(engine, resolve_device(engine_device(engine, requested)), options.ray)
+        check_engine(engine, engine_target(engine, requested), options.ray)
         emit(ProgressEvent("model"))
         name = str(model)
         on_bytes = lambda done, total: emit(ProgressEvent("download", name, done, total or 0))  # noqa: E731
         model = load_model(model, requested, on_bytes, engine=engine, precision=options.precision)
         device = _network_device(model)
+    # The one place the run's precision is settled: the stages, the schedules and the table's
+    # metadata read it from the options from here on.
+    options = replace(options, precision=resolve_precision(options.precision, device))
     with OutputLock(out):  # one run at a time writes `out`, its parts and its errors file
         return _annotate_into(out, model, options, device, requested, inputs, clock, emit)
 
@@ -198,7 +202,7 @@ def run_metadata(model, options: AnnotateOptions, device) -> dict:
         "per_frame": options.per_frame,
         "per_sample": options.per_sample,
         "all_faces": options.all_faces,
-        "precision": resolve_precision(options.precision, device),
+        "precision": options.precision,
         "engine": _engine_version(engine_of(model)),
         "frames_fps": options.frames_fps,
         "preprocess": cfg.to_dict()["preprocess"],

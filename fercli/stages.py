@@ -17,7 +17,7 @@ from collections import defaultdict
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
-from .devices import autocast, resolve_precision
+from .devices import autocast
 from .errors import FerError, typed_line
 from .inputs import Clip
 from .options import AnnotateOptions, ProgressEvent, VideoResult
@@ -221,7 +221,7 @@ class Labeler:
 
     def __init__(self, model, options: AnnotateOptions, device, clock, emit, on_clip):
         self.model, self.options, self.device, self.clock, self.emit = model, options, device, clock, emit
-        self.precision = resolve_precision(options.precision, device)
+        self.precision = options.precision  # settled by pipeline.annotate (or the caller)
         self.on_clip = on_clip
         self.clips: dict = {}
         self.pending: list = []  # (key, SampleCrops) waiting for the backbone

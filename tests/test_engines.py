@@ -201,3 +201,18 @@ def test_a_malformed_config_is_a_weights_error_with_openvino_too(frame_checkpoin
     for engine in ("torch", "openvino"):
         with pytest.raises(WeightsError, match=rf"{bad}: checkpoint does not match its config \(unknown config keys"):
             load_model(bad, "cpu", engine=engine)
+
+
+def test_engine_target_is_the_one_rule_from_a_requested_device(lstm_checkpoint):
+    import torch
+
+    from fercli.engines import engine_target
+
+    assert engine_target("openvino", "auto") == torch.device("cpu")  # OpenVINO runs on the CPU
+    assert engine_target("torch", "cpu") == torch.device("cpu")
+    want = torch.device("cuda", 0) if torch.cuda.is_available() else torch.device("cpu")
+    assert engine_target("torch", "auto") == want
+    from fercli.model import load_model
+
+    model = load_model(lstm_checkpoint, "cpu")
+    assert (model.engine, model.precision) == ("torch", "fp32")  # the network says what it runs at
