@@ -17,7 +17,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from .errors import FerError
@@ -142,28 +142,26 @@ def speed(
     *,
     model: str = "hsemotion",
     device: str = "auto",
-    batch_size: int = 16,
-    workers: int | None = None,
-    precision: str = "auto",
-    ray: str | None = None,
-    reuse_boxes: int = 1,
+    options: AnnotateOptions | None = None,
     naive: bool = True,
     naive_seconds: float | None = None,
     repeat: int = 1,
     loaded_model=None,
     startup: bool = True,
     cold: bool = False,
-    engine: str = "torch",
 ) -> SpeedReport:
     """Time `fer annotate` on `paths`, stage by stage and end to end; optionally the naive loop.
+
+    `options` are annotate's own (batch size, workers, precision, Ray, box reuse, engine; rows per
+    second: the timed run writes its table).
 
     `repeat` times the run that many times in this process and reports the median run (for an
     even count, the faster of the middle two), its stages included. `naive_seconds` caps how
     much of each clip the (slow) naive loop reads. `startup` also times a new process's start-up
     (`measure_startup`) with the same model, device and batch size. `cold` also runs `fer
     annotate` and the naive loop on every clip in new processes, start-up included (`measure_cold`).
-    `engine` runs fer's backbone ("torch" or "openvino"); the naive loop always runs torch, as a
-    hand-written loop would.
+    `options.engine` runs fer's backbone ("torch" or "openvino"); the naive loop always runs
+    torch, as a hand-written loop would.
     """
     import torch
 
@@ -179,17 +177,16 @@ def speed(
     clips = inputs.clips
     if not clips:
         raise FerError(f"no video clips under {', '.join(map(str, paths)) or 'the given paths'} to benchmark")
+    options = options or AnnotateOptions()
+    engine = options.engine or (engine_of(loaded_model) if loaded_model is not None else "torch")
     dev = engine_target(engine, device)
-    precision = resolve_precision(precision, dev)
-    net = loaded_model or load_model(model, dev, engine=engine, precision=precision)
+    options = replace(options, engine=engine, precision=resolve_precision(options.precision, dev))
+    net = loaded_model or load_model(model, dev, engine=engine, precision=options.precision)
+    batch_size = options.batch_size
     infos = []
     for clip in clips:
         with open_video(clip.path) as src:
             infos.append(src.info)
-    options = AnnotateOptions(
-        batch_size=batch_size, workers=workers, precision=precision, ray=ray, reuse_boxes=reuse_boxes,
-        engine=engine_of(net),
-    )  # fmt: skip
     _warm_up(clips[0], net, options, dev)
     if dev.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
@@ -208,7 +205,7 @@ def speed(
         video_seconds=sum(i.duration for i in infos),
         decoded_frames=sum(i.frames for i in infos),
         sampled_frames=clock.items["decode"],
-        backbone_only_fps=backbone_only(net, dev, batch_size, max(clock.items["backbone"], batch_size), precision),
+        backbone_only_fps=backbone_only(net, dev, batch_size, max(clock.items["backbone"], batch_size), options.precision),
         producer_only_fps=producer_only(_first_minutes(clips, infos, PRODUCER_ONLY_VIDEO_S), net.config, options, dev),
         peak_cuda_mb=torch.cuda.max_memory_allocated() / 2**20 if dev.type == "cuda" else None,
         end_to_end_runs_s=[run[1] for run in runs],

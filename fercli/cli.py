@@ -637,13 +637,14 @@ def benchmark_speed(
     """Time start-up, each stage (decode, faces, backbone, head, write) and the whole run."""
     from .benchmark import speed
     from .errors import FerError
+    from .options import AnnotateOptions
 
     console = _command_console(verbose)
+    options = AnnotateOptions(batch_size=batch_size, workers=workers, precision=precision, ray=ray, reuse_boxes=reuse_boxes, engine=engine)
     try:
         report = speed(
-            paths, model=model, device=device, batch_size=batch_size, workers=workers, precision=precision,
-            ray=ray, reuse_boxes=reuse_boxes, naive=naive, naive_seconds=naive_seconds, repeat=repeat,
-            startup=startup, cold=cold, engine=engine,
+            paths, model=model, device=device, options=options, naive=naive, naive_seconds=naive_seconds,
+            repeat=repeat, startup=startup, cold=cold,
         )
     except FerError as e:
         raise _fail(console, str(e)) from None

@@ -7,6 +7,7 @@ import pytest
 from conftest import DURATIONS
 from fercli.benchmark import PRODUCER_STAGES, speed
 from fercli.cli import app
+from fercli.options import AnnotateOptions
 from typer.testing import CliRunner
 
 
@@ -183,7 +184,7 @@ def test_speed_with_openvino_times_it_and_keeps_the_naive_loop_on_torch(clips_di
 
     real_naive = benchmark.naive_loop
     monkeypatch.setattr(benchmark, "naive_loop", naive_loop)
-    report = benchmark.speed([clips_dir / "odd.avi"], model=str(frame_checkpoint), device="cpu", engine="openvino", naive_seconds=1)
+    report = benchmark.speed([clips_dir / "odd.avi"], model=str(frame_checkpoint), device="cpu", options=AnnotateOptions(engine="openvino"), naive_seconds=1)
     assert report.setup["engine"] == "openvino"
     assert report.stages["backbone"].items > 0 and report.naive_frames > 0 and naive_engines == ["torch"]
     up = report.startup

@@ -137,7 +137,7 @@ def test_cli_ray_option(tmp_path, ray_local, clips_dir, small_model, local_run, 
 def test_benchmark_speed_times_the_ray_schedule(ray_local, clips_dir, small_model):
     from fercli.benchmark import speed
 
-    report = speed([clips_dir / "odd.avi"], device="cpu", ray="local", naive=False, loaded_model=small_model)
+    report = speed([clips_dir / "odd.avi"], device="cpu", options=AnnotateOptions(ray="local"), naive=False, loaded_model=small_model)
     assert report.setup["workers"] == "ray local"
     assert report.sampled_frames == 16  # 3.2 s at 5 frames/s, decoded on the Ray workers
     assert report.stages["backbone"].items == 16
