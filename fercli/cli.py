@@ -510,23 +510,15 @@ def benchmark_accuracy(
         raise _fail(console, f"{mode}: give both options")
     if data is not None:
         return _benchmark_data(console, data, model, split, out, frames_fps, device, batch_size, cache_dir)
-    try:
-        from . import metrics
-        from .writers import load_table
+    from .evaluate import score_tables, write_scores
 
-        truth_table = metrics.load_truth(truth, frames_fps or 25.0)  # truth first: its errors first
-        table = load_table(pred)
-        report = metrics.score(truth_table, table)
-        report.abaw = metrics.abaw_score(truth, table, frames_fps or 25.0)  # Aff-Wild2 truth only
+    try:
+        report = score_tables(truth, pred, frames_fps or 25.0)
     except FerError as e:
         raise _fail(console, str(e)) from None
-    except FileNotFoundError as e:
-        raise _fail(console, f"{e.filename}: no such file") from None
     _print_metrics(report)
     if out is not None:
-        from .plots import accuracy_pictures
-
-        written = metrics.write_report(report, out) + accuracy_pictures(report, out)
+        written = write_scores(report, out)
         console.print(f"wrote {', '.join(p.name for p in written)} to {out}")
 
 

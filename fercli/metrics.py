@@ -352,7 +352,7 @@ def _fmt(value: float, digits: int) -> str:
     return "n/a" if value is None or math.isnan(value) else f"{value:.{digits}f}"
 
 
-def write_report(report: Report, out_dir: str | Path) -> list[Path]:
+def write_metrics(report: Report, out_dir: str | Path) -> list[Path]:
     """Write metrics.json and metrics.md into `out_dir`; returns their paths."""
     from .files import atomic_write
 

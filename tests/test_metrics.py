@@ -26,7 +26,7 @@ from fercli.metrics import (
     rmse,
     sagr,
     score,
-    write_report,
+    write_metrics,
 )
 from fercli.writers import TableWriter, read_table
 
@@ -291,8 +291,8 @@ def test_report_markdown_layout():
     assert "without a face in the prediction: 1" in text and "valence_score" in text
 
 
-def test_write_report(tmp_path):
-    paths = write_report(small_report(), tmp_path / "out")
+def test_write_metrics(tmp_path):
+    paths = write_metrics(small_report(), tmp_path / "out")
     assert [p.name for p in paths] == ["metrics.json", "metrics.md"]
     assert json.loads(paths[0].read_text())["counts"]["matched"] == 5
     assert paths[1].read_text().startswith("| Metric |")
