@@ -14,6 +14,10 @@ spills to disk, so an hour-long recording (~2.7 GB) works but is better split fi
 
 The model is loaded once, on the driver, and its weights reach the actors through the object
 store: the workers need fer installed and the videos at the same path, not the weights file.
+
+A worker process that dies (a decoder crashing, the OOM killer, a node lost) loses the clips it
+held; once the job is done, those are run again in a second one, each clip alone on a model
+actor, and a clip lost twice is reported as failed (RETRIES).
 """
 
 from __future__ import annotations
@@ -36,13 +40,17 @@ log = logging.getLogger("fercli")
 INSTALL_HINT = "--ray needs Ray Data: pip install 'fercli[ray]' (on this machine and on every node of the cluster)"
 CLIPS_PER_CALL = 4  # clips a model actor takes at once, so its backbone batches span clips
 # On a CPU-only cluster the backbone is ~85% of the work (`fer benchmark speed`): model actors
-# get this share of the cores and decode/face tasks the rest, at least one core.
+# get this share of the cores and decode/face tasks the rest, at least one core (as many tasks
+# at once as cores are left; see `_Job._dataset`).
 CPU_MODEL_SHARE = 0.75
-# Ray Data retries a task whose worker process died forever by default; a video that crashes its
-# decoder every time would hang the job. After this many retries its record is given up and the
-# clip is reported as failed (the job goes on: `max_errored_blocks` below).
-MAX_RETRIES = 1
-LOST = "lost on the Ray cluster: the process decoding or labelling it died (see the Ray logs)"
+# Lost clips: a worker process that dies (a decoder crashing on a hostile file, the OOM killer,
+# a node going away) loses the clip it was decoding, or the clips its model actor held. Ray's own
+# retries would send such a batch again as it was, so a poisoned clip would take its batch-mates
+# down with it, and by default they go on forever. Ray retries nothing here (`max_errored_blocks`
+# below lets the job go on without a lost record); the clips that did not come back are run
+# again afterwards, this many times, each alone on its model actor.
+RETRIES = 1
+LOST = "lost on the Ray cluster: the process decoding or labelling it died, twice (see the Ray logs)"  # 1 + RETRIES
 
 
 def import_ray():
@@ -72,18 +80,94 @@ def run_on_ray(
     # actors use that one, not their own "auto" (bf16 on a GPU under a CPU-only driver).
     options = replace(options, precision=resolve_precision(options.precision, device))
     with _connected(ray, address or options.ray or "local"), _data_settings():
-        pool, actor_device = _model_pool(ray.cluster_resources(), requested)
-        log.info("ray: %d clips, %d model actor(s) on %s", len(clips), pool["compute"].max_size, actor_device)
-        ds = _dataset(ray, clips, labeler.model, options, pool, actor_device, isinstance(clock, StageClock))
+        resources = ray.cluster_resources()
+        actors, remote_args, actor_device = _model_pool(resources, requested)
+        decoders = max(1, int(resources.get("CPU", 0)) - actors)  # the cores the model actors leave
+        log.info("ray: %d clips, %d model actor(s) on %s, %d decoding", len(clips), actors, actor_device, decoders)
+        weights = ray.put(_portable(labeler.model))  # once, shared by every actor on every node
+        job = _Job(clips, labeler, clock, weights, options, actors, remote_args, actor_device, decoders)
+        for key in job.run_with_retries(ray):
+            labeler.fail(key, clips[key], f"{clips[key].path}: {LOST}")
+
+
+@dataclass
+class _Job:
+    """What every pass over the clips shares: the driver's side and the model pool's settings."""
+
+    clips: list
+    labeler: Labeler
+    clock: object
+    weights: object  # ObjectRef of `_portable(model)`
+    options: object
+    actors: int
+    remote_args: dict
+    actor_device: str
+    decoders: int  # decode tasks at once
+
+    def run_with_retries(self, ray) -> list[int]:
+        """Every clip through Ray Data, the lost ones again (RETRIES); the keys still lost."""
+        todo = self.run(ray, list(range(len(self.clips))))
+        for _ in range(RETRIES):
+            if not todo:
+                break
+            log.warning("ray: %d clip(s) lost with the process that held them; trying each once more", len(todo))
+            todo = self.run(ray, todo, alone=True)
+        return todo
+
+    def run(self, ray, keys: list[int], alone: bool = False) -> list[int]:
+        """One Ray Data job over `keys`; each clip back goes to `on_clip`. Returns the keys lost.
+
+        `alone`: each clip the only one its model actor holds (one per call, one call in flight),
+        so a clip that kills its actor again takes no other clip down with it.
+        """
         returned = set()
         try:
-            for row in ds.iter_rows():
+            for row in self._dataset(ray, keys, alone).iter_rows():
                 returned.add(row["key"])
-                _finish(clips[row["key"]], row["labelled"], labeler, clock)
+                _finish(self.clips[row["key"]], row["labelled"], self.labeler, self.clock)
         except ray.exceptions.RayError as e:
             raise FerError(f"ray: {type(e).__name__}: {first_line(e)}") from None
-        for key in sorted(set(range(len(clips))) - returned):  # records given up after MAX_RETRIES
-            labeler.fail(key, clips[key], f"{clips[key].path}: {LOST}")
+        return [key for key in keys if key not in returned]
+
+    def _dataset(self, ray, keys: list[int], alone: bool):
+        from ray.data import ActorPoolStrategy, TaskPoolStrategy
+
+        timed = isinstance(self.clock, StageClock)
+        items = [_item(key, self.clips[key]) for key in keys]
+        per_call = 1 if alone else CLIPS_PER_CALL
+        size = min(self.actors, -(-len(keys) // per_call))  # no idle actors on a short pass
+        compute = ActorPoolStrategy(size=size, max_tasks_in_flight_per_actor=1 if alone else None)
+        # Decode tasks are counted, not given cores: when a node goes, Ray restarts its model
+        # actors on the cores left, and decode tasks that needed a core of their own could find
+        # none and wait for ever (measured: two 2-CPU nodes, one removed mid-run).
+        decoding = TaskPoolStrategy(size=min(self.decoders, len(keys)))
+        actor_args = {"weights": [self.weights], "options": self.options, "device": self.actor_device, "timed": timed}
+        decode_args = {"cfg": self.labeler.model.config, "options": self.options, "timed": timed}
+        with warnings.catch_warnings():
+            # Retry limits are still passed as plain Ray remote arguments, deprecated since Ray
+            # 2.60 with nothing named to replace them yet (hence the extra's upper bound). They,
+            # and the decode tasks' num_cpus=0, also keep Ray Data from fusing the decode tasks
+            # into the model actors on a CPU-only cluster, which would serialise decoding and the
+            # model again.
+            warnings.filterwarnings("ignore", message=".*ray_remote_args.*is deprecated")
+            return (
+                ray.data.from_items(items, override_num_blocks=len(items))  # a block, so a task, per clip
+                .map(_decode, fn_kwargs=decode_args, compute=decoding, num_cpus=0, max_retries=0)
+                .map_batches(
+                    _ModelActor,
+                    fn_constructor_kwargs=actor_args,
+                    batch_size=per_call,
+                    batch_format="pandas",
+                    compute=compute,
+                    max_task_retries=0,  # a dead actor is still replaced (Ray Data's max_restarts=-1)
+                    **self.remote_args,
+                )
+            )
+
+
+def _item(key: int, clip: Clip) -> dict:
+    """A clip as a Ray Data record: what a decode task needs to open it."""
+    return {"key": key, "path": str(clip.path), "name": clip.name, "frames": clip.frames}
 
 
 @dataclass
@@ -136,43 +220,17 @@ def _connected(ray, address: str):
         ray.shutdown()
 
 
-def _model_pool(resources: dict, device: str) -> tuple[dict, str]:
-    """Ray Data arguments for the pool of model actors, and the device they run on."""
-    from ray.data import ActorPoolStrategy
-
+def _model_pool(resources: dict, device: str) -> tuple[int, dict, str]:
+    """How many model actors, their Ray remote arguments, and the device they run on."""
     gpus = int(resources.get("GPU", 0))
     if gpus and device != "cpu":
-        return {"compute": ActorPoolStrategy(size=gpus), "num_gpus": 1, "num_cpus": 1}, "cuda"
+        return gpus, {"num_gpus": 1, "num_cpus": 1}, "cuda"
     if device == "cuda":
         raise FerError("--device cuda: the Ray cluster has no GPUs (use --device auto or cpu)")
     cpus = int(resources.get("CPU", 0))
     if cpus < 2:  # an actor holds its core for the whole job; the decode tasks need another
         raise FerError(f"--ray: the cluster has {cpus} CPU; decoding and the model need at least 2")
-    actors = max(1, min(int(cpus * CPU_MODEL_SHARE), cpus - 1))
-    return {"compute": ActorPoolStrategy(size=actors), "num_cpus": 1}, "cpu"
-
-
-def _dataset(ray, clips: list[Clip], model, options, pool: dict, actor_device: str, timed: bool):
-    weights = ray.put(_portable(model))  # once, shared by every actor on every node
-    items = [{"key": key, "path": str(c.path), "name": c.name, "frames": c.frames} for key, c in enumerate(clips)]
-    with warnings.catch_warnings():
-        # Retry limits are still passed as plain Ray remote arguments, deprecated since Ray
-        # 2.60 with nothing named to replace them yet (hence the extra's upper bound). They
-        # also keep Ray Data from fusing the decode tasks into the model actors on a CPU-only
-        # cluster, which would serialise decoding and the model again.
-        warnings.filterwarnings("ignore", message=".*ray_remote_args.*is deprecated")
-        return (
-            ray.data.from_items(items, override_num_blocks=len(items))  # a block, so a task, per clip
-            .map(_decode, fn_kwargs={"cfg": model.config, "options": options, "timed": timed}, max_retries=MAX_RETRIES)
-            .map_batches(
-                _ModelActor,
-                fn_constructor_kwargs={"weights": [weights], "options": options, "device": actor_device, "timed": timed},
-                batch_size=CLIPS_PER_CALL,
-                batch_format="pandas",
-                max_task_retries=MAX_RETRIES,
-                **pool,
-            )
-        )
+    return max(1, min(int(cpus * CPU_MODEL_SHARE), cpus - 1)), {"num_cpus": 1}, "cpu"
 
 
 @contextmanager
@@ -182,7 +240,7 @@ def _data_settings():
 
     ctx = DataContext.get_current()
     settings = {
-        "max_errored_blocks": -1,  # a record given up after MAX_RETRIES fails its clip, not the job
+        "max_errored_blocks": -1,  # a lost record is a clip to run again (RETRIES), not the end of the job
         "enable_progress_bars": False,  # fer shows its own progress
     }
     saved = {name: getattr(ctx, name) for name in settings}

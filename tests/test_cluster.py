@@ -3,9 +3,17 @@
 Runs on a local Ray instance (2 CPUs) started once for the session. The model is a small-input
 EfficientNet + LSTM (64 px crops) so both runs stay quick; what is checked is the schedule, and
 the schedule does not care about the crop size.
+
+The faults (worker processes that die, a node that goes) are made by `ray_faults`, installed in
+every worker of that instance and idle until a test asks for a death.
 """
 
+import logging
+import re
+import shutil
 import sys
+import threading
+from contextlib import contextmanager
 
 import pandas as pd
 import pytest
@@ -13,19 +21,39 @@ import torch
 from typer.testing import CliRunner
 
 import fercli
+import ray_faults
 from conftest import BROKEN, DURATIONS
+from fercli import cluster
 from fercli.errors import FerError
 from fercli.options import AnnotateOptions
 from fercli.writers import read_metadata, read_table
 
 
+RUN_LIMIT_S = 180  # a faulted run that has not ended by then is hung (they take 10-30 s)
+POISON = "moving.mp4"  # the clip whose workers die
+COPIES = 24  # clips in the node test: enough that some are still to do when the first comes back
+FAULT_BATCH = [POISON, "odd.avi", "two.mkv"]  # with the broken files: 6 records, so POISON shares a model batch
+
+
 @pytest.fixture(scope="session")
-def ray_local():
+def faults(tmp_path_factory):
+    return tmp_path_factory.mktemp("faults")
+
+
+@pytest.fixture(scope="session")
+def ray_local(faults):
     ray = pytest.importorskip("ray", reason="Ray is an optional extra: pip install -e '.[ray]'")
     pytest.importorskip("ray.data", reason="Ray Data is missing: pip install -e '.[ray]'")
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    _start_local(ray, faults)
     yield ray
     ray.shutdown()
+
+
+def _start_local(ray, faults) -> None:
+    # address="local": a new instance even when another Ray on this machine is the latest started
+    ray.init(
+        address="local", num_cpus=2, include_dashboard=False, log_to_driver=False, runtime_env=ray_faults.runtime_env(faults)
+    )
 
 
 @pytest.fixture(scope="module")
@@ -141,3 +169,143 @@ def test_benchmark_speed_times_the_ray_schedule(ray_local, clips_dir, small_mode
     assert report.setup["workers"] == "ray local"
     assert report.sampled_frames == 16  # 3.2 s at 5 frames/s, decoded on the Ray workers
     assert report.stages["backbone"].items == 16
+
+
+# -- faults: worker processes that die, a node that goes ---------------------------------------
+
+
+@pytest.fixture
+def poison(ray_local, faults):
+    """Plans deaths on POISON for this test (`ray_faults.plan`); the workers stop dying after it."""
+    yield lambda stage, deaths: ray_faults.plan(faults, POISON, stage, deaths)
+    ray_faults.clear(faults)
+
+
+def annotate_limited(paths, out, model, progress=None):
+    """annotate on Ray in a thread, so that a hang is a failed assertion rather than a stuck suite."""
+    done = {}
+
+    def target():
+        try:
+            done["result"] = fercli.annotate(paths, out, options=AnnotateOptions(ray="local"), model=model, progress=progress)
+        except BaseException as error:  # reported by the test
+            done["error"] = error
+
+    thread = threading.Thread(target=target, daemon=True)
+    thread.start()
+    thread.join(RUN_LIMIT_S)
+    assert not thread.is_alive(), f"annotate still running after {RUN_LIMIT_S} s"
+    assert "error" not in done, repr(done.get("error"))
+    return done["result"]
+
+
+@contextmanager
+def fer_warnings():
+    """fer's warnings during the block (the CLI's tests turn off propagation to the root logger)."""
+    records = []
+    handler = logging.Handler(logging.WARNING)
+    handler.emit = records.append
+    logger = logging.getLogger("fercli")
+    logger.addHandler(handler)
+    try:
+        yield records
+    finally:
+        logger.removeHandler(handler)
+
+
+def lost_counts(records) -> list[int]:
+    """Clips each retry pass took up, from its warning (the CLI's handler may have formatted it already)."""
+    found = (re.match(r"ray: (\d+) clip\(s\) lost", r.getMessage()) for r in records)
+    return [int(m[1]) for m in found if m]
+
+
+def only(table: pd.DataFrame, videos) -> pd.DataFrame:
+    return table[table.video.isin(videos)].reset_index(drop=True)
+
+
+@pytest.fixture
+def fault_batch(clips_dir, broken_dir):
+    return [clips_dir / name for name in FAULT_BATCH] + [broken_dir]
+
+
+def test_ray_retries_a_clip_whose_decoding_process_died(poison, faults, tmp_path, fault_batch, small_model, local_run):
+    local, local_out = local_run
+    poison("decode", 1)
+    with fer_warnings() as records:
+        result = annotate_limited(fault_batch, tmp_path / "r.parquet", small_model)
+    assert ray_faults.deaths(faults) == 1
+    assert lost_counts(records) == [1]
+    assert _failed(result) == _failed(local)  # the broken files, once each
+    pd.testing.assert_frame_equal(read_table(result.out), only(read_table(local_out), FAULT_BATCH), atol=1e-5, check_exact=False)
+
+
+@pytest.mark.parametrize("stage", ["decode", "model"])
+def test_ray_a_clip_that_kills_its_worker_twice_fails_alone(stage, poison, faults, tmp_path, fault_batch, small_model, local_run):
+    local, local_out = local_run
+    poison(stage, 99)
+    with fer_warnings() as records:
+        result = annotate_limited(fault_batch, tmp_path / "r.parquet", small_model)
+    assert ray_faults.deaths(faults) == 2  # once with the batch, once alone: then it is given up
+    if stage == "model":  # the clips that shared its model actor were lost with it, and came back
+        assert lost_counts(records)[0] >= 2
+    assert _failed(result) == sorted(_failed(local) + [(POISON, f"{fault_batch[0]}: {cluster.LOST}")])
+    errors = pd.read_csv(result.errors_file)
+    assert sorted(errors.video) == sorted(name for name, _ in _failed(result))  # each once
+    pd.testing.assert_frame_equal(read_table(result.out), only(read_table(local_out), FAULT_BATCH[1:]), atol=1e-5, check_exact=False)
+
+
+@pytest.fixture
+def two_nodes(ray_local, faults, monkeypatch):
+    """A head (2 CPUs) and a second node (1 CPU) on this machine, in place of the session's Ray."""
+    from ray.cluster_utils import Cluster
+
+    ray = ray_local
+    ray.shutdown()
+    # Cluster would also name itself this machine's latest Ray (/tmp/ray/ray_current_cluster), and
+    # any `ray.init()` without an address here, another user's included, would join it meanwhile.
+    monkeypatch.setattr(ray._private.utils, "write_ray_address", lambda *a, **k: None)
+    monkeypatch.setattr(ray._common.utils, "reset_ray_address", lambda *a, **k: None)  # nor remove another's
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 2, "include_dashboard": False})
+    try:
+        node = cluster.add_node(num_cpus=1)
+        ray.init(address=cluster.address, log_to_driver=False)
+        yield cluster, node
+    finally:
+        ray.shutdown()
+        cluster.shutdown()
+        _start_local(ray, faults)  # back for the tests after this one
+
+
+@pytest.fixture(scope="module")
+def copies(tmp_path_factory, small_model):
+    """COPIES copies of a short clip, and the table a local run gives one of them."""
+    import media
+
+    folder = tmp_path_factory.mktemp("copies")
+    first = media.make_clip(folder / "c00.mp4", 2.0, 25, (160, 120), media.still_face(20, 10, 100))
+    for k in range(1, COPIES):
+        shutil.copy(first, folder / f"c{k:02d}.mp4")
+    one = tmp_path_factory.mktemp("one") / "t.parquet"
+    fercli.annotate([first], one, options=AnnotateOptions(workers=0), model=small_model)
+    return folder, read_table(one)
+
+
+def test_ray_a_node_lost_mid_run_costs_only_time(two_nodes, tmp_path, copies, small_model):
+    # 2 model actors on 3 CPUs, each holding up to 8 clips: the first clips come back while
+    # others are still decoding or in a model batch, some of them on the node that then goes.
+    folder, one = copies
+    cluster, node = two_nodes
+    done = []
+
+    def remove_after_first_clip(event):
+        if event.kind == "done":
+            done.append(event.video)
+            if len(done) == 1:
+                cluster.remove_node(node)
+
+    result = annotate_limited([folder], tmp_path / "r.parquet", small_model, remove_after_first_clip)
+    assert sorted(done) == sorted(f"c{k:02d}.mp4" for k in range(COPIES))  # each once, after the node went
+    assert not result.failed
+    table = read_table(result.out)
+    for video, rows in table.groupby("video"):
+        pd.testing.assert_frame_equal(rows.drop(columns="video").reset_index(drop=True), one.drop(columns="video"), atol=1e-5)
