@@ -26,12 +26,11 @@ import logging
 import time
 import warnings
 from contextlib import contextmanager
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import FerError, first_line
 from .inputs import Clip
-from .devices import resolve_precision
 from .options import ProgressEvent, VideoResult
 from .stages import NO_CLOCK, Labeler, StageClock, clip_error, clip_samples, merge_clock
 
@@ -76,9 +75,8 @@ def run_on_ray(
     ray = import_ray()
     if not clips:
         return
-    # The precision the table's metadata records is resolved for this machine's device; the
-    # actors use that one, not their own "auto" (bf16 on a GPU under a CPU-only driver).
-    options = replace(options, precision=resolve_precision(options.precision, device))
+    # `options.precision` was settled for this machine's device by pipeline.annotate, and the
+    # table's metadata records it: the actors use that one, not their own "auto".
     with _connected(ray, address or options.ray or "local"), _data_settings():
         resources = ray.cluster_resources()
         actors, remote_args, actor_device = _model_pool(resources, requested)
