@@ -838,8 +838,9 @@ def run(argv: list[str]) -> int | str | None:
     except Exception as e:  # a bug in fer or below it; FerErrors were handled by the commands
         if "-v" in args or "--verbose" in args:
             traceback.print_exc()
-        first = (str(e).strip().splitlines() or [""])[0]
-        print(f"error: unexpected {type(e).__name__}: {first} (a bug in fer: run with -v for the traceback)", file=sys.stderr)
+        from .errors import typed_line
+
+        print(f"error: unexpected {typed_line(e)} (a bug in fer: run with -v for the traceback)", file=sys.stderr)
         return EXIT_BUG
     return 0
 

@@ -181,10 +181,10 @@ def score_tables(truth: str | Path, pred: str | Path, frames_fps: float = 25.0) 
     """A `fer annotate` table `pred` scored against `truth` (an AFEW-VA or Aff-Wild2 folder, or a
     CSV/Parquet table), per second; with Aff-Wild2 truth also ABAW's pooled score. DataError
     (one line, naming the file) for a missing or unreadable one, the truth's first."""
-    from .writers import load_table
+    from .writers import read_table
 
     truth_table = metrics.load_truth(truth, frames_fps)
-    table = load_table(pred)
+    table = read_table(pred)
     report = metrics.score(truth_table, table)
     report.abaw = metrics.abaw_score(truth, table, frames_fps)  # None unless Aff-Wild2 truth
     return report

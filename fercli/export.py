@@ -127,22 +127,15 @@ def export(table_path: str | Path, options: ExportOptions) -> ExportResult:
 
 
 def _read(path: Path) -> pd.DataFrame:
-    from .writers import load_table
+    from .writers import read_table
 
-    return load_table(path)
+    return read_table(path)
 
 
 def _failed(table_path: Path) -> tuple[list[tuple[str, str]], Path | None]:
-    from .writers import find_errors
+    from .writers import find_errors, read_errors
 
-    path = find_errors(table_path)
-    if path is None:
-        return [], None
-    try:
-        errors = pd.read_csv(path, dtype=str, keep_default_na=False)
-        return list(zip(errors["video"], errors.get("error", [""] * len(errors)))), path
-    except (OSError, ValueError, KeyError):  # a damaged sidecar must not stop the export of the table
-        return [("?", f"{path.name} could not be read")], path
+    return read_errors(table_path), find_errors(table_path)
 
 
 @dataclass

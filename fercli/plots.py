@@ -108,10 +108,10 @@ def plot_table(table_path: str | Path, out_dir: str | Path, *, overwrite: bool =
     A non-empty `out_dir` is refused unless `overwrite` (then the pictures in it are replaced).
     """
     from .files import check_out_dir
-    from .writers import load_table
+    from .writers import read_table
 
     table_path = Path(table_path)
-    df = load_table(table_path)
+    df = read_table(table_path)
     _check_annotations(df, str(table_path))
     check_out_dir(out_dir, overwrite=overwrite, what="pictures")
     out_dir = Path(out_dir)

@@ -110,7 +110,7 @@ def render(
     undecodable video.
     """
     from .files import atomic_write
-    from .writers import load_table
+    from .writers import read_table
 
     video, table, out = Path(video), Path(table), Path(out)
     if not video.exists():
@@ -123,7 +123,7 @@ def render(
     if out.exists() and not overwrite:
         raise FerError(f"{out} already exists: --overwrite replaces it")
     # per-second rows span [start, end); per-frame rows start at `time`
-    df = load_table(table, require=("video", ("time", "start"), ("time", "end")))
+    df = read_table(table, require=("video", ("time", "start"), ("time", "end")))
     picked = _pick_video(df, video, name, table)
     timeline = Timeline(df[df["video"] == picked])
     out.parent.mkdir(parents=True, exist_ok=True)

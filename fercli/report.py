@@ -83,7 +83,9 @@ def write_report(
     """
     table_path, out_dir = Path(table_path), Path(out_dir)
     df = read_annotations(table_path)
-    errors = read_errors(table_path)
+    from .writers import read_errors
+
+    errors = read_errors(table_path)  # one policy for every tool
     root = table_path.parent if videos is None else Path(videos)
     if not root.is_dir():
         raise FerError(f"{root}: --videos must be a folder (the one the table's video paths are relative to)")
@@ -119,9 +121,9 @@ def _previews(df: pd.DataFrame, root: Path, out_dir: Path) -> dict[str, Path]:
 
 def read_annotations(table_path: Path) -> pd.DataFrame:
     """The table as a DataFrame, checked to be a per-second fer table; FerError (one line) if not."""
-    from .writers import load_table
+    from .writers import read_table
 
-    df = load_table(table_path)
+    df = read_table(table_path)
     if "second" not in df and ("frame" in df or "sample_index" in df):
         raise DataError(f"{table_path}: a per-frame or per-sample table; fer report reads per-second tables")
     missing = [c for c in ("video", "second", "face") if c not in df]
@@ -129,22 +131,6 @@ def read_annotations(table_path: Path) -> pd.DataFrame:
     if missing:
         raise DataError(f"{table_path}: missing column(s) {', '.join(missing)}")
     return df
-
-
-def read_errors(table_path: Path) -> list[tuple[str, str]]:
-    """(video, one-line error) for each clip in the table's errors sidecar; [] when there is none."""
-    from .writers import find_errors
-
-    path = find_errors(table_path)
-    if path is None:
-        return []
-    try:
-        errs = pd.read_csv(path, dtype=str, keep_default_na=False)
-    except Exception as e:
-        raise DataError(f"{path}: cannot read the errors file ({_one_line(str(e))})") from e
-    if not {"video", "error"} <= set(errs.columns):
-        raise DataError(f"{path}: the errors file needs the columns video and error")
-    return [(v, _one_line(e)) for v, e in zip(errs["video"], errs["error"])]
 
 
 # --- numbers --------------------------------------------------------------------------------------
@@ -556,10 +542,6 @@ def _num(value: float | None) -> str:
 
 def _pct(share: float | None) -> str:
     return "–" if share is None else f"{100 * share:.1f}%"
-
-
-def _one_line(text: str) -> str:
-    return (str(text).strip().splitlines() or [""])[0]
 
 
 def _e(text: str) -> str:

@@ -105,9 +105,23 @@ def _is_errors_file(path: Path) -> bool:
 
 
 def read_table(path: str | Path, require=()) -> pd.DataFrame:
-    """Read a fer output (Parquet or CSV) into a DataFrame with nullable integer labels, checked
-    by `check_table` (a CSV before its labels become integers, so a bad value is named)."""
+    """A fer table (Parquet or CSV) as a DataFrame with nullable integer labels: the one reader
+    for the tables fer writes and the ones users hand its tools. DataError (one line, naming the
+    file) when it is missing, unreadable, lacks a column in `require` (a tuple in it is a choice:
+    any one of its names), or a column of fer's holds values of another kind (`check_table`; a
+    CSV before its labels become integers, so a bad value is named)."""
     path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: no such file")
+    try:
+        return _read(path, require)
+    except FerError:
+        raise
+    except Exception as e:  # pyarrow/pandas raise many kinds for unreadable files
+        raise DataError(f"{path}: cannot read table ({first_line(e)})") from e
+
+
+def _read(path: Path, require) -> pd.DataFrame:
     if output_format(path) == "parquet":
         df = _renamed(pq.read_table(path).to_pandas(types_mapper=_nullable))
         check_table(df, path, require)
@@ -129,21 +143,6 @@ def _renamed(df: pd.DataFrame) -> pd.DataFrame:
     if "face_id" in df and "person" not in df:
         df = df.rename(columns={"face_id": "person"})
     return df
-
-
-def load_table(path: str | Path, require=None) -> pd.DataFrame:
-    """`read_table` for tools that take a table from the user: DataError (one line, naming the
-    file) when it is missing, unreadable, lacks a column in `require` (a tuple in it is a choice:
-    any one of its names), or a column of fer's holds values of another kind."""
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(f"{path}: no such file")
-    try:
-        return read_table(path, require or ())
-    except FerError:
-        raise
-    except Exception as e:  # pyarrow/pandas raise many kinds for unreadable files
-        raise DataError(f"{path}: cannot read table ({first_line(e)})") from e
 
 
 # The time keys' largest values: decode.MAX_TIMESTAMP seconds, and frames of it at 1,000 frames/s.
@@ -352,6 +351,22 @@ class TableWriter:
                     f"{path}: cannot resume, the table has other columns than this run writes ({detail}); "
                     "--overwrite makes it again"
                 )
+
+
+def read_errors(out: str | Path) -> list[tuple[str, str]]:
+    """(video, one-line error) for each clip in the errors sidecar of the table `out`
+    (`find_errors`); [] when there is none. DataError, naming the file, when it cannot be read
+    or lacks the columns video and error: reports and exports read it the same way."""
+    path = find_errors(Path(out))
+    if path is None:
+        return []
+    try:
+        errs = pd.read_csv(path, dtype=str, keep_default_na=False)
+    except Exception as e:  # pandas raises many kinds for unreadable files
+        raise DataError(f"{path}: cannot read the errors file ({first_line(e)})") from e
+    if not set(ERRORS_COLUMNS) <= set(errs.columns):
+        raise DataError(f"{path}: the errors file needs the columns video and error")
+    return [(v, first_line(e)) for v, e in zip(errs["video"], errs["error"])]
 
 
 def write_errors(out: Path, errors: list[tuple[str, str]]) -> Path | None:

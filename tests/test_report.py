@@ -22,8 +22,8 @@ from typer.testing import CliRunner
 import media
 from fercli.cli import app
 from fercli.errors import DataError, FerError
-from fercli.report import read_errors, summarize, write_report
-from fercli.writers import TableWriter, read_table, write_errors
+from fercli.report import summarize, write_report
+from fercli.writers import TableWriter, read_errors, read_table, write_errors
 
 CHROMIUM = Path(os.environ.get("FER_TEST_CHROMIUM", "/usr/bin/chromium"))
 # The flags this machine's closed network needs (no background connections), and no sandbox as root.

@@ -3,8 +3,8 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 
-from fercli.errors import FerError
-from fercli.writers import TableWriter, check_output, errors_path, read_metadata, read_table, schema, write_errors
+from fercli.errors import DataError, FerError
+from fercli.writers import TableWriter, check_output, errors_path, read_errors, read_metadata, read_table, schema, write_errors
 
 META = {"model": "m.pt", "weights_sha256": "ab" * 32, "fps": 5.0, "window": 5, "per_frame": False, "all_faces": False}
 
@@ -291,3 +291,22 @@ def test_resume_refuses_a_finished_table_of_another_model_csv_included(tmp_path,
         (tmp_path / "r.csv.fer.json").unlink()  # a CSV from an older fer, or made by hand
         with pytest.raises(FerError, match="does not record the model and settings"):
             writer(out, resume=True)
+
+
+def test_the_errors_file_is_read_one_way_for_every_tool(tmp_path):
+    """read_errors: [] without one, each error to its first line, DataError naming a damaged one;
+    the report and the export take that error as it is (they had two policies)."""
+    from fercli.export import ExportOptions, export
+    from fercli.report import write_report
+
+    out = tmp_path / "r.parquet"
+    w = writer(out)
+    w.add("a.mp4", second_rows(2, face_every=1))
+    w.finish(["a.mp4"])
+    assert read_errors(out) == []
+    write_errors(out, [("b.mp4", "b.mp4: bad\nsecond line")])
+    assert read_errors(out) == [("b.mp4", "b.mp4: bad")]
+    errors_path(out).write_text("clip;reason\nb.mp4;gone\n")  # damaged: not fer's columns
+    for tool in (lambda: write_report(out, tmp_path / "rep"), lambda: export(out, ExportOptions("elan", tmp_path / "ex"))):
+        with pytest.raises(DataError, match=r"r\.parquet\.errors\.csv: the errors file needs the columns video and error"):
+            tool()
