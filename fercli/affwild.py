@@ -2,7 +2,7 @@
 then line i = frame i, values -1..1, -5 = no label), aligned face crops in
 `cropped_aligned/<video>/00001.jpg ...`; the layout's detection, the -1..1 -> 21-class mapping
 (the ABAW score, which pools its frames, is `metrics.abaw_score`), and the same videos as training
-clips (`training_clips`; `read_labelled` reads either layout)."""
+clips (`training_clips`; `features.labelled_clips` reads a root of either layout)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,6 @@ from pathlib import Path
 import numpy as np
 
 from .afew import AfewClip, FrameLabel
-from .afew import read_dataset as read_afew
 from .errors import DataError
 from .files import is_regular_file
 from .labels import to_class
@@ -165,7 +164,3 @@ def training_clips(root: str | Path) -> list[AfewClip]:
                         "(cropped_aligned/<video>/00001.jpg ...); fer trains on the aligned crops")
     return clips
 
-
-def read_labelled(root: str | Path) -> list[AfewClip]:
-    """The training clips of a data root in either layout (AFEW-VA or Aff-Wild2)."""
-    return training_clips(root) if is_affwild(root) else read_afew(root)

@@ -3,7 +3,7 @@
 Two levels, both scored by `metrics.score`, so every metric means what it means elsewhere:
 
 - Window level, what the paper reports and what `fer train` validates on: every window of T
-  samples in the part (stride 1), built from the cached backbone features by `data.make_windows`
+  samples in the part (stride 1), built from the cached backbone features by `examples.training_windows`
   exactly as in training. Truth: the mean of the window's frame labels. Prediction of a window
   model: the heads' argmax class (the labels) and the expected value under the softmax (the
   scores). A frame model (arch "hsemotion") has no head: its window prediction is the mean of
@@ -37,7 +37,7 @@ from typing import Callable
 import numpy as np
 import pandas as pd
 
-from . import affwild, examples, features, splits
+from . import examples, features, splits
 from . import metrics
 from .errors import DataError, FerError, WeightsError
 from .labels import to_class
@@ -135,7 +135,7 @@ def evaluate(
         )
     frames_fps = _frames_fps(frames_fps, run)
     dev = resolve_device(device)
-    clips = affwild.read_labelled(root)
+    clips = features.labelled_clips(root)
     model = load_model(model_path, dev)
     cfg = model.config
     samples, _ = features.prepare(
@@ -147,7 +147,7 @@ def evaluate(
     if not samples:
         raise DataError(f"{root}: no clip has a usable frame")
     window = cfg.window if cfg.is_window_model else FRAME_MODEL_WINDOW
-    windows = examples.make_windows(samples, window)  # stride 1: every window, a superset of any run's
+    windows = examples.training_windows(samples, window)  # stride 1: every window, a superset of any run's
     part = _part(run, split, clips, samples, windows, cfg)
 
     table = _window_table(model, samples, windows.subset(part.rows), window, dev)
@@ -307,7 +307,7 @@ def _run_split(run: _Run, clips, samples, window: int) -> splits.Split:
                 path, source)
     if kind == "clip":
         return splits.split_clips(clips, seed, ratios, source=source)
-    trained = examples.make_windows(samples, window, int(meta.get("stride", 1)))
+    trained = examples.training_windows(samples, window, int(meta.get("stride", 1)))
     split, _ = splits.split_windows(trained, samples, seed, ratios)
     split.source = source
     return split
@@ -421,7 +421,7 @@ def _frame_means(model, samples, windows: examples.Examples, window: int):
     inside = pos >= 0
     flat = offsets[windows.clip][:, None] + np.clip(pos, 0, None)
     use = inside & present[flat]
-    n = use.sum(axis=1)  # >= 1: make_windows drops windows without a present sample
+    n = use.sum(axis=1)  # >= 1: training_windows drops windows without a present sample
     means = [(scores[flat, d] * use).sum(axis=1) / n for d in range(2)]
     return means[0], means[1]
 

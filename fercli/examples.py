@@ -43,7 +43,7 @@ class Examples:
         return [f"{clips[c].clip.id}:{e}" for c, e in zip(self.clip, self.end)]
 
 
-def make_windows(clips: list[ClipSamples], window: int, stride: int = 1) -> Examples:
+def training_windows(clips: list[ClipSamples], window: int, stride: int = 1) -> Examples:
     """Examples of `window` samples ending every `stride` samples. A clip shorter than a window
     gives one window, left-padded with its first sample as `fer annotate` pads a clip's start.
     Examples with no present sample are dropped."""

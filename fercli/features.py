@@ -65,6 +65,15 @@ def choose_box(detections, landmarks: np.ndarray | None) -> tuple[Box, str] | No
     return None
 
 
+def labelled_clips(root: str | Path) -> list[AfewClip]:
+    """The training clips of a data root in either layout: Aff-Wild2 (`affwild.training_clips`,
+    recognised by its annotation files) or AFEW-VA (`afew.read_dataset`)."""
+    from . import affwild
+    from .afew import read_dataset
+
+    return affwild.training_clips(root) if affwild.is_affwild(root) else read_dataset(root)
+
+
 @dataclass
 class ClipSamples:
     """One clip at the model's frame rate: which samples are usable, their labels and features."""

@@ -1,6 +1,6 @@
 """`fer train`: the paper's EfficientNet-B0 + LSTM on AFEW-VA, evaluated on clips it never saw.
 
-Stages: check the data (affwild.read_labelled: AFEW-VA or Aff-Wild2) -> build the model `fer annotate` runs, with its
+Stages: check the data (features.labelled_clips: AFEW-VA or Aff-Wild2) -> build the model `fer annotate` runs, with its
 backbone weights -> face boxes, and with a frozen backbone one feature per frame (features.prepare,
 cached on disk, so every epoch after the first costs only the LSTM) -> windows and the split ->
 epochs of `train_one_epoch` and `validate`, early stopping on validation loss -> the best
@@ -28,7 +28,7 @@ from typing import Callable
 
 import numpy as np
 
-from . import affwild, examples, features, splits
+from . import examples, features, splits
 from .errors import DataError, FerError
 
 log = logging.getLogger("fercli")
@@ -132,15 +132,15 @@ def train(options: TrainOptions, progress: Callable[[TrainEvent], None] | None =
     device = resolve_device(opts.device)
     _seed(opts.seed)
 
-    clips = affwild.read_labelled(opts.data)
-    model, backbone_sha = build_model(opts)
+    clips = features.labelled_clips(opts.data)
+    model, backbone_sha = initial_model(opts)
     cache = features.FeatureCache(opts.cache_dir or features.default_cache_root())
     samples, prep = features.prepare(
         clips, fps=opts.fps, frames_fps=opts.frames_fps, preprocess=model.config.preprocess, crops=opts.crops,
         cache=cache, model=None if opts.finetune else model.to(device).eval(), weights_sha256=backbone_sha,
         device=device, on_clip=lambda i, n: emit(TrainEvent("prepare", i, n)),
     )
-    windows = examples.make_windows(samples, opts.window, opts.stride)
+    windows = examples.training_windows(samples, opts.window, opts.stride)
     split, rows = _split(opts, clips, samples, windows)
     config = {**_run_config(opts, model, backbone_sha, split, rows, cache, prep), "device": str(device)}
     if previous is not None:
@@ -272,7 +272,7 @@ def model_config(opts: TrainOptions):
                        expressions=opts.init == "hsemotion" and not opts.finetune)
 
 
-def build_model(opts: TrainOptions):
+def initial_model(opts: TrainOptions):
     """The model `fer annotate` runs, with backbone weights per --backbone/--init; and their SHA-256."""
     import torch
 

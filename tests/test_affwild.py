@@ -10,6 +10,7 @@ import synthetic_afew
 from PIL import Image
 
 from fercli import affwild, features, metrics, splits
+from fercli.features import labelled_clips
 from fercli.errors import DataError
 from fercli.model import Preprocess
 
@@ -172,7 +173,7 @@ def affwild_run(affwild_root, tmp_path_factory):
 
 
 def test_training_clips_take_labelled_frames_times_ten_and_group_pairs(affwild_root):
-    clips = {c.id: c for c in affwild.read_labelled(affwild_root)}
+    clips = {c.id: c for c in labelled_clips(affwild_root)}
     raw = {c.id: c for c in affwild.read_dataset(affwild_root)}
     assert set(clips) == set(AFFWILD_VIDEOS)
     c, r = clips["video1"], raw["video1"]
@@ -190,7 +191,7 @@ def test_aligned_crop_is_the_whole_image_resized_without_detection(affwild_root,
         raise AssertionError("an aligned crop must not be run through the detector")
 
     monkeypatch.setattr(fercli.faces, "FaceDetector", no_detector)
-    clip = next(c for c in affwild.read_labelled(affwild_root) if c.id == "video2")
+    clip = next(c for c in labelled_clips(affwild_root) if c.id == "video2")
     pre = Preprocess(size=64, margin=0.2)
     samples, stats = features.prepare([clip], fps=5.0, frames_fps=5.0, preprocess=pre,
                                       cache=features.FeatureCache(tmp_path))
@@ -204,7 +205,7 @@ def test_aligned_crop_is_the_whole_image_resized_without_detection(affwild_root,
 
 
 def test_validation_set_is_the_test_part_and_pairs_stay_together(affwild_root):
-    clips = affwild.read_labelled(affwild_root)
+    clips = labelled_clips(affwild_root)
     split = splits.split_predefined(clips, seed=3)
     assert split.parts["test"] == sorted(v for v, p in AFFWILD_VIDEOS.items() if p == "Validation_Set")
     assert split.parts["val"] and set(split.parts["train"]) | set(split.parts["val"]) == {
@@ -245,7 +246,7 @@ def test_affwild_root_without_aligned_crops_is_a_one_line_error(tmp_path):
     d.mkdir(parents=True)
     (d / "video1.txt").write_text("valence,arousal\n0.1,0.2\n")
     with pytest.raises(DataError) as e:
-        affwild.read_labelled(tmp_path)
+        labelled_clips(tmp_path)
     assert "aligned crops" in str(e.value) and "\n" not in str(e.value)
 
 

@@ -23,16 +23,16 @@ def test_fill_index_repeats_the_last_good_sample_like_annotate():
 
 def test_windows_mean_their_present_labels_and_round_to_classes():
     s = fake_samples([1, 1, 0, 1, 1, 1], [1, 2, 9, 4, 5, 6])
-    w = examples.make_windows([s], window=3, stride=1)
+    w = examples.training_windows([s], window=3, stride=1)
     assert w.end.tolist() == [2, 3, 4, 5]
     assert w.index.tolist() == [[0, 1, 1], [1, 1, 3], [1, 3, 4], [3, 4, 5]]
     np.testing.assert_allclose(w.valence, [1.5, 3.0, 4.5, 5.0])  # the skipped sample's 9 never counts
     assert (w.valence_class - 10).tolist() == [2, 3, 5, 5]  # half away from zero
-    assert examples.make_windows([s], window=3, stride=2).end.tolist() == [2, 4]
+    assert examples.training_windows([s], window=3, stride=2).end.tolist() == [2, 4]
 
 
 def test_short_clip_gives_one_left_padded_window():
-    w = examples.make_windows([fake_samples([1, 1], [-3, -4])], window=5)
+    w = examples.training_windows([fake_samples([1, 1], [-3, -4])], window=5)
     assert w.index.tolist() == [[0, 0, 0, 0, 1]] and w.valence.tolist() == [-3.5]
     assert (w.valence_class - 10).tolist() == [-4]
 

@@ -63,7 +63,7 @@ def test_default_split_file_documents_the_code_defaults():
 
 def test_window_split_shares_clips_between_parts():
     s = [fake_samples([1] * 20, range(20)), fake_samples([1] * 20, range(20))]
-    w = examples.make_windows(s, window=5)
+    w = examples.training_windows(s, window=5)
     split, rows = splits.split_windows(w, s, seed=3)
     assert split.kind == "window"
     assert sorted(np.concatenate(list(rows.values())).tolist()) == list(range(len(w)))

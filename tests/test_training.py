@@ -15,7 +15,7 @@ import torch
 import synthetic_afew
 from fercli import afew, splits
 from fercli.errors import DataError, FerError, WeightsError
-from fercli.training import TrainOptions, backbone_weights, build_model, model_config, train
+from fercli.training import TrainOptions, backbone_weights, initial_model, model_config, train
 
 REPO = Path(__file__).resolve().parents[1]
 # Small and fast for CI: 96 px crops, a 64-unit LSTM, bigger batches and steps than the paper's
@@ -236,7 +236,7 @@ def test_hsemotion_backbone_comes_from_its_weights_file(tmp_path, monkeypatch):
     assert torch.equal(state["conv_stem.weight"], net.state_dict()["conv_stem.weight"])
     # The model keeps HSEmotion's expression logits (classifier rows 0-7), frozen; valence and
     # arousal (rows 8-9) are the LSTM's job.
-    model, _ = build_model(TrainOptions("d", "o"))
+    model, _ = initial_model(TrainOptions("d", "o"))
     assert model.config.expressions and not model.expression_head.weight.requires_grad
     assert torch.equal(model.expression_head.weight, net.state_dict()["classifier.weight"][:8])
     assert torch.equal(model.expression_head.bias, net.state_dict()["classifier.bias"][:8])
@@ -443,7 +443,7 @@ def test_bad_backbone_or_init_is_refused(tiny, tmp_path, backbone, init, message
 def test_random_resnet50_features_clear_the_layernorm_epsilon():
     cfg = model_config(TrainOptions("d", "o", backbone="resnet50", init="random", image_size=64))
     state, _ = backbone_weights("random", cfg)
-    model = build_model(TrainOptions("d", "o", backbone="resnet50", init="random", image_size=64))[0].eval()
+    model = initial_model(TrainOptions("d", "o", backbone="resnet50", init="random", image_size=64))[0].eval()
     assert torch.equal(model.backbone.conv1.weight, state["conv1.weight"])
     with torch.no_grad():
         f = model.encode(torch.randn(4, 3, 64, 64))
@@ -465,7 +465,7 @@ def test_imagenet_init_loads_timm_state_dict_without_its_classifier(tmp_path, mo
     asked = []
     monkeypatch.setattr(weights, "fetch", lambda name, **kw: asked.append(name) or path)
     backbone = "resnet50" if arch == "resnet50" else "efficientnet_b0"
-    model, sha = build_model(TrainOptions("d", "o", backbone=backbone, init="imagenet", image_size=64))
+    model, sha = initial_model(TrainOptions("d", "o", backbone=backbone, init="imagenet", image_size=64))
     assert asked == [f"imagenet-{arch}"] and sha == weights.sha256(path)
     theirs = {k: v for k, v in net.state_dict().items() if not k.startswith(drop)}
     ours = model.backbone.state_dict()
