@@ -164,11 +164,15 @@ def _readable(conn) -> bool:
 
 
 def _handle(message, worker: _Worker, pool: _Pool, todo, clips, labeler: Labeler, clock) -> bool:
-    """Act on one message from a worker; True once the worker has finished."""
+    """Act on one message from a worker; True once the worker has finished, or is found dead."""
     if message[0] == "next":
         task = worker.reserved if worker.reserved is not None else (todo.popleft() if todo else None)
         worker.reserved, worker.current = None, task
-        worker.conn.send(None if task is None else (task, clips[task]))
+        try:
+            worker.conn.send(None if task is None else (task, clips[task]))
+        except OSError:  # it died after asking (BrokenPipeError): the clip never reached it
+            worker.reserved, worker.current, worker.closed = task, None, True
+            return True
         return False
     kind = _dispatch(message, clips, labeler, clock)
     if kind in ("end", "error"):
@@ -189,8 +193,8 @@ def _lost(worker: _Worker, pool: _Pool, todo, deaths, clips, labeler: Labeler) -
         deaths[None] += 1
         if deaths[None] > IDLE_DEATHS:
             raise FerError(f"decoding worker processes keep dying between clips ({how}, {deaths[None]} times)")
-        if todo:
-            pool.spawn()
+        if todo or worker.reserved is not None:
+            pool.spawn(reserved=worker.reserved)  # a clip it was given but never started is the fresh one's
         return
     labeler.discard(key)
     deaths[key] += 1

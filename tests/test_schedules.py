@@ -12,6 +12,7 @@ import pandas as pd
 import pytest
 
 import fercli
+from fercli import schedules
 from fercli.options import AnnotateOptions
 from fercli.writers import read_table
 
@@ -100,4 +101,53 @@ def test_two_workers_one_killed_the_batch_still_ends(batch, lstm_checkpoint, cle
     out = tmp_path / "t.parquet"
     result = run(batch, out, lstm_checkpoint, on_event, workers=2)
     assert kills and not result.failed
+    same_rows(read_table(out), clean)
+
+
+def kill_at_next(n: int):
+    """A stand-in for `schedules._handle` that kills the worker once it has asked for its n-th clip,
+    before the answer goes down its pipe: the send meets a closed pipe."""
+    handle, asked = schedules._handle, []
+
+    def wrapped(message, worker, *args):
+        if message[0] == "next":
+            asked.append(worker.process.pid)
+            if len(asked) == n:
+                os.kill(worker.process.pid, signal.SIGKILL)
+                worker.process.join()
+        return handle(message, worker, *args)
+
+    return wrapped, asked
+
+
+def test_a_worker_killed_after_asking_for_a_clip_is_replaced(batch, lstm_checkpoint, clean, tmp_path, monkeypatch):
+    # Before: the BrokenPipeError left annotate, and the CLI ended with status 1 and no word, the
+    # clips after it neither in the table nor in the errors file.
+    wrapped, asked = kill_at_next(3)
+    monkeypatch.setattr(schedules, "_handle", wrapped)
+    out = tmp_path / "t.parquet"
+    result = run(batch, out, lstm_checkpoint)
+    assert len(set(asked)) == 2  # the killed worker, then its replacement
+    assert not result.failed
+    same_rows(read_table(out), clean)
+
+
+def test_a_fresh_worker_that_dies_before_its_retried_clip_passes_the_clip_on(batch, lstm_checkpoint, clean, tmp_path, monkeypatch):
+    # c2's worker is killed on c2; the fresh worker that c2 is kept for dies as it starts. Before:
+    # c2 was dropped without a word (in neither the table nor the errors file).
+    spawn, fresh = schedules._Pool.spawn, []
+
+    def spawn_and_kill_the_first_fresh(pool, reserved=None):
+        spawn(pool, reserved)
+        if reserved is not None:
+            fresh.append(pool.workers[-1].process.pid)
+            if len(fresh) == 1:
+                os.kill(fresh[0], signal.SIGKILL)
+
+    monkeypatch.setattr(schedules._Pool, "spawn", spawn_and_kill_the_first_fresh)
+    on_event, kills = killer("c2.mp4", times=1)
+    out = tmp_path / "t.parquet"
+    result = run(batch, out, lstm_checkpoint, on_event)
+    assert kills == ["c2.mp4"] and len(fresh) == 2  # c2 kept for a second fresh worker
+    assert not result.failed
     same_rows(read_table(out), clean)
