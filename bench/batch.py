@@ -9,7 +9,7 @@
 Makes, once, under WORK: one 2 s 160x120 H.264 clip with a face (tests/media.py), copied N times
 (`clips-N/c0000.mp4` ...), N/10 broken files beside them (`b000.mp4` ...: in turn empty, text,
 and the clip cut to a third), and `lstm.pt`, a random EfficientNet + LSTM of the default config
-with hidden 32 (fercli.checkpoints.save_checkpoint), as the README's batch figures use. Then runs
+with hidden 32 (fercli.nets.checkpoints.save_checkpoint), as the README's batch figures use. Then runs
 
     fer annotate WORK/clips-N --out WORK/runs/<name>/r.parquet --model WORK/lstm.pt FER_ARGS
 
@@ -126,8 +126,8 @@ def make_media(work: Path, n: int) -> tuple[Path, list[str]]:
 def checkpoint(path: Path) -> None:
     import torch
 
-    from fercli.checkpoints import save_checkpoint
-    from fercli.model import EfficientNetLSTM, ModelConfig
+    from fercli.nets.checkpoints import save_checkpoint
+    from fercli.nets.model import EfficientNetLSTM, ModelConfig
 
     torch.manual_seed(0)
     save_checkpoint(EfficientNetLSTM(ModelConfig(hidden=32)).eval(), path)
@@ -139,7 +139,7 @@ def reference_table(work: Path):
     if not out.exists():
         subprocess.run([FER, "annotate", str(work / "clip.mp4"), "--out", str(out), "--model", str(work / "lstm.pt")],
                        check=True, capture_output=True, env=fer_env())
-    from fercli.writers import read_table
+    from fercli.tables.writers import read_table
 
     return read_table(out).drop(columns="video")
 
@@ -262,7 +262,7 @@ def cmdline(pid: int) -> str:
 def check(out: Path, n: int, broken: list[str], reference, exit_status: int | None) -> dict:
     import pandas as pd
 
-    from fercli.writers import errors_path, read_table
+    from fercli.tables.writers import errors_path, read_table
 
     checks = {"ended_by_itself": exit_status == 1}
     table = read_table(out) if out.exists() else pd.DataFrame(columns=["video", "second"])

@@ -166,11 +166,11 @@ def _same_pad(F, x, kernel, stride):
 
 
 def parity(port, device: str) -> list[str]:
+    import real_faces
     import torch
 
-    import real_faces
-    from fercli import blazeface
-    from fercli.faces import iou
+    from fercli.media import blazeface
+    from fercli.media.faces import iou
 
     net = blazeface.BlazeFace()
     lines = []
@@ -213,7 +213,7 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--batches", default="1,8,32")
     args = parser.parse_args()
-    from fercli.blazeface import verify_model
+    from fercli.media.blazeface import verify_model
 
     port = Port(verify_model(), args.device)
     for line in parity(port, args.device):

@@ -35,7 +35,7 @@ def frames() -> dict[str, np.ndarray]:
 
 
 def fer_detector(threads: int):
-    from fercli import blazeface
+    from fercli.media import blazeface
 
     net = blazeface.BlazeFace(threads=threads)
     return lambda image: net(image)
@@ -62,7 +62,7 @@ def time_calls(call, image) -> list[float]:
 def batched(threads: int, batch: int) -> list[float]:
     from ai_edge_litert.interpreter import Interpreter
 
-    from fercli import blazeface
+    from fercli.media import blazeface
 
     net = Interpreter(model_content=blazeface.verify_model(), num_threads=threads)
     index = net.get_input_details()[0]["index"]

@@ -74,8 +74,8 @@ def make_model(path: Path) -> Path:
     if not path.exists():
         import torch
 
-        from fercli.checkpoints import save_checkpoint
-        from fercli.model import HSEMOTION_CONFIG, HSEmotionNet
+        from fercli.nets.checkpoints import save_checkpoint
+        from fercli.nets.model import HSEMOTION_CONFIG, HSEmotionNet
 
         torch.manual_seed(0)
         save_checkpoint(HSEmotionNet(HSEMOTION_CONFIG).eval(), path)

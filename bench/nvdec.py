@@ -6,7 +6,7 @@ Decides whether PyNvVideoCodec earns a place as `fercli[gpu]` (issue: GPU decodi
 really get). Three measurements on the same clips, each after its processes have started and
 imported what they need (a barrier), so only decoding is timed:
 
-- pyav: fer's own reader (`fercli.decode.open_video(...).sample(rate)`: every frame decoded,
+- pyav: fer's own reader (`fercli.media.decode.open_video(...).sample(rate)`: every frame decoded,
   the sampled ones converted to RGB) in `--workers` processes, one clip per task, as fer's
   worker processes decode;
 - nvdec: PyNvVideoCodec's SimpleDecoder in S processes (one NVDEC session each), every frame
@@ -36,13 +36,13 @@ PARITY_INDICES = (0, 1, 37, 250, 1000)  # frames compared between the decoders (
 
 
 def _rate() -> float:
-    from fercli.model import HSEMOTION_CONFIG
+    from fercli.nets.model import HSEMOTION_CONFIG
 
     return HSEMOTION_CONFIG.fps
 
 
 def _pyav_clip(path: str, rate: float) -> tuple[int, int]:
-    from fercli.decode import open_video
+    from fercli.media.decode import open_video
 
     with open_video(path) as video:
         sampled = sum(1 for _ in video.sample(rate))
@@ -116,7 +116,7 @@ def parity(clip: str) -> dict:
     import PyNvVideoCodec as nvc
     import torch
 
-    from fercli.decode import open_video
+    from fercli.media.decode import open_video
 
     decoder = nvc.SimpleDecoder(clip, gpu_id=0, use_device_memory=True, output_color_type=nvc.OutputColorType.RGB)
     indices = [i for i in PARITY_INDICES if i < len(decoder)]

@@ -18,8 +18,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]  # this checkout's fercli and test media
 import media  # noqa: E402
 
-from fercli.labels import EXPRESSIONS  # noqa: E402
-from fercli.render import render  # noqa: E402
+from fercli.core.labels import EXPRESSIONS  # noqa: E402
+from fercli.views.render import render  # noqa: E402
 
 PLACEMENT = (90, 30, 180)  # portrait x, y, side (px)
 PROBS = [0.02, 0.01, 0.01, 0.02, 0.81, 0.09, 0.02, 0.02]  # in EXPRESSIONS order; happiness most probable

@@ -23,10 +23,10 @@ import media  # noqa: E402
 import real_faces  # noqa: E402
 
 import fercli  # noqa: E402
-from fercli.checkpoints import save_checkpoint  # noqa: E402
-from fercli.model import EfficientNetLSTM, ModelConfig  # noqa: E402
-from fercli.options import AnnotateOptions  # noqa: E402
-from fercli.render import render  # noqa: E402
+from fercli.job.contract import AnnotateOptions  # noqa: E402
+from fercli.nets.checkpoints import save_checkpoint  # noqa: E402
+from fercli.nets.model import EfficientNetLSTM, ModelConfig  # noqa: E402
+from fercli.views.render import render  # noqa: E402
 
 AT = 11.5  # s: both people on screen
 COLUMNS = ["second", "person", "face", "valence", "arousal", "face_x0", "face_share", "people"]

@@ -21,8 +21,8 @@ sys.path.insert(0, str(HERE.parent / "tests"))
 
 import media  # noqa: E402  (tests/media.py)
 
-from fercli.report import write_report  # noqa: E402
-from fercli.writers import TableWriter, write_errors  # noqa: E402
+from fercli.tables.writers import TableWriter, write_errors  # noqa: E402
+from fercli.views.report import write_report  # noqa: E402
 
 ARGS = [
     "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",

@@ -15,7 +15,7 @@ from typing import Annotated, List, Optional
 import typer
 
 from . import __version__
-from .errors import printable
+from .core.errors import printable
 
 # Options several commands share, declared once (Typer reads the metadata of Annotated).
 ModelOption = Annotated[str, typer.Option(help="Registered model name or checkpoint path.")]
@@ -114,8 +114,8 @@ def _stdout():
 
 def _command_console(verbose: bool, device: str | None = None):
     """The stderr console and logging a command runs with; exit 2 at once for an unknown --device."""
-    from .devices import check_device
-    from .errors import FerError
+    from .core.devices import check_device
+    from .core.errors import FerError
 
     console = _console()
     _setup_logging(console, verbose)
@@ -168,9 +168,9 @@ def annotate(
     verbose: VerboseOption = False,
 ) -> None:
     """Annotate videos with per-second valence and arousal."""
-    from .errors import FerError
-    from .options import AnnotateOptions
-    from .pipeline import annotate as run_annotate
+    from .core.errors import FerError
+    from .job.contract import AnnotateOptions
+    from .job.pipeline import annotate as run_annotate
 
     console = _command_console(verbose, device)
     options = AnnotateOptions(
@@ -286,7 +286,7 @@ def weights_list(verbose: VerboseOption = False) -> None:
     """Show the registered weights and whether they are cached."""
     from rich.table import Table
 
-    from . import weights
+    from .nets import weights
 
     _command_console(verbose)
     table = Table()
@@ -308,8 +308,8 @@ def weights_download(
     verbose: VerboseOption = False,
 ) -> None:
     """Download weights into the cache and verify them."""
-    from .errors import FerError
-    from . import weights
+    from .core.errors import FerError
+    from .nets import weights
 
     console = _command_console(verbose)
     try:
@@ -362,8 +362,8 @@ def train(
     verbose: VerboseOption = False,
 ) -> None:
     """Train the EfficientNet-B0 + LSTM model on AFEW-VA or Aff-Wild2; its best.pt is a --model for annotate."""
-    from .errors import FerError
-    from .training import TrainOptions, train as run_train
+    from .core.errors import FerError
+    from .training.loop import TrainOptions, train as run_train
 
     console = _command_console(verbose, device)
     options = TrainOptions(
@@ -372,12 +372,6 @@ def train(
         seed=seed, split_file=split_file, resume=resume, device=device,
     )  # fmt: skip
     try:
-        name = _init_weights_name(backbone, init)
-        if name is not None:  # download with a bar now; training then finds it in the cache
-            from . import weights
-
-            with _download_bar(console) as on_bytes:
-                weights.fetch(name, progress=on_bytes)
         with _TrainProgress(console) as bar:
             result = run_train(options, progress=bar.update)
     except FerError as e:
@@ -386,16 +380,6 @@ def train(
         console.print(f"interrupted: finished epochs are in {out}; run again with --resume to continue")
         raise typer.Exit(EXIT_INTERRUPTED) from None
     _train_summary(console, result)
-
-
-def _init_weights_name(backbone: str, init: str) -> str | None:
-    """The registry name `fer train` will fetch for --backbone/--init, if any (none for a pair it refuses)."""
-    from .training import BACKBONES, OLD_BACKBONES, init_weights_name
-
-    backbone, init = OLD_BACKBONES.get(backbone, (backbone, init))
-    if backbone not in BACKBONES or (init == "hsemotion" and backbone != "efficientnet_b0"):
-        return None
-    return init_weights_name(init, BACKBONES[backbone])
 
 
 class _TrainProgress:
@@ -409,6 +393,7 @@ class _TrainProgress:
             console=console, transient=True,
         )  # fmt: skip
         self.task = None
+        self.download = None
 
     def __enter__(self):
         self.progress.__enter__()
@@ -419,7 +404,11 @@ class _TrainProgress:
 
     def update(self, event) -> None:
         p = self.progress
-        if event.kind in ("prepare", "epoch"):
+        if event.kind == "download":  # bytes of the initial weights, shown in MB
+            if self.download is None:
+                self.download = p.add_task("weights (MB)", total=None)
+            p.update(self.download, completed=event.done // 1_000_000, total=event.total // 1_000_000 or None)
+        elif event.kind in ("prepare", "epoch"):
             if self.task is not None and (event.kind == "epoch" or event.done <= 1):
                 p.remove_task(self.task)
                 self.task = None
@@ -497,7 +486,7 @@ def benchmark_accuracy(
 ) -> None:
     """Score a model: predictions against truth (--truth/--pred), or a checkpoint run directly on a
     split of a data set (--data/--model), per window and per second. CCC, r, RMSE, MAE, SAGR, accuracy, F1."""
-    from .errors import FerError
+    from .core.errors import FerError
 
     console = _command_console(verbose)
     pairs = {"--truth/--pred": (truth, pred), "--data/--model": (data, model)}
@@ -510,7 +499,7 @@ def benchmark_accuracy(
         raise _fail(console, f"{mode}: give both options")
     if data is not None:
         return _benchmark_data(console, data, model, split, out, frames_fps, device, batch_size, cache_dir)
-    from .evaluate import score_tables, write_scores
+    from .training.evaluate import score_tables, write_scores
 
     try:
         report = score_tables(truth, pred, frames_fps or 25.0)
@@ -525,8 +514,8 @@ def benchmark_accuracy(
 def _benchmark_data(console, data, model, split, out, frames_fps, device, batch_size, cache_dir) -> None:
     from rich.progress import Progress
 
-    from .errors import FerError
-    from .evaluate import evaluate
+    from .core.errors import FerError
+    from .training.evaluate import evaluate
 
     try:
         with Progress(console=console, transient=True) as bar:
@@ -554,7 +543,7 @@ def _benchmark_data(console, data, model, split, out, frames_fps, device, batch_
     for video, error in ev.failed.items():
         console.print(f"[yellow]not annotated:[/yellow] {_shown(video)}: {_shown(error)}", markup=True, highlight=False)
     if out is not None:
-        from .evaluate import write_evaluation
+        from .training.evaluate import write_evaluation
 
         write_evaluation(ev, out)
         console.print(f"wrote window/ and second/ (metrics.json, metrics.md, pictures) and evaluation.json to {out}")
@@ -563,7 +552,7 @@ def _benchmark_data(console, data, model, split, out, frames_fps, device, batch_
 def _print_metrics(report, title: str = "accuracy", unit: str = "rows") -> None:
     from rich.table import Table
 
-    from .metrics import METRICS
+    from .scoring.metrics import METRICS
 
     table = Table(title=title)
     for col in ("metric", "valence", "arousal", "mean"):
@@ -588,8 +577,8 @@ def benchmark_compare(
     """Training runs side by side (the paper's Table 2): test CCC, accuracy, F1, time, settings."""
     from rich.table import Table
 
-    from .compare import COLUMNS, cell, compare
-    from .errors import FerError
+    from .scoring.compare import COLUMNS, cell, compare
+    from .core.errors import FerError
 
     console = _command_console(verbose)
     try:
@@ -627,9 +616,9 @@ def benchmark_speed(
     verbose: VerboseOption = False,
 ) -> None:
     """Time start-up, each stage (decode, faces, backbone, head, write) and the whole run."""
-    from .benchmark import speed
-    from .errors import FerError
-    from .options import AnnotateOptions
+    from .job.benchmark import speed
+    from .core.errors import FerError
+    from .job.contract import AnnotateOptions
 
     console = _command_console(verbose)
     options = AnnotateOptions(batch_size=batch_size, workers=workers, precision=precision, ray=ray, reuse_boxes=reuse_boxes, engine=engine)
@@ -704,8 +693,8 @@ def plot(
     verbose: VerboseOption = False,
 ) -> None:
     """Per-video valence/arousal timelines and a circumplex scatter of an annotation table."""
-    from .errors import FerError
-    from .plots import plot_table
+    from .core.errors import FerError
+    from .views.plots import plot_table
 
     console = _command_console(verbose)
     try:
@@ -734,8 +723,8 @@ def export(
     verbose: VerboseOption = False,
 ) -> None:
     """Export an annotation table to ELAN or NOVA annotation files."""
-    from .errors import FerError
-    from .export import ExportOptions, export as run_export
+    from .core.errors import FerError
+    from .views.export import ExportOptions, export as run_export
 
     console = _command_console(verbose)
     try:
@@ -774,8 +763,8 @@ def render(
     verbose: VerboseOption = False,
 ) -> None:
     """The clip re-encoded with the face box, valence/arousal bars and expression drawn on every frame."""
-    from .errors import FerError
-    from .render import render as run_render
+    from .core.errors import FerError
+    from .views.render import render as run_render
 
     console = _command_console(verbose)
     try:
@@ -798,8 +787,8 @@ def report(
     verbose: VerboseOption = False,
 ) -> None:
     """One self-contained HTML page for the batch: summary, timelines with the videos, circumplex."""
-    from .errors import FerError
-    from .report import write_report
+    from .core.errors import FerError
+    from .views.report import write_report
 
     console = _command_console(verbose)
     try:
@@ -820,16 +809,16 @@ def doctor(verbose: VerboseOption = False) -> None:
 
 def main() -> None:
     """The `fer` command: `run` with the process's arguments, then out without torch's teardown."""
-    from .runtime import exit_now
+    from .core.runtime import exit_now
 
     exit_now(run(sys.argv[1:]))  # the outputs are closed: skip the teardown (1 s, 125 MB; see runtime)
 
 
 def run(argv: list[str]) -> int | str | None:
     """The Typer app, with a bare --ray filled in and unexpected errors reported; the exit code."""
-    from .runtime import tune_process
+    from .core.runtime import tune_process
 
-    tune_process()  # the program's settings, before any command imports torch (fercli/runtime.py)
+    tune_process()  # the program's settings, before any command imports torch (fercli/core/runtime.py)
     args = bare_ray_means_local(argv)
     try:
         app(args=args)  # Typer ends by raising SystemExit with the command's exit code
@@ -838,7 +827,7 @@ def run(argv: list[str]) -> int | str | None:
     except Exception as e:  # a bug in fer or below it; FerErrors were handled by the commands
         if "-v" in args or "--verbose" in args:
             traceback.print_exc()
-        from .errors import typed_line
+        from .core.errors import typed_line
 
         print(f"error: unexpected {typed_line(e)} (a bug in fer: run with -v for the traceback)", file=sys.stderr)
         return EXIT_BUG

@@ -5,7 +5,7 @@ from __future__ import annotations
 import importlib.metadata as md
 import platform
 
-from .errors import typed_line
+from .core.errors import typed_line
 
 PACKAGES = ("torch", "torchvision", "timm", "av", "ai-edge-litert", "openvino", "numpy", "pyarrow", "pandas", "typer", "rich")
 
@@ -65,8 +65,8 @@ def _pyav() -> str:
 
 
 def _face_detector() -> str:
-    from . import blazeface
-    from .faces import FaceDetector
+    from .media import blazeface
+    from .media.faces import FaceDetector
 
     model = blazeface.MODEL_FILE
     blazeface.verify_model(model)  # a damaged file is this check's error
@@ -76,7 +76,7 @@ def _face_detector() -> str:
 
 
 def _weights() -> str:
-    from . import weights
+    from .nets import weights
 
     root = weights.cache_dir()
     states = {e.name: weights.cache_state(e, root) for e in weights.registry().values()}

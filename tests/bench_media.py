@@ -56,9 +56,8 @@ def long_clip(path: Path, minutes: float, size: tuple[int, int] = (320, 240)) ->
 def checkpoint(path: Path) -> None:
     import torch
 
-    from fercli.checkpoints import save_checkpoint
-
-    from fercli.model import EfficientNetLSTM, ModelConfig
+    from fercli.nets.checkpoints import save_checkpoint
+    from fercli.nets.model import EfficientNetLSTM, ModelConfig
 
     torch.manual_seed(0)
     save_checkpoint(EfficientNetLSTM(ModelConfig()).eval(), path)

@@ -42,8 +42,8 @@ def record() -> None:
 
 
 def compare() -> None:
-    from fercli.blazeface import BlazeFace
-    from fercli.faces import iou
+    from fercli.media.blazeface import BlazeFace
+    from fercli.media.faces import iou
 
     reference = json.loads(REFERENCE.read_text())["frames"]
     net = BlazeFace()

@@ -10,11 +10,10 @@ import threading
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
-import pytest
-import torch
-
 import media
+import pytest
 import synthetic_afew
+import torch
 
 
 def pytest_collection_modifyitems(config, items):
@@ -33,8 +32,8 @@ def _isolated_cache(tmp_path_factory, monkeypatch):
 
 @pytest.fixture(scope="session")
 def lstm_checkpoint(tmp_path_factory) -> Path:
-    from fercli.checkpoints import save_checkpoint
-    from fercli.model import EfficientNetLSTM, ModelConfig
+    from fercli.nets.checkpoints import save_checkpoint
+    from fercli.nets.model import EfficientNetLSTM, ModelConfig
 
     torch.manual_seed(0)
     net = EfficientNetLSTM(ModelConfig(fps=5.0, window=5, hidden=32))
@@ -47,8 +46,8 @@ def lstm_checkpoint(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def frame_checkpoint(tmp_path_factory) -> Path:
-    from fercli.checkpoints import save_checkpoint
-    from fercli.model import HSEMOTION_CONFIG, HSEmotionNet
+    from fercli.nets.checkpoints import save_checkpoint
+    from fercli.nets.model import HSEMOTION_CONFIG, HSEmotionNet
 
     torch.manual_seed(1)
     return save_checkpoint(HSEmotionNet(HSEMOTION_CONFIG).eval(), tmp_path_factory.mktemp("ckpt") / "frame.pt")
@@ -169,7 +168,7 @@ def fake_samples(present, valence, arousal=None):
     """A hand-made features.ClipSamples: which samples have a face, and their labels."""
     import numpy as np
 
-    from fercli import afew, features
+    from fercli.datasets import afew, features
 
     present = np.asarray(present, bool)
     n = len(present)

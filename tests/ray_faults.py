@@ -56,11 +56,11 @@ def deaths(folder: Path) -> int:
 
 
 def install() -> None:
-    """Wrap the decode and model stages of `fercli.cluster` in this worker process."""
+    """Wrap the decode and model stages of `fercli.job.cluster` in this worker process."""
     folder = os.environ.get(FAULTS_ENV)
     if not folder:
         return
-    from fercli import cluster
+    from fercli.job import cluster
 
     folder = Path(folder)
     samples, call = cluster.clip_samples, cluster._ModelActor.__call__

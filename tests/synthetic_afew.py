@@ -26,10 +26,9 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+import media
 import numpy as np
 from PIL import Image
-
-import media
 
 ROLL_STEP = 5.0  # degrees per frame
 MAX_ROLL = 15.0  # degrees either side

@@ -3,15 +3,14 @@
 from pathlib import Path
 
 import pytest
-
 import synthetic_afew
-from fercli import afew
-from fercli.errors import DataError
+
+from fercli.core.errors import DataError
+from fercli.datasets import afew
 
 REPO = Path(__file__).resolve().parents[1]
 
 from conftest import copy_clip, edit_json  # noqa: E402
-
 
 # --- reading and checking ----------------------------------------------------------------------
 
@@ -120,6 +119,6 @@ def test_a_fifo_for_a_label_file_is_refused_not_waited_on(small, tmp_path):
     folder = copy_clip(small, tmp_path)
     (folder / "001.json").unlink()
     os.mkfifo(tmp_path / "001.json")  # the layout with labels beside the frames folder
-    code = "import sys; from fercli import afew\ntry:\n    afew.read_dataset(sys.argv[1])\nexcept Exception as e:\n    print(e)"
+    code = "import sys; from fercli.datasets import afew\ntry:\n    afew.read_dataset(sys.argv[1])\nexcept Exception as e:\n    print(e)"
     done = subprocess.run([sys.executable, "-c", code, str(tmp_path)], capture_output=True, text=True, timeout=60)
     assert "clip 001" in done.stdout and "not a regular file" in done.stdout, done.stdout + done.stderr

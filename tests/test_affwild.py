@@ -9,10 +9,11 @@ import pytest
 import synthetic_afew
 from PIL import Image
 
-from fercli import affwild, features, metrics, splits
-from fercli.features import labelled_clips
-from fercli.errors import DataError
-from fercli.model import Preprocess
+from fercli.core.errors import DataError
+from fercli.datasets import affwild, features, splits
+from fercli.datasets.features import labelled_clips
+from fercli.nets.model import Preprocess
+from fercli.scoring import metrics
 
 
 def make_affwild(root: Path, videos: dict[str, int], seed: int = 0) -> dict[str, np.ndarray]:
@@ -167,7 +168,7 @@ def affwild_root(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def affwild_run(affwild_root, tmp_path_factory):
-    from fercli.training import TrainOptions, train
+    from fercli.training.loop import TrainOptions, train
 
     return train(TrainOptions(affwild_root, tmp_path_factory.mktemp("runs") / "aw", cache_dir=tmp_path_factory.mktemp("feat"), **FAST))
 
@@ -185,12 +186,12 @@ def test_training_clips_take_labelled_frames_times_ten_and_group_pairs(affwild_r
 
 
 def test_aligned_crop_is_the_whole_image_resized_without_detection(affwild_root, tmp_path, monkeypatch):
-    import fercli.faces
+    import fercli.media.faces
 
     def no_detector(*a, **k):
         raise AssertionError("an aligned crop must not be run through the detector")
 
-    monkeypatch.setattr(fercli.faces, "FaceDetector", no_detector)
+    monkeypatch.setattr(fercli.media.faces, "FaceDetector", no_detector)
     clip = next(c for c in labelled_clips(affwild_root) if c.id == "video2")
     pre = Preprocess(size=64, margin=0.2)
     samples, stats = features.prepare([clip], fps=5.0, frames_fps=5.0, preprocess=pre,

@@ -1,37 +1,148 @@
-"""The module map ARCHITECTURE.md describes, checked on the source: data flows one way."""
+"""The module map ARCHITECTURE.md draws, checked on the source: folders are layers, data flows one way.
+
+A module is placed by the folder it lives in: each folder may import the folders `LAYERS` gives it
+and no other, so a new module obeys its layer's rules without being listed anywhere.
+"""
 
 from __future__ import annotations
 
 import ast
+import importlib
+import re
 from pathlib import Path
 
 import pytest
 
 PACKAGE = Path(__file__).parents[1] / "fercli"
-# Stages import nothing above them (the job, its schedules, the CLI, the tools built on tables).
-ABOVE_STAGES = {"pipeline", "stages", "schedules", "cluster", "cli", "benchmark", "evaluate", "training", "report", "export", "render", "plots", "doctor"}
-STAGES = ["inputs", "decode", "blazeface", "faces", "people", "model", "windows", "writers", "labels", "files", "errors", "devices", "weights", "checkpoints", "options", "afew", "features", "examples", "splits", "engines"]
+ARCHITECTURE = PACKAGE.parent / "ARCHITECTURE.md"
+# Folder -> the folders its modules may import (besides its own). No arrow runs back up.
+LAYERS = {
+    "core": set(),
+    "media": {"core"},
+    "nets": {"core", "media"},
+    "tables": {"core", "media"},
+    "datasets": {"core", "media", "nets", "tables"},
+    "job": {"core", "media", "nets", "tables"},
+    "scoring": {"core", "datasets", "tables"},
+    "views": {"core", "media", "tables", "scoring"},
+    "training": {"core", "nets", "tables", "datasets", "job", "scoring", "views"},
+}
+PROGRAM = {"cli", "doctor"}  # fercli/*.py: the program on top, which may import any folder
+ALIASES = {"report": "views.report", "render": "views.render", "export": "views.export", "runtime": "core.runtime"}
+
+
+def module_files() -> dict[str, Path]:
+    """'folder.module' (or 'module' at the top) -> file, for every module but packages' __init__."""
+    found = {}
+    for path in sorted(PACKAGE.rglob("*.py")):
+        rel = path.relative_to(PACKAGE).with_suffix("")
+        if rel.name != "__init__" and not (len(rel.parts) == 1 and rel.name in ALIASES):
+            found[".".join(rel.parts)] = path
+    return found
+
+
+FILES = module_files()
+MODULES = sorted(FILES)
+
+
+def folder(module: str) -> str:
+    return module.split(".")[0] if "." in module else ""
+
+
+def resolve(module: str, node: ast.ImportFrom) -> list[tuple[str, list[str]]]:
+    """The fercli modules an import-from statement in `module` reads, each with the names taken."""
+    if node.level:
+        base = ["fercli", *module.split(".")[:-1]]
+        base = base[: len(base) - (node.level - 1)]
+        dotted = ".".join(base + ([node.module] if node.module else []))
+    else:
+        dotted = node.module or ""
+    if not dotted.startswith("fercli"):
+        return []
+    key = dotted.removeprefix("fercli").lstrip(".")
+    if key in FILES:
+        return [(key, [a.name for a in node.names])]
+    inside = [f"{key}.{a.name}" if key else a.name for a in node.names]  # from .pkg import module
+    return [(m, []) for m in inside if m in FILES]
 
 
 def imports(module: str) -> list[tuple[str, list[str]]]:
     """(fercli module, names taken from it) for every import in `module`, function-level ones included."""
-    tree = ast.parse((PACKAGE / f"{module}.py").read_text())
     found = []
-    for node in ast.walk(tree):
+    for node in ast.walk(ast.parse(FILES[module].read_text())):
         if isinstance(node, ast.ImportFrom):
-            if node.level == 1 and node.module:  # from .x import a, b
-                found.append((node.module.split(".")[0], [a.name for a in node.names]))
-            elif node.level == 1:  # from . import x, y
-                found += [(a.name, []) for a in node.names]
-            elif node.module and node.module.startswith("fercli."):
-                found.append((node.module.split(".")[1], [a.name for a in node.names]))
+            found += resolve(module, node)
         elif isinstance(node, ast.Import):
-            found += [(a.name.split(".")[1], []) for a in node.names if a.name.startswith("fercli.")]
-    return [(m, names) for m, names in found if (PACKAGE / f"{m}.py").exists()]
+            found += [(a.name.removeprefix("fercli."), []) for a in node.names if a.name.removeprefix("fercli.") in FILES]
+    return found
 
 
-MODULES = sorted(p.stem for p in PACKAGE.glob("*.py") if p.stem != "__init__")
 GRAPH = {m: {dep for dep, _ in imports(m)} - {m} for m in MODULES}
+
+
+def test_every_module_lives_in_a_layer_or_is_the_program():
+    strays = [m for m in MODULES if folder(m) not in LAYERS and m not in PROGRAM]
+    assert not strays, f"{strays}: place each in a folder of LAYERS (or, for a new layer, add it there and to ARCHITECTURE.md)"
+    assert all((PACKAGE / f / "__init__.py").is_file() for f in LAYERS)
+
+
+@pytest.mark.parametrize("module", [m for m in MODULES if folder(m)])
+def test_a_module_imports_only_its_own_folder_and_the_layers_below(module):
+    allowed = LAYERS[folder(module)] | {folder(module)}
+    wrong = sorted(dep for dep in GRAPH[module] if folder(dep) not in allowed)
+    assert not wrong, f"{module} ({folder(module)}/) imports {wrong}; {folder(module)}/ may import {sorted(allowed)}"
+
+
+def test_the_layers_form_no_cycle_and_every_allowed_arrow_is_used():
+    used = {(folder(m), folder(d)) for m in MODULES for d in GRAPH[m] if folder(m) and folder(m) != folder(d)}
+    assert used == {(a, b) for a, deps in LAYERS.items() for b in deps}, "LAYERS and the code disagree"
+    order = list(LAYERS)  # written bottom up: every arrow points to an earlier folder
+    assert all(order.index(b) < order.index(a) for a, deps in LAYERS.items() for b in deps)
+
+
+def test_the_drawn_graph_is_the_layers():
+    block = ARCHITECTURE.read_text().split("<!-- layers -->")[1].split("```")[1]  # the mermaid drawing
+    drawn = {f: set() for f in LAYERS}
+    for a, b in re.findall(r"^\s*(\w+)/ --> (\w+)/\s*$", block, re.M):
+        drawn.setdefault(a, set()).add(b)
+    assert drawn == LAYERS
+
+
+def test_the_map_and_the_folders_agree():
+    """ARCHITECTURE.md has a section per folder (`## \\`media/\\``) naming each of its modules in bold."""
+    text = ARCHITECTURE.read_text()
+    mapped = {}
+    for section in re.split(r"^## ", text, flags=re.M)[1:]:
+        m = re.match(r"`(\w*)/?`", section)
+        if m:
+            names = re.findall(r"\*\*`(\w+)`\*\*", section)
+            mapped |= {(f"{m.group(1)}.{n}" if m.group(1) != "fercli" else n): None for n in names}
+    assert sorted(mapped) == MODULES
+
+
+def test_nothing_imports_the_program():
+    wrong = sorted((m, d) for m in MODULES for d in GRAPH[m] if d in PROGRAM and m not in PROGRAM)
+    assert not wrong, wrong
+    for m in MODULES:
+        source = FILES[m].read_text()
+        assert not re.search(r"^\s*(from|import) fercli\.(" + "|".join(ALIASES) + r")\b", source, re.M), \
+            f"{m} imports an old path: use fercli.{{folder}}.module"
+
+
+@pytest.mark.parametrize("old, new", ALIASES.items())
+def test_documented_old_paths_are_the_moved_modules(old, new):
+    assert importlib.import_module(f"fercli.{old}") is importlib.import_module(f"fercli.{new}")
+
+
+# Modules tested through another module's tests, and where.
+TESTED_IN = {"job.contract": "test_pipeline.py", "job.stages": "test_pipeline.py", "scoring.compare": "test_loop.py"}
+
+
+@pytest.mark.parametrize("module", MODULES)
+def test_tests_mirror_the_modules(module):
+    tests = Path(__file__).parent
+    mirror = tests / TESTED_IN.get(module, f"test_{module.split('.')[-1]}.py")
+    assert mirror.is_file(), f"{module} has no {mirror.name}"
 
 
 def test_no_import_cycle_inside_fercli():
@@ -57,43 +168,40 @@ def test_no_module_takes_another_modules_private_names(module):
     assert not private, f"{module} imports private names {private}"
 
 
-@pytest.mark.parametrize("module", [m for m in STAGES if m in MODULES])
-def test_stages_import_nothing_above_them(module):
-    assert not GRAPH[module] & ABOVE_STAGES, f"{module} imports {sorted(GRAPH[module] & ABOVE_STAGES)}"
-
-
 def test_schedules_use_the_stages_and_never_each_other():
-    assert "stages" in GRAPH["schedules"] and "stages" in GRAPH["cluster"]
-    assert "cluster" not in GRAPH["schedules"] and "schedules" not in GRAPH["cluster"]
-    assert not {"pipeline"} & (GRAPH["stages"] | GRAPH["schedules"] | GRAPH["cluster"])
+    assert "job.stages" in GRAPH["job.schedules"] and "job.stages" in GRAPH["job.cluster"]
+    assert "job.cluster" not in GRAPH["job.schedules"] and "job.schedules" not in GRAPH["job.cluster"]
+    assert "job.pipeline" not in GRAPH["job.stages"] | GRAPH["job.schedules"] | GRAPH["job.cluster"]
 
 
 def test_a_name_becomes_a_network_one_way():
-    assert "weights" in GRAPH["checkpoints"] and "checkpoints" in GRAPH["model"]
-    assert not {"checkpoints", "model"} & GRAPH["weights"] and "model" not in GRAPH["checkpoints"]
+    assert "nets.weights" in GRAPH["nets.checkpoints"] and "nets.checkpoints" in GRAPH["nets.model"]
+    assert not {"nets.checkpoints", "nets.model"} & GRAPH["nets.weights"] and "nets.model" not in GRAPH["nets.checkpoints"]
+    assert "nets.model" not in GRAPH["nets.engines"]  # the torch backbone to convert comes in as a callable
 
 
 # Each rule has one home (ARCHITECTURE.md, "Each rule has one home"): the constants and functions
 # that make it are defined there and nowhere else, so a second copy that could drift is found here.
 CONSTANT_HOMES = {
-    "TIME_EPS": "windows", "DIMENSIONS": "labels", "EXPRESSIONS": "labels", "LABEL_MIN": "labels",
-    "LABEL_MAX": "labels", "NUM_CLASSES": "labels", "MAX_TIMESTAMP": "decode", "MAX_HOLD_S": "decode",
-    "IMAGE_EXTENSIONS": "inputs", "ERRORS_COLUMNS": "writers", "RESUME_KEYS": "writers",
-    "CUT_DISTANCE": "people", "SAME_PERSON": "people", "ABAW_SCALE": "affwild",
+    "TIME_EPS": "tables.rows", "DIMENSIONS": "core.labels", "EXPRESSIONS": "core.labels", "LABEL_MIN": "core.labels",
+    "LABEL_MAX": "core.labels", "NUM_CLASSES": "core.labels", "MAX_TIMESTAMP": "media.decode", "MAX_HOLD_S": "media.decode",
+    "IMAGE_EXTENSIONS": "media.inputs", "ERRORS_COLUMNS": "tables.writers", "RESUME_KEYS": "tables.writers",
+    "CUT_DISTANCE": "media.people", "SAME_PERSON": "media.people", "ABAW_SCALE": "datasets.affwild",
 }  # fmt: skip
 FUNCTION_HOMES = {
-    "second_of": "windows", "n_seconds": "windows", "fill_index": "windows", "fill_window": "windows",
-    "follow": "windows", "to_class": "labels", "decode_logits": "labels", "sample_sources": "decode",
-    "sample_count": "decode", "first_line": "errors", "typed_line": "errors", "atomic_write": "files",
-    "read_table": "writers", "read_errors": "writers", "check_table": "writers", "errors_path": "writers",
-    "find_errors": "writers", "group_tracks": "people", "appearance": "people", "crop": "faces",
-    "clip_under": "inputs",
+    "second_of": "tables.rows", "n_seconds": "tables.rows", "fill_index": "tables.rows", "fill_window": "tables.rows",
+    "follow": "tables.rows", "to_class": "core.labels", "decode_logits": "core.labels", "sample_sources": "media.decode",
+    "sample_count": "media.decode", "first_line": "core.errors", "typed_line": "core.errors", "atomic_write": "core.files",
+    "read_table": "tables.writers", "read_errors": "tables.writers", "check_table": "tables.writers",
+    "errors_path": "tables.writers", "find_errors": "tables.writers", "group_tracks": "media.people",
+    "appearance": "media.people", "crop": "media.faces", "clip_under": "media.inputs", "engine_target": "nets.engines",
+    "resolve_device": "core.devices", "resolve_precision": "core.devices",
 }  # fmt: skip
 
 
 def definitions(module: str) -> tuple[set[str], set[str]]:
     """Names a module assigns at its top level, and functions it defines anywhere."""
-    tree = ast.parse((PACKAGE / f"{module}.py").read_text())
+    tree = ast.parse(FILES[module].read_text())
     assigned = {t.id for node in tree.body if isinstance(node, (ast.Assign, ast.AnnAssign))
                 for t in (node.targets if isinstance(node, ast.Assign) else [node.target]) if isinstance(t, ast.Name)}
     for node in tree.body:  # A, B = 1, 2
@@ -111,9 +219,9 @@ def test_each_rule_is_defined_only_in_its_home(module):
     assert not strays, f"{module} defines {strays}"
 
 
-@pytest.mark.parametrize("module", [m for m in MODULES if m != "errors"])
+@pytest.mark.parametrize("module", [m for m in MODULES if m != "core.errors"])
 def test_one_line_errors_are_made_by_errors_only(module):
-    source = (PACKAGE / f"{module}.py").read_text()
+    source = FILES[module].read_text()
     cuts = [p for p in ("splitlines()[0]", 'splitlines() or [""])[0]') if p in source]
     assert not cuts, f"{module} cuts an error to its first line itself ({cuts}): use errors.first_line"
 
@@ -122,3 +230,15 @@ def test_every_home_exists():
     for name, home in {**CONSTANT_HOMES, **FUNCTION_HOMES}.items():
         assigned, functions = definitions(home)
         assert name in assigned | functions, f"{name} is not in {home}"
+
+
+def test_names_the_readmes_document_load_from_their_paths():
+    import fercli
+    import fercli.training
+    from fercli.training import loop
+    from fercli.views import export, render, report
+
+    assert fercli.training.train is loop.train is fercli.train and fercli.training.TrainOptions is loop.TrainOptions
+    assert fercli.report.write_report is report.write_report and fercli.render.render is render.render
+    assert fercli.export.export_table is export.export_table
+    assert callable(fercli.annotate) and callable(fercli.evaluate) and callable(fercli.read_table)

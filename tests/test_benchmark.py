@@ -3,12 +3,12 @@ import math
 
 import pandas as pd
 import pytest
-
 from conftest import DURATIONS
-from fercli.benchmark import PRODUCER_STAGES, speed
-from fercli.cli import app
-from fercli.options import AnnotateOptions
 from typer.testing import CliRunner
+
+from fercli.cli import app
+from fercli.job.benchmark import PRODUCER_STAGES, speed
+from fercli.job.contract import AnnotateOptions
 
 
 @pytest.fixture(scope="module")
@@ -145,8 +145,8 @@ def test_startup_line_and_json(tmp_path, clips_dir, lstm_checkpoint):
 
 
 def test_startup_probe_failure_is_one_line(clips_dir, tmp_path):
-    from fercli.benchmark import measure_startup
-    from fercli.errors import FerError
+    from fercli.core.errors import FerError
+    from fercli.job.benchmark import measure_startup
 
     bad = tmp_path / "bad.pt"
     bad.write_bytes(b"not a checkpoint")
@@ -158,7 +158,7 @@ def test_startup_probe_failure_is_one_line(clips_dir, tmp_path):
 def test_cold_run_times_both_commands_and_the_naive_loop_reads_every_frame(clips_dir, lstm_checkpoint):
     import av
 
-    from fercli.benchmark import measure_cold
+    from fercli.job.benchmark import measure_cold
 
     clip = clips_dir / "odd.avi"
     with av.open(str(clip)) as container:
@@ -173,8 +173,8 @@ def test_speed_with_openvino_times_it_and_keeps_the_naive_loop_on_torch(clips_di
     # The OpenVINO network has no parameters of its own (its weights are compiled), which the
     # start-up probe must cope with; the naive loop stays the hand-written torch one.
     pytest.importorskip("openvino")
-    from fercli import benchmark
-    from fercli.engines import engine_of
+    from fercli.job import benchmark
+    from fercli.nets.engines import engine_of
 
     naive_engines = []
 
@@ -194,7 +194,7 @@ def test_speed_with_openvino_times_it_and_keeps_the_naive_loop_on_torch(clips_di
 def test_producer_only_rate_reads_the_first_clips_up_to_two_minutes():
     from types import SimpleNamespace
 
-    from fercli.benchmark import PRODUCER_ONLY_VIDEO_S, _first_minutes
+    from fercli.job.benchmark import PRODUCER_ONLY_VIDEO_S, _first_minutes
 
     info = [SimpleNamespace(duration=d) for d in (50.0, 50.0, 50.0, 50.0)]
     assert PRODUCER_ONLY_VIDEO_S == 120.0

@@ -1,4 +1,4 @@
-"""fercli.blazeface against mediapipe 0.10.21 (boxes it recorded on real faces) and hand computations."""
+"""fercli.media.blazeface against mediapipe 0.10.21 (boxes it recorded on real faces) and hand computations."""
 
 from __future__ import annotations
 
@@ -6,12 +6,12 @@ import json
 
 import numpy as np
 import pytest
-
 import real_faces
 from blazeface_reference import REFERENCE
-from fercli import blazeface
-from fercli.errors import WeightsError
-from fercli.faces import FaceDetector, iou
+
+from fercli.core.errors import WeightsError
+from fercli.media import blazeface
+from fercli.media.faces import FaceDetector, iou
 
 PARITY_IOU = 0.99  # each of mediapipe's boxes against fer's (measured: 0.9967 at the lowest)
 PARITY_SCORE = 0.005  # |score difference| (measured: 1.0e-3 at the largest)

@@ -14,11 +14,10 @@ from pathlib import Path
 import pytest
 import timm
 import torch
-
 from conftest import git_hash_object as _git_hash_object
-from fercli import checkpoints, weights
-from fercli.errors import WeightsError
 
+from fercli.core.errors import WeightsError
+from fercli.nets import checkpoints, weights
 
 # ---------------------------------------------------------------- safe loading of HSEmotion's form
 
@@ -281,7 +280,7 @@ def test_an_archive_that_unpacks_past_the_bound_is_refused_before_loading(tmp_pa
 
 def test_load_model_by_name_downloads_verifies_and_feeds_hsemotion_preprocessing(server, cache, saved, monkeypatch):
     """`load_model("hsemotion")` end to end against a local server serving HSEmotion's file form."""
-    from fercli import model as model_module
+    from fercli.nets import model as model_module
 
     reference, path = saved
     url, www, requests = server
@@ -302,7 +301,7 @@ def test_load_model_by_name_downloads_verifies_and_feeds_hsemotion_preprocessing
 
 
 def test_a_conversion_made_with_other_preprocessing_is_not_reused(server, cache, saved, monkeypatch):
-    from fercli import model as model_module
+    from fercli.nets import model as model_module
 
     _, path = saved
     url, www, _ = server
@@ -321,7 +320,7 @@ def test_a_registry_name_is_never_a_file_that_shares_it(tmp_path, monkeypatch, l
     # default weights; "./hsemotion" (a path) reads it.
     import shutil
 
-    from fercli import checkpoints
+    from fercli.nets import checkpoints
 
     monkeypatch.chdir(tmp_path)
     shutil.copy(lstm_checkpoint, tmp_path / "hsemotion")

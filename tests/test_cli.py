@@ -9,7 +9,7 @@ import typer
 from typer.testing import CliRunner
 
 from fercli.cli import app
-from fercli.writers import read_metadata, read_table
+from fercli.tables.writers import read_metadata, read_table
 
 runner = CliRunner()
 
@@ -171,12 +171,12 @@ def test_a_path_after_bare_ray_is_an_input_not_an_address(path):
 @pytest.mark.parametrize("verbose", [False, True])
 def test_an_unexpected_crash_has_its_own_exit_code(monkeypatch, capsys, tmp_path, clips_dir, lstm_checkpoint, verbose):
     import fercli.cli
-    import fercli.pipeline
+    import fercli.job.pipeline
 
     def crash(*args, **kwargs):
         raise RuntimeError("boom inside fer")
 
-    monkeypatch.setattr(fercli.pipeline, "annotate", crash)
+    monkeypatch.setattr(fercli.job.pipeline, "annotate", crash)
     argv = ["fer", "annotate", str(clips_dir / "odd.avi"), "--out", str(tmp_path / "r.csv"), "--model", str(lstm_checkpoint)]
     code = fercli.cli.run(argv[1:] + (["-v"] if verbose else []))  # main() exits with it
     assert code == 3 not in (0, 1, 2, 130)
@@ -191,8 +191,8 @@ def test_unknown_device_exits_two_naming_it(command):
 
 
 def test_library_rejects_unknown_device():
-    from fercli.errors import FerError
-    from fercli.devices import resolve_device
+    from fercli.core.devices import resolve_device
+    from fercli.core.errors import FerError
 
     with pytest.raises(FerError, match="gpu"):
         resolve_device("gpu")
@@ -237,7 +237,7 @@ def test_file_names_are_printed_as_they_are(tmp_path, clips_dir, lstm_checkpoint
     # A name is never read as rich markup nor sent to the terminal raw; the batch goes on.
     import shutil
 
-    from fercli.errors import printable
+    from fercli.core.errors import printable
 
     folder = tmp_path / "in"
     for path in (folder / name, folder / f"broken {name}"):  # "a[/x].mp4" is x].mp4 in a folder a[

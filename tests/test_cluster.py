@@ -17,17 +17,16 @@ from contextlib import contextmanager
 
 import pandas as pd
 import pytest
+import ray_faults
 import torch
+from conftest import BROKEN, DURATIONS
 from typer.testing import CliRunner
 
 import fercli
-import ray_faults
-from conftest import BROKEN, DURATIONS
-from fercli import cluster
-from fercli.errors import FerError
-from fercli.options import AnnotateOptions
-from fercli.writers import read_metadata, read_table
-
+from fercli.core.errors import FerError
+from fercli.job import cluster
+from fercli.job.contract import AnnotateOptions
+from fercli.tables.writers import read_metadata, read_table
 
 RUN_LIMIT_S = 180  # a faulted run that has not ended by then is hung (they take 10-30 s)
 POISON = "moving.mp4"  # the clip whose workers die
@@ -58,8 +57,8 @@ def _start_local(ray, faults) -> None:
 
 @pytest.fixture(scope="module")
 def small_model(tmp_path_factory):
-    from fercli.checkpoints import save_checkpoint
-    from fercli.model import EfficientNetLSTM, ModelConfig, Preprocess
+    from fercli.nets.checkpoints import save_checkpoint
+    from fercli.nets.model import EfficientNetLSTM, ModelConfig, Preprocess
 
     torch.manual_seed(0)
     net = EfficientNetLSTM(ModelConfig(hidden=16, preprocess=Preprocess(size=64)))
@@ -153,7 +152,7 @@ def test_cli_ray_option(tmp_path, ray_local, clips_dir, small_model, local_run, 
 
     _, local_out = local_run
     out = tmp_path / "r.parquet"
-    monkeypatch.setattr("fercli.model.load_model", lambda *a, **k: small_model)
+    monkeypatch.setattr("fercli.nets.model.load_placed", lambda *a, **k: small_model)
     result = CliRunner().invoke(app, ["annotate", str(clips_dir), "--out", str(out), "--ray", "local"])
     assert result.exit_code == 0, result.output
     pd.testing.assert_frame_equal(read_table(out), read_table(local_out), atol=1e-5, check_exact=False)
@@ -163,7 +162,7 @@ def test_cli_ray_option(tmp_path, ray_local, clips_dir, small_model, local_run, 
 
 
 def test_benchmark_speed_times_the_ray_schedule(ray_local, clips_dir, small_model):
-    from fercli.benchmark import speed
+    from fercli.job.benchmark import speed
 
     report = speed([clips_dir / "odd.avi"], device="cpu", options=AnnotateOptions(ray="local"), naive=False, loaded_model=small_model)
     assert report.setup["workers"] == "ray local"

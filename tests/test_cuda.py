@@ -2,8 +2,8 @@ import pandas as pd
 import pytest
 
 import fercli
-from fercli.options import AnnotateOptions
-from fercli.writers import read_table
+from fercli.job.contract import AnnotateOptions
+from fercli.tables.writers import read_table
 
 
 @pytest.mark.requires_cuda
@@ -52,7 +52,8 @@ def test_bf16_on_cuda_stays_near_fp32(tmp_path, clips_dir, frame_checkpoint):
 @pytest.mark.requires_cuda
 def test_a_model_trained_on_cuda_with_amp_annotates_on_the_cpu(tmp_path, clips_dir):
     import synthetic_afew
-    from fercli.training import TrainOptions, train
+
+    from fercli.training.loop import TrainOptions, train
 
     data = tmp_path / "afew"
     synthetic_afew.make_dataset(data, clips=6, frames=8, actors=3, seed=5)
@@ -67,7 +68,7 @@ def test_amp_on_a_bf16_gpu_is_bf16():
     # fp16 overflowed on a random backbone (tests/test_training.py); Ampere and later have bf16.
     import torch
 
-    from fercli.training import amp_dtype
+    from fercli.training.loop import amp_dtype
 
     expected = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
     assert amp_dtype(torch.device("cuda")) == expected

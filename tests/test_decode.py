@@ -1,4 +1,4 @@
-"""fercli.decode against hand-computed sampling, PyAV's own timestamps and frames, and the ffmpeg
+"""fercli.media.decode against hand-computed sampling, PyAV's own timestamps and frames, and the ffmpeg
 command (the system's own FFmpeg build, Debian's where .ci/run installs it) as a second decoder."""
 
 from __future__ import annotations
@@ -15,12 +15,19 @@ from pathlib import Path
 import av
 import numpy as np
 import pytest
+from media import (
+    background,
+    portrait,
+    write_coded,
+    write_frames,
+    write_sliver_clip,
+    write_video,
+)
 from PIL import Image
 
-from fercli import decode
-from fercli.decode import CHUNK_FRAMES, open_video
-from fercli.errors import VideoError
-from media import background, portrait, write_coded, write_frames, write_sliver_clip, write_video
+from fercli.core.errors import VideoError
+from fercli.media import decode
+from fercli.media.decode import CHUNK_FRAMES, open_video
 
 # Two FFmpeg builds may convert YUV to RGB with different code. Measured (decord vs PyAV, and
 # Debian's ffmpeg 5.1 vs PyAV) on these clips: identical at even sizes; at 321x241 mean 0.1-0.2
@@ -615,7 +622,7 @@ def test_unknown_device_is_rejected(media_dir):
 
 def test_import_is_cheap():
     code = (
-        "import sys, fercli.decode; "
+        "import sys, fercli.media.decode; "
         "heavy = [m for m in ('torch', 'PIL', 'av') if m in sys.modules]; "
         "sys.exit(str(heavy) if heavy else 0)"
     )

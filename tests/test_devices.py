@@ -1,8 +1,8 @@
 import pytest
 import torch
 
-from fercli import devices
-from fercli.errors import FerError
+from fercli.core import devices
+from fercli.core.errors import FerError
 
 
 @pytest.fixture

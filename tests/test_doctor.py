@@ -7,7 +7,8 @@ from importlib.metadata import version
 
 import numpy as np
 
-from fercli import blazeface, doctor
+from fercli import doctor
+from fercli.media import blazeface
 
 
 def findings() -> dict[str, str]:

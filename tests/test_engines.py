@@ -11,9 +11,9 @@ import pandas as pd
 import pytest
 import torch
 
-from fercli.errors import FerError
-from fercli.options import AnnotateOptions
-from fercli.pipeline import annotate
+from fercli.core.errors import FerError
+from fercli.job.contract import AnnotateOptions
+from fercli.job.pipeline import annotate
 
 CLIP = "moving.mp4"
 TOLERANCE = 1e-4  # the README's promise for f32 tables
@@ -28,8 +28,8 @@ def _float_columns(table: pd.DataFrame) -> list[str]:
 def wide_frame_checkpoint(tmp_path_factory):
     # HSEmotion's form with a classifier scaled up: random weights give outputs near 1e-4, which
     # would hide any difference; these spread valence and arousal over the whole scale.
-    from fercli.checkpoints import save_checkpoint
-    from fercli.model import HSEMOTION_CONFIG, HSEmotionNet
+    from fercli.nets.checkpoints import save_checkpoint
+    from fercli.nets.model import HSEMOTION_CONFIG, HSEmotionNet
 
     torch.manual_seed(3)
     net = HSEmotionNet(HSEMOTION_CONFIG).eval()
@@ -61,9 +61,9 @@ def test_openvino_tables_match_torch_within_the_tolerance(which, clips_dir, lstm
 
 def test_the_backbone_is_converted_once_then_read_from_the_cache(frame_checkpoint, cache):
     pytest.importorskip("openvino")
-    from fercli.checkpoints import read_checkpoint
-    from fercli.engines import ir_path, openvino_backbone
-    from fercli.model import model_from_checkpoint
+    from fercli.nets.checkpoints import read_checkpoint
+    from fercli.nets.engines import ir_path, openvino_backbone
+    from fercli.nets.model import model_from_checkpoint
 
     ckpt = read_checkpoint(frame_checkpoint)
     built = []
@@ -91,7 +91,7 @@ def test_outputs_survive_the_next_call(frame_checkpoint):
     # OpenVINO writes each result into the same output buffer; features kept from one batch
     # (windows span batches) must not change when the next batch runs.
     pytest.importorskip("openvino")
-    from fercli.model import load_model
+    from fercli.nets.model import load_model
 
     net = load_model(frame_checkpoint, "cpu", engine="openvino")
     a, b = torch.randn(4, 3, 224, 224), torch.randn(4, 3, 224, 224)
@@ -111,7 +111,7 @@ print(code, "timm" in sys.modules, "torchvision" in sys.modules)
 
 def test_a_cached_openvino_backbone_needs_neither_timm_nor_torchvision(clips_dir, frame_checkpoint, tmp_path):
     pytest.importorskip("openvino")
-    from fercli.model import load_model
+    from fercli.nets.model import load_model
 
     load_model(frame_checkpoint, "cpu", engine="openvino")  # converts into the test's cache
     argv = ["annotate", str(clips_dir / CLIP), "--out", str(tmp_path / "t.parquet"), "--model", str(frame_checkpoint),
@@ -123,9 +123,9 @@ def test_a_cached_openvino_backbone_needs_neither_timm_nor_torchvision(clips_dir
 
 def test_a_damaged_cached_backbone_is_one_line_naming_it(frame_checkpoint, cache):
     pytest.importorskip("openvino")
-    from fercli.checkpoints import read_checkpoint
-    from fercli.engines import ir_path
-    from fercli.model import load_model
+    from fercli.nets.checkpoints import read_checkpoint
+    from fercli.nets.engines import ir_path
+    from fercli.nets.model import load_model
 
     load_model(frame_checkpoint, "cpu", engine="openvino")
     ckpt = read_checkpoint(frame_checkpoint)
@@ -137,7 +137,7 @@ def test_a_damaged_cached_backbone_is_one_line_naming_it(frame_checkpoint, cache
 
 
 def test_engine_errors_are_one_line(frame_checkpoint, monkeypatch):
-    from fercli.engines import check_engine
+    from fercli.nets.engines import check_engine
 
     with pytest.raises(FerError, match="--engine must be one of torch, openvino"):
         check_engine("tensorrt", torch.device("cpu"))
@@ -146,7 +146,7 @@ def test_engine_errors_are_one_line(frame_checkpoint, monkeypatch):
     with pytest.raises(FerError, match="Ray"):
         check_engine("openvino", torch.device("cpu"), ray="local")
     monkeypatch.setitem(sys.modules, "openvino", None)  # as if it were not installed
-    from fercli.model import load_model
+    from fercli.nets.model import load_model
 
     with pytest.raises(FerError, match=r"pip install .*fercli\[openvino\]"):
         load_model(frame_checkpoint, "cpu", engine="openvino")
@@ -156,7 +156,7 @@ def test_a_loaded_network_runs_on_its_own_engine_and_no_other(clips_dir, frame_c
     pytest.importorskip("openvino")
     import pyarrow.parquet as pq
 
-    from fercli.model import load_model
+    from fercli.nets.model import load_model
 
     net = load_model(frame_checkpoint, "cpu")
     out = tmp_path / "t.parquet"
@@ -191,9 +191,9 @@ def test_without_openvino_the_cli_says_how_to_install_it_before_any_download(cli
 
 def test_a_malformed_config_is_a_weights_error_with_openvino_too(frame_checkpoint, tmp_path, cache):
     pytest.importorskip("openvino")
-    from fercli.checkpoints import read_checkpoint, write_checkpoint
-    from fercli.errors import WeightsError
-    from fercli.model import load_model
+    from fercli.core.errors import WeightsError
+    from fercli.nets.checkpoints import read_checkpoint, write_checkpoint
+    from fercli.nets.model import load_model
 
     ckpt = read_checkpoint(frame_checkpoint)
     bad = tmp_path / "bad.pt"
@@ -206,13 +206,41 @@ def test_a_malformed_config_is_a_weights_error_with_openvino_too(frame_checkpoin
 def test_engine_target_is_the_one_rule_from_a_requested_device(lstm_checkpoint):
     import torch
 
-    from fercli.engines import engine_target
+    from fercli.nets.engines import engine_target
 
     assert engine_target("openvino", "auto") == torch.device("cpu")  # OpenVINO runs on the CPU
     assert engine_target("torch", "cpu") == torch.device("cpu")
     want = torch.device("cuda", 0) if torch.cuda.is_available() else torch.device("cpu")
     assert engine_target("torch", "auto") == want
-    from fercli.model import load_model
+    from fercli.nets.model import load_model
 
     model = load_model(lstm_checkpoint, "cpu")
     assert (model.engine, model.precision) == ("torch", "fp32")  # the network says what it runs at
+
+
+@pytest.mark.parametrize("engine, precision", [("torch", "auto"), ("torch", "bf16"), ("openvino", "fp32")])
+def test_fer_annotate_settles_engine_device_and_precision_once(clips_dir, lstm_checkpoint, tmp_path, monkeypatch, engine, precision):
+    """Following --engine and --precision from the command line: each rule runs once per run."""
+    from typer.testing import CliRunner
+
+    from fercli.cli import app
+    from fercli.core import devices
+    from fercli.nets import engines
+
+    if engine == "openvino":
+        pytest.importorskip("openvino")
+    calls = []
+
+    def counted(module, name):
+        real = getattr(module, name)
+        monkeypatch.setattr(module, name, lambda *a, **k: (calls.append(name), real(*a, **k))[1])
+
+    for module, name in [(engines, "engine_target"), (engines, "check_engine"), (devices, "resolve_device"),
+                         (devices, "resolve_precision")]:  # fmt: skip
+        counted(module, name)
+    out = tmp_path / "r.csv"
+    args = ["annotate", str(clips_dir / "moving.mp4"), "--out", str(out), "--model", str(lstm_checkpoint),
+            "--device", "cpu", "--engine", engine, "--precision", precision, "--workers", "0"]  # fmt: skip
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert sorted(calls) == sorted(["engine_target", "check_engine", "resolve_device", "resolve_precision"]), calls

@@ -1,7 +1,7 @@
 """`fer benchmark accuracy --data`: a checkpoint scored on its own run's split, per window and per second.
 
 Small runs on synthetic AFEW-VA (tests/synthetic_afew.py) with the seeded random backbone, as in
-test_training.py; learning is not the point here, which part is scored and against what truth is.
+test_loop.py; learning is not the point here, which part is scored and against what truth is.
 """
 
 import json
@@ -11,13 +11,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+import synthetic_afew
 import torch
 
-import synthetic_afew
-from fercli import metrics
-from fercli.errors import FerError
-from fercli.evaluate import evaluate
-from fercli.training import TrainOptions, train
+from fercli.core.errors import FerError
+from fercli.scoring import metrics
+from fercli.training.evaluate import evaluate
+from fercli.training.loop import TrainOptions, train
 
 FPS = 5.0  # the synthetic clips' frame rate, which is also the model's: sample k is frame k
 FAST = dict(backbone="random", frames_fps=FPS, image_size=64, hidden=32, batch_size=16, lr=2e-3, patience=6, epochs=2)
@@ -152,8 +152,8 @@ def constant(tmp_path_factory) -> Path:
 def frame_model(tmp_path_factory) -> Path:
     """An HSEmotion-style frame model that always says valence 0.5, arousal -0.5 (5 and -5 on the
     label scale, both exact in binary), hand-made: no training metadata."""
-    from fercli.checkpoints import save_checkpoint
-    from fercli.model import HSEmotionNet, ModelConfig, Preprocess
+    from fercli.nets.checkpoints import save_checkpoint
+    from fercli.nets.model import HSEmotionNet, ModelConfig, Preprocess
 
     torch.manual_seed(0)
     cfg = ModelConfig(arch="hsemotion", window=1, temporal="none", hidden=0, layers=0, dropout=0.0,

@@ -3,15 +3,14 @@
 from pathlib import Path
 
 import numpy as np
-
 import synthetic_afew
-from fercli import examples, features
-from fercli.windows import fill_index
+
+from fercli.datasets import examples, features
+from fercli.tables.rows import fill_index
 
 REPO = Path(__file__).resolve().parents[1]
 
 from conftest import fake_samples  # noqa: E402
-
 
 # --- windows -----------------------------------------------------------------------------------
 

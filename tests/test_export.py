@@ -8,17 +8,16 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import av
+import media
 import numpy as np
 import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
-import media
-
 from fercli.cli import app
-from fercli.errors import FerError
-from fercli.export import ExportOptions, export, export_table
-from fercli.writers import TableWriter, write_errors
+from fercli.core.errors import FerError
+from fercli.tables.writers import TableWriter, write_errors
+from fercli.views.export import ExportOptions, export, export_table
 
 META = {"model": "m.pt", "weights_sha256": None, "fps": 5.0, "window": 5, "per_frame": False, "all_faces": False}
 ELAN_HEADER = ["Tier", "Begin Time", "End Time", "Annotation"]

@@ -1,9 +1,16 @@
+import media
 import numpy as np
 import pytest
 from PIL import Image
 
-import media
-from fercli.faces import Detection, FaceDetector, FaceTracker, crop, iou, square_box
+from fercli.media.faces import (
+    Detection,
+    FaceDetector,
+    FaceTracker,
+    crop,
+    iou,
+    square_box,
+)
 
 
 @pytest.fixture(scope="module")
@@ -68,7 +75,7 @@ def test_crop_outside_frame_is_black():
 
 def run_steady(boxes_per_sample, reuse=1):
     """Boxes each sample got from a SteadyDetector over samples whose true boxes are given."""
-    from fercli.faces import SteadyDetector
+    from fercli.media.faces import SteadyDetector
 
     inner = CountingDetector(boxes_per_sample)
     steady = SteadyDetector(inner, reuse=reuse)

@@ -3,14 +3,14 @@
 import logging
 from pathlib import Path
 
+import media
 import numpy as np
 import pytest
-
-import media
 import synthetic_afew
-from fercli import afew, features
-from fercli.faces import Detection, iou
-from fercli.model import Preprocess
+
+from fercli.datasets import afew, features
+from fercli.media.faces import Detection, iou
+from fercli.nets.model import Preprocess
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -111,7 +111,7 @@ def test_training_samples_the_frames_annotate_reads(tmp_path, frames_fps, fps):
     """One sampling rule: the frames training picks are the ones `fer annotate` reads from the same folder."""
     from PIL import Image
 
-    from fercli.decode import open_video
+    from fercli.media.decode import open_video
 
     folder = tmp_path / "clip"
     folder.mkdir()

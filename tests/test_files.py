@@ -1,4 +1,4 @@
-"""fercli.files: atomic writes (a crash leaves the old file) with the permissions the umask gives."""
+"""fercli.core.files: atomic writes (a crash leaves the old file) with the permissions the umask gives."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from fercli.files import atomic_write, is_regular_file
+from fercli.core.files import atomic_write, is_regular_file
 
 
 @pytest.mark.parametrize("umask,mode", [(0o022, 0o644), (0o077, 0o600), (0o002, 0o664)])
@@ -32,7 +32,7 @@ def test_a_failed_write_leaves_the_old_file_and_no_temporary(tmp_path):
         Path(tmp).write_text("half")
         raise OSError("disk full")
 
-    from fercli.errors import FerError
+    from fercli.core.errors import FerError
 
     with pytest.raises(FerError, match=f"cannot write {path} \\(disk full\\); what was there is as it was"):
         atomic_write(path, fail)
@@ -52,8 +52,8 @@ def test_one_run_at_a_time_per_output_and_the_lock_names_its_holder(tmp_path):
     import json
     import socket
 
-    from fercli.errors import FerError
-    from fercli.files import OutputLock
+    from fercli.core.errors import FerError
+    from fercli.core.files import OutputLock
 
     out = tmp_path / "r.parquet"
     with OutputLock(out) as lock:
@@ -74,7 +74,7 @@ def test_a_stale_lock_of_a_killed_run_is_taken_over(tmp_path, caplog):
     import subprocess
     import sys
 
-    from fercli.files import OutputLock
+    from fercli.core.files import OutputLock
 
     gone = subprocess.Popen([sys.executable, "-c", "pass"])
     gone.wait()  # its pid now names no process
@@ -88,8 +88,8 @@ def test_a_stale_lock_of_a_killed_run_is_taken_over(tmp_path, caplog):
 def test_a_lock_held_on_another_host_or_unreadable_is_not_taken(tmp_path):
     import json
 
-    from fercli.errors import FerError
-    from fercli.files import OutputLock
+    from fercli.core.errors import FerError
+    from fercli.core.files import OutputLock
 
     lock = tmp_path / "r.csv.lock"
     lock.write_text(json.dumps({"host": "lab-server-2", "pid": 1, "started": "2026-12-04 03:00:00"}))

@@ -41,7 +41,7 @@ RTOL, ATOL = 1e-3, 1e-5
 
 def annotate_table(clips_dir: Path, checkpoint: Path, options: dict, out: Path) -> pd.DataFrame:
     import fercli
-    from fercli.options import AnnotateOptions
+    from fercli.job.contract import AnnotateOptions
 
     inputs = [clips_dir / name for name in ("moving.mp4", "sub/gap.mkv", "two.mkv", "odd.avi")]
     fercli.annotate(inputs, out, options=AnnotateOptions(**options), model=fercli.load_model(checkpoint, "cpu"), device="cpu")
@@ -52,7 +52,7 @@ def annotate_table(clips_dir: Path, checkpoint: Path, options: dict, out: Path) 
 def test_same_table_as_before_the_restructuring(request, tmp_path, clips_dir, name):
     fixture, options = RUNS[name]
     got = annotate_table(clips_dir, request.getfixturevalue(fixture), options, tmp_path / "t.csv")
-    from fercli.writers import read_table
+    from fercli.tables.writers import read_table
 
     want = read_table(DATA / f"golden_{name}.csv")
     assert list(got.columns) == list(want.columns)

@@ -23,7 +23,7 @@ import pandas as pd
 import pytest
 from media import write_coded, write_sliver_clip
 
-from fercli.writers import read_table
+from fercli.tables.writers import read_table
 
 REPO = Path(__file__).resolve().parents[1]
 GOOD = ("moving.mp4", "[bold]ok.mp4", "\x1b[31mred.mp4", "[/x]/inside.mp4")

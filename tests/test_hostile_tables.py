@@ -15,7 +15,7 @@ import pytest
 from typer.testing import CliRunner
 
 from fercli.cli import app
-from fercli.writers import schema
+from fercli.tables.writers import schema
 
 SECONDS = 3
 NUMERIC = ("second", "start", "end", "valence", "arousal", "valence_score", "arousal_score", "valence_conf",

@@ -1,6 +1,6 @@
 from pathlib import Path
 
-from fercli.inputs import find_clips
+from fercli.media.inputs import find_clips
 
 
 def touch(path: Path, data: bytes = b"x") -> Path:
@@ -62,8 +62,8 @@ def test_every_frame_suffix_the_search_accepts_is_one_decode_reads(tmp_path):
     import numpy as np
     from PIL import Image
 
-    from fercli.decode import open_video
-    from fercli.inputs import IMAGE_EXTENSIONS
+    from fercli.media.decode import open_video
+    from fercli.media.inputs import IMAGE_EXTENSIONS
 
     for suffix in sorted(IMAGE_EXTENSIONS):
         folder = tmp_path / suffix.strip(".")

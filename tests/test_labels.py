@@ -1,7 +1,13 @@
 import numpy as np
 import torch
 
-from fercli.labels import LABEL_MAX, LABEL_MIN, NUM_CLASSES, decode_logits, to_class
+from fercli.core.labels import (
+    LABEL_MAX,
+    LABEL_MIN,
+    NUM_CLASSES,
+    decode_logits,
+    to_class,
+)
 
 
 def test_to_class_rounds_half_away_from_zero_and_clips():

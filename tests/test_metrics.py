@@ -8,10 +8,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from fercli import metrics
-from fercli.errors import DataError
-from fercli.inputs import find_clips
-from fercli.metrics import (
+from fercli.core.errors import DataError
+from fercli.media.inputs import find_clips
+from fercli.scoring import metrics
+from fercli.scoring.metrics import (
     METRICS,
     accuracy,
     accuracy_within,
@@ -28,7 +28,7 @@ from fercli.metrics import (
     score,
     write_metrics,
 )
-from fercli.writers import TableWriter, read_table
+from fercli.tables.writers import TableWriter, read_table
 
 ALL = [ccc, pearson, rmse, mae, sagr, accuracy, accuracy_within, f1_macro, f1_weighted]
 rng = np.random.default_rng(0)
@@ -332,7 +332,7 @@ def test_afew_va_truth_per_second_by_hand(tmp_path):
 
 
 def test_afew_va_labels_beside_the_clip_folder_are_read_as_fer_train_reads_them(tmp_path):
-    from fercli.afew import read_dataset
+    from fercli.datasets.afew import read_dataset
 
     root = tmp_path / "AFEW-VA"
     afew_clip(root / "001", [1, 3], [2, 4])

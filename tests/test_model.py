@@ -2,9 +2,9 @@ import numpy as np
 import pytest
 import torch
 
-from fercli.checkpoints import read_checkpoint, save_checkpoint
-from fercli.errors import WeightsError
-from fercli.model import (
+from fercli.core.errors import WeightsError
+from fercli.nets.checkpoints import read_checkpoint, save_checkpoint
+from fercli.nets.model import (
     HSEMOTION_CONFIG,
     EfficientNetLSTM,
     HSEmotionNet,
@@ -96,10 +96,9 @@ def test_hsemotion_preprocessing_is_its_authors():
 
 def test_hsemotion_input_matches_torchvision_transforms_on_the_tight_box():
     """HSEmotion's own code: PIL image of frame[y0:y1, x0:x1], Resize((224, 224)), ToTensor, Normalize."""
+    import media
     from PIL import Image
     from torchvision import transforms
-
-    import media
 
     frame = media.scene(640, 360, [(200, 60, 200)])
     box = (251.0, 101.0, 333.0, 197.0)  # 82 x 96: not square, so a square crop would differ
@@ -202,9 +201,9 @@ def test_lstm_expression_head_is_hsemotions_classifier_rows_0_to_7():
 )
 def test_a_config_out_of_range_is_refused_before_it_sizes_anything(lstm_checkpoint, tmp_path, edit, words):
     # A config is data from a file: nan or huge values were exit 3, or gigabytes, or hours.
-    from fercli.checkpoints import read_checkpoint, write_checkpoint
-    from fercli.errors import WeightsError
-    from fercli.model import load_model
+    from fercli.core.errors import WeightsError
+    from fercli.nets.checkpoints import read_checkpoint, write_checkpoint
+    from fercli.nets.model import load_model
 
     ckpt = read_checkpoint(lstm_checkpoint)
     config = {**ckpt["config"], "preprocess": dict(ckpt["config"]["preprocess"])}

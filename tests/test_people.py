@@ -1,4 +1,4 @@
-"""fercli.people: shot cuts, and face tracks joined into people across cuts and absences.
+"""fercli.media.people: shot cuts, and face tracks joined into people across cuts and absences.
 
 The clips with known people are made from real photographs (`real_faces.cuts_frames`: the
 astronaut and the player of OpenCV's messi5.jpg alternating over four cuts, the astronaut
@@ -16,8 +16,8 @@ import pytest
 import real_faces
 
 import fercli
-from fercli.options import AnnotateOptions
-from fercli.people import ShotCuts, Tracks, colour_histogram, group_tracks
+from fercli.job.contract import AnnotateOptions
+from fercli.media.people import ShotCuts, Tracks, colour_histogram, group_tracks
 
 MEGAMIND = Path("/usr/share/doc/opencv-doc/examples/data/Megamind.avi")
 needs_opencv_doc = pytest.mark.skipif(
@@ -59,7 +59,7 @@ def test_group_tracks_by_hand():
 
 def detections_with_truth(frames, fps):
     """Per sample: (time, frame, detections, the true person of each detection by head centre)."""
-    from fercli.faces import FaceDetector
+    from fercli.media.faces import FaceDetector
 
     out = []
     with FaceDetector() as detector:

@@ -7,12 +7,12 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from conftest import BROKEN, DURATIONS
 
 import fercli
-from conftest import BROKEN, DURATIONS
-from fercli.errors import FerError
-from fercli.options import AnnotateOptions
-from fercli.writers import read_metadata, read_table
+from fercli.core.errors import FerError
+from fercli.job.contract import AnnotateOptions
+from fercli.tables.writers import read_metadata, read_table
 
 GOOD = sorted(DURATIONS)
 
@@ -104,8 +104,8 @@ def test_rows_match_a_hand_run_of_the_model(clean, lstm, clips_dir):
     """Second 0 of a clip, recomputed by hand: decode with PyAV, crop with the detector's box."""
     import av
 
-    from fercli.faces import FaceDetector, crop
-    from fercli.model import to_input
+    from fercli.media.faces import FaceDetector, crop
+    from fercli.nets.model import to_input
 
     _, df = clean
     with av.open(str(clips_dir / "big_only.mkv")) as c:
@@ -160,9 +160,9 @@ def test_frame_model_sees_the_tight_box_and_scores_are_unclipped(tmp_path, clips
     from PIL import Image
     from torchvision import transforms
 
-    from fercli.faces import FaceDetector
-    from fercli.checkpoints import save_checkpoint
-    from fercli.model import HSEMOTION_CONFIG, HSEmotionNet
+    from fercli.media.faces import FaceDetector
+    from fercli.nets.checkpoints import save_checkpoint
+    from fercli.nets.model import HSEMOTION_CONFIG, HSEmotionNet
 
     torch.manual_seed(2)
     net = HSEmotionNet(HSEMOTION_CONFIG).eval()
@@ -232,12 +232,12 @@ def test_a_model_failure_stops_the_decoding_thread(tmp_path, clips_dir, lstm, mo
 
 
 def test_a_decoding_thread_crash_reaches_the_caller(tmp_path, clips_dir, lstm, monkeypatch):
-    import fercli.faces
+    import fercli.media.faces
 
     def no_detector(*args, **kwargs):
         raise OSError("face detector failed to start (test)")
 
-    monkeypatch.setattr(fercli.faces, "FaceDetector", no_detector)
+    monkeypatch.setattr(fercli.media.faces, "FaceDetector", no_detector)
     with pytest.raises(OSError, match="face detector failed to start"):
         fercli.annotate([clips_dir], tmp_path / "r.parquet", options=AnnotateOptions(workers=0), model=lstm)
     assert not _decode_threads()
@@ -246,10 +246,10 @@ def test_a_decoding_thread_crash_reaches_the_caller(tmp_path, clips_dir, lstm, m
 @pytest.mark.skipif((os.cpu_count() or 1) < 2, reason="FFmpeg picks one thread on one core anyway")
 def test_a_cpu_model_decodes_with_one_ffmpeg_thread(clips_dir, lstm):
     # Counted as OS threads started by an open clip: FFmpeg's own decoder threads.
-    from fercli.decode import open_video
-    from fercli.faces import FaceDetector
-    from fercli.inputs import find_clips
-    from fercli.stages import clip_samples
+    from fercli.job.stages import clip_samples
+    from fercli.media.decode import open_video
+    from fercli.media.faces import FaceDetector
+    from fercli.media.inputs import find_clips
 
     def extra_threads(open_samples) -> int:
         """OS threads alive while the clip that `open_samples()` opens is being read."""
@@ -272,7 +272,6 @@ def test_a_cpu_model_decodes_with_one_ffmpeg_thread(clips_dir, lstm):
 @pytest.mark.parametrize("seconds", [3, 4])
 def test_no_phantom_row_after_a_whole_second_clip(tmp_path, lstm, seconds):
     import av
-
     import media
 
     clip = media.write_sliver_clip(tmp_path / "whole.mov", seconds)
@@ -357,8 +356,8 @@ def test_a_second_run_on_a_locked_output_stops_before_touching_it(clean, tmp_pat
     # Two runs on one --out (both --overwrite): one crashed and its cleanup wrote an empty table
     # over the other's. Now the second stops at once, naming the first; the table stays whole.
 
-    from fercli.errors import FerError
-    from fercli.files import OutputLock
+    from fercli.core.errors import FerError
+    from fercli.core.files import OutputLock
 
     out = tmp_path / "r.parquet"
     shutil.copyfile(clean[0].out, out)  # a complete table from an earlier run
@@ -411,8 +410,8 @@ def test_a_registry_model_is_downloaded_by_annotate_with_progress(tmp_path, clip
     reporting the bytes as "download" events, and `fer annotate NAME` does no more than call it."""
     import hashlib
 
-    from fercli import weights
-    from fercli.weights import WeightsEntry
+    from fercli.nets import weights
+    from fercli.nets.weights import WeightsEntry
 
     url, www, requests = server
     data = lstm_checkpoint.read_bytes()

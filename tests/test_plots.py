@@ -7,9 +7,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from fercli import plots
-from fercli.errors import DataError
-from fercli.metrics import score
+from fercli.core.errors import DataError
+from fercli.scoring.metrics import score
+from fercli.views import plots
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -120,7 +120,7 @@ def test_safe_names():
 
 
 def test_import_does_not_load_matplotlib():
-    code = "import sys, fercli.plots, fercli.metrics; print('matplotlib' in sys.modules)"
+    code = "import sys, fercli.views.plots, fercli.scoring.metrics; print('matplotlib' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
 
@@ -180,7 +180,7 @@ def test_an_existing_folder_is_kept_unless_overwrite(tmp_path):
     out = tmp_path / "pics"
     out.mkdir()
     (out / "mine.txt").write_text("a colleague's notes")
-    from fercli.errors import FerError
+    from fercli.core.errors import FerError
 
     with pytest.raises(FerError, match=r"pics is not empty: --overwrite replaces the pictures"):
         plots.plot_table(table, out)

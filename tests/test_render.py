@@ -5,14 +5,20 @@ from __future__ import annotations
 from pathlib import Path
 
 import av
+import media
 import numpy as np
 import pandas as pd
 import pytest
-
-import media
 from conftest import gap_faces
-from fercli.errors import FerError
-from fercli.render import AROUSAL_COLOUR, BOX_WIDTH, VALENCE_COLOUR, bar_layout, render
+
+from fercli.core.errors import FerError
+from fercli.views.render import (
+    AROUSAL_COLOUR,
+    BOX_WIDTH,
+    VALENCE_COLOUR,
+    bar_layout,
+    render,
+)
 
 GAP = "sub/gap.mkv"  # 5 s at 30 frames/s, 320 x 240; no face for 2 <= t < 4
 VALENCE = [-4.0, 7.5, None, None, 10.0]  # per second; None: no face
@@ -201,7 +207,7 @@ def test_an_avi_whose_frame_timestamps_go_backwards_renders_every_frame_in_order
     # OpenCV's sample: MPEG-4 part 2 with B-frames in AVI. The decoder hands frames their decode
     # order's pts, which go backwards; the muxer refused them (exit 3). The overlay takes decode's
     # frame starts (the packets' times in display order), as annotation does.
-    from fercli.decode import open_video
+    from fercli.media.decode import open_video
 
     with av.open(str(MEGAMIND)) as c:
         stamps = [f.pts for f in c.decode(video=0)]

@@ -13,17 +13,17 @@ from html.parser import HTMLParser
 from pathlib import Path
 
 import av
+import media
 import numpy as np
 import pandas as pd
 import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
-import media
 from fercli.cli import app
-from fercli.errors import DataError, FerError
-from fercli.report import summarize, write_report
-from fercli.writers import TableWriter, read_errors, read_table, write_errors
+from fercli.core.errors import DataError, FerError
+from fercli.tables.writers import TableWriter, read_errors, read_table, write_errors
+from fercli.views.report import summarize, write_report
 
 CHROMIUM = Path(os.environ.get("FER_TEST_CHROMIUM", "/usr/bin/chromium"))
 # The flags this machine's closed network needs (no background connections), and no sandbox as root.

@@ -1,166 +1,256 @@
-"""The rows' face and expression columns, against where the faces were pasted and hand recomputations."""
+import math
 
-from __future__ import annotations
-
-import av
 import numpy as np
 import pytest
 import torch
 
-import fercli
-import media
-from conftest import BIG
-from fercli.options import AnnotateOptions
-from fercli.writers import read_table
-
-EXPRESSIONS = ["anger", "contempt", "disgust", "fear", "happiness", "neutral", "sadness", "surprise"]
-BOX = ["face_x0", "face_y0", "face_x1", "face_y1"]
-PASTE_TOLERANCE = 20  # px: BlazeFace's box against the hand-marked face (brow to chin, cheek to cheek)
-SAMPLE_FPS = 5  # both test models sample at 5 frames/s
+from fercli.tables.rows import (
+    Aggregator,
+    FrameFeatures,
+    fill_window,
+    label_rows,
+    label_units,
+    n_seconds,
+)
 
 
-def pyav_samples(path, seconds: float, fps: float) -> list[np.ndarray]:
-    """Frames at k / SAMPLE_FPS, decoded by PyAV (the clips here have a constant rate)."""
-    with av.open(str(path)) as c:
-        frames = [f.to_ndarray(format="rgb24") for f in c.decode(video=0)]
-    step = round(fps / SAMPLE_FPS)
-    return frames[: round(seconds * fps) : step]
+def feat(k):
+    return torch.full((3,), float(k))
 
 
-def hand_detections(frames):
-    from fercli.faces import FaceDetector
-
-    with FaceDetector() as det:
-        return [det.detect(f)[0] for f in frames]
+def tags(window):
+    return window[:, 0].int().tolist()
 
 
-@pytest.fixture(scope="module")
-def hsemotion_net(tmp_path_factory):
-    """An HSEmotion-form network whose expression logits are spread out, so they differ by crop."""
-    from fercli.checkpoints import save_checkpoint
-    from fercli.model import HSEMOTION_CONFIG, HSEmotionNet
-
-    torch.manual_seed(4)
-    net = HSEmotionNet(HSEMOTION_CONFIG).eval()
-    with torch.no_grad():
-        net.backbone.classifier.weight[:8] *= 30
-    path = save_checkpoint(net, tmp_path_factory.mktemp("ckpt") / "hse.pt")
-    return net, fercli.load_model(path, "cpu")
+@pytest.mark.parametrize("last_start,expected", [(89 / 30, 3), (3.0, 4), (0.0, 1), (2.999, 3), (3.0 - 1e-7, 4)])
+def test_rows_run_to_the_second_the_last_frame_starts_in(last_start, expected):
+    assert n_seconds(last_start) == expected
 
 
-@pytest.fixture(scope="module")
-def hse_frames(tmp_path_factory, clips_dir, hsemotion_net):
-    _, model = hsemotion_net
-    out = tmp_path_factory.mktemp("rows") / "frames.parquet"
-    options = AnnotateOptions(per_sample=True, reuse_boxes=0)
-    fercli.annotate([clips_dir / "big_only.mkv"], out, model=model, options=options)
-    return read_table(out)
+def test_no_row_for_a_sliver_past_the_last_whole_second():
+    # 120 frames at 30 fps whose last frame ends at 4.0003 s: frames start in seconds 0-3 only.
+    agg = Aggregator(window=1, duration=4.0003, window_model=False, last_start=119 / 30)
+    units = push_all(agg, 5, 20, present=set(range(20)))
+    assert [u.key["second"] for u in units] == [0, 1, 2, 3]
+    assert units[-1].key["end"] == 4.0003 and all(u.has_face for u in units)
 
 
-def test_face_box_is_where_the_face_was_pasted_and_what_the_detector_says(tmp_path, clips_dir, lstm_checkpoint):
-    out = tmp_path / "s.parquet"
-    options = AnnotateOptions(reuse_boxes=0)
-    fercli.annotate([clips_dir / "big_only.mkv"], out, model=fercli.load_model(lstm_checkpoint, "cpu"), options=options)
-    df = read_table(out)
-    assert len(df) == 3 and df.face.all()
-    np.testing.assert_allclose(df[BOX].to_numpy(float), [media.face_box(BIG)] * 3, atol=PASTE_TOLERANCE)
-    # exactly the mean of the detector's boxes on PyAV's frames, second by second
-    dets = hand_detections(pyav_samples(clips_dir / "big_only.mkv", 3.0, 25))
-    boxes = np.array([d.box for d in dets]).reshape(3, 5, 4).mean(axis=1)
-    scores = np.array([d.score for d in dets]).reshape(3, 5).mean(axis=1)
-    np.testing.assert_allclose(df[BOX].to_numpy(float), boxes, atol=0.01)
-    np.testing.assert_allclose(df.face_score.to_numpy(float), scores, atol=1e-4)
-    assert (df.face_share == 1.0).all()
-    assert not set(EXPRESSIONS + ["expression"]) & set(df.columns)  # an LSTM without the head
+def test_a_long_last_frame_keeps_its_samples_in_the_last_row():
+    # VFR: the last frame starts at 2.5 s and stays until 4.0 s; its samples go to second 2.
+    agg = Aggregator(window=1, duration=4.0, window_model=False, last_start=2.5)
+    units = push_all(agg, 2, 8, present=set(range(8)))
+    assert [(u.key["second"], u.key["end"]) for u in units] == [(0, 1.0), (1, 2.0), (2, 4.0)]
+    assert units[-1].scores.tolist() == [5.5, 5.5, 5.5]  # mean of samples 4..7
 
 
-def test_a_moving_face_is_followed_and_a_faceless_second_has_no_box(tmp_path, clips_dir, lstm_checkpoint):
-    from conftest import gap_faces
-
-    out = tmp_path / "g.parquet"
-    fercli.annotate([clips_dir / "sub" / "gap.mkv"], out, model=fercli.load_model(lstm_checkpoint, "cpu"))
-    df = read_table(out)
-    assert df.face.tolist() == [True, True, False, False, True]
-    for s in (0, 1, 4):  # the portrait moves 20 px/s: compare with its mean place in the second
-        want = np.mean([media.face_box(gap_faces(s + k / 5)[0]) for k in range(5)], axis=0)
-        np.testing.assert_allclose(df.loc[df.second == s, BOX].to_numpy(float)[0], want, atol=PASTE_TOLERANCE)
-    faceless = df[~df.face]
-    assert faceless[BOX + ["face_score"]].isna().all().all() and (faceless.face_share == 0).all()
+def test_fill_window_forward_then_back():
+    assert fill_window([None, feat(1), None, feat(3)]) is not None
+    assert tags(fill_window([None, feat(1), None, feat(3)])) == [1, 1, 1, 3]
+    assert tags(fill_window([None, None, feat(2)], before=feat(9))) == [9, 9, 2]
+    assert fill_window([None, None]) is None
 
 
-def test_face_share_counts_the_samples_that_found_the_face(tmp_path, lstm_checkpoint):
-    # present for t < 0.4 (samples 0 and 0.2 of second 0's five), gone until 1.0, then steady
-    clip = media.make_clip(tmp_path / "leaves.mp4", 2.0, 25, (320, 240), lambda t: [] if 0.4 <= t < 1.0 else [(60, 40, 160)])
-    out = tmp_path / "r.parquet"
-    model = fercli.load_model(lstm_checkpoint, "cpu")
-    fercli.annotate([clip], out, model=model)
-    df = read_table(out)
-    assert df.face.tolist() == [True, True]
-    assert df.face_share.tolist() == pytest.approx([2 / 5, 1.0])
-    # the second's box is the mean of the two samples that found it, not diluted by the misses
-    dets = hand_detections(pyav_samples(clip, 0.4, 25))
-    np.testing.assert_allclose(df[BOX].to_numpy(float)[0], np.mean([d.box for d in dets], axis=0), atol=0.01)
-    out_f = tmp_path / "f.parquet"
-    fercli.annotate([clip], out_f, model=model, options=AnnotateOptions(per_sample=True))
-    frames = read_table(out_f)
-    assert frames.face_share.tolist() == [1.0, 1.0, 0.0, 0.0, 0.0] + [1.0] * 5
-    assert frames[~frames.face][BOX].isna().all().all()
+def push_all(agg, fps, n, present):
+    units = []
+    for k in range(n):
+        faces = {0: feat(k)} if k in present else {}
+        units += agg.push(FrameFeatures(k, k / fps, faces))
+    return units + agg.finish()
 
 
-def test_per_frame_rows_carry_their_samples_box_and_score(hse_frames, clips_dir):
-    df = hse_frames
-    dets = hand_detections(pyav_samples(clips_dir / "big_only.mkv", 3.0, 25))
-    np.testing.assert_allclose(df[BOX].to_numpy(float), [d.box for d in dets], atol=0.01)
-    np.testing.assert_allclose(df.face_score.to_numpy(float), [d.score for d in dets], atol=1e-4)
-    assert (df.face_share == 1.0).all()
-    assert df.face_x0.nunique() > 1  # the detector's own box each sample, not one copied along
+def test_window_for_each_second_ends_with_its_last_sample():
+    # fps 2, T 3, 2.5 s: samples at 0, .5, 1, 1.5, 2; the face is missed at t = 1.0 (k = 2).
+    agg = Aggregator(window=3, duration=2.5, window_model=True)
+    units = push_all(agg, fps=2, n=5, present={0, 1, 3, 4})
+    assert [u.key["second"] for u in units] == [0, 1, 2]
+    assert [u.key["end"] for u in units] == [1.0, 2.0, 2.5]
+    # second 0: padded on the left with its first face; second 1: k=2 holds k=1;
+    # second 2: k=2 (outside the face samples) is filled from k=1, which left the window.
+    assert [tags(u.window) for u in units] == [[0, 0, 1], [1, 1, 3], [1, 3, 4]]
 
 
-def hand_expressions(net, clips_dir) -> np.ndarray:
-    """Softmax of the network's outputs 0-7 on HSEmotion's tight crops of PyAV's frames (numpy)."""
-    from PIL import Image
-    from torchvision import transforms
-
-    frames = pyav_samples(clips_dir / "big_only.mkv", 3.0, 25)
-    boxes = [[round(v) for v in d.box] for d in hand_detections(frames)]
-    hsemotion = transforms.Compose(
-        [transforms.Resize((224, 224)), transforms.ToTensor(), transforms.Normalize([0.485, 0.456, 0.406], [0.229, 0.224, 0.225])]
-    )
-    x = torch.stack([hsemotion(Image.fromarray(f[y0:y1, x0:x1])) for f, (x0, y0, x1, y1) in zip(frames, boxes)])
-    with torch.inference_mode():
-        logits = net.backbone(x)[:, :8].double().numpy()
-    e = np.exp(logits - logits.max(axis=1, keepdims=True))
-    return e / e.sum(axis=1, keepdims=True)
+def test_faceless_seconds_are_kept_with_no_window():
+    agg = Aggregator(window=2, duration=3.0, window_model=True)
+    units = push_all(agg, fps=2, n=6, present={0, 1, 4, 5})
+    assert [(u.key["second"], u.has_face) for u in units] == [(0, True), (1, False), (2, True)]
+    assert units[1].person is None
+    # second 2 starts after a faceless second: its window holds only its own frames
+    assert tags(units[2].window) == [4, 5]
 
 
-def test_expression_probabilities_are_the_softmax_of_outputs_0_to_7(hse_frames, hsemotion_net, clips_dir, tmp_path):
-    net, model = hsemotion_net
-    want = hand_expressions(net, clips_dir)
-    got = hse_frames[EXPRESSIONS].to_numpy(float)
-    np.testing.assert_allclose(got, want, atol=0.02)
-    np.testing.assert_allclose(got.sum(axis=1), 1.0, atol=1e-5)
-    assert hse_frames.expression.tolist() == [EXPRESSIONS[i] for i in got.argmax(axis=1)]
-    assert len(set(hse_frames.expression)) > 1 or got.max() < 0.99  # the probabilities vary by crop
-    # per second: the mean over the second's samples, still summing to 1, argmax named
-    out = tmp_path / "s.parquet"
-    fercli.annotate([clips_dir / "big_only.mkv"], out, model=model, options=AnnotateOptions(reuse_boxes=0))
-    sec = read_table(out)
-    np.testing.assert_allclose(sec[EXPRESSIONS].to_numpy(float), want.reshape(3, 5, 8).mean(axis=1), atol=0.02)
-    np.testing.assert_allclose(sec[EXPRESSIONS].sum(axis=1), 1.0, atol=1e-5)
-    assert sec.expression.tolist() == [EXPRESSIONS[i] for i in sec[EXPRESSIONS].to_numpy().argmax(axis=1)]
+def test_second_without_samples_still_gets_a_row():
+    # fps 0.5: samples at 0, 2, 4 -> seconds 1 and 3 contain none
+    agg = Aggregator(window=1, duration=5.0, window_model=True)
+    units = push_all(agg, fps=0.5, n=3, present={0, 1, 2})
+    assert [(u.key["second"], u.has_face) for u in units] == [(0, True), (1, False), (2, True), (3, False), (4, True)]
 
 
-def test_an_lstm_with_the_expression_head_gives_them_too(tmp_path, clips_dir, hsemotion_net):
-    """HSEmotion's classifier rows 0-7 kept on an LSTM's backbone: the same probabilities as HSEmotion's."""
-    from fercli.checkpoints import save_checkpoint
-    from fercli.model import EfficientNetLSTM, ModelConfig, Preprocess
+def test_frame_model_averages_its_seconds_samples():
+    agg = Aggregator(window=1, duration=2.0, window_model=False)
+    units = []
+    scores = [(1.0, -2.0), (3.0, -4.0), (5.0, 5.0), (7.0, 7.0)]
+    for k, s in enumerate(scores):
+        units += agg.push(FrameFeatures(k, k / 2, {0: torch.tensor(s)}))
+    units += agg.finish()
+    assert [u.scores.tolist() for u in units] == [[2.0, -3.0], [6.0, 6.0]]
 
-    net, _ = hsemotion_net
-    config = ModelConfig(window=5, hidden=16, expressions=True, preprocess=Preprocess(crop="box", margin=0.0))
-    lstm = EfficientNetLSTM(config)
-    lstm.load_backbone(net.backbone.state_dict())
-    model = fercli.load_model(save_checkpoint(lstm.eval(), tmp_path / "lstm_expr.pt"), "cpu")
-    out = tmp_path / "f.parquet"
-    fercli.annotate([clips_dir / "big_only.mkv"], out, model=model, options=AnnotateOptions(per_sample=True, reuse_boxes=0))
-    df = read_table(out)
-    np.testing.assert_allclose(df[EXPRESSIONS].to_numpy(float), hand_expressions(net, clips_dir), atol=0.02)
+
+def test_per_sample_units():
+    agg = Aggregator(window=2, duration=1.5, window_model=True, rows="sample")
+    units = push_all(agg, fps=2, n=3, present={0, 2})
+    assert [(u.key["sample_index"], u.key["time"], u.has_face) for u in units] == [(0, 0.0, True), (1, 0.5, False), (2, 1.0, True)]
+    assert tags(units[2].window) == [0, 2]
+
+
+def test_labels_from_logits_match_numpy():
+    torch.manual_seed(0)
+    logits_v, logits_a = torch.randn(2, 21), torch.randn(2, 21)
+    head = lambda w: (logits_v[: len(w)], logits_a[: len(w)])
+    agg = Aggregator(window=1, duration=2.0, window_model=True)
+    units = push_all(agg, fps=1, n=2, present={0, 1})
+    labels = label_units(units, head)
+    for i, lab in enumerate(labels):
+        p = np.exp(logits_v[i].numpy().astype(np.float64))
+        p /= p.sum()
+        assert lab["valence"] == int(np.argmax(p)) - 10
+        assert lab["valence_score"] == pytest.approx(float((p * np.arange(-10, 11)).sum()), abs=1e-5)
+        assert lab["valence_conf"] == pytest.approx(float(p.max()), abs=1e-6)
+
+
+def test_frame_scores_round_half_away_from_zero_and_rows_carry_keys():
+    agg = Aggregator(window=1, duration=3.0, window_model=False)
+    units = []
+    for k, v in enumerate([2.5, -2.5, 0.49]):
+        units += agg.push(FrameFeatures(k, float(k), {0: torch.tensor([v, 10.0])}))
+    out = label_rows(units + agg.finish(), head=None)
+    assert [r["valence"] for r in out] == [3, -3, 0]
+    assert [r["arousal"] for r in out] == [10, 10, 10]
+    assert all(r["valence_conf"] is None and r["face"] for r in out)
+    assert [r["second"] for r in out] == [0, 1, 2]
+    assert math.isclose(out[2]["valence_score"], 0.49, rel_tol=1e-6)
+
+
+def test_face_columns_describe_the_seconds_own_samples():
+    from fercli.tables.rows import FaceSeen
+
+    # 5 samples/s; face 0 found in samples 0, 1 of second 0 and in all of second 1; face 1 only
+    # once, in sample 3 (a glimpse). Expressions: one-hot guesses, so their means are countable.
+    agg = Aggregator(window=1, duration=2.0, window_model=False)
+    seen = {
+        0: FaceSeen((10.0, 20.0, 50.0, 80.0), 0.9, (1.0,) + (0.0,) * 7),
+        1: FaceSeen((14.0, 24.0, 54.0, 84.0), 0.7, (0.0, 1.0) + (0.0,) * 6),
+        5: FaceSeen((0.0, 0.0, 10.0, 10.0), 0.6, (0.0,) * 7 + (1.0,)),
+    }
+    units = []
+    for k in range(10):
+        faces, found = {}, {}
+        if k in (0, 1) or k >= 5:
+            faces[0], found[0] = torch.tensor([1.0, 1.0]), seen[min(k, 5)]
+        if k == 3:
+            faces[1], found[1] = torch.tensor([2.0, 2.0]), seen[0]
+        units += agg.push(FrameFeatures(k, k / 5, faces, found))
+    units += agg.finish()
+    cols = {(u.key["second"], u.person): u.columns for u in units}
+    first = cols[0, 0]
+    assert first["face_share"] == pytest.approx(2 / 5)
+    assert [first[c] for c in ("face_x0", "face_y0", "face_x1", "face_y1")] == pytest.approx([12.0, 22.0, 52.0, 82.0])
+    assert first["face_score"] == pytest.approx(0.8)
+    assert first["anger"] == first["contempt"] == pytest.approx(0.5) and first["surprise"] == 0.0
+    assert first["expression"] == "anger"  # a tie goes to the first, as numpy's argmax
+    assert cols[0, 1]["face_share"] == pytest.approx(1 / 5) and cols[0, 1]["face_score"] == pytest.approx(0.9)
+    assert cols[1, 0]["face_share"] == 1.0 and cols[1, 0]["expression"] == "surprise"
+    # rows take the columns along; a faceless row has share 0 and nothing else
+    labelled = label_units(units, head=None)
+    assert labelled[0]["face_x0"] == pytest.approx(12.0)
+    agg = Aggregator(window=1, duration=1.0, window_model=False)
+    (empty,) = [*agg.push(FrameFeatures(0, 0.0, {})), *agg.finish()]
+    assert label_units([empty], head=None)[0]["face_share"] == 0.0 and "face_x0" not in empty.columns
+
+
+def test_per_frame_rows_carry_their_samples_box():
+    from fercli.tables.rows import FaceSeen
+
+    agg = Aggregator(window=1, duration=1.0, window_model=False, rows="sample")
+    a = agg.push(FrameFeatures(0, 0.0, {0: torch.tensor([1.0, 1.0])}, {0: FaceSeen((1.0, 2.0, 3.0, 4.0), 0.5)}))
+    b = agg.push(FrameFeatures(1, 0.2, {}))
+    box = {"face_x0": 1.0, "face_y0": 2.0, "face_x1": 3.0, "face_y1": 4.0, "face_score": 0.5}
+    assert a[0].columns == {"face_share": 1.0, **box, "people": 1}
+    assert b[0].columns == {"face_share": 0.0, "people": 0}
+
+
+def two_people(fps=5, seconds=6, second=lambda k: 10 <= k < 20, subject=lambda k: True):
+    """Rows of a frame model over `seconds`: person 0 (scores 1) where subject(k), person 1
+    (scores 5) where second(k)."""
+    from fercli.tables.rows import follow
+
+    agg = Aggregator(window=1, duration=float(seconds), window_model=False)
+    units = []
+    for k in range(fps * seconds):
+        faces = {**({0: torch.tensor([1.0, 1.0])} if subject(k) else {}), **({1: torch.tensor([5.0, 5.0])} if second(k) else {})}
+        units += agg.push(FrameFeatures(k, k / fps, faces))
+    rows = label_rows(units + agg.finish(), head=None)
+    return rows, follow(rows, agg.main_person()), agg
+
+
+def test_the_default_table_follows_the_person_seen_longest_and_counts_the_others():
+    # Person 1 (the higher scores) passes through in seconds 2-3; person 0 is there all along.
+    rows, followed, agg = two_people()
+    assert agg.main_person() == 0 and agg.on_screen == {0: 30, 1: 10}
+    assert [r["second"] for r in followed] == list(range(6))
+    assert all(r["person"] == 0 and r["face"] and r["valence_score"] == 1.0 for r in followed)
+    assert [r["people"] for r in followed] == [1, 1, 2, 2, 1, 1]
+    assert len([r for r in rows if r["person"] == 1]) == 2  # --all-faces keeps them
+
+
+def test_a_second_without_the_followed_person_has_no_face_whoever_else_is_there():
+    # Person 0 is missing from second 2 (samples 10-14), where person 1 alone is seen.
+    _, followed, _ = two_people(subject=lambda k: not 10 <= k < 15)
+    row = followed[2]
+    assert not row["face"] and row["valence"] is None and row["person"] is None
+    assert row["face_share"] == 0.0 and row["people"] == 1
+    assert all(r["face"] and r["person"] == 0 for r in followed if r["second"] != 2)
+
+
+def test_the_person_seen_longest_wins_even_if_seen_later():
+    # Person 1 is seen from second 1 to the end (25 samples), person 0 only in second 0 (5).
+    _, followed, agg = two_people(second=lambda k: k >= 5, subject=lambda k: k < 5)
+    assert agg.main_person() == 1
+    assert [r["face"] for r in followed] == [False, True, True, True, True, True]
+    assert all(r["valence_score"] == 5.0 for r in followed[1:])
+
+
+def test_a_tie_goes_to_the_person_seen_first():
+    _, _, agg = two_people(second=lambda k: k >= 15, subject=lambda k: k < 15)
+    assert agg.on_screen == {0: 15, 1: 15} and agg.main_person() == 0
+
+
+def push_frames(agg, times, present, tag=lambda i: i):
+    """FrameFeatures for frames starting at `times`; the face (person 0) in frames `present`."""
+    units = []
+    for i, t in enumerate(times):
+        units += agg.push(FrameFeatures(i, t, {0: feat(tag(i))} if i in present else {}))
+    return units + agg.finish()
+
+
+def test_rows_per_video_frame_take_windows_at_the_models_spacing():
+    # 25 frames/s, a model at 5 samples/s with T = 3: the window of the frame at t is the frames on
+    # screen at t - 0.4, t - 0.2 and t: 10 and 5 frames back.
+    agg = Aggregator(window=3, duration=1.0, window_model=True, rows="frame", fps=5.0)
+    units = push_frames(agg, [i / 25 for i in range(25)], present=set(range(25)))
+    assert [(u.key["frame"], u.key["time"]) for u in units] == [(i, i / 25) for i in range(25)]
+    assert tags(units[24].window) == [14, 19, 24]
+    assert tags(units[12].window) == [2, 7, 12]
+    assert tags(units[7].window) == [2, 2, 7]  # t - 0.4 is before the clip: padded with the first face
+    assert tags(units[0].window) == [0, 0, 0]
+
+
+def test_rows_per_video_frame_follow_timestamps_and_hold_missed_faces():
+    # Variable rate: frames at these starts; the picks are the frames on screen at t - 0.2 j.
+    times = [0.0, 0.1, 0.15, 0.3, 0.45, 0.5, 0.62, 0.7]
+    agg = Aggregator(window=3, duration=0.8, window_model=True, rows="frame", fps=5.0)
+    units = push_frames(agg, times, present={0, 1, 2, 4, 5, 6, 7})  # frame 3 (0.3 s) missed the face
+    # Frame 7 at 0.7: on screen at 0.3 -> frame 3 (no face: holds frame 2's), at 0.5 -> 5, at 0.7 -> 7.
+    assert tags(units[7].window) == [2, 5, 7]
+    # Frame 6 at 0.62: at 0.22 -> frame 2, at 0.42 -> frame 3 (held: frame 2), at 0.62 -> 6.
+    assert tags(units[6].window) == [2, 2, 6]
+    assert not units[3].has_face and units[3].columns["face_share"] == 0.0

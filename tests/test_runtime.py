@@ -18,7 +18,7 @@ FAULTS = textwrap.dedent(
     libc.malloc.restype = ctypes.c_void_p
     libc.free.argtypes = [ctypes.c_void_p]
     if sys.argv[1] == "tuned":
-        from fercli.runtime import keep_freed_memory
+        from fercli.core.runtime import keep_freed_memory
         assert keep_freed_memory()
     def touch():
         block = libc.malloc(64 * 2**20)
@@ -52,7 +52,7 @@ def _env_after(code: str, **env) -> dict:
 
 
 def test_the_fer_program_shortens_the_openmp_spin_unless_the_user_chose():
-    from fercli.runtime import GOMP_SPINCOUNT
+    from fercli.core.runtime import GOMP_SPINCOUNT
 
     fer = "import fercli.cli; fercli.cli.run(['--version'])"  # what main() runs before it exits
     fer = f"exec({fer!r})"
@@ -63,7 +63,7 @@ def test_the_fer_program_shortens_the_openmp_spin_unless_the_user_chose():
 
 def test_importing_and_calling_the_library_changes_no_process_setting(tmp_path):
     # The settings belong to the program: a library user's process keeps its own.
-    code = "import fercli, fercli.pipeline, fercli.model, fercli.runtime as r; assert not r.keep_freed_memory.cache_info().currsize"
+    code = "import fercli, fercli.job.pipeline, fercli.nets.model, fercli.core.runtime as r; assert not r.keep_freed_memory.cache_info().currsize"
     assert _env_after(code) == {"OMP_WAIT_POLICY": None, "GOMP_SPINCOUNT": None}
 
 
@@ -72,7 +72,7 @@ def test_annotate_leaves_the_allocator_as_the_program_set_it(tmp_path, lstm_chec
 
     clip = media.make_clip(tmp_path / "c.mp4", 1.0, 10, (96, 96), media.still_face(10, 10, 70))
     code = (
-        "import sys, fercli, fercli.runtime as r; "
+        "import sys, fercli, fercli.core.runtime as r; "
         f"fercli.annotate([{str(clip)!r}], {str(tmp_path / 'r.csv')!r}, model={str(lstm_checkpoint)!r}, device='cpu'); "
         "assert not r.keep_freed_memory.cache_info().currsize, 'annotate applied mallopt'"
     )

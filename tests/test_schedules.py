@@ -1,4 +1,4 @@
-"""fercli.schedules: worker processes that die (OOM killer, a decoder crashing) do not stop the batch."""
+"""fercli.job.schedules: worker processes that die (OOM killer, a decoder crashing) do not stop the batch."""
 
 from __future__ import annotations
 
@@ -12,9 +12,9 @@ import pandas as pd
 import pytest
 
 import fercli
-from fercli import schedules
-from fercli.options import AnnotateOptions
-from fercli.writers import read_table
+from fercli.job import schedules
+from fercli.job.contract import AnnotateOptions
+from fercli.tables.writers import read_table
 
 RUN_LIMIT_S = 240  # a run that has not ended by then is hung
 

@@ -6,13 +6,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from fercli import afew, examples, splits
-from fercli.errors import DataError
+from fercli.core.errors import DataError
+from fercli.datasets import afew, examples, splits
 
 REPO = Path(__file__).resolve().parents[1]
 
 from conftest import fake_samples  # noqa: E402
-
 
 # --- splits ------------------------------------------------------------------------------------
 

@@ -12,11 +12,11 @@ import sys
 from pathlib import Path
 
 import pytest
-
-from fercli import weights
-from fercli.errors import WeightsError
-from fercli.weights import WeightsEntry
 from conftest import git_hash_object as _git_hash_object
+
+from fercli.core.errors import WeightsError
+from fercli.nets import weights
+from fercli.nets.weights import WeightsEntry
 
 SERVED_BYTES = 2_500_000  # > 2 chunks of 1 MiB, so progress is reported several times
 
@@ -48,7 +48,7 @@ def test_shipped_registry_has_hsemotion():
 
 
 def test_package_registry_is_the_weights_registry():
-    pkg = Path(weights.__file__).with_name("registry.json")
+    pkg = weights.REGISTRY_FILE
     top = Path(__file__).resolve().parents[1] / "weights" / "registry.json"
     assert pkg.resolve() == top.resolve()
     for fields in json.loads(top.read_text()).values():
@@ -79,7 +79,7 @@ def test_git_blob_id_matches_git_hash_object(tmp_path, size):
 
 
 def test_importing_weights_does_not_import_torch():
-    code = "import sys, fercli.weights; sys.exit('torch' in sys.modules)"
+    code = "import sys, fercli.nets.weights; sys.exit('torch' in sys.modules)"
     result = subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).parents[1])
     assert result.returncode == 0
 
@@ -317,7 +317,7 @@ def test_sha256_prefix_mismatch_is_refused_and_deleted(server, cache):
 
 
 def test_backbone_weights_are_not_an_annotation_model(server, cache, monkeypatch):
-    from fercli import checkpoints
+    from fercli.nets import checkpoints
 
     url, _, requests = server
     monkeypatch.setattr(weights, "registry", lambda: {"test": _prefix_entry(f"{url}/w.pth", "00000000")})

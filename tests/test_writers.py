@@ -3,8 +3,17 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 
-from fercli.errors import DataError, FerError
-from fercli.writers import TableWriter, check_output, errors_path, read_errors, read_metadata, read_table, schema, write_errors
+from fercli.core.errors import DataError, FerError
+from fercli.tables.writers import (
+    TableWriter,
+    check_output,
+    errors_path,
+    read_errors,
+    read_metadata,
+    read_table,
+    schema,
+    write_errors,
+)
 
 META = {"model": "m.pt", "weights_sha256": "ab" * 32, "fps": 5.0, "window": 5, "per_frame": False, "all_faces": False}
 
@@ -218,8 +227,8 @@ def test_errors_sidecar_written_and_cleared(tmp_path):
 
 
 def test_an_out_that_cannot_be_a_table_is_refused_before_any_work(tmp_path):
-    from fercli.errors import FerError
-    from fercli.writers import check_output
+    from fercli.core.errors import FerError
+    from fercli.tables.writers import check_output
 
     (tmp_path / "results.parquet").mkdir()  # a folder where the table should go
     with pytest.raises(FerError, match=r"results.parquet is a folder: --out names the table"):
@@ -253,7 +262,7 @@ def test_a_users_file_by_the_errors_name_is_never_removed_or_replaced(tmp_path):
 
 
 def test_readers_find_the_errors_file_an_older_fer_wrote(tmp_path):
-    from fercli.writers import find_errors
+    from fercli.tables.writers import find_errors
 
     out = tmp_path / "study.parquet"
     assert find_errors(out) is None
@@ -296,8 +305,8 @@ def test_resume_refuses_a_finished_table_of_another_model_csv_included(tmp_path,
 def test_the_errors_file_is_read_one_way_for_every_tool(tmp_path):
     """read_errors: [] without one, each error to its first line, DataError naming a damaged one;
     the report and the export take that error as it is (they had two policies)."""
-    from fercli.export import ExportOptions, export
-    from fercli.report import write_report
+    from fercli.views.export import ExportOptions, export
+    from fercli.views.report import write_report
 
     out = tmp_path / "r.parquet"
     w = writer(out)

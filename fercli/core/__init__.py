@@ -1,0 +1,4 @@
+"""The floor every layer stands on: errors, atomic files, the label scale, devices, process settings.
+
+Imports nothing else of fercli.
+"""

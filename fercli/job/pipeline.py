@@ -1,0 +1,207 @@
+"""The annotation job: clips in, one table of per-second valence/arousal out.
+
+Data flows one way: inputs -> decode (sampled frames) -> faces (track, crop) -> model.encode
+(batched, once per sample) -> windows (per-second units) -> model head -> rows -> writers. The
+stages live in `stages`; `annotate` picks where they run (a schedule) and owns the table: the
+writer, resume, the errors file and the metadata.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import replace
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Callable, Iterable, Iterator
+
+from ..core.errors import FerError
+from ..media.inputs import Clip, find_clips
+from .contract import AnnotateOptions, AnnotateResult, ProgressEvent, VideoResult
+from .stages import NO_CLOCK, Labeler, StageClock, has_expressions
+
+log = logging.getLogger("fercli")
+
+__all__ = ["annotate", "run_metadata", "AnnotateOptions", "AnnotateResult", "ProgressEvent", "VideoResult"]
+
+
+def annotate(
+    paths: Iterable[str | Path],
+    out: str | Path,
+    *,
+    model="hsemotion",
+    device=None,
+    options: AnnotateOptions | None = None,
+    progress: Callable[[ProgressEvent], None] | None = None,
+    clock: StageClock | None = None,
+) -> AnnotateResult:
+    """Annotate every clip under `paths` into the table `out` (.parquet or .csv).
+
+    model: a registry name ("hsemotion", the default), a checkpoint path, or a loaded network
+    (`load_model`). device: "auto", "cpu", "cuda", "cuda:N" or a torch.device; by default the
+    loaded network's own device, else "auto". A clip that fails is reported in the result and in
+    `<out name>.errors.csv`; the others go on. An existing `out` needs `options.resume` or
+    `options.overwrite`. Process-wide tuning (OpenMP spinning, glibc's freed memory) is left
+    to the program: see `fercli.core.runtime.tune_process`.
+    """
+    from ..core.files import OutputLock
+    from ..nets.engines import engine_of, place
+    from ..nets.model import load_placed
+    from ..tables.writers import check_output
+
+    options = options or AnnotateOptions()
+    emit = progress or (lambda event: None)
+    clock = clock or NO_CLOCK
+    out = Path(out)
+    options.rows  # noqa: B018  (refuses --per-frame with --per-sample before any work)
+    check_output(out, resume=options.resume, overwrite=options.overwrite)  # before any work
+    loaded = not isinstance(model, (str, Path))
+    requested = device if device is not None else (None if loaded else "auto")
+    if options.ray:
+        from .cluster import import_ray
+
+        import_ray()  # says how to install Ray before any output is touched
+    inputs = find_clips(paths)
+    if inputs.missing:
+        raise FerError(f"{inputs.missing[0]}: no such file or folder")
+    engine = options.engine or (engine_of(model) if loaded else "torch")
+    if loaded and engine != engine_of(model):
+        raise FerError(f"the network passed in runs on {engine_of(model)}, not {engine}: load it "
+                       f"with load_model(..., engine={engine!r})")  # fmt: skip
+    # The one place a run's engine, device and precision are settled: the model, the stages, the
+    # schedules and the table's metadata read them from here on.
+    where = place(engine, _network_device(model) if requested is None else requested, options.precision, options.ray)
+    if loaded:
+        model = model.to(where.device)
+    else:
+        emit(ProgressEvent("model"))
+        name = str(model)
+        on_bytes = lambda done, total: emit(ProgressEvent("download", name, done, total or 0))  # noqa: E731
+        model = load_placed(model, where, on_bytes)
+    device = where.device
+    options = replace(options, engine=engine, precision=where.precision)
+    with OutputLock(out):  # one run at a time writes `out`, its parts and its errors file
+        return _annotate_into(out, model, options, device, requested, inputs, clock, emit)
+
+
+def _annotate_into(out, model, options, device, requested, inputs, clock, emit) -> AnnotateResult:
+    from ..tables.writers import TableWriter, write_errors
+
+    writer = TableWriter(
+        out, run_metadata(model, options, device), rows=options.rows, all_faces=options.all_faces,
+        resume=options.resume, overwrite=options.overwrite, expressions=has_expressions(model),
+    )  # fmt: skip
+    done = writer.done() if options.resume else set()
+    result = AnnotateResult(out, skipped_files=inputs.skipped)
+    todo = []
+    for clip in _unique(inputs.clips, result):
+        if clip.name in done:
+            result.videos.append(VideoResult(clip.name, resumed=True))
+        else:
+            todo.append(clip)
+    labeler = Labeler(model, options, device, clock, emit, on_clip=lambda vr, rows: _store(vr, rows, writer, clock, result))
+    ended = False
+    try:
+        run = SCHEDULES[_schedule(options, device, len(todo))]
+        run(todo, labeler, options, device, clock, requested=str(requested or device.type))
+        ended = True
+    finally:  # also on Ctrl-C: keep what finished, in a whole file
+        if not ended and options.overwrite and out.exists():
+            # An interrupted --overwrite leaves the table it was to replace as it was: only a
+            # finished run swaps in its table. Its finished videos wait in the parts (--resume).
+            log.warning("%s: interrupted, left as it was; this run's finished videos are in %s", out, writer.parts)
+        else:
+            if result.videos or not out.exists():
+                with clock.stage("write"):
+                    result.rows = writer.finish([c.name for c in inputs.clips])
+            errors = [(v.video, v.error) for v in result.videos if v.error]
+            result.errors_file = write_errors(out, errors)
+    return result
+
+
+def _run_on_ray(clips, labeler, options, device, clock, requested: str) -> None:
+    from .cluster import run_on_ray
+
+    run_on_ray(clips, labeler, options, device, clock, requested=requested)
+
+
+def _run_in_thread(clips, labeler, options, device, clock, requested: str) -> None:
+    from .schedules import run_in_thread
+
+    run_in_thread(clips, labeler, options, device, clock)
+
+
+def _run_in_workers(clips, labeler, options, device, clock, requested: str) -> None:
+    from .schedules import run_in_workers
+
+    run_in_workers(clips, labeler, options, device, clock)
+
+
+# Where the stages run: each takes (clips, labeler, options, device, clock) and hands every
+# finished clip to labeler.on_clip; `requested` is the --device asked for (Ray places its model
+# actors by it). Imported on use: Ray is an optional extra.
+SCHEDULES = {"thread": _run_in_thread, "workers": _run_in_workers, "ray": _run_on_ray}
+
+
+def _schedule(options: AnnotateOptions, device, n_clips: int) -> str:
+    from .schedules import workers
+
+    if options.ray:
+        return "ray"
+    return "workers" if workers(options, device, n_clips) else "thread"
+
+
+def _network_device(model):
+    import torch
+
+    return next((p.device for p in model.parameters()), torch.device("cpu"))
+
+
+def _unique(clips: list[Clip], result: AnnotateResult) -> Iterator[Clip]:
+    seen: set[str] = set()
+    for clip in clips:
+        if clip.name in seen:
+            msg = f"{clip.path}: another input already gives a video named {clip.name!r}; annotate it separately"
+            result.videos.append(VideoResult(clip.name, error=msg))
+            continue
+        seen.add(clip.name)
+        yield clip
+
+
+def _store(vr: VideoResult, rows: list[dict] | None, writer, clock, result: AnnotateResult) -> None:
+    if rows is not None:
+        with clock.stage("write"):
+            vr.rows = writer.add(vr.video, rows)
+        vr.face_rows = sum(r["face"] for r in rows)
+    if vr.error:
+        log.error(vr.error)
+    result.videos.append(vr)
+
+
+def _engine_version(engine: str) -> str:
+    import importlib.metadata
+
+    return f"{engine} {importlib.metadata.version(engine)}"
+
+
+def run_metadata(model, options: AnnotateOptions, device) -> dict:
+    """What the output's Parquet metadata records about the run."""
+    from .. import __version__
+    from ..nets.engines import engine_of
+
+    cfg = model.config
+    return {
+        "fer_version": __version__,
+        "model": getattr(model, "source", type(model).__name__),
+        "arch": cfg.arch,
+        "weights_sha256": getattr(model, "weights_sha256", None),
+        "fps": cfg.fps,
+        "window": cfg.window,
+        "per_frame": options.per_frame,
+        "per_sample": options.per_sample,
+        "all_faces": options.all_faces,
+        "precision": options.precision,
+        "engine": _engine_version(engine_of(model)),
+        "frames_fps": options.frames_fps,
+        "preprocess": cfg.to_dict()["preprocess"],
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }

@@ -1,0 +1,138 @@
+"""`fer benchmark compare`: training runs side by side, as the paper's Table 2 sets them out.
+
+Everything comes from what a run folder records about itself (config.json, test.json,
+summary.csv): nothing is recomputed, so the table says what each run measured on its own test part.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from ..core.errors import DataError, first_line
+from ..core.files import atomic_write
+
+COLUMNS = [  # (key, header, format)
+    ("backbone", "backbone", "{}"),
+    ("init", "init", "{}"),
+    ("temporal", "temporal", "{}"),
+    ("split", "split", "{}"),
+    ("fraction", "fraction", "{:g}"),
+    ("ccc_valence", "CCC V", "{:.3f}"),
+    ("ccc_arousal", "CCC A", "{:.3f}"),
+    ("ccc_mean", "CCC mean", "{:.3f}"),
+    ("acc_valence", "acc V", "{:.3f}"),
+    ("acc_arousal", "acc A", "{:.3f}"),
+    ("f1_valence", "F1 V", "{:.3f}"),
+    ("f1_arousal", "F1 A", "{:.3f}"),
+    ("train_seconds", "train s", "{:.1f}"),
+    ("epochs", "epochs (best)", "{}"),
+    ("lr", "lr", "{:g}"),
+    ("batch_size", "batch", "{}"),
+    ("device", "device", "{}"),
+]
+
+
+@dataclass
+class RunRow:
+    """One run's line of the table (test-part figures of its best checkpoint)."""
+
+    name: str  # the run folder's name
+    backbone: str  # timm model
+    init: str  # where the backbone's weights came from
+    temporal: str
+    split: str
+    fraction: float
+    ccc_valence: float | None
+    ccc_arousal: float | None
+    ccc_mean: float | None
+    acc_valence: float | None
+    acc_arousal: float | None
+    f1_valence: float | None  # None for runs made before F1 was recorded
+    f1_arousal: float | None
+    train_seconds: float  # sum of the epochs' seconds
+    epochs: str  # "ran (best)"
+    lr: float
+    batch_size: int
+    device: str
+
+
+def read_run(folder: str | Path) -> RunRow:
+    """The table row of a finished `fer train` run folder; DataError naming what is missing."""
+    folder = Path(folder)
+    config, test = _json(folder / "config.json"), _json(folder / "test.json")
+    opts, model = config.get("options", {}), config.get("model", {})
+    epochs = _summary_rows(folder / "summary.csv")
+    ccc = [test.get("ccc_valence"), test.get("ccc_arousal")]
+    return RunRow(
+        name=folder.name,
+        backbone=model.get("backbone", "?"),
+        init=opts.get("init", opts.get("backbone", "?")),
+        temporal=opts.get("temporal", model.get("temporal", "?")),
+        split=opts.get("split", "?"),
+        fraction=float(opts.get("fraction", 1.0)),
+        ccc_valence=ccc[0],
+        ccc_arousal=ccc[1],
+        ccc_mean=(ccc[0] + ccc[1]) / 2 if None not in ccc else None,
+        acc_valence=test.get("acc_valence"),
+        acc_arousal=test.get("acc_arousal"),
+        f1_valence=test.get("f1_valence"),
+        f1_arousal=test.get("f1_arousal"),
+        train_seconds=sum(float(r["seconds"]) for r in epochs),
+        epochs=f"{len(epochs)} ({test.get('best_epoch', '?')})",
+        lr=float(opts.get("lr", float("nan"))),
+        batch_size=int(opts.get("batch_size", 0)),
+        device=str(config.get("device", opts.get("device", "?"))),
+    )
+
+
+def compare(runs: list[str | Path], out: str | Path | None = None) -> list[RunRow]:
+    """Rows for `runs`, in the order given; with `out`, also compare.md and compare.json there."""
+    rows = [read_run(r) for r in runs]
+    names = [r.name for r in rows]
+    if len(set(names)) != len(names):
+        raise DataError(f"two runs share a folder name ({', '.join(n for n in names if names.count(n) > 1)}); compare.json is keyed by it")
+    if out is not None:
+        out = Path(out)
+        out.mkdir(parents=True, exist_ok=True)
+        text = markdown(rows)
+        atomic_write(out / "compare.md", lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
+        doc = json.dumps({"runs": {r.name: {k: v for k, v in asdict(r).items() if k != "name"} for r in rows}}, indent=2)
+        atomic_write(out / "compare.json", lambda tmp: Path(tmp).write_text(doc + "\n", encoding="utf-8"))
+    return rows
+
+
+def cell(row: RunRow, key: str, fmt: str) -> str:
+    value = getattr(row, key)
+    return "-" if value is None else fmt.format(value)
+
+
+def markdown(rows: list[RunRow]) -> str:
+    """The table as Markdown: one line per run, test-part figures of each run's best checkpoint."""
+    head = ["run", *(h for _, h, _ in COLUMNS)]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in rows:
+        lines.append("| " + " | ".join([r.name, *(cell(r, k, f) for k, _, f in COLUMNS)]) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def _json(path: Path) -> dict:
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise DataError(f"{path}: missing (not a finished `fer train` run folder)") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise DataError(f"{path}: unreadable ({first_line(e)})") from None
+    if not isinstance(doc, dict):
+        raise DataError(f"{path}: not a JSON object")
+    return doc
+
+
+def _summary_rows(path: Path) -> list[dict]:
+    try:
+        with open(path, newline="", encoding="utf-8") as f:
+            return list(csv.DictReader(f))
+    except FileNotFoundError:
+        raise DataError(f"{path}: missing (not a finished `fer train` run folder)") from None

@@ -1,0 +1,652 @@
+"""`fer report`: one self-contained HTML page for a whole batch of annotations.
+
+The page (`index.html` in the report folder) holds everything it needs: styles, inline SVG drawn
+here in Python, and a few lines of our own JavaScript for the interaction. It fetches nothing
+when viewed; the only files it points at are the clips themselves, by a relative path, so a
+report folder opened from disk (file://) or served together with the videos plays them.
+
+What it shows:
+
+- a summary of the batch (clips, seconds, share of seconds with a face, failed clips with their
+  one-line error from the `<out name>.errors.csv` sidecar) and a table per clip;
+- per clip, a timeline of valence and arousal: second *s* is drawn over its span [start, end)
+  (= [s, s+1), the clip's last second ends at the clip's end), each segment's opacity is the
+  confidence of its label (`*_conf`; frame models have none and are drawn opaque), and seconds
+  without a face are shaded grey;
+- with `--all-faces` tables (a `person` column), one timeline per tracked face inside the clip's
+  section, all sharing the clip's player; a second in which a face has no row (it was not seen)
+  is shaded on that face's timeline;
+- the circumplex: valence against arousal for every second with a face, one colour per clip;
+- where the clip's file is found under the videos root, a `<video>` player beside the
+  timeline: clicking a timeline seeks the video there, and a cursor on every timeline of the
+  clip follows playback; a clip browsers cannot play (AVI, MJPEG, HEVC, Matroska) plays from a
+  small H.264 preview fer makes in the report's `previews/` folder, and the page says so.
+
+Per-frame and per-sample tables (`--per-frame`, `--per-sample`) are not supported: the page is about seconds.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import logging
+import math
+import os
+import urllib.parse
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from ..core.errors import DataError, FerError
+from ..core.files import atomic_write, check_out_dir
+from ..core.labels import DIMENSIONS, LABEL_MAX, LABEL_MIN
+from .render import PREVIEW_HEIGHT
+
+log = logging.getLogger("fercli")
+REPORT_NAME = "index.html"
+PREVIEWS = "previews"  # the folder in the report for copies of clips browsers cannot play
+COLORS = {"valence": "#3b6fb6", "arousal": "#c8453b"}
+# matplotlib's tab10, so clips keep the colours `fer plot` gives them.
+PALETTE = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf"]
+NO_FACE_FILL = "#dcdcdc"
+MIN_OPACITY = 0.2  # a label with confidence 0 stays visible
+
+# Timeline geometry, in SVG user units (the SVG scales to the page's width).
+TL_WIDTH, TL_LEFT, TL_RIGHT = 760, 58, 12
+TRACK_H, TRACK_GAP, TL_TOP, AXIS_H = 78, 10, 6, 24
+
+
+# --- the library entry point --------------------------------------------------------------------
+
+
+def write_report(
+    table_path: str | Path,
+    out_dir: str | Path,
+    *,
+    videos: str | Path | None = None,
+    overwrite: bool = False,
+    title: str | None = None,
+    previews: bool = True,
+) -> Path:
+    """Write the batch report for a `fer annotate` table to `out_dir/index.html`; returns its path.
+
+    videos: the folder the table's `video` paths are relative to (the folder `fer annotate` was
+    pointed at); default the table's own folder. A clip found there gets a player, linked by a
+    path relative to the report. previews: a clip browsers cannot play (an AVI, MJPEG, HEVC,
+    Matroska: `render.browser_plays`) gets a small H.264 copy in `out_dir/previews/` to play
+    instead, and a note naming the original; without, its player says it cannot play it.
+    overwrite: allow a non-empty `out_dir` (its `index.html` and the previews it makes are
+    replaced; nothing else in it is touched). Raises FerError (one line) for a missing or
+    unreadable table, a per-frame table, a missing videos folder, or a non-empty `out_dir`.
+    """
+    table_path, out_dir = Path(table_path), Path(out_dir)
+    df = read_annotations(table_path)
+    from ..tables.writers import read_errors
+
+    errors = read_errors(table_path)  # one policy for every tool
+    root = table_path.parent if videos is None else Path(videos)
+    if not root.is_dir():
+        raise FerError(f"{root}: --videos must be a folder (the one the table's video paths are relative to)")
+    check_out_dir(out_dir, overwrite=overwrite, what="report")
+    meta = _metadata(table_path)
+    made = _previews(df, root, out_dir) if previews else {}
+    page = render(df, errors, out_dir=out_dir, videos_root=root, title=title or table_path.name, metadata=meta, previews=made)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / REPORT_NAME
+    atomic_write(path, lambda tmp: Path(tmp).write_text(page, encoding="utf-8"))
+    return path
+
+
+def _previews(df: pd.DataFrame, root: Path, out_dir: Path) -> dict[str, Path]:
+    """video -> a preview browsers play, made for each clip under `root` they cannot play as it is."""
+    from ..media.inputs import clip_under
+    from .plots import safe_names
+    from .render import browser_plays, preview
+
+    found = {v: clip_under(root, v) for v in pd.unique(df["video"].astype(str))}
+    todo = [v for v, path in found.items() if path is not None and path.is_file() and not browser_plays(path)]
+    made = {}
+    for video, stem in zip(todo, safe_names(todo)):
+        target = out_dir / PREVIEWS / f"{stem}.mp4"
+        try:
+            preview(found[video], target)
+        except FerError as e:  # a clip fer annotated but cannot re-read now: its player says so
+            log.warning("no preview for %s: %s", video, e)
+            continue
+        made[video] = target
+    return made
+
+
+def read_annotations(table_path: Path) -> pd.DataFrame:
+    """The table as a DataFrame, checked to be a per-second fer table; FerError (one line) if not."""
+    from ..tables.writers import read_table
+
+    df = read_table(table_path)
+    if "second" not in df and ("frame" in df or "sample_index" in df):
+        raise DataError(f"{table_path}: a per-frame or per-sample table; fer report reads per-second tables")
+    missing = [c for c in ("video", "second", "face") if c not in df]
+    missing += [d for d in DIMENSIONS if d not in df and f"{d}_score" not in df]
+    if missing:
+        raise DataError(f"{table_path}: missing column(s) {', '.join(missing)}")
+    return df
+
+
+# --- numbers --------------------------------------------------------------------------------------
+
+
+@dataclass
+class ClipSummary:
+    """One clip's numbers, as the summary table shows them."""
+
+    video: str
+    seconds: int  # distinct seconds with a row
+    face_seconds: int  # of those, seconds in which a face (any face, with --all-faces) was found
+    duration: float  # the clip's end (last row's end)
+    faces: int  # people: distinct `person` ids, else the most seen in one row (`people`), else 1 or 0
+    mean_valence: float | None
+    mean_arousal: float | None
+
+    @property
+    def face_share(self) -> float | None:
+        return self.face_seconds / self.seconds if self.seconds else None
+
+
+@dataclass
+class BatchSummary:
+    """The batch's numbers: clips annotated (in table order) and clips that failed."""
+
+    clips: list[ClipSummary]
+    errors: list[tuple[str, str]] = field(default_factory=list)
+
+    @property
+    def seconds(self) -> int:
+        return sum(c.seconds for c in self.clips)
+
+    @property
+    def face_seconds(self) -> int:
+        return sum(c.face_seconds for c in self.clips)
+
+    @property
+    def face_share(self) -> float | None:
+        return self.face_seconds / self.seconds if self.seconds else None
+
+
+def summarize(df: pd.DataFrame, errors: list[tuple[str, str]] | None = None) -> BatchSummary:
+    """Per-clip and batch numbers for a per-second table (and the failed clips beside it)."""
+    df = _normalized(df)
+    clips = []
+    for video, rows in df.groupby("video", sort=False):
+        per_second = rows.groupby("second")["face"].any()
+        faced = rows[rows["face"]]
+        n_faces = _people(rows, faced)
+        means = [faced[_value_column(df, d)].astype(float).mean() if len(faced) else None for d in DIMENSIONS]
+        clips.append(
+            ClipSummary(
+                video=video,
+                seconds=int(per_second.size),
+                face_seconds=int(per_second.sum()),
+                duration=float(rows["end"].max()),
+                faces=int(n_faces),
+                mean_valence=_finite(means[0]),
+                mean_arousal=_finite(means[1]),
+            )
+        )
+    return BatchSummary(clips, list(errors or []))
+
+
+def _normalized(df: pd.DataFrame) -> pd.DataFrame:
+    """video as str, start/end and face filled in where an older or hand-made table lacks them."""
+    df = df.copy()
+    df["video"] = df["video"].astype(str)
+    df["second"] = pd.to_numeric(df["second"]).astype(int)
+    if "start" not in df:
+        df["start"] = df["second"].astype(float)
+    if "end" not in df:
+        df["end"] = df["second"] + 1.0
+    v, a = (_value_column(df, d) for d in DIMENSIONS)
+    has_labels = df[v].notna() & df[a].notna()
+    # A row counts as a face only if it says so and carries labels: what the timeline can draw.
+    df["face"] = (df["face"].fillna(False).astype(bool) if "face" in df else True) & has_labels
+    return df
+
+
+# --- the page -------------------------------------------------------------------------------------
+
+
+def render(
+    df: pd.DataFrame,
+    errors: list[tuple[str, str]],
+    *,
+    out_dir: Path,
+    videos_root: Path,
+    title: str,
+    metadata: dict | None = None,
+    previews: dict[str, Path] | None = None,
+) -> str:
+    """The report page as one HTML string (see the module docstring for what it holds);
+    `previews`: video -> a copy to play in the original's place (`write_report` makes them)."""
+    from ..media.inputs import clip_under
+
+    df = _normalized(df)
+    summary = summarize(df, errors)
+    colors = {c.video: PALETTE[i % len(PALETTE)] for i, c in enumerate(summary.clips)}
+    sections = []
+    for i, (clip, (video, rows)) in enumerate(zip(summary.clips, df.groupby("video", sort=False))):
+        path = clip_under(videos_root, video)
+        copy = (previews or {}).get(video)
+        src = _relative_src(copy or path, out_dir) if path else None
+        original = _relative_src(path, out_dir) if copy else None
+        sections.append(_clip_section(i, clip, rows, df, src, colors[video], videos_root, original))
+    body = "\n".join(
+        [
+            f"<header><h1>{_e(title)}</h1>{_meta_line(metadata)}</header>",
+            f'<div class="overview">{_summary_html(summary, colors)}{_circumplex_html(df, summary, colors)}</div>',
+            *sections,
+        ]
+    )
+    return PAGE.format(title=_e(f"fer report: {title}"), css=CSS, body=body, js=JS)
+
+
+def _summary_html(summary: BatchSummary, colors: dict[str, str]) -> str:
+    n_ok, n_failed = len(summary.clips), len(summary.errors)
+    batch = [
+        ("clips", f"{n_ok + n_failed} ({n_ok} annotated, {n_failed} failed)"),
+        ("seconds", f"{summary.seconds}"),
+        ("seconds with a face", f"{summary.face_seconds} ({_pct(summary.face_share)})"),
+        ("errors", f"{n_failed}"),
+    ]
+    rows = "".join(f'<tr><th scope="row">{k}</th><td data-key="{k}">{_e(v)}</td></tr>' for k, v in batch)
+    clip_rows = "".join(
+        f'<tr data-video="{_e(c.video)}"><td><span class="swatch" style="background:{colors[c.video]}"></span>'
+        f'<a href="#clip-{i}">{_e(c.video)}</a></td><td>{c.seconds}</td><td>{c.duration:.2f} s</td>'
+        f"<td>{_pct(c.face_share)}</td><td>{c.faces}</td><td>{_num(c.mean_valence)}</td><td>{_num(c.mean_arousal)}</td></tr>"
+        for i, c in enumerate(summary.clips)
+    )
+    parts = [
+        '<section class="summary" id="summary"><h2>Summary</h2>',
+        f'<table class="batch">{rows}</table>',
+        '<table class="clips"><thead><tr><th>clip</th><th>seconds</th><th>duration</th><th>with a face</th>'
+        f"<th>faces</th><th>mean valence</th><th>mean arousal</th></tr></thead><tbody>{clip_rows}</tbody></table>",
+    ]
+    if summary.errors:
+        err_rows = "".join(f"<tr><td>{_e(v)}</td><td>{_e(e)}</td></tr>" for v, e in summary.errors)
+        parts.append(
+            '<h3>Failed clips</h3><table class="errors"><thead><tr><th>clip</th><th>error</th></tr></thead>'
+            f"<tbody>{err_rows}</tbody></table>"
+        )
+    parts.append("</section>")
+    return "".join(parts)
+
+
+def _clip_section(i: int, clip: ClipSummary, rows: pd.DataFrame, df: pd.DataFrame, src, color, root, original=None) -> str:
+    duration = max(clip.duration, float(rows["second"].max()) + 1e-9, 1e-3)
+    faces = _faces(rows)
+    timelines, data = [], []
+    for label, face_rows in faces:
+        timelines.append(f'<figure class="face"><figcaption>{_e(label)}</figcaption>{_timeline_svg(face_rows, rows, duration, df)}</figure>')
+        data.append({"label": label, "seconds": _readout_rows(face_rows, df)})
+    if src:
+        copy_note = (
+            f'<p class="preview-note">a preview (H.264, {PREVIEW_HEIGHT} px high): browsers do not play '
+            f'<a href="{_e(original)}">the original file</a></p>'
+            if original
+            else ""
+        )
+        player = (
+            f'<div class="player"><video controls preload="metadata" src="{_e(src)}"></video>{copy_note}'
+            '<p class="video-note" hidden>the browser cannot play this file</p></div>'
+        )
+    else:
+        player = f'<div class="player missing"><p>video not found under {_e(str(root))}</p></div>'
+    share = _pct(clip.face_share)
+    blob = json.dumps({"video": clip.video, "duration": duration, "faces": data}).replace("<", "\\u003c")
+    return (
+        f'<section class="clip" id="clip-{i}" data-video="{_e(clip.video)}" data-duration="{duration:.6g}">'
+        f'<h2><span class="swatch" style="background:{color}"></span>{_e(clip.video)}</h2>'
+        f'<p class="stats">{clip.seconds} s, face in {share} of seconds, {clip.faces} face(s)'
+        f' &middot; <output class="readout">click a timeline to read a second</output></p>'
+        f'<div class="clip-body">{player}<div class="timelines">{"".join(timelines)}</div></div>'
+        f'<script type="application/json" class="clip-data">{blob}</script></section>'
+    )
+
+
+def _people(rows: pd.DataFrame, faced: pd.DataFrame) -> int:
+    """How many people a clip's rows saw: a default table follows one but counts the others."""
+    if "person" in rows:
+        return int(faced["person"].nunique())
+    if "people" in rows and rows["people"].notna().any():
+        return int(rows["people"].max())
+    return int(len(faced) > 0)
+
+
+def _faces(rows: pd.DataFrame) -> list[tuple[str, pd.DataFrame]]:
+    """(caption, rows) per timeline: one per person in an --all-faces table, else one for the clip."""
+    if "person" not in rows:
+        return [("valence and arousal", rows)]
+    ids = sorted(int(f) for f in rows.loc[rows["face"], "person"].dropna().unique())
+    if not ids:  # no face was ever found: one timeline, all shaded
+        return [("no face found", rows.iloc[0:0])]
+    return [(f"person {f}", rows[rows["person"] == f]) for f in ids]
+
+
+def _timeline_svg(face_rows: pd.DataFrame, clip_rows: pd.DataFrame, duration: float, df: pd.DataFrame) -> str:
+    x0, x1 = TL_LEFT, TL_WIDTH - TL_RIGHT
+    height = TL_TOP + 2 * TRACK_H + TRACK_GAP + AXIS_H
+    bottom = TL_TOP + 2 * TRACK_H + TRACK_GAP
+
+    def x(t: float) -> float:
+        return x0 + (x1 - x0) * min(max(t / duration, 0.0), 1.0)
+
+    # Spans of this timeline's seconds: every second of the clip, faced where this face was found.
+    spans = clip_rows.groupby("second").agg(start=("start", "min"), end=("end", "max")).sort_index()
+    faced = face_rows[face_rows["face"]].set_index("second")
+    out = [
+        f'<svg class="timeline" viewBox="0 0 {TL_WIDTH} {height}" role="img" data-x0="{x0}" data-x1="{x1}" '
+        f'data-duration="{duration:.6g}" aria-label="valence and arousal over time">'
+    ]
+    # Shading first, under everything: seconds in which this face was not found.
+    for s, span in spans.iterrows():
+        if s not in faced.index:
+            out.append(
+                f'<rect class="noface" data-second="{s}" x="{x(span.start):.2f}" y="{TL_TOP}" '
+                f'width="{max(x(span.end) - x(span.start), 0.5):.2f}" height="{bottom - TL_TOP}" fill="{NO_FACE_FILL}">'
+                f"<title>second {s}: no face</title></rect>"
+            )
+    for k, dim in enumerate(DIMENSIONS):
+        top = TL_TOP + k * (TRACK_H + TRACK_GAP)
+
+        def y(v: float, top=top) -> float:
+            return top + TRACK_H * (LABEL_MAX + 0.5 - v) / (LABEL_MAX - LABEL_MIN + 1)
+
+        out.append(f'<rect class="track" x="{x0}" y="{top}" width="{x1 - x0}" height="{TRACK_H}" fill="none" stroke="#bbb"/>')
+        for v in (-10, -5, 0, 5, 10):
+            grid = "#999" if v == 0 else "#e4e4e4"
+            out.append(f'<line x1="{x0}" x2="{x1}" y1="{y(v):.2f}" y2="{y(v):.2f}" stroke="{grid}" stroke-width="0.8"/>')
+            out.append(f'<text x="{x0 - 4}" y="{y(v) + 3.5:.2f}" class="tick" text-anchor="end">{v}</text>')
+        out.append(f'<text x="{x0 + 5}" y="{top + 12}" class="dim" fill="{COLORS[dim]}">{dim}</text>')
+        col = _value_column(df, dim)
+        conf_col = f"{dim}_conf"
+        # A thin step line joins consecutive faced seconds so the eye can follow the course;
+        # the thick segment over each second's span carries the value and its confidence.
+        path, prev = [], None
+        for s, r in faced.sort_index().iterrows():
+            v = float(r[col])
+            cmd = "L" if prev == s - 1 else "M"
+            path.append(f"{cmd}{x(r.start):.2f},{y(v):.2f} L{x(r.end):.2f},{y(v):.2f}")
+            prev = s
+        if path:
+            out.append(f'<path d="{" ".join(path)}" fill="none" stroke="{COLORS[dim]}" stroke-width="1" stroke-opacity="0.5"/>')
+        for s, r in faced.sort_index().iterrows():
+            v = float(r[col])
+            conf = _finite(r.get(conf_col)) if conf_col in faced else None
+            opacity = 1.0 if conf is None else MIN_OPACITY + (1 - MIN_OPACITY) * min(max(conf, 0.0), 1.0)
+            tip = f"second {s}: {dim} {_label(v)}" + ("" if conf is None else f", confidence {conf:.2f}")
+            out.append(
+                f'<line class="seg {dim}" data-second="{s}" data-value="{_label(v)}" x1="{x(r.start):.2f}" '
+                f'x2="{x(r.end):.2f}" y1="{y(v):.2f}" y2="{y(v):.2f}" stroke="{COLORS[dim]}" stroke-width="5" '
+                f'stroke-opacity="{opacity:.3f}"><title>{_e(tip)}</title></line>'
+            )
+    step = _tick_step(duration)
+    t = 0.0
+    while t <= duration + 1e-9:
+        out.append(f'<line x1="{x(t):.2f}" x2="{x(t):.2f}" y1="{bottom - 2}" y2="{bottom + 3}" stroke="#777"/>')
+        out.append(f'<text x="{x(t):.2f}" y="{bottom + 15}" class="tick" text-anchor="middle">{_clock(t)}</text>')
+        t += step
+    out.append(f'<text x="4" y="{bottom + 15}" class="tick unit">time (s)</text>')
+    # The cursor (moved by the page's script) and a transparent layer that takes the clicks.
+    out.append(f'<line class="cursor" x1="{x0}" x2="{x0}" y1="{TL_TOP - 4}" y2="{bottom + 2}" stroke="#111" stroke-width="1.5"/>')
+    out.append(f'<rect class="hit" x="{x0}" y="{TL_TOP}" width="{x1 - x0}" height="{bottom - TL_TOP}" fill="transparent"/>')
+    out.append("</svg>")
+    return "".join(out)
+
+
+def _readout_rows(face_rows: pd.DataFrame, df: pd.DataFrame) -> dict[str, list]:
+    """second -> [valence, arousal, valence_conf, arousal_conf] for the seconds this face was found."""
+    out = {}
+    v_col, a_col = (_value_column(df, d) for d in DIMENSIONS)
+    for _, r in face_rows[face_rows["face"]].iterrows():
+        out[str(int(r["second"]))] = [
+            _round(r[v_col]),
+            _round(r[a_col]),
+            _round(r.get("valence_conf"), 2),
+            _round(r.get("arousal_conf"), 2),
+        ]
+    return out
+
+
+def _circumplex_html(df: pd.DataFrame, summary: BatchSummary, colors: dict[str, str]) -> str:
+    size, pad = 440, 34
+    lo, hi = LABEL_MIN - 0.5, LABEL_MAX + 0.5
+
+    def px(v: float) -> float:
+        return pad + (size - 2 * pad) * (v - lo) / (hi - lo)
+
+    def py(a: float) -> float:
+        return size - px(a)
+
+    v_col, a_col = (_value_column(df, d) for d in DIMENSIONS)
+    out = [f'<svg class="circumplex" viewBox="0 0 {size} {size}" role="img" aria-label="valence against arousal">']
+    out.append(f'<rect x="{pad}" y="{pad}" width="{size - 2 * pad}" height="{size - 2 * pad}" fill="none" stroke="#bbb"/>')
+    r10 = px(LABEL_MAX) - px(0)
+    out.append(f'<circle cx="{px(0)}" cy="{py(0)}" r="{r10:.2f}" fill="none" stroke="#ccc"/>')
+    out.append(f'<line x1="{px(lo)}" x2="{px(hi)}" y1="{py(0)}" y2="{py(0)}" stroke="#aaa"/>')
+    out.append(f'<line x1="{px(0)}" x2="{px(0)}" y1="{py(lo)}" y2="{py(hi)}" stroke="#aaa"/>')
+    for (qx, qy), word in {(1, 1): "excited", (-1, 1): "tense", (-1, -1): "sad", (1, -1): "calm"}.items():
+        out.append(f'<text x="{px(8 * qx):.1f}" y="{py(9.3 * qy) + 4:.1f}" class="quad" text-anchor="middle">{word}</text>')
+    for v in (-10, -5, 0, 5, 10):
+        out.append(f'<text x="{px(v):.1f}" y="{size - pad + 14}" class="tick" text-anchor="middle">{v}</text>')
+        out.append(f'<text x="{pad - 5}" y="{py(v) + 4:.1f}" class="tick" text-anchor="end">{v}</text>')
+    out.append(f'<text x="{size / 2}" y="{size - 4}" class="axis" text-anchor="middle">valence</text>')
+    out.append(f'<text x="12" y="{size / 2}" class="axis" text-anchor="middle" transform="rotate(-90 12 {size / 2})">arousal</text>')
+    faced = df[df["face"]]
+    n_points = 0
+    for video, rows in faced.groupby("video", sort=False):
+        pairs = rows[[v_col, a_col]].astype(float).to_numpy()
+        # Integer labels pile up on the same spot: one dot per distinct pair, its area by count.
+        pts, counts = np.unique(pairs, axis=0, return_counts=True)
+        for (v, a), n in zip(pts, counts):
+            r = 3.0 + 2.0 * math.sqrt(n - 1)
+            tip = f"{video}: valence {_label(v)}, arousal {_label(a)}, {n} s"
+            out.append(
+                f'<circle class="point" data-video="{_e(video)}" data-count="{n}" cx="{px(v):.2f}" cy="{py(a):.2f}" '
+                f'r="{r:.2f}" fill="{colors[video]}" fill-opacity="0.6"><title>{_e(tip)}</title></circle>'
+            )
+            n_points += int(n)
+    out.append("</svg>")
+    legend = "".join(
+        f'<li><span class="swatch" style="background:{colors[c.video]}"></span>{_e(c.video)}</li>' for c in summary.clips
+    )
+    return (
+        '<section class="circumplex-section" id="circumplex"><h2>Circumplex</h2>'
+        f'<p class="note">{summary.face_seconds} seconds with a face{_per_face(n_points, summary.face_seconds)}; '
+        f'a dot per (valence, arousal) pair of a clip, larger where seconds share it.</p><div class="circ-body">{"".join(out)}<ul class="legend">{legend}</ul></div></section>'
+    )
+
+
+# --- helpers --------------------------------------------------------------------------------------
+
+
+def _per_face(face_seconds: int, seconds: int) -> str:
+    # An --all-faces table has a dot's worth per face per second: the count of seconds is the
+    # summary's, and the dots' own count is said beside it, never in its place.
+    return "" if face_seconds == seconds else f" ({face_seconds} face-seconds: each face counts in a second it was seen)"
+
+
+def _relative_src(path: Path, out_dir: Path) -> str:
+    """A URL for `path` relative to the report folder (an absolute file URI across drives)."""
+    try:
+        rel = os.path.relpath(path.resolve(), out_dir.resolve())
+    except ValueError:  # Windows: another drive has no relative path
+        return path.resolve().as_uri()
+    return urllib.parse.quote(Path(rel).as_posix())
+
+
+def _metadata(table_path: Path) -> dict | None:
+    from ..tables.writers import read_metadata
+
+    try:
+        return read_metadata(table_path)
+    except Exception:  # the table itself was readable; metadata is only a caption
+        return None
+
+
+def _meta_line(meta: dict | None) -> str:
+    if not meta:
+        return ""
+    bits = [f"model {meta['model']}" if meta.get("model") else None]
+    bits += [f"{meta['fps']:g} frames/s" if isinstance(meta.get("fps"), (int, float)) else None]
+    bits += [f"fer {meta['fer_version']}" if meta.get("fer_version") else None]
+    bits += [f"made {meta['created']}" if meta.get("created") else None]
+    return f'<p class="meta">{_e(" · ".join(b for b in bits if b))}</p>'
+
+
+def _value_column(df: pd.DataFrame, dim: str) -> str:
+    """The integer label when the table has it, else the score."""
+    return dim if dim in df else f"{dim}_score"
+
+
+def _tick_step(duration: float) -> float:
+    for step in (1, 2, 5, 10, 15, 30, 60, 120, 300, 600, 900, 1800, 3600):
+        if duration / step <= 12:
+            return float(step)
+    return 3600.0 * math.ceil(duration / 3600 / 12)
+
+
+def _clock(t: float) -> str:
+    t = int(round(t))
+    return f"{t // 60}:{t % 60:02d}" if t >= 60 else str(t)
+
+
+def _finite(value) -> float | None:
+    try:
+        f = float(value)
+    except (TypeError, ValueError):
+        return None
+    return f if math.isfinite(f) else None
+
+
+def _round(value, digits: int = 2):
+    f = _finite(value)
+    return None if f is None else round(f, digits)
+
+
+def _label(v: float) -> str:
+    return f"{v:g}" if float(v).is_integer() else f"{v:.2f}"
+
+
+def _num(value: float | None) -> str:
+    return "–" if value is None else f"{value:+.2f}"
+
+
+def _pct(share: float | None) -> str:
+    return "–" if share is None else f"{100 * share:.1f}%"
+
+
+def _e(text: str) -> str:
+    return html.escape(str(text), quote=True)
+
+
+CSS = """
+body { font: 14px/1.4 system-ui, -apple-system, "Segoe UI", Roboto, sans-serif; color: #222; margin: 0 auto;
+       max-width: 1200px; padding: 12px 20px 40px; background: #fafafa; }
+h1 { font-size: 22px; margin: 8px 0 2px; } h2 { font-size: 17px; margin: 0 0 6px; } h3 { font-size: 15px; }
+.meta, .note, .stats { color: #555; margin: 2px 0 8px; }
+section { background: #fff; border: 1px solid #ddd; border-radius: 6px; padding: 12px 14px; margin: 14px 0; }
+table { border-collapse: collapse; margin: 6px 0 10px; }
+th, td { padding: 3px 10px; text-align: left; border-bottom: 1px solid #eee; }
+table.clips td:nth-child(n+2), table.clips th:nth-child(n+2) { text-align: right; }
+table.clips td:first-child { white-space: nowrap; }
+table.errors td:last-child { font-family: ui-monospace, monospace; color: #a11; }
+.swatch { display: inline-block; width: 10px; height: 10px; border-radius: 2px; margin-right: 6px; }
+.clip-body { display: flex; flex-wrap: wrap; gap: 14px; align-items: flex-start; }
+.player { flex: 0 0 320px; } .player video { width: 320px; background: #000; border-radius: 4px; }
+.player.missing { color: #777; font-style: italic; border: 1px dashed #ccc; border-radius: 4px; padding: 8px; }
+.preview-note { color: #555; font-size: 12px; margin: 4px 0 0; }
+.timelines { flex: 1 1 560px; min-width: 420px; }
+figure.face { margin: 0 0 6px; } figcaption { font-weight: 600; font-size: 13px; color: #444; }
+svg.timeline { width: 100%; height: auto; display: block; cursor: crosshair; }
+svg text { font: 11px system-ui, sans-serif; fill: #555; } svg text.dim { font-weight: 600; font-size: 12px; }
+svg text.quad { fill: #999; font-style: italic; } svg text.axis { font-size: 12px; fill: #333; }
+.overview { display: flex; flex-wrap: wrap; gap: 0 14px; align-items: flex-start; }
+.overview > section { margin-bottom: 0; } .overview > .summary { flex: 1 1 600px; }
+.overview > .circumplex-section { flex: 0 1 430px; }
+.circ-body { display: flex; flex-wrap: wrap; gap: 20px; align-items: flex-start; }
+svg.circumplex { width: 400px; max-width: 100%; height: auto; }
+ul.legend { list-style: none; padding: 0; margin: 0; } ul.legend li { margin: 2px 0; }
+output.readout { font-variant-numeric: tabular-nums; color: #222; }
+"""
+
+# Our own small script: clicks on a timeline seek the clip's video (or just move the cursor when
+# there is none), and the cursor of every timeline of the clip follows the video's currentTime.
+JS = """
+(function () {
+  "use strict";
+  function svgX(svg, clientX, clientY) {
+    var pt = svg.createSVGPoint();
+    pt.x = clientX; pt.y = clientY;
+    return pt.matrixTransform(svg.getScreenCTM().inverse()).x;
+  }
+  function clamp(t, hi) { return Math.min(Math.max(t, 0), hi); }
+  document.querySelectorAll("section.clip").forEach(function (section) {
+    var data = JSON.parse(section.querySelector("script.clip-data").textContent);
+    var duration = data.duration;
+    var video = section.querySelector("video");
+    var readout = section.querySelector("output.readout");
+    var svgs = section.querySelectorAll("svg.timeline");
+    function describe(t) {
+      var s = String(Math.floor(t));
+      var parts = data.faces.map(function (face) {
+        var r = face.seconds[s];
+        var name = data.faces.length > 1 ? face.label + ": " : "";
+        if (!r) { return name + "no face"; }
+        var conf = function (c) { return c === null ? "" : " (" + c.toFixed(2) + ")"; };
+        return name + "valence " + r[0] + conf(r[2]) + ", arousal " + r[1] + conf(r[3]);
+      });
+      return t.toFixed(2) + " s, second " + s + ": " + parts.join("; ");
+    }
+    function place(t) {
+      t = clamp(t, duration);
+      svgs.forEach(function (svg) {
+        var x0 = +svg.dataset.x0, x1 = +svg.dataset.x1;
+        var x = x0 + (x1 - x0) * t / duration;
+        var cursor = svg.querySelector("line.cursor");
+        cursor.setAttribute("x1", x); cursor.setAttribute("x2", x);
+      });
+      section.dataset.cursor = t.toFixed(3);
+      readout.textContent = describe(t);
+    }
+    svgs.forEach(function (svg) {
+      svg.addEventListener("click", function (ev) {
+        var x0 = +svg.dataset.x0, x1 = +svg.dataset.x1;
+        var t = clamp((svgX(svg, ev.clientX, ev.clientY) - x0) / (x1 - x0) * duration, duration);
+        // The table's clip end and the file's duration can differ by a frame: stay inside the file.
+        if (video) { video.currentTime = isFinite(video.duration) ? Math.min(t, video.duration) : t; }
+        place(t);
+      });
+    });
+    if (video) {
+      var follow = function () { place(video.currentTime); };
+      video.addEventListener("timeupdate", follow);
+      video.addEventListener("seeked", follow);
+      video.addEventListener("error", function () { section.querySelector(".video-note").hidden = false; });
+    }
+  });
+})();
+"""
+
+PAGE = """<!DOCTYPE html>
+<html lang="en">
+<head>
+<meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<title>{title}</title>
+<style>{css}</style>
+</head>
+<body>
+{body}
+<script>{js}</script>
+</body>
+</html>
+"""
