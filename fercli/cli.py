@@ -499,7 +499,8 @@ def benchmark_accuracy(
         raise _fail(console, f"{mode}: give both options")
     if data is not None:
         return _benchmark_data(console, data, model, split, out, frames_fps, device, batch_size, cache_dir)
-    from .training.evaluate import score_tables, write_scores
+    from .scoring.metrics import score_tables
+    from .views.plots import write_scores
 
     try:
         report = score_tables(truth, pred, frames_fps or 25.0)

@@ -299,6 +299,19 @@ def _check_range(values: np.ndarray, what: str) -> None:
 # --- reports -----------------------------------------------------------------------------------
 
 
+def score_tables(truth: str | Path, pred: str | Path, frames_fps: float = 25.0) -> Report:
+    """A `fer annotate` table `pred` scored against `truth` (an AFEW-VA or Aff-Wild2 folder, or a
+    CSV/Parquet table), per second; with Aff-Wild2 truth also ABAW's pooled score. DataError
+    (one line, naming the file) for a missing or unreadable one, the truth's first."""
+    from ..tables.writers import read_table
+
+    truth_table = load_truth(truth, frames_fps)
+    table = read_table(pred)
+    report = score(truth_table, table)
+    report.abaw = abaw_score(truth, table, frames_fps)  # None unless Aff-Wild2 truth
+    return report
+
+
 def report_json(report: Report) -> dict:
     """metrics.json: {dimension or "mean": {metric: value}, "counts": {...}}; NaN becomes null."""
 

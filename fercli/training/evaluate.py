@@ -177,30 +177,11 @@ class _Run:
     crops: str = "detector"
 
 
-def score_tables(truth: str | Path, pred: str | Path, frames_fps: float = 25.0) -> metrics.Report:
-    """A `fer annotate` table `pred` scored against `truth` (an AFEW-VA or Aff-Wild2 folder, or a
-    CSV/Parquet table), per second; with Aff-Wild2 truth also ABAW's pooled score. DataError
-    (one line, naming the file) for a missing or unreadable one, the truth's first."""
-    from ..tables.writers import read_table
-
-    truth_table = metrics.load_truth(truth, frames_fps)
-    table = read_table(pred)
-    report = metrics.score(truth_table, table)
-    report.abaw = metrics.abaw_score(truth, table, frames_fps)  # None unless Aff-Wild2 truth
-    return report
-
-
-def write_scores(report: metrics.Report, out: str | Path) -> list[Path]:
-    """metrics.json, metrics.md and the pictures (`plots.accuracy_pictures`) of `report` in `out`."""
-    from ..views.plots import accuracy_pictures
-
-    return metrics.write_metrics(report, out) + accuracy_pictures(report, out)
-
-
 def write_evaluation(ev, out: str | Path) -> list[Path]:
     """Write an evaluation's files under `out`: window/ and second/ (metrics.json, metrics.md and
     pictures, as `fer benchmark accuracy` writes them) and evaluation.json; returns the paths."""
     from ..core.files import atomic_write
+    from ..views.plots import write_scores
 
     out = Path(out)
     written = []

@@ -17,7 +17,7 @@ import pandas as pd
 
 from ..core.errors import DataError
 from ..core.labels import DIMENSIONS
-from ..scoring.metrics import CLASSES, LABEL_MAX, LABEL_MIN, Report, confusion_matrix
+from ..scoring.metrics import CLASSES, LABEL_MAX, LABEL_MIN, Report, confusion_matrix, write_metrics
 
 DPI = 100
 TRUE_COLOR, PRED_COLOR = "#4c72b0", "#dd8452"
@@ -43,6 +43,11 @@ def accuracy_pictures(report: Report, out_dir: str | Path) -> list[Path]:
         confusion(report, out_dir / "confusion.png"),
         scatter(report, out_dir / "scatter.png"),
     ]
+
+
+def write_scores(report: Report, out: str | Path) -> list[Path]:
+    """metrics.json, metrics.md and the pictures (`accuracy_pictures`) of `report` in `out`."""
+    return write_metrics(report, out) + accuracy_pictures(report, out)
 
 
 def histograms(report: Report, path: str | Path) -> Path:
