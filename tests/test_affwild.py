@@ -228,12 +228,14 @@ def test_fer_train_learns_on_affwild_and_its_checkpoint_scores(affwild_run, affw
     assert config["options"]["data"] == str(affwild_root)
 
 
-def test_fer_train_command_reads_the_affwild_layout(affwild_root, tmp_path):
+def test_fer_train_command_reads_the_affwild_layout(tmp_path):
     from typer.testing import CliRunner
 
     from fercli.cli import app
 
-    r = CliRunner().invoke(app, ["train", "--data", str(affwild_root), "--out", str(tmp_path / "run"), "--init", "random",
+    root = tmp_path / "affwild2"  # short videos: this is about the layout and the split, at 224 px
+    synthetic_afew.make_affwild(root, AFFWILD_VIDEOS, frames=12)
+    r = CliRunner().invoke(app, ["train", "--data", str(root), "--out", str(tmp_path / "run"), "--init", "random",
                                  "--epochs", "1", "--frames-fps", "5"])
     assert r.exit_code == 0, r.output
     import json
