@@ -131,7 +131,8 @@ def render(
     out.parent.mkdir(parents=True, exist_ok=True)
     written = []
     with FrameBoxes(detect="frame" not in df.columns) as boxes:
-        write = lambda tmp: written.append(_encode(_frames(video, frames_fps), timeline, tmp, container, boxes))  # noqa: E731
+        paint = lambda image, t: draw(image, boxes.place(image, timeline.at(t)))  # noqa: E731
+        write = lambda tmp: written.append(_encode(_frames(video, frames_fps), tmp, container, ENCODER_OPTIONS, paint))  # noqa: E731
         atomic_write(out, write)
     return RenderResult(out, picked, written[0])
 
@@ -208,7 +209,7 @@ def preview(video: str | Path, out: str | Path, height: int = PREVIEW_HEIGHT) ->
     out.parent.mkdir(parents=True, exist_ok=True)
     written = []
     frames = ((_scaled(image, height), *rest) for image, *rest in _frames(video, 25.0))
-    atomic_write(out, lambda tmp: written.append(_encode_plain(frames, tmp)))
+    atomic_write(out, lambda tmp: written.append(_encode(frames, tmp, "mp4", PREVIEW_OPTIONS)))
     return written[0]
 
 
@@ -220,34 +221,6 @@ def _scaled(image: np.ndarray, height: int) -> np.ndarray:
         return image
     size = (max(2, round(w * height / h / 2) * 2), height)
     return np.asarray(Image.fromarray(image).resize(size, Image.BILINEAR))
-
-
-def _encode_plain(frames, path: str) -> int:
-    """Frames as `_frames` yields them, encoded to an MP4 as they are (no drawing)."""
-    import av
-
-    n, durations = 0, {}
-    with av.open(path, "w", format="mp4") as out:
-        stream = None
-        for image, pts, duration, time_base, _, rate in frames:
-            image = _even(image)
-            if stream is None:
-                stream = out.add_stream(ENCODER, rate=rate)
-                stream.pix_fmt = PIXEL_FORMAT
-                stream.height, stream.width = image.shape[:2]
-                stream.codec_context.time_base = time_base
-                stream.options = dict(PREVIEW_OPTIONS)
-            frame = av.VideoFrame.from_ndarray(image, format="rgb24")
-            frame.pts, frame.time_base = pts, time_base
-            if duration:
-                durations[pts * time_base] = duration * time_base
-            for packet in stream.encode(frame):
-                _mux(out, packet, durations)
-            n += 1
-        if stream is not None:
-            for packet in stream.encode():
-                _mux(out, packet, durations)
-    return n
 
 
 class FrameBoxes:
@@ -346,21 +319,23 @@ def _frames(video: Path, frames_fps: float):
         raise FerError(f"{video}: no frames")
 
 
-def _encode(frames, timeline: Timeline, path: str, container: str, boxes: FrameBoxes) -> int:
+def _encode(frames, path: str, container: str, options: dict, paint=None) -> int:
+    """Frames as `_frames` yields them, encoded to `path` at their own timestamps, each first
+    made even-sided and passed through `paint(image, t)` when given; the number of frames."""
     import av
 
     n, durations = 0, {}  # presentation time -> duration, both in s (Fractions)
     with av.open(path, "w", format=container) as out:
         stream = None
         for image, pts, duration, time_base, t, rate in frames:
+            image = _even(image)
             if stream is None:
                 stream = out.add_stream(ENCODER, rate=rate)
                 stream.pix_fmt = PIXEL_FORMAT
-                stream.height, stream.width = (image.shape[0] + 1) // 2 * 2, (image.shape[1] + 1) // 2 * 2
+                stream.height, stream.width = image.shape[:2]
                 stream.codec_context.time_base = time_base
-                stream.options = dict(ENCODER_OPTIONS)
-            image = _even(image)
-            frame = av.VideoFrame.from_ndarray(draw(image, boxes.place(image, timeline.at(t))), format="rgb24")
+                stream.options = dict(options)
+            frame = av.VideoFrame.from_ndarray(paint(image, t) if paint else image, format="rgb24")
             frame.pts, frame.time_base = pts, time_base  # the source's timestamps, kept
             if duration:
                 durations[pts * time_base] = duration * time_base
