@@ -233,10 +233,16 @@ class _AnnotateProgress:
                 p.remove_task(self.current)
                 self.current = None
             p.advance(self.overall)
-        elif event.kind == "download":  # bytes of the weights file, shown in MB
-            if self.download is None:
-                self.download = p.add_task("weights (MB)", total=None)
-            p.update(self.download, completed=event.done // 1_000_000, total=event.total // 1_000_000 or None)
+        elif event.kind == "download":
+            self.download = _weights_bar(p, self.download, event)
+
+
+def _weights_bar(progress, task, event):
+    """The weights download's bar in `progress` (bytes shown in MB), added on its first event: its task."""
+    if task is None:
+        task = progress.add_task("weights (MB)", total=None)
+    progress.update(task, completed=event.done // 1_000_000, total=event.total // 1_000_000 or None)
+    return task
 
 
 class _download_bar:
@@ -404,10 +410,8 @@ class _TrainProgress:
 
     def update(self, event) -> None:
         p = self.progress
-        if event.kind == "download":  # bytes of the initial weights, shown in MB
-            if self.download is None:
-                self.download = p.add_task("weights (MB)", total=None)
-            p.update(self.download, completed=event.done // 1_000_000, total=event.total // 1_000_000 or None)
+        if event.kind == "download":
+            self.download = _weights_bar(p, self.download, event)
         elif event.kind in ("prepare", "epoch"):
             if self.task is not None and (event.kind == "epoch" or event.done <= 1):
                 p.remove_task(self.task)
