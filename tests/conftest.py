@@ -190,3 +190,22 @@ def edit_json(folder: Path, edit) -> None:
     doc = json.loads(path.read_text())
     edit(doc)
     path.write_text(json.dumps(doc))
+
+
+def within(limit_s: float, call):
+    """`call()` in a daemon thread, so that a hang is a failed assertion after `limit_s` rather than
+    a stuck suite; its result, or its exception re-raised as a failed assertion."""
+    done = {}
+
+    def target():
+        try:
+            done["result"] = call()
+        except BaseException as error:  # reported by the test
+            done["error"] = error
+
+    thread = threading.Thread(target=target, daemon=True)
+    thread.start()
+    thread.join(limit_s)
+    assert not thread.is_alive(), f"annotate still running after {limit_s} s"
+    assert "error" not in done, repr(done.get("error"))
+    return done["result"]

@@ -12,14 +12,13 @@ import logging
 import re
 import shutil
 import sys
-import threading
 from contextlib import contextmanager
 
 import pandas as pd
 import pytest
 import ray_faults
 import torch
-from conftest import BROKEN, DURATIONS
+from conftest import BROKEN, DURATIONS, within
 from typer.testing import CliRunner
 
 import fercli
@@ -182,20 +181,7 @@ def poison(ray_local, faults):
 
 def annotate_limited(paths, out, model, progress=None):
     """annotate on Ray in a thread, so that a hang is a failed assertion rather than a stuck suite."""
-    done = {}
-
-    def target():
-        try:
-            done["result"] = fercli.annotate(paths, out, options=AnnotateOptions(ray="local"), model=model, progress=progress)
-        except BaseException as error:  # reported by the test
-            done["error"] = error
-
-    thread = threading.Thread(target=target, daemon=True)
-    thread.start()
-    thread.join(RUN_LIMIT_S)
-    assert not thread.is_alive(), f"annotate still running after {RUN_LIMIT_S} s"
-    assert "error" not in done, repr(done.get("error"))
-    return done["result"]
+    return within(RUN_LIMIT_S, lambda: fercli.annotate(paths, out, options=AnnotateOptions(ray="local"), model=model, progress=progress))
 
 
 @contextmanager

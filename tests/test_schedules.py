@@ -6,10 +6,10 @@ import multiprocessing
 import os
 import shutil
 import signal
-import threading
 
 import pandas as pd
 import pytest
+from conftest import within
 
 import fercli
 from fercli.job import schedules
@@ -30,22 +30,13 @@ def batch(tmp_path_factory, clips_dir):
 
 def run(folder, out, checkpoint, on_event=None, workers=1):
     """annotate in a thread, so that a hang is a failed assertion rather than a stuck suite."""
-    done = {}
 
-    def target():
-        try:
-            model = fercli.load_model(checkpoint, "cpu")
-            options = AnnotateOptions(workers=workers, precision="fp32")
-            done["result"] = fercli.annotate([folder], out, model=model, device="cpu", options=options, progress=on_event)
-        except BaseException as error:  # reported by the test
-            done["error"] = error
+    def annotate():
+        model = fercli.load_model(checkpoint, "cpu")
+        options = AnnotateOptions(workers=workers, precision="fp32")
+        return fercli.annotate([folder], out, model=model, device="cpu", options=options, progress=on_event)
 
-    thread = threading.Thread(target=target, daemon=True)
-    thread.start()
-    thread.join(RUN_LIMIT_S)
-    assert not thread.is_alive(), f"annotate still running after {RUN_LIMIT_S} s"
-    assert "error" not in done, repr(done.get("error"))
-    return done["result"]
+    return within(RUN_LIMIT_S, annotate)
 
 
 def killer(video: str, times: int):
