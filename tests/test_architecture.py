@@ -195,7 +195,7 @@ FUNCTION_HOMES = {
     "read_table": "tables.writers", "read_errors": "tables.writers", "check_table": "tables.writers",
     "errors_path": "tables.writers", "find_errors": "tables.writers", "group_tracks": "media.people",
     "appearance": "media.people", "crop": "media.faces", "clip_under": "media.inputs", "engine_target": "nets.engines",
-    "resolve_device": "core.devices", "resolve_precision": "core.devices",
+    "resolve_device": "core.devices", "resolve_precision": "core.devices", "synchronize": "core.devices",
     "score_tables": "scoring.metrics", "write_scores": "views.plots", "write_metrics": "scoring.metrics",
 }  # fmt: skip
 

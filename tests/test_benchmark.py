@@ -201,3 +201,16 @@ def test_producer_only_rate_reads_the_first_clips_up_to_two_minutes():
     assert _first_minutes(list("abcd"), info, PRODUCER_ONLY_VIDEO_S) == list("abc")  # 150 s >= 120 s
     assert _first_minutes(list("ab"), [SimpleNamespace(duration=600.0)] * 2, 120.0) == ["a"]  # one long clip
     assert _first_minutes(list("ab"), [SimpleNamespace(duration=3.0)] * 2, 120.0) == list("ab")  # all, if short
+
+
+def test_the_setup_names_the_gpu_the_model_runs_on(monkeypatch, lstm_checkpoint):
+    import torch
+
+    import fercli
+    from fercli.job.benchmark import _setup
+
+    names = {torch.device("cuda", 0): "first GPU", torch.device("cuda", 1): "second GPU"}
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: names[torch.device(device or "cuda:0")])
+    model = fercli.load_model(lstm_checkpoint, device="cpu")  # nothing is moved onto a GPU here
+    setup = _setup(model, torch.device("cuda", 1), AnnotateOptions(), [], [])
+    assert setup["device"] == "cuda:1 (second GPU)"

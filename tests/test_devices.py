@@ -58,3 +58,11 @@ def test_a_torch_device_is_checked_like_its_name(two_gpus):
     assert devices.resolve_device(torch.device("cpu")) == torch.device("cpu")
     with pytest.raises(FerError, match="cuda:5"):
         devices.resolve_device(torch.device("cuda", 5))
+
+
+def test_synchronize_waits_for_the_gpu_it_is_given_not_the_current_one(monkeypatch):
+    waited = []
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda device=None: waited.append(device))
+    devices.synchronize(torch.device("cuda", 1))
+    devices.synchronize(torch.device("cpu"))  # nothing queued to wait for
+    assert waited == [torch.device("cuda", 1)]

@@ -431,3 +431,18 @@ def test_a_registry_model_is_downloaded_by_annotate_with_progress(tmp_path, clip
     assert res.exit_code == 0, res.output
     pd.testing.assert_frame_equal(read_table(tmp_path / "a.csv"), read_table(tmp_path / "b.csv"))
     assert requests == ["/lstm.pt"]  # the verified cached copy, not a second download
+
+
+def test_the_stage_clock_waits_for_the_models_gpu(monkeypatch):
+    # Timing a model on cuda:1 by waiting for the current GPU (cuda:0) would read the clock early.
+    from fercli.job.stages import StageClock
+
+    waited = []
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda device=None: waited.append(device))
+    clock = StageClock(torch.device("cuda", 1))
+    with clock.stage("backbone", 4):
+        pass
+    assert waited == [torch.device("cuda", 1)] * 2 and clock.items["backbone"] == 4
+    with StageClock(torch.device("cpu")).stage("backbone", 4):
+        pass
+    assert len(waited) == 2

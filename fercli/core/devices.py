@@ -30,6 +30,17 @@ def autocast(precision: str, device):
         yield
 
 
+def synchronize(device) -> None:
+    """Wait for `device`'s queued work (CUDA runs asynchronously): a clock read after it is honest.
+
+    The device itself, not the current one: a model on cuda:1 is timed by waiting for cuda:1.
+    """
+    if device is not None and device.type == "cuda":
+        import torch
+
+        torch.cuda.synchronize(device)
+
+
 DEVICES = ("auto", "cpu", "cuda")
 
 

@@ -20,7 +20,7 @@ import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
-from ..core.devices import autocast
+from ..core.devices import autocast, synchronize
 from ..core.errors import FerError
 from ..media.inputs import find_clips
 from .contract import AnnotateOptions
@@ -190,7 +190,7 @@ def speed(
             infos.append(src.info)
     _warm_up(clips[0], net, options, dev)
     if dev.type == "cuda":
-        torch.cuda.reset_peak_memory_stats()
+        torch.cuda.reset_peak_memory_stats(dev)
     runs = [_timed_run(clips, options, net, dev) for _ in range(repeat)]
     clock, e2e, cpu = sorted(runs, key=lambda run: run[1])[(repeat - 1) // 2]
     stages = {
@@ -208,7 +208,7 @@ def speed(
         sampled_frames=clock.items["decode"],
         backbone_only_fps=backbone_only(net, dev, batch_size, max(clock.items["backbone"], batch_size), options.precision),
         producer_only_fps=producer_only(_first_minutes(clips, infos, PRODUCER_ONLY_VIDEO_S), net.config, options, dev),
-        peak_cuda_mb=torch.cuda.max_memory_allocated() / 2**20 if dev.type == "cuda" else None,
+        peak_cuda_mb=torch.cuda.max_memory_allocated(dev) / 2**20 if dev.type == "cuda" else None,
         end_to_end_runs_s=[run[1] for run in runs],
     )
     if naive:
@@ -302,7 +302,7 @@ def startup_probe(clip: str, model: str, device: str, batch_size: str, engine: s
     for _ in range(2):
         with torch.inference_mode():
             net.encode(batch)
-        _sync(dev)
+        synchronize(dev)
         marks.append(time.perf_counter())
     names = ("import_s", "model_load_s", "detector_init_s", "first_frame_s", "first_batch_s", "second_batch_s")
     print(json.dumps({n: b - a for n, a, b in zip(names, marks, marks[1:])}))
@@ -310,7 +310,7 @@ def startup_probe(clip: str, model: str, device: str, batch_size: str, engine: s
 
 def _timed_run(clips, options, model, device) -> tuple[StageClock, float, float]:
     """One annotate run over `clips`: its stage clock, wall seconds and CPU core-seconds."""
-    clock = StageClock(cuda=device.type == "cuda")
+    clock = StageClock(device)
     with tempfile.TemporaryDirectory() as tmp:
         cpu, start = _cpu_seconds(), time.perf_counter()
         annotate([c.path for c in clips], Path(tmp) / "bench.parquet", model=model, options=options, clock=clock)
@@ -327,11 +327,11 @@ def backbone_only(model, device, batch_size: int, n: int, precision: str = "fp32
     batches = max(1, math.ceil(n / batch_size))
     with torch.inference_mode(), autocast(precision, device):
         model.encode(x)  # warm-up
-        _sync(device)
+        synchronize(device)
         start = time.perf_counter()
         for _ in range(batches):
             model.encode(x)
-        _sync(device)
+        synchronize(device)
     return batches * batch_size / (time.perf_counter() - start)
 
 
@@ -394,7 +394,7 @@ def naive_loop(clips, model, device, max_seconds: float | None = None) -> tuple[
                     x = to_input(np.stack([pre.cut(image, found[0].box)]), pre, device)
                     per_second.setdefault(int(i // fps), []).append(model.encode(x).float().cpu().numpy())
             _ = {s: np.mean(v, axis=0) for s, v in per_second.items()}
-            _sync(device)
+            synchronize(device)
     return time.perf_counter() - start, frames
 
 
@@ -424,7 +424,7 @@ def _setup(model, device, options, clips, infos) -> dict:
     from .schedules import workers
 
     return {
-        "device": str(device) + (f" ({torch.cuda.get_device_name(0)})" if device.type == "cuda" else ""),
+        "device": str(device) + (f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else ""),
         "cores": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
         "model": getattr(model, "source", "?"),
@@ -438,10 +438,3 @@ def _setup(model, device, options, clips, infos) -> dict:
         "clips": len(clips),
         "sizes": sorted({f"{i.width}x{i.height}" for i in infos}),
     }
-
-
-def _sync(device) -> None:
-    if device.type == "cuda":
-        import torch
-
-        torch.cuda.synchronize()

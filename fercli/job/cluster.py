@@ -307,7 +307,7 @@ class _ModelActor:
     def __call__(self, batch):
         import pandas as pd
 
-        clock = StageClock(cuda=self.device.type == "cuda") if self.timed else NO_CLOCK
+        clock = StageClock(self.device) if self.timed else NO_CLOCK
         jobs = [(int(key), d) for key, d in zip(batch["key"], batch["decoded"])]
         done = self._label(jobs, clock)
         out = []

@@ -17,7 +17,7 @@ from collections import defaultdict
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
-from ..core.devices import autocast
+from ..core.devices import autocast, synchronize
 from ..core.errors import FerError, typed_line
 from ..media.inputs import Clip
 from .contract import AnnotateOptions, ProgressEvent, VideoResult
@@ -37,8 +37,8 @@ class StageClock:
     a little overlap, which is why the plain pipeline runs with the no-op clock below.
     """
 
-    def __init__(self, cuda: bool = False):
-        self.cuda = cuda
+    def __init__(self, device=None):
+        self.device = device  # the model's: its queued work is waited for at each reading
         self.seconds: dict[str, float] = defaultdict(float)
         self.items: dict[str, int] = defaultdict(int)
 
@@ -66,10 +66,7 @@ class StageClock:
             yield item
 
     def _sync(self) -> None:
-        if self.cuda:
-            import torch
-
-            torch.cuda.synchronize()
+        synchronize(self.device)
 
 
 class _NoClock:
