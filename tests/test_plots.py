@@ -119,6 +119,30 @@ def test_safe_names():
     assert names == {"a/b.mp4": "a_b.mp4", "a_b.mp4": "a_b.mp4-2", "A_B.mp4": "A_B.mp4-3", "../x y.avi": "x_y.avi", "///": "video"}
 
 
+def test_safe_names_keep_letters_of_every_script(tmp_path):
+    import unicodedata
+
+    composed, decomposed = unicodedata.normalize("NFC", "é"), unicodedata.normalize("NFD", "é")
+    videos = ["被験者1/笑顔.mp4", "被験者1/怒り.mp4", f"séance {composed}.mov", f"séance {decomposed}.mov", "ÉTÉ.mp4", "été.mp4"]
+    names = plots.safe_names(videos)
+    assert names[videos[0]] == "被験者1_笑顔.mp4" and names[videos[1]] == "被験者1_怒り.mp4"
+    # macOS's decomposed spelling is the same name, so it clashes with the composed one
+    assert names[videos[2]] == f"séance_{composed}.mov" and names[videos[3]] == f"séance_{composed}.mov-2"
+    assert names["ÉTÉ.mp4"] == "ÉTÉ.mp4" and names["été.mp4"] == "été.mp4-2"  # one file on a case-insensitive disk
+    for stem in names.values():
+        (tmp_path / f"{stem}.face12.valence.annotation~").write_text("")  # each a name the disk takes
+
+
+def test_a_long_name_in_a_wide_script_is_cut_to_whole_characters_the_disk_takes(tmp_path):
+    import hashlib
+
+    video = "長" * 120 + ".mp4"  # 364 bytes of UTF-8: over the 255 a file name may have
+    (stem,) = plots.safe_names([video]).values()
+    assert len(stem.encode()) <= plots.MAX_STEM_BYTES
+    assert stem == "長" * ((plots.MAX_STEM_BYTES - 9) // 3) + "-" + hashlib.sha1(video.encode()).hexdigest()[:8]
+    (tmp_path / f"{stem}-2.face12.valence.annotation~").write_text("")
+
+
 def test_import_does_not_load_matplotlib():
     code = "import sys, fercli.views.plots, fercli.scoring.metrics; print('matplotlib' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

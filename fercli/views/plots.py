@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+import unicodedata
 from pathlib import Path
 
 import numpy as np
@@ -25,9 +26,10 @@ DIM_COLORS = {"valence": "#4c72b0", "arousal": "#c44e52"}
 LIM = (LABEL_MIN - 0.5, LABEL_MAX + 0.5)
 
 
-# File names are at most 255 bytes; a stem gets suffixes up to about 40 (`-2`, an export's
-# `.face12.valence.annotation~`). A longer stem keeps its start and a hash of the whole name.
-MAX_STEM_CHARS = 200
+# File names are at most 255 bytes (UTF-8 on Linux and macOS); a stem gets suffixes up to about
+# 40 (`-2`, an export's `.face12.valence.annotation~`). A longer stem keeps its start (whole
+# characters) and a hash of the whole name.
+MAX_STEM_BYTES = 200
 TITLE_CHARS = 90  # a timeline's title at most: a longer path squeezed the plot away
 LEGEND_CHARS = 40  # a circumplex legend entry at most
 
@@ -257,20 +259,23 @@ def _check_annotations(df: pd.DataFrame, what: str) -> None:
 
 
 def safe_names(videos: list[str]) -> dict[str, str]:
-    """A file-name stem per video: path separators and odd characters become '_', clashes get a
-    suffix ('a/b' and 'a_b' become 'a_b' and 'a_b-2'); case-insensitive, for macOS and Windows.
-    A stem over MAX_STEM_CHARS is cut and ends in 8 hex digits of the video name's SHA-1."""
+    """A file-name stem per video: path separators and punctuation become '_', letters and digits
+    of every script stay ('被験者1/笑顔.mp4' -> '被験者1_笑顔.mp4'); clashes get a suffix ('a/b' and
+    'a_b' become 'a_b' and 'a_b-2'), case-insensitively, for macOS and Windows. A stem over
+    MAX_STEM_BYTES (UTF-8) is cut and ends in 8 hex digits of the video name's SHA-1."""
     out, taken = {}, set()
     for video in videos:
-        stem = re.sub(r"[^A-Za-z0-9._-]+", "_", video).strip("._") or "video"
-        if len(stem) > MAX_STEM_CHARS:
+        # NFC: macOS hands out decomposed names (e + U+0301), which \w alone would split at the accent.
+        stem = re.sub(r"[^\w.-]+", "_", unicodedata.normalize("NFC", video)).strip("._") or "video"
+        if len(stem.encode()) > MAX_STEM_BYTES:
             digest = hashlib.sha1(video.encode("utf-8", "surrogatepass"), usedforsecurity=False).hexdigest()[:8]
-            stem = f"{stem[: MAX_STEM_CHARS - 9]}-{digest}"
+            head = stem.encode()[: MAX_STEM_BYTES - 9].decode(errors="ignore")  # no half character
+            stem = f"{head}-{digest}"
         name, n = stem, 1
-        while name.lower() in taken:
+        while name.casefold() in taken:
             n += 1
             name = f"{stem}-{n}"
-        taken.add(name.lower())
+        taken.add(name.casefold())
         out[video] = name
     return out
 
