@@ -211,3 +211,58 @@ def test_an_existing_folder_is_kept_unless_overwrite(tmp_path):
     assert [p.name for p in out.iterdir()] == ["mine.txt"]
     written = plots.plot_table(table, out, overwrite=True)
     assert written and (out / "mine.txt").read_text() == "a colleague's notes"
+
+
+JAPANESE = "被験者1/笑顔.mp4"  # five letters DejaVu Sans, matplotlib's own font, does not have
+CJK_FONT = "/usr/share/fonts/truetype/droid/DroidSansFallbackFull.ttf"  # Debian's fonts-droid-fallback (.ci/run)
+
+
+@pytest.fixture
+def fonts(monkeypatch):
+    """plots.name_fonts() looked up afresh in the test, and again after it."""
+    plots.name_fonts.cache_clear()
+    yield monkeypatch
+    plots.name_fonts.cache_clear()
+
+
+def glyph_lines(caplog):
+    return [r.getMessage() for r in caplog.records if "show as boxes" in r.getMessage()]
+
+
+def test_video_names_in_japanese_are_drawn_with_an_installed_font(tmp_path, fonts, caplog, recwarn):
+    import logging
+    from pathlib import Path
+
+    if not Path(CJK_FONT).is_file():
+        pytest.skip("no CJK font installed (Debian's fonts-droid-fallback, which .ci/run installs)")
+    assert "Droid Sans Fallback" in plots.name_fonts()
+    df = annotations(videos=(JAPANESE, "b.mp4"))
+    with caplog.at_level(logging.WARNING, logger="fercli"):
+        assert_png(plots.timelines(df, tmp_path / "tl")[0])
+        assert_png(plots.circumplex(df, tmp_path / "c.png"))
+    # matplotlib says so (a warning per letter) when a letter has no font and is drawn as a box
+    assert not glyph_lines(caplog) and not [w for w in recwarn if "missing from font" in str(w.message)]
+
+
+def test_letters_no_font_draws_are_one_line_naming_the_folder(tmp_path, fonts, caplog, recwarn):
+    import logging
+
+    fonts.setattr(plots, "NAME_FONTS", ())  # as on a machine without a CJK font
+    df = annotations(videos=(JAPANESE, "被験者2/笑顔.mp4"))
+    with caplog.at_level(logging.WARNING, logger="fercli"):
+        paths = plots.timelines(df, tmp_path / "tl")
+    assert len(paths) == 2
+    (line,) = glyph_lines(caplog)  # one for the two pictures
+    assert line.startswith(f"{tmp_path / 'tl'}: 5 letters") and plots.NO_GLYPH_HINT in line
+    assert not [w for w in recwarn if "missing from font" in str(w.message)]
+
+
+def test_fer_plot_says_it_once_for_the_timelines_and_the_circumplex(tmp_path, fonts, caplog):
+    import logging
+
+    fonts.setattr(plots, "NAME_FONTS", ())
+    annotations(videos=(JAPANESE,)).to_csv(tmp_path / "t.csv", index=False)
+    with caplog.at_level(logging.WARNING, logger="fercli"):
+        assert len(plots.plot_table(tmp_path / "t.csv", tmp_path / "out")) == 2
+    (line,) = glyph_lines(caplog)
+    assert line.startswith(f"{tmp_path / 'out'}: 5 letters")

@@ -8,9 +8,14 @@ file and renamed.
 
 from __future__ import annotations
 
+import contextvars
+import functools
 import hashlib
+import logging
 import re
 import unicodedata
+import warnings
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -32,6 +37,15 @@ LIM = (LABEL_MIN - 0.5, LABEL_MAX + 0.5)
 MAX_STEM_BYTES = 200
 TITLE_CHARS = 90  # a timeline's title at most: a longer path squeezed the plot away
 LEGEND_CHARS = 40  # a circumplex legend entry at most
+# Fonts for the letters of video names that matplotlib's own font (DejaVu Sans: Latin, Greek,
+# Cyrillic) lacks, Chinese, Japanese and Korean above all: those installed are tried glyph by glyph
+# after it (naming one that is not installed makes matplotlib warn at every text).
+NAME_FONTS = ("Noto Sans CJK JP", "Noto Sans CJK SC", "Noto Sans CJK TC", "Noto Sans CJK KR", "Source Han Sans",
+              "WenQuanYi Zen Hei", "Droid Sans Fallback", "Hiragino Sans", "Yu Gothic", "Microsoft YaHei",
+              "Malgun Gothic", "Arial Unicode MS")  # fmt: skip
+NO_GLYPH_HINT = "install a font for them (Debian: fonts-noto-cjk) and plot again"
+
+log = logging.getLogger("fercli")
 
 
 # --- accuracy ----------------------------------------------------------------------------------
@@ -122,7 +136,8 @@ def plot_table(table_path: str | Path, out_dir: str | Path, *, overwrite: bool =
     _check_annotations(df, str(table_path))
     check_out_dir(out_dir, overwrite=overwrite, what="pictures")
     out_dir = Path(out_dir)
-    return timelines(df, out_dir / "timelines") + [circumplex(df, out_dir / "circumplex.png")]
+    with _glyphs_checked(out_dir):
+        return timelines(df, out_dir / "timelines") + [circumplex(df, out_dir / "circumplex.png")]
 
 
 def timelines(df: pd.DataFrame, out_dir: str | Path) -> list[Path]:
@@ -131,8 +146,9 @@ def timelines(df: pd.DataFrame, out_dir: str | Path) -> list[Path]:
     out_dir = Path(out_dir)
     names = safe_names(list(pd.unique(df["video"].astype(str))))
     paths = []
-    for video, group in df.groupby(df["video"].astype(str), sort=False):
-        paths.append(_save(timeline_figure(group, video), out_dir / f"{names[video]}.png"))
+    with _glyphs_checked(out_dir):
+        for video, group in df.groupby(df["video"].astype(str), sort=False):
+            paths.append(_save(timeline_figure(group, video), out_dir / f"{names[video]}.png"))
     return paths
 
 
@@ -159,10 +175,11 @@ def circumplex(df: pd.DataFrame, path: str | Path) -> Path:
             size = 10
         ax.scatter(v, a, s=size, alpha=0.5, color=color, edgecolors="none", label=_tail(video, LEGEND_CHARS) if len(videos) <= 10 else None)
     if 0 < len(videos) <= 10:
-        ax.legend(frameon=False, fontsize=8, loc="lower left", bbox_to_anchor=(0, 1.0), ncol=2)
+        ax.legend(frameon=False, loc="lower left", bbox_to_anchor=(0, 1.0), ncol=2, prop={"family": name_fonts(), "size": 8})
     ax.set(xlim=LIM, ylim=LIM, aspect="equal", xlabel=v_col.replace("_", " "), ylabel=a_col.replace("_", " "))
     ax.set_title(f"{len(rows)} rows with a face, {len(videos)} videos", loc="right", fontsize=9)
-    return _save(fig, path)
+    with _glyphs_checked(path):
+        return _save(fig, path)
 
 
 def timeline_figure(group: pd.DataFrame, video: str | None = None):
@@ -197,7 +214,7 @@ def timeline_figure(group: pd.DataFrame, video: str | None = None):
         axes[0].legend(frameon=False, fontsize=8)
     axes[-1].set_xlabel("seconds" if x == "second" else "time (s)")
     if video is not None:
-        axes[0].set_title(_tail(video), loc="left")
+        axes[0].set_title(_tail(video), loc="left", fontfamily=name_fonts())
     return fig
 
 
@@ -278,6 +295,49 @@ def safe_names(videos: list[str]) -> dict[str, str]:
         taken.add(name.casefold())
         out[video] = name
     return out
+
+
+@functools.cache
+def name_fonts() -> list[str]:
+    """The font families for video names: matplotlib's sans-serif, then the NAME_FONTS installed."""
+    from matplotlib import font_manager
+
+    manager = font_manager.fontManager
+    # matplotlib lists the system's fonts once and keeps the list: a font installed since is added.
+    known = {font.fname for font in manager.ttflist}
+    for path in font_manager.findSystemFonts():
+        if path not in known:
+            try:
+                manager.addfont(path)
+            except (OSError, RuntimeError, ValueError):  # a file FreeType cannot read
+                pass
+    installed = {font.name for font in manager.ttflist}
+    return ["sans-serif", *(name for name in NAME_FONTS if name in installed)]
+
+
+_GLYPHS_CHECKED = contextvars.ContextVar("glyphs_checked", default=False)
+
+
+@contextmanager
+def _glyphs_checked(where: Path):
+    """matplotlib warns once per letter that no font draws (shown as a box): one line instead,
+    for the outermost of nested calls (`fer plot`'s timelines and circumplex together)."""
+    if _GLYPHS_CHECKED.get():
+        yield
+        return
+    token = _GLYPHS_CHECKED.set(True)
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            yield
+    finally:
+        _GLYPHS_CHECKED.reset(token)
+    missing = sorted({str(w.message).split(" (")[0] for w in caught if "missing from font" in str(w.message)})
+    for w in caught:
+        if "missing from font" not in str(w.message):
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+    if missing:
+        log.warning("%s: %d letters of the video names have no font here and show as boxes: %s", where, len(missing), NO_GLYPH_HINT)
 
 
 def _tail(name: str, chars: int = TITLE_CHARS) -> str:
