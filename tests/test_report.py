@@ -429,6 +429,28 @@ def test_unplayable_video_plays_from_a_preview(browser, tmp_path):
     page.close()
 
 
+def test_previews_get_safe_names_in_the_previews_folder(tmp_path):
+    # A clip in a subfolder, and one whose name is as long as a file name may be: their previews
+    # lie in previews/ itself under the names plot and export give (".mp4" added to the long one
+    # as it was would make 256 bytes, more than a file name may have).
+    from urllib.parse import quote
+
+    from fercli.views.plots import safe_names
+
+    videos = ["sub/cam.avi", "c" * 248 + ".avi"]
+    for video in videos:
+        (tmp_path / video).parent.mkdir(exist_ok=True)
+        media.write_coded(tmp_path / video, (media.scene(160, 120, [(20, 10, 100)], seed=i) for i in range(10)), 10, "mjpeg", "yuvj420p")
+    table = write_batch(tmp_path, {video: [row(0, 1, 2)] for video in videos})
+    page = write_report(table, tmp_path / "r").read_text()
+    stems = safe_names(videos)
+    made = sorted((tmp_path / "r" / "previews").iterdir())
+    assert [p.name for p in made] == sorted(f"{stems[v]}.mp4" for v in videos) and all(p.is_file() for p in made)
+    assert all(len(p.name.encode()) <= 255 for p in made)
+    for video in videos:
+        assert f'src="{quote(f"previews/{stems[video]}.mp4")}"' in page
+
+
 def test_without_previews_an_unplayable_video_says_so(browser, tmp_path):
     frames = (media.scene(160, 120, [(20, 10, 100)], seed=i) for i in range(10))
     media.write_coded(tmp_path / "cam.avi", frames, 10, "mjpeg", "yuvj420p")

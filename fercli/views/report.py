@@ -107,9 +107,9 @@ def _previews(df: pd.DataFrame, root: Path, out_dir: Path) -> dict[str, Path]:
 
     found = {v: clip_under(root, v) for v in pd.unique(df["video"].astype(str))}
     todo = [v for v, path in found.items() if path is not None and path.is_file() and not browser_plays(path)]
-    made = {}
-    for video, stem in zip(todo, safe_names(todo)):
-        target = out_dir / PREVIEWS / f"{stem}.mp4"
+    made, stems = {}, safe_names(todo)
+    for video in todo:
+        target = out_dir / PREVIEWS / f"{stems[video]}.mp4"
         try:
             preview(found[video], target)
         except FerError as e:  # a clip fer annotated but cannot re-read now: its player says so
