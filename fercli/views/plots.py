@@ -23,7 +23,14 @@ import pandas as pd
 
 from ..core.errors import DataError
 from ..core.labels import DIMENSIONS
-from ..scoring.metrics import CLASSES, LABEL_MAX, LABEL_MIN, Report, confusion_matrix, write_metrics
+from ..scoring.metrics import (
+    CLASSES,
+    LABEL_MAX,
+    LABEL_MIN,
+    Report,
+    confusion_matrix,
+    write_metrics,
+)
 
 DPI = 100
 TRUE_COLOR, PRED_COLOR = "#4c72b0", "#dd8452"
