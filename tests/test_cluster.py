@@ -146,6 +146,13 @@ def test_without_ray_it_says_how_to_install(tmp_path, clips_dir, small_model, mo
     assert not out.exists()
 
 
+@pytest.mark.parametrize("device", ["cuda", "cuda:1"])
+def test_a_gpu_asked_of_a_cluster_without_one_is_refused_not_replaced_by_cpus(device):
+    with pytest.raises(FerError, match=f"--device {device}: the Ray cluster has no GPUs"):
+        cluster._model_pool({"CPU": 8.0}, device)
+    assert cluster._model_pool({"CPU": 8.0, "GPU": 2.0}, device) == (2, {"num_gpus": 1, "num_cpus": 1}, "cuda")
+
+
 def test_cli_ray_option(tmp_path, ray_local, clips_dir, small_model, local_run, monkeypatch):
     from fercli.cli import app
 

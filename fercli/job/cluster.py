@@ -223,8 +223,8 @@ def _model_pool(resources: dict, device: str) -> tuple[int, dict, str]:
     gpus = int(resources.get("GPU", 0))
     if gpus and device != "cpu":
         return gpus, {"num_gpus": 1, "num_cpus": 1}, "cuda"
-    if device == "cuda":
-        raise FerError("--device cuda: the Ray cluster has no GPUs (use --device auto or cpu)")
+    if device.startswith("cuda"):  # "cuda:1" too: a GPU asked for is never replaced by the CPU
+        raise FerError(f"--device {device}: the Ray cluster has no GPUs (use --device auto or cpu)")
     cpus = int(resources.get("CPU", 0))
     if cpus < 2:  # an actor holds its core for the whole job; the decode tasks need another
         raise FerError(f"--ray: the cluster has {cpus} CPU; decoding and the model need at least 2")
