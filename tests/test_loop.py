@@ -7,6 +7,7 @@ feature cache, so the backbone sees each frame once for the whole module.
 import csv
 import json
 import math
+import os
 from pathlib import Path
 
 import pytest
@@ -170,6 +171,54 @@ def test_an_existing_run_is_never_overwritten(tiny, tmp_path):
         train(TrainOptions(tiny, tmp_path / "run", resume=True, **{**opts, "lr": 1e-2}))
     with pytest.raises(FerError, match="nothing to resume"):
         train(TrainOptions(tiny, tmp_path / "other", resume=True, **opts))
+
+
+def digests(folder):
+    import hashlib
+
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.iterdir())}
+
+
+def test_a_finished_run_whose_last_pt_was_deleted_is_not_overwritten(tiny, tmp_path):
+    opts = dict(cache_dir=tmp_path / "c", **{**FAST, "epochs": 1, "image_size": 64})
+    run = train(TrainOptions(tiny, tmp_path / "run", **opts)).out
+    (run / "last.pt").unlink()  # to save space once the run is done: best.pt is the model
+    kept = digests(run)
+    with pytest.raises(FerError, match=r"already holds a run \(best.pt, config.json"):
+        train(TrainOptions(tiny, run, **opts))
+    assert digests(run) == kept
+
+
+def test_an_out_that_is_a_file_is_refused_before_any_work(tiny, tmp_path, monkeypatch):
+    from fercli.datasets import features as feature_module
+
+    (tmp_path / "notes.txt").write_text("mine")
+    monkeypatch.setattr(feature_module, "prepare", lambda *a, **k: pytest.fail("features were prepared"))
+    with pytest.raises(FerError, match=r"--out .*notes.txt is a file"):
+        train(TrainOptions(tiny, tmp_path / "notes.txt", cache_dir=tmp_path / "c", **{**FAST, "epochs": 1, "image_size": 64}))
+    assert (tmp_path / "notes.txt").read_text() == "mine"
+
+
+def test_a_run_resumes_from_another_directory(tiny, tmp_path, monkeypatch):
+    opts = dict(cache_dir=tmp_path / "c", **{**FAST, "epochs": 1, "image_size": 64})
+    (tmp_path / "a").mkdir()
+    monkeypatch.chdir(tmp_path / "a")
+    data = Path(os.path.relpath(tiny, tmp_path / "a"))
+    train(TrainOptions(data, Path("run"), **opts))
+    monkeypatch.chdir(tmp_path)  # the same data and run folder, spelled from elsewhere
+    resumed = train(TrainOptions(tiny, Path("a/run"), resume=True, **{**opts, "epochs": 2}))
+    assert resumed.epochs == 2
+
+
+def test_a_larger_patience_lets_an_early_stopped_run_go_on(tiny, tmp_path):
+    # lr 1e-30 moves no float32 weight, so no epoch has a better validation loss than the first
+    opts = dict(cache_dir=tmp_path / "c", **{**FAST, "image_size": 64, "lr": 1e-30, "monitor": "loss"})
+    first = train(TrainOptions(tiny, tmp_path / "run", **{**opts, "epochs": 5, "patience": 1}))
+    assert first.stopped_early and first.epochs == 2
+    again = train(TrainOptions(tiny, tmp_path / "run", resume=True, **{**opts, "epochs": 5, "patience": 1}))
+    assert again.epochs == 2  # the same patience: still stopped
+    more = train(TrainOptions(tiny, tmp_path / "run", resume=True, **{**opts, "epochs": 5, "patience": 3}))
+    assert more.epochs == 4 and more.stopped_early  # epochs 2, 3 and 4 without a better one
 
 
 def test_second_run_does_no_backbone_work(tiny, tmp_path, monkeypatch):

@@ -51,8 +51,13 @@ SOFT_LABEL_SIGMA = 1.0  # classes: the soft label's spread around the true class
 # The unpretrained backbone is a fixture, like a pretrained one: the same seed whatever --seed
 # says, so its cached features serve every training seed.
 RANDOM_BACKBONE_SEED = 0
-# Options that may differ when a run is resumed; any other difference is refused.
-RESUMABLE = ("epochs", "patience", "resume", "device", "cache_dir")
+# Options that may differ when a run is resumed; any other difference is refused. `out` is the
+# folder being resumed, wherever it now is; `data` and `split_file` are compared as real paths.
+RESUMABLE = ("epochs", "patience", "resume", "device", "cache_dir", "out")
+PATH_OPTIONS = ("data", "split_file")
+# What a run writes into its folder: any of them there means the folder holds a run (not only
+# last.pt, which a user may delete to save space once the run is done).
+RUN_FILES = ("last.pt", "best.pt", "config.json", "split.json", "summary.csv", "test.json", "curves.png")
 OPTIONS_BEFORE_THEY_EXISTED = {"monitor": "loss", "fraction": 1.0, "loss": "ce", "init": "hsemotion"}
 CURVES_EVERY_S = 30.0  # redraw curves.png during a run at most this often; always at its end
 METRIC_KEYS = ("loss", "acc_valence", "acc_arousal", "f1_valence", "f1_arousal", "ccc_valence", "ccc_arousal")
@@ -197,9 +202,14 @@ def _previous_run(opts: TrainOptions, out: Path) -> dict | None:
     from ..nets.checkpoints import read_checkpoint
 
     last = out / "last.pt"
+    if out.exists() and not out.is_dir():
+        raise FerError(f"--out {out} is a file: the run needs a folder of its own")
     if not opts.resume:
         if last.exists():
             raise FerError(f"{out} already holds a run; pass --resume to continue it, or choose another --out")
+        held = [name for name in RUN_FILES if (out / name).exists()]
+        if held:
+            raise FerError(f"{out} already holds a run ({', '.join(held)}) without its last.pt to resume from: choose another --out")
         return None
     if not last.exists():
         raise FerError(f"{out}: nothing to resume (no last.pt)")
@@ -218,6 +228,9 @@ def _check_same_run(previous: dict, config: dict, split: splits.Split, out: Path
         before["backbone"], before["init"] = OLD_BACKBONES[before["backbone"]]
     before = {k: v for k, v in before.items() if k not in RESUMABLE}
     now = {k: v for k, v in config["options"].items() if k not in RESUMABLE}
+    for key in PATH_OPTIONS:  # the same folder spelled another way (from another directory) is the same
+        if before.get(key) is not None and now.get(key) is not None and os.path.realpath(before[key]) == now[key]:
+            before[key] = now[key]
     changed = sorted(k for k in before.keys() | now.keys() if before.get(k) != now.get(k))
     if changed:
         raise FerError(f"{out}: cannot resume with different options ({', '.join(changed)}); use another --out")
@@ -375,8 +388,12 @@ def _run_config(opts, model, backbone_sha, split, rows, cache, prep) -> dict:
 
     from .. import __version__
 
+    options = _jsonable(asdict(opts))
+    for key in PATH_OPTIONS:  # as real paths: a resume from another directory finds them the same
+        if options[key] is not None:
+            options[key] = os.path.realpath(options[key])
     return {
-        "options": _jsonable(asdict(opts)),
+        "options": options,
         "model": model.config.to_dict(),
         "backbone_sha256": backbone_sha,
         "split": {"kind": split.kind, "seed": split.seed, "ratios": split.ratios, "source": split.source,
@@ -635,7 +652,9 @@ class _Trainer:
         # Runs from before --monitor kept the best validation loss, and stopped on it.
         self.best_score = loop["best_score"] if "best_score" in loop else -loop["best_loss"]
         self.best_epoch = loop["best_epoch"]
-        self.bad_epochs, self.stopped = loop["bad_epochs"], loop["stopped"]
+        # Stopped by this run's patience, which a resume may raise: a stopped run then goes on.
+        self.bad_epochs = loop["bad_epochs"]
+        self.stopped = self.bad_epochs >= self.opts.patience
         torch.set_rng_state(ckpt["rng"]["torch"])
         if torch.cuda.is_available() and ckpt["rng"].get("cuda"):
             torch.cuda.set_rng_state_all(ckpt["rng"]["cuda"])
