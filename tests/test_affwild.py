@@ -293,3 +293,19 @@ def test_a_crop_named_with_a_non_ascii_digit_is_not_a_frame(tmp_path):
     Image.new("RGB", (16, 16)).save(tmp_path / "cropped_aligned" / "a" / "².jpg")
     (clip,) = affwild.read_dataset(tmp_path)
     assert sorted(clip.images) == [i for i in range(10) if i % 5 != 4]
+
+
+def test_a_frame_with_one_value_marked_minus_5_has_no_label_and_trains(tmp_path):
+    truth = make_affwild(tmp_path / "aw", {"video1": 20, "video2": 8, "video3": 8, "video4": 8})
+    txt = tmp_path / "aw" / "VA_Estimation_Challenge" / "Train_Set" / "video1.txt"
+    va = truth["video1"].copy()
+    va[1::3, 1] = -5  # arousal alone unlabelled on these frames, valence kept
+    txt.write_text("valence,arousal\n" + "".join(f"{v},{a}\n" for v, a in va))
+    both = np.flatnonzero((va[:, 0] != -5) & (va[:, 1] != -5))
+    (clip,) = [c for c in affwild.read_dataset(tmp_path / "aw") if c.id == "video1"]
+    assert np.flatnonzero(clip.labelled).tolist() == both.tolist()
+    assert sorted(next(c for c in labelled_clips(tmp_path / "aw") if c.id == "video1").labels) == both.tolist()
+    from fercli.training import TrainOptions, train
+
+    run = train(TrainOptions(tmp_path / "aw", tmp_path / "run", init="random", image_size=64, epochs=1, frames_fps=5.0))
+    assert run.epochs == 1

@@ -42,7 +42,9 @@ class AffWildClip:
 
     @property
     def labelled(self) -> np.ndarray:
-        return ~np.isnan(self.valence)
+        """Frames with both values: a -5 in either column leaves the frame unlabelled (ABAW marks
+        both; a frame with one value would train one head on a made-up class)."""
+        return ~np.isnan(self.valence) & ~np.isnan(self.arousal)
 
     def classes(self) -> tuple[np.ndarray, np.ndarray]:
         """Labelled frames' (valence, arousal) on the 21-class -10..10 scale (labels.to_class rule)."""
