@@ -102,7 +102,7 @@ def read_clip(folder: str | Path, json_path: str | Path | None = None) -> AfewCl
     if json_path.exists() and not is_regular_file(json_path):  # a FIFO would block the read forever
         raise DataError(f"{where}: label file is not a regular file")
     try:
-        doc = json.loads(json_path.read_text(encoding="utf-8"))
+        doc = json.loads(json_path.read_text(encoding="utf-8-sig"))  # a BOM (Windows editors) is not data
     except FileNotFoundError:
         raise DataError(f"{where}: label file missing") from None
     except RecursionError:  # arrays or objects nested deeper than Python's stack
@@ -148,10 +148,12 @@ def _frame_label(entry, where: str) -> FrameLabel:
     values = []
     for dim in ("valence", "arousal"):
         v = entry.get(dim)
-        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v != int(v):
+        # A float is checked as a float; an int may be too large for one (10**400: JSON allows it).
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or (isinstance(v, float) and not (math.isfinite(v) and v.is_integer())):
             raise DataError(f"{where}: {dim} {v!r} is not an integer label")
         if not LABEL_MIN <= v <= LABEL_MAX:
-            raise DataError(f"{where}: {dim} {int(v)} is outside {LABEL_MIN}..{LABEL_MAX}")
+            shown = str(int(v)) if abs(v) < 10**12 else f"(a {len(str(abs(int(v))))}-digit number)"
+            raise DataError(f"{where}: {dim} {shown} is outside {LABEL_MIN}..{LABEL_MAX}")
         values.append(int(v))
     return FrameLabel(*values, landmarks=_landmarks(entry.get("landmarks"), where))
 
@@ -161,7 +163,7 @@ def _landmarks(raw, where: str) -> np.ndarray | None:
         return None  # the crop then relies on the detector alone
     try:
         points = np.asarray(raw, dtype=np.float64)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):  # OverflowError: an integer past float's range
         points = None
     if points is None or points.shape != (N_LANDMARKS, 2) or not np.isfinite(points).all():
         raise DataError(f"{where}: malformed JSON (landmarks must be {N_LANDMARKS} [x, y] pairs)")
