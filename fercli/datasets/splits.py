@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,6 +17,8 @@ from .features import ClipSamples
 DEFAULT_RATIOS = {"train": 0.7, "val": 0.15, "test": 0.15}
 DEFAULT_SPLIT_SEED = 0
 PARTS = ("train", "val", "test")
+
+log = logging.getLogger("fercli")
 
 
 @dataclass
@@ -46,9 +49,26 @@ def read_split_file(path: str | Path) -> dict:
     lists = [p for p in PARTS if p in doc]
     if lists and len(lists) != len(PARTS):
         raise DataError(f"{path}: a split file with clip lists needs all of {', '.join(PARTS)}")
+    if lists:
+        _check_lists(doc, path)
     if "ratios" in doc:
         _check_ratios(doc["ratios"], str(path))
     return doc
+
+
+def _check_lists(doc: dict, path: Path) -> None:
+    """Each part a list of clip names, and no clip in two places: a clip named in train and test
+    would be trained on and scored, and the run's record would count it twice."""
+    part_of: dict[str, str] = {}
+    for part in PARTS:
+        names = doc[part]
+        if not isinstance(names, list) or not all(isinstance(n, (str, int)) and not isinstance(n, bool) for n in names):
+            raise DataError(f"{path}: malformed split file ('{part}' must be a list of clip names)")
+        for name in map(str, names):
+            if name in part_of:
+                where = f"twice in the {part} list" if part_of[name] == part else f"in both the {part_of[name]} and {part} lists"
+                raise DataError(f"{path}: clip {name} is {where}; a clip belongs to one part")
+            part_of[name] = part
 
 
 def split_clips(clips: list[AfewClip], seed: int = DEFAULT_SPLIT_SEED, ratios: dict | None = None,
@@ -68,6 +88,10 @@ def split_clips(clips: list[AfewClip], seed: int = DEFAULT_SPLIT_SEED, ratios: d
                 if cid not in ids:
                     raise DataError(f"clip {cid}: named in the split's {p} list but missing from the data")
         _check_actor_overlap(clips, parts)
+        unused = sorted(ids - {cid for p in PARTS for cid in parts[p]})
+        if unused:
+            shown = ", ".join(unused[:5]) + (f" and {len(unused) - 5} more" if len(unused) > 5 else "")
+            log.warning("%s: %d clip(s) of the data are in none of its lists and are not used: %s", source, len(unused), shown)
         return Split("clip", seed, ratios, parts, source)
     groups: dict[str, list[str]] = {}
     for c in sorted(clips, key=lambda c: c.id):
