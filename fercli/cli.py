@@ -128,10 +128,14 @@ def _command_console(verbose: bool, device: str | None = None):
 
 
 def _fail(console, message: str, code: int = EXIT_ERROR) -> typer.Exit:
+    _error_line(console, message)
+    return typer.Exit(code)
+
+
+def _error_line(console, message: str) -> None:
     # escaped: messages hold paths and hints such as "fercli[ray]" that rich would read as markup
     # soft_wrap: the message stays one line (a long path is not broken) however narrow the terminal
     console.print(f"[red]error:[/red] {_shown(message)}", markup=True, highlight=False, soft_wrap=True)
-    return typer.Exit(code)
 
 
 def _version(value: bool) -> None:
@@ -586,8 +590,14 @@ def benchmark_compare(
     from .core.errors import FerError
 
     console = _command_console(verbose)
+    skipped = []
+
+    def left_out(run: Path, message: str) -> None:  # the other runs are still compared
+        skipped.append(run)
+        _error_line(console, message)
+
     try:
-        rows = compare(runs, out)
+        rows = compare(runs, out, on_error=left_out)
     except FerError as e:
         raise _fail(console, str(e)) from None
     table = Table(title="test part of each run (best checkpoint)")
@@ -599,6 +609,9 @@ def benchmark_compare(
     _stdout().print(table)
     if out is not None:
         console.print(f"wrote compare.md and compare.json to {out}")
+    if skipped:
+        console.print(f"{len(skipped)} run folder(s) left out: {', '.join(map(str, skipped))}", highlight=False, soft_wrap=True)
+        raise typer.Exit(EXIT_FAILED)
 
 
 @benchmark_app.command("speed")

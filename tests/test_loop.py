@@ -461,6 +461,52 @@ def test_benchmark_compare_names_a_folder_that_is_not_a_run(tmp_path):
     assert result.exit_code == 2 and "config.json" in result.output
 
 
+def fake_run(folder: Path) -> Path:
+    """A run folder as `fer train` leaves one, written by hand: config.json, test.json, summary.csv."""
+    folder.mkdir(parents=True)
+    config = {"options": {"init": "random", "temporal": "lstm", "split": "clip", "fraction": 1.0, "lr": 1e-4, "batch_size": 8},
+              "model": {"backbone": "efficientnet_b0"}, "device": "cpu"}
+    (folder / "config.json").write_text(json.dumps(config))
+    (folder / "test.json").write_text(json.dumps({"ccc_valence": 0.5, "ccc_arousal": 0.25, "acc_valence": 0.4, "best_epoch": 2}))
+    (folder / "summary.csv").write_text("epoch,seconds\n1,1.5\n2,2.25\n")
+    return folder
+
+
+@pytest.mark.parametrize("name,content,message", [
+    ("summary.csv", "epoch,time\n1,1.5\n", "no 'seconds' column"),
+    ("summary.csv", "epoch,seconds\n1,fast\n", "'seconds' value is not a number"),
+    ("summary.csv", b"epoch,seconds\n1,\xff\n", "unreadable"),
+    ("test.json", '{"ccc_valence": "0.5", "ccc_arousal": 0.2}', "ccc_valence '0.5' is not a number"),
+    ("config.json", '{"options": "lr=1e-4"}', "'options' is not a JSON object"),
+    ("config.json", '{"options": {"batch_size": [8]}}', "batch_size '[8]' is not a number"),
+])
+def test_compare_leaves_out_a_damaged_run_naming_its_file_and_compares_the_rest(tmp_path, name, content, message):
+    from typer.testing import CliRunner
+
+    from fercli.cli import app
+
+    good, bad = fake_run(tmp_path / "good"), fake_run(tmp_path / "bad")
+    (bad / name).write_bytes(content if isinstance(content, bytes) else content.encode())
+    result = CliRunner().invoke(app, ["benchmark", "compare", str(bad), str(good), "--out", str(tmp_path / "cmp")])
+    assert result.exit_code == 1, result.output
+    errors = [line for line in result.output.splitlines() if line.startswith("error:")]
+    assert errors == [f"error: {bad / name}: " + errors[0].split(f"{bad / name}: ", 1)[1]] and message in errors[0]
+    doc = json.loads((tmp_path / "cmp" / "compare.json").read_text())
+    assert list(doc["runs"]) == ["good"]
+    assert doc["runs"]["good"]["train_seconds"] == 3.75 and doc["runs"]["good"]["ccc_mean"] == 0.375  # by hand
+
+
+def test_compare_with_no_readable_run_is_an_error(tmp_path):
+    from typer.testing import CliRunner
+
+    from fercli.cli import app
+
+    bad = fake_run(tmp_path / "bad")
+    (bad / "test.json").unlink()
+    result = CliRunner().invoke(app, ["benchmark", "compare", str(bad), "--out", str(tmp_path / "cmp")])
+    assert result.exit_code == 2 and "test.json: missing" in result.output and not (tmp_path / "cmp").exists()
+
+
 def test_soft_labels_are_gaussians_around_the_true_class():
     import numpy as np
 

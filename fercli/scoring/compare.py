@@ -60,37 +60,53 @@ class RunRow:
 
 
 def read_run(folder: str | Path) -> RunRow:
-    """The table row of a finished `fer train` run folder; DataError naming what is missing."""
+    """The table row of a finished `fer train` run folder; DataError (one line) naming the file
+    that is missing or holds something other than what `fer train` writes."""
     folder = Path(folder)
-    config, test = _json(folder / "config.json"), _json(folder / "test.json")
-    opts, model = config.get("options", {}), config.get("model", {})
-    epochs = _summary_rows(folder / "summary.csv")
-    ccc = [test.get("ccc_valence"), test.get("ccc_arousal")]
+    config_path, test_path = folder / "config.json", folder / "test.json"
+    config, test = _json(config_path), _json(test_path)
+    opts, model = _object(config, "options", config_path), _object(config, "model", config_path)
+    seconds = _epoch_seconds(folder / "summary.csv")
+    ccc = [_number(test, "ccc_valence", test_path), _number(test, "ccc_arousal", test_path)]
+    lr, batch = _number(opts, "lr", config_path), _number(opts, "batch_size", config_path)
     return RunRow(
         name=folder.name,
-        backbone=model.get("backbone", "?"),
-        init=opts.get("init", opts.get("backbone", "?")),
-        temporal=opts.get("temporal", model.get("temporal", "?")),
-        split=opts.get("split", "?"),
-        fraction=float(opts.get("fraction", 1.0)),
+        backbone=str(model.get("backbone", "?")),
+        init=str(opts.get("init", opts.get("backbone", "?"))),
+        temporal=str(opts.get("temporal", model.get("temporal", "?"))),
+        split=str(opts.get("split", "?")),
+        fraction=_number(opts, "fraction", config_path, default=1.0),
         ccc_valence=ccc[0],
         ccc_arousal=ccc[1],
         ccc_mean=(ccc[0] + ccc[1]) / 2 if None not in ccc else None,
-        acc_valence=test.get("acc_valence"),
-        acc_arousal=test.get("acc_arousal"),
-        f1_valence=test.get("f1_valence"),
-        f1_arousal=test.get("f1_arousal"),
-        train_seconds=sum(float(r["seconds"]) for r in epochs),
-        epochs=f"{len(epochs)} ({test.get('best_epoch', '?')})",
-        lr=float(opts.get("lr", float("nan"))),
-        batch_size=int(opts.get("batch_size", 0)),
+        acc_valence=_number(test, "acc_valence", test_path),
+        acc_arousal=_number(test, "acc_arousal", test_path),
+        f1_valence=_number(test, "f1_valence", test_path),
+        f1_arousal=_number(test, "f1_arousal", test_path),
+        train_seconds=sum(seconds),
+        epochs=f"{len(seconds)} ({test.get('best_epoch', '?')})",
+        lr=float("nan") if lr is None else lr,
+        batch_size=0 if batch is None else int(batch),
         device=str(config.get("device", opts.get("device", "?"))),
     )
 
 
-def compare(runs: list[str | Path], out: str | Path | None = None) -> list[RunRow]:
-    """Rows for `runs`, in the order given; with `out`, also compare.md and compare.json there."""
-    rows = [read_run(r) for r in runs]
+def compare(runs: list[str | Path], out: str | Path | None = None, on_error=None) -> list[RunRow]:
+    """Rows for `runs`, in the order given; with `out`, also compare.md and compare.json there.
+
+    on_error(run, message): a run that cannot be read is left out and said there, and the others
+    are compared (DataError if none can be); without it the first such run raises DataError.
+    """
+    rows = []
+    for run in runs:
+        try:
+            rows.append(read_run(run))
+        except DataError as e:
+            if on_error is None:
+                raise
+            on_error(Path(run), str(e))
+    if not rows:
+        raise DataError("none of the run folders could be read")
     names = [r.name for r in rows]
     if len(set(names)) != len(names):
         raise DataError(f"two runs share a folder name ({', '.join(n for n in names if names.count(n) > 1)}); compare.json is keyed by it")
@@ -130,9 +146,35 @@ def _json(path: Path) -> dict:
     return doc
 
 
-def _summary_rows(path: Path) -> list[dict]:
+def _object(doc: dict, key: str, path: Path) -> dict:
+    value = doc.get(key, {})
+    if not isinstance(value, dict):
+        raise DataError(f"{path}: '{key}' is not a JSON object")
+    return value
+
+
+def _number(doc: dict, key: str, path: Path, default: float | None = None) -> float | None:
+    """doc[key] as a float (None or `default` where absent); DataError for anything else."""
+    value = doc.get(key)
+    if value is None:
+        return default
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise DataError(f"{path}: {key} {str(value)[:40]!r} is not a number")
+    return float(value)
+
+
+def _epoch_seconds(path: Path) -> list[float]:
+    """Each epoch's seconds from summary.csv."""
     try:
         with open(path, newline="", encoding="utf-8") as f:
-            return list(csv.DictReader(f))
+            rows = list(csv.DictReader(f))
     except FileNotFoundError:
         raise DataError(f"{path}: missing (not a finished `fer train` run folder)") from None
+    except (OSError, UnicodeDecodeError, csv.Error) as e:
+        raise DataError(f"{path}: unreadable ({first_line(e)})") from None
+    try:
+        return [float(r["seconds"]) for r in rows]
+    except KeyError:
+        raise DataError(f"{path}: no 'seconds' column (not a `fer train` summary)") from None
+    except (TypeError, ValueError):
+        raise DataError(f"{path}: a 'seconds' value is not a number") from None
