@@ -446,3 +446,23 @@ def test_the_stage_clock_waits_for_the_models_gpu(monkeypatch):
     with StageClock(torch.device("cpu")).stage("backbone", 4):
         pass
     assert len(waited) == 2
+
+
+def test_resume_keeps_the_errors_of_videos_it_does_not_list(tmp_path, clips_dir, broken_dir, lstm):
+    # The errors file is the only record of why a video is missing from the table.
+    videos = tmp_path / "videos"
+    videos.mkdir()
+    for name in ("empty.mp4", "truncated.mp4"):
+        shutil.copy(broken_dir / name, videos / name)
+    (videos / "fixed.mp4").write_bytes(b"")  # broken now, replaced by a good clip before the resume
+    out = tmp_path / "r.parquet"
+    first = fercli.annotate([clips_dir / "odd.avi", *sorted(videos.iterdir())], out, model=lstm)
+    assert sorted(pd.read_csv(first.errors_file).video) == ["empty.mp4", "fixed.mp4", "truncated.mp4"]
+    before = dict(pd.read_csv(first.errors_file).values)
+    shutil.copy(clips_dir / "moving.mp4", videos / "fixed.mp4")
+    again = fercli.annotate([clips_dir / "moving.mp4", videos / "fixed.mp4", videos / "truncated.mp4"], out, model=lstm,
+                            options=AnnotateOptions(resume=True))
+    errors = pd.read_csv(again.errors_file)
+    assert sorted(errors.video) == ["empty.mp4", "truncated.mp4"]  # fixed.mp4 now in the table; each once
+    assert dict(errors.values)["empty.mp4"] == before["empty.mp4"]
+    assert sorted(read_table(out).video.unique()) == ["fixed.mp4", "moving.mp4", "odd.avi"]

@@ -14,7 +14,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
-from ..core.errors import FerError
+from ..core.errors import DataError, FerError
 from ..media.inputs import Clip, find_clips
 from .contract import AnnotateOptions, AnnotateResult, ProgressEvent, VideoResult
 from .stages import NO_CLOCK, Labeler, StageClock, has_expressions
@@ -91,6 +91,7 @@ def _annotate_into(out, model, options, device, requested, inputs, clock, emit) 
         resume=options.resume, overwrite=options.overwrite, expressions=has_expressions(model),
     )  # fmt: skip
     done = writer.done() if options.resume else set()
+    earlier = _earlier_errors(out, inputs.clips) if options.resume else []
     result = AnnotateResult(out, skipped_files=inputs.skipped)
     todo = []
     for clip in _unique(inputs.clips, result):
@@ -113,9 +114,21 @@ def _annotate_into(out, model, options, device, requested, inputs, clock, emit) 
             if result.videos or not out.exists():
                 with clock.stage("write"):
                     result.rows = writer.finish([c.name for c in inputs.clips])
-            errors = [(v.video, v.error) for v in result.videos if v.error]
+            errors = earlier + [(v.video, v.error) for v in result.videos if v.error]
             result.errors_file = write_errors(out, errors)
     return result
+
+
+def _earlier_errors(out: Path, clips) -> list[tuple[str, str]]:
+    """The resumed table's failed videos that this run does not list: their record stays (the
+    errors file is all that says why they are not in the table). Listed ones are tried again."""
+    from ..tables.writers import read_errors
+
+    listed = {c.name for c in clips}
+    try:
+        return [(video, error) for video, error in read_errors(out) if video not in listed]
+    except DataError:  # not an errors file of fer's: write_errors leaves it, or says so
+        return []
 
 
 def _run_on_ray(clips, labeler, options, device, clock, requested: str) -> None:
