@@ -725,7 +725,9 @@ def plot(
 EXPORT_EPILOG = """
 Examples:
 
-  fer export results.parquet --to elan --out elan/    # one tab-delimited .txt per clip
+  fer export results.parquet --to elan --out elan/    # one ELAN document (.eaf) per clip
+
+  fer export results.parquet --to elan-txt --out elan/    # one tab-delimited .txt per clip
 
   fer export results.parquet --to nova --out nova/    # .annotation + .annotation~ per clip and dimension
 """
@@ -759,6 +761,10 @@ def export(
     if result.failed:
         names = ", ".join(video for video, _ in result.failed)
         say(f"{len(result.failed)} clips failed in annotation and are not in the table: {names} (see {result.errors_file})")
+    for _, message in result.refused:  # the other clips were exported
+        _error_line(console, message)
+    if result.refused:
+        raise typer.Exit(EXIT_FAILED)
 
 
 RENDER_EPILOG = """

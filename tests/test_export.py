@@ -387,3 +387,53 @@ def test_cli_errors_are_one_line_exit_2(batch, tmp_path, problem):
     if problem == "existing":
         assert {p.name: p.read_text() for p in (tmp_path / "e").iterdir()} == before
         assert fer("export", table, "--to", to, "--out", tmp_path / "e", "--overwrite").exit_code == 0
+
+
+# --- per-frame tables of a real batch ----------------------------------------------------------
+
+
+def pyav_times(path):
+    """Each frame's time from the first frame's, as PyAV (a second decoder) reads the file."""
+    with av.open(str(path)) as c:
+        times = [float(f.time) for f in c.decode(video=0)]
+    return [t - times[0] for t in times]
+
+
+@pytest.fixture(scope="module")
+def mixed_rates(tmp_path_factory, lstm_checkpoint):
+    """One --per-frame table of a batch: clips at 25, 30 and 29.97 fps, and one of variable rate."""
+    import fercli
+    from fercli.job.contract import AnnotateOptions
+
+    root = tmp_path_factory.mktemp("rates")
+    face = media.still_face(30, 10, 90)
+    for name, fps in (("pal.mp4", 25), ("ntsc30.mp4", 30), ("ntsc.mp4", 30000 / 1001)):
+        media.make_clip(root / name, 1.6, fps, (160, 120), face)
+    vfr = [0.0, 0.04, 0.08, 0.2, 0.24, 0.4, 0.5, 0.52, 0.7, 0.9]
+    media.write_video(root / "vfr.mp4", (media.scene(160, 120, face(t), seed=i) for i, t in enumerate(vfr)), 25, times=vfr)
+    out = root / "frames.parquet"
+    fercli.annotate([root], out, model=str(lstm_checkpoint), options=AnnotateOptions(per_frame=True))
+    return root, out
+
+
+def test_elan_spans_of_each_video_frame_are_its_own_times(mixed_rates, tmp_path):
+    root, table = mixed_rates
+    export_table(table, "elan-txt", tmp_path / "e")
+    for name in ("pal.mp4", "ntsc30.mp4", "ntsc.mp4", "vfr.mp4"):
+        times = pyav_times(root / name)
+        got = [(b, e) for tier, b, e, _ in read_elan(tmp_path / "e" / f"{name}.txt") if tier == "valence"]
+        ends = times[1:] + [times[-1] + np.median(np.diff(times))]  # the last one frame period long
+        assert len(got) == len(times), name
+        assert np.abs(np.subtract(got, np.stack([times, ends], axis=1))).max() <= 0.0005 + 1e-9, name  # ms precision
+
+
+def test_nova_gives_each_clip_its_own_rate_and_refuses_a_variable_one_alone(mixed_rates, tmp_path):
+    _, table = mixed_rates
+    result = runner.invoke(app, ["export", str(table), "--to", "nova", "--out", str(tmp_path / "n")])
+    assert result.exit_code == 1, result.output
+    errors = [line for line in result.output.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and errors[0].startswith("error: vfr.mp4: ") and "ELAN" in errors[0]
+    rates = {name: float(read_nova(tmp_path / "n" / f"{name}.valence.annotation")[0]["sr"]) for name in ("pal.mp4", "ntsc30.mp4", "ntsc.mp4")}
+    assert rates["pal.mp4"] == 25 and rates["ntsc30.mp4"] == 30
+    assert rates["ntsc.mp4"] == pytest.approx(30000 / 1001, rel=1e-4)
+    assert not list((tmp_path / "n").glob("vfr*"))

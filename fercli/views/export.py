@@ -21,8 +21,9 @@
   faces of a clip belong on one timeline.
 - NOVA (hcmlab/nova): per clip, face and dimension, a continuous annotation, the XML header
   `<name>.annotation` and its ASCII data file `<name>.annotation~`: one line `score;confidence` per
-  sample at the scheme's rate `sr` (1 Hz per second; the table's fps for a `--per-frame` table),
-  line *i* being the sample at *i* / `sr` seconds. The score is the table's continuous
+  sample at the scheme's rate `sr` (1 Hz per second; the model's fps for a `--per-sample` table,
+  each clip's own for a `--per-frame` one), line *i* being the sample at *i* / `sr` seconds; a
+  clip of variable frame rate has no `sr` and is refused (ExportResult.refused), the others written. The score is the table's continuous
   `valence_score` / `arousal_score` (unclipped, as in the table); the confidence is
   `valence_conf` / `arousal_conf` (the probability of the chosen class) where the model gives one,
   else 1. A second without a face is `NaN;0`: no value, and confidence 0 so that NOVA's
@@ -72,11 +73,14 @@ class ExportResult:
     files: every file written. clips: the clips exported. no_files: clips of an `--all-faces`
     table in which no face was ever found, so NOVA (one file set per face) has nothing to name.
     failed: (video, error) for the clips the errors sidecar lists (they are not in the table).
+    refused: (video, error) for clips the format cannot hold (NOVA: a variable frame rate); the
+    other clips are exported.
     """
 
     files: list[Path] = field(default_factory=list)
     clips: list[str] = field(default_factory=list)
     no_files: list[str] = field(default_factory=list)
+    refused: list[tuple[str, str]] = field(default_factory=list)  # (video, one-line why) the format cannot hold
     failed: list[tuple[str, str]] = field(default_factory=list)
     errors_file: Path | None = None
 
@@ -109,6 +113,8 @@ def export(table_path: str | Path, options: ExportOptions) -> ExportResult:
     result.failed, result.errors_file = _failed(table_path)
     videos = Path(options.videos) if options.videos is not None else table_path.parent
     planned = _plan(table, to, result, videos, out_dir)
+    if result.refused and not result.clips:
+        raise DataError(f"{table_path}: {result.refused[0][1]}")
     clashes = [p for p in planned if (out_dir / p).exists()]
     if clashes and not options.overwrite:
         more = f" and {len(clashes) - 1} more files" if len(clashes) > 1 else ""
@@ -144,7 +150,7 @@ class _Table:
 
     df: pd.DataFrame
     per_frame: bool
-    rate: float  # samples per second: 1 for per-second tables, the sampling fps for per-frame
+    rates: dict[str, float | None]  # per clip, rows per second: 1 per second, else the clip's own (None: no one rate)
     faces: bool  # an --all-faces table (a person column)
 
     @classmethod
@@ -167,10 +173,13 @@ class _Table:
         if dup.any():
             row = df[dup].iloc[0]
             raise DataError(f"{path}: {row['video']} has {key} {row['_index']} twice")
-        rate = _frame_rate(df, path, key) if per_frame else 1.0
-        if per_frame:  # a sample is shown until the next one: [k / fps, (k + 1) / fps)
-            df["_begin"] = df["_index"] / rate
-            df["_end"] = (df["_index"] + 1) / rate
+        rates = _clip_rates(df, path, key) if per_frame else dict.fromkeys(pd.unique(df["video"]), 1.0)
+        if per_frame:  # a row from its own time until the next row's (a video frame's, or a sample's)
+            df["_begin"], df["_end"] = _frame_spans(df, rates)
+            rate = df["video"].map(rates).astype(float)
+            exact = rate.notna() & (key == "sample_index")  # sample k of a known rate: [k / fps, (k + 1) / fps)
+            df.loc[exact, "_begin"] = df["_index"][exact] / rate[exact]
+            df.loc[exact, "_end"] = (df["_index"][exact] + 1) / rate[exact]
         else:
             df["_begin"] = pd.to_numeric(df["start"], errors="coerce") if "start" in df else df["_index"].astype(float)
             df["_end"] = pd.to_numeric(df["end"], errors="coerce") if "end" in df else df["_index"] + 1.0
@@ -180,7 +189,7 @@ class _Table:
         if faces:
             has_face &= df["person"].notna()
         df["_face"] = has_face
-        return cls(df, per_frame, rate, faces)
+        return cls(df, per_frame, rates, faces)
 
     def clips(self):
         """(video, its rows) in table order."""
@@ -200,10 +209,11 @@ class _Table:
         return rows[rows["person"].notna() & (rows["person"] == person)]
 
 
-def _frame_rate(df: pd.DataFrame, path: Path, key: str) -> float:
-    """Rows per second of a per-sample table: its metadata's fps, else `sample_index / time` (the
-    sampler places sample k at k / fps exactly), which must then agree across the rows. A table
-    per video frame: `frame / time`, the video's own rate (a variable-rate video has none)."""
+def _clip_rates(df: pd.DataFrame, path: Path, key: str) -> dict[str, float | None]:
+    """Rows per second of each clip of a per-sample or per-frame table. Per sample: the metadata's
+    fps (the model's, one for every clip), else `sample_index / time` (the sampler places sample k
+    at k / fps exactly). Per video frame: `frame / time`, each clip's own rate (clips of 25 and
+    30 fps share a batch); None for a clip whose times follow no one rate (a variable frame rate)."""
     from ..tables.writers import read_metadata
 
     try:
@@ -212,18 +222,32 @@ def _frame_rate(df: pd.DataFrame, path: Path, key: str) -> float:
         meta = {}
     fps = meta.get("fps") if key == "sample_index" else None  # the model's rate, not the video's
     if isinstance(fps, (int, float)) and fps > 0:
-        return float(fps)
-    time = pd.to_numeric(df["time"], errors="coerce").to_numpy(dtype=float)
-    frame = df["_index"].to_numpy(dtype=float)
-    usable = time > 0
-    if not usable.any():
-        raise DataError(f"{path}: a per-frame table without metadata and with one sample: cannot tell its sample rate")
-    rates = frame[usable] / time[usable]
-    fps = float(np.median(rates))
+        return dict.fromkeys(pd.unique(df["video"]), float(fps))
     # Video timestamps are rounded to the file's time base (often 1 ms): a tenth of a frame.
-    if not np.allclose(frame, time * fps, atol=1e-3 if key == "sample_index" else 0.1):
-        raise DataError(f"{path}: times are not {key} / fps for one fps (a variable frame rate?): cannot tell the sample rate")
-    return fps
+    tolerance = 1e-3 if key == "sample_index" else 0.1
+    rates = {}
+    for video, rows in df.groupby("video", sort=False):
+        rows = rows.drop_duplicates("_index")  # an --all-faces table has a row per face
+        time = pd.to_numeric(rows["time"], errors="coerce").to_numpy(dtype=float)
+        index = rows["_index"].to_numpy(dtype=float)
+        usable = time > 0
+        rate = float(np.median(index[usable] / time[usable])) if usable.any() else None
+        rates[video] = rate if rate and np.allclose(index, time * rate, atol=tolerance) else None
+    return rates
+
+
+def _frame_spans(df: pd.DataFrame, rates: dict[str, float | None]) -> tuple[pd.Series, pd.Series]:
+    """[begin, end) of each row of a per-frame table: a frame's time to the next frame's (of the
+    same clip), the last one frame period long (the clip's rate, else its median frame gap)."""
+    time = pd.to_numeric(df["time"], errors="coerce")
+    end = pd.Series(np.nan, index=df.index)
+    for video, rows in df.groupby("video", sort=False):
+        frames = time[rows.index].groupby(rows["_index"]).first().sort_index()
+        gaps = np.diff(frames.to_numpy())
+        period = 1 / rates[video] if rates.get(video) else (float(np.median(gaps)) if len(gaps) else 1.0)
+        following = pd.Series(np.append(frames.to_numpy()[1:], frames.iloc[-1] + period), index=frames.index)
+        end[rows.index] = rows["_index"].map(following).to_numpy()
+    return time, end
 
 
 # --- planning the files ------------------------------------------------------------------------
@@ -239,10 +263,14 @@ def _plan(table: _Table, to: str, result: ExportResult, videos: Path, out_dir: P
     stems = safe_names([video for video, _ in table.clips()])
     planned: dict[str, str] = {}
     for video, rows in table.clips():
-        if to == "elan":
-            files = _eaf_files(table, rows, video, videos, out_dir)
-        else:
-            files = _elan_files(table, rows) if to == "elan-txt" else _nova_files(table, rows)
+        try:
+            if to == "elan":
+                files = _eaf_files(table, rows, video, videos, out_dir)
+            else:
+                files = _elan_files(table, rows) if to == "elan-txt" else _nova_files(table, rows)
+        except DataError as e:  # this clip alone; the batch goes on
+            result.refused.append((video, str(e)))
+            continue
         if not files:
             result.no_files.append(video)
         planned.update({f"{stems[video]}{suffix}": text for suffix, text in files.items()})
@@ -355,6 +383,10 @@ def _elan_text(value) -> str:
 
 
 def _nova_files(table: _Table, rows: pd.DataFrame) -> dict[str, str]:
+    video = rows["video"].iloc[0]
+    rate = table.rates[video]
+    if rate is None:  # NOVA's line i is the sample at i / sr: one rate per file
+        raise DataError(f"{video}: its times follow no one sample rate (a variable frame rate?), which NOVA needs: export it to ELAN")
     length = int(rows["_index"].max()) + 1  # every face's file covers the whole clip
     files: dict[str, str] = {}
     for person in table.persons(rows):
@@ -363,7 +395,7 @@ def _nova_files(table: _Table, rows: pd.DataFrame) -> dict[str, str]:
         prefix = "" if person is None else f".{role}"
         for dim in DIMENSIONS:
             data = _nova_data(face, dim)
-            files[f"{prefix}.{dim}.annotation"] = _nova_header(dim, role, table.rate, len(data))
+            files[f"{prefix}.{dim}.annotation"] = _nova_header(dim, role, rate, len(data))
             files[f"{prefix}.{dim}.annotation~"] = "".join(line + "\n" for line in data)
     return files
 
