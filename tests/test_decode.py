@@ -424,6 +424,47 @@ def test_jpg_folder_is_read_in_name_order(tmp_path):
     assert len(frames) == 3
 
 
+def test_unpadded_frame_names_play_in_number_order(tmp_path):
+    # 0.png ... 14.png: name order would play 0, 1, 10, 11, ..., 14, 2, 3, ...
+    images = list(moving_frames(15, 64, 48))
+    for i, img in enumerate(images):
+        Image.fromarray(img).save(tmp_path / f"{i}.png")
+    frames = sample(tmp_path, 25)
+    assert len(frames) == 15
+    for k, frame in enumerate(frames):
+        np.testing.assert_array_equal(frame.image, images[k])
+
+
+def test_missing_frame_numbers_are_time_the_last_frame_is_held(tmp_path):
+    # 00000-00004 and 00010-00014 at 5 frames/s: frame 10 plays at 2 s, as a label file
+    # (AFEW-VA: frame N at N / fps) and the training data place it; 00004 is on screen in between.
+    images = list(moving_frames(15, 64, 48))
+    kept = [*range(5), *range(10, 15)]
+    for i in kept:
+        Image.fromarray(images[i]).save(tmp_path / f"{i:05d}.png")
+    with open_video(tmp_path, frames_fps=5) as video:
+        info, frames, every = video.info, list(video.sample(5)), list(video.frames())
+    assert info.duration == pytest.approx(3.0) and info.frames == 10
+    held = [min(k, 4) if k < 10 else k for k in range(15)]  # what is on screen at t = k / 5
+    for k, frame in enumerate(frames):
+        np.testing.assert_array_equal(frame.image, images[held[k]])
+    assert [f.time for f in every] == pytest.approx([i / 5 for i in kept])
+
+
+def test_frame_names_with_a_prefix_and_no_numbers(tmp_path):
+    images = list(moving_frames(3, 64, 48))
+    for name, img in zip(["frame_9.png", "frame_10.png", "frame_11.png"], images):
+        Image.fromarray(img).save(tmp_path / name)
+    frames = sample(tmp_path, 25)
+    assert len(frames) == 3 and all(np.array_equal(f.image, images[k]) for k, f in enumerate(frames))
+    other = tmp_path / "named"
+    other.mkdir()
+    for name, img in zip(["b.png", "a.png", "c.png"], images):  # no numbers: in name order, one after another
+        Image.fromarray(img).save(other / name)
+    frames = sample(other, 25)
+    assert [int(np.argmax([np.array_equal(f.image, img) for img in images])) for f in frames] == [1, 0, 2]
+
+
 def test_folder_with_mixed_sizes_is_rejected(tmp_path):
     write_frames(tmp_path, [np.zeros((48, 64, 3), np.uint8), np.zeros((48, 66, 3), np.uint8)])
     with pytest.raises(VideoError, match=str(tmp_path)):

@@ -355,25 +355,41 @@ def _plausible(stamps: np.ndarray) -> bool:
 
 
 class _ImageReader:
-    """A folder of frames (AFEW-VA: 00000.png, 00001.png, ...) played at frames_fps."""
+    """A folder of frames (AFEW-VA: 00000.png, 00001.png, ...) played at frames_fps, each at its
+    number (`frame_numbers`): a number skipped is a frame missing, the one before held over it."""
 
     sparse = True  # every image is read on its own; nothing to read in between
 
     def __init__(self, folder: Path, frames_fps: float):
         if not (math.isfinite(frames_fps) and frames_fps > 0):
             raise ValueError(f"frames_fps must be a positive number, got {frames_fps}")
-        self.files = sorted(
-            p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS
-        )
-        if not self.files:
+        files = [p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS]
+        if not files:
             raise VideoError(f"{folder}: no image frames ({', '.join(sorted(IMAGE_EXTENSIONS))}) in the folder")
+        self.files, numbers = frame_numbers(files)
         width, height = _common_size(self.files, folder)
-        n = len(self.files)
-        self.starts = np.arange(n) / frames_fps
-        self.info = VideoInfo(folder, frames_fps, n, n / frames_fps, (n - 1) / frames_fps, width, height, "images")
+        self.starts = (np.asarray(numbers, dtype=np.float64) - numbers[0]) / frames_fps
+        span = numbers[-1] - numbers[0] + 1  # frames from the first to the last, missing ones included
+        self.info = VideoInfo(folder, frames_fps, len(self.files), span / frames_fps, float(self.starts[-1]), width, height, "images")
 
     def read(self, indices: Sequence[int]) -> list[np.ndarray]:
         return [_load_image(self.files[i]) for i in indices]
+
+
+_FRAME_NUMBER = re.compile(r"(\d+)\D*$", re.ASCII)  # the last run of digits in a name: frame_0012 -> 12
+
+
+def frame_numbers(files: Sequence[Path]) -> tuple[list[Path], list[int]]:
+    """An image sequence's frames in order, and each one's number: the last run of digits in its
+    name (00012.png, frame12.jpg, unpadded 2.png before 10.png). Where a name has none, or two
+    share one, names are ordered as a person reads them (natural order) and numbered one by one."""
+    found = [_FRAME_NUMBER.search(f.stem) for f in files]
+    numbers = [int(m.group(1)) if m else None for m in found]
+    if None not in numbers and len(set(numbers)) == len(numbers):
+        pairs = sorted(zip(numbers, files))
+        return [f for _, f in pairs], [n for n, _ in pairs]
+    ordered = sorted(files, key=lambda f: [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", f.name)])
+    return ordered, list(range(len(ordered)))
 
 
 def _common_size(files: list[Path], folder: Path) -> tuple[int, int]:
