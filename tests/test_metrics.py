@@ -234,6 +234,20 @@ def test_score_rejects_duplicates_and_missing_columns():
         score(truth, pred_df([("a", 0, 11, 1)]))
 
 
+@pytest.mark.parametrize("edit,message", [
+    (lambda d: d.assign(second=d["second"] + 0.5), r"second must hold whole numbers, not 0\.5"),  # was cut to 0 and matched
+    (lambda d: d.assign(valence_score=[np.inf, 1.0]), "column valence_score holds an infinite value"),  # was "no face"
+    (lambda d: d.assign(arousal_score=[1.0, -np.inf]), "column arousal_score holds an infinite value"),
+])
+def test_a_damaged_prediction_table_is_refused_naming_its_file(tmp_path, edit, message):
+    truth = tmp_path / "truth.csv"
+    truth_df([("a", 0, 1, 1), ("a", 1, 2, 2)]).to_csv(truth, index=False)
+    pred = tmp_path / "pred.csv"
+    edit(pred_df([("a", 0, 1, 1), ("a", 1, 2, 2)])).to_csv(pred, index=False)
+    with pytest.raises(DataError, match=f"^{pred}: {message}"):
+        metrics.score_tables(truth, pred)
+
+
 def test_score_on_a_fer_table(tmp_path):
     # Real output dtypes: nullable Int64 labels, float32 scores, from a Parquet written by fer.
     out = tmp_path / "r.parquet"

@@ -208,21 +208,23 @@ class Report:
     abaw: dict | None = None
 
 
-def score(truth: pd.DataFrame, pred: pd.DataFrame, *, on=("video", "second")) -> Report:
+def score(truth: pd.DataFrame, pred: pd.DataFrame, *, on=("video", "second"), names=("truth", "prediction")) -> Report:
     """Match `truth` and `pred` by `on` and compute every metric per dimension and their mean.
 
     `truth` needs `on` plus valence and arousal (as from `load_truth`); `pred` is a `fer annotate`
     table (per second, one face per row). See the module doc for which columns feed which metric.
+    names: what errors call the two tables (their files, from `score_tables`).
     """
     on = list(on)
-    _require(truth, on + list(DIMENSIONS), "truth")
+    truth_name, pred_name = names
+    _require(truth, on + list(DIMENSIONS), truth_name)
     if "second" in on and "second" not in pred and ("frame" in pred or "sample_index" in pred):
-        raise DataError("prediction: a per-frame or per-sample table; scoring needs one row per second")
-    _require(pred, on, "prediction")
+        raise DataError(f"{pred_name}: a per-frame or per-sample table; scoring needs one row per second")
+    _require(pred, on, pred_name)
     for dim in DIMENSIONS:
         if dim not in pred and f"{dim}_score" not in pred:
-            raise DataError(f"prediction: missing column {dim} (or {dim}_score)")
-    truth, pred = _keyed(truth, on, "truth"), _keyed(pred, on, "prediction")
+            raise DataError(f"{pred_name}: missing column {dim} (or {dim}_score)")
+    truth, pred = _keyed(truth, on, truth_name), _keyed(pred, on, pred_name)
     truth = truth[on + list(DIMENSIONS)].rename(columns={d: f"{d}_true" for d in DIMENSIONS})
     pred = pred[on + [c for d in DIMENSIONS for c in (d, f"{d}_score") if c in pred]]
 
@@ -238,7 +240,10 @@ def score(truth: pd.DataFrame, pred: pd.DataFrame, *, on=("video", "second")) ->
         label_col = dim if dim in pred else f"{dim}_score"
         cont_col = f"{dim}_score" if f"{dim}_score" in pred else dim
         label, cont = _floats(both[label_col]), _floats(both[cont_col])
-        _check_range(label[np.isfinite(label)], f"prediction column {label_col}")
+        _check_range(label[np.isfinite(label)], f"{pred_name}: column {label_col}")
+        for col, values in ((label_col, label), (cont_col, cont)):  # no face is null, never infinite
+            if np.isinf(values).any():
+                raise DataError(f"{pred_name}: column {col} holds an infinite value")
         pred_ok = np.isfinite(label) & np.isfinite(cont)
         ok = pred_ok & np.isfinite(true)
         no_face |= ~pred_ok
@@ -277,7 +282,11 @@ def _keyed(df: pd.DataFrame, on: list[str], what: str) -> pd.DataFrame:
         if col != "video":
             if df[col].isna().any():
                 raise DataError(f"{what}: null values in {col}")
-            df[col] = df[col].astype(np.int64)
+            values = pd.to_numeric(df[col], errors="coerce")
+            whole = values.notna() & (values == np.floor(values)) & values.abs().lt(2**53)
+            if not whole.all():  # 1.5 is no second of a table: never cut to 1 and matched
+                raise DataError(f"{what}: {col} must hold whole numbers, not {df[col][~whole].iloc[0]}")
+            df[col] = values.astype(np.int64)
     dup = df.duplicated(subset=on)
     if dup.any():
         first = df.loc[dup, on].iloc[0].tolist()
@@ -307,7 +316,7 @@ def score_tables(truth: str | Path, pred: str | Path, frames_fps: float = 25.0) 
 
     truth_table = load_truth(truth, frames_fps)
     table = read_table(pred)
-    report = score(truth_table, table)
+    report = score(truth_table, table, names=(str(truth), str(pred)))
     report.abaw = abaw_score(truth, table, frames_fps)  # None unless Aff-Wild2 truth
     return report
 
