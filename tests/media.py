@@ -187,3 +187,26 @@ def write_coded(
         for packet in stream.encode():
             out.mux(packet)
     return path
+
+
+def late_video(path: Path, lead_s: float = 0.48, frames: int = 30, fps: int = 25) -> Path:
+    """An MP4 whose video starts `lead_s` after its sound (as with a camera that records sound
+    first): frame i is grey level 8 * i, so the frame on screen tells which one it is."""
+    with av.open(str(path), "w") as out:
+        audio = out.add_stream("aac", rate=48000)
+        video = out.add_stream("libx264", rate=fps)
+        video.width, video.height, video.pix_fmt = 64, 48, "yuv420p"
+        video.codec_context.time_base = Fraction(1, fps)
+        samples = 0
+        while samples < (lead_s + frames / fps) * 48000:
+            sound = av.AudioFrame.from_ndarray(np.zeros((1, 1024), np.float32), format="fltp", layout="mono")
+            sound.sample_rate, sound.pts, sound.time_base = 48000, samples, Fraction(1, 48000)
+            samples += 1024
+            out.mux(audio.encode(sound))
+        for i in range(frames):
+            picture = av.VideoFrame.from_ndarray(np.full((48, 64, 3), 8 * i, np.uint8), format="rgb24")
+            picture.pts, picture.time_base = i + round(lead_s * fps), Fraction(1, fps)
+            out.mux(video.encode(picture))
+        out.mux(audio.encode())
+        out.mux(video.encode())
+    return path

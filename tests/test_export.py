@@ -219,6 +219,18 @@ def test_eaf_links_the_clip_under_videos_with_its_time_origin(tmp_path):
     assert Elan.Eaf(str(by_name["outside.mp4.eaf"])).media_descriptors == []  # never linked outside --videos
 
 
+def test_eaf_time_origin_is_where_the_first_frame_plays_in_a_video_that_starts_after_its_sound(tmp_path):
+    from pympi import Elan
+
+    clip = media.late_video(tmp_path / "late.mp4", lead_s=0.48)
+    with av.open(str(clip)) as c:  # PyAV: the first frame's time on the file's clock, which starts with the sound
+        first = float(next(c.decode(video=0)).time) - (c.start_time or 0) / av.time_base
+    table = write(tmp_path / "r.parquet", {"late.mp4": seconds(1)})
+    (path,) = export_table(table, "elan", tmp_path / "e")
+    (link,) = Elan.Eaf(str(path)).media_descriptors
+    assert first == pytest.approx(0.48) and int(link["TIME_ORIGIN"]) == round(first * 1000)
+
+
 def test_elan_faces_are_tiers_of_one_file(two_faces, tmp_path):
     paths = export_table(two_faces, "elan-txt", tmp_path / "e")
     assert [p.name for p in paths] == ["two.mkv.txt", "empty.mkv.txt"]

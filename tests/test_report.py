@@ -491,3 +491,26 @@ def test_the_circumplex_counts_seconds_as_the_summary_does(two_faces, tmp_path):
     summary_cell = re.search(r"seconds with a face</t[dh]><t[dh][^>]*>(\d+)", text)
     assert note and summary_cell, text[:2000]
     assert (int(note.group(1)), int(summary_cell.group(1)), note.group(3)) == (2, 2, "3")
+
+
+def test_a_click_shows_the_frame_of_that_time_when_the_video_starts_after_its_sound(browser, tmp_path):
+    clip = media.late_video(tmp_path / "late.mp4")
+    with av.open(str(clip)) as c:  # PyAV: the first frame is 0.48 s into the file
+        first = next(c.decode(video=0))
+        assert float(first.time) == pytest.approx(0.48) and (c.start_time or 0) == 0
+    table = write_batch(tmp_path, {"late.mp4": [row(0, 1, 2, end=1.2)]})
+    page, problems, _ = open_page(browser, write_report(table, tmp_path / "r"))
+    sid = page.locator("section.clip").nth(0).get_attribute("id")
+    page.wait_for_function(f"document.querySelector('#{sid} video').readyState >= 1", timeout=10_000)
+    x, y = click_point(page, sid, 0.62)  # the table's 0.62 s: frame 15 (0.62 * 25 = 15.5)
+    page.mouse.click(x, y)
+    page.wait_for_function(f"(() => {{ const v = document.querySelector('#{sid} video'); return Math.abs(v.currentTime - 1.1) < 0.01 && !v.seeking && v.readyState >= 2; }})()",
+                           timeout=10_000)
+    shot = tmp_path / "shown.png"  # the page as Chromium painted it (a file:// video taints a canvas)
+    page.locator(f"#{sid} video").screenshot(path=str(shot))
+    image = np.asarray(Image.open(shot).convert("L"))
+    level = float(np.median(image[image.shape[0] // 3 : image.shape[0] // 2, image.shape[1] // 3 : 2 * image.shape[1] // 3]))
+    assert round(level / 8) == 15, level
+    assert cursor_x(page, sid) == pytest.approx(x, abs=1.5)  # the cursor stays where the click was
+    assert problems == []
+    page.close()

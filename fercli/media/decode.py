@@ -59,7 +59,6 @@ class VideoInfo:
     height: int  # px
     decoder: str  # "cpu" or "images"
     by_index: bool = False  # True: the file's timestamps are unusable, frame i starts at i / fps
-    origin: float = 0.0  # s: where t = 0 (the first frame) sits after the stream's start time
 
 
 @dataclass(frozen=True)
@@ -175,6 +174,39 @@ def _plan_reads(sources: np.ndarray, sparse: bool, chunk: int = CHUNK_FRAMES) ->
         yield needed[i : i + chunk].tolist()
 
 
+ORIGIN_PACKETS = 64  # packets read to find the first frame's pts (B-frames reorder only a few)
+
+
+def player_origin(path: str | Path) -> float:
+    """Where a video file's first frame sits on a player's clock, in seconds (0 for a folder of
+    frames). A table's t = 0 is the first video frame, but browsers and ELAN count from the start
+    of the file, the earliest of its streams: a video track that starts after its sound (an edit
+    list, a camera that records sound first) shows its first frame later than 0.
+    """
+    import av
+
+    path = Path(path)
+    if path.is_dir():
+        return 0.0
+    try:
+        with av.open(str(path)) as container:
+            if not container.streams.video:
+                raise VideoError(f"{path}: cannot read as a video (no video stream this FFmpeg can decode)")
+            stream = container.streams.video[0]
+            pts = []
+            for packet in container.demux(stream):
+                if packet.size and packet.pts is not None:
+                    pts.append(packet.pts)
+                if len(pts) >= ORIGIN_PACKETS:
+                    break
+            if not pts or stream.time_base is None:
+                return 0.0
+            start = (container.start_time or 0) / av.time_base  # the file's start, microseconds
+            return max(0.0, round(float(min(pts) * stream.time_base) - start, 6))
+    except av.error.FFmpegError as error:
+        raise VideoError(f"{path}: cannot read as a video ({_av_reason(error)})") from error
+
+
 def _check_file(path: Path) -> None:
     if not path.exists():
         raise VideoError(f"{path}: no such file")
@@ -213,8 +245,7 @@ class _PyAVReader:
         self._ahead = None  # a frame decoded past the one asked for, kept for the next ask
         height, width = self._first_shape()
         last_start = round(float(self.starts[-1]), 6)
-        origin = round(float(stamps[0, 0]), 6) if valid else 0.0
-        self.info = VideoInfo(path, fps, frames, duration, last_start, width, height, "cpu", by_index=not valid, origin=origin)
+        self.info = VideoInfo(path, fps, frames, duration, last_start, width, height, "cpu", by_index=not valid)
 
     def _index(self) -> tuple[float, np.ndarray, np.ndarray]:
         """The frame rate; each packet's pts (stream ticks) and (start, end) in seconds, in pts order.

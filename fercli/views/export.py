@@ -343,15 +343,14 @@ def _media(video: str, videos: Path, out_dir: Path) -> dict[str, str] | None:
     import urllib.parse
 
     from ..core.errors import VideoError
-    from ..media.decode import open_video
+    from ..media.decode import player_origin
     from ..media.inputs import clip_under
 
     path = clip_under(videos, video)
     if path is None or path.is_dir():
         return None  # not found (or a folder of frames, which ELAN cannot play): no link
     try:
-        with open_video(path) as source:
-            origin = source.info.origin
+        origin = player_origin(path)
     except VideoError:
         origin = 0.0
     relative = os.path.relpath(path.resolve(), out_dir.resolve())

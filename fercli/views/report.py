@@ -238,7 +238,8 @@ def render(
         copy = (previews or {}).get(video)
         src = _relative_src(copy or path, out_dir) if path else None
         original = _relative_src(path, out_dir) if copy else None
-        sections.append(_clip_section(i, clip, rows, df, src, colors[video], videos_root, original))
+        origin = _origin(copy or path) if path else 0.0
+        sections.append(_clip_section(i, clip, rows, df, src, colors[video], videos_root, original, origin))
     body = "\n".join(
         [
             f"<header><h1>{_e(title)}</h1>{_meta_line(metadata)}</header>",
@@ -280,7 +281,18 @@ def _summary_html(summary: BatchSummary, colors: dict[str, str]) -> str:
     return "".join(parts)
 
 
-def _clip_section(i: int, clip: ClipSummary, rows: pd.DataFrame, df: pd.DataFrame, src, color, root, original=None) -> str:
+def _origin(path: Path) -> float:
+    """Where the played file shows the table's t = 0 (`decode.player_origin`); 0 if unreadable."""
+    from ..media.decode import player_origin
+
+    try:
+        return player_origin(path)
+    except FerError:  # the player says it cannot play it
+        return 0.0
+
+
+def _clip_section(i: int, clip: ClipSummary, rows: pd.DataFrame, df: pd.DataFrame, src, color, root, original=None,
+                  origin: float = 0.0) -> str:
     duration = max(clip.duration, float(rows["second"].max()) + 1e-9, 1e-3)
     faces = _faces(rows)
     timelines, data = [], []
@@ -301,7 +313,7 @@ def _clip_section(i: int, clip: ClipSummary, rows: pd.DataFrame, df: pd.DataFram
     else:
         player = f'<div class="player missing"><p>video not found under {_e(str(root))}</p></div>'
     share = _pct(clip.face_share)
-    blob = json.dumps({"video": clip.video, "duration": duration, "faces": data}).replace("<", "\\u003c")
+    blob = json.dumps({"video": clip.video, "duration": duration, "origin": origin, "faces": data}).replace("<", "\\u003c")
     return (
         f'<section class="clip" id="clip-{i}" data-video="{_e(clip.video)}" data-duration="{duration:.6g}">'
         f'<h2><span class="swatch" style="background:{color}"></span>{_e(clip.video)}</h2>'
@@ -591,7 +603,7 @@ JS = """
   function clamp(t, hi) { return Math.min(Math.max(t, 0), hi); }
   document.querySelectorAll("section.clip").forEach(function (section) {
     var data = JSON.parse(section.querySelector("script.clip-data").textContent);
-    var duration = data.duration;
+    var duration = data.duration, origin = data.origin || 0;
     var video = section.querySelector("video");
     var readout = section.querySelector("output.readout");
     var svgs = section.querySelectorAll("svg.timeline");
@@ -621,13 +633,14 @@ JS = """
       svg.addEventListener("click", function (ev) {
         var x0 = +svg.dataset.x0, x1 = +svg.dataset.x1;
         var t = clamp((svgX(svg, ev.clientX, ev.clientY) - x0) / (x1 - x0) * duration, duration);
-        // The table's clip end and the file's duration can differ by a frame: stay inside the file.
-        if (video) { video.currentTime = isFinite(video.duration) ? Math.min(t, video.duration) : t; }
+        // The file's clock runs `origin` ahead of the table's where its video starts after its
+        // sound; the table's clip end and the file's duration can differ by a frame: stay inside.
+        if (video) { var at = t + origin; video.currentTime = isFinite(video.duration) ? Math.min(at, video.duration) : at; }
         place(t);
       });
     });
     if (video) {
-      var follow = function () { place(video.currentTime); };
+      var follow = function () { place(video.currentTime - origin); };
       video.addEventListener("timeupdate", follow);
       video.addEventListener("seeked", follow);
       video.addEventListener("error", function () { section.querySelector(".video-note").hidden = false; });
