@@ -451,12 +451,34 @@ def test_missing_frame_numbers_are_time_the_last_frame_is_held(tmp_path):
     assert [f.time for f in every] == pytest.approx([i / 5 for i in kept])
 
 
+def test_a_folder_that_starts_past_frame_0_keeps_its_frames_at_their_numbers(tmp_path):
+    # 00005 ... 00034 at 10 frames/s: frame N plays at N / 10 s, where a label file (AFEW-VA,
+    # and the truth `fer benchmark accuracy` reads) puts it; before 0.5 s the first frame shows.
+    images = list(moving_frames(35, 64, 48))
+    for i in range(5, 35):
+        Image.fromarray(images[i]).save(tmp_path / f"{i:05d}.png")
+    with open_video(tmp_path, frames_fps=10) as video:
+        info, frames, every = video.info, list(video.sample(10)), list(video.frames())
+    assert info.duration == pytest.approx(3.5) and info.frames == 30
+    assert [f.time for f in every] == pytest.approx([i / 10 for i in range(5, 35)])
+    for k, frame in enumerate(frames):
+        np.testing.assert_array_equal(frame.image, images[max(k, 5)])
+
+
+def test_a_frame_number_that_is_no_index_is_one_line_naming_it(tmp_path):
+    Image.fromarray(np.zeros((48, 64, 3), np.uint8)).save(tmp_path / "cam1_1699999999.png")
+    with pytest.raises(VideoError, match=rf"{tmp_path}: frame cam1_1699999999.png would start .* no frame index"):
+        open_video(tmp_path, frames_fps=25)
+
+
 def test_frame_names_with_a_prefix_and_no_numbers(tmp_path):
     images = list(moving_frames(3, 64, 48))
     for name, img in zip(["frame_9.png", "frame_10.png", "frame_11.png"], images):
         Image.fromarray(img).save(tmp_path / name)
-    frames = sample(tmp_path, 25)
-    assert len(frames) == 3 and all(np.array_equal(f.image, images[k]) for k, f in enumerate(frames))
+    with open_video(tmp_path, frames_fps=25) as video:
+        frames = list(video.frames())
+    assert [f.time for f in frames] == pytest.approx([9 / 25, 10 / 25, 11 / 25])
+    assert all(np.array_equal(f.image, images[k]) for k, f in enumerate(frames))
     other = tmp_path / "named"
     other.mkdir()
     for name, img in zip(["b.png", "a.png", "c.png"], images):  # no numbers: in name order, one after another

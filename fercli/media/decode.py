@@ -386,8 +386,8 @@ def _plausible(stamps: np.ndarray) -> bool:
 
 
 class _ImageReader:
-    """A folder of frames (AFEW-VA: 00000.png, 00001.png, ...) played at frames_fps, each at its
-    number (`frame_numbers`): a number skipped is a frame missing, the one before held over it."""
+    """A folder of frames (AFEW-VA: 00000.png, 00001.png, ...) played at frames_fps, frame N at
+    N / fps (`frame_numbers`): a number skipped is a frame missing, the one before held over it."""
 
     sparse = True  # every image is read on its own; nothing to read in between
 
@@ -399,9 +399,16 @@ class _ImageReader:
             raise VideoError(f"{folder}: no image frames ({', '.join(sorted(IMAGE_EXTENSIONS))}) in the folder")
         self.files, numbers = frame_numbers(files)
         width, height = _common_size(self.files, folder)
-        self.starts = (np.asarray(numbers, dtype=np.float64) - numbers[0]) / frames_fps
-        span = numbers[-1] - numbers[0] + 1  # frames from the first to the last, missing ones included
-        self.info = VideoInfo(folder, frames_fps, len(self.files), span / frames_fps, float(self.starts[-1]), width, height, "images")
+        # Frame N at N / fps, as AFEW-VA's labels and training place it; a folder that starts at
+        # 00005 shows its first frame from 0 s (a sample is the last frame started, else the first).
+        self.starts = np.asarray(numbers, dtype=np.float64) / frames_fps
+        held = np.diff(self.starts, prepend=0.0)
+        if held.max() > MAX_HOLD_S:  # cam1_1699999999.png: a number that is no frame index
+            name = self.files[int(held.argmax())].name
+            raise VideoError(f"{folder}: frame {name} would start {held.max():.0f} s after the one before it at "
+                             f"{frames_fps:g} frames/s (its number is no frame index; fer holds no frame over {MAX_HOLD_S:.0f} s)")
+        duration = (numbers[-1] + 1) / frames_fps
+        self.info = VideoInfo(folder, frames_fps, len(self.files), duration, float(self.starts[-1]), width, height, "images")
 
     def read(self, indices: Sequence[int]) -> list[np.ndarray]:
         return [_load_image(self.files[i]) for i in indices]
