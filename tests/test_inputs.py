@@ -86,3 +86,31 @@ def test_symbolic_link_loops_under_a_folder_are_not_fatal(tmp_path):
     found = find_clips([root])
     assert [c.name for c in found.clips] == ["a.mp4", "sub/loop.mp4"]
     assert found.skipped == 1
+
+
+def test_a_folder_tree_deeper_than_pythons_stack_is_searched(tmp_path):
+    # os.walk recursed (CPython 3.11): 1,100 folders deep raised RecursionError and stopped the batch.
+    deep = tmp_path / "b"
+    deep.mkdir()
+    for _ in range(1100):  # one level at a time: Path.mkdir(parents=True) recurses too
+        deep = deep / "d"
+        deep.mkdir()
+    (deep / "clip.mp4").write_bytes(b"x")
+    (tmp_path / "b" / "top.mp4").write_bytes(b"x")
+    try:
+        found = find_clips([tmp_path / "b"])
+        assert [c.name for c in found.clips] == ["top.mp4", "d/" * 1100 + "clip.mp4"]  # os.walk's order
+    finally:  # bottom up, one level at a time: shutil.rmtree recurses as well
+        (deep / "clip.mp4").unlink()
+        while deep != tmp_path / "b":
+            deep.rmdir()
+            deep = deep.parent
+
+
+def test_a_file_name_that_is_not_utf8_is_kept_with_escapes(tmp_path):
+    import os
+
+    (tmp_path / os.fsdecode(b"bad\xff\xfe.mp4")).write_bytes(b"x")
+    (found,) = find_clips([tmp_path]).clips
+    assert found.name == "bad\\xff\\xfe.mp4" and found.name.encode("utf-8")  # what a table can store
+    assert found.path.exists()  # the file itself is still reached by its real name

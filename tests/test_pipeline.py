@@ -466,3 +466,17 @@ def test_resume_keeps_the_errors_of_videos_it_does_not_list(tmp_path, clips_dir,
     assert sorted(errors.video) == ["empty.mp4", "truncated.mp4"]  # fixed.mp4 now in the table; each once
     assert dict(errors.values)["empty.mp4"] == before["empty.mp4"]
     assert sorted(read_table(out).video.unique()) == ["fixed.mp4", "moving.mp4", "odd.avi"]
+
+
+def test_clips_whose_names_are_not_utf8_are_kept_with_escapes(tmp_path, clips_dir, lstm):
+    # The table stored such a name as it came (a lone surrogate): CSV stopped the batch midway.
+    videos = tmp_path / "v"
+    videos.mkdir()
+    shutil.copy(clips_dir / "odd.avi", videos / os.fsdecode(b"good\xff.avi"))
+    (videos / os.fsdecode(b"bad\xfe.mp4")).write_bytes(b"")
+    shutil.copy(clips_dir / "odd.avi", videos / "z.avi")
+    for out in (tmp_path / "r.csv", tmp_path / "r.parquet"):
+        result = fercli.annotate([videos], out, model=lstm)
+        assert sorted(read_table(out).video.unique()) == ["good\\xff.avi", "z.avi"]
+        errors = pd.read_csv(result.errors_file)
+        assert list(errors.video) == ["bad\\xfe.mp4"] and "bad\\xfe.mp4" in errors.error[0]

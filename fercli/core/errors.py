@@ -27,6 +27,17 @@ def printable(text: str) -> str:
     return "".join(c if c == " " or unicodedata.category(c)[0] not in "CZ" else c.encode("unicode_escape").decode() for c in text)
 
 
+def valid_text(text: str) -> str:
+    """`text` with each lone surrogate written as an escape: a file name that is not UTF-8 (Python
+    reads byte 0xff as U+DCFF) as `bad\\xff.mp4`, which Parquet, CSV and JSON can store."""
+    if text.isascii() or not any("\ud800" <= c <= "\udfff" for c in text):
+        return text
+    return "".join(
+        c if not "\ud800" <= c <= "\udfff" else f"\\x{ord(c) - 0xDC00:02x}" if 0xDC80 <= ord(c) <= 0xDCFF else f"\\u{ord(c):04x}"
+        for c in text
+    )
+
+
 def first_line(error: BaseException | str) -> str:
     """The first line of an exception's message (its type's name when it has none), for one-line
     errors; a string's own first line."""

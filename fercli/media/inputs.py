@@ -7,6 +7,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable
 
+from ..core.errors import valid_text
+
 # What a folder search takes for a video; a file named on its own is tried whatever its suffix.
 VIDEO_EXTENSIONS = frozenset(
     {".mp4", ".m4v", ".mov", ".mkv", ".webm", ".avi", ".mpg", ".mpeg", ".ts", ".mts", ".m2ts", ".wmv", ".flv", ".3gp", ".ogv", ".mxf"}
@@ -64,24 +66,47 @@ def _real(path: Path) -> Path:
 
 
 def _single(path: Path) -> list[Clip]:
-    return [Clip(path, path.name)]
+    return [Clip(path, valid_text(path.name))]
 
 
 def _walk(root: Path) -> tuple[list[Clip], list[Path]]:
     clips, skipped = [], []
-    for folder, dirs, files in os.walk(root):
-        dirs.sort()
-        here = Path(folder)
+    for here, files in _folders(root):
         videos = sorted(f for f in files if Path(f).suffix.lower() in VIDEO_EXTENSIONS)
         images = [f for f in files if Path(f).suffix.lower() in IMAGE_EXTENSIONS]
         if images and not videos:
             name = here.relative_to(root).as_posix() if here != root else root.name
-            clips.append(Clip(here, name, frames=True))
+            clips.append(Clip(here, valid_text(name), frames=True))
             skipped += [here / f for f in files if f not in images]
             continue
-        clips += [Clip(here / f, (here / f).relative_to(root).as_posix()) for f in videos]
+        # The name a table keeps: a file name that is not UTF-8 gets escapes Parquet and CSV can store.
+        clips += [Clip(here / f, valid_text((here / f).relative_to(root).as_posix())) for f in videos]
         skipped += [here / f for f in files if f not in videos]
     return clips, skipped
+
+
+def _folders(root: Path) -> Iterable[tuple[Path, list[str]]]:
+    """(folder, its file names) under `root`, top-down, sub-folders in name order, as os.walk
+    gives them but without recursion (os.walk recursed before CPython 3.12, and a tree 1,100
+    folders deep overflowed Python's stack). Links to folders are not followed, as os.walk's."""
+    stack = [root]
+    while stack:
+        folder = stack.pop()
+        try:
+            with os.scandir(folder) as scan:
+                entries = list(scan)
+        except OSError:  # unreadable, or gone meanwhile: os.walk skips it the same way
+            continue
+        folders = sorted(e.name for e in entries if _is_dir(e) and not e.is_symlink())
+        yield folder, [e.name for e in entries if not _is_dir(e)]
+        stack.extend(folder / name for name in reversed(folders))
+
+
+def _is_dir(entry: os.DirEntry) -> bool:
+    try:
+        return entry.is_dir()
+    except OSError:  # a link loop: a file, which then fails alone
+        return False
 
 
 def clip_under(root: str | os.PathLike, video: str) -> Path | None:

@@ -21,7 +21,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from ..core.errors import DataError, FerError, first_line, printable
+from ..core.errors import DataError, FerError, first_line, printable, valid_text
 from ..core.files import atomic_write
 from ..core.labels import EXPRESSIONS
 from ..media.decode import MAX_TIMESTAMP
@@ -381,7 +381,7 @@ def write_errors(out: Path, errors: list[tuple[str, str]]) -> Path | None:
         return None
     if path.exists() and not _is_errors_file(path):
         raise FerError(f"{path} exists and is not an errors file of fer's: move it, and run again with --resume")
-    df = pd.DataFrame(errors, columns=ERRORS_COLUMNS)
+    df = pd.DataFrame([(valid_text(v), valid_text(e)) for v, e in errors], columns=ERRORS_COLUMNS)
     atomic_write(path, lambda tmp: df.to_csv(tmp, index=False))
     return path
 
