@@ -192,7 +192,7 @@ FUNCTION_HOMES = {
     "second_of": "tables.rows", "n_seconds": "tables.rows", "fill_index": "tables.rows", "fill_window": "tables.rows",
     "follow": "tables.rows", "to_class": "core.labels", "decode_logits": "core.labels", "sample_sources": "media.decode", "frame_numbers": "media.decode",
     "sample_count": "media.decode", "first_line": "core.errors", "typed_line": "core.errors", "atomic_write": "core.files",
-    "read_table": "tables.writers", "read_errors": "tables.writers", "check_table": "tables.writers",
+    "read_table": "tables.writers", "check_keys": "tables.writers", "read_errors": "tables.writers", "check_table": "tables.writers",
     "errors_path": "tables.writers", "find_errors": "tables.writers", "group_tracks": "media.people",
     "appearance": "media.people", "crop": "media.faces", "clip_under": "media.inputs", "engine_target": "nets.engines",
     "resolve_device": "core.devices", "resolve_precision": "core.devices", "synchronize": "core.devices",

@@ -239,6 +239,20 @@ def test_bad_input(batch, tmp_path):
     assert not (tmp_path / "r").exists()
 
 
+@pytest.mark.parametrize("edit,message", [
+    (lambda d: d.assign(second=d["second"].astype(float).where(d.index != 1)), "column second must hold whole numbers from 0"),
+    (lambda d: d.assign(second=d["second"] + 0.5), "column second must hold whole numbers from 0"),
+    (lambda d: d.assign(video=d["video"].where(d.index != 2)), "column video is empty in row 3"),
+    (lambda d: pd.concat([d, d.iloc[[0]]]), "has second 0 twice"),
+])
+def test_a_damaged_table_is_one_line_naming_it_exit_2(batch, tmp_path, edit, message):
+    table = tmp_path / "t.parquet"
+    edit(pd.read_parquet(batch)).to_parquet(table)
+    res = CliRunner().invoke(app, ["report", str(table), "--out", str(tmp_path / "r")])
+    assert res.exit_code == 2 and message in res.output and str(table) in res.output, res.output
+    assert len(res.output.strip().splitlines()) == 1 and not (tmp_path / "r").exists()
+
+
 def test_existing_report_folder(batch, tmp_path):
     out = tmp_path / "r"
     out.mkdir()

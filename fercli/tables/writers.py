@@ -353,6 +353,24 @@ class TableWriter:
                 )
 
 
+def check_keys(df: pd.DataFrame, path, key: str) -> pd.Series:
+    """A table's row keys checked for the tools that read one (report, export): `video` never
+    null, `key` (second, sample_index or frame) whole numbers from 0, no (video, key[, person])
+    twice. Returns `key` as int64; DataError (one line, naming the file) where a row breaks it."""
+    if df["video"].isna().any():
+        raise DataError(f"{path}: column video is empty in row {int(np.flatnonzero(df['video'].isna().to_numpy())[0]) + 1}")
+    index = pd.to_numeric(df[key], errors="coerce")
+    if index.isna().any() or (index < 0).any() or (index != np.floor(index)).any() or (index >= 2**53).any():
+        raise DataError(f"{path}: column {key} must hold whole numbers from 0")
+    index = index.astype(np.int64)
+    keys = ["video", key, "person"] if "person" in df else ["video", key]
+    dup = pd.DataFrame({**{k: df[k] for k in keys if k != key}, key: index}).duplicated()
+    if dup.any():
+        row = df[dup.to_numpy()].iloc[0]
+        raise DataError(f"{path}: {row['video']} has {key} {index[dup.to_numpy()].iloc[0]} twice")
+    return index
+
+
 def read_errors(out: str | Path) -> list[tuple[str, str]]:
     """(video, one-line error) for each clip in the errors sidecar of the table `out`
     (`find_errors`); [] when there is none. DataError, naming the file, when it cannot be read

@@ -162,17 +162,12 @@ class _Table:
             missing.append("second (or sample_index or frame, and time)")
         if missing:
             raise DataError(f"{path}: missing column(s) {', '.join(missing)}")
-        df = df[df["video"].notna()].copy()
+        from ..tables.writers import check_keys
+
+        df = df.copy()
+        df["_index"] = check_keys(df, path, key)
         df["video"] = df["video"].astype(str)
-        index = pd.to_numeric(df[key], errors="coerce")
-        if index.isna().any() or (index < 0).any() or (index != np.floor(index)).any():
-            raise DataError(f"{path}: column {key} must hold whole numbers from 0")
-        df["_index"] = index.astype(np.int64)
         faces = "person" in df
-        dup = df.duplicated(["video", "_index", "person"] if faces else ["video", "_index"])
-        if dup.any():
-            row = df[dup].iloc[0]
-            raise DataError(f"{path}: {row['video']} has {key} {row['_index']} twice")
         rates = _clip_rates(df, path, key) if per_frame else dict.fromkeys(pd.unique(df["video"]), 1.0)
         if per_frame:  # a row from its own time until the next row's (a video frame's, or a sample's)
             df["_begin"], df["_end"] = _frame_spans(df, rates)

@@ -121,7 +121,7 @@ def _previews(df: pd.DataFrame, root: Path, out_dir: Path) -> dict[str, Path]:
 
 def read_annotations(table_path: Path) -> pd.DataFrame:
     """The table as a DataFrame, checked to be a per-second fer table; FerError (one line) if not."""
-    from ..tables.writers import read_table
+    from ..tables.writers import check_keys, read_table
 
     df = read_table(table_path)
     if "second" not in df and ("frame" in df or "sample_index" in df):
@@ -130,6 +130,7 @@ def read_annotations(table_path: Path) -> pd.DataFrame:
     missing += [d for d in DIMENSIONS if d not in df and f"{d}_score" not in df]
     if missing:
         raise DataError(f"{table_path}: missing column(s) {', '.join(missing)}")
+    check_keys(df, table_path, "second")
     return df
 
 
