@@ -92,7 +92,11 @@ def _shown(text) -> str:
 def _setup_logging(console, verbose: bool) -> None:
     from rich.logging import RichHandler
 
-    handler = RichHandler(console=console, show_time=False, show_path=False, markup=False)
+    if console.is_terminal:
+        handler = RichHandler(console=console, show_time=False, show_path=False, markup=False)
+    else:  # a log file or a pipe: rich would wrap at 80 columns; each record stays one line
+        handler = logging.StreamHandler(console.file)
+        handler.setFormatter(logging.Formatter("%(levelname)-8s %(message)s"))
     handler.addFilter(_literal_record)
     logger = logging.getLogger("fercli")
     logger.handlers[:] = [handler]

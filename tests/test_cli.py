@@ -304,3 +304,18 @@ def test_a_full_disk_is_one_line_naming_the_file_and_the_old_table_stays(tmp_pat
     assert line.startswith(f"error: cannot write {tmp_path}") and "File too large" in line
     assert out.read_bytes() == b"the table of an earlier run"
     assert not (tmp_path / "r.parquet.lock").exists()
+
+
+def test_error_lines_stay_whole_in_a_log_file(tmp_path, lstm_checkpoint):
+    # stderr to a file, as an overnight batch logs it: rich wrapped records at 80 columns.
+    folder = tmp_path / ("a_folder_with_a_long_name_" * 3)
+    folder.mkdir()
+    broken = folder / "truncated_recording_of_participant_17_session_2.mp4"
+    broken.write_bytes(b"\x00\x00\x00\x18ftypmp42" + b"\x00" * 64)
+    log = tmp_path / "run.log"
+    with log.open("w") as handle:
+        done = subprocess.run([sys.executable, "-m", "fercli.cli", "annotate", str(broken), "--out", str(tmp_path / "r.csv"),
+                               "--model", str(lstm_checkpoint)], stdout=subprocess.DEVNULL, stderr=handle, timeout=300)
+    assert done.returncode == 1
+    lines = [line for line in log.read_text().splitlines() if str(broken) in line]
+    assert len(lines) == 1 and lines[0].startswith("ERROR") and len(lines[0]) > 120, log.read_text()
