@@ -370,6 +370,30 @@ def test_a_frame_declared_999000_s_after_the_last_is_refused_by_name(tmp_path):
     assert "\n" not in str(err.value)
 
 
+def test_frames_each_held_under_an_hour_but_for_days_in_all_are_refused_by_name(tmp_path):
+    # 40 frames each 3,599 s after the one before: each under the hour fer holds a frame, 39 hours
+    # in all (700,000 samples of 40 pictures); a slideshow of 10 s slides stays a clip.
+    times = [k * 3599.0 for k in range(40)]
+    path = write_coded(tmp_path / "slow.mkv", moving_frames(40, 64, 48), 25, "libx264", "yuv420p", times=times)
+    stamps, _ = pyav_decode(path)
+    assert np.diff(stamps).max() < 3600 and stamps[-1] == pytest.approx(39 * 3599.0)
+    with pytest.raises(VideoError, match=r"slow.mkv: frames held over 60 s each add up to 140361 s") as err:
+        open_video(path)
+    assert "\n" not in str(err.value)
+    slides = write_coded(tmp_path / "slides.mkv", moving_frames(6, 64, 48), 25, "libx264", "yuv420p", times=[k * 10.0 for k in range(6)])
+    with open_video(slides) as video:
+        assert video.info.duration == pytest.approx(60.0, abs=10.0) and video.info.frames == 6
+
+
+def test_a_clip_without_timestamps_declaring_a_microframe_rate_is_refused_by_name():
+    # An AVI whose header declares 1e-6 frames/s (dwScale 1,000,000) and whose packets carry no
+    # usable times: frame i at i / fps planned 15 million samples of 3 pictures.
+    with pytest.raises(VideoError, match=r"x.avi: declares 1e-06 frames/s, 3000000 s for 3 frames"):
+        decode._timestamps(np.full((3, 2), np.nan), Path("x.avi"), 3, 1e-6)
+    starts, duration, real = decode._timestamps(np.full((3, 2), np.nan), Path("x.avi"), 3, 0.1)  # a slide every 10 s
+    assert not real and duration == pytest.approx(30.0) and list(starts) == pytest.approx([0, 10, 20])
+
+
 def test_a_last_frame_declared_to_last_999000_s_lasts_a_usual_frame(tmp_path):
     path = write_sliver_clip(tmp_path / "long_last.mkv", 1, fps=30, sliver=999_000.0, codec="libx264")
     with av.open(str(path)) as container:  # what the file declares, read by PyAV

@@ -38,6 +38,10 @@ MAX_TIMESTAMP = 1e6  # s; later than this (11 days) is garbage, not a clip
 # samples, 11 hours of work. A frame on screen longer than this is refused (a one-line
 # VideoError naming the file); an hour is far past any pause a recorder leaves.
 MAX_HOLD_S = 3600.0  # s
+# Frames each on screen over this long are a slideshow at most; where they add up to more than
+# MAX_HOLD_S, the clip is refused the same way: 270 frames each held 3,599 s (each under
+# MAX_HOLD_S, 11 days in all) planned 4.8 million samples for 270 pictures.
+LONG_HOLD_S = 60.0  # s
 # The last frame's declared duration is kept unless it is both over a second and over this
 # many times the clip's usual frame: then it lasts a usual frame (its end is a declaration).
 LAST_FRAME_SLACK = 10
@@ -361,6 +365,10 @@ def _timestamps(stamps: np.ndarray, path: Path, frames: int, fps: float) -> tupl
             k = int(gaps.argmax()) + 1
             raise VideoError(f"{path}: frame {k} starts {gaps[k - 1]:.0f} s after the frame before it "
                              f"(timestamps, not video: fer samples no frame held over {MAX_HOLD_S:.0f} s)")
+        long = float(gaps[gaps > LONG_HOLD_S].sum())
+        if long > MAX_HOLD_S:
+            raise VideoError(f"{path}: frames held over {LONG_HOLD_S:.0f} s each add up to {long:.0f} s "
+                             f"(timestamps, not video: fer samples no clip whose frames are held over {MAX_HOLD_S:.0f} s)")
         usual = float(np.median(gaps)) if len(gaps) else 1 / fps
         last = float(stamps[-1, 1] - stamps[-1, 0])
         if last > max(1.0, LAST_FRAME_SLACK * usual):
@@ -368,6 +376,9 @@ def _timestamps(stamps: np.ndarray, path: Path, frames: int, fps: float) -> tupl
             last = usual
         # Rounded to the microsecond to drop float32 noise (2.4000000953674316).
         return starts, round(float(starts[-1] + last), 6), True
+    if 1 / fps > LONG_HOLD_S and frames / fps > MAX_HOLD_S:  # an AVI declaring 1e-6 frames/s
+        raise VideoError(f"{path}: declares {fps:.3g} frames/s, {frames / fps:.0f} s for {frames} frames "
+                         f"(fer samples no clip whose frames are held over {MAX_HOLD_S:.0f} s)")
     log.debug("%s: frame timestamps unusable, using frame index / %.3f fps", path, fps)
     return np.arange(frames) / fps, frames / fps, False
 
