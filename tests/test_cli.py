@@ -319,3 +319,22 @@ def test_error_lines_stay_whole_in_a_log_file(tmp_path, lstm_checkpoint):
     assert done.returncode == 1
     lines = [line for line in log.read_text().splitlines() if str(broken) in line]
     assert len(lines) == 1 and lines[0].startswith("ERROR") and len(lines[0]) > 120, log.read_text()
+
+
+def test_a_pickle_that_runs_code_as_model_is_one_line_and_never_run(tmp_path, clips_dir):
+    import pickle
+
+    marker = tmp_path / "ran"
+
+    class Evil:
+        def __reduce__(self):
+            return (open, (str(marker), "w"))
+
+    model = tmp_path / "evil.pt"
+    model.write_bytes(pickle.dumps(Evil(), protocol=4))  # protocol 4: torch's unpickler warned twice
+    result = subprocess.run([sys.executable, "-m", "fercli.cli", "annotate", str(clips_dir / "odd.avi"), "--out", str(tmp_path / "r.csv"),
+                             "--model", str(model)], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 2
+    lines = [line for line in (result.stdout + result.stderr).splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: ") and str(model) in lines[0], lines
+    assert not marker.exists() and not (tmp_path / "r.csv").exists()

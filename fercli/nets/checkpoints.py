@@ -23,7 +23,9 @@ import logging
 import os
 import pickle
 import re
+import warnings
 import zipfile
+from contextlib import contextmanager
 from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -151,6 +153,15 @@ def read_file(path: str | os.PathLike) -> dict:
         return _hsemotion_checkpoint(state, weights.sha256(path), hsemotion_config())
 
 
+@contextmanager
+def _quiet_unpickler():
+    """torch's safe unpickler warns, on stderr, of any pickle protocol but 2 (a file made by plain
+    pickle): a WeightsError says what is wrong with the file, on one line, or nothing is."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Detected pickle protocol", category=UserWarning)
+        yield
+
+
 def read_checkpoint(path: str | os.PathLike) -> dict:
     """Load a fer checkpoint with the safe unpickler; WeightsError if it is not one."""
     import torch
@@ -158,9 +169,12 @@ def read_checkpoint(path: str | os.PathLike) -> dict:
     path = Path(path)
     _check_archive(path)
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        with _quiet_unpickler():
+            ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError:
         raise WeightsError(f"{path}: no such file") from None
+    except pickle.UnpicklingError:  # torch's message advises weights_only=False: never for a stranger's file
+        raise WeightsError(f"{path}: not a fer checkpoint (a pickle that is not plain weights; not run)") from None
     except Exception as e:  # torch raises several types for non-checkpoint files
         raise WeightsError(f"{path}: not a fer checkpoint ({type(e).__name__}: {first_line(e)})") from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
@@ -234,7 +248,7 @@ def load_timm_pickle(path: str | os.PathLike) -> dict[str, torch.Tensor]:
         raise WeightsError(f"{path}: weights file not found")
     _check_archive(path)
     try:
-        with torch.serialization.safe_globals(_safe_globals()):
+        with torch.serialization.safe_globals(_safe_globals()), _quiet_unpickler():
             obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
         unsafe = _UNSAFE_GLOBAL.search(str(e))
