@@ -196,8 +196,10 @@ def annotate(
         if overwrite and existed:
             console.print(f"interrupted: {out} is left as it was; this run's finished videos wait beside it "
                           "(--resume adds them, --overwrite starts again)")
-        else:
+        elif out.exists():
             console.print(f"interrupted: finished videos are in {out}; run again with --resume to complete it")
+        else:  # stopped before any video finished (or before any work): nothing was written
+            console.print(f"interrupted before any video finished: {out} was not written")
         raise typer.Exit(EXIT_INTERRUPTED) from None
     _summary(console, result)
     if result.failed:

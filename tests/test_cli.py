@@ -338,3 +338,14 @@ def test_a_pickle_that_runs_code_as_model_is_one_line_and_never_run(tmp_path, cl
     lines = [line for line in (result.stdout + result.stderr).splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith("error: ") and str(model) in lines[0], lines
     assert not marker.exists() and not (tmp_path / "r.csv").exists()
+
+
+def test_ctrl_c_before_any_video_finished_says_nothing_was_written(tmp_path, clips_dir, monkeypatch):
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("fercli.job.pipeline.annotate", interrupted)
+    out = tmp_path / "r.csv"
+    result = fer("annotate", clips_dir / "odd.avi", "--out", out)
+    assert result.exit_code == 130 and not out.exists()
+    assert f"{out} was not written" in result.output and "--resume" not in result.output
