@@ -194,12 +194,13 @@ def annotate(
         raise _fail(console, str(e)) from None
     except KeyboardInterrupt:
         if overwrite and existed:
-            console.print(f"interrupted: {out} is left as it was; this run's finished videos wait beside it "
-                          "(--resume adds them, --overwrite starts again)")
+            message = (f"interrupted: {out} is left as it was; this run's finished videos wait beside it "
+                       "(--resume adds them, --overwrite starts again)")
         elif out.exists():
-            console.print(f"interrupted: finished videos are in {out}; run again with --resume to complete it")
+            message = f"interrupted: finished videos are in {out}; run again with --resume to complete it"
         else:  # stopped before any video finished (or before any work): nothing was written
-            console.print(f"interrupted before any video finished: {out} was not written")
+            message = f"interrupted before any video finished: {out} was not written"
+        console.print(message, soft_wrap=True)  # one line, whatever the path's length
         raise typer.Exit(EXIT_INTERRUPTED) from None
     _summary(console, result)
     if result.failed:
