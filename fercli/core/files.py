@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 from typing import Callable
 
-from .errors import FerError, first_line
+from .errors import DataError, FerError, first_line
 
 LOCK_COMMAND_CHARS = 300  # the holder's command line, as far as a lock file records it
 
@@ -56,6 +56,20 @@ def _umask() -> int:
         mask = os.umask(0o022)
         os.umask(mask)
     return mask
+
+
+def read_json_object(path: Path, missing: str, malformed: str, not_object: str) -> dict:
+    """A JSON file that must hold an object; DataError `<path>: <missing>`, `<path>: <malformed>
+    (<reason>)` or `<path>: <not_object>`, each one line, where it is absent, unreadable or else."""
+    try:
+        doc = json.loads(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise DataError(f"{path}: {missing}") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise DataError(f"{path}: {malformed} ({first_line(e)})") from None
+    if not isinstance(doc, dict):
+        raise DataError(f"{path}: {not_object}")
+    return doc
 
 
 def is_regular_file(path: str | os.PathLike) -> bool:

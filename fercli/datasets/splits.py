@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from ..core.errors import DataError, first_line
+from ..core.errors import DataError
+from ..core.files import read_json_object
 from .afew import AfewClip
 from .examples import Examples
 from .features import ClipSamples
@@ -38,14 +38,7 @@ class Split:
 def read_split_file(path: str | Path) -> dict:
     """A split definition: {"seed", "ratios"} and/or explicit {"train", "val", "test"} clip lists."""
     path = Path(path)
-    try:
-        doc = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise DataError(f"{path}: split file not found") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise DataError(f"{path}: malformed split file ({first_line(e)})") from None
-    if not isinstance(doc, dict):
-        raise DataError(f"{path}: malformed split file (expected a JSON object)")
+    doc = read_json_object(path, "split file not found", "malformed split file", "malformed split file (expected a JSON object)")
     lists = [p for p in PARTS if p in doc]
     if lists and len(lists) != len(PARTS):
         raise DataError(f"{path}: a split file with clip lists needs all of {', '.join(PARTS)}")

@@ -12,7 +12,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from ..core.errors import DataError, first_line
-from ..core.files import atomic_write
+from ..core.files import atomic_write, read_json_object
 
 COLUMNS = [  # (key, header, format)
     ("backbone", "backbone", "{}"),
@@ -135,15 +135,7 @@ def markdown(rows: list[RunRow]) -> str:
 
 
 def _json(path: Path) -> dict:
-    try:
-        doc = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise DataError(f"{path}: missing (not a finished `fer train` run folder)") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise DataError(f"{path}: unreadable ({first_line(e)})") from None
-    if not isinstance(doc, dict):
-        raise DataError(f"{path}: not a JSON object")
-    return doc
+    return read_json_object(path, "missing (not a finished `fer train` run folder)", "unreadable", "not a JSON object")
 
 
 def _object(doc: dict, key: str, path: Path) -> dict:
