@@ -60,20 +60,20 @@ def install() -> None:
     folder = os.environ.get(FAULTS_ENV)
     if not folder:
         return
-    from fercli.job import cluster
+    from fercli.job import cluster, stages
 
     folder = Path(folder)
-    samples, call = cluster.clip_samples, cluster._ModelActor.__call__
+    events, call = stages.Producer.clip_events, cluster._ModelActor.__call__
 
-    def clip_samples(clip, *args, **kwargs):
+    def clip_events(self, key, clip, detector):
         _maybe_die(folder, "decode", [clip.name])
-        return samples(clip, *args, **kwargs)
+        return events(self, key, clip, detector)
 
     def model_call(self, batch):
-        _maybe_die(folder, "model", [d.clip.name for d in batch["decoded"]])
+        _maybe_die(folder, "model", [clip.name for clip in batch["clip"]])
         return call(self, batch)
 
-    cluster.clip_samples = clip_samples
+    stages.Producer.clip_events = clip_events
     cluster._ModelActor.__call__ = model_call
 
 

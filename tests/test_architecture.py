@@ -170,6 +170,9 @@ def test_no_module_takes_another_modules_private_names(module):
 
 def test_schedules_use_the_stages_and_never_each_other():
     assert "job.stages" in GRAPH["job.schedules"] and "job.stages" in GRAPH["job.cluster"]
+    for schedule in ("job.schedules", "job.cluster"):  # one feed loop, typed events: no loop of their own
+        assert "feed" in {n for dep, names in imports(schedule) if dep == "job.events" for n in names}
+    assert not set(GRAPH["job.events"]), "the contract imports nothing of fercli"
     assert "job.cluster" not in GRAPH["job.schedules"] and "job.schedules" not in GRAPH["job.cluster"]
     assert "job.pipeline" not in GRAPH["job.stages"] | GRAPH["job.schedules"] | GRAPH["job.cluster"]
 
@@ -243,3 +246,40 @@ def test_names_the_readmes_document_load_from_their_paths():
     assert fercli.report.write_report is report.write_report and fercli.render.render is render.render
     assert fercli.export.export_table is export.export_table
     assert callable(fercli.annotate) and callable(fercli.evaluate) and callable(fercli.read_table)
+
+
+# One home by value, whatever the name: a constant's value (a string, or a collection) or a
+# literal run of several strings (column names, suffixes) written out in two modules is a rule
+# with two homes. Numbers are compared by name (HEAD_BATCH twice): a bare 1 or 0.2 is no evidence
+# of a shared rule.
+def _literal(node):
+    try:
+        return ast.literal_eval(node)
+    except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError):
+        return None
+
+
+def value_homes() -> dict:
+    """A repeated value -> the modules that write it."""
+    found: dict = {}
+    for module in MODULES:
+        tree = ast.parse(FILES[module].read_text())
+        for node in tree.body:
+            targets = node.targets if isinstance(node, ast.Assign) else [node.target] if isinstance(node, ast.AnnAssign) else []
+            for t in targets:
+                if isinstance(t, ast.Name) and t.id.isupper() and getattr(node, "value", None) is not None:
+                    value = _literal(node.value)
+                    if isinstance(value, (int, float)) and not isinstance(value, bool):
+                        found.setdefault(("constant", t.id), set()).add(module)
+                    elif isinstance(value, (str, tuple, list, frozenset, set, dict)) and value:
+                        found.setdefault(("value", repr(value)), set()).add(module)
+        for node in ast.walk(tree):
+            if isinstance(node, (ast.Tuple, ast.List, ast.Set)) and len(node.elts) >= 2:
+                if all(isinstance(e, ast.Constant) and isinstance(e.value, str) for e in node.elts):
+                    found.setdefault(("strings", tuple(e.value for e in node.elts)), set()).add(module)
+    return {key: sorted(mods) for key, mods in found.items() if len(mods) > 1}
+
+
+def test_no_rule_has_two_homes_by_value():
+    twice = value_homes()
+    assert not twice, "define each once and import it from its home:\n" + "\n".join(f"{k}: {m}" for k, m in twice.items())

@@ -12,6 +12,7 @@ from conftest import BROKEN, DURATIONS
 import fercli
 from fercli.core.errors import FerError
 from fercli.job.contract import AnnotateOptions
+from fercli.nets.engines import place
 from fercli.tables.writers import read_metadata, read_table
 
 GOOD = sorted(DURATIONS)
@@ -246,7 +247,7 @@ def test_a_decoding_thread_crash_reaches_the_caller(tmp_path, clips_dir, lstm, m
 @pytest.mark.skipif((os.cpu_count() or 1) < 2, reason="FFmpeg picks one thread on one core anyway")
 def test_a_cpu_model_decodes_with_one_ffmpeg_thread(clips_dir, lstm):
     # Counted as OS threads started by an open clip: FFmpeg's own decoder threads.
-    from fercli.job.stages import clip_samples
+    from fercli.job.stages import Producer
     from fercli.media.decode import open_video
     from fercli.media.faces import FaceDetector
     from fercli.media.inputs import find_clips
@@ -264,7 +265,8 @@ def test_a_cpu_model_decodes_with_one_ffmpeg_thread(clips_dir, lstm):
         detector.detect(np.zeros((240, 320, 3), np.uint8))  # the detector's threads start before counting
         one = extra_threads(lambda: open_video(path, threads=1).sample(5.0))
         auto = extra_threads(lambda: open_video(path, threads=0).sample(5.0))
-        pipeline = extra_threads(lambda: clip_samples(clip, lstm.config, AnnotateOptions(), detector, "cpu"))
+        producer = Producer(lstm.config, AnnotateOptions(), place("torch", "cpu"))
+        pipeline = extra_threads(lambda: producer.samples(clip, detector))
     assert one < auto
     assert pipeline == one
 

@@ -96,17 +96,16 @@ def test_two_workers_one_killed_the_batch_still_ends(batch, lstm_checkpoint, cle
 
 
 def kill_at_next(n: int):
-    """A stand-in for `schedules._handle` that kills the worker once it has asked for its n-th clip,
-    before the answer goes down its pipe: the send meets a closed pipe."""
-    handle, asked = schedules._handle, []
+    """A stand-in for `schedules._hand_out` that kills the worker once it has asked for its n-th
+    clip, before the answer goes down its pipe: the send meets a closed pipe."""
+    hand_out, asked = schedules._hand_out, []
 
-    def wrapped(message, worker, *args):
-        if message[0] == "next":
-            asked.append(worker.process.pid)
-            if len(asked) == n:
-                os.kill(worker.process.pid, signal.SIGKILL)
-                worker.process.join()
-        return handle(message, worker, *args)
+    def wrapped(worker, *args):
+        asked.append(worker.process.pid)
+        if len(asked) == n:
+            os.kill(worker.process.pid, signal.SIGKILL)
+            worker.process.join()
+        return hand_out(worker, *args)
 
     return wrapped, asked
 
@@ -115,7 +114,7 @@ def test_a_worker_killed_after_asking_for_a_clip_is_replaced(batch, lstm_checkpo
     # Before: the BrokenPipeError left annotate, and the CLI ended with status 1 and no word, the
     # clips after it neither in the table nor in the errors file.
     wrapped, asked = kill_at_next(3)
-    monkeypatch.setattr(schedules, "_handle", wrapped)
+    monkeypatch.setattr(schedules, "_hand_out", wrapped)
     out = tmp_path / "t.parquet"
     result = run(batch, out, lstm_checkpoint)
     assert len(set(asked)) == 2  # the killed worker, then its replacement
@@ -142,3 +141,25 @@ def test_a_fresh_worker_that_dies_before_its_retried_clip_passes_the_clip_on(bat
     assert kills == ["c2.mp4"] and len(fresh) == 2  # c2 kept for a second fresh worker
     assert not result.failed
     same_rows(read_table(out), clean)
+
+
+@pytest.mark.parametrize("workers", [0, 1], ids=["thread", "worker-process"])
+def test_a_producer_that_hangs_is_given_up_on_and_the_batch_ends(batch, lstm_checkpoint, clean, tmp_path, monkeypatch, workers):
+    # Before: the decoding thread (or worker) that stopped without dying stalled the batch for ever.
+    import stalls
+
+    from fercli.job import pipeline, stages
+
+    folder = tmp_path / "videos"
+    folder.mkdir()
+    for name in ("c0.mp4", "c1.mp4"):
+        shutil.copy(batch / name, folder / name)
+    shutil.copy(batch / "c2.mp4", folder / stalls.STUCK)
+    monkeypatch.setattr(pipeline, "Producer", stalls.StallingProducer)
+    monkeypatch.setattr(stages, "STALL_QUIET_S", 3.0)
+    out = tmp_path / "t.parquet"
+    result = run(folder, out, lstm_checkpoint, workers=workers)
+    assert [v.video for v in result.failed] == [stalls.STUCK]
+    assert "stopped making progress (nothing for 3 s)" in result.failed[0].error and "twice" in result.failed[0].error
+    assert list(pd.read_csv(result.errors_file).video) == [stalls.STUCK]
+    same_rows(read_table(out), clean[clean.video.isin(["c0.mp4", "c1.mp4"])])

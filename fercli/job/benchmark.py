@@ -25,7 +25,8 @@ from ..core.errors import FerError
 from ..media.inputs import find_clips
 from .contract import AnnotateOptions
 from .pipeline import annotate
-from .stages import NO_CLOCK, Labeler, StageClock, clip_samples, produce_clips
+from .events import ClipEnded, ClipFailed, SamplesReady, feed
+from .stages import SAMPLES_PER_EVENT, Labeler, Producer, StageClock
 
 STAGES = ("decode", "faces", "backbone", "head", "write")
 PRODUCER_STAGES = ("decode", "faces")  # one thread (or worker) each; the rest run in the caller's thread
@@ -179,16 +180,16 @@ def speed(
         raise FerError(f"no video clips under {', '.join(map(str, paths)) or 'the given paths'} to benchmark")
     options = options or AnnotateOptions()
     engine = options.engine or (engine_of(loaded_model) if loaded_model is not None else "torch")
-    where = place(engine, device, options.precision)  # as annotate settles them, once
-    dev = where.device
-    options = replace(options, engine=engine, precision=where.precision)
-    net = loaded_model or load_placed(model, where)
+    placement = place(engine, device, options.precision)  # as annotate settles them, once
+    dev = placement.device
+    options = replace(options, engine=engine, precision=placement.precision)
+    net = loaded_model or load_placed(model, placement)
     batch_size = options.batch_size
     infos = []
     for clip in clips:
         with open_video(clip.path) as src:
             infos.append(src.info)
-    _warm_up(clips[0], net, options, dev)
+    _warm_up(clips[0], net, options, placement)
     if dev.type == "cuda":
         torch.cuda.reset_peak_memory_stats(dev)
     runs = [_timed_run(clips, options, net, dev) for _ in range(repeat)]
@@ -207,7 +208,7 @@ def speed(
         decoded_frames=sum(i.frames for i in infos),
         sampled_frames=clock.items["decode"],
         backbone_only_fps=backbone_only(net, dev, batch_size, max(clock.items["backbone"], batch_size), options.precision),
-        producer_only_fps=producer_only(_first_minutes(clips, infos, PRODUCER_ONLY_VIDEO_S), net.config, options, dev),
+        producer_only_fps=producer_only(_first_minutes(clips, infos, PRODUCER_ONLY_VIDEO_S), net.config, options, placement),
         peak_cuda_mb=torch.cuda.max_memory_allocated(dev) / 2**20 if dev.type == "cuda" else None,
         end_to_end_runs_s=[run[1] for run in runs],
     )
@@ -260,8 +261,8 @@ def naive_probe(model: str, device: str, *paths: str) -> None:
     from ..nets.engines import place
     from ..nets.model import load_placed
 
-    where = place("torch", device)
-    _, frames = naive_loop(find_clips(list(paths)).clips, load_placed(model, where), where.device)
+    placement = place("torch", device)
+    _, frames = naive_loop(find_clips(list(paths)).clips, load_placed(model, placement), placement.device)
     print(frames)
 
 
@@ -288,9 +289,9 @@ def startup_probe(clip: str, model: str, device: str, batch_size: str, engine: s
     from . import pipeline  # noqa: F401
 
     marks.append(time.perf_counter())
-    where = place(engine, device)
-    dev = where.device
-    net = load_placed(model, where)
+    placement = place(engine, device)
+    dev = placement.device
+    net = load_placed(model, placement)
     marks.append(time.perf_counter())
     with FaceDetector():
         marks.append(time.perf_counter())
@@ -344,18 +345,18 @@ def _first_minutes(clips, infos, seconds: float) -> list:
     return clips[: max(n, 1)]
 
 
-def producer_only(clips, cfg, options, device) -> float:
+def producer_only(clips, cfg, options, placement) -> float:
     """Samples per second through decoding, face detection and cropping alone (no model)."""
 
     samples = 0
 
-    def count(message) -> None:
+    def count(event) -> None:
         nonlocal samples
-        if message[0] == "samples":
-            samples += len(message[2])
+        if isinstance(event, SamplesReady):
+            samples += len(event.samples)
 
     start = time.perf_counter()  # the detector's start is charged, as in the pipeline's producer
-    produce_clips(enumerate(clips), count, cfg, options, device.type, timed=False)
+    Producer(cfg, options, placement).run(enumerate(clips), count)
     seconds = time.perf_counter() - start
     return samples / seconds if samples else 0.0
 
@@ -398,18 +399,18 @@ def naive_loop(clips, model, device, max_seconds: float | None = None) -> tuple[
     return time.perf_counter() - start, frames
 
 
-def _warm_up(clip, model, options, device) -> None:
+def _warm_up(clip, model, options, placement) -> None:
     from itertools import islice
 
-    from ..media.faces import FaceDetector
-
-    with FaceDetector() as detector:
-        stream = clip_samples(clip, model.config, options, detector, device.type)
-        labeler = Labeler(model, options, device, NO_CLOCK, lambda event: None, on_clip=lambda vr, rows: None)
-        labeler.start(0, clip, next(stream))
-        for sample in islice(stream, WARMUP_SAMPLES):
-            labeler.add(0, sample)
-        labeler.end(0)
+    producer = Producer(model.config, options, placement)
+    labeler = Labeler(model, options, placement, [clip], deliver=lambda done: None, progress=lambda event: None)
+    with producer.detector() as detector:
+        stream = producer.clip_events(0, clip, detector)
+        events = list(islice(stream, 1 + -(-WARMUP_SAMPLES // SAMPLES_PER_EVENT)))
+        stream.close()
+    if isinstance(events[-1], (ClipEnded, ClipFailed)):
+        events = events[:-1]
+    feed(events + [ClipEnded(0)], labeler)
 
 
 def _cpu_seconds() -> float:

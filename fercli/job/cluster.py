@@ -1,11 +1,11 @@
 """`fer annotate --ray`: the same pipeline as a Ray Data job, on a cluster or a local instance.
 
 A third schedule beside `schedules.run_in_thread` and `schedules.run_in_workers`, built from the same
-stage functions (`stages`); `annotate()` still owns the writer, resume, errors and metadata.
+stages; `annotate()` still owns the writer, resume, errors and metadata.
 
-    clips -> map (CPU tasks: decode + faces, `clip_samples`) -> one record per clip
-          -> map_batches (model actors, one `Labeler` each; one actor per GPU) -> rows per clip
-          -> the driver, which hands each clip to `labeler.on_clip` as the local schedules do
+    clips -> map (CPU tasks: the run's `Producer`) -> one record of events per clip
+          -> map_batches (model actors, each feeding a `Labeler` with `events.feed`; one per GPU)
+          -> the driver, which passes each finished clip on (`Labeler.hand_on`)
 
 A clip travels as one record because its windows need its samples in order, and Ray Data sends
 records to any actor in any order. A record holds the clip's face crops, about 0.75 MB per face
@@ -31,8 +31,8 @@ from pathlib import Path
 
 from ..core.errors import FerError, first_line
 from ..media.inputs import Clip
-from .contract import ProgressEvent, VideoResult
-from .stages import NO_CLOCK, Labeler, StageClock, clip_error, clip_samples, merge_clock
+from .events import ClipEnded, ClipFailed, feed
+from .stages import NO_CLOCK, RETRIES, ClipLabelled, ClipWatch, Labeler, Producer, StageClock, tries
 
 log = logging.getLogger("fercli")
 
@@ -42,14 +42,14 @@ CLIPS_PER_CALL = 4  # clips a model actor takes at once, so its backbone batches
 # get this share of the cores and decode/face tasks the rest, at least one core (as many tasks
 # at once as cores are left; see `_Job._dataset`).
 CPU_MODEL_SHARE = 0.75
-# Lost clips: a worker process that dies (a decoder crashing on a hostile file, the OOM killer,
-# a node going away) loses the clip it was decoding, or the clips its model actor held. Ray's own
-# retries would send such a batch again as it was, so a poisoned clip would take its batch-mates
-# down with it, and by default they go on forever. Ray retries nothing here (`max_errored_blocks`
-# below lets the job go on without a lost record); the clips that did not come back are run
-# again afterwards, this many times, each alone on its model actor.
-RETRIES = 1
-LOST = "lost on the Ray cluster: the process decoding or labelling it died, twice (see the Ray logs)"  # 1 + RETRIES
+# A worker process that dies (a decoder crashing, the OOM killer, a node going away) loses the
+# clips it held. Ray's own retries would send such a batch again as it was, so a poisoned clip
+# would take its batch-mates down with it: Ray retries nothing here, and the clips that did not
+# come back are run again afterwards (stages.RETRIES), each alone on its model actor.
+LOST = (
+    f"lost on the Ray cluster: the process decoding or labelling it died or stalled, {tries(1 + RETRIES)} (see the Ray logs)"
+)
+WATCH_S = 1.0  # s; how often a decode task looks whether its producer has stalled
 
 
 def import_ray():
@@ -62,30 +62,27 @@ def import_ray():
     return ray
 
 
-def run_on_ray(
-    clips: list[Clip], labeler: Labeler, options, device, clock, address: str | None = None, requested: str = "auto"
-) -> None:
-    """Annotate `clips` on Ray; each finished clip goes to `labeler.on_clip`, as in the local schedules.
+def run_on_ray(clips: list[Clip], labeler: Labeler, producer: Producer, address: str | None = None, requested: str = "auto") -> None:
+    """Annotate `clips` on Ray; each finished clip goes on through `labeler`, as in the local schedules.
 
-    `address` (default `options.ray`): "local" starts a Ray instance on this machine for the run,
+    `address` (default the run's --ray): "local" starts a Ray instance on this machine for the run,
     "auto" joins the cluster this machine belongs to, "HOST:PORT" the one whose head is there. A
-    Ray the caller already started in this process (`ray.init(...)`) is used as it is. `device` is
-    the driver's; the actors run on the cluster's GPUs unless `requested` (the --device asked for) is "cpu".
+    Ray the caller already started in this process (`ray.init(...)`) is used as it is. The actors
+    run on the cluster's GPUs unless `requested` (the --device asked for) is "cpu".
     """
     ray = import_ray()
     if not clips:
         return
-    # `options.precision` was settled for this machine's device by pipeline.annotate, and the
-    # table's metadata records it: the actors use that one, not their own "auto".
+    options = producer.options  # its precision was settled by pipeline.annotate: the actors use it
     with _connected(ray, address or options.ray or "local"), _data_settings():
         resources = ray.cluster_resources()
         actors, remote_args, actor_device = _model_pool(resources, requested)
         decoders = max(1, int(resources.get("CPU", 0)) - actors)  # the cores the model actors leave
         log.info("ray: %d clips, %d model actor(s) on %s, %d decoding", len(clips), actors, actor_device, decoders)
-        weights = ray.put(_portable(labeler.model))  # once, shared by every actor on every node
-        job = _Job(clips, labeler, clock, weights, options, actors, remote_args, actor_device, decoders)
+        weights = ray.put(_checkpoint_of(labeler.model))  # once, shared by every actor on every node
+        job = _Job(clips, labeler, producer, weights, actors, remote_args, actor_device, decoders)
         for key in job.run_with_retries(ray):
-            labeler.fail(key, clips[key], f"{clips[key].path}: {LOST}")
+            labeler.receive(ClipFailed(key, f"{clips[key].path}: {LOST}"))
 
 
 @dataclass
@@ -94,9 +91,8 @@ class _Job:
 
     clips: list
     labeler: Labeler
-    clock: object
-    weights: object  # ObjectRef of `_portable(model)`
-    options: object
+    producer: Producer
+    weights: object  # ObjectRef of `_checkpoint_of(model)`
     actors: int
     remote_args: dict
     actor_device: str
@@ -113,7 +109,7 @@ class _Job:
         return todo
 
     def run(self, ray, keys: list[int], alone: bool = False) -> list[int]:
-        """One Ray Data job over `keys`; each clip back goes to `on_clip`. Returns the keys lost.
+        """One Ray Data job over `keys`; each clip back goes on. Returns the keys lost.
 
         `alone`: each clip the only one its model actor holds (one per call, one call in flight),
         so a clip that kills its actor again takes no other clip down with it.
@@ -122,7 +118,7 @@ class _Job:
         try:
             for row in self._dataset(ray, keys, alone).iter_rows():
                 returned.add(row["key"])
-                _finish(self.clips[row["key"]], row["labelled"], self.labeler, self.clock)
+                self.labeler.hand_on(row["labelled"], row["timing"])
         except ray.exceptions.RayError as e:
             raise FerError(f"ray: {type(e).__name__}: {first_line(e)}") from None
         return [key for key in keys if key not in returned]
@@ -130,27 +126,24 @@ class _Job:
     def _dataset(self, ray, keys: list[int], alone: bool):
         from ray.data import ActorPoolStrategy, TaskPoolStrategy
 
-        timed = isinstance(self.clock, StageClock)
         items = [_item(key, self.clips[key]) for key in keys]
         per_call = 1 if alone else CLIPS_PER_CALL
         size = min(self.actors, -(-len(keys) // per_call))  # no idle actors on a short pass
         compute = ActorPoolStrategy(size=size, max_tasks_in_flight_per_actor=1 if alone else None)
         # Decode tasks are counted, not given cores: when a node goes, Ray restarts its model
         # actors on the cores left, and decode tasks that needed a core of their own could find
-        # none and wait for ever (measured: two 2-CPU nodes, one removed mid-run).
+        # none and wait for ever.
         decoding = TaskPoolStrategy(size=min(self.decoders, len(keys)))
-        actor_args = {"weights": [self.weights], "options": self.options, "device": self.actor_device, "timed": timed}
-        decode_args = {"cfg": self.labeler.model.config, "options": self.options, "timed": timed}
+        actor_args = {"weights": [self.weights], "options": self.producer.options, "device": self.actor_device,
+                      "timed": self.producer.timed}
         with warnings.catch_warnings():
-            # Retry limits are still passed as plain Ray remote arguments, deprecated since Ray
-            # 2.60 with nothing named to replace them yet (hence the extra's upper bound). They,
-            # and the decode tasks' num_cpus=0, also keep Ray Data from fusing the decode tasks
-            # into the model actors on a CPU-only cluster, which would serialise decoding and the
-            # model again.
+            # Retry limits are plain Ray remote arguments, deprecated since Ray 2.60 with nothing
+            # named to replace them yet (hence the extra's upper bound). They, and the decode
+            # tasks' num_cpus=0, also keep Ray Data from fusing decoding into the model actors.
             warnings.filterwarnings("ignore", message=".*ray_remote_args.*is deprecated")
             return (
                 ray.data.from_items(items, override_num_blocks=len(items))  # a block, so a task, per clip
-                .map(_decode, fn_kwargs=decode_args, compute=decoding, num_cpus=0, max_retries=0)
+                .map(_decode, fn_kwargs={"producer": self.producer}, compute=decoding, num_cpus=0, max_retries=0)
                 .map_batches(
                     _ModelActor,
                     fn_constructor_kwargs=actor_args,
@@ -166,35 +159,6 @@ class _Job:
 def _item(key: int, clip: Clip) -> dict:
     """A clip as a Ray Data record: what a decode task needs to open it."""
     return {"key": key, "path": str(clip.path), "name": clip.name, "frames": clip.frames}
-
-
-@dataclass
-class _Decoded:
-    """A CPU task's output: a whole clip's samples, or why it could not be read."""
-
-    clip: Clip
-    info: object | None  # decode.VideoInfo
-    samples: list  # SampleCrops, in order
-    error: str | None
-    seconds: float  # wall time of the task
-    clock: tuple | None  # StageClock (seconds, items) when timed
-
-
-@dataclass
-class _Labelled:
-    """A model actor's output for one clip: what `on_clip` takes."""
-
-    result: VideoResult
-    rows: list | None  # None when it failed
-    clock: tuple | None
-
-
-def _finish(clip: Clip, done: _Labelled, labeler: Labeler, clock) -> None:
-    """On the driver: one clip's outcome to `on_clip`, with the progress events of a local run."""
-    merge_clock(clock, done.clock)
-    labeler.emit(ProgressEvent("start", clip.name))
-    labeler.on_clip(done.result, done.rows)
-    labeler.emit(ProgressEvent("done", clip.name, result=done.result))
 
 
 @contextmanager
@@ -256,31 +220,52 @@ def _data_settings():
         data_log.setLevel(level)
 
 
-# -- CPU tasks: decode and crop with the library's producer. ------------------------------------
+# -- CPU tasks: the run's producer, one clip each. ---------------------------------------------
 
-_detector = None  # one FaceDetector per worker process, kept for every clip it decodes
+_detector = None  # one detector per worker process, kept for every clip it decodes
 
 
-def _decode(item: dict, cfg, options, timed: bool) -> dict:
+def _decode(item: dict, producer: Producer) -> dict:
+    """A clip's events, all of them; a task whose producer stalls ends its own process (lost)."""
     global _detector
     from ..core.runtime import keep_freed_memory
-    from ..media.faces import FaceDetector
 
     keep_freed_memory()  # once per worker process, like annotate does for its own
     clip = Clip(Path(item["path"]), item["name"], item["frames"])
-    clock = StageClock() if timed else NO_CLOCK
+    if _detector is None:
+        _detector = producer.detector()
+    watch = ClipWatch()
+    watch.begin(item["key"])
     start = time.perf_counter()
-    info, samples, error = None, [], None
+    with _watchdog(watch):
+        events = []
+        for event in producer.clip_events(item["key"], clip, _detector):
+            watch.heard(event)
+            events.append(event)
+    return {"key": item["key"], "clip": clip, "events": events, "seconds": time.perf_counter() - start}
+
+
+@contextmanager
+def _watchdog(watch: ClipWatch):
+    """Kills this worker process if `watch` stalls: Ray loses the record, and the clip is retried."""
+    import os
+    import signal
+    import threading
+
+    done = threading.Event()
+
+    def guard() -> None:
+        while not done.wait(WATCH_S):
+            if watch.stalled:
+                log.error("ray: %s; ending this worker process", watch.why())
+                os.kill(os.getpid(), signal.SIGKILL)
+
+    thread = threading.Thread(target=guard, name="fer-watchdog", daemon=True)
+    thread.start()
     try:
-        if _detector is None:
-            _detector = FaceDetector()
-        stream = clip_samples(clip, cfg, options, _detector, "cpu", clock)
-        info = next(stream)
-        samples = list(stream)
-    except Exception as e:  # one bad clip must not stop the job: it becomes its error
-        info, samples, error = None, [], clip_error(clip, e)
-    decoded = _Decoded(clip, info, samples, error, time.perf_counter() - start, _clock_payload(clock))
-    return {"key": item["key"], "decoded": decoded}
+        yield
+    finally:
+        done.set()
 
 
 # -- model actors: a Labeler each, fed whole clips. ---------------------------------------------
@@ -294,60 +279,50 @@ class _ModelActor:
         import torch
 
         from ..core.runtime import keep_freed_memory
+        from ..nets.engines import Placement
         from ..nets.model import model_from_checkpoint
 
         keep_freed_memory()
         ckpt = ray.get(weights[0])
-        self.device = torch.device(device)  # Ray sets CUDA_VISIBLE_DEVICES to this actor's GPU
+        device = torch.device(device)  # Ray sets CUDA_VISIBLE_DEVICES to this actor's GPU
         model = model_from_checkpoint(ckpt, ckpt["source"])
         model.source, model.weights_sha256 = ckpt["source"], ckpt["weights_sha256"]
-        self.model = model.eval().to(self.device, memory_format=torch.channels_last)
+        self.model = model.eval().to(device, memory_format=torch.channels_last)
+        self.placement = Placement("torch", device, options.precision)
         self.options, self.timed = options, timed
 
     def __call__(self, batch):
         import pandas as pd
 
-        clock = StageClock(self.device) if self.timed else NO_CLOCK
-        jobs = [(int(key), d) for key, d in zip(batch["key"], batch["decoded"])]
-        done = self._label(jobs, clock)
+        clock = StageClock(self.placement.device) if self.timed else NO_CLOCK
+        keys = [int(key) for key in batch["key"]]
+        clips = dict(zip(keys, batch["clip"]))
+        done: dict[str, ClipLabelled] = {}
+        labeler = Labeler(self.model, self.options, self.placement, clips, lambda d: done.update({d.result.video: d}),
+                          _ignore, clock)  # fmt: skip
+        feed(_batch_events(batch["events"]), labeler)
+        timing = clock.timing.frozen() if self.timed else None
         out = []
-        for i, (key, d) in enumerate(jobs):
-            vr, rows = done[d.clip.name]
-            vr.elapsed += d.seconds  # the CPU task's decoding and faces
-            clocks = [d.clock, _clock_payload(clock) if i == 0 else None]  # the batch's model time, once
-            out.append({"key": key, "labelled": _Labelled(vr, rows, _sum_clocks(clocks))})
+        for i, (key, seconds) in enumerate(zip(keys, batch["seconds"])):  # the batch's time once, with its first clip
+            labelled = done[clips[key].name]
+            labelled.result.elapsed += float(seconds)  # the CPU task's decoding and faces
+            out.append({"key": key, "labelled": labelled, "timing": timing if i == 0 else None})
         return pd.DataFrame(out)
 
-    def _label(self, jobs: list, clock) -> dict:
-        """video -> (VideoResult, rows) for every clip in `jobs`, as `schedules.run_in_thread` would give them."""
-        done: dict = {}
-        on_clip = lambda vr, rows: done.update({vr.video: (vr, rows)})  # noqa: E731
-        labeler = Labeler(self.model, self.options, self.device, clock, _ignore, on_clip)
-        started = []
-        for key, d in jobs:
-            if d.error is not None:
-                labeler.fail(key, d.clip, d.error)
-                continue
-            try:  # a clip that fails is reported, the others go on
-                labeler.start(key, d.clip, d.info)
-                for sample in d.samples:
-                    labeler.add(key, sample)
-                started.append((key, d))
-            except Exception as e:
-                labeler.fail(key, d.clip, clip_error(d.clip, e))
-        for key, d in started:  # ended together: one clip's last partial batch fills with the next's samples
-            try:
-                labeler.end(key)
-            except Exception as e:
-                labeler.fail(key, d.clip, clip_error(d.clip, e))
-        return done
+
+def _batch_events(per_clip) -> list:
+    """The clips' events with every ending last: one clip's last partial backbone batch fills
+    with the next clip's samples."""
+    events = [e for clip_events in per_clip for e in clip_events]
+    ends = [e for e in events if isinstance(e, (ClipEnded, ClipFailed))]
+    return [e for e in events if not isinstance(e, (ClipEnded, ClipFailed))] + ends
 
 
 def _ignore(event) -> None:
     """Progress inside an actor goes nowhere; the driver reports each clip as it arrives."""
 
 
-def _portable(model) -> dict:
+def _checkpoint_of(model) -> dict:
     """What an actor needs to rebuild `model`: a fer checkpoint dict, tensors on the CPU."""
     return {
         "config": model.config.to_dict(),
@@ -355,17 +330,3 @@ def _portable(model) -> dict:
         "source": getattr(model, "source", "model"),
         "weights_sha256": getattr(model, "weights_sha256", None),
     }
-
-
-def _clock_payload(clock) -> tuple | None:
-    return (dict(clock.seconds), dict(clock.items)) if isinstance(clock, StageClock) else None
-
-
-def _sum_clocks(payloads) -> tuple | None:
-    payloads = [p for p in payloads if p]
-    if not payloads:
-        return None
-    total = StageClock()
-    for p in payloads:
-        merge_clock(total, p)
-    return dict(total.seconds), dict(total.items)

@@ -17,7 +17,7 @@ from typing import Callable, Iterable, Iterator
 from ..core.errors import DataError, FerError
 from ..media.inputs import Clip, find_clips
 from .contract import AnnotateOptions, AnnotateResult, ProgressEvent, VideoResult
-from .stages import NO_CLOCK, Labeler, StageClock, has_expressions
+from .stages import NO_CLOCK, ClipLabelled, Labeler, Producer, StageClock, has_expressions, is_timed
 
 log = logging.getLogger("fercli")
 
@@ -69,25 +69,24 @@ def annotate(
                        f"with load_model(..., engine={engine!r})")  # fmt: skip
     # The one place a run's engine, device and precision are settled: the model, the stages, the
     # schedules and the table's metadata read them from here on.
-    where = place(engine, _network_device(model) if requested is None else requested, options.precision, options.ray)
+    placement = place(engine, _network_device(model) if requested is None else requested, options.precision, options.ray)
     if loaded:
-        model = model.to(where.device)
+        model = model.to(placement.device)
     else:
         emit(ProgressEvent("model"))
         name = str(model)
         on_bytes = lambda done, total: emit(ProgressEvent("download", name, done, total or 0))  # noqa: E731
-        model = load_placed(model, where, on_bytes)
-    device = where.device
-    options = replace(options, engine=engine, precision=where.precision)
+        model = load_placed(model, placement, on_bytes)
+    options = replace(options, engine=engine, precision=placement.precision)
     with OutputLock(out):  # one run at a time writes `out`, its parts and its errors file
-        return _annotate_into(out, model, options, device, requested, inputs, clock, emit)
+        return _annotate_into(out, model, options, placement, requested, inputs, clock, emit)
 
 
-def _annotate_into(out, model, options, device, requested, inputs, clock, emit) -> AnnotateResult:
+def _annotate_into(out, model, options, placement, requested, inputs, clock, emit) -> AnnotateResult:
     from ..tables.writers import TableWriter, write_errors
 
     writer = TableWriter(
-        out, run_metadata(model, options, device), rows=options.rows, all_faces=options.all_faces,
+        out, run_metadata(model, options, placement.device), rows=options.rows, all_faces=options.all_faces,
         resume=options.resume, overwrite=options.overwrite, expressions=has_expressions(model),
     )  # fmt: skip
     done = writer.done() if options.resume else set()
@@ -99,11 +98,11 @@ def _annotate_into(out, model, options, device, requested, inputs, clock, emit) 
             result.videos.append(VideoResult(clip.name, resumed=True))
         else:
             todo.append(clip)
-    labeler = Labeler(model, options, device, clock, emit, on_clip=lambda vr, rows: _store(vr, rows, writer, clock, result))
+    producer = Producer(model.config, options, placement, timed=is_timed(clock))
+    labeler = Labeler(model, options, placement, todo, lambda done: _store(done, writer, clock, result), emit, clock)
     ended = False
     try:
-        run = SCHEDULES[_schedule(options, device, len(todo))]
-        run(todo, labeler, options, device, clock, requested=str(requested or device.type))
+        _run_schedule(todo, labeler, producer, options, placement.device, requested)
         ended = True
     finally:  # also on Ctrl-C: keep what finished, in a whole file
         if not ended and options.overwrite and out.exists():
@@ -131,36 +130,22 @@ def _earlier_errors(out: Path, clips) -> list[tuple[str, str]]:
         return []
 
 
-def _run_on_ray(clips, labeler, options, device, clock, requested: str) -> None:
-    from .cluster import run_on_ray
+def _run_schedule(clips, labeler, producer, options: AnnotateOptions, device, requested) -> None:
+    """Run the producers where the options say: Ray, worker processes, or a thread beside the model.
 
-    run_on_ray(clips, labeler, options, device, clock, requested=requested)
-
-
-def _run_in_thread(clips, labeler, options, device, clock, requested: str) -> None:
-    from .schedules import run_in_thread
-
-    run_in_thread(clips, labeler, options, device, clock)
-
-
-def _run_in_workers(clips, labeler, options, device, clock, requested: str) -> None:
-    from .schedules import run_in_workers
-
-    run_in_workers(clips, labeler, options, device, clock)
-
-
-# Where the stages run: each takes (clips, labeler, options, device, clock) and hands every
-# finished clip to labeler.on_clip; `requested` is the --device asked for (Ray places its model
-# actors by it). Imported on use: Ray is an optional extra.
-SCHEDULES = {"thread": _run_in_thread, "workers": _run_in_workers, "ray": _run_on_ray}
-
-
-def _schedule(options: AnnotateOptions, device, n_clips: int) -> str:
-    from .schedules import workers
+    `requested` is the --device asked for: Ray places its model actors by it. Each schedule only
+    moves the producers' events to the Labeler (`events.feed`); Ray is an optional extra.
+    """
+    from .schedules import run_in_thread, run_in_workers, workers
 
     if options.ray:
-        return "ray"
-    return "workers" if workers(options, device, n_clips) else "thread"
+        from .cluster import run_on_ray
+
+        run_on_ray(clips, labeler, producer, requested=str(requested or device.type))
+    elif n := workers(options, device, len(clips)):
+        run_in_workers(clips, labeler, producer, n)
+    else:
+        run_in_thread(clips, labeler, producer)
 
 
 def _network_device(model):
@@ -180,7 +165,8 @@ def _unique(clips: list[Clip], result: AnnotateResult) -> Iterator[Clip]:
         yield clip
 
 
-def _store(vr: VideoResult, rows: list[dict] | None, writer, clock, result: AnnotateResult) -> None:
+def _store(done: ClipLabelled, writer, clock, result: AnnotateResult) -> None:
+    vr, rows = done.result, done.rows
     if rows is not None:
         with clock.stage("write"):
             vr.rows = writer.add(vr.video, rows)

@@ -1,69 +1,148 @@
-"""Where the stages run: decode and detect in a thread beside the model, or in worker processes.
+"""Where the producers run on this machine: a thread beside the model, or worker processes.
 
-Both schedules run the same producer (`stages.produce_clips`) and consumer (`stages.Labeler`)
-and speak the same messages (see `stages`); `cluster` is the third schedule, on Ray.
+Each schedule is a source of `events` for the one feed loop (`events.feed`) into the Labeler;
+`cluster` is the third schedule, on Ray. A producer that dies or stops making progress
+(`stages.clip_budget`) costs its clip one more try on a fresh producer (`stages.RETRIES`), then
+the clip is reported as failed while the batch goes on.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+from collections import Counter, deque
+from dataclasses import dataclass, field
 
 from ..core.errors import FerError, typed_line
 from ..media.inputs import Clip
 from .contract import AnnotateOptions
-from .stages import Labeler, is_timed, merge_clock, produce_clips
+from .events import ClipFailed, ClipLost, ProducerCrashed, ProducerDone, feed
+from .stages import RETRIES, ClipWatch, Labeler, Producer, tries
 
 log = logging.getLogger("fercli")
 
 MAX_WORKERS = 8  # decode/face worker processes at most
-STOP_JOIN_S = 5.0  # seconds to wait for the decoding thread to notice a stop
+STOP_JOIN_S = 5.0  # seconds to wait for a producer to notice a stop
 CPU_CORES_PER_WORKER = 4  # on a CPU-only run, one worker per this many cores (none below it)
-QUEUE_CHUNKS = 4  # messages in flight from the decoding thread: bounds memory whatever the video length
-WORKER_CHECK_S = 1.0  # s; how often the consumer looks for worker processes that died
-RETRIES = 1  # a clip whose worker died is tried this many more times, each on a fresh worker
+QUEUE_EVENTS = 4  # events in flight from a producer thread: bounds memory whatever the video length
+POLL_S = 0.5  # s; how often a schedule looks for producers that died or stalled
 IDLE_DEATHS = 3  # workers that may die between clips before the run stops (something kills them all)
 
 
-def run_in_thread(clips: list[Clip], labeler: Labeler, options, device, clock) -> None:
+@dataclass
+class _Retries:
+    """Clips whose producer died or stalled: each is tried RETRIES more times, then fails."""
+
+    clips: list[Clip]
+    losses: Counter = field(default_factory=Counter)
+
+    def lost(self, key: int, how: str) -> ClipFailed | None:
+        """None when the clip gets another try; else its failure."""
+        self.losses[key] += 1
+        path = self.clips[key].path
+        if self.losses[key] > RETRIES:
+            log.warning("%s: %s again; the clip is reported as failed", path, how)
+            return ClipFailed(key, f"{path}: {how}, {tries(self.losses[key])}")
+        log.warning("%s: %s; trying the clip once more on a fresh one", path, how)
+        return None
+
+
+# -- a thread beside the model ---------------------------------------------------------------
+
+
+def run_in_thread(clips: list[Clip], labeler: Labeler, producer: Producer) -> None:
     """Decode and detect in a thread while this one runs the model, so the stages overlap.
 
-    PyAV, LiteRT and torch release the GIL in their native code. Measured on 2 cores
-    (three 10 s 720p clips): 2.51 s against 2.63 s with the stages in series (bf16: 2.21, 2.48).
+    PyAV, LiteRT and torch release the GIL in their native code. A thread that stops making
+    progress cannot be killed: it is left behind (a daemon) and a fresh one takes the clips after.
     """
-    import queue
-    import threading
+    todo = deque(range(len(clips)))
+    feed(_thread_events(clips, todo, producer), labeler)
 
-    results: queue.Queue = queue.Queue(maxsize=QUEUE_CHUNKS)
-    stop = threading.Event()
 
-    def put(item) -> None:
-        while not stop.is_set():
+class _ProducerThread:
+    """One producer in a daemon thread, with its own queue: a stuck one's late events reach nobody."""
+
+    def __init__(self, clips: list[Clip], todo: deque, producer: Producer):
+        import queue
+        import threading
+
+        self.events: queue.Queue = queue.Queue(maxsize=QUEUE_EVENTS)
+        self.stop = threading.Event()
+        self.watch = ClipWatch()
+        self.clips, self.todo, self.producer = clips, todo, producer
+        self.thread = threading.Thread(target=self._run, name="fer-decode", daemon=True)
+        self.thread.start()
+
+    def _tasks(self):
+        while not self.stop.is_set():
             try:
-                results.put(item, timeout=0.5)
+                key = self.todo.popleft()
+            except IndexError:
+                return
+            self.watch.begin(key)
+            yield key, self.clips[key]
+
+    def _put(self, event) -> None:
+        import queue
+
+        while not self.stop.is_set():
+            try:
+                self.events.put(event, timeout=POLL_S)
                 return
             except queue.Full:
                 pass
         raise BrokenPipeError("annotation stopped")
 
-    def produce() -> None:
+    def _run(self) -> None:
         try:
-            produce_clips(enumerate(clips), put, labeler.model.config, options, device.type, is_timed(clock))
+            self.producer.run(self._tasks(), self._put)
         except BrokenPipeError:
             pass
-        except BaseException as e:  # the consumer re-raises it
+        except BaseException as e:  # the feed loop raises it
             try:
-                put(("crash", None, e))
+                self._put(ProducerCrashed(e))
             except BrokenPipeError:
                 pass  # the consumer already stopped for its own reason
 
-    thread = threading.Thread(target=produce, name="fer-decode", daemon=True)
-    thread.start()
+    def close(self) -> None:
+        self.stop.set()
+        self.thread.join(timeout=STOP_JOIN_S)
+
+
+def _thread_events(clips: list[Clip], todo: deque, producer: Producer):
+    """Events from producer threads until every clip is done; a stalled thread is replaced."""
+    import queue
+
+    retries = _Retries(clips)
+    current = _ProducerThread(clips, todo, producer)
     try:
-        consume(results, clips, labeler, clock, 1, [thread])
+        while True:
+            try:
+                event = current.events.get(timeout=POLL_S)
+            except queue.Empty:
+                if current.watch.stalled:
+                    key = current.watch.key
+                    current.stop.set()  # if it ever wakes, it stops at its next event
+                    yield ClipLost(key)
+                    failure = retries.lost(key, current.watch.why())
+                    if failure is None:
+                        todo.appendleft(key)
+                    else:
+                        yield failure
+                    current = _ProducerThread(clips, todo, producer)
+                elif not current.thread.is_alive() and current.events.empty():
+                    raise FerError("the decoding thread ended unexpectedly") from None
+                continue
+            current.watch.heard(event)
+            yield event
+            if isinstance(event, (ProducerDone, ProducerCrashed)):
+                return
     finally:  # also on Ctrl-C or a model error: stop the producer before returning
-        stop.set()
-        thread.join(timeout=STOP_JOIN_S)
+        current.close()
+
+
+# -- worker processes ------------------------------------------------------------------------
 
 
 def workers(options: AnnotateOptions, device, n_clips: int) -> int:
@@ -75,27 +154,30 @@ def workers(options: AnnotateOptions, device, n_clips: int) -> int:
         return 0
     if device.type == "cuda":  # the GPU runs the model; the cores are the producers'
         return min(n_clips, cores - 1, MAX_WORKERS)
-    # On a CPU the backbone wants every core: measured on 2 cores, one worker process made the
-    # run 1.5x slower than decoding in this process. Workers pay only where cores are spare.
+    # On a CPU the backbone wants every core: a worker pays only where cores are spare.
     return min(n_clips, cores // CPU_CORES_PER_WORKER, MAX_WORKERS)
 
 
-def run_in_workers(clips: list[Clip], labeler: Labeler, options, device, clock) -> None:
+@dataclass(frozen=True)
+class WantClip:
+    """A worker's request for its next clip (answered with (key, clip), or None when none is left)."""
+
+
+def run_in_workers(clips: list[Clip], labeler: Labeler, producer: Producer, n_workers: int) -> None:
     """Decode and detect in worker processes, each handed one clip at a time over its own pipe.
 
-    A worker that dies (killed by the OOM killer, or a decoder crashing on a hostile file) is
-    noticed within WORKER_CHECK_S: its clip is tried once more on a fresh worker, and a clip that
-    kills its worker twice is reported as failed while the batch goes on. Each worker has its own
-    pipe and nothing is shared between workers, so a killed one cannot leave a lock held.
+    A worker that dies (the OOM killer, a decoder crashing on a hostile file) or stops making
+    progress is noticed within POLL_S: its clip is tried again on a fresh worker (RETRIES), then
+    reported as failed while the batch goes on. Each worker has its own pipe and nothing is shared
+    between workers, so a killed one cannot leave a lock held.
     """
     import multiprocessing as mp
 
-    ctx = mp.get_context("spawn")  # fork after torch and LiteRT threads start is unsafe
-    pool = _Pool(ctx, (labeler.model.config, options, device.type, is_timed(clock)))
-    for _ in range(workers(options, device, len(clips))):
+    pool = _Pool(mp.get_context("spawn"), producer)  # fork after torch and LiteRT threads start is unsafe
+    for _ in range(n_workers):
         pool.spawn()
     try:
-        _consume_workers(pool, clips, labeler, clock)
+        feed(_worker_events(pool, clips), labeler)
     finally:
         pool.close()
 
@@ -103,21 +185,22 @@ def run_in_workers(clips: list[Clip], labeler: Labeler, options, device, clock) 
 class _Worker:
     def __init__(self, process, conn, reserved=None):
         self.process, self.conn = process, conn
-        self.current = None  # key of the clip it is working on
+        self.watch = ClipWatch()  # the clip it is working on
         self.reserved = reserved  # a clip retried after its worker died: this fresh worker's first
         self.closed = False  # its pipe reached end of file: the process is gone
+        self.stalled = ""  # why we stopped it for making no progress
 
 
 class _Pool:
-    """Worker processes, each with a duplex pipe: tasks go down, messages come up."""
+    """Worker processes, each with a duplex pipe: tasks go down, events come up."""
 
-    def __init__(self, ctx, args):
-        self.ctx, self.args = ctx, args
+    def __init__(self, ctx, producer: Producer):
+        self.ctx, self.producer = ctx, producer
         self.workers: list[_Worker] = []
 
     def spawn(self, reserved=None) -> None:
         parent, child = self.ctx.Pipe()
-        process = self.ctx.Process(target=_worker, args=(child, *self.args), daemon=True)
+        process = self.ctx.Process(target=_worker, args=(child, self.producer), daemon=True)
         process.start()
         child.close()  # the worker's end lives in the worker: our copy would hide its death
         self.workers.append(_Worker(process, parent, reserved))
@@ -134,26 +217,39 @@ class _Pool:
             self.retire(worker)
 
 
-def _consume_workers(pool: _Pool, clips: list[Clip], labeler: Labeler, clock) -> None:
-    from collections import Counter, deque
+def _worker_events(pool: _Pool, clips: list[Clip]):
     from multiprocessing.connection import wait
 
     todo = deque(range(len(clips)))
-    deaths: Counter = Counter()  # key -> workers it was in when they died (None: between clips)
+    retries = _Retries(clips)
+    idle_deaths = 0
     while pool.workers:
-        wait([w.conn for w in pool.workers] + [w.process.sentinel for w in pool.workers], timeout=WORKER_CHECK_S)
+        wait([w.conn for w in pool.workers] + [w.process.sentinel for w in pool.workers], timeout=POLL_S)
         for worker in list(pool.workers):
-            while not worker.closed and _readable(worker.conn):
+            done = False
+            while not done and not worker.closed and _readable(worker.conn):
                 try:
                     message = worker.conn.recv()
                 except (EOFError, OSError):  # its end is closed: it died (mid-message, perhaps)
                     worker.closed = True
                     break
-                if _handle(message, worker, pool, todo, clips, labeler, clock):
-                    break  # it said it is done
+                if isinstance(message, WantClip):
+                    done = _hand_out(worker, todo, clips)
+                    continue
+                worker.watch.heard(message)
+                yield message
+                if isinstance(message, ProducerDone):
+                    pool.retire(worker)
+                    done = True
+            if worker in pool.workers and not worker.closed and worker.watch.stalled:
+                worker.stalled, worker.closed = worker.watch.why(), True
+                worker.process.kill()
             if worker in pool.workers and worker.closed:
                 worker.process.join(timeout=STOP_JOIN_S)  # reap it, for its exit code
-                _lost(worker, pool, todo, deaths, clips, labeler)
+                idle_deaths += worker.watch.key is None
+                if idle_deaths > IDLE_DEATHS:
+                    raise FerError(f"decoding worker processes keep dying between clips ({idle_deaths} times)")
+                yield from _lost(worker, pool, todo, retries)
 
 
 def _readable(conn) -> bool:
@@ -163,105 +259,64 @@ def _readable(conn) -> bool:
         return False
 
 
-def _handle(message, worker: _Worker, pool: _Pool, todo, clips, labeler: Labeler, clock) -> bool:
-    """Act on one message from a worker; True once the worker has finished, or is found dead."""
-    if message[0] == "next":
-        task = worker.reserved if worker.reserved is not None else (todo.popleft() if todo else None)
-        worker.reserved, worker.current = None, task
-        try:
-            worker.conn.send(None if task is None else (task, clips[task]))
-        except OSError:  # it died after asking (BrokenPipeError): the clip never reached it
-            worker.reserved, worker.current, worker.closed = task, None, True
-            return True
-        return False
-    kind = _dispatch(message, clips, labeler, clock)
-    if kind in ("end", "error"):
-        worker.current = None
-    elif kind == "exit":
-        pool.retire(worker)
+def _hand_out(worker: _Worker, todo: deque, clips: list[Clip]) -> bool:
+    """Answer a worker's WantClip; True when it died before the answer reached it."""
+    key = worker.reserved if worker.reserved is not None else (todo.popleft() if todo else None)
+    worker.reserved = None
+    try:
+        worker.conn.send(None if key is None else (key, clips[key]))
+    except OSError:  # it died after asking (BrokenPipeError): the clip never reached it
+        worker.reserved, worker.closed = key, True
         return True
+    if key is not None:
+        worker.watch.begin(key)
     return False
 
 
-def _lost(worker: _Worker, pool: _Pool, todo, deaths, clips, labeler: Labeler) -> None:
-    """A worker died without saying it was done: retry its clip once on a fresh worker."""
-    key = worker.current
+def _lost(worker: _Worker, pool: _Pool, todo: deque, retries: _Retries):
+    """A worker died (or was stopped) without saying it was done: its clip's events."""
+    key = worker.watch.key
     code = worker.process.exitcode
     pool.retire(worker)
-    how = f"signal {-code}" if code is not None and code < 0 else f"exit status {code}"
-    if key is None:  # between clips: a fresh worker takes over the rest, a few times at most
-        deaths[None] += 1
-        if deaths[None] > IDLE_DEATHS:
-            raise FerError(f"decoding worker processes keep dying between clips ({how}, {deaths[None]} times)")
+    if key is None:  # between clips: a fresh worker takes over the rest
         if todo or worker.reserved is not None:
             pool.spawn(reserved=worker.reserved)  # a clip it was given but never started is the fresh one's
         return
-    labeler.discard(key)
-    deaths[key] += 1
-    if deaths[key] > RETRIES:
-        log.warning("%s: the decoding process died again (%s); the clip is reported as failed", clips[key].path, how)
-        labeler.fail(key, clips[key], f"{clips[key].path}: the decoding process died ({how}), twice")
-        if todo:
-            pool.spawn()
+    yield ClipLost(key)
+    if worker.stalled:
+        how = f"{worker.stalled}: its process was stopped"
+    else:
+        how = f"the decoding process died ({f'signal {-code}' if code is not None and code < 0 else f'exit status {code}'})"
+    failure = retries.lost(key, how)
+    if failure is None:
+        pool.spawn(reserved=key)
         return
-    log.warning("%s: the decoding process died (%s); trying the clip once more in a new one", clips[key].path, how)
-    pool.spawn(reserved=key)
+    yield failure
+    if todo:
+        pool.spawn()
 
 
-def consume(results, clips, labeler: Labeler, clock, n_producers: int, producers) -> None:
-    """Apply the producers' messages from a queue until each of them has said it is done."""
-    import queue
-
-    finished = 0
-    while finished < n_producers:
-        try:
-            message = results.get(timeout=1.0)
-        except queue.Empty:
-            if not any(p.is_alive() for p in producers):
-                raise FerError("decoding workers died unexpectedly") from None
-            continue
-        finished += _dispatch(message, clips, labeler, clock) == "exit"
-
-
-def _dispatch(message, clips, labeler: Labeler, clock) -> str:
-    """Apply one producer message (see `stages`) to the labeler; returns its kind."""
-    kind, key, payload = message
-    if kind == "info":
-        labeler.start(key, clips[key], payload)
-    elif kind == "samples":
-        for sample in payload:
-            labeler.add(key, sample)
-    elif kind == "end":
-        merge_clock(clock, payload)
-        labeler.end(key)
-    elif kind == "error":
-        labeler.fail(key, clips[key], payload)
-    elif kind == "crash":
-        raise payload
-    return kind
-
-
-def _worker(conn, cfg, options, device_type: str, timed: bool) -> None:
-    """Worker process: asks for a clip, decodes, detects and crops it, sends its samples in small
-    chunks, and asks again; a closed pipe means the parent is gone."""
+def _worker(conn, producer: Producer) -> None:
+    """Worker process: asks for a clip, sends its events, and asks again; a closed pipe means the
+    parent is gone."""
     from ..core.runtime import keep_freed_memory
 
     keep_freed_memory()
 
     def tasks():
         while True:
-            conn.send(("next", None, None))
+            conn.send(WantClip())
             task = conn.recv()
             if task is None:
                 return
             yield task
 
     try:
-        produce_clips(tasks(), conn.send, cfg, options, device_type, timed)
+        producer.run(tasks(), conn.send)
     except (KeyboardInterrupt, BrokenPipeError, EOFError, ConnectionError):
         pass  # stopped, or the parent is gone: nobody is left to tell
     except BaseException as error:  # outside any clip (the detector would not start): the run's error
         try:
-            conn.send(("crash", None, error))
+            conn.send(ProducerCrashed(error))
         except Exception:  # unpicklable, or the parent is gone
-            conn.send(("crash", None, FerError(f"a decoding worker failed: {typed_line(error)}")))
+            conn.send(ProducerCrashed(FerError(f"a decoding worker failed: {typed_line(error)}")))

@@ -1,33 +1,40 @@
-"""The annotation stages under public names, shared by every schedule (thread, processes, Ray).
+"""The annotation stages, shared by every schedule (thread, worker processes, Ray).
 
-    producer  clip_samples / produce_clips: decode, detect, track and crop (model-free, so it can
-              run in a thread, a worker process or a Ray task), sending messages through `put`
-    labeler   Labeler: the backbone, batched across clips, the windows and heads, rows per clip
-    clock     StageClock / NO_CLOCK: per-stage time for `fer benchmark speed`
-
-Messages from a producer, in order per clip: ("info", key, VideoInfo), ("samples", key,
-[SampleCrops...]), then ("end", key, clock payload) or ("error", key, one-line message); and
-("exit", None, None) when the producer has no more clips.
+    Producer   decode, detect, track and crop clips (model-free, so it can run in a thread, a
+               worker process or a Ray task), saying what happens as `events`
+    Labeler    the sink: the backbone batched across clips, the windows and heads, rows per clip
+    StageClock per-stage time for `fer benchmark speed`
 """
 
 from __future__ import annotations
 
 import time
-from collections import defaultdict
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from typing import Callable, Iterable, Iterator
 
 from ..core.devices import autocast, synchronize
 from ..core.errors import FerError, typed_line
 from ..media.inputs import Clip
 from .contract import AnnotateOptions, ProgressEvent, VideoResult
+from .events import (
+    ClipEnded,
+    ClipEvent,
+    ClipFailed,
+    ClipLost,
+    ClipStarted,
+    ProducerDone,
+    Sample,
+    SamplesReady,
+    Timing,
+)
 
-# FFmpeg decoder threads per clip while the model runs on the CPU: the backbone already keeps
-# every core busy, and one thread decodes with less overhead than frame threading (measured on
-# 2 cores: 2.17 s and 4.1 CPU-s against 2.36 s and 4.5 CPU-s). With a GPU, FFmpeg chooses.
+# FFmpeg decoder threads per clip while the model runs on the CPU: the backbone keeps every
+# core busy already. With a GPU, FFmpeg chooses.
 DECODE_THREADS_BESIDE_CPU_MODEL = 1
-SAMPLES_PER_MESSAGE = 8  # samples a producer sends at once (each crop is ~150 kB)
-HEAD_BATCH = 256  # rows labelled at once at a clip's end: bounds the windows held (256 x T x 1280 floats)
+SAMPLES_PER_EVENT = 8  # samples a producer sends at once (each crop is ~150 kB)
+# Rows labelled at once at a clip's end: bounds the windows held (HEAD_BATCH x T x 1280 floats).
+HEAD_BATCH = 256
 
 
 class StageClock:
@@ -39,19 +46,26 @@ class StageClock:
 
     def __init__(self, device=None):
         self.device = device  # the model's: its queued work is waited for at each reading
-        self.seconds: dict[str, float] = defaultdict(float)
-        self.items: dict[str, int] = defaultdict(int)
+        self.timing = Timing()
+
+    @property
+    def seconds(self) -> dict[str, float]:
+        return self.timing.seconds
+
+    @property
+    def items(self) -> dict[str, int]:
+        return self.timing.items
 
     @contextmanager
     def stage(self, name: str, items: int = 0):
-        self._sync()
+        synchronize(self.device)
         start = time.perf_counter()
         try:
             yield
         finally:
-            self._sync()
-            self.seconds[name] += time.perf_counter() - start
-            self.items[name] += items
+            synchronize(self.device)
+            self.timing.seconds[name] += time.perf_counter() - start
+            self.timing.items[name] += items
 
     def iterate(self, name: str, iterable):
         """Charge the time spent producing each item of `iterable` to stage `name`."""
@@ -61,21 +75,26 @@ class StageClock:
                 try:
                     item = next(it)
                 except StopIteration:
-                    self.items[name] -= 1
+                    self.timing.items[name] -= 1
                     return
             yield item
 
-    def _sync(self) -> None:
-        synchronize(self.device)
+    def add(self, timing: Timing | None) -> None:
+        self.timing.add(timing)
 
 
 class _NoClock:
+    timing = None
+
     @contextmanager
     def stage(self, name: str, items: int = 0):
         yield
 
     def iterate(self, name: str, iterable):
         return iterable
+
+    def add(self, timing: Timing | None) -> None:
+        pass
 
 
 NO_CLOCK = _NoClock()
@@ -85,49 +104,95 @@ def is_timed(clock) -> bool:
     return isinstance(clock, StageClock)
 
 
-def merge_clock(clock, payload) -> None:
-    if payload and isinstance(clock, StageClock):
-        seconds, items = payload
-        for name, value in seconds.items():
-            clock.seconds[name] += value
-        for name, value in items.items():
-            clock.items[name] += value
+def clip_error(clip: Clip, e: Exception) -> str:
+    """One line naming the clip for an exception raised while working on it."""
+    if isinstance(e, FerError):
+        return str(e)
+    return f"{clip.path}: {typed_line(e)}"
 
 
 # -- producer: decode, detect, crop. Model-free, so it can run in worker processes. ---------
 
 
+def default_detector():
+    """The CPU face detector (LiteRT's BlazeFace): what a producer opens unless told otherwise."""
+    from ..media.faces import FaceDetector
+
+    return FaceDetector()
+
+
 @dataclass
-class SampleCrops:
-    index: int  # sample index k
-    time: float  # seconds
-    crops: dict  # track id -> size x size x 3 uint8 crop, for every face in the sample
-    # track id -> the faces.Detection the crop was cut from: box in pixels of the upright frame
-    # and detector score (a box reused by SteadyDetector is the one the crop was cut from)
-    detections: dict = field(default_factory=dict)
-    # track id -> the face's `people.appearance` descriptor (float32), for joining tracks into people
-    looks: dict = field(default_factory=dict)
+class Producer:
+    """Decodes, detects, tracks and crops clips on the CPU, saying what happens as events.
 
+    Picklable, so a worker process or a Ray task gets its own; each opens one detector (from
+    `detector`, a factory) for all the clips it is given.
+    """
 
-def clip_samples(clip: Clip, cfg, options: AnnotateOptions, detector, device_type: str = "cpu", clock=NO_CLOCK):
-    """The clip's VideoInfo first, then a SampleCrops per sample at the model's rate."""
-    from ..media.decode import AUTO_THREADS, open_video
-    from ..media.faces import SteadyDetector
-    from ..media.people import Tracks
+    config: object  # the model's ModelConfig: its preprocessing (the crop) and sample rate
+    options: AnnotateOptions
+    placement: object  # the run's nets.engines.Placement
+    timed: bool = False  # measure each stage (`fer benchmark speed`)
+    detector: Callable = default_detector
 
-    pre = cfg.preprocess
-    threads = DECODE_THREADS_BESIDE_CPU_MODEL if device_type == "cpu" else AUTO_THREADS
-    with open_video(clip.path, frames_fps=options.frames_fps, device=device_type, threads=threads) as source:
-        yield source.info
-        tracks = Tracks()
-        steady = SteadyDetector(_TimedDetector(detector, clock), options.reuse_boxes)
-        frames = clock.iterate("decode", source.frames() if options.per_frame else source.sample(cfg.fps))
-        for frame, detections in steady.detections(frames, lambda f: f.image):
-            with clock.stage("faces", 1):
-                found = tracks.update(frame.time, frame.image, detections)
-                crops = {t: pre.cut(frame.image, det.box) for t, (det, _) in found.items()}
-            detections = {t: det for t, (det, _) in found.items()}
-            yield SampleCrops(frame.index, frame.time, crops, detections, {t: look for t, (_, look) in found.items()})
+    def run(self, tasks: Iterable[tuple[int, Clip]], put: Callable) -> None:
+        """Every clip of `tasks` ((key, clip) pairs) as events through `put`, then ProducerDone."""
+        with self.detector() as detector:
+            for key, clip in tasks:
+                for event in self.clip_events(key, clip, detector):
+                    put(event)
+        put(ProducerDone())
+
+    def clip_events(self, key: int, clip: Clip, detector) -> Iterator[ClipEvent]:
+        """ClipStarted, SamplesReady..., then ClipEnded, or ClipFailed: one bad clip ends alone."""
+        clock = StageClock() if self.timed else NO_CLOCK
+        try:
+            stream = self.samples(clip, detector, clock)
+            yield ClipStarted(key, next(stream))
+            chunk = []
+            for sample in stream:
+                chunk.append(sample)
+                if len(chunk) >= SAMPLES_PER_EVENT:
+                    yield SamplesReady(key, chunk)
+                    chunk = []
+            if chunk:
+                yield SamplesReady(key, chunk)
+        except BrokenPipeError:  # the consumer is gone: nobody to tell
+            raise
+        except Exception as e:  # reported for this clip; the others go on
+            yield ClipFailed(key, clip_error(clip, e))
+            return
+        yield ClipEnded(key, clock.timing.frozen() if self.timed else None)
+
+    def samples(self, clip: Clip, detector, clock=NO_CLOCK) -> Iterator:
+        """The clip's VideoInfo first, then a Sample per sample at the model's rate (or per frame)."""
+        import numpy as np
+
+        from ..media.decode import AUTO_THREADS, open_video
+        from ..media.faces import SteadyDetector
+        from ..media.people import Tracks
+
+        pre, options = self.config.preprocess, self.options
+        on_cpu = self.placement.device.type == "cpu"
+        threads = DECODE_THREADS_BESIDE_CPU_MODEL if on_cpu else AUTO_THREADS
+        with open_video(clip.path, frames_fps=options.frames_fps, threads=threads) as source:
+            yield source.info
+            tracks = Tracks()
+            steady = SteadyDetector(_TimedDetector(detector, clock), options.reuse_boxes)
+            frames = source.frames() if options.per_frame else source.sample(self.config.fps)
+            for frame, detections in steady.detections(clock.iterate("decode", frames), lambda f: f.image):
+                with clock.stage("faces", 1):
+                    found = tracks.update(frame.time, frame.image, detections)
+                    crops = [pre.cut(frame.image, det.box) for det, _ in found.values()]
+                    pixels = np.stack(crops) if crops else np.zeros((0, pre.size, pre.size, 3), np.uint8)
+                yield Sample(
+                    frame.index,
+                    frame.time,
+                    list(found),
+                    pixels,
+                    [det for det, _ in found.values()],
+                    [look for _, look in found.values()],
+                )
 
 
 @dataclass
@@ -142,42 +207,7 @@ class _TimedDetector:
             return self.detector.detect(image)
 
 
-def clip_error(clip: Clip, e: Exception) -> str:
-    if isinstance(e, FerError):
-        return str(e)
-    return f"{clip.path}: {typed_line(e)}"
-
-
-def produce_clips(tasks, put, cfg, options, device_type: str, timed: bool) -> None:
-    """Decode, detect and crop each (key, clip) of `tasks`, sending messages through `put`."""
-    from ..media.faces import FaceDetector
-
-    with FaceDetector() as detector:
-        for key, clip in tasks:
-            clock = StageClock() if timed else NO_CLOCK
-            try:
-                _produce_one(key, clip_samples(clip, cfg, options, detector, device_type, clock), put)
-                put(("end", key, (dict(clock.seconds), dict(clock.items)) if timed else None))
-            except BrokenPipeError:
-                raise
-            except Exception as e:  # reported for this clip; the others go on
-                put(("error", key, clip_error(clip, e)))
-    put(("exit", None, None))
-
-
-def _produce_one(key, stream, put) -> None:
-    put(("info", key, next(stream)))
-    chunk = []
-    for sample in stream:
-        chunk.append(sample)
-        if len(chunk) >= SAMPLES_PER_MESSAGE:
-            put(("samples", key, chunk))
-            chunk = []
-    if chunk:
-        put(("samples", key, chunk))
-
-
-# -- consumer: the model, batched across clips. ----------------------------------------------
+# -- the sink: the model, batched across clips. ------------------------------------------------
 
 
 def has_expressions(model) -> bool:
@@ -185,19 +215,18 @@ def has_expressions(model) -> bool:
     return bool(getattr(model, "has_expressions", False))
 
 
-def _seen(sample: SampleCrops, person: int, probs: list | None):
-    from ..tables.rows import FaceSeen
+@dataclass
+class ClipLabelled:
+    """A finished clip, as the Labeler hands it on: its result and rows (None when it failed)."""
 
-    det = sample.detections.get(person)
-    if det is None:  # a producer that sends crops only: no box to report
-        return None
-    return FaceSeen(tuple(float(v) for v in det.box), float(det.score), tuple(probs) if probs is not None else None)
+    result: VideoResult
+    rows: list | None
 
 
 @dataclass
-class _Clip:
+class _ClipState:
     clip: Clip
-    agg: object  # rows.Aggregator
+    aggregator: object  # rows.Aggregator
     total: int  # samples expected
     started: float  # perf_counter at start
     duration: float
@@ -205,118 +234,149 @@ class _Clip:
     samples: int = 0  # samples encoded so far
     # Held until the clip ends, when its tracks are joined into people (`people.group_tracks`):
     frames: list = field(default_factory=list)  # rows.FrameFeatures keyed by track id
-    looks: dict = field(default_factory=dict)  # track id -> sum of its appearance descriptors
-    seen_in: dict = field(default_factory=dict)  # track id -> sample indices it was seen in
+    appearance_sums: dict = field(default_factory=dict)  # track id -> sum of its descriptors
+    track_samples: dict = field(default_factory=dict)  # track id -> sample indices it was seen in
 
 
 class Labeler:
-    """Runs the model over samples from any number of clips, batching crops across clips.
+    """The sink of every schedule: runs the model over samples of any number of clips at once.
 
-    Feed it `start(key, clip, info)`, then `add(key, sample)` in sample order per clip, then
-    `end(key)` or `fail(key, error)`; finished clips go to `on_clip(VideoResult, rows)`.
+    It receives a producer's events (`receive`), batches crops across clips for the backbone,
+    and hands each finished clip to `deliver(ClipLabelled)`; progress goes to `progress`.
     """
 
-    def __init__(self, model, options: AnnotateOptions, device, clock, emit, on_clip):
-        self.model, self.options, self.device, self.clock, self.emit = model, options, device, clock, emit
-        self.precision = options.precision  # settled by pipeline.annotate (or the caller)
-        self.on_clip = on_clip
-        self.clips: dict = {}
-        self.pending: list = []  # (key, SampleCrops) waiting for the backbone
+    def __init__(self, model, options: AnnotateOptions, placement, clips: list[Clip], deliver, progress, clock=NO_CLOCK):
+        self.model, self.options, self.clips = model, options, clips
+        self.device, self.precision = placement.device, placement.precision
+        self.deliver, self.progress, self.clock = deliver, progress, clock
+        self.states: dict[int, _ClipState] = {}
+        self.pending: list[tuple[int, Sample]] = []  # waiting for the backbone
         self.n_crops = 0
 
-    def start(self, key, clip: Clip, info) -> None:
+    def receive(self, event: ClipEvent) -> None:
+        """Apply one producer event (see `events`); a clip the model cannot take fails alone."""
+        if isinstance(event, SamplesReady):
+            for sample in event.samples:
+                self._add(event.key, sample)
+        elif isinstance(event, ClipStarted):
+            self._guarded(event.key, self._start, event.info)
+        elif isinstance(event, ClipEnded):
+            self.clock.add(event.timing)
+            self._guarded(event.key, self._end)
+        elif isinstance(event, ClipFailed):
+            self._fail(event.key, event.error)
+        elif isinstance(event, ClipLost):
+            self._drop(event.key)
+
+    def _guarded(self, key: int, step, *args) -> None:
+        try:
+            step(key, *args)
+        except Exception as e:
+            self._fail(key, clip_error(self.clips[key], e))
+
+    def _start(self, key: int, info) -> None:
         from ..media.decode import sample_count
         from ..tables.rows import Aggregator
 
-        cfg = self.model.config
-        rows = self.options.rows
-        agg = Aggregator(cfg.window, info.duration, cfg.is_window_model, rows, info.last_start, cfg.fps)
+        cfg, rows = self.model.config, self.options.rows
+        aggregator = Aggregator(cfg.window, info.duration, cfg.is_window_model, rows, info.last_start, cfg.fps)
         total = info.frames if rows == "frame" else sample_count(info.duration, cfg.fps)
-        self.clips[key] = _Clip(clip, agg, total, time.perf_counter(), info.duration)
-        self.emit(ProgressEvent("start", clip.name, 0, total))
+        self.states[key] = _ClipState(self.clips[key], aggregator, total, time.perf_counter(), info.duration)
+        self.progress(ProgressEvent("start", self.clips[key].name, 0, total))
 
-    def add(self, key, sample: SampleCrops) -> None:
+    def _add(self, key: int, sample: Sample) -> None:
+        if key not in self.states:  # the clip failed at its start: its samples go nowhere
+            return
         self.pending.append((key, sample))
-        self.n_crops += len(sample.crops)
+        self.n_crops += len(sample.tracks)
         if self.n_crops >= self.options.batch_size:
             self.flush()
 
-    def end(self, key) -> None:
+    def _end(self, key: int) -> None:
         from ..tables.rows import follow
 
+        if key not in self.states:
+            return
         if any(k == key for k, _ in self.pending):
             self.flush()
-        state = self.clips.pop(key)
+        state = self.states.pop(key)
         self._aggregate(state)
         if not self.options.all_faces:  # the person on screen longest, known only now
-            state.rows = follow(state.rows, state.agg.main_person())
-        vr = VideoResult(state.clip.name, duration=state.duration, elapsed=time.perf_counter() - state.started)
-        self.on_clip(vr, state.rows)
-        self.emit(ProgressEvent("done", state.clip.name, result=vr))
+            state.rows = follow(state.rows, state.aggregator.main_person())
+        elapsed = time.perf_counter() - state.started
+        self._hand_on(ClipLabelled(VideoResult(state.clip.name, duration=state.duration, elapsed=elapsed), state.rows))
 
-    def discard(self, key) -> None:
-        """Forget a clip's samples so far (its producer died; it will be started again)."""
+    def _drop(self, key: int) -> None:
         self.pending = [(k, s) for k, s in self.pending if k != key]
-        self.n_crops = sum(len(s.crops) for _, s in self.pending)
-        self.clips.pop(key, None)
+        self.n_crops = sum(len(s.tracks) for _, s in self.pending)
+        return self.states.pop(key, None)
 
-    def fail(self, key, clip: Clip, error: str) -> None:
-        self.pending = [(k, s) for k, s in self.pending if k != key]
-        self.n_crops = sum(len(s.crops) for _, s in self.pending)
-        state = self.clips.pop(key, None)
+    def _fail(self, key: int, error: str) -> None:
+        state = self._drop(key)
         elapsed = time.perf_counter() - state.started if state else 0.0
-        vr = VideoResult(clip.name, error=error, elapsed=elapsed)
-        self.on_clip(vr, None)
-        self.emit(ProgressEvent("done", clip.name, result=vr))
+        self._hand_on(ClipLabelled(VideoResult(self.clips[key].name, error=error, elapsed=elapsed), None))
+
+    def _hand_on(self, done: ClipLabelled) -> None:
+        self.deliver(done)
+        self.progress(ProgressEvent("done", done.result.video, result=done.result))
+
+    def hand_on(self, done: ClipLabelled, timing: Timing | None = None) -> None:
+        """Pass on a clip another Labeler finished (a Ray model actor's), as if this one had."""
+        self.clock.add(timing)
+        self.progress(ProgressEvent("start", done.result.video))
+        self._hand_on(done)
 
     def flush(self) -> None:
-        from ..tables.rows import FrameFeatures
+        """Run the backbone on every pending crop, whatever clip it comes from."""
+        from ..tables.rows import FaceSeen, FrameFeatures
 
-        feats, probs = self._encode([c for _, s in self.pending for c in s.crops.values()])
+        feats, probs = self._encode([s.crops for _, s in self.pending if len(s.tracks)])
         j, touched = 0, {}
         for key, sample in self.pending:
-            state = self.clips[key]
-            faces = {fid: feats[j + i] for i, fid in enumerate(sample.crops)}
-            seen = {fid: _seen(sample, fid, probs[j + i] if probs is not None else None) for i, fid in enumerate(sample.crops)}
-            seen = {fid: face for fid, face in seen.items() if face is not None}
-            j += len(sample.crops)
+            state = self.states[key]
+            faces, seen = {}, {}
+            for track, det, look in zip(sample.tracks, sample.detections, sample.appearances):
+                faces[track] = feats[j]
+                expressions = tuple(probs[j]) if probs is not None else None
+                seen[track] = FaceSeen(tuple(float(v) for v in det.box), float(det.score), expressions)
+                state.appearance_sums[track] = state.appearance_sums.get(track, 0) + look
+                state.track_samples.setdefault(track, set()).add(sample.index)
+                j += 1
             state.frames.append(FrameFeatures(sample.index, sample.time, faces, seen))
-            for track, look in sample.looks.items():
-                state.looks[track] = state.looks.get(track, 0) + look
-                state.seen_in.setdefault(track, set()).add(sample.index)
             state.samples += 1
             touched[key] = state
         self.pending, self.n_crops = [], 0
         for state in touched.values():
-            self.emit(ProgressEvent("frames", state.clip.name, state.samples, state.total))
+            self.progress(ProgressEvent("frames", state.clip.name, state.samples, state.total))
 
-    def _aggregate(self, state: _Clip) -> None:
+    def _aggregate(self, state: _ClipState) -> None:
         """The clip's tracks joined into people, then its rows: per person, per second (or sample)."""
         from ..media.people import group_tracks
         from ..tables.rows import FrameFeatures
 
-        person = group_tracks(state.looks, state.seen_in)
+        person = group_tracks(state.appearance_sums, state.track_samples)
         units = []
         for ff in state.frames:
             faces = {person.get(t, t): f for t, f in ff.faces.items()}
             seen = {person.get(t, t): f for t, f in ff.seen.items()}
-            units += state.agg.push(FrameFeatures(ff.index, ff.time, faces, seen))
+            units += state.aggregator.push(FrameFeatures(ff.index, ff.time, faces, seen))
             if len(units) >= HEAD_BATCH:
                 self._label(state, units)
                 units = []
-        self._label(state, units + state.agg.finish())
+        self._label(state, units + state.aggregator.finish())
         state.frames = []
 
     def _encode(self, crops: list):
-        import numpy as np
+        """Features (or frame scores) and expression probabilities for (n, S, S, 3) crop batches."""
         import torch
 
         from ..nets.model import to_input
 
         if not crops:
             return None, None
-        x = to_input(np.stack(crops), self.model.config.preprocess, self.device)
-        with self.clock.stage("backbone", len(crops)), torch.inference_mode(), autocast(self.precision, self.device):
+        pixels = torch.cat([torch.as_tensor(c).to(self.device, non_blocking=True) for c in crops])
+        x = to_input(pixels, self.model.config.preprocess, self.device)
+        with self.clock.stage("backbone", len(x)), torch.inference_mode(), autocast(self.precision, self.device):
             feats = self.model.encode(x)
             probs = None
             if has_expressions(self.model):  # softmax in fp32: the probabilities must sum to 1
@@ -325,7 +385,7 @@ class Labeler:
                 feats = self.model.frame_scores(feats)
             return feats.float(), probs
 
-    def _label(self, state: _Clip, units: list) -> None:
+    def _label(self, state: _ClipState, units: list) -> None:
         from ..tables.rows import label_rows
 
         if not units:
@@ -334,3 +394,54 @@ class Labeler:
         n = sum(u.window is not None for u in units)
         with self.clock.stage("head", n), autocast(self.precision, self.device):
             state.rows += label_rows(units, head)
+
+
+# A producer that stops making progress (a decoder stuck on a file, a filesystem that stopped
+# answering) is given up on by its schedule: its clip is retried (RETRIES), then reported.
+STALL_QUIET_S = 120.0  # s without an event from a clip's producer (an event is SAMPLES_PER_EVENT samples)
+STALL_BASE_S = 120.0  # s a clip may take beyond STALL_PER_VIDEO_S per second of video
+STALL_PER_VIDEO_S = 10.0  # fer runs many times faster than real time: ten times slower is stuck
+RETRIES = 1  # a clip whose producer died or stalled is tried this many more times, on a fresh one
+
+
+def clip_budget(info) -> float:
+    """Seconds a clip may take from its start to its end, from its duration."""
+    return STALL_BASE_S + STALL_PER_VIDEO_S * float(info.duration or 0.0)
+
+
+def tries(n: int) -> str:
+    """How a message says a clip was tried `n` times ("twice", "3 times")."""
+    return {1: "once", 2: "twice"}.get(n, f"{n} times")
+
+
+@dataclass
+class ClipWatch:
+    """The clip a producer is on, and whether it has stopped making progress (`stalled`)."""
+
+    key: int | None = None
+    quiet_until: float = float("inf")  # monotonic time by which its next event is due
+    finish_by: float = float("inf")  # monotonic time by which the clip must end
+
+    def begin(self, key: int) -> None:
+        """The producer was given clip `key`."""
+        self.key, self.quiet_until, self.finish_by = key, time.monotonic() + STALL_QUIET_S, float("inf")
+
+    def heard(self, event) -> None:
+        """An event of the producer's arrived."""
+        if isinstance(event, (ClipEnded, ClipFailed)):
+            if event.key == self.key:  # a thread's producer may have begun its next clip already
+                self.key, self.quiet_until, self.finish_by = None, float("inf"), float("inf")
+            return
+        if isinstance(event, ClipStarted):
+            self.key, self.finish_by = event.key, time.monotonic() + clip_budget(event.info)
+        self.quiet_until = time.monotonic() + STALL_QUIET_S
+
+    @property
+    def stalled(self) -> bool:
+        return self.key is not None and time.monotonic() > min(self.quiet_until, self.finish_by)
+
+    def why(self) -> str:
+        """The stall in words, for the clip's error line."""
+        if time.monotonic() > self.finish_by:
+            return f"decoding took over its time budget ({STALL_PER_VIDEO_S:g} s per second of video + {STALL_BASE_S:g} s)"
+        return f"decoding stopped making progress (nothing for {STALL_QUIET_S:g} s)"
