@@ -1,0 +1,121 @@
+"""The README and the documentation site: the site builds in strict mode (and strict mode catches what
+it should), and the command reference is today's `--help`."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+README = ROOT / "README.md"
+MAX_README_CHARS = 15_000  # a page a newcomer reads in five minutes; the rest lives on the site
+# What a fresh clone runs before fer in the README's run command; this environment is that already.
+INSTALL_STEPS = ["python3 -m venv .venv", ". .venv/bin/activate", "pip install -c constraints.txt -e ."]
+RUN_TIMEOUT_S = 300  # one annotate or report of a 6 s clip; minutes only on a machine shared by many runs
+
+
+def readme_command(marker: str) -> str:
+    """The line after the code fence below `<!-- marker -->`, read as .ci/run reads the test command."""
+    lines = README.read_text(encoding="utf-8").splitlines()
+    at = lines.index(f"<!-- {marker} -->")
+    assert lines[at + 1].startswith("```"), f"README: no code block under <!-- {marker} -->"
+    return lines[at + 2]
+
+
+def mkdocs_build(config: Path, site: Path) -> subprocess.CompletedProcess:
+    pytest.importorskip("material", reason="the docs extra is not installed (pip install -e '.[docs]')")
+    env = {**os.environ, "NO_MKDOCS_2_WARNING": "1"}  # Material's banner about its successor, not a warning of ours
+    command = [
+        sys.executable,
+        "-m",
+        "mkdocs",
+        "build",
+        "--strict",
+        "--config-file",
+        str(config),
+        "--site-dir",
+        str(site),
+    ]
+    return subprocess.run(
+        command, check=False, cwd=config.parent, env=env, capture_output=True, text=True, timeout=RUN_TIMEOUT_S
+    )
+
+
+# ---------------------------------------------------------------- README
+
+
+def test_the_readme_is_short_and_keeps_its_command_blocks():
+    text = README.read_text(encoding="utf-8")
+    assert len(text) <= MAX_README_CHARS, f"README.md has {len(text):,} characters: move detail to docs/"
+    run = readme_command("run-command").split(" && ")
+    assert run[: len(INSTALL_STEPS)] == INSTALL_STEPS and run[len(INSTALL_STEPS)].startswith("fer annotate")
+    # .ci/run installs what the test command names: every extra, the docs one included.
+    import tomllib
+
+    extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    test = readme_command("test-command")
+    assert f'-e ".[{",".join(extras)}]"' in test and test.endswith("python -m pytest -q")
+
+
+def test_the_readmes_links_into_the_docs_lead_to_pages():
+    import re
+
+    targets = re.findall(r"\]\((docs/[^)#\s]+)", README.read_text(encoding="utf-8"))
+    assert targets, "the README links into docs/"
+    assert [t for t in targets if not (ROOT / t).is_file()] == []
+
+
+# ---------------------------------------------------------------- the site
+
+
+def test_the_site_builds_in_strict_mode(tmp_path):
+    result = mkdocs_build(ROOT / "mkdocs.yml", tmp_path / "site")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert (tmp_path / "site" / "commands" / "index.html").is_file()
+    assert (tmp_path / "site" / "report.png").is_file()  # the pictures beside the pages come along
+
+
+def test_strict_mode_fails_on_a_broken_link_a_missing_heading_and_a_page_left_out(tmp_path):
+    # mkdocs alone only notes the last two; mkdocs.yml's `validation` makes them warnings, which
+    # --strict turns into a failed build. The project's own settings, on three pages made to break.
+    import yaml
+
+    config = yaml.safe_load((ROOT / "mkdocs.yml").read_text())
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    (docs / "index.md").write_text("# Home\n\n[gone](missing.md) and [a heading](b.md#no-such-heading)\n")
+    (docs / "b.md").write_text("# B\n\n## A heading\n")
+    (docs / "orphan.md").write_text("# Not in the nav\n")
+    config |= {"docs_dir": str(docs), "nav": [{"Home": "index.md"}, {"B": "b.md"}]}
+    (tmp_path / "mkdocs.yml").write_text(yaml.safe_dump(config))
+    result = mkdocs_build(tmp_path / "mkdocs.yml", tmp_path / "site")
+    assert result.returncode != 0
+    warnings = [line for line in result.stderr.splitlines() if line.startswith("WARNING")]
+    assert len(warnings) == 3, result.stderr
+    assert "missing.md" in warnings[1] + warnings[2] and "#no-such-heading" in warnings[1] + warnings[2]
+    assert "orphan.md" in result.stderr and 'not included in the "nav"' in warnings[0]
+
+
+def test_the_command_reference_is_todays_help():
+    sys.path.insert(0, str(ROOT / "docs"))
+    try:
+        import gen_commands
+    finally:
+        sys.path.remove(str(ROOT / "docs"))
+    assert gen_commands.PAGE.read_text(encoding="utf-8") == gen_commands.generate(), (
+        "docs/commands.md is out of date: run `python docs/gen_commands.py`"
+    )
+
+
+def test_the_api_page_names_every_public_name_and_option():
+    import fercli
+    from fercli.job.contract import AnnotateOptions
+
+    page = (ROOT / "docs" / "api.md").read_text(encoding="utf-8")
+    assert [n for n in fercli.__all__ if f"fercli.{n}" not in page] == []
+    assert [f.name for f in dataclasses.fields(AnnotateOptions) if f"| `{f.name}` |" not in page] == []
