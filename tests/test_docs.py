@@ -1,15 +1,21 @@
 """The README and the documentation site: the site builds in strict mode (and strict mode catches what
-it should), and the command reference is today's `--help`."""
+it should), the command reference is today's `--help`, and the README's run command annotates the
+example clip shipped in examples/ on a fresh copy, offline."""
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
 import os
+import shlex
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from conftest import git_hash_object
 
 ROOT = Path(__file__).resolve().parents[1]
 README = ROOT / "README.md"
@@ -53,7 +59,7 @@ def test_the_readme_is_short_and_keeps_its_command_blocks():
     text = README.read_text(encoding="utf-8")
     assert len(text) <= MAX_README_CHARS, f"README.md has {len(text):,} characters: move detail to docs/"
     run = readme_command("run-command").split(" && ")
-    assert run[: len(INSTALL_STEPS)] == INSTALL_STEPS and run[len(INSTALL_STEPS)].startswith("fer annotate")
+    assert run[: len(INSTALL_STEPS)] == INSTALL_STEPS and run[len(INSTALL_STEPS)].startswith("fer annotate examples/")
     # .ci/run installs what the test command names: every extra, the docs one included.
     import tomllib
 
@@ -119,3 +125,99 @@ def test_the_api_page_names_every_public_name_and_option():
     page = (ROOT / "docs" / "api.md").read_text(encoding="utf-8")
     assert [n for n in fercli.__all__ if f"fercli.{n}" not in page] == []
     assert [f.name for f in dataclasses.fields(AnnotateOptions) if f"| `{f.name}` |" not in page] == []
+
+
+# ---------------------------------------------------------------- the example, as a new user runs it
+
+
+def test_the_example_files_are_tracked_by_git():
+    if not (ROOT / ".git").exists() or shutil.which("git") is None:
+        pytest.skip("not a git checkout")
+    for name in ("examples/astronaut.mp4", "examples/make_example.py"):
+        tracked = subprocess.run(
+            ["git", "-C", str(ROOT), "ls-files", "--error-unmatch", name], check=False, capture_output=True
+        )
+        assert tracked.returncode == 0, f"{name} is not committed (or .gitignore hides it)"
+
+
+@pytest.fixture
+def hsemotion_form(tmp_path) -> Path:
+    """A file of the form of HSEmotion's enet_b0_8_va_mtl.pt: a whole timm tf_efficientnet_b0 with a
+    10-output head saved by torch.save, with random weights."""
+    import timm
+    import torch
+
+    torch.manual_seed(0)
+    path = tmp_path / "hsemotion" / "enet_b0_8_va_mtl.pt"
+    path.parent.mkdir()
+    torch.save(timm.create_model("tf_efficientnet_b0", num_classes=10).eval(), path)
+    return path
+
+
+def test_the_readme_run_command_annotates_the_example_clip(tmp_path, server, hsemotion_form):
+    """The README's run command after its install steps, word for word, on a fresh copy of
+    examples/ with an empty weights cache.
+
+    HSEmotion's real weights cannot be downloaded here (no internet), and nothing may stand in for
+    them under their git blob id. So the download is fer's own, through a registry file of one's own
+    ($FER_REGISTRY, as a lab would mirror the file): the shipped `hsemotion` entry with its URLs on a
+    loopback server, the first answering 404 and the mirror serving a file of HSEmotion's form, and
+    its git blob id that file's. What the clip shows is known without the model: the camera of
+    examples/make_example.py has her face in view in seconds 0-2 and 4-5, not in second 3."""
+    import pandas as pd
+
+    from fercli.nets import weights
+    from fercli.tables.writers import read_metadata, read_table
+
+    url, www, requests = server
+    shutil.copy(hsemotion_form, www / hsemotion_form.name)
+    entry = {**json.loads(weights.REGISTRY_FILE.read_text())["hsemotion"], "git_blob": git_hash_object(hsemotion_form)}
+    entry |= {"url": f"{url}/moved/{hsemotion_form.name}", "mirrors": [f"{url}/{hsemotion_form.name}"]}
+    (tmp_path / "registry.json").write_text(json.dumps({"hsemotion": entry}))
+    work = tmp_path / "clone"
+    shutil.copytree(ROOT / "examples", work / "examples")
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
+        "FER_CACHE_DIR": str(tmp_path / "cache"),
+        "FER_REGISTRY": str(tmp_path / "registry.json"),
+    }
+
+    for step in readme_command("run-command").split(" && ")[len(INSTALL_STEPS) :]:
+        words = shlex.split(step)
+        assert words[0] == "fer", step
+        done = subprocess.run(
+            [sys.executable, "-m", "fercli.cli", *words[1:]],
+            check=False,
+            cwd=work,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=RUN_TIMEOUT_S,
+        )
+        assert done.returncode == 0, f"{step}\n{done.stdout[-2000:]}\n{done.stderr[-2000:]}"
+
+    assert requests == [
+        f"/moved/{hsemotion_form.name}",
+        f"/{hsemotion_form.name}",
+    ]  # the pinned URL failed, the mirror served
+    table = read_table(work / "results.parquet")
+    assert table["video"].unique().tolist() == ["astronaut.mp4"] and table["second"].tolist() == [0, 1, 2, 3, 4, 5]
+    assert table["face"].tolist() == [True, True, True, False, True, True]
+    share = table["face_share"].tolist()
+    assert share[0] == share[1] == share[5] == 1.0 and share[3] == 0.0 and 0 < share[2] < 1 and 0 < share[4] < 1
+    assert table["valence"].isna().tolist() == [False, False, False, True, False, False]
+    expressions = ["anger", "contempt", "disgust", "fear", "happiness", "neutral", "sadness", "surprise"]
+    pd.testing.assert_series_equal(
+        table.loc[table["face"], expressions].sum(axis=1),
+        pd.Series(1.0, index=[0, 1, 2, 4, 5]),
+        check_dtype=False,
+        atol=1e-5,
+        rtol=0,
+    )
+    assert (
+        read_metadata(work / "results.parquet")["weights_sha256"]
+        == hashlib.sha256(hsemotion_form.read_bytes()).hexdigest()
+    )
+    page = (work / "report" / "index.html").read_text(encoding="utf-8")
+    assert "astronaut.mp4" in page and '"../examples/astronaut.mp4"' in page  # the player plays the example
