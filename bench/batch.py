@@ -9,7 +9,7 @@
 Makes, once, under WORK: one 2 s 160x120 H.264 clip with a face (tests/media.py), copied N times
 (`clips-N/c0000.mp4` ...), N/10 broken files beside them (`b000.mp4` ...: in turn empty, text,
 and the clip cut to a third), and `lstm.pt`, a random EfficientNet + LSTM of the default config
-with hidden 32 (fercli.nets.checkpoints.save_checkpoint), as the README's batch figures use. Then runs
+with hidden 32 (fercli.nets.checkpoints.save_checkpoint), as docs/performance.md's batch figures use. Then runs
 
     fer annotate WORK/clips-N --out WORK/runs/<name>/r.parquet --model WORK/lstm.pt FER_ARGS
 

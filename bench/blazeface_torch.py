@@ -6,8 +6,8 @@ Reads the graph of fercli/data/face_detection_full_range_sparse.tflite (ops and 
 with the `tflite` package's flatbuffer schema) and its weights (as LiteRT densifies and
 dequantises them), runs the same ops in torch (NCHW), checks its raw outputs and fer's decoded
 boxes against LiteRT's on tests/real_faces.py's frames, and times the network alone per frame at
-each batch size (median of REPEAT calls after WARMUP). Not part of fer: the README's Face
-detection section says why LiteRT stays and what this measured.
+each batch size (median of REPEAT calls after WARMUP). Not part of fer: docs/performance.md
+("The face detector") says why LiteRT stays and what this measured.
 """
 
 from __future__ import annotations

@@ -2,8 +2,8 @@
 # The GPU measurements in one run: bench/gpu.sh DIR [--cpu]   (bench/gpu.py says what it runs)
 #
 # On the GPU machine (Python 3.12 with torch, timm, numpy 2 ... but no registry), the packages it
-# lacks travel as wheels in .whl/ (PyAV and ai-edge-litert: tests/README or the README's
-# Performance section says how to fetch them); they are installed into /tmp/site and fer runs
+# lacks travel as wheels in .whl/ (PyAV and ai-edge-litert: docs/development.md says how to
+# fetch them); they are installed into /tmp/site and fer runs
 # from this checkout. --cpu runs the same steps on small media on the CPU (CI runs it).
 set -uo pipefail
 [ $# -ge 1 ] || { echo "usage: bench/gpu.sh DIR [--cpu]" >&2; exit 2; }

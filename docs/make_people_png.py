@@ -1,4 +1,4 @@
-"""Regenerate docs/people.png and print the table the README shows: two people across shot cuts.
+"""Regenerate docs/people.png and print the table docs/people.md shows: two people across shot cuts.
 
     python docs/make_people_png.py
 

@@ -1,4 +1,4 @@
-"""Make docs/report.png, the README's picture of `fer report`: a report of synthetic clips, shot
+"""Make docs/report.png, the picture of `fer report` in the README and docs/views.md: a report of synthetic clips, shot
 in headless Chromium.
 
     python docs/make_report_png.py [OUT.png]

@@ -1,4 +1,4 @@
-"""The media behind the README's performance figures (not a test).
+"""The media behind the performance figures of docs/performance.md (not a test).
 
     python tests/bench_media.py OUT        # v0-v2.mp4, s0-s2.mp4 (10 s 720p), m1.mp4 and m60.mp4 (320x240), lstm.pt
 

@@ -1,7 +1,7 @@
 """mediapipe 0.10.21's face boxes on tests/real_faces.py's frames: the detector's reference.
 
     python tests/blazeface_reference.py record    # in an environment with mediapipe==0.10.21
-    python tests/blazeface_reference.py compare   # in fer's: the parity table for the README
+    python tests/blazeface_reference.py compare   # in fer's: the parity table (docs/models.md)
 
 `record` writes tests/data/blazeface_mediapipe.json: per frame, every face mediapipe's legacy
 FaceDetection(model_selection=1) finds, its box in frame pixels as mediapipe gives it (relative

@@ -16,7 +16,7 @@ from fercli.job.contract import AnnotateOptions
 from fercli.job.pipeline import annotate
 
 CLIP = "moving.mp4"
-TOLERANCE = 1e-4  # the README's promise for f32 tables
+TOLERANCE = 1e-4  # docs/performance.md's promise for f32 tables
 LABEL_COLUMNS = ["valence", "arousal", "expression"]
 
 

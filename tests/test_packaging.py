@@ -21,7 +21,8 @@ def test_distribution_is_named_fercli_not_the_unrelated_pypi_fer():
 
 
 def test_docs_and_hints_install_fercli():
-    texts = {p: p.read_text() for p in [ROOT / "README.md", *sorted((ROOT / "fercli").glob("*.py"))]}
+    pages = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md")), *sorted((ROOT / "fercli").glob("*.py"))]
+    texts = {p: p.read_text() for p in pages}
     for path, text in texts.items():
         for wrong in ("pip install fer ", "'fer[", '"fer[', "fer\\\\["):
             assert wrong not in text, f"{path.name} still says {wrong!r}"
@@ -36,7 +37,7 @@ PLATFORMS = ["manylinux2014_x86_64", *(f"manylinux_2_{minor}_x86_64" for minor i
 RESOLVE_TIMEOUT_S = 900
 
 
-def requirements(extras=("ray", "openvino", "test")) -> list[str]:
+def requirements(extras=("ray", "openvino", "test", "docs")) -> list[str]:
     """fercli's own requirements and its extras', as pyproject.toml states them."""
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
     return project["dependencies"] + [r for extra in extras for r in project["optional-dependencies"][extra]]

@@ -6,6 +6,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -28,23 +29,42 @@ def _serve(www: Path, name: str = "w.bin", size: int = SERVED_BYTES) -> bytes:
 
 
 def _entry(url: str, sha: str | None, filename: str = "w.bin",
-           git_blob: str | None = None) -> WeightsEntry:
+           git_blob: str | None = None, mirrors: tuple[str, ...] = ()) -> WeightsEntry:
     return WeightsEntry("test", filename, url, sha, "timm-pickle", "test weights",
-                        git_blob=git_blob)
+                        git_blob=git_blob, mirrors=mirrors)
+
+
+def _closed_port() -> int:
+    with socket.socket() as s:  # a port nobody listens on once closed
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 # ---------------------------------------------------------------- registry and cache dir
 
 
-def test_shipped_registry_has_hsemotion():
+PINNED_COMMIT = "9f62dbb76f933a55fcebdb5fab9e76492c435187"  # where blob b7223bd... last changed, in both repositories
+
+
+def test_shipped_registry_has_hsemotion_pinned_to_a_commit_with_a_mirror():
     entry = weights.registry()["hsemotion"]
     assert entry.filename == "enet_b0_8_va_mtl.pt"
-    assert entry.url == ("https://github.com/sb-ai-lab/EmotiEffLib/raw/main/"
-                         "models/affectnet_emotions/enet_b0_8_va_mtl.pt")
+    # EmotiEffLib first, HSEmotion's own repository (whose history EmotiEffLib continues) after it,
+    # both at the commit that made the file what it is: a branch may move, a commit does not.
+    path = "models/affectnet_emotions/enet_b0_8_va_mtl.pt"
+    assert entry.urls == (f"https://github.com/sb-ai-lab/EmotiEffLib/raw/{PINNED_COMMIT}/{path}",
+                          f"https://github.com/av-savchenko/face-emotion-recognition/raw/{PINNED_COMMIT}/{path}")
     # The blob both EmotiEffLib and HSEmotion serve at models/affectnet_emotions/.
     assert entry.git_blob == "b7223bd1ab092a1b5a42bc04a5f4fbfe4d9f8b9b"
     assert entry.format == "timm-pickle"
     assert entry.sha256 is None or (len(entry.sha256) == 64 and int(entry.sha256, 16) >= 0)
+
+
+@pytest.mark.parametrize("name", sorted(weights.registry()))
+def test_every_shipped_url_is_immutable(name):
+    # A raw file at a full commit id, or a release asset: never a branch such as main.
+    for url in weights.registry()[name].urls:
+        assert re.fullmatch(r"https://github\.com/[\w.-]+/[\w.-]+/(raw/[0-9a-f]{40}|releases/download/[\w.-]+)/\S+", url), url
 
 
 def test_package_registry_is_the_weights_registry():
@@ -195,16 +215,14 @@ def test_tampered_cached_file_is_downloaded_again(server, cache):
     assert requests == ["/w.bin", "/w.bin"]
 
 
-def test_server_down_names_url_and_target(cache):
-    with socket.socket() as s:  # a port nobody listens on once closed
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    url = f"http://127.0.0.1:{port}/enet.pt"
+def test_server_down_names_url_and_target_and_the_ways_round_it(cache):
+    url = f"http://127.0.0.1:{_closed_port()}/enet.pt"
     with pytest.raises(WeightsError) as err:
         weights.fetch(_entry(url, None, filename="enet.pt"))
     message = str(err.value)
-    assert url in message and str(cache / "enet.pt") in message
-    assert "place it at" in message and "\n" not in message
+    assert url in message and f"place the file at {cache / 'enet.pt'}" in message
+    assert "on a machine with internet run `fer weights download test`" in message
+    assert message.endswith("or pass a weights file you have with --model PATH") and "\n" not in message
     assert not (cache / "enet.pt").exists()
     assert [p for p in cache.iterdir()] == []
 
@@ -212,9 +230,7 @@ def test_server_down_names_url_and_target(cache):
 def test_a_users_own_wrong_copy_offline_is_named_set_aside_and_not_reported_cached(cache, tmp_path):
     # Offline, fer asks for the file at the cache path; a user puts their own copy there. It is
     # not the registry's file: the message names both ids, and the copy is kept, out of the way.
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = _closed_port()
     published = tmp_path / "published.pt"
     published.write_bytes(os.urandom(3000))
     entry = _entry(f"http://127.0.0.1:{port}/enet.pt", None, filename="enet.pt", git_blob=_git_hash_object(published))
@@ -231,7 +247,7 @@ def test_a_users_own_wrong_copy_offline_is_named_set_aside_and_not_reported_cach
     aside = cache / f"enet.pt.{digest[:12]}.rejected"
     assert aside.read_bytes() == b"a checkpoint of the user's own" and aside.name in message
     assert message.endswith(f"pass it with --model {aside}")  # how to use one's own file
-    assert "place it at" in message and "\n" not in message
+    assert f"place the file at {cache / 'enet.pt'}" in message and "\n" not in message
     assert not theirs.exists() and weights.cache_state(entry) == "missing"
     published_copy = cache / "enet.pt"
     published_copy.write_bytes(published.read_bytes())  # the right file, put there by hand, is used
@@ -258,6 +274,98 @@ def test_http_404_is_a_weights_error(server, cache):
     with pytest.raises(WeightsError, match="404"):
         weights.fetch(_entry(f"{url}/missing.pt", None))
     assert list(cache.iterdir()) == []
+
+
+# ---------------------------------------------------------------- mirrors, tried in order
+
+
+def test_a_url_that_answers_404_falls_back_to_the_mirror_and_is_verified(server, cache, caplog):
+    url, www, requests = server
+    data = _serve(www)
+    blob = _git_hash_object(www / "w.bin")
+    entry = _entry(f"{url}/gone/w.bin", None, git_blob=blob, mirrors=(f"{url}/w.bin",))
+    with caplog.at_level(logging.WARNING, logger="fercli"):
+        path = weights.fetch(entry)
+    assert path.read_bytes() == data and weights.cache_state(entry) == "verified"
+    assert requests == ["/gone/w.bin", "/w.bin"]
+    assert [r.getMessage() for r in caplog.records] == [f"{url}/gone/w.bin: HTTP Error 404: File not found; trying the next URL"]
+    assert sorted(p.name for p in cache.iterdir()) == ["w.bin", "w.bin.sha256"]
+
+
+def test_a_mirror_serving_another_file_is_rejected_and_the_next_tried(server, cache):
+    url, www, requests = server
+    data = _serve(www)
+    (www / "stale").mkdir()
+    (www / "stale" / "w.bin").write_bytes(data[:-1] + bytes([data[-1] ^ 1]))  # one bit off
+    blob = _git_hash_object(www / "w.bin")
+    entry = _entry(f"{url}/gone/w.bin", None, git_blob=blob, mirrors=(f"{url}/stale/w.bin", f"{url}/w.bin"))
+    assert weights.fetch(entry).read_bytes() == data
+    assert requests == ["/gone/w.bin", "/stale/w.bin", "/w.bin"]
+    assert sorted(p.name for p in cache.iterdir()) == ["w.bin", "w.bin.sha256"]  # no temp file left behind
+
+
+def test_when_every_url_fails_the_message_names_each_and_the_ways_round_it(server, cache):
+    url, www, requests = server
+    (www / "stale").mkdir()
+    (www / "stale" / "w.bin").write_bytes(b"another file")
+    down = f"http://127.0.0.1:{_closed_port()}/w.bin"
+    expected = hashlib.sha256(b"the published file").hexdigest()
+    entry = _entry(f"{url}/gone/w.bin", expected, mirrors=(f"{url}/stale/w.bin", down))
+    with pytest.raises(WeightsError) as err:
+        weights.fetch(entry)
+    message = str(err.value)
+    assert "\n" not in message and message.startswith("cannot download test (")
+    assert f"{url}/gone/w.bin: HTTP Error 404" in message
+    got = hashlib.sha256(b"another file").hexdigest()
+    assert f"{url}/stale/w.bin: downloaded file has SHA-256 {got}, registry expects {expected}" in message
+    assert f"{down}: <urlopen error" in message
+    assert f"`fer weights download test` (or fetch {url}/gone/w.bin) and place the file at {cache / 'w.bin'}" in message
+    assert message.endswith("--model PATH")
+    assert requests == ["/gone/w.bin", "/stale/w.bin"] and list(cache.iterdir()) == []
+
+
+def test_backbone_weights_offline_do_not_suggest_model(cache):
+    entry = WeightsEntry("bb", "w.pth", f"http://127.0.0.1:{_closed_port()}/w.pth", None, "timm-state-dict", "backbone")
+    with pytest.raises(WeightsError) as err:
+        weights.fetch(entry)
+    message = str(err.value)
+    assert "`fer weights download bb`" in message and "--model" not in message  # --model refuses backbones
+
+
+def test_a_registry_file_of_ones_own_adds_and_replaces_entries(tmp_path, monkeypatch):
+    own = tmp_path / "registry.json"
+    shipped = json.loads(weights.REGISTRY_FILE.read_text())
+    mirror = {**shipped["hsemotion"], "url": "http://mirror.lab.example/enet_b0_8_va_mtl.pt", "mirrors": []}
+    lab = {"filename": "lab.pt", "url": "http://mirror.lab.example/lab.pt", "sha256": None, "format": "fer-checkpoint",
+           "description": "the lab's own model"}
+    own.write_text(json.dumps({"hsemotion": mirror, "lab": lab}))
+    monkeypatch.setenv(weights.REGISTRY_ENV, str(own))
+    entries = weights.registry()
+    assert entries["hsemotion"].urls == ("http://mirror.lab.example/enet_b0_8_va_mtl.pt",)
+    assert entries["hsemotion"].git_blob == shipped["hsemotion"]["git_blob"]  # the same file, checked the same way
+    assert entries["lab"].urls == ("http://mirror.lab.example/lab.pt",) and entries["lab"].mirrors == ()
+    assert set(entries) == set(shipped) | {"lab"}
+
+
+@pytest.mark.parametrize("content, says", [
+    (None, "no such registry file"),
+    ("{not json", "not a registry file ("),
+    ('{"x": {"filename": "x.pt", "url": "http://h/x.pt", "sha256": null, "format": "onnx", "description": "x"}}',
+     "entry 'x' needs a url, a list of mirrors"),
+    (('{"x": {"filename": "x.pt", "url": "http://h/x.pt", "mirrors": "http://m/x.pt", "sha256": null, '
+      '"format": "fer-checkpoint", "description": "x"}}'), "entry 'x' needs a url, a list of mirrors"),
+    ('{"x": {"filename": "x.pt", "link": "http://h/x.pt"}}', "entry 'x': "),
+])
+def test_a_bad_registry_file_of_ones_own_is_one_line_naming_it(tmp_path, monkeypatch, content, says):
+    from fercli.core.errors import FerError
+
+    own = tmp_path / "mine.json"
+    if content is not None:
+        own.write_text(content)
+    monkeypatch.setenv(weights.REGISTRY_ENV, str(own))
+    with pytest.raises(FerError) as err:
+        weights.registry()
+    assert str(err.value).startswith(f"{own}: {says}") and "\n" not in str(err.value)
 
 
 def test_no_hash_entry_records_sidecar_and_warns(server, cache, caplog):

@@ -3,8 +3,8 @@
 Video files are decoded on the CPU with PyAV (its wheel's FFmpeg has dav1d, so it opens AV1 as
 well as H.264, HEVC (8 and 10 bit), VP9, ProRes and MJPEG), forward and on the caller's thread,
 and rotated (phone) clips are turned upright by their display matrix, whatever device the model
-runs on. README "Inputs and decoding" says why PyAV replaced decord (decord's decoding thread
-buffers frames without bound; its PyPI wheel decodes on the CPU only).
+runs on (docs/inputs.md; decord, fer's decoder before, buffered frames without bound in its
+decoding thread, and its PyPI wheel decodes on the CPU only).
 
 PyAV and PIL are imported inside the functions that need them, so importing this module
 (and `fer --help`) stays cheap.
@@ -347,7 +347,7 @@ def _av_reason(error: Exception) -> str:
 
 
 def _open_file(path: Path, device: str, threads: int) -> _PyAVReader:
-    """PyAV on the CPU, whatever the model's device (GPU decoding: README "Inputs and decoding")."""
+    """PyAV on the CPU, whatever the model's device (GPU decoding: docs/performance.md, "On a GPU")."""
     if re.fullmatch(r"cpu|cuda(?::\d+)?", device) is None:
         raise ValueError(f"device must be 'cpu', 'cuda' or 'cuda:N', got {device!r}")
     return _PyAVReader(path, threads)

@@ -40,7 +40,6 @@ if TYPE_CHECKING:
 log = logging.getLogger("fercli")
 
 CHECKPOINT_FORMAT = "fer-checkpoint"
-BACKBONE_ONLY_FORMAT = "timm-state-dict"  # a registry format holding a backbone, no valence/arousal head
 CHECKPOINT_VERSION = 1
 # torch.save writes a zip archive, which may hold compressed entries that torch inflates in
 # memory: a 2 MB file of zeros reached 7.1 GB before it was refused. What the archive declares is
@@ -205,7 +204,7 @@ def write_checkpoint(payload: dict, path: str | os.PathLike) -> Path:
 
 def _from_registry(name: str, progress) -> dict:
     entry = weights.registry()[name]
-    if entry.format == BACKBONE_ONLY_FORMAT:  # refused before any download
+    if entry.backbone_only:  # refused before any download
         raise WeightsError(f"{name}: backbone weights for training ({entry.description}), not a "
                            "valence/arousal model for annotate")
     raw = weights.fetch(name, progress=progress)

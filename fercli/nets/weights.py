@@ -7,17 +7,17 @@ from __future__ import annotations
 
 import hashlib
 import http.client
-import json
 import logging
 import os
 import tempfile
 import urllib.error
 import urllib.request
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import BinaryIO, Callable
 
 from ..core.errors import WeightsError, first_line
+from ..core.files import read_json_object
 
 log = logging.getLogger("fercli")
 
@@ -26,6 +26,8 @@ TIMEOUT_S = 30.0  # seconds without data before a download counts as failed
 # timm-state-dict: a plain timm state dict (backbone weights for `fer train`, no valence/arousal head)
 FORMATS = ("timm-pickle", "fer-checkpoint", "timm-state-dict")
 REGISTRY_FILE = Path(__file__).parents[1] / "registry.json"  # shipped at fercli/registry.json (weights/registry.json)
+REGISTRY_ENV = "FER_REGISTRY"  # a registry file of one's own (a lab's mirror, its own models), read over the shipped one
+BACKBONE_ONLY_FORMAT = "timm-state-dict"  # backbone weights for training: no valence/arousal head, never a --model
 SHA256_PREFIX_HEX = 8  # torch.hub's convention: file names end in the first 8 hex digits of the SHA-256
 
 
@@ -36,7 +38,7 @@ class WeightsEntry:
 
     name: str  # registry key, e.g. "hsemotion"
     filename: str  # name of the file in the cache directory
-    url: str  # where fetch() downloads it from
+    url: str  # where fetch() downloads it from first: pinned to a commit or a release, never a branch
     sha256: str | None  # expected hex digest; None = not yet known (recorded on download)
     format: str  # one of FORMATS
     description: str  # one line for `fer weights list` and errors
@@ -51,11 +53,24 @@ class WeightsEntry:
     # release files, named `<stem>-<prefix>.pth`): a 32-bit check against a wrong or truncated
     # file, not against a forged one. The full digest is recorded on download.
     sha256_prefix: str | None = None
+    # Other places that serve the same bytes, tried in order after `url` fails or serves another
+    # file; every download is checked against the same hashes, whichever URL it came from.
+    mirrors: tuple[str, ...] = ()
 
     @property
     def pinned(self) -> bool:
         """Whether any hash pins the file (a cached copy is re-checked before use)."""
         return any(h is not None for h in (self.git_blob, self.sha256, self.sha256_prefix))
+
+    @property
+    def urls(self) -> tuple[str, ...]:
+        """Every URL fetch() tries, in order: `url`, then the mirrors."""
+        return (self.url, *self.mirrors)
+
+    @property
+    def backbone_only(self) -> bool:
+        """Whether the file is backbone weights for training, with no valence/arousal head."""
+        return self.format == BACKBONE_ONLY_FORMAT
 
 
 def cache_dir() -> Path:
@@ -68,9 +83,28 @@ def cache_dir() -> Path:
 
 
 def registry() -> dict[str, WeightsEntry]:
-    """The shipped registry (fercli/registry.json), keyed by entry name."""
-    raw = json.loads(REGISTRY_FILE.read_text(encoding="utf-8"))
-    return {name: WeightsEntry(name=name, **fields) for name, fields in raw.items()}
+    """The registry keyed by entry name: the shipped one (fercli/registry.json), and over it the
+    entries of the file $FER_REGISTRY names, where set (same name: theirs replaces the shipped)."""
+    entries = _read_registry(REGISTRY_FILE)
+    if os.environ.get(REGISTRY_ENV):
+        entries.update(_read_registry(Path(os.environ[REGISTRY_ENV]).expanduser()))
+    return entries
+
+
+def _read_registry(path: Path) -> dict[str, WeightsEntry]:
+    raw = read_json_object(path, "no such registry file", "not a registry file", "not a registry file (no JSON object)")
+    entries = {}
+    for name, fields in raw.items():
+        try:
+            entry = WeightsEntry(name=name, **fields)
+        except TypeError as e:  # a field missing or unknown
+            raise WeightsError(f"{path}: entry {name!r}: {first_line(e)}") from None
+        urls_listed = isinstance(entry.mirrors, (list, tuple)) and all(isinstance(u, str) for u in entry.urls)
+        if entry.format not in FORMATS or not urls_listed:
+            raise WeightsError(f"{path}: entry {name!r} needs a url, a list of mirrors (may be empty) and a "
+                               f"format of {', '.join(FORMATS)}")
+        entries[name] = replace(entry, mirrors=tuple(entry.mirrors))
+    return entries
 
 
 def sha256(path: str | os.PathLike) -> str:
@@ -199,12 +233,46 @@ def _mismatch(entry: WeightsEntry, digests: _Digests) -> str | None:
     return None
 
 
+class _Unavailable(Exception):
+    """One URL gave no good file (network error, HTTP error, a file that fails the hashes); the
+    next may. Errors writing the cache are WeightsError: no other URL would help."""
+
+
 def _download(
     entry: WeightsEntry,
     target: Path,
     progress: Callable[[int, int | None], None] | None,
 ) -> _Digests:
-    """Stream entry.url into target via a temp file in the same directory; return its digests.
+    """Try entry.urls in order until one serves a file that passes the entry's hash checks; it is
+    moved to target, and its digests returned. WeightsError naming every URL's failure and the ways
+    round it when none does."""
+    failures = []
+    for url in entry.urls:
+        try:
+            return _download_from(url, entry, target, progress)
+        except _Unavailable as e:
+            failures.append(f"{url}: {e}")
+            if url != entry.urls[-1]:
+                log.warning("%s: %s; trying the next URL", url, e)
+    raise WeightsError(f"cannot download {entry.name} ({'; '.join(failures)}); {offline_advice(entry, target)}")
+
+
+def offline_advice(entry: WeightsEntry, target: Path) -> str:
+    """What to do where the registry's URLs cannot be reached: one clause, no full stop."""
+    advice = (f"on a machine with internet run `fer weights download {entry.name}` (or fetch {entry.url}) "
+              f"and place the file at {target}")
+    if entry.backbone_only:
+        return advice
+    return f"{advice}, or pass a weights file you have with --model PATH"
+
+
+def _download_from(
+    url: str,
+    entry: WeightsEntry,
+    target: Path,
+    progress: Callable[[int, int | None], None] | None,
+) -> _Digests:
+    """Stream url into target via a temp file in the same directory; return its digests.
 
     The target only ever holds a complete file that passed the entry's hash checks.
     """
@@ -219,12 +287,12 @@ def _download(
     tmp = Path(tmp_name)
     try:
         with os.fdopen(fd, "wb") as out:
-            digests = _stream(entry.url, out, progress, target)
+            digests = _stream(url, out, progress, target)
         if digests is None:  # no Content-Length: the blob header's size is known only now
             digests = _Digests.of_file(tmp)
         wrong = _mismatch(entry, digests)
         if wrong is not None:
-            raise WeightsError(f"{entry.url}: downloaded file has {wrong}; deleted it")
+            raise _Unavailable(f"downloaded file has {wrong}; deleted it")
         os.replace(tmp, target)
         return digests
     finally:
@@ -259,10 +327,7 @@ def _stream(
         if total is not None and done != total:
             raise http.client.IncompleteRead(b"", total - done)
     except (urllib.error.URLError, http.client.HTTPException, ConnectionError, TimeoutError) as e:
-        raise WeightsError(
-            f"cannot download {url} ({first_line(e)}); "
-            f"fetch {url} on a machine with internet and place it at {target}"
-        ) from e
+        raise _Unavailable(first_line(e)) from e
     except OSError as e:  # not a network error: disk full, permissions, ...
         raise WeightsError(f"cannot write {target} ({first_line(e)})") from e
     return digests
