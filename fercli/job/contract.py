@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..core.errors import FerError
+from ..media.inputs import FRAMES_FPS
 
 DEFAULT_BATCH = 16  # face crops per backbone call; small batches run best on a 2-core CPU
 
@@ -18,7 +19,7 @@ class AnnotateOptions:
     all_faces: bool = False  # a row per person per second (a `person` column) instead of the person on screen longest
     resume: bool = False  # keep videos already in the output and annotate only the rest
     overwrite: bool = False  # replace an existing output with this run alone (else it is refused)
-    frames_fps: float = 25.0  # frame rate of image-sequence clips (frames/s)
+    frames_fps: float = FRAMES_FPS  # frame rate of image-sequence clips (frames/s)
     workers: int | None = None  # decode/face worker processes; None = by cores and device, 0 = a thread
     precision: str = "auto"  # "fp32", "bf16", "fp16" (CUDA only); "auto" = bf16 on CUDA, fp32 on a CPU
     reuse_boxes: int = 1  # samples in a row that may reuse steady face boxes; 0 = detect on every sample

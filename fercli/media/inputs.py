@@ -15,6 +15,7 @@ VIDEO_EXTENSIONS = frozenset(
 )
 # Frames of an image-sequence clip; decode reads exactly these.
 IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".bmp"})
+FRAMES_FPS = 25.0  # frames/s of an image-sequence clip unless told otherwise: AFEW-VA's rate
 
 
 @dataclass(frozen=True)
