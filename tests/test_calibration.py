@@ -18,8 +18,16 @@ from fercli.scoring.calibration import calibrate, conformal_quantile
 from fercli.scoring.metrics import interval_scores
 from fercli.tables.intervals import add_intervals, difficulty
 
-META = {"model": "m.pt", "arch": "efficientnet_b0", "weights_sha256": "c" * 64, "fps": 5.0, "window": 5,
-        "preprocess": {"crop": "square", "size": 224}, "per_frame": False, "per_sample": False}
+META = {
+    "model": "m.pt",
+    "arch": "efficientnet_b0",
+    "weights_sha256": "c" * 64,
+    "fps": 5.0,
+    "window": 5,
+    "preprocess": {"crop": "square", "size": 224},
+    "per_frame": False,
+    "per_sample": False,
+}
 
 
 # --- the quantile by hand ------------------------------------------------------------------------
@@ -104,8 +112,17 @@ def simulate(clips: int, seed: int) -> tuple[pd.DataFrame, pd.DataFrame]:
     s = np.where(face[:, None], t + 1.5 * hard * e, np.nan)
     sd = np.where(face[:, None], hard * rng.lognormal(0, 0.3, (n, 2)), np.nan)
     truth = pd.DataFrame({"video": video, "second": second, "valence": t[:, 0], "arousal": t[:, 1]})
-    pred = pd.DataFrame({"video": video, "second": second, "valence_score": s[:, 0], "arousal_score": s[:, 1],
-                         "valence_sd": sd[:, 0], "arousal_sd": sd[:, 1], "samples": 5 * face})
+    pred = pd.DataFrame(
+        {
+            "video": video,
+            "second": second,
+            "valence_score": s[:, 0],
+            "arousal_score": s[:, 1],
+            "valence_sd": sd[:, 0],
+            "arousal_sd": sd[:, 1],
+            "samples": 5 * face,
+        }
+    )
     return truth, pred
 
 
@@ -151,10 +168,21 @@ def labelled(tmp_path_factory, lstm_checkpoint):
     root = tmp_path_factory.mktemp("labelled")
     clips = synthetic_afew.make_dataset(root / "afew", clips=5, frames=25, actors=5, seed=5)
     table = root / "t.csv"
-    fercli.annotate([root / "afew"], table, model=fercli.load_model(lstm_checkpoint, "cpu"), device="cpu",
-                    options=AnnotateOptions(workers=0))
-    truth = pd.DataFrame([(cid, i // 25, v, a) for cid, c in clips.items() for i, (v, a) in enumerate(zip(c.valence, c.arousal))],
-                         columns=["video", "second", "valence", "arousal"]).groupby(["video", "second"], as_index=False).mean()
+    fercli.annotate(
+        [root / "afew"],
+        table,
+        model=fercli.load_model(lstm_checkpoint, "cpu"),
+        device="cpu",
+        options=AnnotateOptions(workers=0),
+    )
+    truth = (
+        pd.DataFrame(
+            [(cid, i // 25, v, a) for cid, c in clips.items() for i, (v, a) in enumerate(zip(c.valence, c.arousal))],
+            columns=["video", "second", "valence", "arousal"],
+        )
+        .groupby(["video", "second"], as_index=False)
+        .mean()
+    )
     return root, truth, table
 
 
@@ -173,8 +201,20 @@ def test_fer_calibrate_end_to_end(labelled, tmp_path):
 
     root, truth, table = labelled
     runner = CliRunner()
-    result = runner.invoke(app, ["calibrate", "--truth", str(root / "afew"), "--pred", str(table), "--out",
-                                 str(tmp_path / "cal.json"), "--coverage", "0.8"])
+    result = runner.invoke(
+        app,
+        [
+            "calibrate",
+            "--truth",
+            str(root / "afew"),
+            "--pred",
+            str(table),
+            "--out",
+            str(tmp_path / "cal.json"),
+            "--coverage",
+            "0.8",
+        ],
+    )
     assert result.exit_code == 0, result.output
     cal = json.loads((tmp_path / "cal.json").read_text())
     pred = pd.read_csv(table, dtype={"video": str})
@@ -185,10 +225,22 @@ def test_fer_calibrate_end_to_end(labelled, tmp_path):
         assert cal["quantiles"][dim] == pytest.approx(brute_force_quantile(rows, 0.8), rel=1e-6)
         assert cal["clips"][dim] == 5 and cal["seconds"][dim] == len(rows)
 
-    result = runner.invoke(app, ["calibrate", "apply", str(table), "--calibration", str(tmp_path / "cal.json"),
-                                 "--out", str(tmp_path / "b.parquet")])
+    result = runner.invoke(
+        app,
+        [
+            "calibrate",
+            "apply",
+            str(table),
+            "--calibration",
+            str(tmp_path / "cal.json"),
+            "--out",
+            str(tmp_path / "b.parquet"),
+        ],
+    )
     assert result.exit_code == 0, result.output
-    result = runner.invoke(app, ["benchmark", "accuracy", "--truth", str(root / "afew"), "--pred", str(tmp_path / "b.parquet")])
+    result = runner.invoke(
+        app, ["benchmark", "accuracy", "--truth", str(root / "afew"), "--pred", str(tmp_path / "b.parquet")]
+    )
     assert result.exit_code == 0 and "intervals over" in result.output and "valence coverage" in result.output
 
 
@@ -197,17 +249,54 @@ def test_a_foreign_calibration_is_refused_on_one_line(labelled, tmp_path):
 
     root, _, table = labelled
     runner = CliRunner()
-    assert runner.invoke(app, ["calibrate", "--truth", str(root / "afew"), "--pred", str(table), "--out",
-                               str(tmp_path / "cal.json"), "--coverage", "0.8"]).exit_code == 0
+    assert (
+        runner.invoke(
+            app,
+            [
+                "calibrate",
+                "--truth",
+                str(root / "afew"),
+                "--pred",
+                str(table),
+                "--out",
+                str(tmp_path / "cal.json"),
+                "--coverage",
+                "0.8",
+            ],
+        ).exit_code
+        == 0
+    )
     other = tmp_path / "other.csv"
     other.write_bytes(table.read_bytes())
     meta = json.loads((root / "t.csv.fer.json").read_text())
     (tmp_path / "other.csv.fer.json").write_text(json.dumps({**meta, "weights_sha256": "0" * 64}))
-    result = runner.invoke(app, ["calibrate", "apply", str(other), "--calibration", str(tmp_path / "cal.json"),
-                                 "--out", str(tmp_path / "b.csv")])
+    result = runner.invoke(
+        app,
+        [
+            "calibrate",
+            "apply",
+            str(other),
+            "--calibration",
+            str(tmp_path / "cal.json"),
+            "--out",
+            str(tmp_path / "b.csv"),
+        ],
+    )
     lines = [line for line in result.output.splitlines() if line.strip()]
     assert result.exit_code == 2 and len(lines) == 1 and "cal.json: made for another model" in lines[0], result.output
     assert not (tmp_path / "b.csv").exists()
-    result = runner.invoke(app, ["calibrate", "--truth", str(root / "afew"), "--pred", str(table), "--out",
-                                 str(tmp_path / "c.json"), "--coverage", "0.95"])
+    result = runner.invoke(
+        app,
+        [
+            "calibrate",
+            "--truth",
+            str(root / "afew"),
+            "--pred",
+            str(table),
+            "--out",
+            str(tmp_path / "c.json"),
+            "--coverage",
+            "0.95",
+        ],
+    )
     assert result.exit_code == 2 and "5 labelled clips cannot give 0.95 coverage: at least 19" in result.output

@@ -22,14 +22,27 @@ from fercli.tables.intervals import (
 from fercli.tables.writers import INTERVAL_COLUMNS
 
 PRE = {"crop": "box", "size": 224, "margin": 0.0, "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}
-META = {"model": "hsemotion", "arch": "hsemotion", "weights_sha256": "a" * 64, "fps": 5.0, "window": 1,
-        "preprocess": PRE, "per_frame": False, "per_sample": False}
+META = {
+    "model": "hsemotion",
+    "arch": "hsemotion",
+    "weights_sha256": "a" * 64,
+    "fps": 5.0,
+    "window": 1,
+    "preprocess": PRE,
+    "per_frame": False,
+    "per_sample": False,
+}
 
 
 def cal(q=(2.0, 0.5), coverage=0.9) -> Calibration:
     model = {k: META[k] for k in ("arch", "weights_sha256", "fps", "window", "preprocess")}
-    return Calibration(coverage, {"valence": q[0], "arousal": q[1]}, {**model, "model": "hsemotion"},
-                       {"valence": 30, "arousal": 30}, {"valence": 300, "arousal": 290})
+    return Calibration(
+        coverage,
+        {"valence": q[0], "arousal": q[1]},
+        {**model, "model": "hsemotion"},
+        {"valence": 30, "arousal": 30},
+        {"valence": 300, "arousal": 290},
+    )
 
 
 def test_difficulty_by_hand():
@@ -38,9 +51,18 @@ def test_difficulty_by_hand():
 
 
 def test_bounds_by_hand_clipped_to_the_scale_and_null_without_a_face():
-    df = pd.DataFrame({"video": "a", "second": [0, 1, 2], "valence_score": [1.0, 9.0, None],
-                       "arousal_score": [-2.0, -9.5, None], "valence_sd": [0.0, 3.0, None],
-                       "arousal_sd": [None, 0.0, None], "samples": [5, 5, 0], "face_share": [1.0, 1.0, 0.0]})
+    df = pd.DataFrame(
+        {
+            "video": "a",
+            "second": [0, 1, 2],
+            "valence_score": [1.0, 9.0, None],
+            "arousal_score": [-2.0, -9.5, None],
+            "valence_sd": [0.0, 3.0, None],
+            "arousal_sd": [None, 0.0, None],
+            "samples": [5, 5, 0],
+            "face_share": [1.0, 1.0, 0.0],
+        }
+    )
     out = add_intervals(df, cal(q=(2.0, 0.5)))
     assert list(out.columns) == list(df.columns[:-1]) + list(INTERVAL_COLUMNS) + ["face_share"]
     # valence: 1 +- 2*1; 9 +- 2*sqrt(10) clipped at 10. arousal: -2 +- 0.5*sqrt(2); -9.5 +- 0.5 clipped at -10.
@@ -53,8 +75,10 @@ def test_bounds_by_hand_clipped_to_the_scale_and_null_without_a_face():
 
 def test_rows_get_the_same_bounds_as_a_table():
     rng = np.random.default_rng(0)
-    rows = [{"second": s, "valence_score": float(v), "arousal_score": float(a), "valence_sd": float(sv), "arousal_sd": None}
-            for s, (v, a, sv) in enumerate(rng.uniform(-10, 10, (6, 3)))]
+    rows = [
+        {"second": s, "valence_score": float(v), "arousal_score": float(a), "valence_sd": float(sv), "arousal_sd": None}
+        for s, (v, a, sv) in enumerate(rng.uniform(-10, 10, (6, 3)))
+    ]
     rows.append({"second": 6, "valence_score": None, "arousal_score": None, "valence_sd": None, "arousal_sd": None})
     got = pd.DataFrame(with_intervals(rows, cal()))
     want = add_intervals(pd.DataFrame(rows).assign(samples=1), cal())
@@ -66,9 +90,13 @@ def test_rows_get_the_same_bounds_as_a_table():
 def test_file_round_trip_and_garbage_is_one_line(tmp_path):
     path = write_calibration(cal(), tmp_path / "calibration.json")
     assert read_calibration(path) == cal()
-    for name, text in {"a.json": "[1]", "b.json": "{", "c.json": json.dumps({"fer_calibration": 99}),
-                       "d.json": json.dumps({**cal().to_json(), "coverage": 1.5}),
-                       "e.json": json.dumps({**cal().to_json(), "quantiles": {"valence": 1}})}.items():
+    for name, text in {
+        "a.json": "[1]",
+        "b.json": "{",
+        "c.json": json.dumps({"fer_calibration": 99}),
+        "d.json": json.dumps({**cal().to_json(), "coverage": 1.5}),
+        "e.json": json.dumps({**cal().to_json(), "quantiles": {"valence": 1}}),
+    }.items():
         (tmp_path / name).write_text(text)
         with pytest.raises(DataError) as e:
             read_calibration(tmp_path / name)

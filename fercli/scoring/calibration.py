@@ -56,8 +56,10 @@ def conformal_quantile(scores, clips, coverage: float) -> float:
         total += whole // int(counts[clip_of[i]])
         if total >= need:
             return float(scores[i])
-    raise FerError(f"{k} labelled clips cannot give {coverage:g} coverage: at least "
-                   f"{math.ceil(coverage / (1 - coverage) - 1e-9)} are needed")
+    raise FerError(
+        f"{k} labelled clips cannot give {coverage:g} coverage: at least "
+        f"{math.ceil(coverage / (1 - coverage) - 1e-9)} are needed"
+    )
 
 
 def scaled_residuals(truth: pd.DataFrame, pred: pd.DataFrame) -> dict[str, pd.DataFrame]:
@@ -69,14 +71,23 @@ def scaled_residuals(truth: pd.DataFrame, pred: pd.DataFrame) -> dict[str, pd.Da
         t = pd.to_numeric(both[dim], errors="coerce").to_numpy(dtype=float)
         s, sd = (pd.to_numeric(both[f"{dim}_{c}"], errors="coerce").to_numpy(dtype=float) for c in ("score", "sd"))
         ok = np.isfinite(t) & np.isfinite(s)
-        rows = pd.DataFrame({"video": both["video"][ok].to_numpy(), "second": both["second"][ok].to_numpy(),
-                             "truth": t[ok], "score": s[ok], "sd": sd[ok]})
+        rows = pd.DataFrame(
+            {
+                "video": both["video"][ok].to_numpy(),
+                "second": both["second"][ok].to_numpy(),
+                "truth": t[ok],
+                "score": s[ok],
+                "sd": sd[ok],
+            }
+        )
         rows["scaled"] = np.abs(rows["truth"] - rows["score"]) / difficulty(rows["sd"])
         out[dim] = rows
     return out
 
 
-def calibrate(truth: pd.DataFrame, pred: pd.DataFrame, metadata: dict, coverage: float = 0.9, source: dict | None = None) -> Calibration:
+def calibrate(
+    truth: pd.DataFrame, pred: pd.DataFrame, metadata: dict, coverage: float = 0.9, source: dict | None = None
+) -> Calibration:
     """A Calibration of the model `metadata` describes (its table's), from `truth` (video, second,
     valence, arousal) and `pred` (a per-second table with scores and spreads)."""
     if not 0 < coverage < 1:
@@ -93,7 +104,9 @@ def calibrate(truth: pd.DataFrame, pred: pd.DataFrame, metadata: dict, coverage:
     )
 
 
-def calibrate_tables(truth: str | Path, pred: str | Path, coverage: float = 0.9, frames_fps: float = 25.0) -> Calibration:
+def calibrate_tables(
+    truth: str | Path, pred: str | Path, coverage: float = 0.9, frames_fps: float = 25.0
+) -> Calibration:
     """`fer calibrate`: a Calibration from labelled clips `truth` (as `fer benchmark accuracy`
     reads them) and `pred`, the `fer annotate` table of the same clips. DataError (one line,
     naming the file) for a table that cannot carry one."""
@@ -110,12 +123,16 @@ def prediction_table(pred: str | Path, metadata: dict | None) -> pd.DataFrame:
     scores and spreads, recording the model it was made with."""
     table = read_table(pred, require=("video", "second", "valence_score", "arousal_score"))
     if metadata is None:
-        raise DataError(f"{pred}: records no model and settings (fer annotate's Parquet, or a CSV beside its .fer.json)")
+        raise DataError(
+            f"{pred}: records no model and settings (fer annotate's Parquet, or a CSV beside its .fer.json)"
+        )
     missing = [c for c in SPREAD_COLUMNS if c not in table]
     if missing:
         raise DataError(f"{pred}: no column {missing[0]}: annotate again with this fer, whose tables carry the spread")
     if table.duplicated(subset=["video", "second"]).any():
-        raise DataError(f"{pred}: more than one row per video and second (--all-faces); calibrate on one face per second")
+        raise DataError(
+            f"{pred}: more than one row per video and second (--all-faces); calibrate on one face per second"
+        )
     return table
 
 

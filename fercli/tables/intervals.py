@@ -104,8 +104,9 @@ def check_calibration(cal: Calibration, metadata: dict | None, path: str | Path,
     clash = [k for k in MODEL_KEYS if _canonical(ours.get(k)) != _canonical(theirs.get(k))]
     if clash:
         detail = ", ".join(f"{k} {_shown(ours.get(k))} vs {_shown(theirs.get(k))}" for k in clash)
-        raise DataError(f"{path}: made for another model or preprocessing than {table} ({detail}); "
-                        "fer calibrate makes one for it")
+        raise DataError(
+            f"{path}: made for another model or preprocessing than {table} ({detail}); fer calibrate makes one for it"
+        )
 
 
 def _canonical(value) -> str:
@@ -142,13 +143,22 @@ def with_intervals(rows: list[dict], cal: Calibration) -> list[dict]:
         return rows
     df = pd.DataFrame([{f"{d}_{c}": r.get(f"{d}_{c}") for d in DIMENSIONS for c in ("score", "sd")} for r in rows])
     lo_hi = add_intervals(df, cal)[list(INTERVAL_COLUMNS)].to_numpy(dtype=float)
-    return [{**r, **{c: (None if np.isnan(v) else float(v)) for c, v in zip(INTERVAL_COLUMNS, b)}} for r, b in zip(rows, lo_hi)]
+    return [
+        {**r, **{c: (None if np.isnan(v) else float(v)) for c, v in zip(INTERVAL_COLUMNS, b)}}
+        for r, b in zip(rows, lo_hi)
+    ]
 
 
 def calibration_metadata(cal: Calibration, path: str | Path) -> dict:
-    """What a table's metadata records of the calibration its intervals came from."""
-    return {"calibration": {"file": str(path), "coverage": cal.coverage, "quantiles": dict(cal.quantiles),
-                            "clips": dict(cal.clips), "scheme": cal.scheme}}
+    """What a table's metadata records of the calibration its intervals came from (`calibration`
+    is what --resume compares; the file may move)."""
+    numbers = {
+        "coverage": cal.coverage,
+        "quantiles": dict(cal.quantiles),
+        "clips": dict(cal.clips),
+        "scheme": cal.scheme,
+    }
+    return {"calibration": numbers, "calibration_file": str(path)}
 
 
 def _floats(df: pd.DataFrame, col: str) -> np.ndarray:

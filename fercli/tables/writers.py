@@ -30,8 +30,11 @@ log = logging.getLogger("fercli")
 
 METADATA_KEY = b"fer"
 PARTS_SUFFIX = ".parts"
-# Metadata that must agree for --resume to add rows to an existing table.
-RESUME_KEYS = ("model", "weights_sha256", "fps", "window", "per_frame", "per_sample", "all_faces", "precision")
+# Metadata that must agree for --resume to add rows to an existing table (`calibration`: the
+# intervals' quantiles, `intervals.calibration_metadata`; absent on both sides without one).
+RESUME_KEYS = (
+    "model", "weights_sha256", "fps", "window", "per_frame", "per_sample", "all_faces", "precision", "calibration",
+)  # fmt: skip
 
 _LABELS = [
     ("face", pa.bool_()),
