@@ -15,6 +15,7 @@ from fercli.tables.intervals import (
     add_intervals,
     check_calibration,
     difficulty,
+    load_for_run,
     read_calibration,
     with_intervals,
     write_calibration,
@@ -124,3 +125,14 @@ def test_rows_per_sample_and_tables_without_metadata_are_refused():
         check_calibration(cal(), {**META, "per_sample": True}, "cal.json", "t.parquet")
     with pytest.raises(DataError, match=r"^t\.csv: records no model"):
         check_calibration(cal(), None, "cal.json", "t.csv")
+
+
+def test_a_run_with_a_calibration_records_it_and_refuses_another_models(tmp_path):
+    path = write_calibration(cal(), tmp_path / "calibration.json")
+    got, meta = load_for_run(path, META, "out.parquet")
+    assert got == cal() and meta["calibration"]["quantiles"] == {"valence": 2.0, "arousal": 0.5}
+    assert meta["calibration_file"] == str(path) and {k: meta[k] for k in META} == META
+    with pytest.raises(
+        DataError, match=r"calibration\.json: made for another model or preprocessing than out\.parquet"
+    ):
+        load_for_run(path, {**META, "weights_sha256": "f" * 64}, "out.parquet")

@@ -161,6 +161,14 @@ def calibration_metadata(cal: Calibration, path: str | Path) -> dict:
     return {"calibration": numbers, "calibration_file": str(path)}
 
 
+def load_for_run(path: str | Path, metadata: dict, out: str | Path) -> tuple[Calibration, dict]:
+    """`fer annotate --calibration`: the calibration at `path` checked against the run about to
+    write `out` (its run `metadata`), and the metadata the table then records."""
+    cal = read_calibration(path)
+    check_calibration(cal, metadata, path, out)
+    return cal, {**metadata, **calibration_metadata(cal, path)}
+
+
 def _floats(df: pd.DataFrame, col: str) -> np.ndarray:
     if col not in df:
         raise FerError(f"the table has no column {col}: intervals need the scores and spreads of this fer")
