@@ -114,8 +114,8 @@ def _canonical(value) -> str:
 
 
 def _shown(value) -> str:
-    text = _canonical(value)
-    return text[:14] + "..." if len(text) > 16 else text
+    text = value if isinstance(value, str) else _canonical(value)
+    return text[:12] + "..." if len(text) > 15 else text
 
 
 def bounds(score, sd, dim: str, cal: Calibration) -> tuple[np.ndarray, np.ndarray]:
