@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
-from fercli.core.errors import FerError
+from fercli.core.errors import DataError, FerError
 from fercli.scoring.calibration import calibrate, conformal_quantile
 from fercli.scoring.metrics import interval_scores
 from fercli.tables.intervals import add_intervals, difficulty
@@ -90,6 +90,22 @@ def test_pooling_seconds_instead_of_clips_breaks_it():
         return float(np.sort(s)[min(math.ceil((s.size + 1) * coverage), s.size) - 1])
 
     assert loo_coverage(scores, clips, 0.9, pooled) < 0.9 <= loo_coverage(scores, clips, 0.9, conformal_quantile)
+
+
+def test_a_table_of_other_clips_is_named():
+    truth = pd.DataFrame({"video": ["a"], "second": [0], "valence": [1.0], "arousal": [1.0]})
+    pred = pd.DataFrame(
+        {
+            "video": ["b"],
+            "second": [0],
+            "valence_score": [1.0],
+            "arousal_score": [1.0],
+            "valence_sd": [1.0],
+            "arousal_sd": [1.0],
+        }
+    )
+    with pytest.raises(DataError, match=r"^p\.csv: no second with a face matches a labelled second of t/"):
+        calibrate(truth, pred, META, 0.9, {"pred": "p.csv", "truth": "t/"})
 
 
 # --- held-out clips of another seed -------------------------------------------------------------

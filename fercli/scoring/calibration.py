@@ -93,6 +93,12 @@ def calibrate(
     if not 0 < coverage < 1:
         raise FerError(f"coverage must lie between 0 and 1, not {coverage}")
     residuals = scaled_residuals(truth, pred)
+    if all(r.empty for r in residuals.values()):
+        names = source or {}
+        raise DataError(
+            f"{names.get('pred', 'the table')}: no second with a face matches a labelled second of "
+            f"{names.get('truth', 'the truth')} (video names and seconds)"
+        )
     quantiles = {d: conformal_quantile(r["scaled"], r["video"], coverage) for d, r in residuals.items()}
     return Calibration(
         coverage=float(coverage),
