@@ -1,9 +1,9 @@
 """`fer calibrate`: split conformal quantiles from labelled clips, and intervals for a table.
 
 The score of a labelled second is its scaled residual |truth - score| / difficulty
-(`tables.intervals.difficulty`, from the row's spread). Seconds of one clip are not
-exchangeable with each other's clip-mates elsewhere (same face, same light, errors that persist),
-but whole clips are: the guarantee is stated over clips. Each of the K calibration clips weighs
+(`tables.intervals.difficulty`, from the row's spread). Seconds are not exchangeable (a clip's
+seconds share a face, a light and errors that persist), but whole clips are: the guarantee is
+stated over clips. Each of the K calibration clips weighs
 1 / (K + 1), shared evenly by its labelled seconds, and the clip to come weighs the last
 1 / (K + 1), placed at +infinity; q is the smallest score whose cumulative weight reaches the
 coverage 1 - alpha (`conformal_quantile`). With one second per clip this is the usual split
