@@ -449,3 +449,46 @@ def test_nova_gives_each_clip_its_own_rate_and_refuses_a_variable_one_alone(mixe
     assert rates["pal.mp4"] == 25 and rates["ntsc30.mp4"] == 30
     assert rates["ntsc.mp4"] == pytest.approx(30000 / 1001, rel=1e-4)
     assert not list((tmp_path / "n").glob("vfr*"))
+
+
+@pytest.fixture
+def bounded(tmp_path):
+    """A table with intervals (as `fer calibrate apply` writes it): second 1 has no face."""
+    rows = seconds(3, faceless={1}, seed=4)
+    for row in rows:
+        if row["face"]:
+            row.update(valence_lo=row["valence_score"] - 1.25, valence_hi=min(row["valence_score"] + 2.5, 10.0),
+                       arousal_lo=max(row["arousal_score"] - 0.75, -10.0), arousal_hi=row["arousal_score"] + 0.333)
+    w = TableWriter(tmp_path / "b.parquet", META, rows="second", all_faces=False, resume=False, intervals=True)
+    w.add("a.mp4", rows)
+    w.finish(["a.mp4"])
+    return tmp_path / "b.parquet"
+
+
+BOUNDS = ("valence_lo", "valence_hi", "arousal_lo", "arousal_hi")
+
+
+def bound_expected(rows):
+    shown = rows[rows["face"]]
+    return [(t, round(b, 3), round(e, 3), f"{v:.2f}") for t in BOUNDS for b, e, v in zip(shown["start"], shown["end"], shown[t])]
+
+
+def test_elan_carries_the_intervals_bounds_as_tiers(bounded, tmp_path):
+    ref = reference(bounded)
+    export_table(bounded, "elan-txt", tmp_path / "txt")
+    got = read_elan(tmp_path / "txt" / "a.mp4.txt")
+    assert [a for a in got if a[0] in BOUNDS] == bound_expected(ref)
+    assert [a for a in got if a[0] not in BOUNDS] == elan_expected(ref, ("valence", "arousal"))
+    export_table(bounded, "elan", tmp_path / "eaf")
+    assert [a for a in eaf_annotations(tmp_path / "eaf" / "a.mp4.eaf") if a[0] in BOUNDS] == bound_expected(ref)
+
+
+def test_nova_carries_each_bound_as_a_continuous_annotation(bounded, tmp_path):
+    ref = reference(bounded)
+    export_table(bounded, "nova", tmp_path / "nova")
+    for bound in BOUNDS:
+        scheme, _, pairs = read_nova(tmp_path / "nova" / f"a.mp4.{bound}.annotation")
+        assert scheme["name"] == bound and scheme["min"] == "-10" and scheme["max"] == "10"
+        assert math.isnan(pairs[1][0]) and pairs[1][1] == 0  # no face, no interval
+        for i in (0, 2):
+            assert np.float32(pairs[i][0]) == np.float32(ref[bound][i]) and pairs[i][1] == 1.0

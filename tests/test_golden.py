@@ -16,6 +16,8 @@ Re-recorded when faces became people (issue 28): `face_id` is now `person` and e
 lstm_all_faces the face that comes back to gap.mkv after 2 s away is person 0 again, where it
 had been a new track, 1. Then the per-sample table (`--per-sample`, once `--per-frame`) became
 lstm_samples, its `frame` column `sample_index`, every value equal.
+Re-recorded when every table gained its spread (issue 39): `valence_sd`, `arousal_sd` and
+`samples` added after the confidences; every other value equal (floats within 1e-6).
 """
 
 from __future__ import annotations

@@ -19,7 +19,8 @@ from fercli.tables.writers import schema
 
 SECONDS = 3
 NUMERIC = ("second", "start", "end", "valence", "arousal", "valence_score", "arousal_score", "valence_conf",
-           "arousal_conf", "face_x0", "face_y0", "face_x1", "face_y1", "face_score", "face_share", "person")
+           "arousal_conf", "valence_sd", "arousal_sd", "samples", "face_x0", "face_y0", "face_x1", "face_y1", "face_score",
+           "face_share", "person")
 
 
 @pytest.fixture(scope="module")
@@ -37,8 +38,8 @@ def fer_table(video: str) -> pd.DataFrame:
             v = (second - 1) * 3 + person
             rows.append({"video": video, "second": second, "start": float(second), "end": float(second + 1), "person": person,
                          "face": True, "valence": v, "arousal": -v, "valence_score": v + 0.2, "arousal_score": -v - 0.2,
-                         "valence_conf": 0.5, "arousal_conf": 0.4, "face_x0": 30.0, "face_y0": 20.0, "face_x1": 110.0,
-                         "face_y1": 100.0, "face_score": 0.9, "face_share": 1.0, "people": 2})
+                         "valence_conf": 0.5, "arousal_conf": 0.4, "valence_sd": 1.5, "arousal_sd": 2.0, "samples": 5,
+                         "face_x0": 30.0, "face_y0": 20.0, "face_x1": 110.0, "face_y1": 100.0, "face_score": 0.9, "face_share": 1.0, "people": 2})
     df = pd.DataFrame(rows)
     assert list(df.columns) == schema(all_faces=True).names  # the table is what fer writes
     return df

@@ -426,3 +426,20 @@ def test_bad_truth_tables(tmp_path, df, message):
     with pytest.raises(DataError, match=message) as err:
         load_truth(path)
     assert str(path) in str(err.value)
+
+
+def test_interval_coverage_and_width_by_hand():
+    # clip a: 3 seconds, truth inside twice (one exactly on a float32 bound); clip b: 1 second, outside.
+    truth = pd.DataFrame({"video": ["a", "a", "a", "b"], "second": [0, 1, 2, 0], "valence": [1.0, 0.3, 5.0, -2.0],
+                          "arousal": [0.0, 0.0, 0.0, 0.0]})
+    pred = truth.rename(columns={"valence": "valence_score", "arousal": "arousal_score"}).assign(
+        valence_lo=np.array([0.0, 0.3, 6.0, 0.0], dtype=np.float32), valence_hi=[2.5, 1.0, 7.0, 1.0],
+        arousal_lo=[-1.0, -1.0, -1.0, -1.0], arousal_hi=[1.0, 1.0, 1.0, 1.0])
+    report = score(truth, pred)
+    v = report.intervals["valence"]
+    assert v["coverage"] == pytest.approx(2 / 4) and v["clip_coverage"] == pytest.approx((2 / 3 + 0) / 2)
+    assert v["mean_width"] == pytest.approx((2.5 + 0.7 + 1 + 1) / 4, abs=1e-6) and (v["seconds"], v["clips"]) == (4, 2)
+    assert report.intervals["arousal"]["coverage"] == 1.0
+    assert "valence coverage 50.0% (per clip 33.3%), mean width 1.30" in metrics.intervals_line(report)
+    assert metrics.report_json(report)["intervals"]["valence"]["clips"] == 2
+    assert score(truth, pred.drop(columns=["arousal_hi"])).intervals is None  # bounds only where all four are

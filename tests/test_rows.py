@@ -254,3 +254,41 @@ def test_rows_per_video_frame_follow_timestamps_and_hold_missed_faces():
     # Frame 6 at 0.62: at 0.22 -> frame 2, at 0.42 -> frame 3 (held: frame 2), at 0.62 -> 6.
     assert tags(units[6].window) == [2, 2, 6]
     assert not units[3].has_face and units[3].columns["face_share"] == 0.0
+
+
+def test_frame_model_spread_is_the_seconds_sample_sd_and_count():
+    # 2 samples/s over 3 s: second 0 finds the face in both samples, second 1 in one, second 2 in none.
+    agg = Aggregator(window=1, duration=3.0, window_model=False)
+    scores = {0: (1.0, -2.0), 1: (4.0, 0.5), 2: (2.5, 3.0)}
+    units = []
+    for k in range(6):
+        units += agg.push(FrameFeatures(k, k / 2, {0: torch.tensor(scores[k])} if k in scores else {}))
+    rows = label_rows(units + agg.finish(), head=None)
+    want = np.std(np.array([scores[0], scores[1]]), axis=0)  # population SD (ddof 0): 1.5, 1.25
+    assert [r["samples"] for r in rows] == [2, 1, 0]
+    assert rows[0]["valence_sd"] == pytest.approx(want[0]) and rows[0]["arousal_sd"] == pytest.approx(want[1])
+    assert rows[1]["valence_sd"] is None and rows[2]["valence_sd"] is None  # one value has no spread
+
+
+def test_one_sample_frame_rows_have_no_spread():
+    agg = Aggregator(window=1, duration=2.0, window_model=False)
+    units = agg.push(FrameFeatures(0, 0.0, {0: torch.tensor([1.0, 2.0])})) + agg.finish()
+    row = label_rows(units, head=None)[0]
+    assert row["samples"] == 1 and row["valence_sd"] is None and row["arousal_sd"] is None
+
+
+def test_window_model_spread_is_the_distributions_sd_and_counts_found_samples():
+    torch.manual_seed(3)
+    logits_v, logits_a = torch.randn(3, 21) * 2, torch.randn(3, 21)
+    head = lambda w: (logits_v[: len(w)], logits_a[: len(w)])
+    agg = Aggregator(window=3, duration=2.5, window_model=True)
+    rows = label_rows(push_all(agg, fps=2, n=5, present={0, 1, 3, 4}), head)
+    values = np.arange(-10, 11)
+    for i, row in enumerate(rows):
+        for logits, dim in ((logits_v, "valence"), (logits_a, "arousal")):
+            p = np.exp(logits[i].numpy().astype(np.float64))
+            p /= p.sum()
+            mean = (p * values).sum()
+            assert row[f"{dim}_sd"] == pytest.approx(float(np.sqrt((p * (values - mean) ** 2).sum())), abs=1e-4)
+    # windows (samples 2 missed): [pad, 0, 1], [1, 2, 3], [2, 3, 4]: two found in each, the rest filled
+    assert [r["samples"] for r in rows] == [2, 2, 2]

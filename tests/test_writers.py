@@ -69,9 +69,10 @@ def test_parquet_schema_types_and_metadata(tmp_path):
     table = pq.read_table(out)
     assert table.schema.names == [
         "video", "second", "start", "end", "face", "valence", "arousal",
-        "valence_score", "arousal_score", "valence_conf", "arousal_conf",
+        "valence_score", "arousal_score", "valence_conf", "arousal_conf", "valence_sd", "arousal_sd", "samples",
         "face_x0", "face_y0", "face_x1", "face_y1", "face_score", "face_share", "people",
     ]  # fmt: skip
+    assert str(table.schema.field("samples").type) == "int16"
     assert str(table.schema.field("valence").type) == "int8"
     assert table.column("valence").to_pylist() == [-10, None, -8]
     for name in ("face_x0", "face_y0", "face_x1", "face_y1", "face_score", "face_share"):
@@ -86,6 +87,12 @@ def test_all_faces_and_per_frame_schemas():
     assert schema(all_faces=True).names[4:6] == ["person", "face"]
     assert schema("sample").names[:3] == ["video", "sample_index", "time"]
     assert schema("frame").names[:3] == ["video", "frame", "time"]
+
+
+def test_interval_columns_only_with_a_calibration():
+    names = schema(intervals=True).names
+    assert not {"valence_lo", "arousal_hi"} & set(schema().names)
+    assert names[names.index("samples") + 1 :][:4] == ["valence_lo", "valence_hi", "arousal_lo", "arousal_hi"]
 
 
 def test_expression_columns_only_for_models_with_the_head(tmp_path):

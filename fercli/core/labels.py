@@ -3,8 +3,9 @@
 Annotation (`tables.rows`), training (`training.loop`), scoring (`evaluate`, `metrics`) and the data
 reader all use these, so a label means the same everywhere: integers -10..10, class index =
 label + LABEL_OFFSET; a 21-class distribution's label is its most probable class, its score the
-expected label and its confidence the chosen class's probability; a real-valued score becomes a
-label by rounding half away from zero and clipping.
+expected label and its confidence the chosen class's probability, its spread the distribution's
+standard deviation in labels; a real-valued score becomes a label by rounding half away from zero
+and clipping.
 """
 
 from __future__ import annotations
@@ -40,3 +41,14 @@ def decode_logits(logits):
     values = torch.arange(NUM_CLASSES, dtype=torch.float32, device=probs.device) - LABEL_OFFSET
     conf, cls = probs.max(dim=-1)
     return cls - LABEL_OFFSET, probs @ values, conf
+
+
+def logits_spread(logits):
+    """(N, 21) logits -> (N,) standard deviation, in labels, of the softmax distribution over the
+    21 labels (float32, on the logits' device): 0 when one class holds it all, about 6 when uniform."""
+    import torch
+
+    probs = logits.float().softmax(dim=-1)
+    values = torch.arange(NUM_CLASSES, dtype=torch.float32, device=probs.device) - LABEL_OFFSET
+    mean = probs @ values
+    return (probs * (values - mean[:, None]) ** 2).sum(dim=-1).sqrt()

@@ -24,6 +24,12 @@ table has them, else the integer labels; class metrics use the integer labels. T
 is the mean of its frame labels (a float); its class is that mean rounded. Rows present on one
 side only, and matched rows whose prediction is null (no face found), are counted, never
 silently dropped.
+
+Where the prediction has intervals (`valence_lo`, `valence_hi`, ... from a calibration), the
+report adds, per dimension over the scored rows with bounds: `coverage`, the share of seconds
+whose truth lies inside (bounds stored as float32, so within INTERVAL_TOLERANCE); `clip_coverage`,
+the mean of each clip's share (each clip counts once: what a calibration's guarantee is about);
+and `mean_width`, hi - lo on the label scale.
 """
 
 from __future__ import annotations
@@ -42,6 +48,7 @@ from ..datasets import affwild
 from ..tables.rows import TIME_EPS
 
 CLASSES = np.arange(LABEL_MIN, LABEL_MAX + 1)
+INTERVAL_TOLERANCE = 1e-5  # labels: a float32 bound near 10 is within 1e-6 of the float64 it rounded
 
 # Metric key -> name shown in tables, in the order of the paper's Tables 1 and 2 (F1, accuracy,
 # CCC), then the others.
@@ -206,6 +213,8 @@ class Report:
     unmatched: pd.DataFrame = field(repr=False)  # video, second, side ("truth" or "pred")
     # Aff-Wild2 truth only: ABAW's score (`abaw_score`), CCC over all labelled frames pooled.
     abaw: dict | None = None
+    # Predictions with bounds only: dimension -> coverage, clip_coverage, mean_width, seconds, clips.
+    intervals: dict[str, dict] | None = None
 
 
 def score(truth: pd.DataFrame, pred: pd.DataFrame, *, on=("video", "second"), names=("truth", "prediction")) -> Report:
@@ -226,14 +235,16 @@ def score(truth: pd.DataFrame, pred: pd.DataFrame, *, on=("video", "second"), na
             raise DataError(f"{pred_name}: missing column {dim} (or {dim}_score)")
     truth, pred = _keyed(truth, on, truth_name), _keyed(pred, on, pred_name)
     truth = truth[on + list(DIMENSIONS)].rename(columns={d: f"{d}_true" for d in DIMENSIONS})
-    pred = pred[on + [c for d in DIMENSIONS for c in (d, f"{d}_score") if c in pred]]
+    bounded = all(f"{d}_{side}" in pred for d in DIMENSIONS for side in ("lo", "hi"))
+    bounds = [f"{d}_{side}" for d in DIMENSIONS for side in ("lo", "hi")] if bounded else []
+    pred = pred[on + [c for d in DIMENSIONS for c in (d, f"{d}_score") if c in pred] + bounds]
 
     merged = truth.merge(pred, on=on, how="outer", indicator=True)
     both = merged[merged["_merge"] == "both"].reset_index(drop=True)
     unmatched = merged.loc[merged["_merge"] != "both", on + ["_merge"]].rename(columns={"_merge": "side"})
     unmatched["side"] = unmatched["side"].map({"left_only": "truth", "right_only": "pred"}).astype(str)
 
-    metrics, pairs, scored, missing_pred, missing_truth, source = {}, {}, {}, {}, {}, {}
+    metrics, pairs, scored, missing_pred, missing_truth, source, intervals = {}, {}, {}, {}, {}, {}, {}
     no_face = np.zeros(len(both), dtype=bool)
     for dim in DIMENSIONS:
         true = _floats(both[f"{dim}_true"])
@@ -252,6 +263,9 @@ def score(truth: pd.DataFrame, pred: pd.DataFrame, *, on=("video", "second"), na
         scored[dim], missing_pred[dim] = int(ok.sum()), int((~pred_ok).sum())
         missing_truth[dim] = int((~np.isfinite(true)).sum())
         source[dim] = cont_col
+        if bounded:
+            intervals[dim] = interval_scores(both["video"].to_numpy()[ok], true[ok], _floats(both[f"{dim}_lo"])[ok],
+                                             _floats(both[f"{dim}_hi"])[ok])
     mean = {m: float(np.mean([metrics[d][m] for d in DIMENSIONS])) for m in METRICS}
     return Report(
         metrics=metrics,
@@ -266,7 +280,38 @@ def score(truth: pd.DataFrame, pred: pd.DataFrame, *, on=("video", "second"), na
         continuous_from=source,
         pairs=pairs,
         unmatched=unmatched.sort_values(on, kind="stable").reset_index(drop=True),
+        intervals=intervals or None,
     )
+
+
+def interval_scores(videos, true, lo, hi) -> dict:
+    """How intervals did on rows of one dimension: coverage (seconds pooled), clip_coverage (each
+    clip's share, averaged over clips), mean_width, and the seconds and clips with bounds."""
+    videos, true, lo, hi = (np.asarray(a) for a in (videos, true, lo, hi))
+    has = np.isfinite(lo) & np.isfinite(hi)
+    inside = (lo[has] - INTERVAL_TOLERANCE <= true[has]) & (true[has] <= hi[has] + INTERVAL_TOLERANCE)
+    per_clip = pd.Series(inside).groupby(videos[has]).mean() if has.any() else pd.Series(dtype=float)
+    return {
+        "coverage": float(inside.mean()) if has.any() else math.nan,
+        "clip_coverage": float(per_clip.mean()) if has.any() else math.nan,
+        "mean_width": float((hi[has] - lo[has]).mean()) if has.any() else math.nan,
+        "seconds": int(has.sum()),
+        "clips": int(per_clip.size),
+    }
+
+
+def intervals_line(report: Report) -> str | None:
+    """One line on the prediction's intervals (None without bounds), as `fer benchmark accuracy` prints it."""
+    if not report.intervals:
+        return None
+    parts = [f"{d} coverage {_pct(v['coverage'])} (per clip {_pct(v['clip_coverage'])}), mean width "
+             f"{_fmt(v['mean_width'], 2)}" for d, v in report.intervals.items()]
+    seconds = report.intervals[DIMENSIONS[0]]["seconds"]
+    return f"intervals over {seconds} seconds: " + "; ".join(parts)
+
+
+def _pct(value: float) -> str:
+    return "n/a" if math.isnan(value) else f"{100 * value:.1f}%"
 
 
 def _require(df: pd.DataFrame, columns: list[str], what: str) -> None:
@@ -339,6 +384,8 @@ def report_json(report: Report) -> dict:
         "missing_truth": dict(report.missing_truth),
     }
     out["continuous_from"] = dict(report.continuous_from)
+    if report.intervals is not None:
+        out["intervals"] = {d: clean(v) for d, v in report.intervals.items()}
     if report.abaw is not None:
         out["abaw"] = clean(report.abaw)
     return out
@@ -360,6 +407,8 @@ def report_markdown(report: Report, digits: int = 3) -> str:
         "F1 and accuracy use the integer labels -10..10 (truth: the per-second mean, rounded). "
         "RMSE and MAE are on the -10..10 scale; CCC uses population moments.",
     ]
+    if (line := intervals_line(report)) is not None:
+        lines += ["", line + "."]
     if (a := report.abaw) is not None:
         lines += [
             "",

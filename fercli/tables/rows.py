@@ -14,6 +14,12 @@ Rules, in video time:
   padded on the left by repeating its first face feature, so early seconds are still labelled
   from real frames only.
 - Frame models: the label of a second is the mean of its face samples' scores.
+- How sure (`valence_sd`, `arousal_sd`, `samples`): a frame model's spread is the standard
+  deviation (population, ddof 0) of its face samples' scores within the row, null where it had
+  one sample (one value has no spread); a window model's is the standard deviation of its
+  21-class distribution (`labels.logits_spread`). `samples` is how many samples the label was
+  made from where the face was found: the row's own face samples (frame model), or the window's
+  samples that found the face, the rest being filled (window model); 0 without a face.
 - What the detector saw (`FaceSeen`) is described per second over the second's own samples where
   the face was found: the mean box and detector score, the mean expression probabilities (their
   most probable name as `expression`), and `face_share`, the share of the second's samples that
@@ -34,7 +40,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from ..core.labels import EXPRESSIONS, decode_logits, to_class
+from ..core.labels import EXPRESSIONS, decode_logits, logits_spread, to_class
 
 if TYPE_CHECKING:  # torch is imported where tensors are made: render and metrics read TIME_EPS here
     import torch
@@ -72,6 +78,8 @@ class Unit:
     person: int | None
     window: torch.Tensor | None = None  # (T, F) for window models
     scores: torch.Tensor | None = None  # (2,) mean frame scores for frame models
+    spread: torch.Tensor | None = None  # (2,) frame models: the scores' standard deviation; None for one sample
+    samples: int = 0  # samples the label is made from that found the face (see the module doc)
     columns: dict = field(default_factory=dict)  # face_* and expression columns (see face_columns)
 
     @property
@@ -212,13 +220,16 @@ class Aggregator:
         if not self.window_model:
             import torch
 
-            return Unit(key, person, scores=torch.stack(samples).mean(dim=0), columns=columns)
+            scores = torch.stack(samples)
+            spread = scores.std(dim=0, correction=0) if len(samples) > 1 else None
+            return Unit(key, person, scores=scores.mean(dim=0), spread=spread, samples=len(samples), columns=columns)
         if self.rows == "frame":
             window = [faces.get(person) if faces is not None else None for faces in self._picks(key["time"])]
         else:
             pad = [None] * (self.window - len(self.recent))  # start of clip: fewer than T samples yet
             window = pad + [faces.get(person) for faces in self.recent]
-        return Unit(key, person, window=fill_window(window, self._before.get(person)), columns=columns)
+        found = sum(f is not None for f in window)
+        return Unit(key, person, window=fill_window(window, self._before.get(person)), samples=found, columns=columns)
 
     def _picks(self, time: float) -> list[dict | None]:
         """rows="frame": the faces of the frame on screen at each of the T times time - j / fps
@@ -269,9 +280,9 @@ def label_units(units: list[Unit], head) -> list[dict]:
             labels[i] = {**_prefixed("valence", v), **_prefixed("arousal", a)}
     for i, u in enumerate(units):
         if u.scores is not None:
-            v, a = (float(x) for x in u.scores)
-            labels[i] = {**_prefixed("valence", _from_score(v)), **_prefixed("arousal", _from_score(a))}
-    return [{**lab, **u.columns} for u, lab in zip(units, labels)]
+            (v, a), (v_sd, a_sd) = u.scores.tolist(), u.spread.tolist() if u.spread is not None else (None, None)
+            labels[i] = {**_prefixed("valence", _from_score(v, v_sd)), **_prefixed("arousal", _from_score(a, a_sd))}
+    return [{**lab, "samples": u.samples, **u.columns} for u, lab in zip(units, labels)]
 
 
 def label_rows(units: list[Unit], head) -> list[dict]:
@@ -290,24 +301,24 @@ def follow(rows: list[dict], person: int | None) -> list[dict]:
         if row["person"] == person and row["face"]:
             out[key] = row
         elif key not in out:
-            empty = {**_empty_labels(), "face_share": 0.0, "people": row.get("people", 0)}
+            empty = {**_empty_labels(), "samples": 0, "face_share": 0.0, "people": row.get("people", 0)}
             out[key] = {**{k: row[k] for k in KEY_COLUMNS if k in row}, "person": None, "face": False, **empty}
     return list(out.values())
 
 
-def _from_logits(logits: torch.Tensor) -> list[tuple[int, float, float]]:
+def _from_logits(logits: torch.Tensor) -> list[tuple[int, float, float, float]]:
     labels, scores, confs = (t.cpu().tolist() for t in decode_logits(logits))
-    return list(zip(labels, scores, confs))
+    return list(zip(labels, scores, confs, logits_spread(logits).cpu().tolist()))
 
 
-def _from_score(score: float) -> tuple[int, float, None]:
-    return int(to_class(score)), score, None
+def _from_score(score: float, spread: float | None) -> tuple[int, float, None, float | None]:
+    return int(to_class(score)), score, None, spread
 
 
 def _prefixed(name: str, value: tuple) -> dict:
-    label, score, conf = value
-    return {name: label, f"{name}_score": score, f"{name}_conf": conf}
+    label, score, conf, spread = value
+    return {name: label, f"{name}_score": score, f"{name}_conf": conf, f"{name}_sd": spread}
 
 
 def _empty_labels() -> dict:
-    return {**_prefixed("valence", (None, None, None)), **_prefixed("arousal", (None, None, None))}
+    return {**_prefixed("valence", (None,) * 4), **_prefixed("arousal", (None,) * 4)}

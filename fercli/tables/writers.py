@@ -30,8 +30,11 @@ log = logging.getLogger("fercli")
 
 METADATA_KEY = b"fer"
 PARTS_SUFFIX = ".parts"
-# Metadata that must agree for --resume to add rows to an existing table.
-RESUME_KEYS = ("model", "weights_sha256", "fps", "window", "per_frame", "per_sample", "all_faces", "precision")
+# Metadata that must agree for --resume to add rows to an existing table (`calibration`: the
+# intervals' quantiles, `intervals.calibration_metadata`; absent on both sides without one).
+RESUME_KEYS = (
+    "model", "weights_sha256", "fps", "window", "per_frame", "per_sample", "all_faces", "precision", "calibration",
+)  # fmt: skip
 
 _LABELS = [
     ("face", pa.bool_()),
@@ -42,6 +45,11 @@ _LABELS = [
     ("valence_conf", pa.float32()),
     ("arousal_conf", pa.float32()),
 ]
+# How sure (rows' module doc): the spread in labels, and the samples the label was made from.
+_SPREAD = [("valence_sd", pa.float32()), ("arousal_sd", pa.float32()), ("samples", pa.int16())]
+# With a calibration only (`intervals`): each second's interval, on the label scale.
+INTERVAL_COLUMNS = ("valence_lo", "valence_hi", "arousal_lo", "arousal_hi")
+_INTERVALS = [(name, pa.float32()) for name in INTERVAL_COLUMNS]
 # What the detector saw (windows.face_columns): the face box in pixels of the upright frame,
 # the detector's score and the share of the row's samples that found the face.
 _FACE = [(name, pa.float32()) for name in ("face_x0", "face_y0", "face_x1", "face_y1", "face_score", "face_share")]
@@ -58,11 +66,12 @@ _FRAME_KEY = [("video", pa.string()), ("frame", pa.int32()), ("time", pa.float64
 _KEYS = {"second": _SECOND_KEY, "sample": _SAMPLE_KEY, "frame": _FRAME_KEY}
 
 
-def schema(rows: str = "second", all_faces: bool = False, expressions: bool = False) -> pa.Schema:
+def schema(rows: str = "second", all_faces: bool = False, expressions: bool = False, intervals: bool = False) -> pa.Schema:
     """The output columns, in order, for rows per "second", "sample" or "frame" (video frame);
-    `expressions`: the model has HSEmotion's expression head."""
+    `expressions`: the model has HSEmotion's expression head; `intervals`: a calibration's bounds."""
     key = _KEYS[rows] + ([("person", pa.int32())] if all_faces else [])
-    return pa.schema(key + _LABELS + _FACE + _PEOPLE + (_EXPRESSIONS if expressions else []))
+    bounds = _INTERVALS if intervals else []
+    return pa.schema(key + _LABELS + _SPREAD + bounds + _FACE + _PEOPLE + (_EXPRESSIONS if expressions else []))
 
 
 def output_format(path: Path) -> str:
@@ -128,7 +137,7 @@ def _read(path: Path, require) -> pd.DataFrame:
         return df
     df = _renamed(pd.read_csv(path, dtype={"video": str, "expression": str}))  # an all-null column is no float
     check_table(df, path, require)
-    for col in ("valence", "arousal", "person", "people"):
+    for col in ("valence", "arousal", "person", "people", "samples"):
         if col in df:
             whole = df[col].dropna()
             if not (whole == whole.round()).all():
@@ -160,7 +169,7 @@ def check_table(df: pd.DataFrame, path: Path, require=()) -> None:
     missing = [c[0] if len(c) == 1 else " or ".join(c) for c in choices if not any(n in df for n in c)]
     if missing:
         raise DataError(f"{path}: missing column(s) {', '.join(missing)}")
-    kinds = {f.name: f.type for rows in _KEYS for f in schema(rows, all_faces=True, expressions=True)}
+    kinds = {f.name: f.type for rows in _KEYS for f in schema(rows, all_faces=True, expressions=True, intervals=True)}
     for col in df.columns:
         kind = kinds.get(col)
         if kind is None or pa.types.is_string(kind) or col == "face":
@@ -244,14 +253,14 @@ class TableWriter:
 
     def __init__(
         self, out: Path, metadata: dict, *, rows: str = "second", all_faces: bool, resume: bool, overwrite: bool = False,
-        expressions: bool = False,
+        expressions: bool = False, intervals: bool = False,
     ):  # fmt: skip
         self.out = Path(out)
         self.format = output_format(self.out)
         check_output(self.out, resume=resume, overwrite=overwrite)
         self.metadata = metadata
         self.resume = resume
-        self.schema = schema(rows, all_faces, expressions)
+        self.schema = schema(rows, all_faces, expressions, intervals)
         self.parts = self.out.with_name(self.out.name + PARTS_SUFFIX)
         self.out.parent.mkdir(parents=True, exist_ok=True)
         if resume:
@@ -300,13 +309,7 @@ class TableWriter:
         return pa.Table.from_pydict(cols, schema=self.schema)
 
     def _write(self, df: pd.DataFrame) -> None:
-        table = pa.Table.from_pandas(df[self.schema.names], schema=self.schema, preserve_index=False)
-        if self.format == "parquet":
-            table = table.replace_schema_metadata({METADATA_KEY: json.dumps(self.metadata).encode()})
-            atomic_write(self.out, lambda tmp: pq.write_table(table, tmp))
-        else:
-            atomic_write(self.out, lambda tmp: table.to_pandas(types_mapper=_nullable).to_csv(tmp, index=False))
-            atomic_write(metadata_path(self.out), lambda tmp: Path(tmp).write_text(json.dumps(self.metadata) + "\n", encoding="utf-8"))
+        write_table(df, self.out, self.metadata, self.schema)
 
     def _check_resumable(self) -> None:
         """FerError unless the table and every part were made with this run's model and settings.
@@ -351,6 +354,19 @@ class TableWriter:
                     f"{path}: cannot resume, the table has other columns than this run writes ({detail}); "
                     "--overwrite makes it again"
                 )
+
+
+def write_table(df: pd.DataFrame, out: Path, metadata: dict, table_schema: pa.Schema) -> None:
+    """Write `df`'s columns of `table_schema` to `out`, whole or not at all: Parquet with `metadata`
+    in its schema, or CSV with the metadata in `<out name>.fer.json`."""
+    out = Path(out)
+    table = pa.Table.from_pandas(df[table_schema.names], schema=table_schema, preserve_index=False)
+    if output_format(out) == "parquet":
+        table = table.replace_schema_metadata({METADATA_KEY: json.dumps(metadata).encode()})
+        atomic_write(out, lambda tmp: pq.write_table(table, tmp))
+    else:
+        atomic_write(out, lambda tmp: table.to_pandas(types_mapper=_nullable).to_csv(tmp, index=False))
+        atomic_write(metadata_path(out), lambda tmp: Path(tmp).write_text(json.dumps(metadata) + "\n", encoding="utf-8"))
 
 
 def check_keys(df: pd.DataFrame, path, key: str) -> pd.Series:

@@ -29,6 +29,10 @@
   else 1. A second without a face is `NaN;0`: no value, and confidence 0 so that NOVA's
   low-confidence marking flags it. In an `--all-faces` table each face is its own role
   (`face1`) and its own file set (`<clip>.face1.valence.annotation`).
+- Intervals (a table from `fer calibrate apply`, with `valence_lo`, `valence_hi`, `arousal_lo`,
+  `arousal_hi`): ELAN gets a tier per bound after the others (`valence_lo`, ...; values with two
+  decimals, on the -10..10 scale), NOVA a continuous annotation per bound
+  (`<clip>.valence_lo.annotation`, `bound;1`, `NaN;0` without a face).
 
 Clips that failed in `fer annotate` are not in the table; `<table name>.errors.csv` lists them,
 and `export()` reports them instead of failing. Existing files are never replaced unless
@@ -273,16 +277,27 @@ def _plan(table: _Table, to: str, result: ExportResult, videos: Path, out_dir: P
     return planned
 
 
+def _tiers(rows: pd.DataFrame) -> list[str]:
+    """The columns that become ELAN tiers: labels, the expression, the intervals' bounds."""
+    return list(DIMENSIONS) + (["expression"] if "expression" in rows else []) + _bounds(rows)
+
+
+def _bounds(rows: pd.DataFrame) -> list[str]:
+    from ..tables.writers import INTERVAL_COLUMNS
+
+    return list(INTERVAL_COLUMNS) if all(c in rows for c in INTERVAL_COLUMNS) else []
+
+
 def _elan_files(table: _Table, rows: pd.DataFrame) -> dict[str, str]:
     lines = ["\t".join(ELAN_COLUMNS)]
-    tiers = list(DIMENSIONS) + (["expression"] if "expression" in rows else [])
+    tiers = _tiers(rows)
     for person in table.persons(rows):
         face = table.of_face(rows, person).sort_values("_index")
         for tier in tiers:
             name = tier if person is None else f"{tier} (person {person})"
             shown = face[face["_face"] & face[tier].notna()]
             for begin, end, value in zip(shown["_begin"], shown["_end"], shown[tier]):
-                lines.append("\t".join((name, _ms(begin), _ms(end), _elan_text(value))))
+                lines.append("\t".join((name, _ms(begin), _ms(end), _elan_text(value, tier))))
     return {".txt": "\n".join(lines) + "\n"}
 
 
@@ -291,12 +306,12 @@ def _eaf_files(table: _Table, rows: pd.DataFrame, video: str, videos: Path, out_
     import xml.etree.ElementTree as ET
 
     tiers = []  # (tier id, participant, [(begin ms, end ms, text)])
-    names = list(DIMENSIONS) + (["expression"] if "expression" in rows else [])
+    names = _tiers(rows)
     for person in table.persons(rows):
         face = table.of_face(rows, person).sort_values("_index")
         for name in names:
             shown = face[face["_face"] & face[name].notna()]
-            spans = [(_to_ms(b), _to_ms(e), _elan_text(v)) for b, e, v in zip(shown["_begin"], shown["_end"], shown[name])]
+            spans = [(_to_ms(b), _to_ms(e), _elan_text(v, name)) for b, e, v in zip(shown["_begin"], shown["_end"], shown[name])]
             tier = name if person is None else f"{name} (person {person})"
             tiers.append((tier, "" if person is None else f"person {person}", spans))
     slots = {ms: f"ts{i + 1}" for i, ms in enumerate(sorted({t for *_, spans in tiers for b, e, _ in spans for t in (b, e)}))}
@@ -367,7 +382,9 @@ def _ms(seconds: float) -> str:
     return f"{float(seconds):.3f}"
 
 
-def _elan_text(value) -> str:
+def _elan_text(value, tier: str = "") -> str:
+    if tier.endswith(("_lo", "_hi")):  # an interval's bound: a hundredth of a label is plenty
+        return f"{float(value):.2f}"
     if isinstance(value, (int, np.integer)):
         return str(int(value))
     if isinstance(value, (float, np.floating)) and float(value).is_integer():
@@ -391,6 +408,10 @@ def _nova_files(table: _Table, rows: pd.DataFrame) -> dict[str, str]:
             data = _nova_data(face, dim)
             files[f"{prefix}.{dim}.annotation"] = _nova_header(dim, role, rate, len(data))
             files[f"{prefix}.{dim}.annotation~"] = "".join(line + "\n" for line in data)
+        for bound in _bounds(rows):
+            data = _nova_data(face.assign(_bound_conf=1.0), bound, "_bound_conf")
+            files[f"{prefix}.{bound}.annotation"] = _nova_header(bound, role, rate, len(data))
+            files[f"{prefix}.{bound}.annotation~"] = "".join(line + "\n" for line in data)
     return files
 
 
@@ -405,12 +426,13 @@ def _nova_header(dim: str, role: str, rate: float, size: int) -> str:
     )
 
 
-def _nova_data(face: pd.DataFrame, dim: str) -> list[str]:
+def _nova_data(face: pd.DataFrame, dim: str, conf_col: str | None = None) -> list[str]:
     """One `score;confidence` line per sample; rows missing from the table (reindexed to NaN) and
-    faceless rows are `NaN;0`."""
+    faceless rows are `NaN;0`. `dim`: a dimension (its score), or a column of its own (a bound)."""
     score_col = f"{dim}_score" if f"{dim}_score" in face else dim
     scores = face[score_col]
-    conf = face[f"{dim}_conf"] if f"{dim}_conf" in face else pd.Series(np.nan, index=face.index)
+    conf_col = conf_col or f"{dim}_conf"
+    conf = face[conf_col] if conf_col in face else pd.Series(np.nan, index=face.index)
     score_type, conf_type = _float_type(scores), _float_type(conf)
     present = face["_face"].fillna(False).astype(bool)
     lines = []
