@@ -316,3 +316,33 @@ def test_a_foreign_calibration_is_refused_on_one_line(labelled, tmp_path):
         ],
     )
     assert result.exit_code == 2 and "5 labelled clips cannot give 0.95 coverage: at least 19" in result.output
+
+
+def test_annotate_with_a_calibration_writes_the_bounds_calibrate_apply_gives(labelled, tmp_path, lstm_checkpoint):
+    import fercli
+    from fercli.cli import app
+    from fercli.job.contract import AnnotateOptions
+    from fercli.tables.writers import read_table
+
+    root, _, table = labelled
+    runner = CliRunner()
+    cal = tmp_path / "cal.json"
+    argv = ["calibrate", "--truth", str(root / "afew"), "--pred", str(table), "--out", str(cal), "--coverage", "0.8"]
+    assert runner.invoke(app, argv).exit_code == 0
+    applied = tmp_path / "applied.csv"
+    argv = ["calibrate", "apply", str(table), "--calibration", str(cal), "--out", str(applied)]
+    assert runner.invoke(app, argv).exit_code == 0
+    direct = tmp_path / "direct.csv"
+    model = fercli.load_model(lstm_checkpoint, "cpu")
+    options = AnnotateOptions(workers=0, calibration=cal)
+    fercli.annotate([root / "afew"], direct, model=model, device="cpu", options=options)
+    a, b = (read_table(p).sort_values(["video", "second"]).reset_index(drop=True) for p in (applied, direct))
+    bounds = ["valence_lo", "valence_hi", "arousal_lo", "arousal_hi"]
+    pd.testing.assert_frame_equal(a[["video", "second", *bounds]], b[["video", "second", *bounds]], atol=1e-6)
+    meta = json.loads(cal.read_text())
+    foreign = tmp_path / "foreign.json"
+    foreign.write_text(json.dumps({**meta, "model": {**meta["model"], "weights_sha256": "0" * 64}}))
+    with pytest.raises(fercli.FerError, match="foreign.json"):
+        fercli.annotate([root / "afew"], tmp_path / "no.csv", model=model, device="cpu",
+                        options=AnnotateOptions(workers=0, calibration=foreign))
+    assert not (tmp_path / "no.csv").exists()

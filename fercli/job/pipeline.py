@@ -83,12 +83,22 @@ def annotate(
 
 
 def _annotate_into(out, model, options, placement, requested, inputs, clock, emit) -> AnnotateResult:
+    from ..tables.intervals import load_for_run
     from ..tables.writers import TableWriter, write_errors
 
+    metadata, calibration = run_metadata(model, options, placement.device), None
+    if options.calibration is not None:  # refused before any work when made for another model
+        calibration, metadata = load_for_run(options.calibration, metadata, out)
     writer = TableWriter(
-        out, run_metadata(model, options, placement.device), rows=options.rows, all_faces=options.all_faces,
-        resume=options.resume, overwrite=options.overwrite, expressions=has_expressions(model),
-    )  # fmt: skip
+        out,
+        metadata,
+        rows=options.rows,
+        all_faces=options.all_faces,
+        resume=options.resume,
+        overwrite=options.overwrite,
+        expressions=has_expressions(model),
+        intervals=calibration is not None,
+    )
     done = writer.done() if options.resume else set()
     earlier = _earlier_errors(out, inputs.clips) if options.resume else []
     result = AnnotateResult(out, skipped_files=inputs.skipped)
@@ -99,7 +109,7 @@ def _annotate_into(out, model, options, placement, requested, inputs, clock, emi
         else:
             todo.append(clip)
     producer = Producer(model.config, options, placement, timed=is_timed(clock))
-    labeler = Labeler(model, options, placement, todo, lambda done: _store(done, writer, clock, result), emit, clock)
+    labeler = Labeler(model, options, placement, todo, lambda done: _store(done, writer, clock, result, calibration), emit, clock)
     ended = False
     try:
         _run_schedule(todo, labeler, producer, options, placement.device, requested)
@@ -165,8 +175,12 @@ def _unique(clips: list[Clip], result: AnnotateResult) -> Iterator[Clip]:
         yield clip
 
 
-def _store(done: ClipLabelled, writer, clock, result: AnnotateResult) -> None:
+def _store(done: ClipLabelled, writer, clock, result: AnnotateResult, calibration=None) -> None:
+    from ..tables.intervals import with_intervals
+
     vr, rows = done.result, done.rows
+    if rows is not None and calibration is not None:
+        rows = with_intervals(rows, calibration)
     if rows is not None:
         with clock.stage("write"):
             vr.rows = writer.add(vr.video, rows)
