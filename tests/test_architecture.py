@@ -197,6 +197,9 @@ FUNCTION_HOMES = {
     "appearance": "media.people", "crop": "media.faces", "clip_under": "media.inputs", "engine_target": "nets.engines",
     "resolve_device": "core.devices", "resolve_precision": "core.devices", "synchronize": "core.devices",
     "score_tables": "scoring.metrics", "write_scores": "views.plots", "write_metrics": "scoring.metrics",
+    "resolve_decoder": "core.devices", "crop_region": "media.faces", "frame_detections": "media.faces",
+    "face_pixels": "media.people", "input_taps": "media.blazeface", "crop_batch": "media.torchframes",
+    "yuv420_to_rgb": "media.nvdec",
 }  # fmt: skip
 
 

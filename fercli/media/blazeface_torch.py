@@ -53,9 +53,13 @@ def read_graph(data: bytes) -> list[dict]:
 
 
 def _options(tflite, name: str, op) -> dict:
-    kinds = {"CONV_2D": tflite.Conv2DOptions, "DEPTHWISE_CONV_2D": tflite.DepthwiseConv2DOptions,
-             "ADD": tflite.AddOptions, "DEPTH_TO_SPACE": tflite.DepthToSpaceOptions,
-             "RESIZE_BILINEAR": tflite.ResizeBilinearOptions}
+    kinds = {
+        "CONV_2D": tflite.Conv2DOptions,
+        "DEPTHWISE_CONV_2D": tflite.DepthwiseConv2DOptions,
+        "ADD": tflite.AddOptions,
+        "DEPTH_TO_SPACE": tflite.DepthToSpaceOptions,
+        "RESIZE_BILINEAR": tflite.ResizeBilinearOptions,
+    }
     if name not in kinds:
         return {}
     table = op.BuiltinOptions()
@@ -67,8 +71,12 @@ def _options(tflite, name: str, op) -> dict:
         return {"block": o.BlockSize()}
     if name == "RESIZE_BILINEAR":
         return {"align": o.AlignCorners(), "half": o.HalfPixelCenters()}
-    return {"act": o.FusedActivationFunction(), "same": o.Padding() == tflite.Padding.SAME,
-            "stride": (o.StrideH(), o.StrideW()), "dilation": (o.DilationHFactor(), o.DilationWFactor())}
+    return {
+        "act": o.FusedActivationFunction(),
+        "same": o.Padding() == tflite.Padding.SAME,
+        "stride": (o.StrideH(), o.StrideW()),
+        "dilation": (o.DilationHFactor(), o.DilationWFactor()),
+    }
 
 
 def unpacked_tensors(data: bytes) -> tuple[int, dict[int, np.ndarray], dict[int, tuple]]:
@@ -78,8 +86,11 @@ def unpacked_tensors(data: bytes) -> tuple[int, dict[int, np.ndarray], dict[int,
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        net = Interpreter(model_content=data, experimental_preserve_all_tensors=True,
-                          experimental_op_resolver_type=OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES)
+        net = Interpreter(
+            model_content=data,
+            experimental_preserve_all_tensors=True,
+            experimental_op_resolver_type=OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES,
+        )
     net.allocate_tensors()
     first = net.get_input_details()[0]["index"]
     net.set_tensor(first, np.zeros((1, blazeface.INPUT_SIDE, blazeface.INPUT_SIDE, 3), np.float32))
@@ -175,7 +186,9 @@ def to_input_batch(frames: torch.Tensor) -> tuple[torch.Tensor, blazeface.Square
     """`blazeface.to_input` for (N, H, W, 3) uint8 frames of one size, on their device."""
     _, h, w, _ = frames.shape
     square, rows, cols = blazeface.input_taps(w, h)
-    (ry0, ry1, wy0, wy1), (cx0, cx1, wx0, wx1) = ([torch.from_numpy(a).to(frames.device) for a in t] for t in (rows, cols))
+    (ry0, ry1, wy0, wy1), (cx0, cx1, wx0, wx1) = (
+        [torch.from_numpy(a).to(frames.device) for a in t] for t in (rows, cols)
+    )
     wy0, wy1, wx0, wx1 = wy0[:, None, None], wy1[:, None, None], wx0[None, :, None], wx1[None, :, None]
     rows0, rows1 = frames[:, ry0], frames[:, ry1]  # (N, 192, W, 3) each: only the rows the input needs
     top = rows0[:, :, cx0] * wx0 + rows0[:, :, cx1] * wx1

@@ -35,7 +35,9 @@ def crop_batch(frames: torch.Tensor, frame_index, regions, size: int) -> torch.T
     for group in (rows_first, ~rows_first):
         if bool(group.any()):
             g = group.nonzero().squeeze(1)
-            out[g] = _crop_group(frames, index[g], x0[g], x1[g] - x0[g], y0[g], y1[g] - y0[g], size, bool(rows_first[g[0]]))
+            out[g] = _crop_group(
+                frames, index[g], x0[g], x1[g] - x0[g], y0[g], y1[g] - y0[g], size, bool(rows_first[g[0]])
+            )
     return out
 
 
