@@ -252,3 +252,15 @@ def test_nvdec_gives_pyavs_frames_and_times(tmp_path, codec):
         assert [t for b in batches for t in b.time] == want_times
         assert [s for b in batches for s in b.source] == want_sources
         np.testing.assert_array_equal(images.cpu().numpy(), want_images)  # the same YUV, PyAV's conversion
+
+
+def test_nv12_padded_to_a_decoders_surface_converts_the_picture_only(tmp_path):
+    # 1080p decodes into 1088-row surfaces: the chroma rows start after the padding.
+    path = tagged_clip(tmp_path / "clip.mp4", size=(96, 60))
+    with av.open(str(path)) as container:
+        frame = next(container.decode(video=0))
+    nv12 = frame.reformat(format="nv12").to_ndarray()  # (90, 96)
+    padded = np.zeros((96, 128), np.uint8)  # luma 64 rows (60 + 4), chroma 32 rows (30 + 2), 128 wide
+    padded[:60, :96], padded[64:94, :96] = nv12[:60], nv12[60:]
+    got = nvdec.nv12_to_rgb(torch.from_numpy(padded[None]), 60, 96, int(frame.colorspace), False)[0]
+    np.testing.assert_array_equal(got.numpy(), frame.to_ndarray(format="rgb24", interpolation="BICUBIC"))

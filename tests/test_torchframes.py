@@ -137,3 +137,16 @@ def test_the_gpu_paths_crops_and_scores_are_the_cpu_paths(frames, both_paths_fac
             hsemotion_form.frame_scores(hsemotion_form.encode(to_input(c, preprocess))) for c in (cpu_crops, gpu_crops)
         ]
     assert (scores[0] - scores[1]).abs().max() <= SCORE_SHARE * scores[0].std(0).min()
+
+
+@pytest.mark.requires_cuda
+def test_on_the_gpu_crops_and_histograms_are_the_cpus(frames):
+    images = np.stack([frames["moving_1"], frames["half_off_top"]])
+    boxes = boxes_around(np.random.default_rng(9), 640, 360, 10)
+    index = [k % 2 for k in range(len(boxes))]
+    for pre in (Preprocess(), HSEMOTION_CONFIG.preprocess):
+        got = pre.cut_batch(torch.from_numpy(images).cuda(), index, boxes).cpu().numpy()
+        for k, (i, box) in enumerate(zip(index, boxes)):
+            np.testing.assert_array_equal(got[k], pre.cut(images[i], box))
+    hists = colour_histograms(torch.from_numpy(images).cuda()).cpu().numpy()
+    np.testing.assert_array_equal(hists[1], people.colour_histogram(images[1]))

@@ -140,10 +140,12 @@ def yuv420_to_rgb(y: torch.Tensor, u: torch.Tensor, v: torch.Tensor, colorspace:
     return (luma[..., None] + chroma).clamp(0, 255).to(torch.uint8)
 
 
-def nv12_to_rgb(nv12: torch.Tensor, height: int, colorspace: int, full_range: bool) -> torch.Tensor:
-    """(N, height * 3 / 2, W) NV12 frames (the luma rows, then rows of interleaved U, V) -> RGB as `yuv420_to_rgb`."""
-    uv = nv12[:, height : height + height // 2]
-    return yuv420_to_rgb(nv12[:, :height], uv[..., 0::2], uv[..., 1::2], colorspace, full_range)
+def nv12_to_rgb(nv12: torch.Tensor, height: int, width: int, colorspace: int, full_range: bool) -> torch.Tensor:
+    """(N, rows, W') NV12 frames (the luma rows, then half as many rows of interleaved U, V; a
+    decoder may pad both to its surface's size) -> (N, height, width, 3) RGB as `yuv420_to_rgb`."""
+    luma_rows = nv12.shape[1] * 2 // 3
+    uv = nv12[:, luma_rows : luma_rows + height // 2, :width]
+    return yuv420_to_rgb(nv12[:, :height, :width], uv[..., 0::2], uv[..., 1::2], colorspace, full_range)
 
 
 def numbered(frames: Iterable[tuple[float | None, object]], pts: np.ndarray | None) -> Iterator[tuple[int, object]]:
@@ -277,7 +279,7 @@ class DeviceVideo:
         for _, source, nv12 in pending:
             rows.append(distinct.setdefault(source, (len(distinct), nv12))[0])
         stack = torch.stack([nv12 for _, nv12 in distinct.values()])
-        rgb = nv12_to_rgb(stack, p.height, p.colorspace, p.full_range)
+        rgb = nv12_to_rgb(stack, p.height, p.width, p.colorspace, p.full_range)
         if p.turns:
             rgb = torch.rot90(rgb, p.turns, dims=(1, 2))  # np.rot90's direction, as decode turns PyAV's frames
         images = rgb[torch.tensor(rows, device=rgb.device)]
