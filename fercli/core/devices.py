@@ -98,6 +98,7 @@ def _gpu_decoder_import_problem() -> str | None:
 
     # Its import logs several lines at error level where the driver has no video decoding; the reason is ours to give.
     logger = logging.getLogger(GPU_DECODER)
+
     def muted(record):
         return False
 
