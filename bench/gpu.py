@@ -9,6 +9,9 @@ Makes its own media and model, then runs, each step in a process of its own with
 a failed step recorded and the next one run:
 
 - env: torch, CUDA, the GPU, `fer doctor`;
+- gpu_path, gpu_path_pyav: the GPU path end to end (bench/gpu_path.py: NVDEC, the torch detector,
+  device crops, the backbone in bf16; then the same with PyAV decoding and uploads), first, as it is
+  what the run is for (--cpu: PyAV and the CPU, once);
 - tests: the `requires_cuda` tests;
 - speed_fp32, speed_bf16, speed_threads, speed_ray: `fer benchmark speed` on the clips (fp32 and
   bf16 with fer's default worker processes, bf16 with --workers 0, bf16 on `--ray local`);
@@ -49,6 +52,7 @@ STEP_TIMEOUT_S = {"gpu": 240, "cpu": 300}  # one step's limit
 DEADLINE_S = {"gpu": 330, "cpu": 1200}
 TEST_TIMEOUT_S = 75  # one requires_cuda test's limit, where pytest-timeout is installed
 UTILISATION_PERIOD_MS = 200
+GPU_PATH_STREAMS = 4  # decoding threads of the GPU path: NVDEC's throughput stopped growing at 4 decoders
 
 
 def make_media(out: Path, plan: dict) -> dict[str, list[Path]]:
@@ -234,6 +238,13 @@ def main(out: Path, cpu: bool, only: list[str] | None = None, n_clips: int | Non
         command = [sys.executable, "bench/nvdec.py", str(report), *clips_720, "--workers", str(os.cpu_count() if not cpu else 2), "--streams", streams]
         return run_step("nvdec", command, out, timeout(), lambda: json.loads(report.read_text()))
 
+    def gpu_path_step(name: str, decoder: str) -> dict:
+        report = out / f"{name}.json"
+        streams = "1" if cpu else str(GPU_PATH_STREAMS)
+        command = [sys.executable, "bench/gpu_path.py", str(report), *map(str, every), "--model", str(model),
+                   "--device", device, "--decoder", decoder, "--streams", streams, "--precision", "fp32" if cpu else "bf16"]
+        return run_step(name, command, out, timeout(), lambda: json.loads(report.read_text()))
+
     def detector_torch_step() -> dict:
         if importlib.util.find_spec("tflite") is None:
             return {"exit": "skipped", "reason": "the tflite package (the port's graph reader) is not installed"}
@@ -243,6 +254,9 @@ def main(out: Path, cpu: bool, only: list[str] | None = None, n_clips: int | Non
 
     plan = {  # in order of importance, as the deadline may cut the last ones short
         "env": lambda: run_step("env", [sys.executable, "-c", _ENV], out, timeout(), lambda: json.loads((out / "env.log").read_text().splitlines()[-1])),
+        "gpu_path": lambda: gpu_path_step("gpu_path", "cpu" if cpu else "gpu"),
+        "gpu_path_pyav": lambda: ({"exit": "skipped", "reason": "on the CPU, gpu_path already decodes with PyAV"} if cpu
+                                  else gpu_path_step("gpu_path_pyav", "cpu")),
         "doctor": lambda: run_step("doctor", [*fer, "doctor"], out, timeout()),
         "tests": tests_step,
         "speed_all_cores": lambda: speed_step("speed_all_cores"),

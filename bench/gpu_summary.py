@@ -17,6 +17,8 @@ def main(path: str) -> None:
         heads = {k: figures[k] for k in HEADLINE if isinstance(figures, dict) and k in figures}
         gpu = f" gpu {step['gpu_util_mean']:.0f}% mean" if "gpu_util_mean" in step else ""
         print(f"{name}: exit {step['exit']} {step.get('seconds', '')} s{gpu} {heads or ''} {step.get('reason', '')}")
+        if name in ("gpu_path", "gpu_path_pyav") and isinstance(figures, dict):
+            print("   ", json.dumps({k: figures.get(k) for k in ("stage_share", "faces", "clips")})[:1500])
         if name in ("env", "nvdec", "detector", "detector_torch") and figures:
             print("   ", json.dumps(figures)[:1500])
 

@@ -19,6 +19,7 @@ def checks() -> list[tuple[str, str]]:
     found += [
         ("torch CUDA", _guard(_torch_cuda)),
         ("CPU video decoder", _guard(_pyav)),
+        ("GPU video decoder", _guard(_gpu_decoder)),
         ("face detector", _guard(_face_detector)),
         ("weights cache", _guard(_weights)),
     ]
@@ -62,6 +63,18 @@ def _pyav() -> str:
     import av
 
     return f"PyAV {av.__version__} (FFmpeg {av.ffmpeg_version_info})"
+
+
+def _gpu_decoder() -> str:
+    import torch
+
+    from .core.devices import GPU_DECODER, gpu_decoder_problem
+
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    problem = gpu_decoder_problem(device) if device.type == "cuda" else "torch sees no CUDA GPU"
+    if problem is None:
+        return f"{GPU_DECODER} {_version(GPU_DECODER)} (NVDEC): --decoder auto decodes on the GPU with --device cuda"
+    return f"not used: {problem}"
 
 
 def _face_detector() -> str:

@@ -203,6 +203,9 @@ FUNCTION_HOMES = {
     "score_tables": "scoring.metrics", "write_scores": "views.plots", "write_metrics": "scoring.metrics",
     "logits_spread": "core.labels", "difficulty": "tables.intervals", "check_calibration": "tables.intervals",
     "conformal_quantile": "scoring.calibration",
+    "resolve_decoder": "core.devices", "crop_region": "media.faces", "frame_detections": "media.faces",
+    "face_pixels": "media.people", "input_taps": "media.blazeface", "crop_batch": "media.torchframes",
+    "yuv420_to_rgb": "media.nvdec",
 }  # fmt: skip
 
 

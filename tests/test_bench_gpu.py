@@ -30,7 +30,7 @@ def test_every_step_ran_and_says_so(report):
     failed = {name: (out / f"{name}.log").read_text()[-1500:] for name, step in result["steps"].items() if step["exit"] not in (0, "skipped")}
     assert not failed, failed
     assert set(result["steps"]) == {"env", "doctor", "tests", "speed_fp32", "speed_bf16", "speed_threads", "speed_ray", "speed_all_cores", "nvdec", "detector",
-                                    "detector_torch", "train"}
+                                    "detector_torch", "train", "gpu_path", "gpu_path_pyav"}
 
 
 def test_speed_figures_count_the_frames_the_clips_hold(report):
@@ -57,6 +57,20 @@ def test_decoding_alone_counts_the_frames_the_clips_hold(report):
     assert pyav["kind"] == "pyav" and not pyav["errors"]
     assert pyav["decoded_frames"] == frames
     assert pyav["decoded_fps"] == pytest.approx(frames / pyav["seconds"], rel=1e-3)
+
+
+def test_the_gpu_path_counts_the_frames_and_samples_the_clips_hold(report):
+    out, result = report
+    counts = []
+    for clip in sorted((out / "work").glob("240p_*.mp4")):
+        with av.open(str(clip)) as container:
+            counts.append(sum(1 for _ in container.decode(video=0)))
+    figures = result["steps"]["gpu_path"]["figures"]
+    assert figures["decoded_frames"] == sum(counts)
+    assert figures["sampled_frames"] == sum(n // 5 for n in counts)  # 25 frames/s clips, 5 samples/s
+    assert figures["decoded_fps"] == pytest.approx(sum(counts) / figures["end_to_end_s"], rel=1e-2)
+    assert figures["crops_encoded"] == figures["faces"] > 0
+    assert {c["decoder"] for c in figures["clips"]} == {"cpu"} and result["steps"]["gpu_path_pyav"]["exit"] == "skipped"
 
 
 def test_training_ran_two_timed_epochs(report):

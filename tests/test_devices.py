@@ -1,3 +1,5 @@
+import sys
+
 import pytest
 import torch
 
@@ -66,3 +68,56 @@ def test_synchronize_waits_for_the_gpu_it_is_given_not_the_current_one(monkeypat
     devices.synchronize(torch.device("cuda", 1))
     devices.synchronize(torch.device("cpu"))  # nothing queued to wait for
     assert waited == [torch.device("cuda", 1)]
+
+
+# -- --decoder --------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def gpu_decoder(tmp_path, monkeypatch):
+    """A stand-in PyNvVideoCodec on sys.path: `write(body)` gives it the module body to import."""
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delitem(sys.modules, devices.GPU_DECODER, raising=False)
+
+    def write(body: str) -> None:
+        (tmp_path / f"{devices.GPU_DECODER}.py").write_text(body)
+
+    return write
+
+
+def test_the_cpu_decoder_is_always_there_and_auto_needs_a_gpu_model():
+    assert devices.resolve_decoder("cpu", torch.device("cuda")) == "cpu"
+    assert devices.resolve_decoder("auto", torch.device("cpu")) == "cpu"
+    with pytest.raises(FerError, match="--decoder gpu: the model runs on the CPU"):
+        devices.resolve_decoder("gpu", torch.device("cpu"))
+    with pytest.raises(FerError, match="--decoder must be auto, cpu or gpu, not 'nvdec'"):
+        devices.resolve_decoder("nvdec", torch.device("cpu"))
+
+
+def test_without_the_gpu_extra_auto_decodes_on_the_cpu_and_gpu_says_how_to_install_it(monkeypatch):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    hidden = lambda name, *a: None if name == devices.GPU_DECODER else real(name, *a)  # noqa: E731
+    monkeypatch.setattr(importlib.util, "find_spec", hidden)
+    assert devices.resolve_decoder("auto", torch.device("cuda")) == "cpu"
+    with pytest.raises(FerError, match=r"PyNvVideoCodec is not installed \(pip install 'fercli\[gpu\]'\)"):
+        devices.resolve_decoder("gpu", torch.device("cuda"))
+
+
+def test_a_gpu_decoder_that_cannot_start_is_one_quiet_line(gpu_decoder, caplog):
+    # PyNvVideoCodec logs its troubleshooting at error level, then raises, where the driver lacks NVDEC.
+    reason = "libnvidia-encode.so.1: cannot open shared object file"
+    gpu_decoder("import logging\nlogging.getLogger(__name__).error('Error importing PyNvVideoCodec')\n"
+                f"raise RuntimeError('{reason}\\n\\n=== TROUBLESHOOTING ===')\n")
+    assert devices.resolve_decoder("auto", torch.device("cuda")) == "cpu"
+    with pytest.raises(FerError) as error:
+        devices.resolve_decoder("gpu", torch.device("cuda"))
+    assert str(error.value) == f"--decoder gpu: PyNvVideoCodec cannot start ({reason})"
+    assert not [r for r in caplog.records if r.name == devices.GPU_DECODER]
+
+
+def test_auto_decodes_on_the_gpu_where_the_decoder_starts(gpu_decoder):
+    gpu_decoder("__version__ = '2.2.4'\n")
+    assert devices.resolve_decoder("auto", torch.device("cuda")) == "gpu"
+    assert devices.resolve_decoder("gpu", torch.device("cuda", 1)) == "gpu"

@@ -35,3 +35,17 @@ def test_a_damaged_model_file_is_reported_not_verified(tmp_path, monkeypatch):
     monkeypatch.setattr(blazeface, "MODEL_FILE", bad)
     row = findings()["face detector"]
     assert row.startswith("error:") and "damaged" in row and str(bad) in row
+
+
+def test_the_gpu_decoder_row_says_why_it_is_not_used(monkeypatch):
+    import importlib.util
+
+    import torch
+
+    assert findings()["GPU video decoder"] == ("not used: torch sees no CUDA GPU" if not torch.cuda.is_available()
+                                               else doctor._gpu_decoder())
+    real = importlib.util.find_spec
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    hidden = lambda name, *a: None if name == "PyNvVideoCodec" else real(name, *a)  # noqa: E731
+    monkeypatch.setattr(importlib.util, "find_spec", hidden)
+    assert doctor._gpu_decoder() == "not used: PyNvVideoCodec is not installed (pip install 'fercli[gpu]')"

@@ -113,6 +113,17 @@ def test_hsemotion_input_matches_torchvision_transforms_on_the_tight_box():
     assert (square - reference).abs().mean() > 0.1
 
 
+@pytest.mark.parametrize("pre", [Preprocess(size=112, margin=0.3), HSEMOTION_CONFIG.preprocess], ids=["square", "box"])
+def test_cut_batch_is_cut_on_a_torch_device(pre):
+    import media
+
+    frames = np.stack([media.scene(320, 240, [(100, 40, 150)], seed=s) for s in (0, 1)])
+    boxes = [(120.4, 60.2, 210.9, 170.5), (-20.0, 150.0, 60.0, 260.0), (0.0, 0.0, 320.0, 240.0)]
+    got = pre.cut_batch(torch.from_numpy(frames), [0, 1, 1], boxes).numpy()
+    for crop, i, box in zip(got, [0, 1, 1], boxes):
+        np.testing.assert_array_equal(crop, pre.cut(frames[i], box))
+
+
 def test_to_input_normalises_with_imagenet_stats():
     crops = torch.randint(0, 256, (2, 8, 8, 3), dtype=torch.uint8)
     x = to_input(crops.numpy(), Preprocess())

@@ -1,4 +1,5 @@
-"""Where the model runs and in what precision: the --device and --precision rules, in one place."""
+"""Where the model runs, in what precision, and where clips are decoded: the --device, --precision
+and --decoder rules, in one place."""
 
 from __future__ import annotations
 
@@ -66,3 +67,63 @@ def resolve_device(device):
         if index >= count:
             raise FerError(f"--device {device}: torch sees {count} CUDA GPU(s), cuda:0 to cuda:{count - 1}")
     return torch.device(device)
+
+
+DECODERS = ("auto", "cpu", "gpu")
+GPU_DECODER = "PyNvVideoCodec"  # NVIDIA's NVDEC bindings: the `gpu` extra
+
+
+def check_decoder(decoder: str) -> None:
+    """FerError unless `decoder` is one of DECODERS."""
+    if decoder not in DECODERS:
+        raise FerError(f"--decoder must be auto, cpu or gpu, not {decoder!r}")
+
+
+def gpu_decoder_problem(device) -> str | None:
+    """Why clips cannot be decoded on the GPU for a model on `device` (a torch.device), or None when they can."""
+    import importlib.util
+
+    if device.type != "cuda":
+        return "the model runs on the CPU (frames decoded on a GPU are for a model on that GPU)"
+    if importlib.util.find_spec(GPU_DECODER) is None:
+        return f"{GPU_DECODER} is not installed (pip install 'fercli[gpu]')"
+    return _gpu_decoder_import_problem()
+
+
+def _gpu_decoder_import_problem() -> str | None:
+    import importlib
+    import logging
+
+    from .errors import first_line
+
+    # Its import logs several lines at error level where the driver has no video decoding; the reason is ours to give.
+    logger = logging.getLogger(GPU_DECODER)
+
+    def muted(record):
+        return False
+
+    logger.addFilter(muted)
+    try:
+        importlib.import_module(GPU_DECODER)
+    except Exception as error:  # a missing driver library, an old driver: a finding, not a crash
+        return f"{GPU_DECODER} cannot start ({first_line(error)})"
+    finally:
+        logger.removeFilter(muted)
+    return None
+
+
+def resolve_decoder(decoder: str, device) -> str:
+    """Where clips are decoded, "cpu" or "gpu", for --decoder and the model's resolved `device`.
+
+    auto: on the GPU where the model runs on a CUDA GPU and the GPU decoder is installed and starts;
+    gpu: the same, or a FerError saying why not; cpu: PyAV on the CPU.
+    """
+    check_decoder(decoder)
+    if decoder == "cpu":
+        return "cpu"
+    problem = gpu_decoder_problem(device)
+    if problem is None:
+        return "gpu"
+    if decoder == "gpu":
+        raise FerError(f"--decoder gpu: {problem}")
+    return "cpu"

@@ -102,15 +102,21 @@ def to_input(image: np.ndarray) -> tuple[np.ndarray, Square]:
     warp ran on the uint8 frame.
     """
     h, w = image.shape[:2]
-    square = Square.around(w, h)
-    step = square.side / INPUT_SIDE
-    (ry0, ry1, wy0, wy1), (cx0, cx1, wx0, wx1) = _taps(square.y0, step, h), _taps(square.x0, step, w)
+    square, (ry0, ry1, wy0, wy1), (cx0, cx1, wx0, wx1) = input_taps(w, h)
     wy0, wy1, wx0, wx1 = wy0[:, None, None], wy1[:, None, None], wx0[None, :, None], wx1[None, :, None]
     rows0, rows1 = image[ry0], image[ry1]  # (192, w, 3) each: only the rows the input needs
     top = rows0[:, cx0] * wx0 + rows0[:, cx1] * wx1
     bottom = rows1[:, cx0] * wx0 + rows1[:, cx1] * wx1
     value = np.rint(top * wy0 + bottom * wy1)
     return (value * (2.0 / 255.0) - 1.0).astype(np.float32), square
+
+
+def input_taps(width: int, height: int) -> tuple[Square, tuple, tuple]:
+    """The input's sampling of a width x height frame: its square, then the rows' and the columns'
+    (neighbour below, neighbour above, their weights), each an array of INPUT_SIDE."""
+    square = Square.around(width, height)
+    step = square.side / INPUT_SIDE
+    return square, _taps(square.y0, step, height), _taps(square.x0, step, width)
 
 
 def _taps(start: float, step: float, size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:

@@ -61,7 +61,7 @@ class VideoInfo:
     last_start: float  # s: when the last frame starts, from the first frame (decides the rows)
     width: int  # px
     height: int  # px
-    decoder: str  # "cpu" or "images"
+    decoder: str  # "cpu", "images", or "gpu" (media.nvdec)
     by_index: bool = False  # True: the file's timestamps are unusable, frame i starts at i / fps
 
 
@@ -100,6 +100,12 @@ class VideoSource:
     def starts(self) -> np.ndarray:
         """Each frame's start (s from the first frame), in display order: decode's rule for a file's time."""
         return self._reader.starts
+
+    @property
+    def pts(self) -> np.ndarray | None:
+        """Each frame's pts in the stream's ticks, in display order; None for a folder of frames or
+        a file whose timestamps are unusable (its frames are numbered by order)."""
+        return getattr(self._reader, "pts", None)
 
     def sample(self, fps: float) -> Iterator[Frame]:
         """Yield the frame on screen at t = k / fps for k = 0, 1, ... while t < duration.
@@ -246,6 +252,7 @@ class _PyAVReader:
         # Valid timestamps place each decoded frame by its pts (a frame the decoder drops does
         # not shift the rest); without them (AVI, MPEG-4 part 2 with B-frames) the count does.
         self._by_pts = {int(p): i for i, p in enumerate(pts)} if valid else {}
+        self.pts = pts if valid else None
         self._ahead = None  # a frame decoded past the one asked for, kept for the next ask
         height, width = self._first_shape()
         last_start = round(float(self.starts[-1]), 6)

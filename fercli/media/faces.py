@@ -57,12 +57,7 @@ class FaceDetector:
         """All faces in an RGB uint8 image, largest first, boxes clipped to the frame."""
         h, w = image.shape[:2]
         boxes, scores = self._net(np.ascontiguousarray(image), self.min_score)
-        found = []
-        for (x0, y0, x1, y1), score in zip(boxes.tolist(), scores.tolist()):
-            box = (max(0.0, x0), max(0.0, y0), min(float(w), x1), min(float(h), y1))
-            if box[2] > box[0] and box[3] > box[1]:
-                found.append(Detection(box, score))
-        return sorted(found, key=lambda d: d.area, reverse=True)
+        return frame_detections(boxes, scores, w, h)
 
     def close(self) -> None:
         self._net = None
@@ -72,6 +67,17 @@ class FaceDetector:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def frame_detections(boxes, scores, width: int, height: int) -> list[Detection]:
+    """A frame's faces as fer gives them, from the detector's boxes (x0, y0, x1, y1 frame pixels)
+    and scores: boxes clipped to the frame, empty ones dropped, largest first."""
+    found = []
+    for (x0, y0, x1, y1), score in zip(np.asarray(boxes).tolist(), np.asarray(scores).tolist()):
+        box = (max(0.0, x0), max(0.0, y0), min(float(width), x1), min(float(height), y1))
+        if box[2] > box[0] and box[3] > box[1]:
+            found.append(Detection(box, score))
+    return sorted(found, key=lambda d: d.area, reverse=True)
 
 
 @contextmanager
@@ -232,6 +238,16 @@ def crop(image: np.ndarray, box: Box, size: int, margin: float = 0.0, square: bo
     return np.asarray(Image.fromarray(region).resize((size, size), Image.BILINEAR))
 
 
+def crop_region(box: Box, width: int, height: int, margin: float = 0.0, square: bool = True) -> tuple[int, int, int, int]:
+    """The pixels `crop` resizes, x0, y0, x1, y1 (whole pixels; a square may reach outside the
+    frame, where it is black) for a face at `box` in a width x height frame."""
+    if square:
+        return square_box(box, margin)
+    if margin:
+        raise ValueError("a tight box crop takes no margin")
+    return box_pixels(box, width, height)
+
+
 def _square_region(image: np.ndarray, box: Box, margin: float) -> np.ndarray:
     x0, y0, x1, y1 = square_box(box, margin)
     h, w = image.shape[:2]
@@ -244,8 +260,14 @@ def _square_region(image: np.ndarray, box: Box, margin: float) -> np.ndarray:
 
 
 def _box_region(image: np.ndarray, box: Box) -> np.ndarray:
-    # Whole pixels, as a detector's integer box indexes the frame; at least one pixel each way.
     h, w = image.shape[:2]
-    x0, y0 = min(max(round(box[0]), 0), w - 1), min(max(round(box[1]), 0), h - 1)
-    x1, y1 = max(min(round(box[2]), w), x0 + 1), max(min(round(box[3]), h), y0 + 1)
+    x0, y0, x1, y1 = box_pixels(box, w, h)
     return np.ascontiguousarray(image[y0:y1, x0:x1])
+
+
+def box_pixels(box: Box, width: int, height: int) -> tuple[int, int, int, int]:
+    """The tight crop's pixels: the box rounded to whole pixels inside the frame, at least one each way."""
+    # Whole pixels, as a detector's integer box indexes the frame.
+    x0, y0 = min(max(round(box[0]), 0), width - 1), min(max(round(box[1]), 0), height - 1)
+    x1, y1 = max(min(round(box[2]), width), x0 + 1), max(min(round(box[3]), height), y0 + 1)
+    return x0, y0, x1, y1

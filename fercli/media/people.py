@@ -56,7 +56,11 @@ class ShotCuts:
         self._last: np.ndarray | None = None
 
     def __call__(self, image: np.ndarray) -> bool:
-        hist = colour_histogram(image)
+        return self.after(colour_histogram(image))
+
+    def after(self, hist: np.ndarray) -> bool:
+        """The same for a frame given by its `colour_histogram` (made where the frame is, a GPU's included)."""
+        hist = np.asarray(hist, dtype=np.float64)
         cut = self._last is not None and 0.5 * float(np.abs(hist - self._last).sum()) > self.threshold
         self._last = hist
         return cut
@@ -123,9 +127,14 @@ class Tracks:
 
 def _crop(image: np.ndarray, box) -> np.ndarray:
     """The pixels of `box` (x0, y0, x1, y1), clipped to the image, at least one."""
-    h, w = image.shape[:2]
-    x0, y0 = min(max(int(box[0]), 0), w - 1), min(max(int(box[1]), 0), h - 1)
-    return image[y0 : max(min(round(box[3]), h), y0 + 1), x0 : max(min(round(box[2]), w), x0 + 1)]
+    x0, y0, x1, y1 = face_pixels(box, image.shape[1], image.shape[0])
+    return image[y0:y1, x0:x1]
+
+
+def face_pixels(box, width: int, height: int) -> tuple[int, int, int, int]:
+    """The whole pixels x0, y0, x1, y1 of a face box that its colours and descriptor are made from."""
+    x0, y0 = min(max(int(box[0]), 0), width - 1), min(max(int(box[1]), 0), height - 1)
+    return x0, y0, max(min(round(box[2]), width), x0 + 1), max(min(round(box[3]), height), y0 + 1)
 
 
 @dataclass

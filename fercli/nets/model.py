@@ -80,6 +80,18 @@ class Preprocess:
             return crop(image, (0.0, 0.0, float(w), float(h)), self.size, 0.0, square=False)
         return crop(image, box, self.size, self.margin if self.crop == "square" else 0.0, square=self.crop == "square")
 
+    def cut_batch(self, frames: torch.Tensor, frame_index, boxes) -> torch.Tensor:
+        """`cut` for many faces of (N, H, W, 3) uint8 frames on a torch device, without leaving it:
+        (M, size, size, 3) uint8, crop m of `frames[frame_index[m]]` at `boxes[m]` (pixels), equal to `cut`'s."""
+        from ..media.faces import crop_region
+        from ..media.torchframes import crop_batch
+
+        h, w = frames.shape[1:3]
+        square = self.crop == "square"
+        margin = self.margin if square else 0.0
+        regions = [crop_region(tuple(box), w, h, margin, square) for box in boxes]
+        return crop_batch(frames, frame_index, regions, self.size)
+
 
 
 
