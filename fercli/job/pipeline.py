@@ -77,7 +77,7 @@ def annotate(
         name = str(model)
         on_bytes = lambda done, total: emit(ProgressEvent("download", name, done, total or 0))  # noqa: E731
         model = load_placed(model, placement, on_bytes)
-    options = replace(options, engine=engine, precision=placement.precision)
+    options = replace(options, engine=engine, precision=placement.precision, decoder=_decoder(options, placement))
     with OutputLock(out):  # one run at a time writes `out`, its parts and its errors file
         return _annotate_into(out, model, options, placement, requested, inputs, clock, emit)
 
@@ -108,7 +108,7 @@ def _annotate_into(out, model, options, placement, requested, inputs, clock, emi
             result.videos.append(VideoResult(clip.name, resumed=True))
         else:
             todo.append(clip)
-    producer = Producer(model.config, options, placement, timed=is_timed(clock))
+    producer = make_producer(model.config, options, placement, is_timed(clock))
     labeler = Labeler(model, options, placement, todo, lambda done: _store(done, writer, clock, result, calibration), emit, clock)
     ended = False
     try:
@@ -140,6 +140,27 @@ def _earlier_errors(out: Path, clips) -> list[tuple[str, str]]:
         return []
 
 
+def _decoder(options: AnnotateOptions, placement) -> str:
+    """--decoder settled for the run's device: "gpu" only where the model runs on a GPU that decodes."""
+    from ..core.devices import check_decoder, resolve_decoder
+
+    check_decoder(options.decoder)
+    if options.ray or options.per_frame:  # Ray's decode tasks and per-frame rows read on the CPU
+        if options.decoder == "gpu":
+            raise FerError(f"--decoder gpu: not with {'--ray' if options.ray else '--per-frame'} (use --decoder auto or cpu)")
+        return "cpu"
+    return resolve_decoder(options.decoder, placement.device)
+
+
+def make_producer(config, options: AnnotateOptions, placement, timed: bool = False) -> Producer:
+    """The run's producer: on the model's GPU where clips are decoded there, else on the CPU."""
+    if options.decoder == "gpu":
+        from .devicepath import DeviceProducer, device_detector_for
+
+        return DeviceProducer(config, options, placement, timed, detector=device_detector_for(placement))
+    return Producer(config, options, placement, timed)
+
+
 def _run_schedule(clips, labeler, producer, options: AnnotateOptions, device, requested) -> None:
     """Run the producers where the options say: Ray, worker processes, or a thread beside the model.
 
@@ -152,7 +173,7 @@ def _run_schedule(clips, labeler, producer, options: AnnotateOptions, device, re
         from .cluster import run_on_ray
 
         run_on_ray(clips, labeler, producer, requested=str(requested or device.type))
-    elif n := workers(options, device, len(clips)):
+    elif options.decoder != "gpu" and (n := workers(options, device, len(clips))):
         run_in_workers(clips, labeler, producer, n)
     else:
         run_in_thread(clips, labeler, producer)
@@ -213,6 +234,7 @@ def run_metadata(model, options: AnnotateOptions, device) -> dict:
         "per_sample": options.per_sample,
         "all_faces": options.all_faces,
         "precision": options.precision,
+        "decoder": options.decoder,
         "engine": _engine_version(engine_of(model)),
         "frames_fps": options.frames_fps,
         "preprocess": cfg.to_dict()["preprocess"],

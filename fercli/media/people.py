@@ -110,18 +110,30 @@ class Tracks:
     _next: int = 0
 
     def update(self, time: float, image: np.ndarray, detections: list[Detection]) -> dict[int, tuple]:
-        if self.shots(image):
+        """{track id: (detection, descriptor)} for a sampled frame and its detections."""
+        return self.update_seen(
+            time,
+            colour_histogram(image),
+            detections,
+            lambda det: colour_histogram(_crop(image, det.box), step=1),
+            lambda det: appearance(image, det.box),
+        )
+
+    def update_seen(self, time: float, frame_colours, detections: list[Detection], face_colours, describe) -> dict:
+        """`update` from what was measured where the frame is (a GPU's included): the frame's
+        `colour_histogram`, and callables giving a detection's face colours and descriptor."""
+        if self.shots.after(frame_colours):
             self.cuts.append(time)
             self.tracker.tracks = {}  # box overlap never links two shots; ids go on counting
             self._ids, self._faces = {}, {}
         out = {}
         for t, det in self.tracker.update(time, detections).items():
-            colours = colour_histogram(_crop(image, det.box), step=1)
+            colours = np.asarray(face_colours(det), dtype=np.float64)
             last = self._faces.get(t)
             if last is None or 0.5 * float(np.abs(colours - last).sum()) > FACE_CUT_DISTANCE:
                 self._ids[t], self._next = self._next, self._next + 1  # a new face at this place
             self._faces[t] = colours
-            out[self._ids[t]] = (det, appearance(image, det.box).astype(np.float32))
+            out[self._ids[t]] = (det, np.asarray(describe(det), dtype=np.float32))
         return dict(sorted(out.items()))
 
 
