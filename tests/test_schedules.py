@@ -7,6 +7,7 @@ import os
 import shutil
 import signal
 
+import numpy as np
 import pandas as pd
 import pytest
 from conftest import within
@@ -163,3 +164,26 @@ def test_a_producer_that_hangs_is_given_up_on_and_the_batch_ends(batch, lstm_che
     assert "stopped making progress (nothing for 3 s)" in result.failed[0].error and "twice" in result.failed[0].error
     assert list(pd.read_csv(result.errors_file).video) == [stalls.STUCK]
     same_rows(read_table(out), clean[clean.video.isin(["c0.mp4", "c1.mp4"])])
+
+
+def test_several_producer_threads_give_the_rows_of_one(batch, lstm_checkpoint, clean, tmp_path):
+    # The device path runs a producer thread per decoder; the rows must not depend on how many.
+    from fercli.job import schedules
+    from fercli.job.pipeline import make_producer
+    from fercli.job.stages import Labeler
+    from fercli.media.inputs import find_clips
+    from fercli.nets.engines import place
+
+    model = fercli.load_model(lstm_checkpoint, "cpu")
+    placement = place("torch", "cpu", "fp32")
+    options = AnnotateOptions(workers=0, precision="fp32")
+    clips = find_clips([batch]).clips
+    done = []
+    labeler = Labeler(model, options, placement, clips, done.append, lambda event: None)
+    schedules.run_in_thread(clips, labeler, make_producer(model.config, options, placement), threads=3)
+    assert sorted(d.result.video for d in done) == sorted(c.name for c in clips) and not any(d.result.error for d in done)
+    rows = pd.DataFrame([{"video": d.result.video, **row} for d in done for row in d.rows])
+    for column in ("valence", "arousal", "valence_score", "arousal_score", "face"):
+        merged = rows.merge(clean, on=["video", "second"], suffixes=("", "_clean"))
+        assert len(merged) == len(clean)
+        np.testing.assert_allclose(merged[column].astype(float), merged[f"{column}_clean"].astype(float), atol=1e-5)

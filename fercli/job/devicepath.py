@@ -17,6 +17,10 @@ from .events import Sample
 from .stages import NO_CLOCK, Producer
 
 
+# Producer threads (NVDEC sessions) at once: an H100 has 7 NVDEC engines; to be set by measurement.
+PRODUCER_THREADS = 4
+
+
 @dataclass
 class _Seen:
     """One sample of a device batch: the frame at `row` of `batch.images` and its faces."""

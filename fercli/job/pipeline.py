@@ -173,7 +173,11 @@ def _run_schedule(clips, labeler, producer, options: AnnotateOptions, device, re
         from .cluster import run_on_ray
 
         run_on_ray(clips, labeler, producer, requested=str(requested or device.type))
-    elif options.decoder != "gpu" and (n := workers(options, device, len(clips))):
+    elif options.decoder == "gpu":  # CUDA work stays in this process: a thread per NVDEC session
+        from .devicepath import PRODUCER_THREADS
+
+        run_in_thread(clips, labeler, producer, min(PRODUCER_THREADS, len(clips)))
+    elif n := workers(options, device, len(clips)):
         run_in_workers(clips, labeler, producer, n)
     else:
         run_in_thread(clips, labeler, producer)

@@ -50,24 +50,24 @@ class _Retries:
 # -- a thread beside the model ---------------------------------------------------------------
 
 
-def run_in_thread(clips: list[Clip], labeler: Labeler, producer: Producer) -> None:
-    """Decode and detect in a thread while this one runs the model, so the stages overlap.
+def run_in_thread(clips: list[Clip], labeler: Labeler, producer: Producer, threads: int = 1) -> None:
+    """Decode and detect in `threads` producer threads while this one runs the model, so the
+    stages overlap (PyAV, LiteRT, NVDEC and torch release the GIL in their native code).
 
-    PyAV, LiteRT and torch release the GIL in their native code. A thread that stops making
-    progress cannot be killed: it is left behind (a daemon) and a fresh one takes the clips after.
+    A thread that stops making progress cannot be killed: it is left behind (a daemon, whose late
+    events reach nobody) and a fresh one takes its clip again and the clips after.
     """
     todo = deque(range(len(clips)))
-    feed(_thread_events(clips, todo, producer), labeler)
+    feed(_thread_events(clips, todo, producer, max(1, threads)), labeler)
 
 
 class _ProducerThread:
-    """One producer in a daemon thread, with its own queue: a stuck one's late events reach nobody."""
+    """One producer in a daemon thread, taking clips from the shared `todo` until none is left."""
 
-    def __init__(self, clips: list[Clip], todo: deque, producer: Producer):
-        import queue
+    def __init__(self, clips: list[Clip], todo: deque, producer: Producer, events):
         import threading
 
-        self.events: queue.Queue = queue.Queue(maxsize=QUEUE_EVENTS)
+        self.events = events  # shared by the run's threads: (thread, event) pairs
         self.stop = threading.Event()
         self.watch = ClipWatch()
         self.clips, self.todo, self.producer = clips, todo, producer
@@ -88,7 +88,7 @@ class _ProducerThread:
 
         while not self.stop.is_set():
             try:
-                self.events.put(event, timeout=POLL_S)
+                self.events.put((self, event), timeout=POLL_S)
                 return
             except queue.Full:
                 pass
@@ -110,36 +110,47 @@ class _ProducerThread:
         self.thread.join(timeout=STOP_JOIN_S)
 
 
-def _thread_events(clips: list[Clip], todo: deque, producer: Producer):
-    """Events from producer threads until every clip is done; a stalled thread is replaced."""
+def _thread_events(clips: list[Clip], todo: deque, producer: Producer, n: int):
+    """Events from producer threads until each has said it is done; a stalled one is replaced."""
     import queue
 
+    events: queue.Queue = queue.Queue(maxsize=QUEUE_EVENTS * n)
     retries = _Retries(clips)
-    current = _ProducerThread(clips, todo, producer)
+    live = [_ProducerThread(clips, todo, producer, events) for _ in range(n)]
     try:
-        while True:
+        while live:
             try:
-                event = current.events.get(timeout=POLL_S)
+                thread, event = events.get(timeout=POLL_S)
             except queue.Empty:
-                if current.watch.stalled:
-                    key = current.watch.key
-                    current.stop.set()  # if it ever wakes, it stops at its next event
-                    yield ClipLost(key)
-                    failure = retries.lost(key, current.watch.why())
-                    if failure is None:
-                        todo.appendleft(key)
-                    else:
-                        yield failure
-                    current = _ProducerThread(clips, todo, producer)
-                elif not current.thread.is_alive() and current.events.empty():
+                yield from _stalled_threads(live, clips, todo, producer, events, retries)
+                if not any(t.thread.is_alive() for t in live) and events.empty():
                     raise FerError("the decoding thread ended unexpectedly") from None
                 continue
-            current.watch.heard(event)
+            if thread not in live:  # left behind: it woke up, but its clip went to another
+                continue
+            thread.watch.heard(event)
+            if isinstance(event, ProducerDone):
+                live.remove(thread)
+                continue
             yield event
-            if isinstance(event, (ProducerDone, ProducerCrashed)):
-                return
-    finally:  # also on Ctrl-C or a model error: stop the producer before returning
-        current.close()
+    finally:  # also on Ctrl-C or a model error: stop the producers before returning
+        for thread in live:
+            thread.close()
+
+
+def _stalled_threads(live: list, clips, todo: deque, producer: Producer, events, retries: _Retries):
+    """Leave behind each thread that stopped making progress; its clip is retried or fails."""
+    for thread in [t for t in live if t.watch.stalled]:
+        key = thread.watch.key
+        thread.stop.set()  # if it ever wakes, it stops at its next event
+        live.remove(thread)
+        yield ClipLost(key)
+        failure = retries.lost(key, thread.watch.why())
+        if failure is None:
+            todo.appendleft(key)
+        else:
+            yield failure
+        live.append(_ProducerThread(clips, todo, producer, events))
 
 
 # -- worker processes ------------------------------------------------------------------------
