@@ -123,10 +123,10 @@ def read_table(path: str | Path, require=()) -> pd.DataFrame:
 
 def _read(path: Path, require) -> pd.DataFrame:
     if output_format(path) == "parquet":
-        df = _renamed(pq.read_table(path).to_pandas(types_mapper=_nullable))
+        df = pq.read_table(path).to_pandas(types_mapper=_nullable)
         check_table(df, path, require)
         return df
-    df = _renamed(pd.read_csv(path, dtype={"video": str, "expression": str}))  # an all-null column is no float
+    df = pd.read_csv(path, dtype={"video": str, "expression": str})  # an all-null column is no float
     check_table(df, path, require)
     for col in ("valence", "arousal", "person", "people"):
         if col in df:
@@ -135,13 +135,6 @@ def _read(path: Path, require) -> pd.DataFrame:
                 row = int((df[col] != df[col].round()).to_numpy().argmax())
                 raise DataError(f"{path}: column {col} holds {df[col].iloc[row]!r} (row {row + 1}) where a whole number belongs")
             df[col] = df[col].astype("Int64")
-    return df
-
-
-def _renamed(df: pd.DataFrame) -> pd.DataFrame:
-    # Tables of fer 0.1 called the person column `face_id` (a track, which did not survive cuts).
-    if "face_id" in df and "person" not in df:
-        df = df.rename(columns={"face_id": "person"})
     return df
 
 
