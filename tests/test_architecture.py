@@ -124,7 +124,14 @@ def test_nothing_imports_the_program():
 
 
 # Modules tested through another module's tests, and where.
-TESTED_IN = {"job.contract": "test_pipeline.py", "job.stages": "test_pipeline.py", "scoring.compare": "test_loop.py"}
+TESTED_IN = {
+    "job.contract": "test_pipeline.py",
+    "job.stages": "test_pipeline.py",
+    "scoring.compare": "test_loop.py",
+    "training.options": "test_loop.py",
+    "training.resume": "test_loop.py",
+    "training.records": "test_loop.py",
+}
 
 
 @pytest.mark.parametrize("module", MODULES)

@@ -10,7 +10,7 @@ Two levels, both scored by `metrics.score`, so every metric means what it means 
   the frame scores of the window's face samples, over windows of the default T (5) so it is
   scored on the very windows an LSTM is; its class is that mean rounded.
 - Per second, what users get: the real `fer annotate` on the part's clip folders, read as image
-  sequences at `frames_fps`, against `metrics.load_truth` of the same clips.
+  sequences at `frames_fps`, against `truth.load_truth` of the same clips.
 
 Which part: the split the checkpoint was trained with. `best.pt` records the split's kind and
 seed but not its ratios, a split file's lists, nor the stride, so the run folder's `split.json`
@@ -40,6 +40,7 @@ import pandas as pd
 from ..core.errors import DataError, FerError, WeightsError
 from ..core.labels import to_class
 from ..datasets import examples, features, splits
+from ..datasets.truth import load_truth
 from ..scoring import metrics
 
 log = logging.getLogger("fercli")
@@ -225,7 +226,7 @@ def _frames_fps(given: float | None, run: _Run) -> float:
 def _feature_weights_key(model, run: _Run) -> str:
     """What names the cached features: the training's key when the backbone stayed frozen (so
     the run's own cache is reused), else a hash of the encoder's weights as they are now."""
-    from .loop import state_sha256
+    from ..nets.backbones import state_sha256
 
     meta = run.meta or {}
     if model.config.is_window_model and meta.get("backbone_sha256") and not meta.get("finetune", False):
@@ -414,7 +415,7 @@ def _seconds(root, clips, part, model, frames_fps, device, batch_size, emit):
     """`fer annotate` on the part's clip folders, and the truth of the seconds to score."""
     wanted = set(part.clips)
     pred, failed = _annotate([c.folder for c in clips if c.id in wanted], model, frames_fps, device, batch_size, emit)
-    truth = metrics.load_truth(root, frames_fps)
+    truth = load_truth(root, frames_fps)
     truth = truth[truth["video"].isin(wanted)]
     left_out = 0
     if part.seconds is not None:  # window split: only the seconds whose own window is in the part
