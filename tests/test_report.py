@@ -23,6 +23,7 @@ from typer.testing import CliRunner
 from fercli.cli import app
 from fercli.core.errors import DataError, FerError
 from fercli.tables.writers import TableWriter, read_errors, read_table, write_errors
+from fercli.views import report as report_module
 from fercli.views.report import summarize, write_report
 
 CHROMIUM = Path(os.environ.get("FER_TEST_CHROMIUM", "/usr/bin/chromium"))
@@ -194,6 +195,10 @@ def test_page_content(batch, tmp_path):
     # Self-contained: nothing loaded from elsewhere but the video.
     assert not page.find("link") and not [s for s in page.find("script") if "src" in s]
     assert not re.search(r"""(src|href)=["']?(https?:)?//""", text)
+    # The styles and the script are the package's asset files, inlined whole.
+    assets = Path(report_module.__file__).parent / "assets"
+    assert f"<style>{(assets / 'report.css').read_text()}</style>" in text
+    assert f"<script>{(assets / 'report.js').read_text()}</script>" in text
 
 
 def test_two_faces_one_timeline_each(two_faces, tmp_path):
