@@ -133,7 +133,8 @@ def _read(path: Path, require) -> pd.DataFrame:
             whole = df[col].dropna()
             if not (whole == whole.round()).all():
                 row = int((df[col] != df[col].round()).to_numpy().argmax())
-                raise DataError(f"{path}: column {col} holds {df[col].iloc[row]!r} (row {row + 1}) where a whole number belongs")
+                value = df[col].iloc[row]
+                raise DataError(f"{path}: column {col} holds {value!r} (row {row + 1}) where a whole number belongs")
             df[col] = df[col].astype("Int64")
     return df
 
@@ -161,18 +162,21 @@ def check_table(df: pd.DataFrame, path: Path, require=()) -> None:
         if not pd.api.types.is_numeric_dtype(df[col]) or pd.api.types.is_bool_dtype(df[col]):
             bad = pd.to_numeric(df[col], errors="coerce").isna() & df[col].notna()
             row = int(bad.to_numpy().argmax()) if bad.any() else 0
-            raise DataError(f"{path}: column {col} holds {printable(str(df[col].iloc[row]))!r} (row {row + 1}) where a number belongs")
+            value = printable(str(df[col].iloc[row]))
+            raise DataError(f"{path}: column {col} holds {value!r} (row {row + 1}) where a number belongs")
     for col, top in TIME_BOUNDS.items():  # keys that size what the tools build (a NOVA track per second)
         if col in df and len(df):
             values = df[col].to_numpy(dtype=float, na_value=np.nan)
             bad = ~((values >= 0) & (values <= top)) & ~np.isnan(values)
             if bad.any():
                 row = int(bad.argmax())
-                raise DataError(f"{path}: column {col} holds {values[row]!r} (row {row + 1}); fer's run from 0 to {top:g}")
+                value = values[row]
+                raise DataError(f"{path}: column {col} holds {value!r} (row {row + 1}); fer's run from 0 to {top:g}")
     if "face" in df and df["face"].notna().any() and not pd.api.types.is_bool_dtype(df["face"]):
         values = set(df["face"].dropna().unique())
         if not values <= {True, False, 0, 1}:
-            raise DataError(f"{path}: column face holds {sorted(map(str, values - {True, False, 0, 1}))[0]!r} where true or false belongs")
+            odd = sorted(map(str, values - {True, False, 0, 1}))[0]
+            raise DataError(f"{path}: column face holds {odd!r} where true or false belongs")
 
 
 def metadata_path(out: Path) -> Path:
@@ -236,9 +240,16 @@ class TableWriter:
     """
 
     def __init__(
-        self, out: Path, metadata: dict, *, rows: str = "second", all_faces: bool, resume: bool, overwrite: bool = False,
+        self,
+        out: Path,
+        metadata: dict,
+        *,
+        rows: str = "second",
+        all_faces: bool,
+        resume: bool,
+        overwrite: bool = False,
         expressions: bool = False,
-    ):  # fmt: skip
+    ):
         self.out = Path(out)
         self.format = output_format(self.out)
         check_output(self.out, resume=resume, overwrite=overwrite)
@@ -299,7 +310,8 @@ class TableWriter:
             atomic_write(self.out, lambda tmp: pq.write_table(table, tmp))
         else:
             atomic_write(self.out, lambda tmp: table.to_pandas(types_mapper=_nullable).to_csv(tmp, index=False))
-            atomic_write(metadata_path(self.out), lambda tmp: Path(tmp).write_text(json.dumps(self.metadata) + "\n", encoding="utf-8"))
+            text = json.dumps(self.metadata) + "\n"
+            atomic_write(metadata_path(self.out), lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
 
     def _check_resumable(self) -> None:
         """FerError unless the table and every part were made with this run's model and settings.
@@ -330,7 +342,7 @@ class TableWriter:
             names = (
                 pq.read_schema(path).names if output_format(path) == "parquet"
                 else list(pd.read_csv(path, nrows=0).columns)
-            )  # fmt: skip
+            )
             if names != self.schema.names:
                 missing = [n for n in self.schema.names if n not in names]
                 extra = [n for n in names if n not in self.schema.names]
@@ -339,7 +351,7 @@ class TableWriter:
                         f"lacks {', '.join(missing)}" if missing else "",
                         f"has {', '.join(extra)} too" if extra else "",
                     ) if part
-                ) or "its columns are in another order"  # fmt: skip
+                ) or "its columns are in another order"
                 raise FerError(
                     f"{path}: cannot resume, the table has other columns than this run writes ({detail}); "
                     "--overwrite makes it again"
@@ -351,7 +363,8 @@ def check_keys(df: pd.DataFrame, path, key: str) -> pd.Series:
     null, `key` (second, sample_index or frame) whole numbers from 0, no (video, key[, person])
     twice. Returns `key` as int64; DataError (one line, naming the file) where a row breaks it."""
     if df["video"].isna().any():
-        raise DataError(f"{path}: column video is empty in row {int(np.flatnonzero(df['video'].isna().to_numpy())[0]) + 1}")
+        row = int(np.flatnonzero(df["video"].isna().to_numpy())[0]) + 1
+        raise DataError(f"{path}: column video is empty in row {row}")
     index = pd.to_numeric(df[key], errors="coerce")
     if index.isna().any() or (index < 0).any() or (index != np.floor(index)).any() or (index >= 2**53).any():
         raise DataError(f"{path}: column {key} must hold whole numbers from 0")

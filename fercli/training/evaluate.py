@@ -378,17 +378,19 @@ def _head_predictions(model, samples, windows: examples.Examples, device):
     from ..core.labels import decode_logits
 
     feats = torch.from_numpy(np.concatenate([s.features for s in samples])).to(device)
-    out = {k: [] for k in ("vl", "al", "vs", "as")}
+    out = {(dim, kind): [] for kind in ("label", "score") for dim in metrics.DIMENSIONS}
     model.eval()
     with torch.inference_mode():
         for i in range(0, len(windows), HEAD_BATCH):
             idx = torch.from_numpy(windows.index[i : i + HEAD_BATCH]).to(device)
-            for key, logits in zip("va", model.head(feats[idx])):
+            for dim, logits in zip(metrics.DIMENSIONS, model.head(feats[idx])):
                 labels, scores, _ = decode_logits(logits)  # as annotation and training decode them
-                out[f"{key}l"].append(labels.cpu())
-                out[f"{key}s"].append(scores.cpu())
-    cat = {k: torch.cat(v).numpy() if v else np.zeros(0) for k, v in out.items()}
-    return cat["vl"].astype(np.int64), cat["al"].astype(np.int64), cat["vs"].astype(float), cat["as"].astype(float)
+                out[dim, "label"].append(labels.cpu())
+                out[dim, "score"].append(scores.cpu())
+    cat = {key: torch.cat(v).numpy() if v else np.zeros(0) for key, v in out.items()}
+    labels = [cat[dim, "label"].astype(np.int64) for dim in metrics.DIMENSIONS]
+    scores = [cat[dim, "score"].astype(float) for dim in metrics.DIMENSIONS]
+    return (*labels, *scores)
 
 
 def _frame_means(model, samples, windows: examples.Examples, window: int):
