@@ -56,24 +56,8 @@ MIN_OPACITY = 0.2  # a label with confidence 0 stays visible
 # Timeline geometry, in SVG user units (the SVG scales to the page's width).
 TL_WIDTH, TL_LEFT, TL_RIGHT = 760, 58, 12
 TRACK_H, TRACK_GAP, TL_TOP, AXIS_H = 78, 10, 6, 24
-# The page's styles and script, package data inlined into every page (the page fetches nothing).
+# The page's template, styles and script: package data, the last two inlined (the page fetches nothing).
 ASSETS = "assets"
-
-
-PAGE = """<!DOCTYPE html>
-<html lang="en">
-<head>
-<meta charset="utf-8">
-<meta name="viewport" content="width=device-width, initial-scale=1">
-<title>{title}</title>
-<style>{css}</style>
-</head>
-<body>
-{body}
-<script>{js}</script>
-</body>
-</html>
-"""
 
 
 # --- the library entry point --------------------------------------------------------------------
@@ -267,8 +251,8 @@ def report_html(
             *sections,
         ]
     )
-    css, js = _asset("report.css"), _asset("report.js")
-    return PAGE.format(title=_e(f"fer report: {title}"), css=css, body=body, js=js)
+    page = _asset("report.html")  # {title}, {css}, {body} and {js} are its only braces
+    return page.format(title=_e(f"fer report: {title}"), css=_asset("report.css"), body=body, js=_asset("report.js"))
 
 
 def _summary_html(summary: BatchSummary, colors: dict[str, str]) -> str:
