@@ -183,7 +183,7 @@ CONSTANT_HOMES = {
     "LABEL_MAX": "core.labels", "NUM_CLASSES": "core.labels", "MAX_TIMESTAMP": "media.decode", "MAX_HOLD_S": "media.decode",
     "IMAGE_EXTENSIONS": "media.inputs", "ERRORS_COLUMNS": "tables.writers", "RESUME_KEYS": "tables.writers",
     "CUT_DISTANCE": "media.people", "SAME_PERSON": "media.people", "ABAW_SCALE": "datasets.affwild",
-}  # fmt: skip
+}
 FUNCTION_HOMES = {
     "second_of": "tables.rows", "n_seconds": "tables.rows", "fill_index": "tables.rows", "fill_window": "tables.rows",
     "follow": "tables.rows", "to_class": "core.labels", "decode_logits": "core.labels", "sample_sources": "media.decode", "frame_numbers": "media.decode",
@@ -193,7 +193,7 @@ FUNCTION_HOMES = {
     "appearance": "media.people", "crop": "media.faces", "clip_under": "media.inputs", "engine_target": "nets.engines",
     "resolve_device": "core.devices", "resolve_precision": "core.devices", "synchronize": "core.devices",
     "score_tables": "scoring.metrics", "write_scores": "views.plots", "write_metrics": "scoring.metrics",
-}  # fmt: skip
+}
 
 
 def definitions(module: str) -> tuple[set[str], set[str]]:
