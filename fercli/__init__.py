@@ -32,7 +32,7 @@ _LAZY = {
     "read_table": "fercli.tables.writers",
     "read_metadata": "fercli.tables.writers",
     "train": "fercli.training.loop",
-    "TrainOptions": "fercli.training.loop",
+    "TrainOptions": "fercli.training.options",
     "evaluate": "fercli.training.evaluate",
     "find_clips": "fercli.media.inputs",
 }

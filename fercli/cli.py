@@ -5,12 +5,14 @@ Heavy imports (torch, PyAV, LiteRT) happen inside commands so `fer --help` is in
 
 from __future__ import annotations
 
+import functools
+import inspect
 import logging
 import re
 import sys
 import traceback
 from pathlib import Path
-from typing import Annotated, List, Optional
+from typing import Annotated, Callable, List, Optional
 
 import typer
 
@@ -22,23 +24,33 @@ ModelOption = Annotated[str, typer.Option(help="Registered model name or checkpo
 DeviceOption = Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")]
 CropBatchOption = Annotated[int, typer.Option(min=1, help="Face crops per backbone batch.")]
 WorkersOption = Annotated[
-    Optional[int], typer.Option(min=0, help="Decode/face worker processes (default: by cores; 0: a thread in this process).")
+    Optional[int], typer.Option(
+        min=0,
+        help="Decode/face worker processes (default: by cores; 0: a thread in this process).",
+    )
 ]
 PrecisionOption = Annotated[str, typer.Option(help="fp32, bf16 or fp16 (CUDA); auto: bf16 on CUDA, fp32 on a CPU.")]
 EngineOption = Annotated[
     str,
-    typer.Option(help="The backbone's engine: torch, or openvino on the CPU (pip install 'fercli\\[openvino]'; converted once per model, then cached)."),
+    typer.Option(
+        help="The backbone's engine: torch, or openvino on the CPU (pip install 'fercli\\[openvino]'; converted once "
+        "per model, then cached).",
+    ),
 ]
 ReuseBoxesOption = Annotated[
-    int, typer.Option(min=0, help="Samples in a row that may reuse face boxes between two detections that agree (0: detect every sample).")
+    int, typer.Option(
+        min=0,
+        help="Samples in a row that may reuse face boxes between two detections that agree (0: detect every sample).",
+    )
 ]
 RayOption = Annotated[
     Optional[str],
     typer.Option(
         "--ray", metavar="ADDRESS",
-        help="Run on Ray (pip install 'fercli\\[ray]'): local starts one here, auto joins the running cluster, or HOST:PORT.",
+        help="Run on Ray (pip install 'fercli\\[ray]'): local starts one here, auto joins the running cluster, "
+        "or HOST:PORT.",
     ),
-]  # fmt: skip
+]
 VerboseOption = Annotated[bool, typer.Option("--verbose", "-v", help="Debug logging.")]
 
 EXIT_FAILED = 1  # some videos failed; the rest were written
@@ -119,16 +131,63 @@ def _stdout():
 def _command_console(verbose: bool, device: str | None = None):
     """The stderr console and logging a command runs with; exit 2 at once for an unknown --device."""
     from .core.devices import check_device
-    from .core.errors import FerError
 
     console = _console()
     _setup_logging(console, verbose)
     if device is not None:
-        try:
-            check_device(device)
-        except FerError as e:
-            raise _fail(console, str(e)) from None
+        check_device(device)
     return console
+
+
+def _exits(on_interrupt: Callable[..., Callable[[], str]] | None = None):
+    """A command with fer's exit codes: a FerError is its one error line and EXIT_ERROR; Ctrl-C,
+    where `on_interrupt` is given, is the line it words and EXIT_INTERRUPTED.
+
+    `on_interrupt(**arguments)` runs before the command, so it can note what exists then; it
+    returns the function that words the interruption.
+    """
+
+    def decorate(command):
+        signature = inspect.signature(command)
+
+        @functools.wraps(command)
+        def run(*args, **kwargs):
+            from .core.errors import FerError
+
+            arguments = signature.bind(*args, **kwargs).arguments
+            interrupted = on_interrupt(**arguments) if on_interrupt is not None else None
+            try:
+                return command(*args, **kwargs)
+            except FerError as e:
+                raise _fail(_console(), str(e)) from None
+            except KeyboardInterrupt:
+                if interrupted is None:
+                    raise
+                _console().print(interrupted(), soft_wrap=True)  # one line, whatever the path's length
+                raise typer.Exit(EXIT_INTERRUPTED) from None
+
+        return run
+
+    return decorate
+
+
+def _annotate_interrupted(out: Path, overwrite: bool, **_) -> Callable[[], str]:
+    existed = out.exists()
+
+    def message() -> str:
+        if overwrite and existed:
+            return (f"interrupted: {out} is left as it was; this run's finished videos wait beside it "
+                    "(--resume adds them, --overwrite starts again)")
+        if out.exists():
+            return f"interrupted: finished videos are in {out}; run again with --resume to complete it"
+        # stopped before any video finished (or before any work): nothing was written
+        return f"interrupted before any video finished: {out} was not written"
+
+    return message
+
+
+def _train_interrupted(out: Path, **_) -> Callable[[], str]:
+    return lambda: f"interrupted: finished epochs are in {out}; run again with --resume to continue"
 
 
 def _fail(console, message: str, code: int = EXIT_ERROR) -> typer.Exit:
@@ -156,15 +215,25 @@ def _root(
 
 
 @app.command(epilog=ANNOTATE_EPILOG)
+@_exits(on_interrupt=_annotate_interrupted)
 def annotate(
     paths: List[Path] = typer.Argument(..., help="Video files and folders (searched recursively)."),
     out: Path = typer.Option(..., "--out", "-o", help="Output table: .parquet or .csv."),
     model: ModelOption = "hsemotion",
     device: DeviceOption = "auto",
     batch_size: CropBatchOption = 16,
-    per_frame: bool = typer.Option(False, "--per-frame", help="One row per video frame (the model on every frame; frame = the video's index)."),
-    per_sample: bool = typer.Option(False, "--per-sample", help="One row per model sample (5/s: sample_index, time) instead of per second."),
-    all_faces: bool = typer.Option(False, "--all-faces", help="A row per person per second (adds person); default: the person on screen longest."),
+    per_frame: bool = typer.Option(
+        False, "--per-frame",
+        help="One row per video frame (the model on every frame; frame = the video's index).",
+    ),
+    per_sample: bool = typer.Option(
+        False, "--per-sample",
+        help="One row per model sample (5/s: sample_index, time) instead of per second.",
+    ),
+    all_faces: bool = typer.Option(
+        False, "--all-faces",
+        help="A row per person per second (adds person); default: the person on screen longest.",
+    ),
     resume: bool = typer.Option(False, "--resume", help="Add to an existing --out: annotate only the videos it lacks."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing --out with this run alone."),
     frames_fps: float = typer.Option(25.0, min=0.001, help="Frame rate of image-sequence folders (frames/s)."),
@@ -176,32 +245,18 @@ def annotate(
     verbose: VerboseOption = False,
 ) -> None:
     """Annotate videos with per-second valence and arousal."""
-    from .core.errors import FerError
     from .job.contract import AnnotateOptions
     from .job.pipeline import annotate as run_annotate
 
     console = _command_console(verbose, device)
     options = AnnotateOptions(
         batch_size=batch_size, per_frame=per_frame, per_sample=per_sample, all_faces=all_faces, resume=resume,
-        overwrite=overwrite, frames_fps=frames_fps, workers=workers, precision=precision, reuse_boxes=reuse_boxes, ray=ray,
-        engine=engine,
-    )  # fmt: skip
-    existed = out.exists()
-    try:  # the library checks everything before any work, and says when weights are downloading
-        with _AnnotateProgress(console) as bar:
-            result = run_annotate(paths, out, model=model, device=device, options=options, progress=bar.update)
-    except FerError as e:
-        raise _fail(console, str(e)) from None
-    except KeyboardInterrupt:
-        if overwrite and existed:
-            message = (f"interrupted: {out} is left as it was; this run's finished videos wait beside it "
-                       "(--resume adds them, --overwrite starts again)")
-        elif out.exists():
-            message = f"interrupted: finished videos are in {out}; run again with --resume to complete it"
-        else:  # stopped before any video finished (or before any work): nothing was written
-            message = f"interrupted before any video finished: {out} was not written"
-        console.print(message, soft_wrap=True)  # one line, whatever the path's length
-        raise typer.Exit(EXIT_INTERRUPTED) from None
+        overwrite=overwrite, frames_fps=frames_fps, workers=workers, precision=precision, reuse_boxes=reuse_boxes,
+        ray=ray, engine=engine,
+    )
+    # The library checks everything before any work, and says when weights are downloading.
+    with _AnnotateProgress(console) as bar:
+        result = run_annotate(paths, out, model=model, device=device, options=options, progress=bar.update)
     _summary(console, result)
     if result.failed:
         raise typer.Exit(EXIT_FAILED)
@@ -290,7 +345,8 @@ def _summary(console, result) -> None:
         table.add_column(col)
     for v in result.videos:
         status = Text("failed", style="red") if v.error else Text("resumed" if v.resumed else "ok")
-        table.add_row(Text(printable(v.video)), f"{v.duration:.1f}", str(v.rows), str(v.face_rows), f"{v.elapsed:.1f}", status)
+        numbers = (f"{v.duration:.1f}", str(v.rows), str(v.face_rows), f"{v.elapsed:.1f}")
+        table.add_row(Text(printable(v.video)), *numbers, status)
     console.print(table)
     if result.skipped_files:
         console.print(f"skipped {result.skipped_files} files that are not videos")
@@ -299,6 +355,7 @@ def _summary(console, result) -> None:
 
 
 @weights_app.command("list")
+@_exits()
 def weights_list(verbose: VerboseOption = False) -> None:
     """Show the registered weights and whether they are cached."""
     from rich.table import Table
@@ -311,7 +368,8 @@ def weights_list(verbose: VerboseOption = False) -> None:
         table.add_column(col, overflow="fold")
     for name, entry in weights.registry().items():
         state = weights.cache_state(entry)
-        cached = {"missing": "no", "verified": "yes", "unpinned": "yes (unverified)"}.get(state, "no: the file there fails its hash")
+        said = {"missing": "no", "verified": "yes", "unpinned": "yes (unverified)"}
+        cached = said.get(state, "no: the file there fails its hash")
         pin = entry.sha256 or (f"{entry.sha256_prefix}... (prefix)" if entry.sha256_prefix else None)
         pin = pin or (f"git blob {entry.git_blob}" if entry.git_blob else "(unpublished)")
         table.add_row(name, entry.format, cached, pin, entry.url)
@@ -320,22 +378,19 @@ def weights_list(verbose: VerboseOption = False) -> None:
 
 
 @weights_app.command("download")
+@_exits()
 def weights_download(
     names: List[str] = typer.Argument(None, help="Registry names (default: all)."),
     verbose: VerboseOption = False,
 ) -> None:
     """Download weights into the cache and verify them."""
-    from .core.errors import FerError
     from .nets import weights
 
     console = _command_console(verbose)
-    try:
-        for name in names or list(weights.registry()):
-            with _download_bar(console) as on_bytes:
-                path = weights.fetch(name, progress=on_bytes)
-            console.print(f"{name}: {path} (sha256 {weights.sha256(path)})")
-    except FerError as e:
-        raise _fail(console, str(e)) from None
+    for name in names or list(weights.registry()):
+        with _download_bar(console) as on_bytes:
+            path = weights.fetch(name, progress=on_bytes)
+        console.print(f"{name}: {path} (sha256 {weights.sha256(path)})")
 
 
 TRAIN_EPILOG = """
@@ -354,48 +409,78 @@ Examples:
 
 
 @app.command(epilog=TRAIN_EPILOG)
+@_exits(on_interrupt=_train_interrupted)
 def train(
-    data: Path = typer.Option(..., "--data", help="AFEW-VA folder (one folder per clip, frames and <id>.json) or Aff-Wild2 root (<video>.txt files, cropped_aligned/)."),
-    out: Path = typer.Option(..., "--out", "-o", help="Run folder: config, split, summary.csv, best.pt, last.pt, curves.png."),
-    split: str = typer.Option("clip", help="clip: train/val/test disjoint by clip and actor; window: paper-like random windows (inflated)."),
-    backbone: str = typer.Option("efficientnet_b0", help="efficientnet_b0 (HSEmotion's architecture) or resnet50 (timm models)."),
-    init: str = typer.Option("hsemotion", help="hsemotion (AffectNet, efficientnet_b0 only), imagenet (timm's ImageNet-1k; both downloaded once, verified) or random (seeded, offline)."),
-    temporal: str = typer.Option("lstm", help="lstm; mean of the frame features; none: per-frame predictions averaged (ABAW baseline)."),
+    data: Path = typer.Option(
+        ..., "--data",
+        help="AFEW-VA folder (one folder per clip, frames and <id>.json) or Aff-Wild2 root (<video>.txt files, "
+        "cropped_aligned/).",
+    ),
+    out: Path = typer.Option(
+        ..., "--out", "-o",
+        help="Run folder: config, split, summary.csv, best.pt, last.pt, curves.png.",
+    ),
+    split: str = typer.Option(
+        "clip",
+        help="clip: train/val/test disjoint by clip and actor; window: paper-like random windows (inflated).",
+    ),
+    backbone: str = typer.Option(
+        "efficientnet_b0",
+        help="efficientnet_b0 (HSEmotion's architecture) or resnet50 (timm models).",
+    ),
+    init: str = typer.Option(
+        "hsemotion",
+        help="hsemotion (AffectNet, efficientnet_b0 only), imagenet (timm's ImageNet-1k; both downloaded once, "
+        "verified) or random (seeded, offline).",
+    ),
+    temporal: str = typer.Option(
+        "lstm",
+        help="lstm; mean of the frame features; none: per-frame predictions averaged (ABAW baseline).",
+    ),
     finetune: bool = typer.Option(False, "--finetune", help="Train the backbone too (no feature cache; AMP on CUDA)."),
     epochs: int = typer.Option(50, min=1, help="Maximum epochs."),
     patience: int = typer.Option(5, min=1, help="Stop after this many epochs without a better --monitor value."),
-    fraction: float = typer.Option(1.0, min=0.0, max=1.0, help="Share of the training clips kept, whole actors at a time (the paper: 0.5)."),
-    loss: str = typer.Option("ce", help="ce: the paper's summed cross-entropy; soft: against Gaussian soft labels (ordinal-aware)."),
-    monitor: str = typer.Option("ccc", help="ccc: keep and stop by mean validation CCC; loss: by validation loss (the paper's)."),
+    fraction: float = typer.Option(
+        1.0, min=0.0, max=1.0,
+        help="Share of the training clips kept, whole actors at a time (the paper: 0.5).",
+    ),
+    loss: str = typer.Option(
+        "ce",
+        help="ce: the paper's summed cross-entropy; soft: against Gaussian soft labels (ordinal-aware).",
+    ),
+    monitor: str = typer.Option(
+        "ccc",
+        help="ccc: keep and stop by mean validation CCC; loss: by validation loss (the paper's).",
+    ),
     batch_size: int = typer.Option(8, min=1, help="Windows per step."),
     lr: float = typer.Option(1e-4, min=0.0, help="Adam learning rate."),
     window: int = typer.Option(5, min=1, help="Frames per window (T)."),
     fps: float = typer.Option(5.0, min=0.001, help="Frames sampled per second of video."),
-    frames_fps: float = typer.Option(25.0, min=0.001, help="Frame rate of the frame folders (frames/s): AFEW-VA 25; Aff-Wild2 the video's, mostly 30."),
+    frames_fps: float = typer.Option(
+        25.0, min=0.001,
+        help="Frame rate of the frame folders (frames/s): AFEW-VA 25; Aff-Wild2 the video's, mostly 30.",
+    ),
     seed: int = typer.Option(0, help="Seed for initialisation, batch order and dropout (the split has its own)."),
-    split_file: Optional[Path] = typer.Option(None, help="Split definition: {seed, ratios} or train/val/test clip lists."),
+    split_file: Optional[Path] = typer.Option(
+        None,
+        help="Split definition: {seed, ratios} or train/val/test clip lists.",
+    ),
     resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its last.pt."),
     device: DeviceOption = "auto",
     verbose: VerboseOption = False,
 ) -> None:
     """Train the EfficientNet-B0 + LSTM model on AFEW-VA or Aff-Wild2; its best.pt is a --model for annotate."""
-    from .core.errors import FerError
-    from .training.loop import TrainOptions, train as run_train
+    from .training.loop import train as run_train
+    from .training.options import TrainOptions
 
     console = _command_console(verbose, device)
     options = TrainOptions(
         data, out, split=split, backbone=backbone, init=init, temporal=temporal, finetune=finetune, epochs=epochs,
-        patience=patience, monitor=monitor, fraction=fraction, loss=loss, batch_size=batch_size, lr=lr, window=window, fps=fps, frames_fps=frames_fps,
-        seed=seed, split_file=split_file, resume=resume, device=device,
-    )  # fmt: skip
-    try:
-        with _TrainProgress(console) as bar:
-            result = run_train(options, progress=bar.update)
-    except FerError as e:
-        raise _fail(console, str(e)) from None
-    except KeyboardInterrupt:
-        console.print(f"interrupted: finished epochs are in {out}; run again with --resume to continue")
-        raise typer.Exit(EXIT_INTERRUPTED) from None
+        patience=patience, monitor=monitor, fraction=fraction, loss=loss, batch_size=batch_size, lr=lr, window=window,
+        fps=fps, frames_fps=frames_fps, seed=seed, split_file=split_file, resume=resume, device=device,
+    )
+    with _TrainProgress(console) as bar:
+        result = run_train(options, progress=bar.update)
     _train_summary(console, result)
 
 
@@ -408,7 +493,7 @@ class _TrainProgress:
         self.progress = Progress(
             TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
             console=console, transient=True,
-        )  # fmt: skip
+        )
         self.task = None
         self.download = None
 
@@ -454,7 +539,7 @@ def _train_summary(console, result) -> None:
     table.add_row(
         "best.pt", f"{t['loss']:.3f}", f"{t['acc_valence']:.3f}", f"{t['acc_arousal']:.3f}",
         f"{t['ccc_valence']:.3f}", f"{t['ccc_arousal']:.3f}", str(result.windows["test"]),
-    )  # fmt: skip
+    )
     console.print(table)
     p = result.prep
     console.print(
@@ -478,6 +563,7 @@ Examples:
 
 
 @benchmark_app.command("accuracy", epilog=BENCHMARK_ACCURACY_EPILOG)
+@_exits()
 def benchmark_accuracy(
     truth: Optional[Path] = typer.Option(
         None, help="AFEW-VA folder, or CSV/Parquet with video, second|frame, valence, arousal."
@@ -501,8 +587,6 @@ def benchmark_accuracy(
 ) -> None:
     """Score a model: predictions against truth (--truth/--pred), or a checkpoint run directly on a
     split of a data set (--data/--model), per window and per second. CCC, r, RMSE, MAE, SAGR, accuracy, F1."""
-    from .core.errors import FerError
-
     console = _command_console(verbose)
     pairs = {"--truth/--pred": (truth, pred), "--data/--model": (data, model)}
     given = {name for name, pair in pairs.items() if any(v is not None for v in pair)}
@@ -517,10 +601,7 @@ def benchmark_accuracy(
     from .scoring.metrics import score_tables
     from .views.plots import write_scores
 
-    try:
-        report = score_tables(truth, pred, frames_fps or 25.0)
-    except FerError as e:
-        raise _fail(console, str(e)) from None
+    report = score_tables(truth, pred, frames_fps or 25.0)
     _print_metrics(report)
     if out is not None:
         written = write_scores(report, out)
@@ -530,25 +611,21 @@ def benchmark_accuracy(
 def _benchmark_data(console, data, model, split, out, frames_fps, device, batch_size, cache_dir) -> None:
     from rich.progress import Progress
 
-    from .core.errors import FerError
     from .training.evaluate import evaluate
 
-    try:
-        with Progress(console=console, transient=True) as bar:
-            tasks = {}
+    with Progress(console=console, transient=True) as bar:
+        tasks = {}
 
-            def on_event(event):
-                if event.stage not in tasks:
-                    label = {"prepare": "features", "annotate": "per second"}.get(event.stage, event.stage)
-                    tasks[event.stage] = bar.add_task(label, total=event.total)
-                bar.update(tasks[event.stage], completed=event.done, total=event.total)
+        def on_event(event):
+            if event.stage not in tasks:
+                label = {"prepare": "features", "annotate": "per second"}.get(event.stage, event.stage)
+                tasks[event.stage] = bar.add_task(label, total=event.total)
+            bar.update(tasks[event.stage], completed=event.done, total=event.total)
 
-            ev = evaluate(
-                data, model, split=split, frames_fps=frames_fps, device=device, batch_size=batch_size,
-                cache_dir=cache_dir, progress=on_event,
-            )  # fmt: skip
-    except FerError as e:
-        raise _fail(console, str(e)) from None
+        ev = evaluate(
+            data, model, split=split, frames_fps=frames_fps, device=device, batch_size=batch_size,
+            cache_dir=cache_dir, progress=on_event,
+        )
     s = ev.split
     clips = ", ".join(f"{p} {n}" for p, n in s.clips.items())
     console.print(f"{ev.model}: {s.kind} split (seed {s.seed}; clips {clips}); scoring {s.part}, from {s.source}")
@@ -589,6 +666,7 @@ def _print_metrics(report, title: str = "accuracy", unit: str = "rows") -> None:
 
 
 @benchmark_app.command("compare")
+@_exits()
 def benchmark_compare(
     runs: List[Path] = typer.Argument(..., help="Run folders from `fer train`."),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Folder for compare.md and compare.json."),
@@ -598,7 +676,6 @@ def benchmark_compare(
     from rich.table import Table
 
     from .scoring.compare import COLUMNS, cell, compare
-    from .core.errors import FerError
 
     console = _command_console(verbose)
     skipped = []
@@ -607,10 +684,7 @@ def benchmark_compare(
         skipped.append(run)
         _error_line(console, message)
 
-    try:
-        rows = compare(runs, out, on_error=left_out)
-    except FerError as e:
-        raise _fail(console, str(e)) from None
+    rows = compare(runs, out, on_error=left_out)
     table = Table(title="test part of each run (best checkpoint)")
     for header in ["run", *(h for _, h, _ in COLUMNS)]:
         table.add_column(header)
@@ -621,11 +695,13 @@ def benchmark_compare(
     if out is not None:
         console.print(f"wrote compare.md and compare.json to {out}")
     if skipped:
-        console.print(f"{len(skipped)} run folder(s) left out: {', '.join(map(str, skipped))}", highlight=False, soft_wrap=True)
+        names = ", ".join(map(str, skipped))
+        console.print(f"{len(skipped)} run folder(s) left out: {names}", highlight=False, soft_wrap=True)
         raise typer.Exit(EXIT_FAILED)
 
 
 @benchmark_app.command("speed")
+@_exits()
 def benchmark_speed(
     paths: List[Path] = typer.Argument(..., help="Videos or folders to time fer on."),
     model: ModelOption = "hsemotion",
@@ -639,25 +715,29 @@ def benchmark_speed(
     naive: bool = typer.Option(True, help="Also time the hand-written per-frame loop."),
     naive_seconds: Optional[float] = typer.Option(None, help="Read at most this much of each clip in the naive loop."),
     repeat: int = typer.Option(1, min=1, help="Time the run this many times and report the median run."),
-    startup: bool = typer.Option(True, help="Also time a new process's start-up (imports, model, detector, first frame and batch)."),
-    cold: bool = typer.Option(False, help="Also run fer annotate and the naive loop on every clip in new processes, start-up included."),
+    startup: bool = typer.Option(
+        True,
+        help="Also time a new process's start-up (imports, model, detector, first frame and batch).",
+    ),
+    cold: bool = typer.Option(
+        False,
+        help="Also run fer annotate and the naive loop on every clip in new processes, start-up included.",
+    ),
     json_out: Optional[Path] = typer.Option(None, "--json", help="Write the report as JSON here."),
     verbose: VerboseOption = False,
 ) -> None:
     """Time start-up, each stage (decode, faces, backbone, head, write) and the whole run."""
     from .job.benchmark import speed
-    from .core.errors import FerError
     from .job.contract import AnnotateOptions
 
-    console = _command_console(verbose)
-    options = AnnotateOptions(batch_size=batch_size, workers=workers, precision=precision, ray=ray, reuse_boxes=reuse_boxes, engine=engine)
-    try:
-        report = speed(
-            paths, model=model, device=device, options=options, naive=naive, naive_seconds=naive_seconds,
-            repeat=repeat, startup=startup, cold=cold,
-        )
-    except FerError as e:
-        raise _fail(console, str(e)) from None
+    _command_console(verbose)
+    options = AnnotateOptions(
+        batch_size=batch_size, workers=workers, precision=precision, ray=ray, reuse_boxes=reuse_boxes, engine=engine
+    )
+    report = speed(
+        paths, model=model, device=device, options=options, naive=naive, naive_seconds=naive_seconds,
+        repeat=repeat, startup=startup, cold=cold,
+    )
     _print_speed(report)
     if json_out is not None:
         report.write_json(json_out)
@@ -715,6 +795,7 @@ def _print_speed(report) -> None:
 
 
 @app.command()
+@_exits()
 def plot(
     table: Path = typer.Argument(..., help="A `fer annotate` output (.parquet or .csv)."),
     out: Path = typer.Option(..., "--out", "-o", help="Folder for the pictures."),
@@ -722,14 +803,10 @@ def plot(
     verbose: VerboseOption = False,
 ) -> None:
     """Per-video valence/arousal timelines and a circumplex scatter of an annotation table."""
-    from .core.errors import FerError
     from .views.plots import plot_table
 
     console = _command_console(verbose)
-    try:
-        written = plot_table(table, out, overwrite=overwrite)
-    except FerError as e:
-        raise _fail(console, str(e)) from None
+    written = plot_table(table, out, overwrite=overwrite)
     console.print(f"wrote {len(written)} pictures to {out}")
 
 
@@ -745,23 +822,27 @@ Examples:
 
 
 @app.command(epilog=EXPORT_EPILOG)
+@_exits()
 def export(
     table: Path = typer.Argument(..., help="A `fer annotate` output (.parquet or .csv)."),
-    to: str = typer.Option(..., "--to", help="elan (an ELAN .eaf per clip, its video linked), elan-txt (tab-delimited text for ELAN's import) or nova (continuous annotations)."),
+    to: str = typer.Option(
+        ..., "--to",
+        help="elan (an ELAN .eaf per clip, its video linked), elan-txt (tab-delimited text for ELAN's import) or nova "
+        "(continuous annotations).",
+    ),
     out: Path = typer.Option(..., "--out", "-o", help="Folder for the files (created if missing)."),
-    videos: Optional[Path] = typer.Option(None, "--videos", metavar="ROOT", help="Folder the table's video paths are relative to (ELAN links the clips); default: the table's folder."),
+    videos: Optional[Path] = typer.Option(
+        None, "--videos", metavar="ROOT",
+        help="Folder the table's video paths are relative to (ELAN links the clips); default: the table's folder.",
+    ),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace files of an earlier export in --out."),
     verbose: VerboseOption = False,
 ) -> None:
     """Export an annotation table to ELAN or NOVA annotation files."""
-    from .core.errors import FerError
     from .views.export import ExportOptions, export as run_export
 
     console = _command_console(verbose)
-    try:
-        result = run_export(table, ExportOptions(to=to, out_dir=out, overwrite=overwrite, videos=videos))
-    except FerError as e:
-        raise _fail(console, str(e)) from None
+    result = run_export(table, ExportOptions(to=to, out_dir=out, overwrite=overwrite, videos=videos))
 
     def say(text: str) -> None:
         console.print(text, markup=False, highlight=False)  # video names and paths are not markup
@@ -771,7 +852,8 @@ def export(
         say(f"no face in {len(result.no_files)} clips, so no files for them: {', '.join(result.no_files)}")
     if result.failed:
         names = ", ".join(video for video, _ in result.failed)
-        say(f"{len(result.failed)} clips failed in annotation and are not in the table: {names} (see {result.errors_file})")
+        failed = f"{len(result.failed)} clips failed in annotation and are not in the table"
+        say(f"{failed}: {names} (see {result.errors_file})")
     for _, message in result.refused:  # the other clips were exported
         _error_line(console, message)
     if result.refused:
@@ -788,52 +870,60 @@ Examples:
 
 
 @app.command(epilog=RENDER_EPILOG)
+@_exits()
 def render(
     video: Path = typer.Argument(..., help="The clip to draw on (a video file or a folder of frames)."),
-    table: Path = typer.Option(..., "--table", "-t", help="A `fer annotate` output (.parquet or .csv) with rows for the clip."),
+    table: Path = typer.Option(
+        ..., "--table", "-t",
+        help="A `fer annotate` output (.parquet or .csv) with rows for the clip.",
+    ),
     out: Path = typer.Option(..., "--out", "-o", help="The overlay video (.mp4, .m4v, .mov or .mkv; H.264)."),
-    name: Optional[str] = typer.Option(None, "--name", help="The clip's `video` value in the table (default: matched by file name / relative path)."),
-    frames_fps: float = typer.Option(25.0, "--frames-fps", help="Frame rate of a folder of frames (frames/s), as annotated."),
+    name: Optional[str] = typer.Option(
+        None, "--name",
+        help="The clip's `video` value in the table (default: matched by file name / relative path).",
+    ),
+    frames_fps: float = typer.Option(
+        25.0, "--frames-fps",
+        help="Frame rate of a folder of frames (frames/s), as annotated.",
+    ),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing --out."),
     verbose: VerboseOption = False,
 ) -> None:
     """The clip re-encoded with the face box, valence/arousal bars and expression drawn on every frame."""
-    from .core.errors import FerError
     from .views.render import render as run_render
 
     console = _command_console(verbose)
-    try:
-        result = run_render(video, table, out, name=name, overwrite=overwrite, frames_fps=frames_fps)
-    except FerError as e:
-        raise _fail(console, str(e)) from None
+    result = run_render(video, table, out, name=name, overwrite=overwrite, frames_fps=frames_fps)
     console.print(f"wrote {result.out} ({result.frames} frames of {result.video})", markup=False, highlight=False)
 
 
 @app.command()
+@_exits()
 def report(
     table: Path = typer.Argument(..., help="A `fer annotate` output (.parquet or .csv)."),
     out: Path = typer.Option(..., "--out", "-o", help="Folder for the report (index.html)."),
     videos: Optional[Path] = typer.Option(
         None, "--videos", metavar="ROOT",
-        help="Folder the table's video paths are relative to (what you gave fer annotate); default: the table's folder.",
+        help="Folder the table's video paths are relative to (what you gave fer annotate); "
+        "default: the table's folder.",
     ),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace the report in a non-empty --out folder."),
-    previews: bool = typer.Option(True, help="Make small H.264 copies of clips browsers cannot play (AVI, MJPEG, HEVC, MKV)."),
+    previews: bool = typer.Option(
+        True,
+        help="Make small H.264 copies of clips browsers cannot play (AVI, MJPEG, HEVC, MKV).",
+    ),
     verbose: VerboseOption = False,
 ) -> None:
     """One self-contained HTML page for the batch: summary, timelines with the videos, circumplex."""
-    from .core.errors import FerError
     from .views.report import write_report
 
     console = _command_console(verbose)
-    try:
-        page = write_report(table, out, videos=videos, overwrite=overwrite, previews=previews)
-    except FerError as e:
-        raise _fail(console, str(e)) from None
+    page = write_report(table, out, videos=videos, overwrite=overwrite, previews=previews)
     console.print(f"wrote {page}")
 
 
 @app.command()
+@_exits()
 def doctor(verbose: VerboseOption = False) -> None:
     """Versions, decoders, CUDA, face detector and cached weights."""
     from .doctor import report
@@ -915,7 +1005,7 @@ def main() -> None:
     """The `fer` command: `run` with the process's arguments, then out without torch's teardown."""
     from .core.runtime import exit_now
 
-    exit_now(run(sys.argv[1:]))  # the outputs are closed: skip the teardown (1 s, 125 MB; see runtime)
+    exit_now(run(sys.argv[1:]))  # the outputs are closed: torch's teardown only costs time (core.runtime)
 
 
 def run(argv: list[str]) -> int | str | None:

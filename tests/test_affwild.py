@@ -13,6 +13,7 @@ from fercli.core.errors import DataError
 from fercli.datasets import affwild, features, splits
 from fercli.datasets.features import labelled_clips
 from fercli.nets.model import Preprocess
+from fercli.datasets.truth import load_truth
 from fercli.scoring import metrics
 
 
@@ -141,7 +142,7 @@ def test_benchmark_accuracy_scores_affwild_truth_per_second_and_abaw_pooled(tmp_
     # Per second too: the truth of a second is the mean of its labelled frames times 10.
     va = truth["video1"][:10]
     expect = va[va[:, 0] != -5, 0].mean() * 10
-    table = metrics.load_truth(tmp_path / "aw", fps)
+    table = load_truth(tmp_path / "aw", fps)
     assert table.set_index(["video", "second"]).loc[("video1", 0), "valence"] == pytest.approx(expect)
 
 
@@ -168,7 +169,8 @@ def affwild_root(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def affwild_run(affwild_root, tmp_path_factory):
-    from fercli.training.loop import TrainOptions, train
+    from fercli.training.loop import train
+    from fercli.training.options import TrainOptions
 
     return train(TrainOptions(affwild_root, tmp_path_factory.mktemp("runs") / "aw", cache_dir=tmp_path_factory.mktemp("feat"), **FAST))
 

@@ -7,7 +7,6 @@ and no other, so a new module obeys its layer's rules without being listed anywh
 from __future__ import annotations
 
 import ast
-import importlib
 import re
 from pathlib import Path
 
@@ -28,7 +27,6 @@ LAYERS = {
     "training": {"core", "nets", "tables", "datasets", "job", "scoring", "views"},
 }
 PROGRAM = {"cli", "doctor"}  # fercli/*.py: the program on top, which may import any folder
-ALIASES = {"report": "views.report", "render": "views.render", "export": "views.export", "runtime": "core.runtime"}
 
 
 def module_files() -> dict[str, Path]:
@@ -36,7 +34,7 @@ def module_files() -> dict[str, Path]:
     found = {}
     for path in sorted(PACKAGE.rglob("*.py")):
         rel = path.relative_to(PACKAGE).with_suffix("")
-        if rel.name != "__init__" and not (len(rel.parts) == 1 and rel.name in ALIASES):
+        if rel.name != "__init__":
             found[".".join(rel.parts)] = path
     return found
 
@@ -123,19 +121,17 @@ def test_the_map_and_the_folders_agree():
 def test_nothing_imports_the_program():
     wrong = sorted((m, d) for m in MODULES for d in GRAPH[m] if d in PROGRAM and m not in PROGRAM)
     assert not wrong, wrong
-    for m in MODULES:
-        source = FILES[m].read_text()
-        assert not re.search(r"^\s*(from|import) fercli\.(" + "|".join(ALIASES) + r")\b", source, re.M), \
-            f"{m} imports an old path: use fercli.{{folder}}.module"
-
-
-@pytest.mark.parametrize("old, new", ALIASES.items())
-def test_documented_old_paths_are_the_moved_modules(old, new):
-    assert importlib.import_module(f"fercli.{old}") is importlib.import_module(f"fercli.{new}")
 
 
 # Modules tested through another module's tests, and where.
-TESTED_IN = {"job.contract": "test_pipeline.py", "job.stages": "test_pipeline.py", "scoring.compare": "test_loop.py"}
+TESTED_IN = {
+    "job.contract": "test_pipeline.py",
+    "job.stages": "test_pipeline.py",
+    "scoring.compare": "test_loop.py",
+    "training.options": "test_loop.py",
+    "training.resume": "test_loop.py",
+    "training.records": "test_loop.py",
+}
 
 
 @pytest.mark.parametrize("module", MODULES)
@@ -246,11 +242,8 @@ def test_names_the_readmes_document_load_from_their_paths():
     import fercli
     import fercli.training
     from fercli.training import loop
-    from fercli.views import export, render, report
 
     assert fercli.training.train is loop.train is fercli.train and fercli.training.TrainOptions is loop.TrainOptions
-    assert fercli.report.write_report is report.write_report and fercli.render.render is render.render
-    assert fercli.export.export_table is export.export_table
     assert callable(fercli.annotate) and callable(fercli.evaluate) and callable(fercli.read_table)
 
 

@@ -53,7 +53,8 @@ def test_bf16_on_cuda_stays_near_fp32(tmp_path, clips_dir, frame_checkpoint):
 def test_a_model_trained_on_cuda_with_amp_annotates_on_the_cpu(tmp_path, clips_dir):
     import synthetic_afew
 
-    from fercli.training.loop import TrainOptions, train
+    from fercli.training.loop import train
+    from fercli.training.options import TrainOptions
 
     data = tmp_path / "afew"
     synthetic_afew.make_dataset(data, clips=6, frames=8, actors=3, seed=5)

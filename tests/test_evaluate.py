@@ -15,18 +15,19 @@ import synthetic_afew
 import torch
 
 from fercli.core.errors import FerError
+from fercli.datasets.truth import load_truth
 from fercli.scoring import metrics
 from fercli.training.evaluate import evaluate
-from fercli.training.loop import TrainOptions, train
+from fercli.training.loop import train
+from fercli.training.options import TrainOptions
 
 FPS = 5.0  # the synthetic clips' frame rate, which is also the model's: sample k is frame k
-FAST = dict(backbone="random", frames_fps=FPS, image_size=64, hidden=32, batch_size=16, lr=2e-3, patience=6, epochs=2)
+FAST = dict(init="random", frames_fps=FPS, image_size=64, hidden=32, batch_size=16, lr=2e-3, patience=6, epochs=2)
 
 
 @pytest.fixture(scope="module", autouse=True)
 def _one_thread():
-    # Tiny backbone batches: with two OpenMP threads on a busy 2-core machine they spin-wait (see
-    # training._threads). Measured at load 10: this file took 79 s with two threads, 26 s with one.
+    # Tiny backbone batches: with two OpenMP threads on a busy machine they spin-wait (loop._threads).
     before = torch.get_num_threads()
     torch.set_num_threads(1)
     yield
@@ -101,7 +102,7 @@ def test_window_truth_is_the_mean_of_its_frame_labels(by_clip, tiny):
 
 
 def test_per_second_truth_is_load_truth_of_the_part(by_clip, tiny):
-    truth = metrics.load_truth(tiny, FPS)
+    truth = load_truth(tiny, FPS)
     truth = truth[truth["video"].isin(by_clip.split.scored_clips)].reset_index(drop=True)
     pd.testing.assert_frame_equal(by_clip.second_truth, truth)
     s = by_clip.seconds

@@ -16,18 +16,14 @@ import torch
 
 from fercli.core.errors import DataError, FerError, WeightsError
 from fercli.datasets import afew, splits
-from fercli.training.loop import (
-    TrainOptions,
-    backbone_weights,
-    initial_model,
-    model_config,
-    train,
-)
+from fercli.nets.backbones import backbone_weights
+from fercli.training.loop import initial_model, model_config, train
+from fercli.training.options import TrainOptions
 
 REPO = Path(__file__).resolve().parents[1]
 # Small and fast for CI: 96 px crops, a 64-unit LSTM, bigger batches and steps than the paper's
 # (8, 1e-4), which would need hundreds of epochs on this little data.
-FAST = dict(backbone="random", frames_fps=5.0, image_size=96, hidden=64, batch_size=16, lr=2e-3, patience=6, epochs=30)
+FAST = dict(init="random", frames_fps=5.0, image_size=96, hidden=64, batch_size=16, lr=2e-3, patience=6, epochs=30)
 
 
 @pytest.fixture(scope="module")
@@ -262,9 +258,8 @@ def test_finetune_trains_the_backbone_end_to_end(tiny, tmp_path):
 
 
 def test_finetuning_under_bf16_autocast_keeps_a_random_backbone_finite(tiny, tmp_path, monkeypatch):
-    # On the H200 run, fp16 autocast turned a random EfficientNet's features into inf and every
-    # prediction into NaN (training stopped in its first epoch). The same loop under CPU
-    # autocast: bf16, the GPU's choice now, keeps fp32's range.
+    # fp16 autocast can turn a random EfficientNet's features into inf and every prediction into
+    # NaN; the same loop under CPU autocast shows bf16, the GPU's choice, keeps fp32's range.
     from fercli.training import loop as training
 
     assert training.amp_dtype(torch.device("cpu")) is None  # CPU runs stay fp32
@@ -298,7 +293,7 @@ def test_hsemotion_backbone_comes_from_its_weights_file(tmp_path, monkeypatch):
     assert torch.equal(model.backbone.conv_stem.weight, net.state_dict()["conv_stem.weight"])
     # fine-tuning moves the features under the classifier: no expression head then
     assert not model_config(TrainOptions("d", "o", finetune=True)).expressions
-    assert not model_config(TrainOptions("d", "o", backbone="random")).expressions
+    assert not model_config(TrainOptions("d", "o", init="random")).expressions
 
 
 def test_missing_hsemotion_weights_stop_the_run(tiny, tmp_path, monkeypatch):
@@ -309,7 +304,7 @@ def test_missing_hsemotion_weights_stop_the_run(tiny, tmp_path, monkeypatch):
 
     monkeypatch.setattr(weights, "fetch", offline)
     with pytest.raises(WeightsError, match="offline"):
-        train(TrainOptions(tiny, tmp_path / "run", backbone="hsemotion"))
+        train(TrainOptions(tiny, tmp_path / "run", init="hsemotion"))
     assert not (tmp_path / "run" / "last.pt").exists()
 
 
@@ -393,7 +388,7 @@ def test_fer_train_command(tiny, tmp_path):
 
     if not any((c.name or c.callback.__name__) == "train" for c in app.registered_commands):
         pytest.skip("`fer train` is not registered in fercli/cli.py yet")
-    args = ["train", "--data", tiny, "--out", tmp_path / "run", "--backbone", "random", "--epochs", "1",
+    args = ["train", "--data", tiny, "--out", tmp_path / "run", "--init", "random", "--epochs", "1",
             "--frames-fps", "5", "--device", "cpu"]
     env = {"FER_CACHE_DIR": str(tmp_path / "cache")}
     result = CliRunner().invoke(app, [str(a) for a in args], env=env)
@@ -542,11 +537,7 @@ def test_soft_loss_trains_and_is_recorded(tiny, tmp_path):
 # --- --backbone efficientnet_b0|resnet50 with --init hsemotion|imagenet|random ------------------
 
 
-def test_old_backbone_spelling_maps_to_backbone_and_init():
-    assert (TrainOptions("d", "o", backbone="random").backbone, TrainOptions("d", "o", backbone="random").init) \
-        == ("efficientnet_b0", "random")
-    old = TrainOptions("d", "o", backbone="hsemotion")
-    assert (old.backbone, old.init) == ("efficientnet_b0", "hsemotion")
+def test_backbone_names_are_timm_models():
     assert model_config(TrainOptions("d", "o", backbone="resnet50", init="random")).backbone == "resnet50"
     assert model_config(TrainOptions("d", "o")).backbone == "tf_efficientnet_b0"
 
@@ -555,6 +546,7 @@ def test_old_backbone_spelling_maps_to_backbone_and_init():
     ("resnet50", "hsemotion", "--init hsemotion is an efficientnet_b0 network"),
     ("vit", "random", "--backbone must be one of efficientnet_b0, resnet50"),
     ("resnet50", "scratch", "--init must be one of hsemotion, imagenet, random"),
+    ("random", "random", "--backbone must be one of efficientnet_b0, resnet50, not 'random'"),
 ])
 def test_bad_backbone_or_init_is_refused(tiny, tmp_path, backbone, init, message):
     with pytest.raises(FerError, match=message):
@@ -613,8 +605,6 @@ def test_resnet50_run_is_a_model_for_annotate(tiny, tmp_path):
 def test_a_run_folder_inside_the_data_is_refused(tmp_path, where):
     # `--out D` with `--data D` wrote the run into the data set, which then no longer read.
     from fercli.core.errors import FerError
-    from fercli.training.loop import TrainOptions, train
-
     data = tmp_path / "afew"
     data.mkdir()
     out = {"same": data, "inside": data / "runs" / "x"}[where]

@@ -175,7 +175,7 @@ def test_importing_everything_fer_installs_then_a_matrix_product_does_not_crash(
     assert int(count) > 20 and {"torch", "numpy", "av", "ai_edge_litert", "fercli"} <= set(modules)
 
 
-def test_the_model_file_and_its_licence_are_in_the_wheel(tmp_path):
+def test_the_model_file_its_licence_and_the_report_assets_are_in_the_wheel(tmp_path):
     import subprocess
     import sys
     import zipfile
@@ -188,3 +188,5 @@ def test_the_model_file_and_its_licence_are_in_the_wheel(tmp_path):
     names = zipfile.ZipFile(next(tmp_path.glob("fercli-*.whl"))).namelist()
     for name in ("face_detection_full_range_sparse.tflite", "LICENSE-mediapipe", "NOTICE"):
         assert f"fercli/data/{name}" in names
+    assets = sorted(p.relative_to(ROOT).as_posix() for p in (ROOT / "fercli" / "views" / "assets").iterdir())
+    assert assets and all(name in names for name in assets)  # the report's page is built from them

@@ -23,6 +23,7 @@ from typer.testing import CliRunner
 from fercli.cli import app
 from fercli.core.errors import DataError, FerError
 from fercli.tables.writers import TableWriter, read_errors, read_table, write_errors
+from fercli.views import report as report_module
 from fercli.views.report import summarize, write_report
 
 CHROMIUM = Path(os.environ.get("FER_TEST_CHROMIUM", "/usr/bin/chromium"))
@@ -30,7 +31,7 @@ CHROMIUM = Path(os.environ.get("FER_TEST_CHROMIUM", "/usr/bin/chromium"))
 CHROMIUM_ARGS = [
     "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
     "--disable-component-update", "--disable-sync",
-]  # fmt: skip
+]
 CLIP_SECONDS = 4.0
 META = {"model": "lstm.pt", "fps": 5.0, "window": 5, "per_frame": False, "all_faces": False, "fer_version": "test"}
 
@@ -43,7 +44,7 @@ def row(s, v=None, a=None, conf=(None, None), end=None, **extra):
         "valence": v, "arousal": a,
         "valence_score": None if v is None else v + 0.2, "arousal_score": None if a is None else a - 0.2,
         "valence_conf": conf[0], "arousal_conf": conf[1], **extra,
-    }  # fmt: skip
+    }
 
 
 def write_batch(folder: Path, clips: dict[str, list[dict]], errors=(), all_faces=False, name="results.parquet") -> Path:
@@ -90,7 +91,7 @@ def two_faces(tmp_path_factory) -> Path:
         row(0, 2, 2, (0.8, 0.8), person=0), row(0, -6, 4, (0.5, 0.6), person=1),
         row(1, 3, 1, (0.8, 0.7), person=0),
         row(2, person=None),
-    ]  # fmt: skip
+    ]
     return write_batch(root, {"two.webm": rows}, all_faces=True, name="faces.csv")
 
 
@@ -125,7 +126,7 @@ class Page(HTMLParser):
         return [
             a for t, a, s in self.tags
             if t == tag and (cls is None or cls in a.get("class", "").split()) and (section is None or s == section)
-        ]  # fmt: skip
+        ]
 
     def sections(self):
         return [a for a in self.find("section", "clip")]
@@ -194,6 +195,10 @@ def test_page_content(batch, tmp_path):
     # Self-contained: nothing loaded from elsewhere but the video.
     assert not page.find("link") and not [s for s in page.find("script") if "src" in s]
     assert not re.search(r"""(src|href)=["']?(https?:)?//""", text)
+    # The styles and the script are the package's asset files, inlined whole.
+    assets = Path(report_module.__file__).parent / "assets"
+    assert f"<style>{(assets / 'report.css').read_text()}</style>" in text
+    assert f"<script>{(assets / 'report.js').read_text()}</script>" in text
 
 
 def test_two_faces_one_timeline_each(two_faces, tmp_path):
@@ -295,7 +300,7 @@ def browser(tmp_path_factory):
         context = p.chromium.launch_persistent_context(
             str(tmp_path_factory.mktemp("profile")), executable_path=str(CHROMIUM), headless=True,
             args=CHROMIUM_ARGS, viewport={"width": 1200, "height": 900},
-        )  # fmt: skip
+        )
         yield context
         context.close()
 

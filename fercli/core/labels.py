@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from .errors import DataError
+
 DIMENSIONS = ("valence", "arousal")  # the two scales, in the order every table and report gives them
 
 LABEL_MIN, LABEL_MAX = -10, 10  # the AFEW-VA scale
@@ -27,6 +29,14 @@ def to_class(values) -> np.ndarray:
     """Labels -10..10 from real scores: round half away from zero (so +-0.5 are symmetric), then clip."""
     v = np.asarray(values, dtype=float)
     return np.clip(np.sign(v) * np.floor(np.abs(v) + 0.5), LABEL_MIN, LABEL_MAX).astype(np.int64)
+
+
+def check_on_scale(values, what: str) -> None:
+    """DataError (`what`: the file and column) for the first value outside LABEL_MIN..LABEL_MAX."""
+    v = np.asarray(values, dtype=float)
+    bad = (v < LABEL_MIN) | (v > LABEL_MAX)
+    if bad.any():
+        raise DataError(f"{what}: value {v[bad][0]:g} outside {LABEL_MIN}..{LABEL_MAX}")
 
 
 def decode_logits(logits):

@@ -33,9 +33,8 @@ HSEMOTION_EXPRESSIONS = slice(0, len(EXPRESSIONS))  # its 8 expression logits, i
 
 
 CROPS = ("square", "box")
-# What a checkpoint's config may say. A config is data from a file, so each number is checked
-# before it sizes anything: a 20,000 px input took about 6 GB, 10^6 samples/s planned millions
-# of samples for a 2 s clip, and a zero std divides by zero.
+# What a checkpoint's config may say: a config is data from a file, so each number is checked
+# before it sizes anything (memory, samples planned, a division).
 INPUT_SIDE_PX = (16, 1024)  # crop side; EfficientNet-B0 is trained at 224, ResNet-50 at 224
 MAX_MARGIN = 2.0  # of the box's larger side, on each side
 STD_RANGE = (1e-3, 10.0)  # per channel, after scaling pixels to [0, 1]
@@ -147,7 +146,8 @@ def _in_range(name: str, value, low, high, integer: bool = False) -> None:
     """ValueError unless `value` is a number (an int where `integer`) within [low, high]."""
     kinds = (int,) if integer else (int, float)
     if isinstance(value, bool) or not isinstance(value, kinds) or not (low <= value <= high):  # NaN fails too
-        raise ValueError(f"{name} must be {'an integer' if integer else 'a number'} from {low} to {high}, not {value!r}")
+        kind = "an integer" if integer else "a number"
+        raise ValueError(f"{name} must be {kind} from {low} to {high}, not {value!r}")
 
 
 # HSEmotion's own preprocessing comes with its weights in the registry (hsemotion
@@ -303,7 +303,9 @@ def checkpoint_config(ckpt: dict, source: str | Path = "checkpoint") -> ModelCon
         raise WeightsError(f"{source}: checkpoint does not match its config ({first_line(e)})") from None
 
 
-def model_from_checkpoint(ckpt: dict, source: str | Path = "checkpoint", backbone: nn.Module | None = None) -> nn.Module:
+def model_from_checkpoint(
+    ckpt: dict, source: str | Path = "checkpoint", backbone: nn.Module | None = None
+) -> nn.Module:
     """Rebuild the model a checkpoint describes and load its weights.
 
     With `backbone` (one that holds its own weights, such as an OpenVINO one) it takes the timm
@@ -345,21 +347,24 @@ def load_model(
     return load_placed(name_or_path, place(engine, device, precision), progress)
 
 
-def load_placed(name_or_path: str | Path, where, progress=None) -> nn.Module:
+def load_placed(name_or_path: str | Path, placement, progress=None) -> nn.Module:
     """`load_model` for a settled `engines.Placement` (what `annotate` resolved): resolves nothing again."""
     from .checkpoints import resolve
 
     ckpt = resolve(name_or_path, progress)
     backbone = None
-    if where.engine == "openvino":
+    if placement.engine == "openvino":
         from .engines import openvino_backbone
 
         config = checkpoint_config(ckpt, name_or_path)
-        torch_backbone = lambda: model_from_checkpoint(ckpt, name_or_path).backbone  # noqa: E731  (only on a cache miss)
-        backbone = openvino_backbone(ckpt["state_dict"], config.preprocess.size, torch_backbone, where.precision)
+
+        def torch_backbone():  # called only on a cache miss
+            return model_from_checkpoint(ckpt, name_or_path).backbone
+
+        backbone = openvino_backbone(ckpt["state_dict"], config.preprocess.size, torch_backbone, placement.precision)
     model = model_from_checkpoint(ckpt, name_or_path, backbone)
     model.source = ckpt["source"]
     model.weights_sha256 = ckpt["weights_sha256"]
-    model.engine = where.engine
-    model.precision = where.precision  # as it records its engine: what it runs at
-    return model.eval().to(where.device, memory_format=torch.channels_last)
+    model.engine = placement.engine
+    model.precision = placement.precision  # as it records its engine: what it runs at
+    return model.eval().to(placement.device, memory_format=torch.channels_last)

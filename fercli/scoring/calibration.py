@@ -34,7 +34,7 @@ from ..tables.intervals import (
     read_calibration,
 )
 from ..tables.writers import INTERVAL_COLUMNS, output_format, read_metadata, read_table, schema, write_table
-from .metrics import load_truth
+from ..datasets.truth import load_truth
 
 SPREAD_COLUMNS = tuple(f"{d}_{c}" for d in DIMENSIONS for c in ("score", "sd"))
 
@@ -64,7 +64,7 @@ def conformal_quantile(scores, clips, coverage: float) -> float:
 
 def scaled_residuals(truth: pd.DataFrame, pred: pd.DataFrame) -> dict[str, pd.DataFrame]:
     """Per dimension, the labelled seconds with a prediction: video, second, truth, score, sd and
-    `scaled` = |truth - score| / difficulty. `truth` as `metrics.load_truth` gives it."""
+    `scaled` = |truth - score| / difficulty. `truth` as `datasets.truth.load_truth` gives it."""
     both = truth.merge(pred[["video", "second", *SPREAD_COLUMNS]], on=["video", "second"], suffixes=("", "_pred"))
     out = {}
     for dim in DIMENSIONS:

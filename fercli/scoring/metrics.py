@@ -42,10 +42,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ..core.errors import DataError, FerError
-from ..core.labels import DIMENSIONS, LABEL_MAX, LABEL_MIN, to_class
+from ..core.errors import DataError
+from ..core.labels import DIMENSIONS, LABEL_MAX, LABEL_MIN, check_on_scale, to_class
 from ..datasets import affwild
-from ..tables.rows import TIME_EPS
+from ..datasets.truth import affwild_frames, load_truth, seconds_of_frames
 
 CLASSES = np.arange(LABEL_MIN, LABEL_MAX + 1)
 INTERVAL_TOLERANCE = 1e-5  # labels: a float32 bound near 10 is within 1e-6 of the float64 it rounded
@@ -251,7 +251,7 @@ def score(truth: pd.DataFrame, pred: pd.DataFrame, *, on=("video", "second"), na
         label_col = dim if dim in pred else f"{dim}_score"
         cont_col = f"{dim}_score" if f"{dim}_score" in pred else dim
         label, cont = _floats(both[label_col]), _floats(both[cont_col])
-        _check_range(label[np.isfinite(label)], f"{pred_name}: column {label_col}")
+        check_on_scale(label[np.isfinite(label)], f"{pred_name}: column {label_col}")
         for col, values in ((label_col, label), (cont_col, cont)):  # no face is null, never infinite
             if np.isinf(values).any():
                 raise DataError(f"{pred_name}: column {col} holds an infinite value")
@@ -344,19 +344,13 @@ def _floats(column: pd.Series) -> np.ndarray:
     return pd.to_numeric(column, errors="coerce").astype("float64").to_numpy(na_value=np.nan)
 
 
-def _check_range(values: np.ndarray, what: str) -> None:
-    bad = (values < LABEL_MIN) | (values > LABEL_MAX)
-    if bad.any():
-        raise DataError(f"{what}: value {values[bad][0]:g} outside {LABEL_MIN}..{LABEL_MAX}")
-
-
 # --- reports -----------------------------------------------------------------------------------
 
 
 def score_tables(truth: str | Path, pred: str | Path, frames_fps: float = 25.0) -> Report:
     """A `fer annotate` table `pred` scored against `truth` (an AFEW-VA or Aff-Wild2 folder, or a
-    CSV/Parquet table), per second; with Aff-Wild2 truth also ABAW's pooled score. DataError
-    (one line, naming the file) for a missing or unreadable one, the truth's first."""
+    CSV/Parquet table: `datasets.truth.load_truth`), per second; with Aff-Wild2 truth also ABAW's
+    pooled score. DataError (one line, naming the file) for a missing or unreadable one, the truth's first."""
     from ..tables.writers import read_table
 
     truth_table = load_truth(truth, frames_fps)
@@ -438,84 +432,7 @@ def write_metrics(report: Report, out_dir: str | Path) -> list[Path]:
     return list(files)
 
 
-# --- ground truth ------------------------------------------------------------------------------
-
-
-def load_truth(path: str | Path, frames_fps: float = 25.0) -> pd.DataFrame:
-    """Ground truth per second: DataFrame(video, second, valence, arousal), labels as floats.
-
-    `path` is an AFEW-VA folder (clip folders `<id>/` holding `<id>.json`) or a CSV/Parquet table
-    with video, second (or frame) and valence, arousal. Frame labels are averaged per second:
-    frame i sits at i / frames_fps, in second floor(i / frames_fps). AFEW-VA videos are named as
-    `fer annotate` names the clip folders: the folder's path relative to `path` ("001"), or the
-    folder's own name when `path` is itself a clip.
-    """
-    if not frames_fps > 0:
-        raise FerError(f"frames fps must be positive, not {frames_fps}")
-    path = Path(path)
-    if not path.exists():
-        raise DataError(f"{path}: no such file or folder")
-    if path.is_dir():
-        frames = _affwild(path) if affwild.is_affwild(path) else _afew_va(path)
-    else:
-        frames = _truth_table(path)
-        if "second" in frames:
-            return _check_truth(frames[["video", "second", *DIMENSIONS]], path, per_second=True)
-    frames = _check_truth(frames, path, per_second=False)
-    frames["second"] = np.floor(frames.pop("frame").to_numpy(dtype=float) / frames_fps + TIME_EPS).astype(np.int64)
-    out = frames.groupby(["video", "second"], sort=True, as_index=False)[list(DIMENSIONS)].mean()
-    return out.reset_index(drop=True)
-
-
-def _truth_table(path: Path) -> pd.DataFrame:
-    ext = path.suffix.lower()
-    try:
-        if ext == ".csv":
-            df = pd.read_csv(path, dtype={"video": str})
-        elif ext in (".parquet", ".pq"):
-            df = pd.read_parquet(path)
-        else:
-            raise DataError(f"{path}: truth must be an AFEW-VA folder, a .csv or a .parquet")
-    except DataError:
-        raise
-    except Exception as e:  # pandas/pyarrow raise many kinds for unreadable files
-        raise DataError(f"{path}: cannot read table ({e})") from e
-    key = "second" if "second" in df else "frame"
-    missing = [c for c in ("video", key, *DIMENSIONS) if c not in df]
-    if missing:
-        needs = "video, second or frame, valence, arousal"
-        raise DataError(f"{path}: missing column(s) {', '.join(missing)} (needs {needs})")
-    return df[["video", key, *DIMENSIONS]].copy()
-
-
-def _check_truth(df: pd.DataFrame, path: Path, *, per_second: bool) -> pd.DataFrame:
-    df = df.copy()
-    key = "second" if per_second else "frame"
-    df["video"] = df["video"].astype(str)
-    k = pd.to_numeric(df[key], errors="coerce")
-    if k.isna().any() or (k < 0).any() or (k != np.floor(k)).any():
-        raise DataError(f"{path}: {key} must be whole numbers >= 0")
-    df[key] = k.astype(np.int64)
-    for dim in DIMENSIONS:
-        v = pd.to_numeric(df[dim], errors="coerce")
-        if (v.isna() & df[dim].notna()).any():
-            raise DataError(f"{path}: {dim} holds values that are not numbers")
-        _check_range(v.dropna().to_numpy(dtype=float), f"{path}: {dim}")
-        df[dim] = v.astype("float64")
-    if per_second and df.duplicated(subset=["video", "second"]).any():
-        raise DataError(f"{path}: more than one row for the same video and second")
-    return df.sort_values(["video", key], kind="stable").reset_index(drop=True)
-
-
-def _affwild(root: Path) -> pd.DataFrame:
-    """Aff-Wild2's labelled frames on fer's -10..10 scale; videos named by their annotation files."""
-    rows = []
-    for clip in affwild.read_dataset(root):
-        frames = np.flatnonzero(clip.labelled)
-        rows.append(pd.DataFrame({"video": clip.id, "frame": frames,
-                                  "valence": clip.valence[frames] * affwild.ABAW_SCALE,
-                                  "arousal": clip.arousal[frames] * affwild.ABAW_SCALE}))
-    return pd.concat(rows, ignore_index=True)
+# --- ABAW ----------------------------------------------------------------------------------------
 
 
 def abaw_ccc(truth: dict[str, np.ndarray], pred: dict[str, np.ndarray]) -> dict[str, float]:
@@ -543,8 +460,8 @@ def abaw_score(truth: str | Path, pred: pd.DataFrame, frames_fps: float = 25.0) 
     truth = Path(truth)
     if not (truth.is_dir() and affwild.is_affwild(truth)):
         return None
-    frames = _affwild(truth)
-    frames["second"] = np.floor(frames["frame"].to_numpy(dtype=float) / frames_fps + TIME_EPS).astype(np.int64)
+    frames = affwild_frames(truth)
+    frames["second"] = seconds_of_frames(frames["frame"], frames_fps)
     cols = {d: (f"{d}_score" if f"{d}_score" in pred else d) for d in DIMENSIONS}
     keyed = _keyed(pred, ["video", "second"], "prediction")
     preds = keyed[["video", "second", *cols.values()]].rename(columns={c: f"{d}_pred" for d, c in cols.items()})
@@ -555,17 +472,3 @@ def abaw_score(truth: str | Path, pred: pd.DataFrame, frames_fps: float = 25.0) 
                    {d: both[f"{d}_pred"].to_numpy(float)[ok] / scale for d in DIMENSIONS})
     return {**out, "frames": int(ok.sum()), "frames_without_prediction": int((~ok).sum())}
 
-
-def _afew_va(root: Path) -> pd.DataFrame:
-    from ..datasets.afew import label_files, read_clip
-
-    labels = label_files(root)
-    if not labels:
-        raise DataError(f"{root}: no AFEW-VA annotations (<id>/<id>.json or <id>.json beside <id>/) found")
-    rows = []
-    for folder, file in sorted(labels.items()):
-        # The same naming as inputs.find_clips, so truth and predictions share their keys.
-        video = folder.relative_to(root).as_posix() if folder != root else root.name
-        clip = read_clip(folder, file)  # the reader `fer train` uses: every label checked
-        rows += [(video, i, float(lab.valence), float(lab.arousal)) for i, lab in sorted(clip.labels.items())]
-    return pd.DataFrame(rows, columns=["video", "frame", *DIMENSIONS])

@@ -132,25 +132,19 @@ def read_table(path: str | Path, require=()) -> pd.DataFrame:
 
 def _read(path: Path, require) -> pd.DataFrame:
     if output_format(path) == "parquet":
-        df = _renamed(pq.read_table(path).to_pandas(types_mapper=_nullable))
+        df = pq.read_table(path).to_pandas(types_mapper=_nullable)
         check_table(df, path, require)
         return df
-    df = _renamed(pd.read_csv(path, dtype={"video": str, "expression": str}))  # an all-null column is no float
+    df = pd.read_csv(path, dtype={"video": str, "expression": str})  # an all-null column is no float
     check_table(df, path, require)
     for col in ("valence", "arousal", "person", "people", "samples"):
         if col in df:
             whole = df[col].dropna()
             if not (whole == whole.round()).all():
                 row = int((df[col] != df[col].round()).to_numpy().argmax())
-                raise DataError(f"{path}: column {col} holds {df[col].iloc[row]!r} (row {row + 1}) where a whole number belongs")
+                value = df[col].iloc[row]
+                raise DataError(f"{path}: column {col} holds {value!r} (row {row + 1}) where a whole number belongs")
             df[col] = df[col].astype("Int64")
-    return df
-
-
-def _renamed(df: pd.DataFrame) -> pd.DataFrame:
-    # Tables of fer 0.1 called the person column `face_id` (a track, which did not survive cuts).
-    if "face_id" in df and "person" not in df:
-        df = df.rename(columns={"face_id": "person"})
     return df
 
 
@@ -177,18 +171,21 @@ def check_table(df: pd.DataFrame, path: Path, require=()) -> None:
         if not pd.api.types.is_numeric_dtype(df[col]) or pd.api.types.is_bool_dtype(df[col]):
             bad = pd.to_numeric(df[col], errors="coerce").isna() & df[col].notna()
             row = int(bad.to_numpy().argmax()) if bad.any() else 0
-            raise DataError(f"{path}: column {col} holds {printable(str(df[col].iloc[row]))!r} (row {row + 1}) where a number belongs")
+            value = printable(str(df[col].iloc[row]))
+            raise DataError(f"{path}: column {col} holds {value!r} (row {row + 1}) where a number belongs")
     for col, top in TIME_BOUNDS.items():  # keys that size what the tools build (a NOVA track per second)
         if col in df and len(df):
             values = df[col].to_numpy(dtype=float, na_value=np.nan)
             bad = ~((values >= 0) & (values <= top)) & ~np.isnan(values)
             if bad.any():
                 row = int(bad.argmax())
-                raise DataError(f"{path}: column {col} holds {values[row]!r} (row {row + 1}); fer's run from 0 to {top:g}")
+                value = values[row]
+                raise DataError(f"{path}: column {col} holds {value!r} (row {row + 1}); fer's run from 0 to {top:g}")
     if "face" in df and df["face"].notna().any() and not pd.api.types.is_bool_dtype(df["face"]):
         values = set(df["face"].dropna().unique())
         if not values <= {True, False, 0, 1}:
-            raise DataError(f"{path}: column face holds {sorted(map(str, values - {True, False, 0, 1}))[0]!r} where true or false belongs")
+            odd = sorted(map(str, values - {True, False, 0, 1}))[0]
+            raise DataError(f"{path}: column face holds {odd!r} where true or false belongs")
 
 
 def metadata_path(out: Path) -> Path:
@@ -252,9 +249,17 @@ class TableWriter:
     """
 
     def __init__(
-        self, out: Path, metadata: dict, *, rows: str = "second", all_faces: bool, resume: bool, overwrite: bool = False,
-        expressions: bool = False, intervals: bool = False,
-    ):  # fmt: skip
+        self,
+        out: Path,
+        metadata: dict,
+        *,
+        rows: str = "second",
+        all_faces: bool,
+        resume: bool,
+        overwrite: bool = False,
+        expressions: bool = False,
+        intervals: bool = False,
+    ):
         self.out = Path(out)
         self.format = output_format(self.out)
         check_output(self.out, resume=resume, overwrite=overwrite)
@@ -340,7 +345,7 @@ class TableWriter:
             names = (
                 pq.read_schema(path).names if output_format(path) == "parquet"
                 else list(pd.read_csv(path, nrows=0).columns)
-            )  # fmt: skip
+            )
             if names != self.schema.names:
                 missing = [n for n in self.schema.names if n not in names]
                 extra = [n for n in names if n not in self.schema.names]
@@ -349,7 +354,7 @@ class TableWriter:
                         f"lacks {', '.join(missing)}" if missing else "",
                         f"has {', '.join(extra)} too" if extra else "",
                     ) if part
-                ) or "its columns are in another order"  # fmt: skip
+                ) or "its columns are in another order"
                 raise FerError(
                     f"{path}: cannot resume, the table has other columns than this run writes ({detail}); "
                     "--overwrite makes it again"
@@ -374,7 +379,8 @@ def check_keys(df: pd.DataFrame, path, key: str) -> pd.Series:
     null, `key` (second, sample_index or frame) whole numbers from 0, no (video, key[, person])
     twice. Returns `key` as int64; DataError (one line, naming the file) where a row breaks it."""
     if df["video"].isna().any():
-        raise DataError(f"{path}: column video is empty in row {int(np.flatnonzero(df['video'].isna().to_numpy())[0]) + 1}")
+        row = int(np.flatnonzero(df["video"].isna().to_numpy())[0]) + 1
+        raise DataError(f"{path}: column video is empty in row {row}")
     index = pd.to_numeric(df[key], errors="coerce")
     if index.isna().any() or (index < 0).any() or (index != np.floor(index)).any() or (index >= 2**53).any():
         raise DataError(f"{path}: column {key} must hold whole numbers from 0")

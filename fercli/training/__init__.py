@@ -1,7 +1,7 @@
 """`fer train` and scoring a trained model on its own test part.
 
 The top layer of the library: may import every other folder but `media`. `train` and
-`TrainOptions` (from `loop`) load on first use, so `fercli.training.train(TrainOptions(...))`,
+`TrainOptions` (from `loop` and `options`) load on first use, so `fercli.training.train(TrainOptions(...))`,
 the path train/README.md documents, works without importing torch with the package.
 """
 
@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import importlib
 
-_LAZY = {"train": "loop", "TrainOptions": "loop"}
+_LAZY = {"train": "loop", "TrainOptions": "options"}
 
 
 def __getattr__(name: str):

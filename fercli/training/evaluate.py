@@ -10,7 +10,7 @@ Two levels, both scored by `metrics.score`, so every metric means what it means 
   the frame scores of the window's face samples, over windows of the default T (5) so it is
   scored on the very windows an LSTM is; its class is that mean rounded.
 - Per second, what users get: the real `fer annotate` on the part's clip folders, read as image
-  sequences at `frames_fps`, against `metrics.load_truth` of the same clips.
+  sequences at `frames_fps`, against `truth.load_truth` of the same clips.
 
 Which part: the split the checkpoint was trained with. `best.pt` records the split's kind and
 seed but not its ratios, a split file's lists, nor the stride, so the run folder's `split.json`
@@ -40,6 +40,7 @@ import pandas as pd
 from ..core.errors import DataError, FerError, WeightsError
 from ..core.labels import to_class
 from ..datasets import examples, features, splits
+from ..datasets.truth import load_truth
 from ..scoring import metrics
 
 log = logging.getLogger("fercli")
@@ -225,7 +226,7 @@ def _frames_fps(given: float | None, run: _Run) -> float:
 def _feature_weights_key(model, run: _Run) -> str:
     """What names the cached features: the training's key when the backbone stayed frozen (so
     the run's own cache is reused), else a hash of the encoder's weights as they are now."""
-    from .loop import state_sha256
+    from ..nets.backbones import state_sha256
 
     meta = run.meta or {}
     if model.config.is_window_model and meta.get("backbone_sha256") and not meta.get("finetune", False):
@@ -377,17 +378,19 @@ def _head_predictions(model, samples, windows: examples.Examples, device):
     from ..core.labels import decode_logits
 
     feats = torch.from_numpy(np.concatenate([s.features for s in samples])).to(device)
-    out = {k: [] for k in ("vl", "al", "vs", "as")}
+    out = {(dim, kind): [] for kind in ("label", "score") for dim in metrics.DIMENSIONS}
     model.eval()
     with torch.inference_mode():
         for i in range(0, len(windows), HEAD_BATCH):
             idx = torch.from_numpy(windows.index[i : i + HEAD_BATCH]).to(device)
-            for key, logits in zip("va", model.head(feats[idx])):
+            for dim, logits in zip(metrics.DIMENSIONS, model.head(feats[idx])):
                 labels, scores, _ = decode_logits(logits)  # as annotation and training decode them
-                out[f"{key}l"].append(labels.cpu())
-                out[f"{key}s"].append(scores.cpu())
-    cat = {k: torch.cat(v).numpy() if v else np.zeros(0) for k, v in out.items()}
-    return cat["vl"].astype(np.int64), cat["al"].astype(np.int64), cat["vs"].astype(float), cat["as"].astype(float)
+                out[dim, "label"].append(labels.cpu())
+                out[dim, "score"].append(scores.cpu())
+    cat = {key: torch.cat(v).numpy() if v else np.zeros(0) for key, v in out.items()}
+    labels = [cat[dim, "label"].astype(np.int64) for dim in metrics.DIMENSIONS]
+    scores = [cat[dim, "score"].astype(float) for dim in metrics.DIMENSIONS]
+    return (*labels, *scores)
 
 
 def _frame_means(model, samples, windows: examples.Examples, window: int):
@@ -414,7 +417,7 @@ def _seconds(root, clips, part, model, frames_fps, device, batch_size, emit):
     """`fer annotate` on the part's clip folders, and the truth of the seconds to score."""
     wanted = set(part.clips)
     pred, failed = _annotate([c.folder for c in clips if c.id in wanted], model, frames_fps, device, batch_size, emit)
-    truth = metrics.load_truth(root, frames_fps)
+    truth = load_truth(root, frames_fps)
     truth = truth[truth["video"].isin(wanted)]
     left_out = 0
     if part.seconds is not None:  # window split: only the seconds whose own window is in the part

@@ -1,4 +1,4 @@
-"""Pictures: accuracy plots for `fer benchmark accuracy` and annotation plots for `fer plot`.
+"""Pictures: accuracy plots for `fer benchmark accuracy`, annotation plots for `fer plot`, training curves.
 
 matplotlib is imported inside the functions and used through its object interface with the Agg
 canvas (no pyplot), so importing fer stays fast, no window ever opens, the caller's backend is
@@ -49,7 +49,7 @@ LEGEND_CHARS = 40  # a circumplex legend entry at most
 # after it (naming one that is not installed makes matplotlib warn at every text).
 NAME_FONTS = ("Noto Sans CJK JP", "Noto Sans CJK SC", "Noto Sans CJK TC", "Noto Sans CJK KR", "Source Han Sans",
               "WenQuanYi Zen Hei", "Droid Sans Fallback", "Hiragino Sans", "Yu Gothic", "Microsoft YaHei",
-              "Malgun Gothic", "Arial Unicode MS")  # fmt: skip
+              "Malgun Gothic", "Arial Unicode MS")
 NO_GLYPH_HINT = "install a font for them (Debian: fonts-noto-cjk) and plot again"
 
 log = logging.getLogger("fercli")
@@ -180,9 +180,11 @@ def circumplex(df: pd.DataFrame, path: str | Path) -> Path:
             v, a, size = pts[:, 0], pts[:, 1], 12 + 6 * counts
         else:
             size = 10
-        ax.scatter(v, a, s=size, alpha=0.5, color=color, edgecolors="none", label=_tail(video, LEGEND_CHARS) if len(videos) <= 10 else None)
+        label = _tail(video, LEGEND_CHARS) if len(videos) <= 10 else None
+        ax.scatter(v, a, s=size, alpha=0.5, color=color, edgecolors="none", label=label)
     if 0 < len(videos) <= 10:
-        ax.legend(frameon=False, loc="lower left", bbox_to_anchor=(0, 1.0), ncol=2, prop={"family": name_fonts(), "size": 8})
+        font = {"family": name_fonts(), "size": 8}
+        ax.legend(frameon=False, loc="lower left", bbox_to_anchor=(0, 1.0), ncol=2, prop=font)
     ax.set(xlim=LIM, ylim=LIM, aspect="equal", xlabel=v_col.replace("_", " "), ylabel=a_col.replace("_", " "))
     ax.set_title(f"{len(rows)} rows with a face, {len(videos)} videos", loc="right", fontsize=9)
     with _glyphs_checked(path):
@@ -344,12 +346,36 @@ def _glyphs_checked(where: Path):
         if "missing from font" not in str(w.message):
             warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
     if missing:
-        log.warning("%s: %d letters of the video names have no font here and show as boxes: %s", where, len(missing), NO_GLYPH_HINT)
+        message = "%s: %d letters of the video names have no font here and show as boxes: %s"
+        log.warning(message, where, len(missing), NO_GLYPH_HINT)
 
 
 def _tail(name: str, chars: int = TITLE_CHARS) -> str:
     """A long video path as its end (the file name and the folders nearest it), which tells clips apart."""
     return name if len(name) <= chars else "…" + name[-(chars - 1):]
+
+
+# --- training curves (`fer train`) --------------------------------------------------------------
+
+
+def plot_curves(history: list[dict], path: str | Path) -> Path:
+    """curves.png: loss and accuracy per epoch for train and validation (the paper's Figure 2).
+
+    `history` holds summary.csv's rows: `epoch`, `{train,val}_loss`, `{train,val}_acc_{valence,arousal}`.
+    """
+    epochs = [r["epoch"] for r in history]
+    fig = _figure(figsize=(10, 4))
+    loss_ax, acc_ax = fig.subplots(1, 2)
+    for part, style in (("train", "-"), ("val", "--")):
+        loss_ax.plot(epochs, [r[f"{part}_loss"] for r in history], style, color="k", label=part)
+        for dim in DIMENSIONS:
+            values = [r[f"{part}_acc_{dim}"] for r in history]
+            acc_ax.plot(epochs, values, style, color=DIM_COLORS[dim], label=f"{part} {dim}")
+    loss_ax.set(title="Loss (sum of both heads' cross-entropy)", xlabel="epoch", ylabel="loss")
+    acc_ax.set(title="Accuracy (21 classes)", xlabel="epoch", ylabel="accuracy", ylim=(0, 1))
+    loss_ax.legend(frameon=False)
+    acc_ax.legend(frameon=False, fontsize="small")
+    return _save(fig, path)
 
 
 # --- matplotlib plumbing -----------------------------------------------------------------------

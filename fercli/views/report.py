@@ -56,6 +56,8 @@ MIN_OPACITY = 0.2  # a label with confidence 0 stays visible
 # Timeline geometry, in SVG user units (the SVG scales to the page's width).
 TL_WIDTH, TL_LEFT, TL_RIGHT = 760, 58, 12
 TRACK_H, TRACK_GAP, TL_TOP, AXIS_H = 78, 10, 6, 24
+# The page's template, styles and script: package data, the last two inlined (the page fetches nothing).
+ASSETS = "assets"
 
 
 # --- the library entry point --------------------------------------------------------------------
@@ -92,7 +94,8 @@ def write_report(
     check_out_dir(out_dir, overwrite=overwrite, what="report")
     meta = _metadata(table_path)
     made = _previews(df, root, out_dir) if previews else {}
-    page = render(df, errors, out_dir=out_dir, videos_root=root, title=title or table_path.name, metadata=meta, previews=made)
+    title = title or table_path.name
+    page = report_html(df, errors, out_dir=out_dir, videos_root=root, title=title, metadata=meta, previews=made)
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / REPORT_NAME
     atomic_write(path, lambda tmp: Path(tmp).write_text(page, encoding="utf-8"))
@@ -216,7 +219,7 @@ def _normalized(df: pd.DataFrame) -> pd.DataFrame:
 # --- the page -------------------------------------------------------------------------------------
 
 
-def render(
+def report_html(
     df: pd.DataFrame,
     errors: list[tuple[str, str]],
     *,
@@ -248,7 +251,8 @@ def render(
             *sections,
         ]
     )
-    return PAGE.format(title=_e(f"fer report: {title}"), css=CSS, body=body, js=JS)
+    page = _asset("report.html")  # {title}, {css}, {body} and {js} are its only braces
+    return page.format(title=_e(f"fer report: {title}"), css=_asset("report.css"), body=body, js=_asset("report.js"))
 
 
 def _summary_html(summary: BatchSummary, colors: dict[str, str]) -> str:
@@ -263,7 +267,8 @@ def _summary_html(summary: BatchSummary, colors: dict[str, str]) -> str:
     clip_rows = "".join(
         f'<tr data-video="{_e(c.video)}"><td><span class="swatch" style="background:{colors[c.video]}"></span>'
         f'<a href="#clip-{i}">{_e(c.video)}</a></td><td>{c.seconds}</td><td>{c.duration:.2f} s</td>'
-        f"<td>{_pct(c.face_share)}</td><td>{c.faces}</td><td>{_num(c.mean_valence)}</td><td>{_num(c.mean_arousal)}</td></tr>"
+        f"<td>{_pct(c.face_share)}</td><td>{c.faces}</td><td>{_num(c.mean_valence)}</td>"
+        f"<td>{_num(c.mean_arousal)}</td></tr>"
         for i, c in enumerate(summary.clips)
     )
     parts = [
@@ -298,7 +303,8 @@ def _clip_section(i: int, clip: ClipSummary, rows: pd.DataFrame, df: pd.DataFram
     faces = _faces(rows)
     timelines, data = [], []
     for label, face_rows in faces:
-        timelines.append(f'<figure class="face"><figcaption>{_e(label)}</figcaption>{_timeline_svg(face_rows, rows, duration, df)}</figure>')
+        svg = _timeline_svg(face_rows, rows, duration, df)
+        timelines.append(f'<figure class="face"><figcaption>{_e(label)}</figcaption>{svg}</figure>')
         data.append({"label": label, "seconds": _readout_rows(face_rows, df)})
     if src:
         copy_note = (
@@ -314,7 +320,8 @@ def _clip_section(i: int, clip: ClipSummary, rows: pd.DataFrame, df: pd.DataFram
     else:
         player = f'<div class="player missing"><p>video not found under {_e(str(root))}</p></div>'
     share = _pct(clip.face_share)
-    blob = json.dumps({"video": clip.video, "duration": duration, "origin": origin, "faces": data}).replace("<", "\\u003c")
+    blob = json.dumps({"video": clip.video, "duration": duration, "origin": origin, "faces": data})
+    blob = blob.replace("<", "\\u003c")
     return (
         f'<section class="clip" id="clip-{i}" data-video="{_e(clip.video)}" data-duration="{duration:.6g}">'
         f'<h2><span class="swatch" style="background:{color}"></span>{_e(clip.video)}</h2>'
@@ -373,10 +380,14 @@ def _timeline_svg(face_rows: pd.DataFrame, clip_rows: pd.DataFrame, duration: fl
         def y(v: float, top=top) -> float:
             return top + TRACK_H * (LABEL_MAX + 0.5 - v) / (LABEL_MAX - LABEL_MIN + 1)
 
-        out.append(f'<rect class="track" x="{x0}" y="{top}" width="{x1 - x0}" height="{TRACK_H}" fill="none" stroke="#bbb"/>')
+        out.append(
+            f'<rect class="track" x="{x0}" y="{top}" width="{x1 - x0}" height="{TRACK_H}" fill="none" stroke="#bbb"/>'
+        )
         for v in (-10, -5, 0, 5, 10):
             grid = "#999" if v == 0 else "#e4e4e4"
-            out.append(f'<line x1="{x0}" x2="{x1}" y1="{y(v):.2f}" y2="{y(v):.2f}" stroke="{grid}" stroke-width="0.8"/>')
+            out.append(
+                f'<line x1="{x0}" x2="{x1}" y1="{y(v):.2f}" y2="{y(v):.2f}" stroke="{grid}" stroke-width="0.8"/>'
+            )
             out.append(f'<text x="{x0 - 4}" y="{y(v) + 3.5:.2f}" class="tick" text-anchor="end">{v}</text>')
         out.append(f'<text x="{x0 + 5}" y="{top + 12}" class="dim" fill="{COLORS[dim]}">{dim}</text>')
         col = _value_column(df, dim)
@@ -390,7 +401,10 @@ def _timeline_svg(face_rows: pd.DataFrame, clip_rows: pd.DataFrame, duration: fl
             path.append(f"{cmd}{x(r.start):.2f},{y(v):.2f} L{x(r.end):.2f},{y(v):.2f}")
             prev = s
         if path:
-            out.append(f'<path d="{" ".join(path)}" fill="none" stroke="{COLORS[dim]}" stroke-width="1" stroke-opacity="0.5"/>')
+            out.append(
+                f'<path d="{" ".join(path)}" fill="none" stroke="{COLORS[dim]}" stroke-width="1" '
+                'stroke-opacity="0.5"/>'
+            )
         for s, r in faced.sort_index().iterrows():
             v = float(r[col])
             conf = _finite(r.get(conf_col)) if conf_col in faced else None
@@ -409,8 +423,13 @@ def _timeline_svg(face_rows: pd.DataFrame, clip_rows: pd.DataFrame, duration: fl
         t += step
     out.append(f'<text x="4" y="{bottom + 15}" class="tick unit">time (s)</text>')
     # The cursor (moved by the page's script) and a transparent layer that takes the clicks.
-    out.append(f'<line class="cursor" x1="{x0}" x2="{x0}" y1="{TL_TOP - 4}" y2="{bottom + 2}" stroke="#111" stroke-width="1.5"/>')
-    out.append(f'<rect class="hit" x="{x0}" y="{TL_TOP}" width="{x1 - x0}" height="{bottom - TL_TOP}" fill="transparent"/>')
+    out.append(
+        f'<line class="cursor" x1="{x0}" x2="{x0}" y1="{TL_TOP - 4}" y2="{bottom + 2}" '
+        'stroke="#111" stroke-width="1.5"/>'
+    )
+    out.append(
+        f'<rect class="hit" x="{x0}" y="{TL_TOP}" width="{x1 - x0}" height="{bottom - TL_TOP}" fill="transparent"/>'
+    )
     out.append("</svg>")
     return "".join(out)
 
@@ -441,18 +460,23 @@ def _circumplex_html(df: pd.DataFrame, summary: BatchSummary, colors: dict[str, 
 
     v_col, a_col = (_value_column(df, d) for d in DIMENSIONS)
     out = [f'<svg class="circumplex" viewBox="0 0 {size} {size}" role="img" aria-label="valence against arousal">']
-    out.append(f'<rect x="{pad}" y="{pad}" width="{size - 2 * pad}" height="{size - 2 * pad}" fill="none" stroke="#bbb"/>')
+    side = size - 2 * pad
+    out.append(f'<rect x="{pad}" y="{pad}" width="{side}" height="{side}" fill="none" stroke="#bbb"/>')
     r10 = px(LABEL_MAX) - px(0)
     out.append(f'<circle cx="{px(0)}" cy="{py(0)}" r="{r10:.2f}" fill="none" stroke="#ccc"/>')
     out.append(f'<line x1="{px(lo)}" x2="{px(hi)}" y1="{py(0)}" y2="{py(0)}" stroke="#aaa"/>')
     out.append(f'<line x1="{px(0)}" x2="{px(0)}" y1="{py(lo)}" y2="{py(hi)}" stroke="#aaa"/>')
     for (qx, qy), word in {(1, 1): "excited", (-1, 1): "tense", (-1, -1): "sad", (1, -1): "calm"}.items():
-        out.append(f'<text x="{px(8 * qx):.1f}" y="{py(9.3 * qy) + 4:.1f}" class="quad" text-anchor="middle">{word}</text>')
+        at_x, at_y = px(8 * qx), py(9.3 * qy) + 4
+        out.append(f'<text x="{at_x:.1f}" y="{at_y:.1f}" class="quad" text-anchor="middle">{word}</text>')
     for v in (-10, -5, 0, 5, 10):
         out.append(f'<text x="{px(v):.1f}" y="{size - pad + 14}" class="tick" text-anchor="middle">{v}</text>')
         out.append(f'<text x="{pad - 5}" y="{py(v) + 4:.1f}" class="tick" text-anchor="end">{v}</text>')
     out.append(f'<text x="{size / 2}" y="{size - 4}" class="axis" text-anchor="middle">valence</text>')
-    out.append(f'<text x="12" y="{size / 2}" class="axis" text-anchor="middle" transform="rotate(-90 12 {size / 2})">arousal</text>')
+    out.append(
+        f'<text x="12" y="{size / 2}" class="axis" text-anchor="middle" transform="rotate(-90 12 {size / 2})">'
+        "arousal</text>"
+    )
     faced = df[df["face"]]
     n_points = 0
     for video, rows in faced.groupby("video", sort=False):
@@ -469,12 +493,14 @@ def _circumplex_html(df: pd.DataFrame, summary: BatchSummary, colors: dict[str, 
             n_points += int(n)
     out.append("</svg>")
     legend = "".join(
-        f'<li><span class="swatch" style="background:{colors[c.video]}"></span>{_e(c.video)}</li>' for c in summary.clips
+        f'<li><span class="swatch" style="background:{colors[c.video]}"></span>{_e(c.video)}</li>'
+        for c in summary.clips
     )
     return (
         '<section class="circumplex-section" id="circumplex"><h2>Circumplex</h2>'
         f'<p class="note">{summary.face_seconds} seconds with a face{_per_face(n_points, summary.face_seconds)}; '
-        f'a dot per (valence, arousal) pair of a clip, larger where seconds share it.</p><div class="circ-body">{"".join(out)}<ul class="legend">{legend}</ul></div></section>'
+        "a dot per (valence, arousal) pair of a clip, larger where seconds share it.</p>"
+        f'<div class="circ-body">{"".join(out)}<ul class="legend">{legend}</ul></div></section>'
     )
 
 
@@ -484,7 +510,9 @@ def _circumplex_html(df: pd.DataFrame, summary: BatchSummary, colors: dict[str, 
 def _per_face(face_seconds: int, seconds: int) -> str:
     # An --all-faces table has a dot's worth per face per second: the count of seconds is the
     # summary's, and the dots' own count is said beside it, never in its place.
-    return "" if face_seconds == seconds else f" ({face_seconds} face-seconds: each face counts in a second it was seen)"
+    if face_seconds == seconds:
+        return ""
+    return f" ({face_seconds} face-seconds: each face counts in a second it was seen)"
 
 
 def _relative_src(path: Path, out_dir: Path) -> str:
@@ -557,110 +585,12 @@ def _pct(share: float | None) -> str:
     return "–" if share is None else f"{100 * share:.1f}%"
 
 
+def _asset(name: str) -> str:
+    """A file of `fercli/views/assets/` (package data) as text."""
+    from importlib.resources import files
+
+    return (files(__package__) / ASSETS / name).read_text(encoding="utf-8")
+
+
 def _e(text: str) -> str:
     return html.escape(str(text), quote=True)
-
-
-CSS = """
-body { font: 14px/1.4 system-ui, -apple-system, "Segoe UI", Roboto, sans-serif; color: #222; margin: 0 auto;
-       max-width: 1200px; padding: 12px 20px 40px; background: #fafafa; }
-h1 { font-size: 22px; margin: 8px 0 2px; } h2 { font-size: 17px; margin: 0 0 6px; } h3 { font-size: 15px; }
-.meta, .note, .stats { color: #555; margin: 2px 0 8px; }
-section { background: #fff; border: 1px solid #ddd; border-radius: 6px; padding: 12px 14px; margin: 14px 0; }
-table { border-collapse: collapse; margin: 6px 0 10px; }
-th, td { padding: 3px 10px; text-align: left; border-bottom: 1px solid #eee; }
-table.clips td:nth-child(n+2), table.clips th:nth-child(n+2) { text-align: right; }
-table.clips td:first-child { white-space: nowrap; }
-table.errors td:last-child { font-family: ui-monospace, monospace; color: #a11; }
-.swatch { display: inline-block; width: 10px; height: 10px; border-radius: 2px; margin-right: 6px; }
-.clip-body { display: flex; flex-wrap: wrap; gap: 14px; align-items: flex-start; }
-.player { flex: 0 0 320px; } .player video { width: 320px; background: #000; border-radius: 4px; }
-.player.missing { color: #777; font-style: italic; border: 1px dashed #ccc; border-radius: 4px; padding: 8px; }
-.preview-note { color: #555; font-size: 12px; margin: 4px 0 0; }
-.timelines { flex: 1 1 560px; min-width: 420px; }
-figure.face { margin: 0 0 6px; } figcaption { font-weight: 600; font-size: 13px; color: #444; }
-svg.timeline { width: 100%; height: auto; display: block; cursor: crosshair; }
-svg text { font: 11px system-ui, sans-serif; fill: #555; } svg text.dim { font-weight: 600; font-size: 12px; }
-svg text.quad { fill: #999; font-style: italic; } svg text.axis { font-size: 12px; fill: #333; }
-.overview { display: flex; flex-wrap: wrap; gap: 0 14px; align-items: flex-start; }
-.overview > section { margin-bottom: 0; } .overview > .summary { flex: 1 1 600px; }
-.overview > .circumplex-section { flex: 0 1 430px; }
-.circ-body { display: flex; flex-wrap: wrap; gap: 20px; align-items: flex-start; }
-svg.circumplex { width: 400px; max-width: 100%; height: auto; }
-ul.legend { list-style: none; padding: 0; margin: 0; } ul.legend li { margin: 2px 0; }
-output.readout { font-variant-numeric: tabular-nums; color: #222; }
-"""
-
-# Our own small script: clicks on a timeline seek the clip's video (or just move the cursor when
-# there is none), and the cursor of every timeline of the clip follows the video's currentTime.
-JS = """
-(function () {
-  "use strict";
-  function svgX(svg, clientX, clientY) {
-    var pt = svg.createSVGPoint();
-    pt.x = clientX; pt.y = clientY;
-    return pt.matrixTransform(svg.getScreenCTM().inverse()).x;
-  }
-  function clamp(t, hi) { return Math.min(Math.max(t, 0), hi); }
-  document.querySelectorAll("section.clip").forEach(function (section) {
-    var data = JSON.parse(section.querySelector("script.clip-data").textContent);
-    var duration = data.duration, origin = data.origin || 0;
-    var video = section.querySelector("video");
-    var readout = section.querySelector("output.readout");
-    var svgs = section.querySelectorAll("svg.timeline");
-    function describe(t) {
-      var s = String(Math.floor(t));
-      var parts = data.faces.map(function (face) {
-        var r = face.seconds[s];
-        var name = data.faces.length > 1 ? face.label + ": " : "";
-        if (!r) { return name + "no face"; }
-        var conf = function (c) { return c === null ? "" : " (" + c.toFixed(2) + ")"; };
-        return name + "valence " + r[0] + conf(r[2]) + ", arousal " + r[1] + conf(r[3]);
-      });
-      return t.toFixed(2) + " s, second " + s + ": " + parts.join("; ");
-    }
-    function place(t) {
-      t = clamp(t, duration);
-      svgs.forEach(function (svg) {
-        var x0 = +svg.dataset.x0, x1 = +svg.dataset.x1;
-        var x = x0 + (x1 - x0) * t / duration;
-        var cursor = svg.querySelector("line.cursor");
-        cursor.setAttribute("x1", x); cursor.setAttribute("x2", x);
-      });
-      section.dataset.cursor = t.toFixed(3);
-      readout.textContent = describe(t);
-    }
-    svgs.forEach(function (svg) {
-      svg.addEventListener("click", function (ev) {
-        var x0 = +svg.dataset.x0, x1 = +svg.dataset.x1;
-        var t = clamp((svgX(svg, ev.clientX, ev.clientY) - x0) / (x1 - x0) * duration, duration);
-        // The file's clock runs `origin` ahead of the table's where its video starts after its
-        // sound; the table's clip end and the file's duration can differ by a frame: stay inside.
-        if (video) { var at = t + origin; video.currentTime = isFinite(video.duration) ? Math.min(at, video.duration) : at; }
-        place(t);
-      });
-    });
-    if (video) {
-      var follow = function () { place(video.currentTime - origin); };
-      video.addEventListener("timeupdate", follow);
-      video.addEventListener("seeked", follow);
-      video.addEventListener("error", function () { section.querySelector(".video-note").hidden = false; });
-    }
-  });
-})();
-"""
-
-PAGE = """<!DOCTYPE html>
-<html lang="en">
-<head>
-<meta charset="utf-8">
-<meta name="viewport" content="width=device-width, initial-scale=1">
-<title>{title}</title>
-<style>{css}</style>
-</head>
-<body>
-{body}
-<script>{js}</script>
-</body>
-</html>
-"""
