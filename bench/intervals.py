@@ -71,7 +71,7 @@ def compare(rows: pd.DataFrame, coverage: float) -> pd.DataFrame:
 
 
 def from_tables(truth: Path, pred: Path) -> dict[str, pd.DataFrame]:
-    from fercli.scoring.metrics import load_truth
+    from fercli.datasets.truth import load_truth
     from fercli.tables.writers import read_table
 
     table = read_table(pred, require=("video", "second", "face_score", "face_y0", "face_y1"))
