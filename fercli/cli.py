@@ -52,6 +52,13 @@ RayOption = Annotated[
     ),
 ]
 VerboseOption = Annotated[bool, typer.Option("--verbose", "-v", help="Debug logging.")]
+DecoderOption = Annotated[
+    str,
+    typer.Option(
+        help="Where clips are decoded: cpu (PyAV), gpu (NVDEC on the model's GPU: pip install 'fercli\\[gpu]'), "
+        "or auto (the GPU where the model runs on one and the decoder starts).",
+    ),
+]
 
 EXIT_FAILED = 1  # some videos failed; the rest were written
 EXIT_ERROR = 2  # nothing could run: bad options, weights, output path
@@ -242,6 +249,10 @@ def annotate(
     engine: EngineOption = "torch",
     reuse_boxes: ReuseBoxesOption = 1,
     ray: RayOption = None,
+    decoder: DecoderOption = "auto",
+    calibration: Optional[Path] = typer.Option(
+        None, "--calibration", help="A fer calibrate file: add each second's interval (valence_lo/hi, arousal_lo/hi)."
+    ),
     verbose: VerboseOption = False,
 ) -> None:
     """Annotate videos with per-second valence and arousal."""
@@ -252,7 +263,7 @@ def annotate(
     options = AnnotateOptions(
         batch_size=batch_size, per_frame=per_frame, per_sample=per_sample, all_faces=all_faces, resume=resume,
         overwrite=overwrite, frames_fps=frames_fps, workers=workers, precision=precision, reuse_boxes=reuse_boxes,
-        ray=ray, engine=engine,
+        ray=ray, engine=engine, decoder=decoder, calibration=calibration,
     )
     # The library checks everything before any work, and says when weights are downloading.
     with _AnnotateProgress(console) as bar:
@@ -712,6 +723,7 @@ def benchmark_speed(
     engine: EngineOption = "torch",
     ray: RayOption = None,
     reuse_boxes: ReuseBoxesOption = 1,
+    decoder: DecoderOption = "auto",
     naive: bool = typer.Option(True, help="Also time the hand-written per-frame loop."),
     naive_seconds: Optional[float] = typer.Option(None, help="Read at most this much of each clip in the naive loop."),
     repeat: int = typer.Option(1, min=1, help="Time the run this many times and report the median run."),
@@ -732,7 +744,8 @@ def benchmark_speed(
 
     _command_console(verbose)
     options = AnnotateOptions(
-        batch_size=batch_size, workers=workers, precision=precision, ray=ray, reuse_boxes=reuse_boxes, engine=engine
+        batch_size=batch_size, workers=workers, precision=precision, ray=ray, reuse_boxes=reuse_boxes, engine=engine,
+        decoder=decoder,
     )
     report = speed(
         paths, model=model, device=device, options=options, naive=naive, naive_seconds=naive_seconds,

@@ -349,3 +349,15 @@ def test_ctrl_c_before_any_video_finished_says_nothing_was_written(tmp_path, cli
     result = fer("annotate", clips_dir / "odd.avi", "--out", out)
     assert result.exit_code == 130 and not out.exists()
     assert f"{out} was not written" in result.output and "--resume" not in result.output
+
+
+def test_decoder_gpu_without_a_gpu_is_one_line_before_any_work(clips_dir, lstm_checkpoint, tmp_path):
+    out = tmp_path / "r.csv"
+    cmd = [sys.executable, "-m", "fercli.cli", "annotate", str(clips_dir / "odd.avi"), "--out", str(out),
+           "--model", str(lstm_checkpoint), "--device", "cpu", "--decoder", "gpu"]  # fmt: skip
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 2 and not out.exists()
+    assert done.stderr.strip().count("\n") == 0 and "--decoder gpu: the model runs on the CPU" in done.stderr
+    cmd[-1] = "tpu"
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 2 and "--decoder must be auto, cpu or gpu, not 'tpu'" in done.stderr

@@ -24,9 +24,9 @@ from ..core.devices import autocast, synchronize
 from ..core.errors import FerError
 from ..media.inputs import find_clips
 from .contract import AnnotateOptions
-from .pipeline import annotate
+from .pipeline import annotate, make_producer, settle_decoder
 from .events import ClipEnded, ClipFailed, SamplesReady, feed
-from .stages import SAMPLES_PER_EVENT, Labeler, Producer, StageClock
+from .stages import SAMPLES_PER_EVENT, Labeler, StageClock
 
 STAGES = ("decode", "faces", "backbone", "head", "write")
 PRODUCER_STAGES = ("decode", "faces")  # one thread (or worker) each; the rest run in the caller's thread
@@ -183,6 +183,7 @@ def speed(
     placement = place(engine, device, options.precision)  # as annotate settles them, once
     dev = placement.device
     options = replace(options, engine=engine, precision=placement.precision)
+    options = replace(options, decoder=settle_decoder(options, placement))
     net = loaded_model or load_placed(model, placement)
     batch_size = options.batch_size
     infos = []
@@ -356,7 +357,7 @@ def producer_only(clips, cfg, options, placement) -> float:
             samples += len(event.samples)
 
     start = time.perf_counter()  # the detector's start is charged, as in the pipeline's producer
-    Producer(cfg, options, placement).run(enumerate(clips), count)
+    make_producer(cfg, options, placement).run(enumerate(clips), count)
     seconds = time.perf_counter() - start
     return samples / seconds if samples else 0.0
 
@@ -402,7 +403,7 @@ def naive_loop(clips, model, device, max_seconds: float | None = None) -> tuple[
 def _warm_up(clip, model, options, placement) -> None:
     from itertools import islice
 
-    producer = Producer(model.config, options, placement)
+    producer = make_producer(model.config, options, placement)
     labeler = Labeler(model, options, placement, [clip], deliver=lambda done: None, progress=lambda event: None)
     with producer.detector() as detector:
         stream = producer.clip_events(0, clip, detector)
@@ -435,6 +436,7 @@ def _setup(model, device, options, clips, infos) -> dict:
         "reuse_boxes": options.reuse_boxes,
         "precision": options.precision,
         "engine": engine_of(model),
+        "decoder": options.decoder,
         "workers": f"ray {options.ray}" if options.ray else workers(options, device, len(clips)),
         "clips": len(clips),
         "sizes": sorted({f"{i.width}x{i.height}" for i in infos}),

@@ -77,7 +77,7 @@ def annotate(
         name = str(model)
         on_bytes = lambda done, total: emit(ProgressEvent("download", name, done, total or 0))  # noqa: E731
         model = load_placed(model, placement, on_bytes)
-    options = replace(options, engine=engine, precision=placement.precision, decoder=_decoder(options, placement))
+    options = replace(options, engine=engine, precision=placement.precision, decoder=settle_decoder(options, placement))
     with OutputLock(out):  # one run at a time writes `out`, its parts and its errors file
         return _annotate_into(out, model, options, placement, requested, inputs, clock, emit)
 
@@ -140,7 +140,7 @@ def _earlier_errors(out: Path, clips) -> list[tuple[str, str]]:
         return []
 
 
-def _decoder(options: AnnotateOptions, placement) -> str:
+def settle_decoder(options: AnnotateOptions, placement) -> str:
     """--decoder settled for the run's device: "gpu" only where the model runs on a GPU that decodes."""
     from ..core.devices import check_decoder, resolve_decoder
 
