@@ -15,7 +15,7 @@ import numpy as np
 
 from ..core.errors import DataError, first_line
 from ..core.files import is_regular_file
-from ..core.labels import LABEL_MAX, LABEL_MIN
+from ..core.labels import DIMENSIONS, LABEL_MAX, LABEL_MIN
 from ..media.inputs import IMAGE_EXTENSIONS
 
 N_LANDMARKS = 68
@@ -146,7 +146,7 @@ def _frame_label(entry, where: str) -> FrameLabel:
     if not isinstance(entry, dict):
         raise DataError(f"{where}: malformed JSON (expected an object with valence, arousal, landmarks)")
     values = []
-    for dim in ("valence", "arousal"):
+    for dim in DIMENSIONS:
         v = entry.get(dim)
         # A float is checked as a float; an int may be too large for one (10**400: JSON allows it).
         if isinstance(v, bool) or not isinstance(v, (int, float)) or (isinstance(v, float) and not (math.isfinite(v) and v.is_integer())):

@@ -16,7 +16,8 @@ import pandas as pd
 
 from ..core.errors import DataError, FerError
 from ..core.labels import DIMENSIONS, check_on_scale
-from ..tables.rows import TIME_EPS
+from ..tables.rows import SECOND_KEYS, TIME_EPS
+from ..tables.writers import PARQUET_SUFFIXES
 from . import affwild
 
 
@@ -37,10 +38,10 @@ def load_truth(path: str | Path, frames_fps: float = 25.0) -> pd.DataFrame:
     else:
         frames = _truth_table(path)
         if "second" in frames:
-            return _checked(frames[["video", "second", *DIMENSIONS]], path, per_second=True)
+            return _checked(frames[[*SECOND_KEYS, *DIMENSIONS]], path, per_second=True)
     frames = _checked(frames, path, per_second=False)
     frames["second"] = seconds_of_frames(frames.pop("frame"), frames_fps)
-    out = frames.groupby(["video", "second"], sort=True, as_index=False)[list(DIMENSIONS)].mean()
+    out = frames.groupby(list(SECOND_KEYS), sort=True, as_index=False)[list(DIMENSIONS)].mean()
     return out.reset_index(drop=True)
 
 
@@ -88,7 +89,7 @@ def _truth_table(path: Path) -> pd.DataFrame:
     try:
         if ext == ".csv":
             df = pd.read_csv(path, dtype={"video": str})
-        elif ext in (".parquet", ".pq"):
+        elif ext in PARQUET_SUFFIXES:
             df = pd.read_parquet(path)
         else:
             raise DataError(f"{path}: truth must be an AFEW-VA folder, a .csv or a .parquet")
@@ -118,6 +119,6 @@ def _checked(df: pd.DataFrame, path: Path, *, per_second: bool) -> pd.DataFrame:
             raise DataError(f"{path}: {dim} holds values that are not numbers")
         check_on_scale(v.dropna().to_numpy(dtype=float), f"{path}: {dim}")
         df[dim] = v.astype("float64")
-    if per_second and df.duplicated(subset=["video", "second"]).any():
+    if per_second and df.duplicated(subset=list(SECOND_KEYS)).any():
         raise DataError(f"{path}: more than one row for the same video and second")
     return df.sort_values(["video", key], kind="stable").reset_index(drop=True)

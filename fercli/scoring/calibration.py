@@ -24,7 +24,9 @@ import pandas as pd
 
 from ..core.errors import DataError, FerError
 from ..core.labels import DIMENSIONS
+from ..tables.rows import SECOND_KEYS
 from ..tables.intervals import (
+    SPREAD_PARTS,
     Calibration,
     add_intervals,
     calibration_metadata,
@@ -36,7 +38,7 @@ from ..tables.intervals import (
 from ..tables.writers import INTERVAL_COLUMNS, output_format, read_metadata, read_table, schema, write_table
 from ..datasets.truth import load_truth
 
-SPREAD_COLUMNS = tuple(f"{d}_{c}" for d in DIMENSIONS for c in ("score", "sd"))
+SPREAD_COLUMNS = tuple(f"{d}_{c}" for d in DIMENSIONS for c in SPREAD_PARTS)
 
 
 def conformal_quantile(scores, clips, coverage: float) -> float:
@@ -65,11 +67,11 @@ def conformal_quantile(scores, clips, coverage: float) -> float:
 def scaled_residuals(truth: pd.DataFrame, pred: pd.DataFrame) -> dict[str, pd.DataFrame]:
     """Per dimension, the labelled seconds with a prediction: video, second, truth, score, sd and
     `scaled` = |truth - score| / difficulty. `truth` as `datasets.truth.load_truth` gives it."""
-    both = truth.merge(pred[["video", "second", *SPREAD_COLUMNS]], on=["video", "second"], suffixes=("", "_pred"))
+    both = truth.merge(pred[[*SECOND_KEYS, *SPREAD_COLUMNS]], on=list(SECOND_KEYS), suffixes=("", "_pred"))
     out = {}
     for dim in DIMENSIONS:
         t = pd.to_numeric(both[dim], errors="coerce").to_numpy(dtype=float)
-        s, sd = (pd.to_numeric(both[f"{dim}_{c}"], errors="coerce").to_numpy(dtype=float) for c in ("score", "sd"))
+        s, sd = (pd.to_numeric(both[f"{dim}_{c}"], errors="coerce").to_numpy(dtype=float) for c in SPREAD_PARTS)
         ok = np.isfinite(t) & np.isfinite(s)
         rows = pd.DataFrame(
             {
@@ -127,7 +129,7 @@ def calibrate_tables(
 def prediction_table(pred: str | Path, metadata: dict | None) -> pd.DataFrame:
     """The table `pred` checked for calibrating: a per-second table of one face per second, with
     scores and spreads, recording the model it was made with."""
-    table = read_table(pred, require=("video", "second", "valence_score", "arousal_score"))
+    table = read_table(pred, require=(*SECOND_KEYS, "valence_score", "arousal_score"))
     if metadata is None:
         raise DataError(
             f"{pred}: records no model and settings (fer annotate's Parquet, or a CSV beside its .fer.json)"
@@ -135,7 +137,7 @@ def prediction_table(pred: str | Path, metadata: dict | None) -> pd.DataFrame:
     missing = [c for c in SPREAD_COLUMNS if c not in table]
     if missing:
         raise DataError(f"{pred}: no column {missing[0]}: annotate again with this fer, whose tables carry the spread")
-    if table.duplicated(subset=["video", "second"]).any():
+    if table.duplicated(subset=list(SECOND_KEYS)).any():
         raise DataError(
             f"{pred}: more than one row per video and second (--all-faces); calibrate on one face per second"
         )
@@ -147,7 +149,7 @@ def apply_calibration(table: str | Path, calibration: str | Path, out: str | Pat
     to `out`; returns its rows. The calibration must be for the table's model (one-line DataError)."""
     cal = read_calibration(calibration)
     metadata = read_metadata(table)
-    df = read_table(table, require=("video", "second", *SPREAD_COLUMNS))
+    df = read_table(table, require=(*SECOND_KEYS, *SPREAD_COLUMNS))
     check_calibration(cal, metadata, calibration, table)
     out = Path(out)
     output_format(out)

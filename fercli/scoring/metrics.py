@@ -46,6 +46,7 @@ from ..core.errors import DataError
 from ..core.labels import DIMENSIONS, LABEL_MAX, LABEL_MIN, check_on_scale, to_class
 from ..datasets import affwild
 from ..datasets.truth import affwild_frames, load_truth, seconds_of_frames
+from ..tables.rows import SECOND_KEYS
 
 CLASSES = np.arange(LABEL_MIN, LABEL_MAX + 1)
 INTERVAL_TOLERANCE = 1e-5  # labels: a float32 bound near 10 is within 1e-6 of the float64 it rounded
@@ -217,7 +218,7 @@ class Report:
     intervals: dict[str, dict] | None = None
 
 
-def score(truth: pd.DataFrame, pred: pd.DataFrame, *, on=("video", "second"), names=("truth", "prediction")) -> Report:
+def score(truth: pd.DataFrame, pred: pd.DataFrame, *, on=SECOND_KEYS, names=("truth", "prediction")) -> Report:
     """Match `truth` and `pred` by `on` and compute every metric per dimension and their mean.
 
     `truth` needs `on` plus valence and arousal (as from `load_truth`); `pred` is a `fer annotate`
@@ -463,9 +464,9 @@ def abaw_score(truth: str | Path, pred: pd.DataFrame, frames_fps: float = 25.0) 
     frames = affwild_frames(truth)
     frames["second"] = seconds_of_frames(frames["frame"], frames_fps)
     cols = {d: (f"{d}_score" if f"{d}_score" in pred else d) for d in DIMENSIONS}
-    keyed = _keyed(pred, ["video", "second"], "prediction")
-    preds = keyed[["video", "second", *cols.values()]].rename(columns={c: f"{d}_pred" for d, c in cols.items()})
-    both = frames.merge(preds, on=["video", "second"], how="left")
+    keyed = _keyed(pred, list(SECOND_KEYS), "prediction")
+    preds = keyed[[*SECOND_KEYS, *cols.values()]].rename(columns={c: f"{d}_pred" for d, c in cols.items()})
+    both = frames.merge(preds, on=list(SECOND_KEYS), how="left")
     ok = np.isfinite(both[[f"{d}_pred" for d in DIMENSIONS]].to_numpy(dtype=float)).all(axis=1)
     scale = affwild.ABAW_SCALE  # back to ABAW's -1..1 (CCC is unchanged by scaling both sides)
     out = abaw_ccc({d: both[d].to_numpy(float)[ok] / scale for d in DIMENSIONS},

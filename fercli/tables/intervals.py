@@ -26,6 +26,8 @@ from ..core.files import atomic_write, is_regular_file, read_json_object
 from ..core.labels import DIMENSIONS, LABEL_MAX, LABEL_MIN
 from .writers import INTERVAL_COLUMNS
 
+SPREAD_PARTS = ("score", "sd")  # a second's point and spread per dimension: `{dim}_score`, `{dim}_sd`
+
 FORMAT = 1  # calibration.json's layout; a file of another is refused
 # Labels: a spread below one class says nothing finer than the labels themselves, so a steady
 # second still gets an interval of its own size, and no second divides by zero.
@@ -130,7 +132,7 @@ def add_intervals(df: pd.DataFrame, cal: Calibration) -> pd.DataFrame:
     without a face), placed after `samples`."""
     out = df.drop(columns=[c for c in INTERVAL_COLUMNS if c in df])
     for dim in DIMENSIONS:
-        score, sd = (_floats(df, f"{dim}_{col}") for col in ("score", "sd"))
+        score, sd = (_floats(df, f"{dim}_{col}") for col in SPREAD_PARTS)
         out[f"{dim}_lo"], out[f"{dim}_hi"] = bounds(score, sd, dim, cal)
     at = list(out.columns).index("samples") + 1 if "samples" in out else len(df.columns)
     rest = [c for c in out.columns if c not in INTERVAL_COLUMNS]
@@ -141,7 +143,7 @@ def with_intervals(rows: list[dict], cal: Calibration) -> list[dict]:
     """Rows (`rows.label_rows`, per second) with their INTERVAL_COLUMNS: for `fer annotate --calibration`."""
     if not rows:
         return rows
-    df = pd.DataFrame([{f"{d}_{c}": r.get(f"{d}_{c}") for d in DIMENSIONS for c in ("score", "sd")} for r in rows])
+    df = pd.DataFrame([{f"{d}_{c}": r.get(f"{d}_{c}") for d in DIMENSIONS for c in SPREAD_PARTS} for r in rows])
     lo_hi = add_intervals(df, cal)[list(INTERVAL_COLUMNS)].to_numpy(dtype=float)
     return [
         {**r, **{c: (None if np.isnan(v) else float(v)) for c, v in zip(INTERVAL_COLUMNS, b)}}

@@ -51,6 +51,8 @@ TIME_EPS = 1e-6  # seconds; float sample times that land on a second boundary be
 ROW_KINDS = ("second", "sample", "frame")  # a row per second, per model sample, per video frame
 KEY_COLUMNS = ("second", "start", "end", "sample_index", "frame", "time")  # where a row sits
 BOX_COLUMNS = ("face_x0", "face_y0", "face_x1", "face_y1")  # the face box, px of the upright frame
+SECOND_KEYS = ("video", "second")  # what names a second of a clip, in fer's tables and in truth
+ROW_INDEX = ("second", "sample_index", "frame")  # the column that numbers a table's rows, by row kind
 
 
 @dataclass(frozen=True)
@@ -297,7 +299,7 @@ def follow(rows: list[dict], person: int | None) -> list[dict]:
     """
     out: dict[tuple, dict] = {}
     for row in rows:
-        key = tuple((k, row[k]) for k in ("second", "sample_index", "frame") if k in row)
+        key = tuple((k, row[k]) for k in ROW_INDEX if k in row)
         if row["person"] == person and row["face"]:
             out[key] = row
         elif key not in out:

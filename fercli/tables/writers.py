@@ -74,9 +74,12 @@ def schema(rows: str = "second", all_faces: bool = False, expressions: bool = Fa
     return pa.schema(key + _LABELS + _SPREAD + bounds + _FACE + _PEOPLE + (_EXPRESSIONS if expressions else []))
 
 
+PARQUET_SUFFIXES = (".parquet", ".pq")  # what a table file is read as Parquet by, fer's or a user's
+
+
 def output_format(path: Path) -> str:
     ext = path.suffix.lower()
-    if ext in (".parquet", ".pq"):
+    if ext in PARQUET_SUFFIXES:
         return "parquet"
     if ext == ".csv":
         return "csv"

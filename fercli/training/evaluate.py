@@ -41,12 +41,14 @@ from ..core.errors import DataError, FerError, WeightsError
 from ..core.labels import to_class
 from ..datasets import examples, features, splits
 from ..datasets.truth import load_truth
+from ..job.stages import HEAD_BATCH
+from ..tables.rows import SECOND_KEYS
+from .options import SPLITS
 from ..scoring import metrics
 
 log = logging.getLogger("fercli")
 
 PARTS = ("test", "val", "train", "all")
-HEAD_BATCH = 256  # windows per head call
 FRAME_MODEL_WINDOW = 5  # T for frame models' windows: the window model's default, the paper's
 
 
@@ -268,7 +270,7 @@ def _run_split(run: _Run, clips, samples, window: int) -> splits.Split:
     """The split the checkpoint was trained with: its run's split.json, else re-derived."""
     meta, path = run.meta, run.path
     kind, seed = meta.get("split"), meta.get("split_seed")
-    if kind not in ("clip", "window") or not isinstance(seed, int):
+    if kind not in SPLITS or not isinstance(seed, int):
         raise FerError(f"{path}: training metadata names no split (kind {kind!r}, seed {seed!r})")
     file = path.parent / "split.json"
     if file.is_file():
@@ -337,7 +339,7 @@ def _seconds_of_windows(names: set[str], samples, fps: float) -> pd.MultiIndex:
         for k in range(len(s.frames)):
             last[second_of(k / fps)] = k
         keys += [(s.clip.id, sec) for sec, k in last.items() if f"{s.clip.id}:{k}" in names]
-    return pd.MultiIndex.from_tuples(keys, names=["video", "second"])
+    return pd.MultiIndex.from_tuples(keys, names=list(SECOND_KEYS))
 
 
 def _keys(df: pd.DataFrame) -> pd.MultiIndex:

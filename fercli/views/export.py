@@ -51,6 +51,7 @@ import pandas as pd
 from ..core.errors import DataError, FerError
 from ..core.files import atomic_write
 from ..core.labels import DIMENSIONS, LABEL_MAX, LABEL_MIN
+from ..tables.rows import ROW_INDEX
 
 FORMATS = ("elan", "elan-txt", "nova")
 ELAN_COLUMNS = ("Tier", "Begin Time", "End Time", "Annotation")
@@ -160,7 +161,7 @@ class _Table:
     @classmethod
     def of(cls, df: pd.DataFrame, path: Path) -> _Table:
         missing = [c for c in ("video", *DIMENSIONS) if c not in df]
-        key = next((k for k in ("second", "sample_index", "frame") if k in df), None)
+        key = next((k for k in ROW_INDEX if k in df), None)
         per_frame = key in ("sample_index", "frame")
         if key is None or (per_frame and "time" not in df):
             missing.append("second (or sample_index or frame, and time)")
