@@ -33,6 +33,9 @@ T = TypeVar("T")
 class Detection:
     box: Box  # pixels, clipped to the frame
     score: float  # detector confidence 0..1
+    # (x, y) pixels of each of blazeface.KEYPOINTS (eyes, nose tip, mouth, ears), not clipped;
+    # None where the detection came without them
+    keypoints: tuple | None = None
 
     @property
     def area(self) -> float:
@@ -56,12 +59,12 @@ class FaceDetector:
     def detect(self, image: np.ndarray) -> list[Detection]:
         """All faces in an RGB uint8 image, largest first, boxes clipped to the frame."""
         h, w = image.shape[:2]
-        boxes, scores = self._net(np.ascontiguousarray(image), self.min_score)
+        boxes, scores, points = self._net.faces(np.ascontiguousarray(image), self.min_score)
         found = []
-        for (x0, y0, x1, y1), score in zip(boxes.tolist(), scores.tolist()):
+        for (x0, y0, x1, y1), score, keypoints in zip(boxes.tolist(), scores.tolist(), points.tolist()):
             box = (max(0.0, x0), max(0.0, y0), min(float(w), x1), min(float(h), y1))
             if box[2] > box[0] and box[3] > box[1]:
-                found.append(Detection(box, score))
+                found.append(Detection(box, score, tuple(map(tuple, keypoints))))
         return sorted(found, key=lambda d: d.area, reverse=True)
 
     def close(self) -> None:

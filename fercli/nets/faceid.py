@@ -4,14 +4,10 @@ The network is the one dlib's `dnn_face_recognition_ex` defines (Davis King, 201
 a 150 x 150 RGB chip, aligned as `media.align` cuts it, becomes a 128-d embedding in which two
 chips of one person lie close (dlib's own threshold: Euclidean distance 0.6). Its weights are
 `dlib_face_recognition_resnet_model_v1.dat` (CC0), the registry's `dlib-faceid` entry, in dlib's
-serialization format, which `read_dlib_net` parses here (no dlib needed) into plain arrays:
-
-- integers: a control byte (low nibble: byte count, 0x80: negative), then little-endian bytes;
-- floats: an integer mantissa and exponent (value = mantissa * 2**exponent);
-- strings: a length, then bytes; booleans: the character '1' or '0';
-- tensors: version 2, the four sizes (samples, channels, rows, columns), little-endian float32s;
-- a network: the loss layer, then each layer wrapping the one below it, so the descent writes one
-  version number per layer (outermost first) and the ascent each layer's details (innermost first).
+serialization format (`core.dlibfile`), which `read_dlib_net` parses here (no dlib needed) into
+plain arrays. dlib writes a network as its loss layer, then each layer wrapping the one below
+it: the descent writes one version number per layer (outermost first), the ascent each layer's
+details (innermost first).
 
 The network: a 7 x 7 convolution (stride 2) and 3 x 3 max pooling, then residual blocks of two
 3 x 3 convolutions at 32, 64, 128 and 256 channels, the first of each later level with stride 2
@@ -32,6 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..core.dlibfile import DlibReader
 from ..core.errors import WeightsError
 
 WEIGHTS_NAME = "dlib-faceid"  # the registry entry of dlib_face_recognition_resnet_model_v1.dat
@@ -40,69 +37,6 @@ EMBEDDING_DIM = 128
 # Residual levels from the input up: (channels, blocks, the first block's stride).
 LEVELS = ((32, 3, 1), (64, 4, 2), (128, 3, 2), (256, 3, 2), (256, 1, 2))
 STEM = dict(channels=32, kernel=7, stride=2, pool=3, pool_stride=2)
-TENSOR_VERSION = 2  # dlib's resizable_tensor format
-FLOAT_SPECIAL = {32000: math.inf, 32001: -math.inf, 32002: math.nan}  # exponents that mark inf, -inf, NaN
-
-
-class _Reader:
-    """dlib's serialized values, read in order from a file's bytes."""
-
-    def __init__(self, data: bytes, path: Path):
-        self.data, self.pos, self.path = data, 0, path
-
-    def fail(self, what: str):
-        raise WeightsError(f"{self.path}: not dlib's face-recognition network ({what} at byte {self.pos})")
-
-    def take(self, n: int) -> bytes:
-        if self.pos + n > len(self.data):
-            self.fail("the file ends early")
-        chunk = self.data[self.pos : self.pos + n]
-        self.pos += n
-        return chunk
-
-    def int(self) -> int:
-        control = self.take(1)[0]
-        size = control & 0x0F
-        if size == 0 or size > 8 or control & 0x70:
-            self.fail(f"an integer's control byte 0x{control:02x}")
-        value = int.from_bytes(self.take(size), "little")
-        return -value if control & 0x80 else value
-
-    def float(self) -> float:
-        mantissa, exponent = self.int(), self.int()
-        return FLOAT_SPECIAL[exponent] if exponent in FLOAT_SPECIAL else math.ldexp(mantissa, exponent)
-
-    def string(self) -> str:
-        return self.take(self.int()).decode("latin-1")
-
-    def bool(self) -> bool:
-        ch = self.take(1)
-        if ch not in (b"0", b"1"):
-            self.fail(f"a boolean {ch!r}")
-        return ch == b"1"
-
-    def tensor(self) -> np.ndarray:
-        if self.int() != TENSOR_VERSION:
-            self.fail("a tensor's version")
-        shape = tuple(self.int() for _ in range(4))
-        return np.frombuffer(self.take(4 * math.prod(shape)), "<f4").reshape(shape).astype(np.float32)
-
-    def alias(self) -> tuple[int, ...]:
-        if self.int() != 1:
-            self.fail("an alias tensor's version")
-        return tuple(self.int() for _ in range(4))
-
-    def version(self, name: str, allowed: tuple[int, ...]) -> int:
-        v = self.int()
-        if v not in allowed:
-            self.fail(f"{name} version {v}")
-        return v
-
-    def expect(self, prefixes: tuple[str, ...]) -> str:
-        s = self.string()
-        if not s.startswith(prefixes):
-            self.fail(f"layer {s!r} where {prefixes[0]!r} belongs")
-        return s
 
 
 @dataclass(frozen=True)
@@ -138,7 +72,7 @@ def read_dlib_net(path: str | Path) -> dict:
     """
     path = Path(path)
     try:
-        r = _Reader(path.read_bytes(), path)
+        r = DlibReader(path.read_bytes(), path, "dlib's face-recognition network")
     except OSError as e:
         raise WeightsError(f"{path}: cannot be read ({e.strerror or e})") from None
     r.version("the loss layer", (1,))
@@ -163,14 +97,14 @@ def read_dlib_net(path: str | Path) -> dict:
     return {"mean": mean, "layers": parsed}
 
 
-def _input(r: _Reader) -> tuple[np.ndarray, tuple[int, int]]:
+def _input(r: DlibReader) -> tuple[np.ndarray, tuple[int, int]]:
     name = r.expect(("input_rgb_image",))
     mean = np.array([r.float() for _ in range(3)], np.float32)
     side = (r.int(), r.int()) if name == "input_rgb_image_sized" else (0, 0)
     return mean, side
 
 
-def _trailer(r: _Reader, tensors: int, expansion: bool = False) -> None:
+def _trailer(r: DlibReader, tensors: int, expansion: bool = False) -> None:
     """What dlib keeps beside a layer's details for training: three flags, gradient tensors."""
     r.bool(), r.bool(), r.bool()
     for _ in range(tensors):
@@ -179,7 +113,7 @@ def _trailer(r: _Reader, tensors: int, expansion: bool = False) -> None:
         r.int()  # the sample expansion factor
 
 
-def _details(r: _Reader, layer: _Layer) -> dict:
+def _details(r: DlibReader, layer: _Layer) -> dict:
     reader = {"con": _con, "affine": _affine, "relu": _relu, "max_pool": _pool, "avg_pool": _pool}
     reader |= {"add_prev": _add_prev, "fc": _fc}
     out = reader[layer.kind](r, layer)
@@ -187,7 +121,7 @@ def _details(r: _Reader, layer: _Layer) -> dict:
     return out
 
 
-def _con(r: _Reader, layer: _Layer) -> dict:
+def _con(r: DlibReader, layer: _Layer) -> dict:
     version = r.expect(("con_",))
     params = r.tensor().ravel()
     filters, rows, cols, stride_y, stride_x = r.int(), r.int(), r.int(), r.int(), r.int()
@@ -209,7 +143,7 @@ def _con(r: _Reader, layer: _Layer) -> dict:
     return {"weight": weight, "bias": bias, "stride": stride_y, "padding": (pad_y, pad_x)}
 
 
-def _affine(r: _Reader, layer: _Layer) -> dict:
+def _affine(r: DlibReader, layer: _Layer) -> dict:
     version = r.expect(("affine_",))
     params = r.tensor().ravel()
     gamma, beta = r.alias(), r.alias()
@@ -222,13 +156,13 @@ def _affine(r: _Reader, layer: _Layer) -> dict:
     return {"gamma": params[:k], "beta": params[k:]}
 
 
-def _relu(r: _Reader, layer: _Layer) -> dict:
+def _relu(r: DlibReader, layer: _Layer) -> dict:
     if r.expect(("relu_",)) == "relu_2":
         r.bool()
     return {}
 
 
-def _pool(r: _Reader, layer: _Layer) -> dict:
+def _pool(r: DlibReader, layer: _Layer) -> dict:
     r.expect((f"{layer.kind}_2",))
     rows, cols, stride_y, stride_x, pad_y, pad_x = (r.int() for _ in range(6))
     if (rows, cols, stride_y) != (layer.window, layer.window, layer.stride) or stride_x != stride_y:
@@ -236,12 +170,12 @@ def _pool(r: _Reader, layer: _Layer) -> dict:
     return {"window": rows, "stride": stride_y, "padding": (pad_y, pad_x)}
 
 
-def _add_prev(r: _Reader, layer: _Layer) -> dict:
+def _add_prev(r: DlibReader, layer: _Layer) -> dict:
     r.expect(("add_prev_",))
     return {}
 
 
-def _fc(r: _Reader, layer: _Layer) -> dict:
+def _fc(r: DlibReader, layer: _Layer) -> dict:
     version = r.expect(("fc_",))
     outputs, inputs = r.int(), r.int()
     params = r.tensor().ravel()
