@@ -164,13 +164,275 @@ def group_by_source(paired: list[Face], values) -> dict[str, list[float]]:
     return out
 
 
+# -- distances: same and different people, texture against the embedding --------------------
+
+# dlib's examples/faces photographs that are not one stranger per face: four actors again and
+# again, and dogs.
+NOT_STRANGERS = ("bald_guys.jpg", "dogs.jpg")
+SAMPLE_STEP = 6
+WORST_SHOWN = 3  # pairs printed at each end of each descriptor's figures  # Megamind frames between samples: 30 frames/s to fer's 5 samples/s
+WOMAN, MAN, DINER = "woman", "man in glasses", "diner (blurred, behind her)"
+
+
+def megamind_person(frame: int, box, boxes) -> str:
+    """Who a face in OpenCV's Megamind clips is (checked by eye on a contact sheet of every face
+    BlazeFace finds at every 10th frame): the man in glasses at frames 100-150 and from 200, the
+    woman at 160-190 and, before frame 100, the larger of the two faces; the smaller is the diner."""
+    if 100 <= frame <= 150 or frame >= 200:
+        return MAN
+    if 160 <= frame <= 190:
+        return WOMAN
+    area = lambda b: (b[2] - b[0]) * (b[3] - b[1])  # noqa: E731
+    return WOMAN if area(box) >= max(area(b) for b in boxes) else DINER
+
+
+@dataclass
+class Track:
+    """One person's stretch on screen: its source, who, texture descriptors and chips per sample."""
+
+    source: str
+    person: str
+    looks: list = field(default_factory=list)
+    chips: list = field(default_factory=list)
+    width: float = float("inf")  # px; the narrowest face box of the track
+
+
+def megamind_tracks(detector, predictor) -> list[Track]:
+    import av
+
+    from fercli.media import align
+    from fercli.media.people import Tracks
+
+    out = []
+    for clip in ("Megamind.avi", "Megamind_bugy.avi"):
+        tracks, by_id = Tracks(), {}
+        with av.open(str(DATA / clip)) as c:
+            for i, f in enumerate(c.decode(video=0)):
+                if i % SAMPLE_STEP:
+                    continue
+                image = f.to_ndarray(format="rgb24")
+                found = detector.detect(image)
+                for t, (det, look) in tracks.update(i / 30, image, found).items():
+                    who = megamind_person(i, det.box, [d.box for d in found])
+                    track = by_id.setdefault(t, Track(clip, who))
+                    track.looks.append(look)
+                    track.chips.append(align.chip(image, det.box, det.keypoints, predictor))
+                    track.width = min(track.width, det.box[2] - det.box[0])
+        out += by_id.values()
+    return out
+
+
+def variants(photo: np.ndarray) -> dict[str, np.ndarray]:
+    """The same face under the changes between the shots of an interview (head and shoulders, RGB)."""
+    import io
+
+    from PIL import Image, ImageFilter
+
+    img = Image.fromarray(photo)
+    jpeg = io.BytesIO()
+    img.save(jpeg, "JPEG", quality=10)
+    out = {
+        "plain": photo,
+        "small (60 px)": _scaled(photo, 60),
+        "large (2.5x)": _scaled(photo, int(photo.shape[1] * 2.5)),
+        "dark (gamma 2)": (255 * (photo / 255.0) ** 2).astype(np.uint8),
+        "bright (gamma 0.5)": (255 * (photo / 255.0) ** 0.5).astype(np.uint8),
+        "blue cast": np.clip(photo * np.array([0.75, 0.95, 1.25]), 0, 255).astype(np.uint8),
+        "JPEG q10": np.asarray(Image.open(jpeg).convert("RGB")),
+        "mirror": photo[:, ::-1].copy(),
+        "blur (sigma 2)": np.asarray(img.filter(ImageFilter.GaussianBlur(2))),
+        "blur 3 + JPEG q20": _jpeg(np.asarray(img.filter(ImageFilter.GaussianBlur(3))), 20),
+        "rolled 20 deg": np.asarray(img.rotate(20, resample=Image.BICUBIC, fillcolor=(128, 128, 128))),
+    }
+    return out
+
+
+def _scaled(photo: np.ndarray, width: int) -> np.ndarray:
+    from PIL import Image
+
+    h = round(photo.shape[0] * width / photo.shape[1])
+    return np.asarray(Image.fromarray(photo).resize((width, h), Image.BICUBIC))
+
+
+def _jpeg(photo: np.ndarray, quality: int) -> np.ndarray:
+    import io
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(photo).save(buf, "JPEG", quality=quality)
+    return np.asarray(Image.open(buf).convert("RGB"))
+
+
+def recoloured(photo: np.ndarray, like: np.ndarray) -> np.ndarray:
+    """`photo` with each colour channel's mean and spread made `like`'s: two people of one complexion."""
+    p, q = photo.astype(np.float64), like.astype(np.float64)
+    out = (p - p.mean((0, 1))) / p.std((0, 1)) * q.std((0, 1)) + q.mean((0, 1))
+    return np.clip(out, 0, 255).astype(np.uint8)
+
+
+def photo_tracks(detector, predictor, extra: list[Path]) -> list[Track]:
+    """One single-sample track per face: the two photographed people under every variant, each
+    recoloured to the other's complexion, and every face of the --extra photographs."""
+    import real_faces
+
+    from fercli.media import align
+    from fercli.media.people import appearance
+
+    heads = {
+        "astronaut": real_faces.head(real_faces.astronaut(), real_faces.ASTRONAUT_HEAD, 220),
+        "player (messi5)": real_faces.head(real_faces.messi(), real_faces.MESSI_HEAD, 220),
+    }
+    people = list(heads)
+    shots = {(who, name): image for who, photo in heads.items() for name, image in variants(photo).items()}
+    for who, other in (people, people[::-1]):
+        shots[(who, f"recoloured like the {other}")] = recoloured(heads[who], heads[other])
+    out = []
+    for (who, name), head in shots.items():
+        frame = real_faces.paste(real_faces.background(max(480, head.shape[1] + 40), max(360, head.shape[0] + 40)), head, 20, 20)
+        found = detector.detect(frame)
+        if not found:
+            print(f"  (no face found: {who}, {name})")
+            continue
+        d = found[0]
+        chip = align.chip(frame, d.box, d.keypoints, predictor)
+        out.append(Track(f"photo: {name}", who, [appearance(frame, d.box)], [chip], d.box[2] - d.box[0]))
+    for source, image in images(extra)[2:]:
+        if "Megamind" in source or Path(source).name in NOT_STRANGERS:
+            continue
+        for k, d in enumerate(detector.detect(image)):  # every face of a photograph its own person
+            chip = align.chip(image, d.box, d.keypoints, predictor)
+            out.append(Track(f"extra: {source}", f"{source}#{k}", [appearance(image, d.box)], [chip], d.box[2] - d.box[0]))
+    return out
+
+
+def distances(args) -> None:
+    from fercli.media.faces import FaceDetector
+    from fercli.media.landmarks import read_shape_predictor
+    from fercli.nets.faceid import embed, load_faceid
+
+    files = model_files()
+    net, predictor = load_faceid(files["net"]), read_shape_predictor(files["five"])
+    with FaceDetector() as detector:
+        tracks = megamind_tracks(detector, predictor) + photo_tracks(detector, predictor, args.extra)
+    for t in tracks:
+        t.embeddings = embed(net, np.stack(t.chips))
+    print(f"{len(tracks)} tracks: " + ", ".join(f"{n} {p}" for p, n in _counts(t.person for t in tracks).items() if n > 1))
+    sizes = [t.width for t in tracks]
+    print(f"face widths {min(sizes):.0f}-{max(sizes):.0f} px; Megamind tracks {[len(t.chips) for t in tracks if t.source.startswith('Megamind')]} samples")
+    for how, pick in CHIPS_PER_TRACK.items():
+        report(tracks, f"{how}, every face", pick, full=how == CHOSEN)
+        report([t for t in tracks if t.width >= MIN_FACE_PX], f"{how}, faces at least {MIN_FACE_PX} px wide", pick, full=how == CHOSEN)
+
+
+def _spread(n: int, k: int) -> list[int]:
+    """k sample indices spread over a track of n samples (its middle for k = 1)."""
+    return sorted({round((i + 0.5) * n / k - 0.5) for i in range(min(k, n))})
+
+
+CHIPS_PER_TRACK = {
+    "every sample's chip": lambda t: t.embeddings,
+    "a chip per second (every 5th sample)": lambda t: t.embeddings[_spread(len(t.embeddings), max(1, len(t.embeddings) // 5))],
+    "3 chips per track": lambda t: t.embeddings[_spread(len(t.embeddings), 3)],
+    "1 chip per track (its middle sample)": lambda t: t.embeddings[_spread(len(t.embeddings), 1)],
+}
+CHOSEN = "3 chips per track"
+TEXTURE_SAME = 0.86  # people.SAME_PERSON
+MIN_FACE_PX = 40
+
+
+def _counts(items) -> dict:
+    out: dict = {}
+    for i in items:
+        out[i] = out.get(i, 0) + 1
+    return out
+
+
+def _unit(v: np.ndarray) -> np.ndarray:
+    return v / np.linalg.norm(v)
+
+
+def report(tracks: list[Track], how: str, pick, full: bool) -> None:
+    """Same- and different-person figures of both descriptors over every pair of tracks."""
+    texture = [_unit(np.sum(t.looks, axis=0)) for t in tracks]
+    raw = [np.mean(pick(t), axis=0) for t in tracks]
+    unit = [_unit(np.sum([_unit(e) for e in pick(t)], axis=0)) for t in tracks]
+    rows: dict[tuple[str, bool], list] = {}
+    named = []
+    for i in range(len(tracks)):
+        for j in range(i):
+            a, b = tracks[i], tracks[j]
+            kind = _pair_kind(a, b)
+            same = a.person == b.person
+            values = (float(texture[i] @ texture[j]), float(np.linalg.norm(raw[i] - raw[j])), float(unit[i] @ unit[j]))
+            rows.setdefault((kind, same), []).append(values)
+            named.append((values, same, f"{a.person} ({a.source}) ~ {b.person} ({b.source})"))
+    print(f"\n## {how}")
+    if full:
+        _table(rows)
+    every = {same: np.array([x for (k, s), vs in rows.items() if s == same for x in vs]) for same in (True, False)}
+    for col, name, larger_same in ((0, "texture cosine", True), (1, "embedding distance", False), (2, "embedding cosine", True)):
+        s, d = every[True][:, col], every[False][:, col]
+        worst_same, worst_diff = (s.min(), d.max()) if larger_same else (s.max(), d.min())
+        gap = (worst_same - worst_diff) if larger_same else (worst_diff - worst_same)
+        print(f"{name}: worst same person {worst_same:.3f}, worst different people {worst_diff:.3f}: "
+              f"{'margin' if gap > 0 else 'overlap'} {abs(gap):.3f}"
+              + (f", threshold {0.5 * (worst_same + worst_diff):.3f}" if gap > 0 else ""))
+        if not full:
+            continue
+        _errors(s, d, larger_same, TEXTURE_SAME if col == 0 else None, name)
+        for same in (True, False):
+            order = sorted((n for n in named if n[1] == same), key=lambda n: n[0][col], reverse=(larger_same != same))
+            for values, _, label in order[:WORST_SHOWN]:
+                print(f"    {'same' if same else 'diff'} {values[col]:.3f}  {label}")
+
+
+def _errors(same: np.ndarray, diff: np.ndarray, larger_same: bool, current: float | None, name: str) -> None:
+    """Share of one person's pairs split and of two people's pairs joined at a few thresholds:
+    fer's (texture), the one that splits as many as it joins, and steps across the overlap."""
+    if not larger_same:
+        return
+    grid = np.round(np.arange(0.5, 1.0, 0.0025), 4)
+    balanced = float(grid[np.argmin([abs(np.mean(same < t) - np.mean(diff >= t)) for t in grid])])
+    lo, hi = sorted((same.min(), diff.max()))
+    steps = [] if current else list(np.round(np.arange(np.floor(lo * 200) / 200, hi + 0.005, 0.005), 3))
+    print(f"  {name} thresholds (same person when >= it):")
+    for t in sorted({balanced, *steps} | ({current} if current else set())):
+        note = "  (fer's texture threshold)" if t == current else "  (splits as many as it joins)" if t == balanced else ""
+        print(f"    {t:.3f}: splits {np.mean(same < t):.1%} of {len(same)}, joins {np.mean(diff >= t):.1%} of {len(diff)}{note}")
+
+
+def _table(rows: dict) -> None:
+    print("texture: cosine of LBP descriptors (same person when >= 0.86); embedding: Euclidean distance of")
+    print("dlib's descriptors (dlib: same when < 0.6) and cosine of unit-length ones; min / median / max")
+    print("| pairs | same person | n | texture cosine | embedding distance | embedding cosine |")
+    print("|---|---|---|---|---|---|")
+    for (kind, same), values in sorted(rows.items()):
+        v = np.array(values)
+        cells = " | ".join(f"{c.min():.3f} / {np.median(c):.3f} / {c.max():.3f}" for c in v.T)
+        print(f"| {kind} | {'yes' if same else 'no'} | {len(v)} | {cells} |")
+
+
+def _pair_kind(a: Track, b: Track) -> str:
+    kinds = sorted({_source_kind(a), _source_kind(b)})
+    return " x ".join(kinds)
+
+
+def _source_kind(t: Track) -> str:
+    if t.source.startswith("Megamind"):
+        return "Megamind clips"
+    if t.source.startswith("extra"):
+        return "other photographs"
+    return "two photographed people"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("what", choices=("template", "distances", "cost"))
     parser.add_argument("--extra", type=Path, action="append", default=[], help="a folder of .jpg photographs")
     args = parser.parse_args()
     started = time.perf_counter()
-    {"template": template}[args.what](args)
+    {"template": template, "distances": distances}[args.what](args)
     print(f"({time.perf_counter() - started:.0f} s)")
 
 

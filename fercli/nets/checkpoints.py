@@ -41,6 +41,7 @@ log = logging.getLogger("fercli")
 
 CHECKPOINT_FORMAT = "fer-checkpoint"
 BACKBONE_ONLY_FORMAT = "timm-state-dict"  # a registry format holding a backbone, no valence/arousal head
+IDENTITY_FORMATS = ("dlib-dnn", "dlib-shape-predictor")  # who a face is (`faceid`), not how they feel
 CHECKPOINT_VERSION = 1
 # torch.save writes a zip archive, which may hold compressed entries that torch inflates in
 # memory: a 2 MB file of zeros reached 7.1 GB before it was refused. What the archive declares is
@@ -208,6 +209,8 @@ def _from_registry(name: str, progress) -> dict:
     if entry.format == BACKBONE_ONLY_FORMAT:  # refused before any download
         raise WeightsError(f"{name}: backbone weights for training ({entry.description}), not a "
                            "valence/arousal model for annotate")
+    if entry.format in IDENTITY_FORMATS:
+        raise WeightsError(f"{name}: a face-identity file ({entry.description}), not a valence/arousal model for annotate")
     raw = weights.fetch(name, progress=progress)
     if entry.format == CHECKPOINT_FORMAT:
         return read_file(raw)
