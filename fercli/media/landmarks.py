@@ -63,6 +63,20 @@ class ShapePredictor:
         return np.floor(shape * size + origin + 0.5)
 
 
+def to_arrays(predictor: ShapePredictor) -> dict[str, np.ndarray]:
+    """The predictor as named arrays (for `np.savez`); `from_arrays` rebuilds it."""
+    out = {"mean": predictor.mean}
+    for i, c in enumerate(predictor.cascades):
+        out |= {f"{name}{i}": getattr(c, name) for name in _Cascade.__dataclass_fields__}
+    return out
+
+
+def from_arrays(arrays) -> ShapePredictor:
+    n = sum(1 for k in arrays if k.startswith("idx1"))
+    fields = _Cascade.__dataclass_fields__
+    return ShapePredictor(np.asarray(arrays["mean"]), tuple(_Cascade(**{f: np.asarray(arrays[f"{f}{i}"]) for f in fields}) for i in range(n)))
+
+
 def _walk(c: _Cascade, values: np.ndarray, shape: np.ndarray) -> np.ndarray:
     """`shape` plus the cascade's trees' leaves for these pixel values, added one by one in
     float32 as dlib adds them (a sum in another order moves a landmark across a pixel edge)."""

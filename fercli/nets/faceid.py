@@ -19,8 +19,11 @@ channels, rows and columns count as 0): at 8 x 8 the strided branch is 3 x 3, th
 
 from __future__ import annotations
 
+import logging
 import math
+import os
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
@@ -29,9 +32,15 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..core.dlibfile import DlibReader
-from ..core.errors import WeightsError
+from ..core.errors import FerError, WeightsError, first_line
+from . import weights
 
-WEIGHTS_NAME = "dlib-faceid"  # the registry entry of dlib_face_recognition_resnet_model_v1.dat
+log = logging.getLogger("fercli")
+
+NETWORK_WEIGHTS = "dlib-faceid"  # the registry entry of dlib_face_recognition_resnet_model_v1.dat
+LANDMARK_WEIGHTS = "dlib-landmarks5"  # and of shape_predictor_5_face_landmarks.dat, which aligns its chips
+IDENTITY_CHOICES = ("auto", "faceid", "texture")  # --identity: auto = faceid where its weights can be had
+EMBED_BATCH = 64  # chips per network call
 CHIP_SIDE = 150  # px; the network's input (dlib's input_rgb_image_sized<150>)
 EMBEDDING_DIM = 128
 # Residual levels from the input up: (channels, blocks, the first block's stride).
@@ -257,7 +266,7 @@ def load_faceid(path: str | Path, device: str | torch.device = "cpu") -> FaceNet
     return FaceNet(read_dlib_net(path)).eval().to(device)
 
 
-def embed(net: FaceNet, chips: np.ndarray, batch: int = 64) -> np.ndarray:
+def embed(net: FaceNet, chips: np.ndarray, batch: int = EMBED_BATCH) -> np.ndarray:
     """(N, 150, 150, 3) uint8 chips -> (N, 128) float32 embeddings, `batch` chips at a time."""
     device = net.mean.device
     out = []
@@ -266,3 +275,71 @@ def embed(net: FaceNet, chips: np.ndarray, batch: int = 64) -> np.ndarray:
             x = torch.from_numpy(np.ascontiguousarray(chips[i : i + batch])).to(device)
             out.append(net(x).float().cpu().numpy())
     return np.concatenate(out) if out else np.zeros((0, EMBEDDING_DIM), np.float32)
+
+
+def unit_embeddings(net: FaceNet, chips: np.ndarray, batch: int = EMBED_BATCH) -> np.ndarray:
+    """`embed` made unit length: what `people.group_tracks(kind="faceid")` sums per track."""
+    e = embed(net, chips, batch)
+    return e / np.maximum(np.linalg.norm(e, axis=1, keepdims=True), 1e-12)
+
+
+@dataclass(frozen=True)
+class Identity:
+    """How a run tells people apart across cuts, settled once (`resolve_identity`)."""
+
+    kind: str  # "faceid" (embeddings) or "texture" (people.appearance): group_tracks' kind
+    network: Path | None = None  # dlib_face_recognition_resnet_model_v1.dat, for kind "faceid"
+    landmarks: Path | None = None  # shape_predictor_5_face_landmarks.dat
+
+    def describe(self) -> str:
+        """One line for the table's metadata: which descriptor made the person ids."""
+        if self.kind != "faceid":
+            return "texture: LBP histograms of the face box (fercli.media.people.appearance)"
+        return f"faceid: dlib_face_recognition_resnet_model_v1 (SHA-256 {weights.sha256(self.network)[:16]})"
+
+
+def resolve_identity(choice: str = "auto", *, progress=None, root: Path | None = None) -> Identity:
+    """--identity settled: "texture"; "faceid" (its two weights files fetched and verified, or a
+    WeightsError); "auto": faceid where they can be had, else texture with a warning."""
+    if choice not in IDENTITY_CHOICES:
+        raise WeightsError(f"--identity must be one of {', '.join(IDENTITY_CHOICES)}, not {choice!r}")
+    if choice == "texture":
+        return Identity("texture")
+    try:
+        network = weights.fetch(NETWORK_WEIGHTS, progress=progress, root=root)
+        landmarks = weights.fetch(LANDMARK_WEIGHTS, progress=progress, root=root)
+    except WeightsError as e:
+        if choice == "faceid":
+            raise
+        log.warning("people across cuts are told apart by texture: the face-recognition weights are "
+                    "missing (%s); `fer weights fetch %s %s` gets them", first_line(e), NETWORK_WEIGHTS, LANDMARK_WEIGHTS)
+        return Identity("texture")
+    return Identity("faceid", network, landmarks)
+
+
+@lru_cache(maxsize=2)
+def load_landmarks(path: str | os.PathLike):
+    """The 5-point landmark predictor of dlib's file at `path` (`media.landmarks`), once per
+    process: parsed on first use and kept beside the file as arrays (`<file>.<sha>.npz`)."""
+    from ..core.files import atomic_write
+    from ..media.landmarks import from_arrays, read_shape_predictor, to_arrays
+
+    path = Path(path)
+    arrays = path.with_name(f"{path.name}.{weights.sha256(path)[:12]}.npz")
+    if arrays.is_file():
+        try:
+            with np.load(arrays) as held:
+                return from_arrays(held)
+        except (OSError, ValueError, KeyError):
+            pass  # damaged: parsed again and replaced
+    predictor = read_shape_predictor(path)
+    try:
+        atomic_write(arrays, lambda tmp: _save(tmp, to_arrays(predictor)))
+    except (OSError, FerError) as e:  # a read-only cache: parsed again next time
+        log.debug("cannot keep %s (%s)", arrays, first_line(e))
+    return predictor
+
+
+def _save(tmp: str, arrays: dict) -> None:
+    with open(tmp, "wb") as f:
+        np.savez(f, **arrays)
