@@ -426,13 +426,104 @@ def _source_kind(t: Track) -> str:
     return "two photographed people"
 
 
+# -- cost: the embedding beside the run's other stages, per clip, on the CPU --------------------
+
+BACKBONE_BATCH = 16  # crops per backbone call, as annotate batches them (contract.DEFAULT_BATCH)
+
+
+def cost(args) -> None:
+    import os
+    import tempfile
+
+    import media
+    import real_faces
+    import timm
+    import torch
+
+    from fercli.media.faces import FaceDetector
+    from fercli.nets.faceid import load_faceid, load_landmarks
+
+    files = model_files()
+    net, predictor = load_faceid(files["net"]), load_landmarks(files["five"])
+    backbone = timm.create_model("tf_efficientnet_b0", pretrained=False, num_classes=0).eval()  # HSEmotion's architecture
+    with torch.inference_mode():  # warm-up: first calls allocate
+        backbone(torch.zeros(BACKBONE_BATCH, 3, 224, 224))
+        net(torch.zeros(4, 150, 150, 3, dtype=torch.uint8))
+    print(f"CPU: {os.cpu_count()} cores, torch {torch.get_num_threads()} threads, load average {os.getloadavg()[0]:.1f}")
+    with tempfile.TemporaryDirectory() as tmp:
+        clips = [DATA / "Megamind.avi", media.write_video(Path(tmp) / "cuts.mp4", real_faces.cuts_frames(10), 10)]
+        print("| clip | s | samples | faces | chips (every sample) | decode | detect + track | crops | backbone "
+              "| chips: landmarks + cut | embedding | identity share (every sample's) |")
+        print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+        with FaceDetector() as detector:
+            for clip in clips:
+                _clip_cost(clip, detector, predictor, net, backbone)
+    print("times in ms for the whole clip; share: chips and embedding over the run's stages with them")
+
+
+def _clip_cost(clip: Path, detector, predictor, net, backbone) -> None:
+    import torch
+
+    from fercli.media import align
+    from fercli.media.decode import open_video
+    from fercli.media.faces import crop
+    from fercli.media.people import Tracks
+    from fercli.nets.faceid import unit_embeddings
+
+    clock = {k: 0.0 for k in ("decode", "detect", "crops", "backbone", "chips", "embed", "chips_all", "embed_all")}
+    tracks, crops, chips, everyone, n = Tracks(), [], [], [], 0
+    with open_video(clip) as source:
+        frames = iter(source.sample(5.0))
+        duration = source.info.duration
+        while True:
+            t0 = time.perf_counter()
+            frame = next(frames, None)
+            clock["decode"] += time.perf_counter() - t0
+            if frame is None:
+                break
+            n += 1
+            t0 = time.perf_counter()
+            found = tracks.update(frame.time, frame.image, detector.detect(frame.image))
+            clock["detect"] += time.perf_counter() - t0
+            t0 = time.perf_counter()
+            crops += [crop(frame.image, det.box, 224, square=False) for det, _ in found.values()]
+            clock["crops"] += time.perf_counter() - t0
+            for t, (det, _) in found.items():
+                t0 = time.perf_counter()
+                chip = align.chip(frame.image, det.box, det.keypoints, predictor)
+                spent = time.perf_counter() - t0
+                clock["chips_all"] += spent
+                everyone.append(chip)
+                if tracks.chip_due(t, frame.time):
+                    clock["chips"] += spent
+                    chips.append(chip)
+    with torch.inference_mode():
+        t0 = time.perf_counter()
+        for i in range(0, len(crops), BACKBONE_BATCH):
+            x = torch.from_numpy(np.stack(crops[i : i + BACKBONE_BATCH])).permute(0, 3, 1, 2).float() / 255
+            backbone(x)
+        clock["backbone"] = time.perf_counter() - t0
+    for key, batch in (("embed", chips), ("embed_all", everyone)):
+        t0 = time.perf_counter()
+        if batch:
+            unit_embeddings(net, np.stack(batch))
+        clock[key] = time.perf_counter() - t0
+    base = sum(clock[k] for k in ("decode", "detect", "crops", "backbone"))
+    share = (clock["chips"] + clock["embed"]) / (base + clock["chips"] + clock["embed"])
+    share_all = (clock["chips_all"] + clock["embed_all"]) / (base + clock["chips_all"] + clock["embed_all"])
+    ms = {k: f"{1000 * v:.0f}" for k, v in clock.items()}
+    print(f"| {clip.name} | {duration:.1f} | {n} | {len(crops)} | {len(chips)} ({len(everyone)}) | {ms['decode']} "
+          f"| {ms['detect']} | {ms['crops']} | {ms['backbone']} | {ms['chips']} ({ms['chips_all']}) "
+          f"| {ms['embed']} ({ms['embed_all']}) | {share:.1%} ({share_all:.1%}) |")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("what", choices=("template", "distances", "cost"))
     parser.add_argument("--extra", type=Path, action="append", default=[], help="a folder of .jpg photographs")
     args = parser.parse_args()
     started = time.perf_counter()
-    {"template": template, "distances": distances}[args.what](args)
+    {"template": template, "distances": distances, "cost": cost}[args.what](args)
     print(f"({time.perf_counter() - started:.0f} s)")
 
 

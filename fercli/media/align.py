@@ -70,19 +70,30 @@ def five_points(image: np.ndarray, box, keypoints, predictor) -> np.ndarray:
     centre = np.array([(x0 + x1) / 2, (y0 + y1) / 2])
     eyes = np.asarray(keypoints, np.float64)[[RIGHT_EYE, LEFT_EYE]]
     angle = math.atan2(*(eyes[1] - eyes[0])[::-1])
-    if abs(math.degrees(angle)) < UPRIGHT_FROM_DEG:
-        angle = 0.0
     side = max(2, math.ceil(max(width, y1 - y0) * (1 + 2 * UPRIGHT_MARGIN)))
-    # upright canvas pixel (u, v) -> image: rotate by the eyes' angle about the box's centre
-    rot = np.array([[math.cos(angle), -math.sin(angle)], [math.sin(angle), math.cos(angle)]])
-    # whole-pixel shift: an upright face's canvas is the frame's own pixels
+    # canvas pixel (u, v) -> image: turned by the eyes' angle about the box's centre, shifted by
+    # whole pixels, so an upright face's canvas is the frame's own pixels, cut out unresampled
+    rot = np.eye(2)
+    if abs(math.degrees(angle)) >= UPRIGHT_FROM_DEG:
+        rot = np.array([[math.cos(angle), -math.sin(angle)], [math.sin(angle), math.cos(angle)]])
     to_image = np.hstack([rot, np.round(centre - rot @ np.full(2, (side - 1) / 2))[:, None]])
-    upright = warp(image, to_image, side, grey=True)
+    canvas = _grey_cut(image, to_image, side) if rot[0, 1] == 0 else warp(image, to_image, side, grey=True)
     c = np.full(2, (side - 1) / 2) + np.asarray(DLIB_BOX_SHIFT) * width
     half = DLIB_BOX_SIDE * width / 2
     rect = tuple(int(round(v)) for v in (c[0] - half, c[1] - half, c[0] + half, c[1] + half))
-    points = predictor(upright, rect)
+    points = predictor(canvas, rect)
     return points @ to_image[:, :2].T + to_image[:, 2]
+
+
+def _grey_cut(image: np.ndarray, to_image: np.ndarray, side: int) -> np.ndarray:
+    """The side x side canvas at whole-pixel offset to_image[:, 2], grey, black outside the frame."""
+    x, y = int(to_image[0, 2]), int(to_image[1, 2])
+    h, w = image.shape[:2]
+    canvas = np.zeros((side, side), np.uint8)
+    sx0, sy0, sx1, sy1 = max(x, 0), max(y, 0), min(x + side, w), min(y + side, h)
+    if sx1 > sx0 and sy1 > sy0:
+        canvas[sy0 - y : sy1 - y, sx0 - x : sx1 - x] = image[sy0:sy1, sx0:sx1].astype(np.uint16).sum(axis=2) // 3
+    return canvas
 
 
 def template_points(side: int = CHIP_SIDE, padding: float = CHIP_PADDING, template: np.ndarray = FIVE_POINTS) -> np.ndarray:
