@@ -52,7 +52,10 @@ def model_files() -> dict[str, Path]:
     if spec is None:
         sys.exit("face-recognition-models is not installed: pip install face-recognition-models dlib-bin")
     root = Path(next(iter(spec.submodule_search_locations))) / "models"
-    return {"net": root / "dlib_face_recognition_resnet_model_v1.dat", "five": root / "shape_predictor_5_face_landmarks.dat"}
+    return {
+        "net": root / "dlib_face_recognition_resnet_model_v1.dat",
+        "five": root / "shape_predictor_5_face_landmarks.dat",
+    }
 
 
 def images(extra: list[Path]) -> list[tuple[str, np.ndarray]]:
@@ -289,7 +292,9 @@ def photo_tracks(detector, predictor, extra: list[Path]) -> list[Track]:
         shots[(who, f"recoloured like the {other}")] = recoloured(heads[who], heads[other])
     out = []
     for (who, name), head in shots.items():
-        frame = real_faces.paste(real_faces.background(max(480, head.shape[1] + 40), max(360, head.shape[0] + 40)), head, 20, 20)
+        frame = real_faces.paste(
+            real_faces.background(max(480, head.shape[1] + 40), max(360, head.shape[0] + 40)), head, 20, 20
+        )
         found = detector.detect(frame)
         if not found:
             print(f"  (no face found: {who}, {name})")
@@ -302,7 +307,9 @@ def photo_tracks(detector, predictor, extra: list[Path]) -> list[Track]:
             continue
         for k, d in enumerate(detector.detect(image)):  # every face of a photograph its own person
             chip = align.chip(image, d.box, d.keypoints, predictor)
-            out.append(Track(f"extra: {source}", f"{source}#{k}", [appearance(image, d.box)], [chip], d.box[2] - d.box[0]))
+            out.append(
+                Track(f"extra: {source}", f"{source}#{k}", [appearance(image, d.box)], [chip], d.box[2] - d.box[0])
+            )
     return out
 
 
@@ -317,12 +324,21 @@ def distances(args) -> None:
         tracks = megamind_tracks(detector, predictor) + photo_tracks(detector, predictor, args.extra)
     for t in tracks:
         t.embeddings = embed(net, np.stack(t.chips))
-    print(f"{len(tracks)} tracks: " + ", ".join(f"{n} {p}" for p, n in _counts(t.person for t in tracks).items() if n > 1))
+    print(
+        f"{len(tracks)} tracks: " + ", ".join(f"{n} {p}" for p, n in _counts(t.person for t in tracks).items() if n > 1)
+    )
     sizes = [t.width for t in tracks]
-    print(f"face widths {min(sizes):.0f}-{max(sizes):.0f} px; Megamind tracks {[len(t.chips) for t in tracks if t.source.startswith('Megamind')]} samples")
+    print(
+        f"face widths {min(sizes):.0f}-{max(sizes):.0f} px; Megamind tracks {[len(t.chips) for t in tracks if t.source.startswith('Megamind')]} samples"
+    )
     for how, pick in CHIPS_PER_TRACK.items():
         report(tracks, f"{how}, every face", pick, full=how == CHOSEN)
-        report([t for t in tracks if t.width >= MIN_FACE_PX], f"{how}, faces at least {MIN_FACE_PX} px wide", pick, full=how == CHOSEN)
+        report(
+            [t for t in tracks if t.width >= MIN_FACE_PX],
+            f"{how}, faces at least {MIN_FACE_PX} px wide",
+            pick,
+            full=how == CHOSEN,
+        )
 
 
 def _spread(n: int, k: int) -> list[int]:
@@ -332,7 +348,9 @@ def _spread(n: int, k: int) -> list[int]:
 
 CHIPS_PER_TRACK = {
     "every sample's chip": lambda t: t.embeddings,
-    "a chip per second (every 5th sample)": lambda t: t.embeddings[_spread(len(t.embeddings), max(1, len(t.embeddings) // 5))],
+    "a chip per second (every 5th sample)": lambda t: t.embeddings[
+        _spread(len(t.embeddings), max(1, len(t.embeddings) // 5))
+    ],
     "3 chips per track": lambda t: t.embeddings[_spread(len(t.embeddings), 3)],
     "1 chip per track (its middle sample)": lambda t: t.embeddings[_spread(len(t.embeddings), 1)],
 }
@@ -371,13 +389,19 @@ def report(tracks: list[Track], how: str, pick, full: bool) -> None:
     if full:
         _table(rows)
     every = {same: np.array([x for (k, s), vs in rows.items() if s == same for x in vs]) for same in (True, False)}
-    for col, name, larger_same in ((0, "texture cosine", True), (1, "embedding distance", False), (2, "embedding cosine", True)):
+    for col, name, larger_same in (
+        (0, "texture cosine", True),
+        (1, "embedding distance", False),
+        (2, "embedding cosine", True),
+    ):
         s, d = every[True][:, col], every[False][:, col]
         worst_same, worst_diff = (s.min(), d.max()) if larger_same else (s.max(), d.min())
         gap = (worst_same - worst_diff) if larger_same else (worst_diff - worst_same)
-        print(f"{name}: worst same person {worst_same:.3f}, worst different people {worst_diff:.3f}: "
-              f"{'margin' if gap > 0 else 'overlap'} {abs(gap):.3f}"
-              + (f", threshold {0.5 * (worst_same + worst_diff):.3f}" if gap > 0 else ""))
+        print(
+            f"{name}: worst same person {worst_same:.3f}, worst different people {worst_diff:.3f}: "
+            f"{'margin' if gap > 0 else 'overlap'} {abs(gap):.3f}"
+            + (f", threshold {0.5 * (worst_same + worst_diff):.3f}" if gap > 0 else "")
+        )
         if not full:
             continue
         _errors(s, d, larger_same, TEXTURE_SAME if col == 0 else None, name)
@@ -398,8 +422,12 @@ def _errors(same: np.ndarray, diff: np.ndarray, larger_same: bool, current: floa
     steps = [] if current else list(np.round(np.arange(np.floor(lo * 200) / 200, hi + 0.005, 0.005), 3))
     print(f"  {name} thresholds (same person when >= it):")
     for t in sorted({balanced, *steps} | ({current} if current else set())):
-        note = "  (fer's texture threshold)" if t == current else "  (splits as many as it joins)" if t == balanced else ""
-        print(f"    {t:.3f}: splits {np.mean(same < t):.1%} of {len(same)}, joins {np.mean(diff >= t):.1%} of {len(diff)}{note}")
+        note = (
+            "  (fer's texture threshold)" if t == current else "  (splits as many as it joins)" if t == balanced else ""
+        )
+        print(
+            f"    {t:.3f}: splits {np.mean(same < t):.1%} of {len(same)}, joins {np.mean(diff >= t):.1%} of {len(diff)}{note}"
+        )
 
 
 def _table(rows: dict) -> None:
@@ -445,15 +473,21 @@ def cost(args) -> None:
 
     files = model_files()
     net, predictor = load_faceid(files["net"]), load_landmarks(files["five"])
-    backbone = timm.create_model("tf_efficientnet_b0", pretrained=False, num_classes=0).eval()  # HSEmotion's architecture
+    backbone = timm.create_model(
+        "tf_efficientnet_b0", pretrained=False, num_classes=0
+    ).eval()  # HSEmotion's architecture
     with torch.inference_mode():  # warm-up: first calls allocate
         backbone(torch.zeros(BACKBONE_BATCH, 3, 224, 224))
         net(torch.zeros(4, 150, 150, 3, dtype=torch.uint8))
-    print(f"CPU: {os.cpu_count()} cores, torch {torch.get_num_threads()} threads, load average {os.getloadavg()[0]:.1f}")
+    print(
+        f"CPU: {os.cpu_count()} cores, torch {torch.get_num_threads()} threads, load average {os.getloadavg()[0]:.1f}"
+    )
     with tempfile.TemporaryDirectory() as tmp:
         clips = [DATA / "Megamind.avi", media.write_video(Path(tmp) / "cuts.mp4", real_faces.cuts_frames(10), 10)]
-        print("| clip | s | samples | faces | chips (every sample) | decode | detect + track | crops | backbone "
-              "| chips: landmarks + cut | embedding | identity share (every sample's) |")
+        print(
+            "| clip | s | samples | faces | chips (every sample) | decode | detect + track | crops | backbone "
+            "| chips: landmarks + cut | embedding | identity share (every sample's) |"
+        )
         print("|---|---|---|---|---|---|---|---|---|---|---|---|")
         with FaceDetector() as detector:
             for clip in clips:
@@ -512,9 +546,11 @@ def _clip_cost(clip: Path, detector, predictor, net, backbone) -> None:
     share = (clock["chips"] + clock["embed"]) / (base + clock["chips"] + clock["embed"])
     share_all = (clock["chips_all"] + clock["embed_all"]) / (base + clock["chips_all"] + clock["embed_all"])
     ms = {k: f"{1000 * v:.0f}" for k, v in clock.items()}
-    print(f"| {clip.name} | {duration:.1f} | {n} | {len(crops)} | {len(chips)} ({len(everyone)}) | {ms['decode']} "
-          f"| {ms['detect']} | {ms['crops']} | {ms['backbone']} | {ms['chips']} ({ms['chips_all']}) "
-          f"| {ms['embed']} ({ms['embed_all']}) | {share:.1%} ({share_all:.1%}) |")
+    print(
+        f"| {clip.name} | {duration:.1f} | {n} | {len(crops)} | {len(chips)} ({len(everyone)}) | {ms['decode']} "
+        f"| {ms['detect']} | {ms['crops']} | {ms['backbone']} | {ms['chips']} ({ms['chips_all']}) "
+        f"| {ms['embed']} ({ms['embed_all']}) | {share:.1%} ({share_all:.1%}) |"
+    )
 
 
 def main() -> None:

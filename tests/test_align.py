@@ -25,8 +25,12 @@ def test_similarity_recovers_a_transform_and_fits_noise_by_least_squares():
     np.testing.assert_allclose(align.similarity(src, src @ rot.T + shift), np.hstack([rot, shift[:, None]]), atol=1e-9)
     # With noise: no other similarity (a, -b; b, a) fits better (numpy's least squares as the reference).
     dst = src @ rot.T + shift + rng.normal(0, 2, src.shape)
-    rows = np.vstack([np.column_stack([src[:, 0], -src[:, 1], np.ones(6), np.zeros(6)]),
-                      np.column_stack([src[:, 1], src[:, 0], np.zeros(6), np.ones(6)])])
+    rows = np.vstack(
+        [
+            np.column_stack([src[:, 0], -src[:, 1], np.ones(6), np.zeros(6)]),
+            np.column_stack([src[:, 1], src[:, 0], np.zeros(6), np.ones(6)]),
+        ]
+    )
     a, b, tx, ty = np.linalg.lstsq(rows, np.concatenate([dst[:, 0], dst[:, 1]]), rcond=None)[0]
     np.testing.assert_allclose(align.similarity(src, dst), [[a, -b, tx], [b, a, ty]], atol=1e-9)
 
@@ -37,7 +41,9 @@ def test_the_chip_of_dlibs_landmarks_is_dlibs_chip_to_the_pixel(dlib_reference):
         for rect in dlib_reference["detector"](photo, 1):
             shape = dlib_reference["five"](photo, rect)
             points = np.array([[p.x, p.y] for p in shape.parts()], np.float64)
-            np.testing.assert_array_equal(align.cut(photo, points), dlib.get_face_chip(photo, shape, size=150, padding=0.25))
+            np.testing.assert_array_equal(
+                align.cut(photo, points), dlib.get_face_chip(photo, shape, size=150, padding=0.25)
+            )
             cut += 1
     assert cut >= 2
 
@@ -65,7 +71,9 @@ def test_blazefaces_face_gives_dlibs_chip(dlib_reference, faceid_net, landmark_p
             for d in detector.detect(photo):
                 centre = ((d.box[0] + d.box[2]) / 2, (d.box[1] + d.box[3]) / 2)
                 ours = embed(faceid_net, align.chip(photo, d.box, d.keypoints, landmark_predictor)[None])[0]
-                assert np.linalg.norm(ours - _dlib_embedding(photo, dlib_reference, faceid_net, centre)) < FROM_BLAZEFACE
+                assert (
+                    np.linalg.norm(ours - _dlib_embedding(photo, dlib_reference, faceid_net, centre)) < FROM_BLAZEFACE
+                )
 
 
 def test_a_rolled_face_is_stood_upright(dlib_reference, faceid_net, landmark_predictor):

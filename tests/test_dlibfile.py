@@ -29,10 +29,19 @@ def dlib_float(mantissa: int, exponent: int) -> bytes:
 
 def test_integers_floats_strings_booleans_and_tensors_by_hand():
     data = (
-        dlib_int(0) + dlib_int(-300) + dlib_int(2**40 + 5)
-        + dlib_float(3, -2) + dlib_float(-5, 1) + dlib_float(0, 32000)
-        + dlib_int(5) + b"con_4" + b"1" + b"0"
-        + dlib_int(2) + b"".join(dlib_int(n) for n in (1, 2, 1, 3)) + struct.pack("<6f", 1, 2, 3, 4, 5, 6.5)
+        dlib_int(0)
+        + dlib_int(-300)
+        + dlib_int(2**40 + 5)
+        + dlib_float(3, -2)
+        + dlib_float(-5, 1)
+        + dlib_float(0, 32000)
+        + dlib_int(5)
+        + b"con_4"
+        + b"1"
+        + b"0"
+        + dlib_int(2)
+        + b"".join(dlib_int(n) for n in (1, 2, 1, 3))
+        + struct.pack("<6f", 1, 2, 3, 4, 5, 6.5)
     )
     assert data[:4] == b"\x01\x00\x82\x2c"  # 0, then -300 = 0x012c as two bytes
     r = DlibReader(data, PATH, "a test file")

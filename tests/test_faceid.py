@@ -112,7 +112,9 @@ def test_identity_falls_back_to_texture_offline_and_records_which(monkeypatch, t
         faceid.resolve_identity("lbp")
 
 
-def test_identity_weights_are_fetched_on_first_use_then_verified_from_the_cache(monkeypatch, tmp_path, dlib_files, server):
+def test_identity_weights_are_fetched_on_first_use_then_verified_from_the_cache(
+    monkeypatch, tmp_path, dlib_files, server
+):
     base, www, requests = server
     for path in dlib_files.values():
         shutil.copy(path, www / path.name)

@@ -51,7 +51,9 @@ MAX_HALVINGS = 8  # a face up to 256 times the chip's side
 RIGHT_EYE, LEFT_EYE = 0, 1  # in BlazeFace's key points (blazeface.KEYPOINTS)
 
 
-def chip(image: np.ndarray, box, keypoints, predictor, side: int = CHIP_SIDE, padding: float = CHIP_PADDING) -> np.ndarray:
+def chip(
+    image: np.ndarray, box, keypoints, predictor, side: int = CHIP_SIDE, padding: float = CHIP_PADDING
+) -> np.ndarray:
     """The aligned side x side RGB uint8 chip of the face BlazeFace found at `box` (x0, y0, x1,
     y1 px) with `keypoints` (6 x, y px, `blazeface.KEYPOINTS` order); `predictor` is
     `landmarks.ShapePredictor` of dlib's 5-point file."""
@@ -96,7 +98,9 @@ def _grey_cut(image: np.ndarray, to_image: np.ndarray, side: int) -> np.ndarray:
     return canvas
 
 
-def template_points(side: int = CHIP_SIDE, padding: float = CHIP_PADDING, template: np.ndarray = FIVE_POINTS) -> np.ndarray:
+def template_points(
+    side: int = CHIP_SIDE, padding: float = CHIP_PADDING, template: np.ndarray = FIVE_POINTS
+) -> np.ndarray:
     """The template's points in chip pixels."""
     return (np.asarray(template, np.float64) + padding) / (1 + 2 * padding) * side
 

@@ -74,7 +74,10 @@ def to_arrays(predictor: ShapePredictor) -> dict[str, np.ndarray]:
 def from_arrays(arrays) -> ShapePredictor:
     n = sum(1 for k in arrays if k.startswith("idx1"))
     fields = _Cascade.__dataclass_fields__
-    return ShapePredictor(np.asarray(arrays["mean"]), tuple(_Cascade(**{f: np.asarray(arrays[f"{f}{i}"]) for f in fields}) for i in range(n)))
+    return ShapePredictor(
+        np.asarray(arrays["mean"]),
+        tuple(_Cascade(**{f: np.asarray(arrays[f"{f}{i}"]) for f in fields}) for i in range(n)),
+    )
 
 
 def _walk(c: _Cascade, values: np.ndarray, shape: np.ndarray) -> np.ndarray:
@@ -119,7 +122,9 @@ def read_shape_predictor(path: str | Path) -> ShapePredictor:
     deltas = [r.floats(2 * r.count()).reshape(-1, 2) for _ in range(r.count())]
     if r.pos != len(r.values):
         r.fail("values after the end")
-    if not (len(cascades) == len(anchors) == len(deltas)) or any(a.size and (a.min() < 0 or a.max() >= len(mean)) for a in anchors):
+    if not (len(cascades) == len(anchors) == len(deltas)) or any(
+        a.size and (a.min() < 0 or a.max() >= len(mean)) for a in anchors
+    ):
         r.fail("cascades that do not agree")
     return ShapePredictor(mean, tuple(_cascade(r, *c, a, d) for c, a, d in zip(cascades, anchors, deltas)))
 

@@ -142,7 +142,13 @@ def _con(r: DlibReader, layer: _Layer) -> dict:
         r.bool()  # use_bias: the bias is in the parameters either way when set
     if version == "con_6":
         r.bool()
-    if (filters, rows, cols, stride_y, stride_x) != (layer.channels, layer.window, layer.window, layer.stride, layer.stride):
+    if (filters, rows, cols, stride_y, stride_x) != (
+        layer.channels,
+        layer.window,
+        layer.window,
+        layer.stride,
+        layer.stride,
+    ):
         r.fail(f"a {rows}x{cols} convolution of {filters} filters, stride {stride_y}")
     n = math.prod(fshape)
     if params.size != n + math.prod(bshape):
@@ -188,13 +194,13 @@ def _fc(r: DlibReader, layer: _Layer) -> dict:
     version = r.expect(("fc_",))
     outputs, inputs = r.int(), r.int()
     params = r.tensor().ravel()
-    weights, biases = r.alias(), r.alias()
+    shape, _ = r.alias(), r.alias()  # the weights' and biases' shapes
     r.int()  # bias mode
     for _ in range(4):
         r.float()
     if version == "fc_3":
         r.bool()
-    if outputs != layer.channels or math.prod(weights) != inputs * outputs:
+    if outputs != layer.channels or math.prod(shape) != inputs * outputs:
         r.fail(f"a projection of {inputs} to {outputs}")
     return {"weight": params[: inputs * outputs].reshape(inputs, outputs).T.copy()}
 
@@ -311,8 +317,13 @@ def resolve_identity(choice: str = "auto", *, progress=None, root: Path | None =
     except WeightsError as e:
         if choice == "faceid":
             raise
-        log.warning("people across cuts are told apart by texture: the face-recognition weights are "
-                    "missing (%s); `fer weights fetch %s %s` gets them", first_line(e), NETWORK_WEIGHTS, LANDMARK_WEIGHTS)
+        log.warning(
+            "people across cuts are told apart by texture: the face-recognition weights are "
+            "missing (%s); `fer weights fetch %s %s` gets them",
+            first_line(e),
+            NETWORK_WEIGHTS,
+            LANDMARK_WEIGHTS,
+        )
         return Identity("texture")
     return Identity("faceid", network, landmarks)
 

@@ -23,7 +23,17 @@ from pathlib import Path
 from ..core.errors import DataError
 
 COLUMNS = ("video", "time", "person", "track", "x0", "y0", "x1", "y1", "score")
-KINDS = {"video": "O", "time": "f", "person": "i", "track": "i", "x0": "f", "y0": "f", "x1": "f", "y1": "f", "score": "f"}
+KINDS = {
+    "video": "O",
+    "time": "f",
+    "person": "i",
+    "track": "i",
+    "x0": "f",
+    "y0": "f",
+    "x1": "f",
+    "y1": "f",
+    "score": "f",
+}
 
 
 def boxes_path(out: str | Path) -> Path:
@@ -42,8 +52,19 @@ def box_rows(video: str, samples, people: dict[int, int], shown=None) -> list[di
             person = people.get(track, track)
             if shown is None or person in shown:
                 x0, y0, x1, y1 = (float(v) for v in box)
-                rows.append(dict(video=video, time=float(time), person=int(person), track=int(track),
-                                 x0=x0, y0=y0, x1=x1, y1=y1, score=float(score)))
+                rows.append(
+                    dict(
+                        video=video,
+                        time=float(time),
+                        person=int(person),
+                        track=int(track),
+                        x0=x0,
+                        y0=y0,
+                        x1=x1,
+                        y1=y1,
+                        score=float(score),
+                    )
+                )
     return rows
 
 
