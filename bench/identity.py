@@ -1,6 +1,6 @@
 """Identity across cuts: the face-recognition embedding against the texture descriptor, measured.
 
-    python bench/identity.py template [--extra DIR ...]   # where BlazeFace's key points sit on dlib's chip
+    python bench/identity.py alignment [--extra DIR ...]  # fer's chips against dlib's own
     python bench/identity.py distances [--extra DIR ...]  # same and different people, both descriptors
     python bench/identity.py cost                         # what the embedding costs per clip on the CPU
 
@@ -10,10 +10,11 @@ the frames of both Megamind clips, and any photographs under --extra folders (dl
 examples/faces, for one: Pascal VOC photographs of strangers, each file's faces different people
 from every other file's).
 
-`template` runs dlib's HOG detector and 5-point landmarks on every face BlazeFace finds too, maps
-BlazeFace's key points onto the chip dlib's alignment cuts, and prints their mean places (what
-fercli.media.align.TEMPLATE holds) and, per source, the embedding distance between dlib's chip
-and fer's chip of the same face.
+`alignment` runs dlib's HOG detector and 5-point landmarks on every face BlazeFace finds too:
+prints the box dlib's detector draws in terms of BlazeFace's (fercli.media.align's DLIB_BOX_*),
+and per source the embedding distance between dlib's own chip and fer's chip of the same face,
+beside chips cut by BlazeFace's key points alone and dlib's chips with dlib's box moved 3%.
+`distances` and `cost` are described where they are defined.
 """
 
 from __future__ import annotations
@@ -112,45 +113,98 @@ def dlib_cut(face: Face) -> np.ndarray:
     return align.similarity(align.template_points(template=DLIB_FIVE), face.five)
 
 
-def template(args) -> None:
-    from fercli.media import align
-
-    paired = [f for f in faces(args.extra) if f.five is not None]
-    on_chip = []
-    for f in paired:
-        cut = dlib_cut(f)
-        inverse = np.linalg.inv(np.vstack([cut, [0, 0, 1]]))[:2]
-        points = np.asarray(f.detection.keypoints)[list(align.USED)]
-        chip_px = (inverse @ np.hstack([points, np.ones((len(points), 1))]).T).T
-        on_chip.append(chip_px / align.CHIP_SIDE * (1 + 2 * align.CHIP_PADDING) - align.CHIP_PADDING)
-    on_chip = np.stack(on_chip)
-    fitted = on_chip.mean(axis=0)
-    print(f"{len(paired)} faces found by both BlazeFace and dlib (of {len({f.source for f in paired})} images)")
-    print("key point: mean (x, y) on the unit face, spread (sd)")
-    for name, m, s in zip(("right_eye", "left_eye", "nose_tip", "mouth_centre"), fitted, on_chip.std(axis=0)):
-        print(f"  {name:13s} ({m[0]:.4f}, {m[1]:.4f})  sd ({s[0]:.4f}, {s[1]:.4f})")
-    distances = alignment_distances(paired, fitted)
-    print("embedding distance, dlib's chip to fer's chip of the same face (dlib's threshold is 0.6):")
-    for source, d in sorted(group_by_source(paired, distances).items()):
-        print(f"  {source:22s} n={len(d):3d} median {np.median(d):.3f} max {np.max(d):.3f}")
-    print(f"  {'all':22s} n={len(distances):3d} median {np.median(distances):.3f} max {np.max(distances):.3f}")
-
-
-def alignment_distances(paired: list[Face], fitted: np.ndarray) -> np.ndarray:
+def alignment(args) -> None:
+    """dlib's box from BlazeFace's, and how close fer's chips come to dlib's own, per source."""
     import dlib
 
     from fercli.media import align
-    from fercli.nets.faceid import embed, load_faceid
+    from fercli.media.faces import iou
+    from fercli.nets.faceid import embed, load_faceid, load_landmarks
 
-    net = load_faceid(model_files()["net"])
-    theirs = [dlib.get_face_chip(f.image, _shape(f), size=align.CHIP_SIDE, padding=align.CHIP_PADDING) for f in paired]
-    old, align.TEMPLATE = align.TEMPLATE, fitted
-    try:
-        ours = [align.chip(f.image, f.detection.keypoints) for f in paired]
-    finally:
-        align.TEMPLATE = old
-    a, b = embed(net, np.stack(theirs)), embed(net, np.stack(ours))
-    return np.linalg.norm(a - b, axis=1)
+    files = model_files()
+    net, predictor = load_faceid(files["net"]), load_landmarks(files["five"])
+    hog = dlib.get_frontal_face_detector()
+    paired = [f for f in faces(args.extra) if f.five is not None]
+    ratios, shifts = [], []
+    for f in paired:
+        rect = max(hog(f.image, 1), key=lambda r: iou(f.detection.box, (r.left(), r.top(), r.right(), r.bottom())))
+        b, w = np.array(f.detection.box), f.detection.box[2] - f.detection.box[0]
+        ratios.append((rect.right() - rect.left()) / w)
+        shifts.append(
+            ((rect.left() + rect.right() - b[0] - b[2]) / 2 / w, (rect.top() + rect.bottom() - b[1] - b[3]) / 2 / w)
+        )
+    print(f"{len(paired)} faces found by both BlazeFace and dlib (of {len({f.source for f in paired})} images)")
+    print(
+        f"dlib's box from BlazeFace's of width w: side {np.median(ratios):.4f} w (sd {np.std(ratios):.3f}), centre moved "
+        f"({np.median(shifts, axis=0)[0]:.4f}, {np.median(shifts, axis=0)[1]:.4f}) w (sd {np.std(shifts, axis=0).round(3)}) "
+        "(align.DLIB_BOX_SIDE, DLIB_BOX_SHIFT)"
+    )
+    theirs = embed(
+        net,
+        np.stack(
+            [dlib.get_face_chip(f.image, _shape(f), size=align.CHIP_SIDE, padding=align.CHIP_PADDING) for f in paired]
+        ),
+    )
+    ours = embed(
+        net, np.stack([align.chip(f.image, f.detection.box, f.detection.keypoints, predictor) for f in paired])
+    )
+    keypoints = embed(net, np.stack(_keypoint_chips(paired)))
+    jittered = embed(net, np.stack(_jittered_dlib_chips(paired, hog, dlib)))
+    print("embedding distance to dlib's own chip of the same face (dlib: one person below 0.6):")
+    print(
+        "| source | faces | fer (dlib's landmarks from BlazeFace's box) | BlazeFace's key points alone | dlib, its box moved 3% |"
+    )
+    print("|---|---|---|---|---|")
+    rows = {"fer": ours, "key points": keypoints, "jitter": jittered}
+    distances = {k: np.linalg.norm(v - theirs, axis=1) for k, v in rows.items()}
+    groups = {}
+    for i, f in enumerate(paired):
+        groups.setdefault(f.source.split("#")[0].split("/")[0], []).append(i)
+    for name, idx in [*sorted(groups.items()), ("all", list(range(len(paired))))]:
+        cells = " | ".join(f"{np.median(d[idx]):.3f} (max {d[idx].max():.3f})" for d in distances.values())
+        print(f"| {name} | {len(idx)} | {cells} |")
+
+
+def _keypoint_chips(paired: list[Face]) -> list[np.ndarray]:
+    """Chips cut by BlazeFace's eyes, nose tip and mouth alone, through their mean places on dlib's
+    chip (fitted on these same faces: the best those points can do)."""
+    from fercli.media import align
+
+    on_chip = []
+    for f in paired:
+        inverse = np.linalg.inv(np.vstack([dlib_cut(f), [0, 0, 1]]))[:2]
+        points = np.asarray(f.detection.keypoints)[:4]
+        on_chip.append((inverse @ np.hstack([points, np.ones((4, 1))]).T).T)
+    template = np.mean(on_chip, axis=0)
+    return [
+        align.warp(f.image, align.as_cut(align.similarity(template, np.asarray(f.detection.keypoints)[:4]), 150), 150)
+        for f in paired
+    ]
+
+
+def _jittered_dlib_chips(paired: list[Face], hog, dlib) -> list[np.ndarray]:
+    """dlib's own chips with its detector's box moved 3% of its side (seeded): how much dlib's
+    alignment itself moves with its box."""
+    from fercli.media.faces import iou
+
+    rng, files, out = np.random.default_rng(0), model_files(), []
+    five = dlib.shape_predictor(str(files["five"]))
+    for f in paired:
+        r = max(hog(f.image, 1), key=lambda r: iou(f.detection.box, (r.left(), r.top(), r.right(), r.bottom())))
+        dx, dy, ds = rng.normal(0, 0.03, 3) * (r.right() - r.left())
+        moved = dlib.rectangle(
+            *(
+                int(round(v))
+                for v in (
+                    r.left() + dx - ds / 2,
+                    r.top() + dy - ds / 2,
+                    r.right() + dx + ds / 2,
+                    r.bottom() + dy + ds / 2,
+                )
+            )
+        )
+        out.append(dlib.get_face_chip(f.image, five(f.image, moved), size=150, padding=0.25))
+    return out
 
 
 def _shape(face: Face):
@@ -158,13 +212,6 @@ def _shape(face: Face):
 
     box = dlib.rectangle(*(int(v) for v in face.detection.box))
     return dlib.full_object_detection(box, [dlib.point(int(round(x)), int(round(y))) for x, y in face.five])
-
-
-def group_by_source(paired: list[Face], values) -> dict[str, list[float]]:
-    out: dict[str, list[float]] = {}
-    for f, v in zip(paired, values):
-        out.setdefault(f.source.split("#")[0].split("/")[0], []).append(float(v))
-    return out
 
 
 # -- distances: same and different people, texture against the embedding --------------------
@@ -555,11 +602,11 @@ def _clip_cost(clip: Path, detector, predictor, net, backbone) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("what", choices=("template", "distances", "cost"))
+    parser.add_argument("what", choices=("alignment", "distances", "cost"))
     parser.add_argument("--extra", type=Path, action="append", default=[], help="a folder of .jpg photographs")
     args = parser.parse_args()
     started = time.perf_counter()
-    {"template": template, "distances": distances, "cost": cost}[args.what](args)
+    {"alignment": alignment, "distances": distances, "cost": cost}[args.what](args)
     print(f"({time.perf_counter() - started:.0f} s)")
 
 

@@ -7,10 +7,10 @@ on each side. fer finds the same landmarks with dlib's own predictor (`landmarks
 BlazeFace's box turned into the box dlib's detector would draw, on the face stood upright by
 BlazeFace's eyes where it is rolled 15 degrees or more.
 
-BlazeFace's own key points are too coarse to cut the chip themselves: on 118 real faces their
-eyes sit 0.13 of the eye distance (sd) from dlib's, and chips cut from them lie a median 0.26
-(embedding distance) from dlib's own chips, against 0.09 through the predictor; dlib's own chips
-move 0.08 when its detector's box moves 3% (`bench/identity.py template`).
+BlazeFace's own key points are too coarse to cut the chip themselves: on 118 real faces both
+detectors find, their eyes sit 0.13 of the eye distance (sd) from dlib's, and chips cut from them
+lie a median 0.24 (embedding distance) from dlib's own chips, against 0.089 through the predictor;
+dlib's own chips move 0.078 when its detector's box moves 3% (`bench/identity.py alignment`).
 
 The chip is sampled bilinearly with pixel centres on whole coordinates and truncated to bytes,
 as dlib does (the same landmarks give dlib's chip to the pixel); a face more than twice the
