@@ -21,7 +21,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
-from test_packaging import PLATFORMS, PYTHONS, requirements  # noqa: E402
+from test_packaging import PLATFORMS, PYTHONS, SOURCE_ONLY, requirements  # noqa: E402
 
 HEADER = """\
 # Versions known to work together for fercli with every extra, on Linux x86_64, per CPython
@@ -65,5 +65,7 @@ def lines(pins: dict[str, dict[str, str]]) -> list[str]:
 if __name__ == "__main__":
     with tempfile.TemporaryDirectory() as tmp:
         pins = resolve(Path(tmp))
-    (ROOT / "constraints.txt").write_text(HEADER + "\n".join(lines(pins)) + "\n")
+    pinned = lines(pins) + [f"{name}=={version}" for name, version in SOURCE_ONLY.items()]
+    pinned.sort(key=lambda line: line.split("==")[0].lower())  # by name; one name's lines keep their order
+    (ROOT / "constraints.txt").write_text(HEADER + "\n".join(pinned) + "\n")
     print(f"constraints.txt: {sum(len(p) for p in pins.values())} pins over {len(pins)} Pythons")

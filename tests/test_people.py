@@ -17,7 +17,7 @@ import real_faces
 
 import fercli
 from fercli.job.contract import AnnotateOptions
-from fercli.media.people import ShotCuts, Tracks, colour_histogram, group_tracks
+from fercli.media.people import SAME, ShotCuts, Tracks, colour_histogram, group_tracks
 
 MEGAMIND = Path("/usr/share/doc/opencv-doc/examples/data/Megamind.avi")
 needs_opencv_doc = pytest.mark.skipif(
@@ -55,6 +55,85 @@ def test_group_tracks_by_hand():
     assert group_tracks({0: a, 2: a, 3: near_a}, {0: {0}, 2: {5}, 3: {5}}) == {0: 0, 2: 0, 3: 1}
     # Unalike: two people, numbered in order of first appearance.
     assert group_tracks({0: b, 1: a}, {0: {9}, 1: {0}}) == {1: 0, 0: 1}
+
+
+def test_each_kind_of_descriptor_has_its_threshold():
+    a, b = np.array([1.0, 0, 0]), np.array([0.935, 0.3546, 0])  # cosine 0.935
+    assert SAME == {"texture": 0.86, "faceid": 0.93}
+    assert group_tracks({0: a, 1: b}, {0: {0}, 1: {1}}, kind="faceid") == {0: 0, 1: 0}
+    c = np.array([0.925, 0.3800, 0])  # cosine 0.925: texture's one person, not the embedding's
+    assert group_tracks({0: a, 1: c}, {0: {0}, 1: {1}}, kind="faceid") == {0: 0, 1: 1}
+    assert group_tracks({0: a, 1: c}, {0: {0}, 1: {1}}, kind="texture") == {0: 0, 1: 0}
+    with pytest.raises(ValueError, match="descriptor kind 'lbp'"):
+        group_tracks({0: a}, {0: {0}}, kind="lbp")
+
+
+def test_a_track_gets_a_chip_at_its_first_sample_then_one_a_second():
+    tracks = Tracks()
+    due = [t for t in np.arange(0, 3.01, 0.2) if tracks.chip_due(7, float(t))]
+    np.testing.assert_allclose(due, [0.0, 1.0, 2.0, 3.0])
+    assert tracks.chip_due(8, 0.4)  # another track has its own clock
+
+
+# Shots of an interview, each changing how a face looks the way cuts do: (person, head width px,
+# change); person 0 is the astronaut, 1 the player of messi5.jpg. 6 samples a shot.
+INTERVIEW = (
+    (0, 150, "plain"),
+    (1, 150, "plain"),
+    (0, 110, "mirrored, darker"),
+    (1, 190, "mirrored, blue cast"),
+    (0, 200, "blurred, JPEG"),
+)
+
+
+def interview_frames():
+    import io
+
+    from PIL import Image, ImageFilter
+
+    photos = {0: (real_faces.astronaut(), real_faces.ASTRONAUT_HEAD), 1: (real_faces.messi(), real_faces.MESSI_HEAD)}
+    for shot, (person, side, change) in enumerate(INTERVIEW):
+        head = real_faces.head(*photos[person], side)
+        if "mirrored" in change:
+            head = head[:, ::-1]
+        if "darker" in change:
+            head = (255 * (head / 255.0) ** 1.6).astype(np.uint8)
+        if "blue" in change:
+            head = np.clip(head * np.array([0.8, 0.95, 1.2]), 0, 255).astype(np.uint8)
+        if "blurred" in change:
+            buf = io.BytesIO()
+            Image.fromarray(head).filter(ImageFilter.GaussianBlur(1.5)).save(buf, "JPEG", quality=25)
+            head = np.asarray(Image.open(buf).convert("RGB"))
+        for k in range(6):
+            frame = real_faces.background(480, 300, seed=10 * shot + k)
+            yield shot, person, real_faces.paste(frame, np.ascontiguousarray(head), 120 + 4 * k, 30)
+
+
+@needs_opencv_doc
+def test_the_embedding_keeps_two_people_apart_across_changed_shots_where_texture_splits_them(
+    faceid_net, landmark_predictor
+):
+    from fercli.media import align
+    from fercli.media.faces import FaceDetector
+    from fercli.nets.faceid import unit_embeddings
+
+    tracks, texture, faces, seen, truth = Tracks(), {}, {}, {}, {}
+    with FaceDetector() as detector:
+        for k, (shot, person, frame) in enumerate(interview_frames()):
+            found = detector.detect(frame)
+            assert len(found) == 1
+            for t, (det, look) in tracks.update(k / FPS, frame, found).items():
+                texture[t] = texture.get(t, 0) + look
+                seen.setdefault(t, set()).add(k)
+                truth.setdefault(t, set()).add(person)
+                if tracks.chip_due(t, k / FPS):
+                    chip = align.chip(frame, det.box, det.keypoints, landmark_predictor)
+                    faces[t] = faces.get(t, 0) + unit_embeddings(faceid_net, chip[None])[0]
+    assert len(tracks.cuts) == len(INTERVIEW) - 1 and all(len(p) == 1 for p in truth.values())
+    by_faces = group_tracks(faces, seen, kind="faceid")
+    assert {p: {next(iter(truth[t])) for t in by_faces if by_faces[t] == p} for p in set(by_faces.values())} == {0: {0}, 1: {1}}
+    by_texture = group_tracks(texture, seen, kind="texture")
+    assert len(set(by_texture.values())) > 2  # texture's fault (issue 38): a changed shot is someone new
 
 
 def detections_with_truth(frames, fps):

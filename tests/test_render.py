@@ -222,3 +222,119 @@ def test_an_avi_whose_frame_timestamps_go_backwards_renders_every_frame_in_order
     assert np.all(np.diff(times) > 0)
     assert np.allclose(np.array(times) - times[0], starts, atol=1e-3)  # decode's times, to the millisecond
     assert times[-1] - times[0] == pytest.approx(starts[-1]) and starts[-1] < duration
+
+
+# -- each row on its own person: the boxes sidecar, across cuts --------------------------------
+
+CUT_FPS = 10  # frames between samples, so the cuts fall between them
+SAMPLE_S = 0.2  # the model's samples, 5 a second
+# (start s, end s, [(person, x, y, head width px, leaves at s or None)]); 0 the astronaut, 1 the
+# player of messi5.jpg. The cuts fall between samples (2.1, 4.1 s); the second shot puts the
+# player where the astronaut stood, before the same wall; the astronaut leaves at 5.3 s.
+CUT_SHOTS = (
+    (0.0, 2.1, [(0, 60, 40, 150, None)]),
+    (2.1, 4.1, [(1, 60, 40, 150, None)]),
+    (4.1, 6.0, [(1, 30, 70, 120, None), (0, 270, 40, 150, 5.3)]),
+)
+
+
+def heads_at(t: float) -> dict[int, tuple]:
+    """{person: head box} on screen at time t."""
+    shot = next(s for s in CUT_SHOTS if s[0] <= t + 1e-9 < s[1])
+    return {p: (x, y, x + w, y + w) for p, x, y, w, gone in shot[2] if gone is None or t < gone - 1e-9}
+
+
+def cut_clip_frames() -> list[np.ndarray]:
+    import real_faces
+
+    photos = {0: (real_faces.astronaut(), real_faces.ASTRONAUT_HEAD), 1: (real_faces.messi(), real_faces.MESSI_HEAD)}
+    frames = []
+    for i in range(round(CUT_SHOTS[-1][1] * CUT_FPS)):
+        frame = real_faces.background(480, 270, seed=0)  # one wall for every shot
+        for p, (x0, y0, x1, _) in heads_at(i / CUT_FPS).items():
+            real_faces.paste(frame, real_faces.head(*photos[p], x1 - x0), x0, y0)
+        frames.append(frame)
+    return frames
+
+
+def inside(box, head) -> bool:
+    cx, cy = (box[0] + box[2]) / 2, (box[1] + box[3]) / 2
+    return head[0] <= cx <= head[2] and head[1] <= cy <= head[3]
+
+
+@pytest.fixture(scope="module")
+def cut_clip(tmp_path_factory):
+    """The clip, its per-second table of both people (as --all-faces writes it) and its boxes
+    sidecar made the producer's way: each sample's detections, each given to the true person."""
+    import real_faces
+
+    from fercli.media.faces import FaceDetector
+    from fercli.tables.boxes import box_rows, boxes_path, write_boxes
+
+    if real_faces.messi() is None:
+        pytest.skip("Debian's opencv-doc is missing (messi5.jpg): apt-get install opencv-doc")
+    root = tmp_path_factory.mktemp("cuts")
+    frames = cut_clip_frames()
+    path = media.write_video(root / "cuts.mp4", frames, CUT_FPS)
+    samples, people = [], {}
+    with FaceDetector() as detector:
+        for k in range(round(CUT_SHOTS[-1][1] / SAMPLE_S)):
+            t = k * SAMPLE_S
+            shot = next(i for i, s in enumerate(CUT_SHOTS) if s[0] <= t < s[1])
+            faces = {}
+            for d in detector.detect(frames[round(t * CUT_FPS)]):
+                person = next(p for p, head in heads_at(t).items() if inside(d.box, head))
+                faces[10 * shot + person] = (d.box, d.score)
+                people[10 * shot + person] = person
+            samples.append((t, faces))
+    rows = []
+    for second in range(6):
+        for person in sorted({p for k in range(CUT_FPS) for p in heads_at(second + k / CUT_FPS)}):
+            rows.append(dict(video="cuts.mp4", second=second, start=float(second), end=float(second + 1), person=person,
+                             face=True, valence=person * 5, arousal=0, face_x0=0.0, face_y0=0.0, face_x1=1.0, face_y1=1.0))
+    table = root / "all.csv"
+    pd.DataFrame(rows).to_csv(table, index=False)
+    write_boxes(boxes_path(table), box_rows("cuts.mp4", samples, people))
+    return path, table, frames
+
+
+def test_each_row_is_drawn_on_its_own_person_in_every_frame_and_nowhere_else(cut_clip):
+    from fercli.tables.boxes import boxes_path, read_boxes
+    from fercli.views.render import FrameBoxes, PersonBoxes, Timeline
+
+    _, table, frames = cut_clip
+    timeline = Timeline(pd.read_csv(table))
+    wrong_before = 0
+    with PersonBoxes(read_boxes(boxes_path(table))) as placer, FrameBoxes() as nearest:
+        for i, frame in enumerate(frames):
+            t = i / CUT_FPS
+            heads = heads_at(t)
+            rows = timeline.at(t)
+            for row in placer.place(frame, rows, t):
+                box = [row[c] for c in ("face_x0", "face_y0", "face_x1", "face_y1")]
+                if row["person"] in heads:
+                    assert None not in box and inside(box, heads[row["person"]]), (t, row["person"], box)
+                else:
+                    assert box == [None] * 4, (t, row["person"], box)  # not on screen: nothing drawn
+            for row in nearest.place(frame, [{**r, **_row_mean_box(r)} for r in rows]):  # the nearest-box rule
+                box = [row[c] for c in ("face_x0", "face_y0", "face_x1", "face_y1")]
+                wrong_before += row["person"] not in heads or not inside(box, heads[row["person"]])
+    assert wrong_before > 0  # issue 38: the old rule drew someone's box on another person, or on no one
+
+
+def _row_mean_box(row: dict) -> dict:
+    """The row's box as annotate gives it: the mean of its person's true head over the second."""
+    boxes = [heads_at(row["second"] + k / CUT_FPS).get(row["person"]) for k in range(CUT_FPS)]
+    boxes = np.array([b for b in boxes if b is not None], float)
+    return dict(zip(("face_x0", "face_y0", "face_x1", "face_y1"), boxes.mean(axis=0)))
+
+
+def test_render_reads_the_sidecar_beside_the_table(cut_clip, tmp_path):
+    path, table, _ = cut_clip
+    out = render(path, table, tmp_path / "o.mp4", name="cuts.mp4")
+    frames, _, _ = decoded(out.out)
+    assert out.frames == len(frames) == 60
+    # At 5.6 s the astronaut has left: nothing green where she stood; the player's box is drawn.
+    green = lambda f, x0, y0, x1, y1: int((np.abs(f[y0:y1, x0:x1].astype(int) - (0, 255, 0)).sum(axis=2) < 120).sum())  # noqa: E731
+    frame = frames[round(5.6 * CUT_FPS)]
+    assert green(frame, 250, 20, 440, 210) == 0 and green(frame, 20, 60, 170, 210) > 100

@@ -14,8 +14,8 @@ every number read from the graph config mediapipe 0.10.21's wheel compiles in
    one score logit (`TensorsToDetectionsCalculator`: scale 192, logits clipped to +-100,
    sigmoid, kept at >= 0.6);
 3. weighted non-max suppression (`NonMaxSuppressionCalculator`: IoU > 0.3 merges a box into the
-   best-scoring one, the merged box the score-weighted mean, the score the best one's);
-4. boxes back to frame pixels through the same square (`DetectionProjectionCalculator`).
+   best-scoring one, the merged box and key points the score-weighted mean, the score the best one's);
+4. boxes and key points back to frame pixels through the same square (`DetectionProjectionCalculator`).
 
 mediapipe's legacy Python API took `min_detection_confidence` but its full-range graph ignored
 it (google-ai-edge/mediapipe#3896): 0.6 is what produced fer's boxes until it moved off
@@ -45,6 +45,9 @@ BOX_SCALE = 192.0  # raw box outputs are in input pixels (x_scale = y_scale = w_
 SCORE_CLIP = 100.0  # logits are clipped to +-this before the sigmoid
 MIN_SCORE = 0.6  # the full-range graph's min_score_thresh (mediapipe ignored the API's setting)
 NMS_IOU = 0.3  # boxes overlapping the best one by more than this are merged into it
+# The key points in output order; right and left are the person's own (their right eye is on
+# the image's left in a frontal face).
+KEYPOINTS = ("right_eye", "left_eye", "nose_tip", "mouth_centre", "right_ear", "left_ear")
 # LiteRT threads per detector: detection runs beside the backbone (a thread or a worker process
 # per clip), and one thread takes about 4 ms a frame on 2 cores (2.4 of them the network) against
 # some 30 ms per crop for the backbone; more threads would take the backbone's cores.
@@ -135,18 +138,27 @@ def decode(raw_boxes: np.ndarray, raw_scores: np.ndarray, min_score: float = MIN
 
     raw_boxes (2304, 16), raw_scores (2304,) or (2304, 1); only anchors scoring >= min_score.
     """
+    faces, scores = decode_faces(raw_boxes, raw_scores, min_score)
+    return faces[:, :4], scores
+
+
+def decode_faces(raw_boxes: np.ndarray, raw_scores: np.ndarray, min_score: float = MIN_SCORE) -> tuple[np.ndarray, np.ndarray]:
+    """As `decode`, each face's row followed by its key points: (N, 16) x0, y0, x1, y1, then x, y
+    of each of KEYPOINTS, in input-normalised units."""
     logits = np.clip(raw_scores.reshape(-1).astype(np.float64), -SCORE_CLIP, SCORE_CLIP)
     scores = 1.0 / (1.0 + np.exp(-logits))
     keep = scores >= min_score
-    raw, anchors = raw_boxes[keep, :4] / BOX_SCALE, ANCHORS[keep]
+    raw, anchors = raw_boxes[keep] / BOX_SCALE, ANCHORS[keep]
     centre = anchors + raw[:, :2]  # x, y (reverse_output_order: x comes first)
     half = raw[:, 2:4] / 2
-    return np.concatenate([centre - half, centre + half], axis=1), scores[keep]
+    points = raw[:, 4:] + np.tile(anchors, len(KEYPOINTS))
+    return np.concatenate([centre - half, centre + half, points], axis=1), scores[keep]
 
 
 def weighted_nms(boxes: np.ndarray, scores: np.ndarray, iou: float = NMS_IOU) -> tuple[np.ndarray, np.ndarray]:
     """MediaPipe's weighted non-max suppression: best score first, each box merged with every
-    remaining box that overlaps it by more than `iou` into their score-weighted mean."""
+    remaining box that overlaps it by more than `iou` into their score-weighted mean (columns
+    after the box's four, such as key points, are merged the same way)."""
     order = np.argsort(-scores, kind="stable")
     boxes, scores = boxes[order], scores[order]
     merged_boxes, merged_scores = [], []
@@ -161,7 +173,7 @@ def weighted_nms(boxes: np.ndarray, scores: np.ndarray, iou: float = NMS_IOU) ->
         merged_scores.append(scores[best])
         left = left[~similar]
     if not merged_boxes:
-        return np.zeros((0, 4), np.float32), np.zeros(0, np.float32)
+        return np.zeros((0, boxes.shape[1]), np.float32), np.zeros(0, np.float32)
     return np.stack(merged_boxes), np.asarray(merged_scores)
 
 
@@ -175,8 +187,8 @@ def _iou(box: np.ndarray, others: np.ndarray) -> np.ndarray:
 
 
 def to_frame(boxes: np.ndarray, square: Square) -> np.ndarray:
-    """Input-normalised boxes -> frame pixels (not clipped to the frame)."""
-    return boxes * square.side + np.array([square.x0, square.y0, square.x0, square.y0])
+    """Input-normalised boxes (or any rows of x, y pairs) -> frame pixels (not clipped to the frame)."""
+    return boxes * square.side + np.tile([square.x0, square.y0], boxes.shape[-1] // 2)
 
 
 class BlazeFace:
@@ -194,9 +206,15 @@ class BlazeFace:
 
     def __call__(self, image: np.ndarray, min_score: float = MIN_SCORE) -> tuple[np.ndarray, np.ndarray]:
         """Faces in an RGB uint8 frame: boxes (N, 4) x0, y0, x1, y1 in frame pixels, scores (N,)."""
+        boxes, scores, _ = self.faces(image, min_score)
+        return boxes, scores
+
+    def faces(self, image: np.ndarray, min_score: float = MIN_SCORE) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """As calling it, with each face's key points: (N, 6, 2) x, y in frame pixels, KEYPOINTS' order."""
         tensor, square = to_input(image)
         self._net.set_tensor(self._input, tensor[None])
         self._net.invoke()
-        boxes, scores = decode(self._net.get_tensor(self._boxes)[0], self._net.get_tensor(self._scores)[0], min_score)
-        boxes, scores = weighted_nms(boxes, scores)
-        return to_frame(boxes, square), scores
+        raw_boxes, raw_scores = self._net.get_tensor(self._boxes)[0], self._net.get_tensor(self._scores)[0]
+        faces, scores = weighted_nms(*decode_faces(raw_boxes, raw_scores, min_score))
+        faces = to_frame(faces, square)
+        return faces[:, :4], scores, faces[:, 4:].reshape(len(faces), len(KEYPOINTS), 2)

@@ -33,6 +33,9 @@ T = TypeVar("T")
 class Detection:
     box: Box  # pixels, clipped to the frame
     score: float  # detector confidence 0..1
+    # (x, y) pixels of each of blazeface.KEYPOINTS (eyes, nose tip, mouth, ears), not clipped;
+    # None where the detection came without them
+    keypoints: tuple | None = None
 
     @property
     def area(self) -> float:
@@ -56,8 +59,8 @@ class FaceDetector:
     def detect(self, image: np.ndarray) -> list[Detection]:
         """All faces in an RGB uint8 image, largest first, boxes clipped to the frame."""
         h, w = image.shape[:2]
-        boxes, scores = self._net(np.ascontiguousarray(image), self.min_score)
-        return frame_detections(boxes, scores, w, h)
+        boxes, scores, points = self._net.faces(np.ascontiguousarray(image), self.min_score)
+        return frame_detections(boxes, scores, w, h, points)
 
     def close(self) -> None:
         self._net = None
@@ -69,14 +72,15 @@ class FaceDetector:
         self.close()
 
 
-def frame_detections(boxes, scores, width: int, height: int) -> list[Detection]:
-    """A frame's faces as fer gives them, from the detector's boxes (x0, y0, x1, y1 frame pixels)
-    and scores: boxes clipped to the frame, empty ones dropped, largest first."""
+def frame_detections(boxes, scores, width: int, height: int, keypoints=None) -> list[Detection]:
+    """A frame's faces as fer gives them, from the detector's boxes (x0, y0, x1, y1 frame pixels),
+    scores and key points (N, 6, 2) if any: boxes clipped to the frame, empty ones dropped, largest first."""
     found = []
-    for (x0, y0, x1, y1), score in zip(np.asarray(boxes).tolist(), np.asarray(scores).tolist()):
+    points = np.asarray(keypoints).tolist() if keypoints is not None else [None] * len(np.asarray(scores))
+    for (x0, y0, x1, y1), score, face_points in zip(np.asarray(boxes).tolist(), np.asarray(scores).tolist(), points):
         box = (max(0.0, x0), max(0.0, y0), min(float(width), x1), min(float(height), y1))
         if box[2] > box[0] and box[3] > box[1]:
-            found.append(Detection(box, score))
+            found.append(Detection(box, score, tuple(map(tuple, face_points)) if face_points is not None else None))
     return sorted(found, key=lambda d: d.area, reverse=True)
 
 

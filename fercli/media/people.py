@@ -11,14 +11,23 @@ stood), nor past an absence longer than the tracker's time to live. So:
   description of faces (Ahonen, Hadid and Pietikainen, 2006). It is blind to lighting and
   colour casts (each pattern only compares a pixel with its neighbours), needs no weights, and
   the producer computes it wherever it decodes (thread, worker process, Ray task).
+- Where dlib's face-recognition weights are present, each track also gets identity embeddings
+  (`nets.faceid`: 128-d, made unit length here) from chips of its face cut when
+  `Tracks.chip_due` says (its first sample, then one a second): they tell people apart where
+  texture cannot (`bench/identity.py distances`).
 - When the clip is done, `group_tracks` joins tracks into people: the two groups whose mean
-  descriptors are most alike, never two that were on screen together, while they reach
-  `SAME_PERSON`. A whole track's mean is far steadier than one sample's descriptor.
+  descriptors are most alike, never two that were on screen together, while they reach the
+  threshold of the descriptors' kind (`SAME`). A whole track's mean is far steadier than one
+  sample's descriptor.
 
-Measured with whole-track means: OpenCV's `Megamind.avi` (three people, four cuts; 5 samples/s)
+Texture, measured with whole-track means: OpenCV's `Megamind.avi` (three people, four cuts; 5 samples/s)
 gives 0.887-0.90 between one person's tracks and at most 0.839 between two people's; the test
 clip of two photographed faces under per-shot colour casts (`tests/real_faces.cuts_frames`)
-0.935 and above against at most 0.808. The threshold sits between them.
+0.935 and above against at most 0.808. The threshold sits between them. Under the changes
+between an interview's shots (scale, light, colour, compression, mirror, blur, roll) one
+person's faces fall to 0.674, while two people reach 0.846: at 0.86 texture splits 72% of one
+person's pairs of shots (`bench/identity.py distances`); the embedding splits 2.2% and joins
+0.6% of two people's (`SAME_FACE`).
 """
 
 from __future__ import annotations
@@ -41,7 +50,15 @@ CUT_DISTANCE = 0.08
 FACE_CUT_DISTANCE = 0.25
 HIST_BINS = 16  # per colour channel
 HIST_STEP = 4  # px; every 4th pixel each way: the histogram of a 720p frame from 58k pixels
-SAME_PERSON = 0.86  # cosine similarity of two groups' mean descriptors that makes them one person
+SAME_PERSON = 0.86  # cosine similarity of two groups' mean texture descriptors that makes them one person
+# The same for unit-length face embeddings (dlib's network, 3 chips per track or one a second):
+# over 75 tracks of real faces (the Megamind clips, two photographed people under 12 changes of
+# shot, 30 strangers' photographs), one person's pairs reach down to 0.922 (a blurred, JPEG-10
+# photo against a blue-cast one), two people's up to 0.947 (two small faces, 29 and 34 px, in
+# one group photo); at 0.93 2.2% of one person's 134 pairs split, 0.6% of 2,641 join.
+SAME_FACE = 0.93
+SAME = {"texture": SAME_PERSON, "faceid": SAME_FACE}  # descriptor kind -> its threshold
+CHIP_INTERVAL_S = 1.0  # seconds between a track's identity chips after its first
 LBP_SIDE = 64  # px; the face box is resized to this (plus a 1 px border) before coding
 LBP_GRID = 4  # cells each way; a histogram of 256 codes per cell
 # The 8 neighbours of a pixel, clockwise from the top left, as offsets into the bordered image.
@@ -108,6 +125,16 @@ class Tracks:
     _ids: dict = field(default_factory=dict)  # the tracker's id -> this track's id
     _faces: dict = field(default_factory=dict)  # the tracker's id -> its face box's colours, last sample
     _next: int = 0
+    _chipped: dict = field(default_factory=dict)  # this track's id -> time of its latest chip
+
+    def chip_due(self, track: int, time: float, interval: float = CHIP_INTERVAL_S) -> bool:
+        """Whether track `track` (an id `update` gave) should have an identity chip cut at `time`
+        (s): at its first sample and then once `interval` has passed; records it when so."""
+        last = self._chipped.get(track)
+        if last is not None and time - last < interval - 1e-9:
+            return False
+        self._chipped[track] = time
+        return True
 
     def update(self, time: float, image: np.ndarray, detections: list[Detection]) -> dict[int, tuple]:
         """{track id: (detection, descriptor)} for a sampled frame and its detections."""
@@ -159,14 +186,21 @@ class _Group:
         return float(self.looks @ other.looks) / float(np.linalg.norm(self.looks) * np.linalg.norm(other.looks))
 
 
-def group_tracks(looks: dict[int, np.ndarray], samples: dict[int, set], same: float = SAME_PERSON) -> dict[int, int]:
+def group_tracks(
+    looks: dict[int, np.ndarray], samples: dict[int, set], same: float | None = None, kind: str = "texture"
+) -> dict[int, int]:
     """{track: person}: tracks joined into people by appearance, once a clip's tracks are known.
 
-    `looks[t]` is the sum of track t's descriptors, `samples[t]` the sample indices it was seen
-    in. The two most alike groups are joined while their mean faces reach `same` and they were
-    never on screen together (two faces in one frame are two people). People are numbered from 0
-    in order of first appearance.
+    `looks[t]` is the sum of track t's unit-length descriptors of one `kind` ("texture":
+    `appearance`; "faceid": face embeddings), `samples[t]` the sample indices it was seen in. The
+    two most alike groups are joined while the cosine of their sums reaches `same` (default: the
+    kind's, `SAME`) and they were never on screen together (two faces in one frame are two
+    people). People are numbered from 0 in order of first appearance.
     """
+    if same is None:
+        if kind not in SAME:
+            raise ValueError(f"descriptor kind {kind!r}: one of {', '.join(SAME)}")
+        same = SAME[kind]
     groups = [_Group(looks[t].astype(np.float64), set(samples[t]), min(samples[t])) for t in looks]
     members = [[t] for t in looks]
     while True:

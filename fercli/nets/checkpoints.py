@@ -40,6 +40,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("fercli")
 
 CHECKPOINT_FORMAT = "fer-checkpoint"
+IDENTITY_FORMATS = ("dlib-dnn", "dlib-shape-predictor")  # who a face is (`faceid`), not how they feel
 CHECKPOINT_VERSION = 1
 # torch.save writes a zip archive, which may hold compressed entries that torch inflates in
 # memory: a 2 MB file of zeros reached 7.1 GB before it was refused. What the archive declares is
@@ -207,6 +208,10 @@ def _from_registry(name: str, progress) -> dict:
     if entry.backbone_only:  # refused before any download
         raise WeightsError(f"{name}: backbone weights for training ({entry.description}), not a "
                            "valence/arousal model for annotate")
+    if entry.format in IDENTITY_FORMATS:
+        raise WeightsError(
+            f"{name}: a face-identity file ({entry.description}), not a valence/arousal model for annotate"
+        )
     raw = weights.fetch(name, progress=progress)
     if entry.format == CHECKPOINT_FORMAT:
         return read_file(raw)

@@ -23,8 +23,9 @@ log = logging.getLogger("fercli")
 
 CHUNK_BYTES = 1 << 20  # 1 MiB: read/hash/write granularity
 TIMEOUT_S = 30.0  # seconds without data before a download counts as failed
-# timm-state-dict: a plain timm state dict (backbone weights for `fer train`, no valence/arousal head)
-FORMATS = ("timm-pickle", "fer-checkpoint", "timm-state-dict")
+# timm-state-dict: a plain timm state dict (backbone weights for `fer train`, no valence/arousal head);
+# dlib-dnn, dlib-shape-predictor: dlib's face-recognition network and its landmarks (`faceid`)
+FORMATS = ("timm-pickle", "fer-checkpoint", "timm-state-dict", "dlib-dnn", "dlib-shape-predictor")
 REGISTRY_FILE = Path(__file__).parents[1] / "registry.json"  # shipped at fercli/registry.json (weights/registry.json)
 REGISTRY_ENV = "FER_REGISTRY"  # a registry file of one's own (a lab's mirror, its own models), read over the shipped one
 BACKBONE_ONLY_FORMAT = "timm-state-dict"  # backbone weights for training: no valence/arousal head, never a --model

@@ -15,6 +15,13 @@ second, so each frame is detected again and each row takes the nearest detection
 centre, within MAX_BOX_SHIFT box sides; the nearest pairs first, a detection to one row). A
 frame without one (the detector missed the face there) keeps the row's box.
 A table per video frame (`--per-frame`) holds each frame's own detection and is drawn as it is.
+
+Where the table has its boxes sidecar (`tables.boxes`: each person's box in each sample), a row
+is drawn only on its own person (`PersonBoxes`): in each frame, the detection that sits on that
+person's box at the samples around the frame, where no cut (found frame by frame, as
+`media.people.ShotCuts` finds them) lies between; between two samples of one track the box
+follows the face even where the detector missed it; and nothing where the person is not on
+screen. Without a sidecar the nearest box is taken, which cannot tell two people apart.
 """
 
 from __future__ import annotations
@@ -26,7 +33,10 @@ from pathlib import Path
 import numpy as np
 
 from ..core.errors import FerError
+from ..core.labels import LABEL_MAX, LABEL_MIN
+from ..media.inputs import FRAMES_FPS
 from ..tables.rows import (
+    BOX_COLUMNS,
     TIME_EPS,  # a frame starting on a row's boundary (float times) belongs to the later row
 )
 
@@ -39,7 +49,10 @@ ENCODER_OPTIONS = {"crf": "18", "preset": "veryfast"}  # near-transparent qualit
 # be that row's face: a face crossing at 150 px/s is 75 px off its second's mean box at the
 # second's ends, about one side of an 80 px face box, where the boxes no longer overlap at all.
 MAX_BOX_SHIFT = 1.5
-BOX_COLUMNS = ("face_x0", "face_y0", "face_x1", "face_y1")
+# How far (in the person's sample box's larger side) a frame's detection may sit from that box
+# and be that person: a face crossing at 500 px/s moves 100 px in a sample's 0.2 s, two thirds of
+# a 150 px face box; two people side by side sit a whole box apart.
+PERSON_BOX_SHIFT = 0.75
 
 # What a browser's <video> plays (Chromium, Firefox, Safari in common): these codecs in an MP4,
 # QuickTime or WebM file. Anything else (AVI, MPEG-4 part 2, MJPEG, HEVC, Matroska) gets a preview.
@@ -59,7 +72,6 @@ LABEL_WIDTH = 14  # px left of each track for its letter (V, A)
 BAR_HEIGHT = 8  # px
 BAR_GAP = 4  # px between the two bars
 BAR_HALF_SHARE = 0.2  # half a track (0 to 10) as a share of the frame's width
-LABEL_SCALE = 10.0  # |valence| and |arousal| at the end of a half track
 
 
 @dataclass(frozen=True)
@@ -73,8 +85,8 @@ class Bar:
 
     def length(self, value: float) -> int:
         """Pixels the bar reaches from the centre for `value` (negative: to the left)."""
-        v = max(-LABEL_SCALE, min(LABEL_SCALE, value))
-        return round(v / LABEL_SCALE * self.half)
+        v = max(LABEL_MIN, min(LABEL_MAX, value))
+        return round(v / LABEL_MAX * self.half)
 
 
 def bar_layout(width: int, height: int) -> dict[str, Bar]:
@@ -100,7 +112,7 @@ def render(
     *,
     name: str | None = None,
     overwrite: bool = False,
-    frames_fps: float = 25.0,
+    frames_fps: float = FRAMES_FPS,
 ) -> RenderResult:
     """Write `out` (.mp4, .m4v, .mov or .mkv): `video` with `table`'s rows for it drawn on.
 
@@ -112,6 +124,7 @@ def render(
     undecodable video.
     """
     from ..core.files import atomic_write
+    from ..tables.boxes import boxes_path, read_boxes
     from ..tables.writers import read_table
 
     video, table, out = Path(video), Path(table), Path(out)
@@ -130,8 +143,14 @@ def render(
     timeline = Timeline(df[df["video"] == picked])
     out.parent.mkdir(parents=True, exist_ok=True)
     written = []
-    with FrameBoxes(detect="frame" not in df.columns) as boxes:
-        paint = lambda image, t: draw(image, boxes.place(image, timeline.at(t)))  # noqa: E731
+    sidecar = boxes_path(table)
+    if sidecar.is_file() and "frame" not in df.columns:
+        samples = read_boxes(sidecar)
+        placer = PersonBoxes(samples[samples["video"] == picked])
+    else:
+        placer = FrameBoxes(detect="frame" not in df.columns)
+    with placer as boxes:
+        paint = lambda image, t: draw(image, boxes.place(image, timeline.at(t), t))  # noqa: E731
         write = lambda tmp: written.append(_encode(_frames(video, frames_fps), tmp, container, ENCODER_OPTIONS, paint))  # noqa: E731
         atomic_write(out, write)
     return RenderResult(out, picked, written[0])
@@ -208,7 +227,7 @@ def preview(video: str | Path, out: str | Path, height: int = PREVIEW_HEIGHT) ->
     video, out = Path(video), Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     written = []
-    frames = ((_scaled(image, height), *rest) for image, *rest in _frames(video, 25.0))
+    frames = ((_scaled(image, height), *rest) for image, *rest in _frames(video, FRAMES_FPS))
     atomic_write(out, lambda tmp: written.append(_encode(frames, tmp, "mp4", PREVIEW_OPTIONS)))
     return written[0]
 
@@ -234,7 +253,7 @@ class FrameBoxes:
 
             self.detector = FaceDetector()
 
-    def place(self, image: np.ndarray, rows: list[dict]) -> list[dict]:
+    def place(self, image: np.ndarray, rows: list[dict], t: float | None = None) -> list[dict]:
         faced = [r for r in rows if r.get("face") and not any(_missing(r.get(c)) for c in BOX_COLUMNS)]
         if self.detector is None or not faced:
             return rows
@@ -256,6 +275,92 @@ class FrameBoxes:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+class PersonBoxes:
+    """Each row's face box in one frame from its own person's samples (the boxes sidecar of one
+    video: `tables.boxes` rows); frames come in time order. A row whose person is not on screen
+    in the frame loses its box (its bars stay)."""
+
+    def __init__(self, samples):
+        from ..media.faces import FaceDetector
+        from ..media.people import ShotCuts
+
+        samples = samples.sort_values(["time", "person"], kind="stable")
+        self.times = np.unique(samples["time"].to_numpy(float))
+        steps = np.diff(self.times)
+        self.step = float(np.median(steps)) if len(steps) else 0.2  # s between samples
+        self.by_person = {int(p): g for p, g in samples.groupby("person")}
+        self.detector, self.shots = FaceDetector(), ShotCuts()
+        self.last_cut: float | None = None  # time of the latest frame that began a shot
+
+    def place(self, image: np.ndarray, rows: list[dict], t: float) -> list[dict]:
+        if self.shots(image):
+            self.last_cut = t
+        people = {id(r): self._person(r) for r in rows}
+        wanted = {id(r): self._candidates(p, t) for r in rows if (p := people[id(r)]) is not None and r.get("face")}
+        if not wanted:
+            return [self._boxed(r, None) for r in rows]
+        found = [d.box for d in self.detector.detect(image)]
+        pairs = sorted(
+            (min(_shift(c, box) for c in cands), key, j)
+            for key, (cands, _) in wanted.items() if cands for j, box in enumerate(found)
+        )
+        placed: dict[int, tuple] = {}
+        for shift, key, j in pairs:  # the nearest first, each detection to one person
+            if shift <= PERSON_BOX_SHIFT and key not in placed and found[j] not in placed.values():
+                placed[key] = found[j]
+        for key, (_, between) in wanted.items():
+            if key not in placed and between is not None:  # one track on both sides: a missed detection
+                placed[key] = between
+        return [self._boxed(r, placed.get(id(r))) for r in rows]
+
+    def _person(self, row: dict) -> int | None:
+        person = row.get("person")
+        if not _missing(person):
+            return int(person)
+        return next(iter(self.by_person)) if len(self.by_person) == 1 else None  # a default table: its one person
+
+    def _candidates(self, person: int, t: float) -> tuple[list, tuple | None]:
+        """The person's boxes at the samples around t that may be theirs in this frame, and the
+        box between two samples of one track (None unless both)."""
+        got = self.by_person.get(person)
+        if got is None:
+            return [], None
+        times = got["time"].to_numpy(float)
+        i = int(np.searchsorted(times, t + TIME_EPS, side="right"))
+        before = got.iloc[i - 1] if i > 0 and t - times[i - 1] <= self.step + TIME_EPS else None
+        after = got.iloc[i] if i < len(times) and times[i] - t <= self.step + TIME_EPS else None
+        k = int(np.searchsorted(self.times, t + TIME_EPS, side="right"))
+        last_sample = self.times[k - 1] if k > 0 else -np.inf
+        cut_since = self.last_cut is not None and self.last_cut > last_sample + TIME_EPS
+        if before is not None and self.last_cut is not None and self.last_cut > before["time"] + TIME_EPS:
+            before = None  # a cut came after that sample: its shot is over
+        if after is not None and not (cut_since or (before is not None and before["track"] == after["track"])):
+            after = None  # it may lie beyond a cut still to come
+        cands = [_row_box(x) for x in (before, after) if x is not None]
+        between = None
+        if before is not None and after is not None and after["time"] > before["time"]:
+            w = (t - before["time"]) / (after["time"] - before["time"])
+            between = tuple((1 - w) * a + w * b for a, b in zip(_row_box(before), _row_box(after)))
+        return cands, between
+
+    @staticmethod
+    def _boxed(row: dict, box) -> dict:
+        return {**row, **dict(zip(BOX_COLUMNS, box if box is not None else (None,) * 4))}
+
+    def close(self) -> None:
+        self.detector.close()
+
+    def __enter__(self) -> PersonBoxes:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def _row_box(sample) -> tuple:
+    return tuple(float(sample[c]) for c in ("x0", "y0", "x1", "y1"))
 
 
 def _shift(row_box, box) -> float:
@@ -372,7 +477,7 @@ def draw(image: np.ndarray, rows: list[dict]) -> np.ndarray:
     font = ImageFont.load_default()
     faces = [r for r in rows if r.get("face")]
     for r in faces:
-        box = [r.get(c) for c in ("face_x0", "face_y0", "face_x1", "face_y1")]
+        box = [r.get(c) for c in BOX_COLUMNS]
         if any(_missing(v) for v in box):
             continue
         pen.rectangle([round(box[0]), round(box[1]), round(box[2]) - 1, round(box[3]) - 1], outline=BOX_COLOUR, width=BOX_WIDTH)
