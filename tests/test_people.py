@@ -255,3 +255,30 @@ def test_a_cut_to_another_person_at_the_same_place_before_the_same_wall_ends_the
     assert tracks.cuts == [] and all(len(people) == 1 for people in truth.values())  # no track holds both
     person = group_tracks(looks, seen)
     assert {p: {who for t in person if person[t] == p for who in truth[t]} for p in set(person.values())} == {0: {0}, 1: {1}}
+
+
+def test_annotate_joins_people_by_the_face_embedding_and_says_so(cuts_clip, lstm_checkpoint, dlib_files, tmp_path):
+    # The embedding's weights, as a first run would have fetched them, in the run's cache.
+    import shutil
+
+    from fercli.nets.weights import cache_dir
+    from fercli.tables.boxes import boxes_path, read_boxes
+    from fercli.tables.writers import read_metadata
+
+    cache_dir().mkdir(parents=True, exist_ok=True)
+    for path in dlib_files.values():
+        shutil.copy(path, cache_dir() / path.name)
+    model = fercli.load_model(lstm_checkpoint, "cpu")
+    options = AnnotateOptions(all_faces=True, identity="faceid")
+    fercli.annotate([cuts_clip], tmp_path / "all.csv", model=model, device="cpu", options=options)
+    assert read_metadata(tmp_path / "all.csv")["identity"].startswith("faceid: dlib_face_recognition_resnet_model_v1")
+    table = fercli.read_table(tmp_path / "all.csv")
+    faced = table[table.face]
+    assert {int(r.person): whose(r) for r in faced.itertuples()} == {0: 0, 1: 1}  # each id one person
+    for second, rows in table.groupby("second"):
+        assert set(rows.loc[rows.face, "person"]) == truth_per_second(second)
+    boxes = read_boxes(boxes_path(tmp_path / "all.csv"))  # each person's own box, per sample, for render
+    assert set(boxes.person) == {0, 1} and set(boxes.video) == {cuts_clip.name}
+    texture = AnnotateOptions(all_faces=True, identity="texture")
+    fercli.annotate([cuts_clip], tmp_path / "tex.csv", model=model, device="cpu", options=texture)
+    assert read_metadata(tmp_path / "tex.csv")["identity"].startswith("texture")

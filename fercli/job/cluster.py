@@ -135,7 +135,7 @@ class _Job:
         # none and wait for ever.
         decoding = TaskPoolStrategy(size=min(self.decoders, len(keys)))
         actor_args = {"weights": [self.weights], "options": self.producer.options, "device": self.actor_device,
-                      "timed": self.producer.timed}
+                      "timed": self.producer.timed, "identity": self.producer.identity}
         with warnings.catch_warnings():
             # Retry limits are plain Ray remote arguments, deprecated since Ray 2.60 with nothing
             # named to replace them yet (hence the extra's upper bound). They, and the decode
@@ -274,7 +274,7 @@ def _watchdog(watch: ClipWatch):
 class _ModelActor:
     """Backbone and temporal head for a few clips at a time, through the library's Labeler."""
 
-    def __init__(self, weights: list, options, device: str, timed: bool):
+    def __init__(self, weights: list, options, device: str, timed: bool, identity=None):
         import ray
         import torch
 
@@ -289,7 +289,7 @@ class _ModelActor:
         model.source, model.weights_sha256 = ckpt["source"], ckpt["weights_sha256"]
         self.model = model.eval().to(device, memory_format=torch.channels_last)
         self.placement = Placement("torch", device, options.precision)
-        self.options, self.timed = options, timed
+        self.options, self.timed, self.identity = options, timed, identity
 
     def __call__(self, batch):
         import pandas as pd
@@ -299,7 +299,7 @@ class _ModelActor:
         clips = dict(zip(keys, batch["clip"]))
         done: dict[str, ClipLabelled] = {}
         labeler = Labeler(self.model, self.options, self.placement, clips, lambda d: done.update({d.result.video: d}),
-                          _ignore, clock)  # fmt: skip
+                          _ignore, clock, self.identity)  # fmt: skip
         feed(_batch_events(batch["events"]), labeler)
         timing = clock.timing.frozen() if self.timed else None
         out = []

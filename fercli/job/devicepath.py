@@ -98,9 +98,9 @@ class DeviceProducer(Producer):
             face = images[item.row, y0:y1, x0:x1].cpu().numpy()
             return appearance(face, (0.0, 0.0, float(x1 - x0), float(y1 - y0)))
 
-        found = tracks.update_seen(
-            item.batch.time[item.row], item.frame_colours, detections, lambda d: colours[id(d)], describe
-        )
+        time = item.batch.time[item.row]
+        found = tracks.update_seen(time, item.frame_colours, detections, lambda d: colours[id(d)], describe)
+        chips = self._chips(images[item.row], found, tracks, time)
         dets = [det for det, _ in found.values()]
         pre = self.config.preprocess
         if dets:
@@ -114,4 +114,25 @@ class DeviceProducer(Producer):
             crops,
             dets,
             [look for _, look in found.values()],
+            chips,
         )
+
+    def _chips(self, image, found: dict, tracks, time: float) -> dict:
+        """Identity chips for the tracks due one, each cut on the host from its face's surroundings only."""
+        if getattr(self.identity, "kind", "texture") != "faceid":
+            return {}
+        chips = self.chipper()
+        h, w = image.shape[:2]
+        out = {}
+        for track, (det, look) in found.items():
+            x0, y0, x1, y1 = det.box
+            side = max(x1 - x0, y1 - y0)  # the chip's padded face lies well inside three sides
+            left, top = max(0, int(x0 - side)), max(0, int(y0 - side))
+            region = image[top : min(h, int(y1 + side) + 1), left : min(w, int(x1 + side) + 1)].cpu().numpy()
+            moved = type(det)(
+                (x0 - left, y0 - top, x1 - left, y1 - top),
+                det.score,
+                tuple((x - left, y - top) for x, y in det.keypoints) if det.keypoints else None,
+            )
+            out.update(chips(region, {track: (moved, look)}, tracks, time))
+        return out

@@ -51,6 +51,7 @@ class Sample:
     crops: Any
     detections: list  # faces.Detection each crop was cut from (box in the upright frame, score)
     appearances: list  # each face's descriptor for joining tracks into people (people.appearance)
+    chips: dict = field(default_factory=dict)  # track id -> aligned identity chip (150 x 150 x 3), when due
 
 
 @dataclass(frozen=True)

@@ -45,6 +45,7 @@ def annotate(
     """
     from ..core.files import OutputLock
     from ..nets.engines import engine_of, place
+    from ..nets.faceid import resolve_identity
     from ..nets.model import load_placed
     from ..tables.writers import check_output
 
@@ -78,15 +79,19 @@ def annotate(
         on_bytes = lambda done, total: emit(ProgressEvent("download", name, done, total or 0))  # noqa: E731
         model = load_placed(model, placement, on_bytes)
     options = replace(options, engine=engine, precision=placement.precision, decoder=settle_decoder(options, placement))
+    identity = resolve_identity(options.identity, progress=lambda done, total: emit(ProgressEvent("download", "identity", done, total or 0)))
+    if options.decoder == "gpu" and identity.kind == "faceid":  # the torch detector gives no key points yet
+        log.info("people across cuts are told apart by texture on the GPU path")
+        identity = replace(identity, kind="texture", network=None, landmarks=None)
     with OutputLock(out):  # one run at a time writes `out`, its parts and its errors file
-        return _annotate_into(out, model, options, placement, requested, inputs, clock, emit)
+        return _annotate_into(out, model, options, placement, identity, requested, inputs, clock, emit)
 
 
-def _annotate_into(out, model, options, placement, requested, inputs, clock, emit) -> AnnotateResult:
+def _annotate_into(out, model, options, placement, identity, requested, inputs, clock, emit) -> AnnotateResult:
     from ..tables.intervals import load_for_run
     from ..tables.writers import TableWriter, write_errors
 
-    metadata, calibration = run_metadata(model, options, placement.device), None
+    metadata, calibration = {**run_metadata(model, options, placement.device), "identity": identity.describe()}, None
     if options.calibration is not None:  # refused before any work when made for another model
         calibration, metadata = load_for_run(options.calibration, metadata, out)
     writer = TableWriter(
@@ -108,8 +113,10 @@ def _annotate_into(out, model, options, placement, requested, inputs, clock, emi
             result.videos.append(VideoResult(clip.name, resumed=True))
         else:
             todo.append(clip)
-    producer = make_producer(model.config, options, placement, is_timed(clock))
-    labeler = Labeler(model, options, placement, todo, lambda done: _store(done, writer, clock, result, calibration), emit, clock)
+    producer = make_producer(model.config, options, placement, is_timed(clock), identity)
+    boxes: list = []
+    store = lambda done: _store(done, writer, clock, result, calibration, boxes)  # noqa: E731
+    labeler = Labeler(model, options, placement, todo, store, emit, clock, identity)
     ended = False
     try:
         _run_schedule(todo, labeler, producer, options, placement.device, requested)
@@ -123,6 +130,7 @@ def _annotate_into(out, model, options, placement, requested, inputs, clock, emi
             if result.videos or not out.exists():
                 with clock.stage("write"):
                     result.rows = writer.finish([c.name for c in inputs.clips])
+                    _write_boxes(out, boxes, done, options)
             errors = earlier + [(v.video, v.error) for v in result.videos if v.error]
             result.errors_file = write_errors(out, errors)
     return result
@@ -152,13 +160,31 @@ def settle_decoder(options: AnnotateOptions, placement) -> str:
     return resolve_decoder(options.decoder, placement.device)
 
 
-def make_producer(config, options: AnnotateOptions, placement, timed: bool = False) -> Producer:
+def make_producer(config, options: AnnotateOptions, placement, timed: bool = False, identity=None) -> Producer:
     """The run's producer: on the model's GPU where clips are decoded there, else on the CPU."""
     if options.decoder == "gpu":
         from .devicepath import DeviceProducer, device_detector_for
 
-        return DeviceProducer(config, options, placement, timed, detector=device_detector_for(placement))
-    return Producer(config, options, placement, timed)
+        detector = device_detector_for(placement)
+        return DeviceProducer(config, options, placement, timed, detector=detector, identity=identity)
+    return Producer(config, options, placement, timed, identity=identity)
+
+
+def _write_boxes(out: Path, boxes: list, resumed: set, options: AnnotateOptions) -> None:
+    """The boxes sidecar beside `out`: this run's clips, and the resumed ones' rows as they were."""
+    from ..tables.boxes import boxes_path, read_boxes, write_boxes
+
+    if options.per_frame:
+        return
+    path = boxes_path(out)
+    kept = []
+    if resumed and path.exists():
+        try:
+            earlier = read_boxes(path)
+            kept = earlier[earlier.video.isin(resumed)].to_dict("records")
+        except DataError as e:  # a damaged sidecar costs the resumed clips' per-person overlay only
+            log.warning("%s", e)
+    write_boxes(path, kept + boxes)
 
 
 def _run_schedule(clips, labeler, producer, options: AnnotateOptions, device, requested) -> None:
@@ -200,9 +226,11 @@ def _unique(clips: list[Clip], result: AnnotateResult) -> Iterator[Clip]:
         yield clip
 
 
-def _store(done: ClipLabelled, writer, clock, result: AnnotateResult, calibration=None) -> None:
+def _store(done: ClipLabelled, writer, clock, result: AnnotateResult, calibration=None, boxes=None) -> None:
     from ..tables.intervals import with_intervals
 
+    if boxes is not None and done.rows is not None:
+        boxes += done.boxes
     vr, rows = done.result, done.rows
     if rows is not None and calibration is not None:
         rows = with_intervals(rows, calibration)

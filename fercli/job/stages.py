@@ -134,6 +134,7 @@ class Producer:
     placement: object  # the run's nets.engines.Placement
     timed: bool = False  # measure each stage (`fer benchmark speed`)
     detector: Callable = default_detector
+    identity: object = None  # nets.faceid.Identity: "faceid" cuts a chip per track segment for the embedding
 
     def run(self, tasks: Iterable[tuple[int, Clip]], put: Callable) -> None:
         """Every clip of `tasks` ((key, clip) pairs) as events through `put`, then ProducerDone."""
@@ -180,11 +181,14 @@ class Producer:
             tracks = Tracks()
             steady = SteadyDetector(_TimedDetector(detector, clock), options.reuse_boxes)
             frames = source.frames() if options.per_frame else source.sample(self.config.fps)
+            chips = self.chipper()
             for frame, detections in steady.detections(clock.iterate("decode", frames), lambda f: f.image):
                 with clock.stage("faces", 1):
                     found = tracks.update(frame.time, frame.image, detections)
                     crops = [pre.cut(frame.image, det.box) for det, _ in found.values()]
                     pixels = np.stack(crops) if crops else np.zeros((0, pre.size, pre.size, 3), np.uint8)
+                with clock.stage("identity"):
+                    due = chips(frame.image, found, tracks, frame.time)
                 yield Sample(
                     frame.index,
                     frame.time,
@@ -192,7 +196,23 @@ class Producer:
                     pixels,
                     [det for det, _ in found.values()],
                     [look for _, look in found.values()],
+                    due,
                 )
+
+    def chipper(self) -> Callable:
+        """(image, found, tracks, time) -> {track: identity chip} for the tracks due one (none for texture)."""
+        if getattr(self.identity, "kind", "texture") != "faceid":
+            return lambda image, found, tracks, time: {}
+        from ..media.align import chip
+        from ..nets.faceid import load_landmarks
+
+        predictor = load_landmarks(self.identity.landmarks)  # parsed once per process
+
+        def chips(image, found, tracks, time) -> dict:
+            due = [(t, det) for t, (det, _) in found.items() if tracks.chip_due(t, time)]
+            return {t: chip(image, det.box, det.keypoints, predictor) for t, det in due if det.keypoints is not None}
+
+        return chips
 
 
 @dataclass
@@ -221,6 +241,7 @@ class ClipLabelled:
 
     result: VideoResult
     rows: list | None
+    boxes: list = field(default_factory=list)  # the boxes sidecar's rows (`tables.boxes.box_rows`)
 
 
 @dataclass
@@ -234,8 +255,10 @@ class _ClipState:
     samples: int = 0  # samples encoded so far
     # Held until the clip ends, when its tracks are joined into people (`people.group_tracks`):
     frames: list = field(default_factory=list)  # rows.FrameFeatures keyed by track id
-    appearance_sums: dict = field(default_factory=dict)  # track id -> sum of its descriptors
+    appearance_sums: dict = field(default_factory=dict)  # track id -> sum of its texture descriptors
+    embedding_sums: dict = field(default_factory=dict)  # track id -> sum of its unit face embeddings
     track_samples: dict = field(default_factory=dict)  # track id -> sample indices it was seen in
+    people: dict = field(default_factory=dict)  # track id -> person, once the clip has ended
 
 
 class Labeler:
@@ -245,8 +268,12 @@ class Labeler:
     and hands each finished clip to `deliver(ClipLabelled)`; progress goes to `progress`.
     """
 
-    def __init__(self, model, options: AnnotateOptions, placement, clips: list[Clip], deliver, progress, clock=NO_CLOCK):
+    def __init__(
+        self, model, options: AnnotateOptions, placement, clips, deliver, progress, clock=NO_CLOCK, identity=None
+    ):
         self.model, self.options, self.clips = model, options, clips
+        self.identity = identity  # nets.faceid.Identity, or None: texture
+        self.faceid = None  # the embedding network, loaded on the model's device on first use
         self.device, self.precision = placement.device, placement.precision
         self.deliver, self.progress, self.clock = deliver, progress, clock
         self.states: dict[int, _ClipState] = {}
@@ -301,10 +328,24 @@ class Labeler:
             self.flush()
         state = self.states.pop(key)
         self._aggregate(state)
+        shown = None
         if not self.options.all_faces:  # the person on screen longest, known only now
-            state.rows = follow(state.rows, state.aggregator.main_person())
+            main = state.aggregator.main_person()
+            state.rows, shown = follow(state.rows, main), {main}
+        boxes = self._boxes(state, shown)
         elapsed = time.perf_counter() - state.started
-        self._hand_on(ClipLabelled(VideoResult(state.clip.name, duration=state.duration, elapsed=elapsed), state.rows))
+        result = VideoResult(state.clip.name, duration=state.duration, elapsed=elapsed)
+        self._hand_on(ClipLabelled(result, state.rows, boxes))
+
+    def _boxes(self, state: _ClipState, shown) -> list:
+        """The boxes sidecar's rows of a finished clip: each shown person's own box per sample."""
+        from ..tables.boxes import box_rows
+
+        if self.options.per_frame:  # a per-frame table holds each frame's box itself
+            return []
+        samples = [(ff.time, {t: (s.box, s.score) for t, s in ff.seen.items()}) for ff in state.frames]
+        state.frames = []
+        return box_rows(state.clip.name, samples, state.people, shown)
 
     def _drop(self, key: int) -> None:
         self.pending = [(k, s) for k, s in self.pending if k != key]
@@ -345,16 +386,39 @@ class Labeler:
             state.frames.append(FrameFeatures(sample.index, sample.time, faces, seen))
             state.samples += 1
             touched[key] = state
+        self._embed_chips()
         self.pending, self.n_crops = [], 0
         for state in touched.values():
             self.progress(ProgressEvent("frames", state.clip.name, state.samples, state.total))
+
+    def _embed_chips(self) -> None:
+        """The pending samples' identity chips through the face-recognition network, in one batch."""
+        import numpy as np
+
+        chips = [(key, track, chip) for key, s in self.pending for track, chip in s.chips.items()]
+        if not chips:
+            return
+        from ..nets.faceid import load_faceid, unit_embeddings
+
+        if self.faceid is None:
+            self.faceid = load_faceid(self.identity.network, self.device)
+        with self.clock.stage("identity", len(chips)):
+            embeddings = unit_embeddings(self.faceid, np.stack([np.asarray(c) for _, _, c in chips]))
+        for (key, track, _), e in zip(chips, embeddings):
+            sums = self.states[key].embedding_sums
+            sums[track] = sums.get(track, 0) + e
 
     def _aggregate(self, state: _ClipState) -> None:
         """The clip's tracks joined into people, then its rows: per person, per second (or sample)."""
         from ..media.people import group_tracks
         from ..tables.rows import FrameFeatures
 
-        person = group_tracks(state.appearance_sums, state.track_samples)
+        kind = getattr(self.identity, "kind", "texture")
+        if kind == "faceid" and set(state.track_samples) - set(state.embedding_sums):
+            kind = "texture"  # a track without a chip (no key points): the clip's people by texture alone
+        descriptors = state.embedding_sums if kind == "faceid" else state.appearance_sums
+        person = group_tracks(descriptors, state.track_samples, kind=kind)
+        state.people = person
         units = []
         for ff in state.frames:
             faces = {person.get(t, t): f for t, f in ff.faces.items()}
@@ -364,7 +428,6 @@ class Labeler:
                 self._label(state, units)
                 units = []
         self._label(state, units + state.aggregator.finish())
-        state.frames = []
 
     def _encode(self, crops: list):
         """Features (or frame scores) and expression probabilities for (n, S, S, 3) crop batches."""

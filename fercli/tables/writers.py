@@ -34,6 +34,7 @@ PARTS_SUFFIX = ".parts"
 # intervals' quantiles, `intervals.calibration_metadata`; absent on both sides without one).
 RESUME_KEYS = (
     "model", "weights_sha256", "fps", "window", "per_frame", "per_sample", "all_faces", "precision", "calibration",
+    "identity",
 )  # fmt: skip
 
 _LABELS = [
