@@ -332,6 +332,24 @@ def test_avi_with_unusable_timestamps_is_read_forward_exactly(tmp_path):
         assert_close(frame.image, images[frame.source], f"bframes.avi frame {frame.source}")
 
 
+def test_frames_an_edit_list_cuts_are_no_frames_of_the_clip(tmp_path):
+    # A clip cut 5 frames into a GOP without re-encoding (ffmpeg -ss ... -c copy) keeps those
+    # frames for the frames after them to refer to, and its edit list tells players to start
+    # after them: t = 0 is the first frame a player shows, as PyAV decodes the clip.
+    frames = list(moving_frames(45, 160, 120))
+    path = media.write_trimmed(tmp_path / "trimmed.mp4", frames, cut=5)
+    times, images = pyav_decode(path)
+    assert len(images) == 40 and times[:2] == pytest.approx([0, 0.04])
+    with open_video(path) as video:
+        info, every, samples = video.info, list(video.frames()), list(video.sample(5))
+    assert info.frames == 40 and info.duration == pytest.approx(40 / 25)
+    assert [f.time for f in every] == pytest.approx(times)
+    assert [f.source for f in samples] == [5 * k for k in range(8)]
+    for frame in every + samples:
+        assert np.array_equal(frame.image, images[frame.source]), f"trimmed frame {frame.source}"
+    assert decode.player_origin(path) == 0.0
+
+
 @pytest.mark.parametrize("suffix", [".mkv", ".mp4"])
 def test_time_counts_from_the_first_frame(tmp_path, suffix):
     # The first frame is stamped 0.5 s; sampling starts there.

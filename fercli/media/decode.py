@@ -224,7 +224,7 @@ def player_origin(path: str | Path) -> float:
             stream = container.streams.video[0]
             pts = []
             for packet in container.demux(stream):
-                if packet.size and packet.pts is not None:
+                if packet.size and packet.pts is not None and not packet.is_discard:
                     pts.append(packet.pts)
                 if len(pts) >= ORIGIN_PACKETS:
                     break
@@ -284,14 +284,12 @@ class _PyAVReader:
         self.info = VideoInfo(path, fps, frames, duration, last_start, width, height, "cpu", by_index=not valid)
 
     def _index(self) -> tuple[float, np.ndarray, np.ndarray, np.ndarray | None]:
-        """The frame rate; each packet's pts (stream ticks), (start, end) in seconds, and whether no
-        other frame references it (None: the codec cannot tell), in pts order.
+        """The frame rate; each shown frame's pts (stream ticks), (start, end) in seconds, and
+        whether it may go undecoded when no sample shows it (None: the codec cannot tell), in pts order.
 
         Reads the container's packets without decoding them, as decord indexed a clip.
         """
         import av
-
-        from .bitstream import scanner
 
         try:
             with av.open(str(self.path)) as container:
@@ -300,15 +298,7 @@ class _PyAVReader:
                 stream = container.streams.video[0]
                 rate = stream.average_rate or stream.guessed_rate
                 tick, first = float(stream.time_base or 0), stream.start_time or 0
-                scan = scanner(stream.codec_context.name, stream.codec_context.extradata)
-                packets, first_key = [], None  # the first keyframe's place in decoding order
-                for p in container.demux(stream):
-                    if p.size:
-                        if first_key is None and p.is_keyframe:
-                            first_key = len(packets)
-                        packets.append((p.pts, p.duration))
-                        if scan is not None:
-                            scan.add(bytes(p))
+                packets, unreferenced = _packet_table(container, stream)
         except av.error.FFmpegError as error:
             raise VideoError(f"{self.path}: cannot read as a video ({_av_reason(error)})") from error
         if not packets:
@@ -322,7 +312,7 @@ class _PyAVReader:
         order = np.argsort(pts, kind="stable")
         pts, ticks = pts[order], ticks[order]
         stamps = np.stack([(pts - first) * tick, (pts + ticks - first) * tick], axis=1)
-        return fps, pts, stamps, None if scan is None else _after_first_key(scan.unreferenced(), order, first_key)
+        return fps, pts, stamps, None if unreferenced is None else unreferenced[order]
 
     def _first_shape(self) -> tuple[int, int]:
         # Decoding frame 0 gives the size as the caller sees it (after the rotation tag).
@@ -409,8 +399,6 @@ class _PyAVReader:
         """The frame index of a packet that need not be decoded, else None."""
         if self._unreferenced is None or self._wanted is None or not packet.size or packet.pts is None:
             return None
-        if packet.is_discard:  # cut by an edit list: sent as ever, so no frame before the first shown is skipped
-            return None
         index = self._by_pts.get(packet.pts)
         return index if index is not None and self._unreferenced[index] and not self._wanted[index] else None
 
@@ -434,14 +422,30 @@ class _PyAVReader:
         self._container = self._frames = None
 
 
-def _after_first_key(unreferenced: np.ndarray, order: np.ndarray, first_key: int | None) -> np.ndarray:
-    """`unreferenced` in display order (`order`), less every frame up to the first keyframe's: before
-    it the decoder shows frames, or not, by what it could decode, so none of them may be skipped."""
-    shown = unreferenced[order]
-    if first_key is None:
-        return np.zeros_like(shown)
-    shown[: int(np.flatnonzero(order == first_key)[0]) + 1] = False
-    return shown
+def _packet_table(container, stream) -> tuple[list[tuple], np.ndarray | None]:
+    """(pts, duration) of each packet a player shows, in decoding order, and whether each may go
+    undecoded when no sample shows it (None: the codec cannot tell, `bitstream`).
+
+    A packet its edit list cuts (stored before the clip's start for later frames to refer to) is
+    decoded but never shown: no frame of the clip. No frame up to the first keyframe goes
+    undecoded: before it the decoder shows frames, or not, by what it could decode.
+    """
+    from .bitstream import scanner
+
+    scan = scanner(stream.codec_context.name, stream.codec_context.extradata)
+    packets, shown, key = [], [], None  # key: the first keyframe's pts
+    for p in container.demux(stream):
+        if p.size:
+            key = p.pts if key is None and p.is_keyframe else key
+            shown.append(not p.is_discard)
+            if shown[-1]:
+                packets.append((p.pts, p.duration))
+            if scan is not None:
+                scan.add(bytes(p))
+    if scan is None:
+        return packets, None
+    after_key = np.array([None not in (pts, key) and pts > key for pts, _ in packets], dtype=bool)
+    return packets, scan.unreferenced()[np.array(shown, dtype=bool)] & after_key
 
 
 def _av_reason(error: Exception) -> str:
