@@ -182,8 +182,10 @@ def _stream(reader, sources: np.ndarray, fps: float, chunk: int) -> Iterator[Fra
     for indices in _plan_reads(sources, reader.sparse, chunk):
         batch = dict(zip(indices, reader.read(indices)))
         while k < len(sources) and sources[k] in batch:
-            # A copy, so a frame the caller keeps does not pin the whole batch.
-            image = np.array(batch[sources[k]], copy=True)
+            # Each frame is an array of its own: handed out as it is at its last sample, copied
+            # for a sample before that (upsampling shows it twice; each sample owns its pixels).
+            last = k + 1 == len(sources) or sources[k + 1] != sources[k]
+            image = np.ascontiguousarray(batch.pop(sources[k])) if last else np.array(batch[sources[k]], copy=True)
             yield Frame(index=k, time=k / fps, source=int(sources[k]), image=image)
             k += 1
         del batch  # before the next read, so two batches are never alive at once

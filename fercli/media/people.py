@@ -23,6 +23,7 @@ clip of two photographed faces under per-shot colour casts (`tests/real_faces.cu
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -40,7 +41,12 @@ CUT_DISTANCE = 0.08
 # 0.33-0.34. A false split costs nothing lasting: `group_tracks` joins the parts again.
 FACE_CUT_DISTANCE = 0.25
 HIST_BINS = 16  # per colour channel
-HIST_STEP = 4  # px; every 4th pixel each way: the histogram of a 720p frame from 58k pixels
+HIST_STEP = 4  # px; at least every 4th pixel each way
+# Pixels a shot's histogram is taken from, about: every 7th pixel of a 720p frame, every 11th of
+# 1080p. Measured against every 4th (58k pixels of 720p), sample-to-sample distances moved by at
+# most 0.0034 (a 720p clip) and 0.008 (OpenCV's Megamind.avi, 720 x 528, at every 8th pixel),
+# no cut gained or lost; the histogram costs a third of the time.
+HIST_PIXELS = 15_000
 SAME_PERSON = 0.86  # cosine similarity of two groups' mean descriptors that makes them one person
 LBP_SIDE = 64  # px; the face box is resized to this (plus a 1 px border) before coding
 LBP_GRID = 4  # cells each way; a histogram of 256 codes per cell
@@ -56,10 +62,15 @@ class ShotCuts:
         self._last: np.ndarray | None = None
 
     def __call__(self, image: np.ndarray) -> bool:
-        hist = colour_histogram(image)
+        hist = colour_histogram(image, shot_step(*image.shape[:2]))
         cut = self._last is not None and 0.5 * float(np.abs(hist - self._last).sum()) > self.threshold
         self._last = hist
         return cut
+
+
+def shot_step(height: int, width: int) -> int:
+    """Every how many pixels (each way) `ShotCuts` reads a frame: about HIST_PIXELS of it."""
+    return max(HIST_STEP, math.isqrt(height * width // HIST_PIXELS))
 
 
 def colour_histogram(image: np.ndarray, step: int = HIST_STEP) -> np.ndarray:
