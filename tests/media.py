@@ -210,3 +210,40 @@ def late_video(path: Path, lead_s: float = 0.48, frames: int = 30, fps: int = 25
         out.mux(audio.encode())
         out.mux(video.encode())
     return path
+
+
+def remux(source: Path, target: Path, change: Callable[[int, bytes], bytes | None]) -> Path:
+    """A copy of `source`'s video stream whose packet i (decoding order) carries `change(i, its bytes)`:
+    new bytes (a damaged packet), the same, or None (the packet left out). Timestamps are kept."""
+    with av.open(str(source)) as given, av.open(str(target), "w") as out:
+        stream = given.streams.video[0]
+        copy = out.add_stream_from_template(stream)
+        for i, packet in enumerate(p for p in given.demux(stream) if p.size):
+            data = change(i, bytes(packet))
+            if data is None:
+                continue
+            new = av.Packet(data)
+            new.pts, new.dts, new.time_base = packet.pts, packet.dts, packet.time_base
+            new.is_keyframe = packet.is_keyframe
+            new.stream = copy
+            out.mux(new)
+    return Path(target)
+
+
+def write_trimmed(path: Path, frames: Sequence[np.ndarray], cut: int, fps: int = 25, options=None) -> Path:
+    """An MP4 of `frames` whose edit list cuts the first `cut` (as `ffmpeg -ss ... -c copy` leaves a
+    clip cut inside a GOP): they are stored, stamped before 0, and no player shows them."""
+    with av.open(str(path), "w") as out:
+        stream = out.add_stream("libx264", rate=fps)
+        stream.height, stream.width = frames[0].shape[:2]
+        stream.pix_fmt = "yuv420p"
+        stream.codec_context.time_base = Fraction(1, fps)
+        stream.options = dict(options or {})
+        for i, img in enumerate(frames):
+            frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(img), format="rgb24")
+            frame.pts, frame.time_base = i - cut, Fraction(1, fps)
+            for packet in stream.encode(frame):
+                out.mux(packet)
+        for packet in stream.encode():
+            out.mux(packet)
+    return Path(path)

@@ -70,6 +70,31 @@ def test_input_is_the_frame_centred_in_a_square_scaled_to_minus_one_one():
     np.testing.assert_allclose(tensor[48:144], blocks / 127.5 - 1.0, atol=1e-6)
 
 
+def bilinear_by_hand(frame: np.ndarray) -> np.ndarray:
+    """OpenCV's bilinear warp of the centre square onto 192 x 192, pixel by pixel in float64:
+    sample positions rounded to 1/32 px, zero outside the frame, rounded half to even."""
+    h, w = frame.shape[:2]
+    side = max(h, w)
+    out = np.zeros((192, 192, 3))
+    for i in range(192):
+        y = round(((h - side) / 2 + i * side / 192) * 32) / 32
+        for j in range(192):
+            x = round(((w - side) / 2 + j * side / 192) * 32) / 32
+            y0, x0 = int(np.floor(y)), int(np.floor(x))
+            for yy, wy in ((y0, 1 - (y - y0)), (y0 + 1, y - y0)):
+                for xx, wx in ((x0, 1 - (x - x0)), (x0 + 1, x - x0)):
+                    if 0 <= yy < h and 0 <= xx < w:
+                        out[i, j] += wy * wx * frame[yy, xx]
+    return np.float32(np.rint(out)) * np.float32(2 / 255) - np.float32(1)
+
+
+@pytest.mark.parametrize("shape", [(72, 128), (61, 47)])
+def test_input_is_the_bilinear_warp_bit_for_bit(shape):
+    frame = np.random.default_rng(1).integers(0, 256, (*shape, 3), dtype=np.uint8)
+    tensor, _ = blazeface.to_input(frame)
+    assert np.array_equal(tensor, bilinear_by_hand(frame))
+
+
 def test_decode_places_an_anchor_offset_by_hand():
     raw = np.zeros((2304, 16), np.float32)
     logits = np.full(2304, -10.0, np.float32)

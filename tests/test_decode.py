@@ -8,13 +8,13 @@ import shutil
 import subprocess
 import sys
 import time
-import tracemalloc
 from bisect import bisect_right
 from pathlib import Path
 
 import av
 import numpy as np
 import pytest
+import media
 from media import (
     background,
     portrait,
@@ -331,6 +331,24 @@ def test_avi_with_unusable_timestamps_is_read_forward_exactly(tmp_path):
         assert_close(frame.image, images[frame.source], f"bframes.avi frame {frame.source}")
 
 
+def test_frames_an_edit_list_cuts_are_no_frames_of_the_clip(tmp_path):
+    # A clip cut 5 frames into a GOP without re-encoding (ffmpeg -ss ... -c copy) keeps those
+    # frames for the frames after them to refer to, and its edit list tells players to start
+    # after them: t = 0 is the first frame a player shows, as PyAV decodes the clip.
+    frames = list(moving_frames(45, 160, 120))
+    path = media.write_trimmed(tmp_path / "trimmed.mp4", frames, cut=5)
+    times, images = pyav_decode(path)
+    assert len(images) == 40 and times[:2] == pytest.approx([0, 0.04])
+    with open_video(path) as video:
+        info, every, samples = video.info, list(video.frames()), list(video.sample(5))
+    assert info.frames == 40 and info.duration == pytest.approx(40 / 25)
+    assert [f.time for f in every] == pytest.approx(times)
+    assert [f.source for f in samples] == [5 * k for k in range(8)]
+    for frame in every + samples:
+        assert np.array_equal(frame.image, images[frame.source]), f"trimmed frame {frame.source}"
+    assert decode.player_origin(path) == 0.0
+
+
 @pytest.mark.parametrize("suffix", [".mkv", ".mp4"])
 def test_time_counts_from_the_first_frame(tmp_path, suffix):
     # The first frame is stamped 0.5 s; sampling starts there.
@@ -644,19 +662,23 @@ def test_long_clip_streams_one_chunk_at_a_time(tmp_path):
             yield np.full((height, width, 3), (i * 37) % 256, np.uint8)
 
     path = write_video(tmp_path / "long.mp4", flat(fps * seconds), fps)
-    count = 0
     with open_video(path) as video:
-        tracemalloc.start()
-        try:
-            for frame in video.sample(fps):
-                count += 1
-            _, peak = tracemalloc.get_traced_memory()
-        finally:
-            tracemalloc.stop()
+        count, peak = heap_growth(video.sample(fps))
     assert count == fps * seconds
-    # tracemalloc sees numpy's buffers: at least the frame handed out was alive, and nowhere
-    # near the 1000 frames (230 MB) of the whole clip were alive together.
+    # The frames live in FFmpeg's buffers, on the C heap: at least the frame handed out was
+    # alive, and nowhere near the 1000 frames (230 MB) of the whole clip were alive together.
     assert frame_bytes <= peak < 3 * CHUNK_FRAMES * frame_bytes
+
+
+def heap_growth(frames) -> tuple[int, int]:
+    """How many `frames` there were, and the most the C heap grew while each was held."""
+    if _heap_in_use() is None:
+        pytest.skip("needs glibc's mallinfo2 to see FFmpeg's frame buffers")
+    before, count, peak = _heap_in_use(), 0, 0
+    for _ in frames:
+        count += 1
+        peak = max(peak, _heap_in_use() - before)
+    return count, peak
 
 
 def _heap_in_use() -> int | None:
@@ -695,18 +717,6 @@ def test_a_waiting_caller_leaves_no_frames_decoded_ahead(tmp_path):
     assert grown < 3 * CHUNK_FRAMES * frame_bytes, f"heap grew {grown / frame_bytes:.0f} frames"
 
 
-def test_cuda_device_decodes_on_the_cpu(media_dir):
-    # No GPU decoder is installed with fer: a model on the GPU gets frames decoded by PyAV.
-    with open_video(media_dir / "h264.mp4", device="cuda:0") as video:
-        assert video.info.decoder == "cpu"
-        assert len(list(video.sample(5))) == 8
-
-
-def test_unknown_device_is_rejected(media_dir):
-    with pytest.raises(ValueError, match="device"):
-        open_video(media_dir / "h264.mp4", device="tpu")
-
-
 def test_import_is_cheap():
     code = (
         "import sys, fercli.media.decode; "
@@ -725,12 +735,7 @@ def test_large_frames_are_read_a_few_at_a_time(tmp_path, monkeypatch):
     path = write_video(tmp_path / "big.mp4", moving_frames(2 * fps, width, height), fps)
     monkeypatch.setattr(decode, "CHUNK_BYTES", 2 * frame_bytes)  # as if each frame were 8x larger
     with open_video(path) as video:
-        tracemalloc.start()
-        try:
-            count = sum(1 for _ in video.sample(fps))
-            _, peak = tracemalloc.get_traced_memory()
-        finally:
-            tracemalloc.stop()
+        count, peak = heap_growth(video.sample(fps))
     assert count == 2 * fps
     assert frame_bytes <= peak < 5 * frame_bytes
 
@@ -747,3 +752,199 @@ def test_frames_gives_every_frame_with_its_own_index_and_start(tmp_path, suffix)
     assert [f.time for f in frames] == pytest.approx(times, abs=1e-3)
     for frame in frames:
         assert_close(frame.image, images[frame.index], f"frame {frame.index}")
+
+
+# --- decoding only what the samples show --------------------------------------------------
+
+# 51 frames at 25 fps: at 5 samples/s the last sample (2 s) is the last frame, so a pass reads
+# every packet. GOPs of 16 frames; x264 and x265 place B-frames without adapting (b-adapt 0), so
+# every clip has them whatever the motion.
+SKIP_FRAMES = 51
+X264_B = "b-adapt=0:scenecut=0"
+X265_B = "log-level=error:keyint=16:min-keyint=16:bframes=3:b-adapt=0:scenecut=0"
+SKIP_CLIPS = {
+    # name: (encoder, encoder options)
+    "h264_b.mp4": ("libx264", {"bf": "3", "g": "16", "x264-params": f"{X264_B}:b-pyramid=none"}),
+    "h264_pyramid.mkv": ("libx264", {"bf": "3", "g": "16", "x264-params": f"{X264_B}:b-pyramid=normal"}),
+    "h264_open.ts": ("libx264", {"bf": "3", "g": "16", "x264-params": f"{X264_B}:open-gop=1"}),
+    "h264_no_b.mp4": ("libx264", {"bf": "0", "g": "16"}),
+    "hevc_open.mp4": ("libx265", {"x265-params": f"{X265_B}:open-gop=1"}),
+    "hevc_closed.mkv": ("libx265", {"x265-params": f"{X265_B}:open-gop=0"}),
+    "mpeg4.mp4": ("mpeg4", {"bf": "2", "g": "16"}),
+    "vp9.webm": ("libvpx-vp9", None),
+    "av1.webm": ("libsvtav1", None),
+}
+CANNOT_TELL = {"vp9.webm", "av1.webm"}  # codecs whose packets are all decoded
+
+
+@pytest.fixture(scope="module")
+def skip_dir(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("skip")
+    for name, (codec, options) in SKIP_CLIPS.items():
+        write_coded(folder / name, moving_frames(SKIP_FRAMES, 160, 120), 25, codec, "yuv420p", options=options)
+    return folder
+
+
+def full_and_skipping(path: Path, rate: float, threads: int = 1):
+    """Samples of a full decode, samples of a decode that skips, and (sent, skipped) packets of
+    the skipping decode's second pass (from the start, planned throughout)."""
+    with open_video(path, threads=threads, skip_unseen=False) as video:
+        full = list(video.sample(rate))
+    with open_video(path, threads=threads) as video:
+        first = list(video.sample(rate))
+        before = video.packets
+        again = list(video.sample(rate))
+        after = video.packets
+    assert_same_samples(first, again, f"{path.name} again")
+    return full, first, (after.sent - before.sent, after.skipped - before.skipped)
+
+
+def assert_same_samples(got: list[decode.Frame], full: list[decode.Frame], what: str) -> None:
+    assert [(f.index, f.time, f.source) for f in got] == [(f.index, f.time, f.source) for f in full], what
+    for a, b in zip(got, full):
+        assert np.array_equal(a.image, b.image), f"{what}: sample {a.index} (frame {a.source}) differs"
+
+
+def display_pts(path: Path) -> list[int]:
+    with av.open(str(path)) as container:
+        return sorted(p.pts for p in container.demux(video=0) if p.size)
+
+
+def ffmpeg_unreferenced(path: Path) -> set[int]:
+    """pts of the frames FFmpeg's own decoder leaves out as referenced by no other (skip_frame NONREF)."""
+    with av.open(str(path)) as container:
+        container.streams.video[0].codec_context.skip_frame = "NONREF"
+        kept = {f.pts for f in container.decode(video=0)}
+    return set(display_pts(path)) - kept
+
+
+@pytest.mark.parametrize("rate, threads", [(5, 1), (3, 0)])
+@pytest.mark.parametrize("name", SKIP_CLIPS)
+def test_samples_are_bit_for_bit_those_of_a_full_decode(skip_dir, name, rate, threads):
+    path = skip_dir / name
+    times, images = pyav_decode(path)  # PyAV, every frame
+    full, skipping, _ = full_and_skipping(path, rate, threads)
+    assert_same_samples(skipping, full, name)
+    count = math.ceil(SKIP_FRAMES / 25 * rate)
+    assert [f.source for f in skipping] == [on_screen(times, k / rate) for k in range(count)]
+    for frame in skipping:
+        assert np.array_equal(frame.image, images[frame.source]), f"{name} frame {frame.source}"
+
+
+@pytest.mark.parametrize("name", SKIP_CLIPS)
+def test_packets_of_frames_no_sample_shows_and_none_references_are_never_sent(skip_dir, name):
+    path = skip_dir / name
+    pts = display_pts(path)
+    full, _, (sent, skipped) = full_and_skipping(path, 5)
+    assert sent + skipped == SKIP_FRAMES
+    if name in CANNOT_TELL:
+        assert skipped == 0
+        return
+    shown = {pts[f.source] for f in full}
+    # FFmpeg's decoder is the reference for which frames nothing references.
+    assert skipped == len(ffmpeg_unreferenced(path) - shown)
+    assert (skipped > 0) == (name != "h264_no_b.mp4")  # all of x264's P-frames are references
+
+
+@pytest.mark.parametrize("name", ["h264_open.ts", "hevc_open.mp4"])
+def test_open_gop_clips_are_open(skip_dir, name):
+    # Frames shown before a later keyframe but decoded after it: what an open GOP means.
+    with av.open(str(skip_dir / name)) as container:
+        packets = [(p.pts, p.is_keyframe) for p in container.demux(video=0) if p.size]
+    keys = [i for i, (_, key) in enumerate(packets) if key][1:]
+    assert any(packets[j][0] < packets[k][0] for k in keys for j in range(k + 1, min(k + 4, len(packets))))
+
+
+def test_every_frame_and_the_native_rate_send_every_packet(skip_dir):
+    path = skip_dir / "h264_b.mp4"
+    with open_video(path) as video:
+        assert len(list(video.frames())) == SKIP_FRAMES and video.packets.skipped == 0
+        assert len(list(video.sample(25))) == SKIP_FRAMES and video.packets.skipped == 0
+        list(video.sample(5))
+        assert video.packets.skipped > 0
+    with open_video(path, skip_unseen=False) as video:
+        list(video.sample(5))
+        assert video.packets.skipped == 0
+
+
+def garbled(data: bytes) -> bytes:
+    """The packet's second half with every 7th byte flipped: the decoder conceals what it cannot read."""
+    damaged = bytearray(data)
+    for i in range(len(data) // 2, len(data), 7):
+        damaged[i] ^= 0x5A
+    return bytes(damaged)
+
+
+# h264_b.mp4 in decoding order: I0 P4 B1 B2 B3 P8 B5 B6 B7 ... (frames in display order).
+DAMAGE = {
+    "reference garbled": lambda i, data: garbled(data) if i == 5 else data,
+    "reference lost": lambda i, data: None if i == 9 else data,
+    "unreferenced lost": lambda i, data: None if i == 3 else data,
+    "starts inside a GOP": lambda i, data: None if i < 6 else data,  # no keyframe until frame 16
+}
+
+
+@pytest.mark.parametrize("damage", DAMAGE)
+def test_damaged_clips_give_the_samples_of_a_full_decode(skip_dir, tmp_path, damage, caplog):
+    path = media.remux(skip_dir / "h264_b.mp4", tmp_path / "damaged.mp4", DAMAGE[damage])
+    with caplog.at_level("DEBUG", logger="fercli"):
+        full, skipping, (_, skipped) = full_and_skipping(path, 5)
+    assert_same_samples(skipping, full, damage)
+    assert skipped > 0 and "decoding every frame" not in caplog.text
+
+
+HEVC_CRA, HEVC_EOS = 21, b"\x00\x00\x00\x02\x48\x01"  # a keyframe's NAL type; an end of sequence NAL unit
+
+
+def test_a_sample_the_decoder_never_shows_gives_the_frame_of_a_full_decode(skip_dir, tmp_path, caplog):
+    # An end of sequence before the last keyframe (an open-GOP CRA): the decoder then drops the
+    # frames shown before that keyframe and decoded after it, sample 45 among them. A full
+    # decode shows the last frame it gave before; skipping cannot know which, so it starts over.
+    source = skip_dir / "hevc_open.mp4"
+    with av.open(str(source)) as container:
+        kinds = [(bytes(p)[4] >> 1) & 63 for p in container.demux(video=0) if p.size]
+    cra = max(i for i, kind in enumerate(kinds) if kind == HEVC_CRA)
+    path = media.remux(source, tmp_path / "eos.mp4", lambda i, data: data + HEVC_EOS if i == cra - 1 else data)
+    shown = {round(t * 25) for t in pyav_decode(path)[0]}
+    assert 45 not in shown and len(shown) < SKIP_FRAMES  # the clip is what it means
+    with caplog.at_level("DEBUG", logger="fercli"):
+        full, skipping, _ = full_and_skipping(path, 5)
+    assert_same_samples(skipping, full, path.name)
+    assert "decoding every frame" in caplog.text
+
+
+def test_a_damaged_sample_fails_as_in_a_full_decode(skip_dir, tmp_path):
+    path = media.remux(skip_dir / "h264_b.mp4", tmp_path / "damaged.mp4", lambda i, d: garbled(d) if i == 11 else d)
+    messages = []
+    for skip in (False, True):
+        with pytest.raises(VideoError) as error, open_video(path, threads=1, skip_unseen=skip) as video:
+            list(video.sample(5))
+        messages.append(str(error.value))
+    assert messages[0] == messages[1]
+
+
+def test_a_clip_cut_by_its_edit_list_gives_the_samples_of_a_full_decode(tmp_path):
+    frames = list(moving_frames(45, 160, 120))
+    path = media.write_trimmed(tmp_path / "trimmed.mp4", frames, cut=5, options=SKIP_CLIPS["h264_b.mp4"][1])
+    with av.open(str(path)) as container:
+        assert sum(p.is_discard for p in container.demux(video=0) if p.size) == 5  # the clip is what it means
+    full, skipping, (_, skipped) = full_and_skipping(path, 5)
+    assert_same_samples(skipping, full, path.name)
+    assert skipped > 0
+
+
+@pytest.mark.parametrize("codec", ["libx264", "libx265"])
+def test_rotated_and_variable_rate_clips_give_the_samples_of_a_full_decode(tmp_path, codec):
+    # Frames 10 to 60 ms apart and a pause of 0.4 s; a phone's display matrix.
+    gaps = np.resize([0.04, 0.01, 0.06, 0.03], 50)
+    gaps[20] = 0.4
+    times = np.concatenate([[0.0], np.cumsum(gaps)]).round(3).tolist()
+    options = SKIP_CLIPS["h264_b.mp4" if codec == "libx264" else "hevc_open.mp4"][1]
+    path = write_coded(tmp_path / "phone.mp4", moving_frames(51, 160, 120), 25, codec, "yuv420p", options=options,
+                       rotation=-90, times=times)
+    stamps, images = pyav_decode(path)
+    assert stamps == pytest.approx(times, abs=1e-6)
+    full, skipping, (_, skipped) = full_and_skipping(path, 5)
+    assert_same_samples(skipping, full, path.name)
+    assert skipped > 0 and skipping[0].image.shape == (160, 120, 3)
+    assert [f.source for f in skipping] == [on_screen(stamps, k / 5) for k in range(len(skipping))]

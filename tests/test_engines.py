@@ -14,9 +14,9 @@ import torch
 from fercli.core.errors import FerError
 from fercli.job.contract import AnnotateOptions
 from fercli.job.pipeline import annotate
+from fercli.nets.engines import TOLERANCE  # the README's promise for f32 tables
 
 CLIP = "moving.mp4"
-TOLERANCE = 1e-4  # docs/performance.md's promise for f32 tables
 LABEL_COLUMNS = ["valence", "arousal", "expression"]
 
 
@@ -244,3 +244,33 @@ def test_fer_annotate_settles_engine_device_and_precision_once(clips_dir, lstm_c
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
     assert sorted(calls) == sorted(["engine_target", "check_engine", "resolve_device", "resolve_precision"]), calls
+
+
+def test_the_default_engine_is_openvino_on_the_cpu_where_installed_and_torch_elsewhere(monkeypatch):
+    import importlib.util
+
+    import torch
+
+    from fercli.nets import engines
+
+    installed = importlib.util.find_spec("openvino") is not None
+    cpu = torch.device("cpu")
+    assert engines.default_engine(cpu) == ("openvino" if installed else "torch")
+    assert engines.default_engine(torch.device("cuda", 0)) == "torch"
+    assert engines.default_engine(cpu, ray="local") == "torch"  # Ray's model actors run torch
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "openvino" else real(name, *a))
+    assert engines.default_engine(cpu) == "torch"
+
+
+def test_no_engine_named_places_the_model_on_the_default_one(monkeypatch):
+    import torch
+
+    from fercli.nets import engines
+
+    monkeypatch.setattr(engines, "default_engine", lambda device, ray=None: f"default for {device}")
+    monkeypatch.setattr(engines, "check_engine", lambda engine, device, ray=None: None)
+    assert engines.place(None, "cpu").engine == "default for cpu"
+    assert engines.place("torch", "cpu").engine == "torch"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # "auto" is then a GPU, for torch
+    assert engines.place(None, "auto").engine == "default for cuda"

@@ -44,6 +44,25 @@ def test_a_face_moving_within_a_shot_is_no_cut_a_change_of_shot_is():
     assert cuts(other)
 
 
+def test_a_shot_is_read_from_about_hist_pixels_at_every_4th_pixel_or_further():
+    from fercli.media.people import HIST_PIXELS, HIST_STEP, shot_step
+
+    assert shot_step(240, 320) == HIST_STEP == 4  # small frames as before: every 4th pixel
+    for height, width in [(720, 1280), (1080, 1920), (2160, 3840)]:
+        step = shot_step(height, width)
+        read = len(range(0, height, step)) * len(range(0, width, step))
+        assert HIST_PIXELS <= read < 1.5 * HIST_PIXELS, (height, width, step)
+
+
+def test_at_720p_a_face_moving_within_a_shot_is_no_cut_a_change_of_shot_is():
+    # As at 640 x 360, with the histogram now from every 7th pixel.
+    astro = real_faces.head(real_faces.astronaut(), real_faces.ASTRONAUT_HEAD, 360)
+    frames = [real_faces.paste(real_faces.background(1280, 720, seed=k), astro, 40 + 60 * k, 80) for k in range(10)]
+    cuts = ShotCuts()
+    assert not any(cuts(f) for f in frames)
+    assert cuts((frames[-1] * np.array([0.8, 0.95, 1.15])).clip(0, 255).astype(np.uint8))
+
+
 def test_group_tracks_by_hand():
     a, near_a, b = np.array([1.0, 0, 0]), np.array([0.95, 0.31, 0]), np.array([0.0, 1, 0])  # cos(a, near_a) = 0.95
     # Alike and never together: one person, unless the threshold asks for more than 0.95.

@@ -74,12 +74,14 @@ class DeviceProducer(Producer):
 
     def _seen(self, batches, detector, clock) -> Iterator[_Seen]:
         """Each sample of each batch with its detections and frame histogram, made a batch at a time."""
+        from ..media.people import shot_step
         from ..media.torchframes import colour_histograms
 
         for batch in batches:
             with clock.stage("faces"):
                 found = detector.detect_batch(batch.images)
-                colours = colour_histograms(batch.images).cpu().numpy()
+                step = shot_step(*batch.images.shape[1:3])
+                colours = colour_histograms(batch.images, step).cpu().numpy()
             for row, detections in enumerate(found):
                 yield _Seen(batch, row, detections, colours[row])
 

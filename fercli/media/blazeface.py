@@ -105,13 +105,29 @@ def to_input(image: np.ndarray) -> tuple[np.ndarray, Square]:
     warp ran on the uint8 frame.
     """
     h, w = image.shape[:2]
-    square, (ry0, ry1, wy0, wy1), (cx0, cx1, wx0, wx1) = input_taps(w, h)
-    wy0, wy1, wx0, wx1 = wy0[:, None, None], wy1[:, None, None], wx0[None, :, None], wx1[None, :, None]
-    rows0, rows1 = image[ry0], image[ry1]  # (192, w, 3) each: only the rows the input needs
-    top = rows0[:, cx0] * wx0 + rows0[:, cx1] * wx1
-    bottom = rows1[:, cx0] * wx0 + rows1[:, cx1] * wx1
-    value = np.rint(top * wy0 + bottom * wy1)
-    return (value * (2.0 / 255.0) - 1.0).astype(np.float32), square
+    square, (ry0, ry1, wy0, wy1), columns = input_taps(w, h)
+    # In place, one float32 buffer at a time: the same operations in the same order as
+    # rint(top * wy0 + bottom * wy1) (and exact: every weight is a multiple of 1/32).
+    value = _row_blend(image, ry0, wy0, columns)
+    value += _row_blend(image, ry1, wy1, columns)
+    np.rint(value, out=value)
+    value *= 2.0 / 255.0
+    value -= 1.0
+    return value, square
+
+
+def _row_blend(image: np.ndarray, rows: np.ndarray, weight: np.ndarray, columns) -> np.ndarray:
+    """(192, 192, 3) float32: the input's pixels interpolated along x in the given rows of the frame,
+    times the rows' weight."""
+    cx0, cx1, wx0, wx1 = columns
+    picked = image.take(rows, axis=0)  # (192, w, 3): only the rows the input needs
+    out = picked.take(cx0, axis=1).astype(np.float32)
+    out *= wx0[None, :, None]
+    right = picked.take(cx1, axis=1).astype(np.float32)
+    right *= wx1[None, :, None]
+    out += right
+    out *= weight[:, None, None]
+    return out
 
 
 def input_taps(width: int, height: int) -> tuple[Square, tuple, tuple]:

@@ -6,6 +6,11 @@ and rotated (phone) clips are turned upright by their display matrix, whatever d
 runs on (docs/inputs.md; decord, fer's decoder before, buffered frames without bound in its
 decoding thread, and its PyPI wheel decodes on the CPU only).
 
+Sampling sends the decoder only the packets the samples need: a frame that no sample shows and
+no other frame references is never decoded (`bitstream` reads which from the packets' headers),
+and wherever the decoder then gives anything but what a full decode would show there (a damaged
+file), the clip is decoded again in full.
+
 PyAV and PIL are imported inside the functions that need them, so importing this module
 (and `fer --help`) stays cheap.
 """
@@ -22,7 +27,7 @@ from typing import Callable, Iterator, Sequence
 import numpy as np
 
 from ..core.errors import VideoError, first_line
-from .inputs import IMAGE_EXTENSIONS
+from .inputs import FRAMES_FPS, IMAGE_EXTENSIONS
 
 CHUNK_FRAMES = 16  # frames decoded per read at most; bounds memory whatever the video length
 CHUNK_BYTES = 16 << 20  # RGB bytes per read at most: 720p reads 5 frames at a time, 1080p 2
@@ -66,6 +71,14 @@ class VideoInfo:
 
 
 @dataclass(frozen=True)
+class PacketCounts:
+    """What a video file's decoder was given so far."""
+
+    sent: int  # packets decoded
+    skipped: int  # packets of frames no sample shows and no other frame references, never decoded
+
+
+@dataclass(frozen=True)
 class Frame:
     """One sample: the frame on screen at time k / fps (or, from `frames`, the file's frame k)."""
 
@@ -75,18 +88,21 @@ class Frame:
     image: np.ndarray  # H x W x 3 uint8 RGB
 
 
-def open_video(path, *, frames_fps: float = 25.0, device: str = "cpu", threads: int = AUTO_THREADS) -> VideoSource:
+def open_video(
+    path, *, frames_fps: float = FRAMES_FPS, threads: int = AUTO_THREADS, skip_unseen: bool = True
+) -> VideoSource:
     """Open a video file, or a folder of frames read as a clip at `frames_fps`.
 
-    device: the model's ("cpu", "cuda", "cuda:N"); frames are decoded on the CPU either way.
     `threads`: FFmpeg decoder threads (0: FFmpeg chooses).
+    skip_unseen: `sample` leaves undecoded the frames no sample shows and no other frame
+    references (`bitstream`); False decodes every packet (a benchmark's baseline).
     Raises VideoError when the clip cannot be read.
     """
     path = Path(path)
     if path.is_dir():
         return VideoSource(_ImageReader(path, frames_fps))
     _check_file(path)
-    return VideoSource(_open_file(path, device, threads))
+    return VideoSource(_open_file(path, threads, skip_unseen))
 
 
 class VideoSource:
@@ -111,7 +127,9 @@ class VideoSource:
         """Yield the frame on screen at t = k / fps for k = 0, 1, ... while t < duration.
 
         Decodes up to CHUNK_FRAMES frames (CHUNK_BYTES of RGB) per read and keeps none of them
-        once yielded, so memory does not grow with the clip's length.
+        once yielded, so memory does not grow with the clip's length. A frame no sample shows and
+        no other frame references (H.264, HEVC, MPEG-4 Part 2: `bitstream`) is not decoded at
+        all; the samples are bit for bit those of a full decode.
         """
         if not (math.isfinite(fps) and fps > 0):
             raise ValueError(f"sampling rate must be a positive number, got {fps}")
@@ -137,6 +155,11 @@ class VideoSource:
             self._reader.close()
         self._reader = None
 
+    @property
+    def packets(self) -> PacketCounts:
+        """Packets handed to the decoder and packets left unsent so far (a folder of frames has none)."""
+        return PacketCounts(getattr(self._reader, "sent", 0), getattr(self._reader, "skipped", 0))
+
     def __enter__(self) -> VideoSource:
         return self
 
@@ -159,12 +182,15 @@ def sample_sources(starts: np.ndarray, duration: float, fps: float) -> np.ndarra
 
 
 def _stream(reader, sources: np.ndarray, fps: float, chunk: int) -> Iterator[Frame]:
+    reader.want(sources)
     k = 0
     for indices in _plan_reads(sources, reader.sparse, chunk):
         batch = dict(zip(indices, reader.read(indices)))
         while k < len(sources) and sources[k] in batch:
-            # A copy, so a frame the caller keeps does not pin the whole batch.
-            image = np.array(batch[sources[k]], copy=True)
+            # Each frame is an array of its own: handed out as it is at its last sample, copied
+            # for a sample before that (upsampling shows it twice; each sample owns its pixels).
+            last = k + 1 == len(sources) or sources[k + 1] != sources[k]
+            image = np.ascontiguousarray(batch.pop(sources[k])) if last else np.array(batch[sources[k]], copy=True)
             yield Frame(index=k, time=k / fps, source=int(sources[k]), image=image)
             k += 1
         del batch  # before the next read, so two batches are never alive at once
@@ -205,7 +231,7 @@ def player_origin(path: str | Path) -> float:
             stream = container.streams.video[0]
             pts = []
             for packet in container.demux(stream):
-                if packet.size and packet.pts is not None:
+                if packet.size and packet.pts is not None and not packet.is_discard:
                     pts.append(packet.pts)
                 if len(pts) >= ORIGIN_PACKETS:
                     break
@@ -240,13 +266,13 @@ class _PyAVReader:
 
     sparse = True  # read() decodes forward and skips the conversion of frames nobody asked for
 
-    def __init__(self, path: Path, threads: int):
+    def __init__(self, path: Path, threads: int, skip_unseen: bool = True):
         self.path = path
         self._threads = threads
         self._container = None
         self._frames: Iterator | None = None  # (frame index, av.VideoFrame) in display order
         self._last = None  # the latest (index, frame) decoded, kept while it may be asked again
-        fps, pts, stamps = self._index()
+        fps, pts, stamps, unreferenced = self._index()
         frames = len(stamps)
         self.starts, duration, valid = _timestamps(stamps, path, frames, fps)
         # Valid timestamps place each decoded frame by its pts (a frame the decoder drops does
@@ -254,12 +280,20 @@ class _PyAVReader:
         self._by_pts = {int(p): i for i, p in enumerate(pts)} if valid else {}
         self.pts = pts if valid else None
         self._ahead = None  # a frame decoded past the one asked for, kept for the next ask
+        # Frames that may be left undecoded when no sample shows them: only where timestamps
+        # place every frame, since a skipped packet would shift a count.
+        self._unreferenced = unreferenced if valid and skip_unseen and unreferenced is not None else None
+        self._wanted: np.ndarray | None = None  # frames the caller will ask for; None: every frame
+        self._skipped = np.zeros(frames, dtype=bool)  # frames left undecoded since the last restart
+        self._skips = 0  # how many
+        self.sent = self.skipped = 0  # packets decoded and left undecoded, over the reader's life
         height, width = self._first_shape()
         last_start = round(float(self.starts[-1]), 6)
         self.info = VideoInfo(path, fps, frames, duration, last_start, width, height, "cpu", by_index=not valid)
 
-    def _index(self) -> tuple[float, np.ndarray, np.ndarray]:
-        """The frame rate; each packet's pts (stream ticks) and (start, end) in seconds, in pts order.
+    def _index(self) -> tuple[float, np.ndarray, np.ndarray, np.ndarray | None]:
+        """The frame rate; each shown frame's pts (stream ticks), (start, end) in seconds, and
+        whether it may go undecoded when no sample shows it (None: the codec cannot tell), in pts order.
 
         Reads the container's packets without decoding them, as decord indexed a clip.
         """
@@ -272,7 +306,7 @@ class _PyAVReader:
                 stream = container.streams.video[0]
                 rate = stream.average_rate or stream.guessed_rate
                 tick, first = float(stream.time_base or 0), stream.start_time or 0
-                packets = [(p.pts, p.duration) for p in container.demux(stream) if p.size]
+                packets, unreferenced = _packet_table(container, stream)
         except av.error.FFmpegError as error:
             raise VideoError(f"{self.path}: cannot read as a video ({_av_reason(error)})") from error
         if not packets:
@@ -286,7 +320,7 @@ class _PyAVReader:
         order = np.argsort(pts, kind="stable")
         pts, ticks = pts[order], ticks[order]
         stamps = np.stack([(pts - first) * tick, (pts + ticks - first) * tick], axis=1)
-        return fps, pts, stamps
+        return fps, pts, stamps, None if unreferenced is None else unreferenced[order]
 
     def _first_shape(self) -> tuple[int, int]:
         # Decoding frame 0 gives the size as the caller sees it (after the rotation tag).
@@ -301,11 +335,22 @@ class _PyAVReader:
         except av.error.FFmpegError as error:
             raise VideoError(f"{self.path}: decoding failed near frame {indices[0]} ({_av_reason(error)})") from error
 
+    def want(self, indices: np.ndarray) -> None:
+        """The frames the next reads ask for (increasing); frames no other frame references and
+        not among them are left undecoded."""
+        wanted = np.zeros(len(self.starts), dtype=bool)
+        wanted[indices] = True
+        if (wanted & self._skipped).any():
+            self._frames = None  # a frame now wanted was left undecoded: start over
+        self._wanted = None if wanted.all() else wanted
+
     def _frame_at(self, index: int):
         if self._frames is None or (self._last is not None and self._last[0] > index):
             self._restart()
         while self._last is None or self._last[0] < index:
             found, self._ahead = self._ahead or next(self._frames, None), None
+            if self._skips and self._unlike_full_decode(index, found):
+                return self._decode_all_from_start(index)
             if found is None:
                 # The index lists frames the decoder never gave: the file is damaged (an AVI
                 # cut inside a frame). Raise rather than return part of the clip as the whole.
@@ -317,6 +362,21 @@ class _PyAVReader:
             self._last = found
         return self._last[1]
 
+    def _unlike_full_decode(self, index: int, found) -> bool:
+        """Whether the frame shown for `index` might be another than a full decode shows: the decoder
+        gave nothing, a frame it cannot place, or one out of order, or frame `index` never came
+        and a frame skipped since the one before might have been shown instead (a damaged file)."""
+        if found is None or found[0] is None:
+            return True
+        last = -1 if self._last is None else self._last[0]
+        return found[0] <= last or (found[0] > index and bool(self._skipped[last + 1 : found[0]].any()))
+
+    def _decode_all_from_start(self, index: int):
+        log.debug("%s: frame %d not as a full decode gives it; decoding every frame", self.path, index)
+        self._unreferenced = None
+        self._restart()
+        return self._frame_at(index)
+
     def _restart(self) -> None:
         import av
 
@@ -326,12 +386,35 @@ class _PyAVReader:
         if self._threads != 1:
             stream.thread_type = "AUTO"  # frame and slice threads, as FFmpeg's own tools decode
         stream.codec_context.thread_count = self._threads
-        self._frames = self._numbered(self._container.decode(stream))
+        self._frames = self._numbered(self._decoded(stream))
         self._last = self._ahead = None
+        self._skipped[:] = False
+        self._skips = 0
 
-    def _numbered(self, frames) -> Iterator[tuple[int, object]]:
+    def _decoded(self, stream) -> Iterator:
+        """The stream's frames as FFmpeg decodes them, the packets of unwanted unreferenced frames unsent."""
+        for packet in self._container.demux(stream):
+            skip = self._skippable(packet)
+            if skip is not None:
+                self._skipped[skip] = True
+                self._skips += 1
+                self.skipped += 1
+                continue
+            self.sent += packet.size > 0
+            yield from packet.decode()
+
+    def _skippable(self, packet) -> int | None:
+        """The frame index of a packet that need not be decoded, else None."""
+        if self._unreferenced is None or self._wanted is None or not packet.size or packet.pts is None:
+            return None
+        index = self._by_pts.get(packet.pts)
+        return index if index is not None and self._unreferenced[index] and not self._wanted[index] else None
+
+    def _numbered(self, frames) -> Iterator[tuple[int | None, object]]:
         for n, frame in enumerate(frames):
-            yield self._by_pts.get(frame.pts, n) if frame.pts is not None else n, frame
+            index = self._by_pts.get(frame.pts) if frame.pts is not None else None
+            # Counting places a frame only when no packet was skipped; None: unplaced.
+            yield index if index is not None else None if self._skips else n, frame
 
     @staticmethod
     def _rgb(frame) -> np.ndarray:
@@ -347,17 +430,41 @@ class _PyAVReader:
         self._container = self._frames = None
 
 
+def _packet_table(container, stream) -> tuple[list[tuple], np.ndarray | None]:
+    """(pts, duration) of each packet a player shows, in decoding order, and whether each may go
+    undecoded when no sample shows it (None: the codec cannot tell, `bitstream`).
+
+    A packet its edit list cuts (stored before the clip's start for later frames to refer to) is
+    decoded but never shown: no frame of the clip. No frame up to the first keyframe goes
+    undecoded: before it the decoder shows frames, or not, by what it could decode.
+    """
+    from .bitstream import scanner
+
+    scan = scanner(stream.codec_context.name, stream.codec_context.extradata)
+    packets, shown, key = [], [], None  # key: the first keyframe's pts
+    for p in container.demux(stream):
+        if p.size:
+            key = p.pts if key is None and p.is_keyframe else key
+            shown.append(not p.is_discard)
+            if shown[-1]:
+                packets.append((p.pts, p.duration))
+            if scan is not None:
+                scan.add(bytes(p))
+    if scan is None:
+        return packets, None
+    after_key = np.array([None not in (pts, key) and pts > key for pts, _ in packets], dtype=bool)
+    return packets, scan.unreferenced()[np.array(shown, dtype=bool)] & after_key
+
+
 def _av_reason(error: Exception) -> str:
     """PyAV's error on one line, without its errno prefix or the file name it repeats."""
     reason = getattr(error, "strerror", None) or str(error)
     return first_line(str(reason))[:MESSAGE_CHARS] or type(error).__name__
 
 
-def _open_file(path: Path, device: str, threads: int) -> _PyAVReader:
-    """PyAV on the CPU, whatever the model's device (GPU decoding: docs/performance.md, "On a GPU")."""
-    if re.fullmatch(r"cpu|cuda(?::\d+)?", device) is None:
-        raise ValueError(f"device must be 'cpu', 'cuda' or 'cuda:N', got {device!r}")
-    return _PyAVReader(path, threads)
+def _open_file(path: Path, threads: int, skip_unseen: bool) -> _PyAVReader:
+    """PyAV on the CPU, whatever the model's device (GPU decoding: `media.nvdec`)."""
+    return _PyAVReader(path, threads, skip_unseen)
 
 
 def _timestamps(stamps: np.ndarray, path: Path, frames: int, fps: float) -> tuple[np.ndarray, float, bool]:
@@ -427,6 +534,9 @@ class _ImageReader:
                              f"{frames_fps:g} frames/s (its number is no frame index; fer holds no frame over {MAX_HOLD_S:.0f} s)")
         duration = (numbers[-1] + 1) / frames_fps
         self.info = VideoInfo(folder, frames_fps, len(self.files), duration, float(self.starts[-1]), width, height, "images")
+
+    def want(self, indices: np.ndarray) -> None:
+        """Nothing to plan: each image is read on its own."""
 
     def read(self, indices: Sequence[int]) -> list[np.ndarray]:
         return [_load_image(self.files[i]) for i in indices]

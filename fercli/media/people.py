@@ -32,6 +32,7 @@ person's pairs of shots (`bench/identity.py distances`); the embedding splits 2.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -49,13 +50,13 @@ CUT_DISTANCE = 0.08
 # 0.33-0.34. A false split costs nothing lasting: `group_tracks` joins the parts again.
 FACE_CUT_DISTANCE = 0.25
 HIST_BINS = 16  # per colour channel
-HIST_STEP = 4  # px; every 4th pixel each way: the histogram of a 720p frame from 58k pixels
+HIST_STEP = 4  # px; at least every 4th pixel each way
+# Pixels a shot's histogram is taken from, about: every 7th pixel of a 720p frame, every 11th of
+# 1080p; sample-to-sample distances move by under 0.01 against every 4th pixel, no cut gained or lost.
+HIST_PIXELS = 15_000
 SAME_PERSON = 0.86  # cosine similarity of two groups' mean texture descriptors that makes them one person
-# The same for unit-length face embeddings (dlib's network, 3 chips per track or one a second):
-# over 75 tracks of real faces (the Megamind clips, two photographed people under 12 changes of
-# shot, 30 strangers' photographs), one person's pairs reach down to 0.922 (a blurred, JPEG-10
-# photo against a blue-cast one), two people's up to 0.947 (two small faces, 29 and 34 px, in
-# one group photo); at 0.93 2.2% of one person's 134 pairs split, 0.6% of 2,641 join.
+# The same for unit-length face embeddings (dlib's network): docs/people.md gives the distances
+# measured on real faces that set it, and its margin.
 SAME_FACE = 0.93
 SAME = {"texture": SAME_PERSON, "faceid": SAME_FACE}  # descriptor kind -> its threshold
 CHIP_INTERVAL_S = 1.0  # seconds between a track's identity chips after its first
@@ -73,14 +74,20 @@ class ShotCuts:
         self._last: np.ndarray | None = None
 
     def __call__(self, image: np.ndarray) -> bool:
-        return self.after(colour_histogram(image))
+        return self.after(colour_histogram(image, shot_step(*image.shape[:2])))
 
     def after(self, hist: np.ndarray) -> bool:
-        """The same for a frame given by its `colour_histogram` (made where the frame is, a GPU's included)."""
+        """The same for a frame given by its shot histogram (`colour_histogram` at `shot_step`,
+        made where the frame is, a GPU's included)."""
         hist = np.asarray(hist, dtype=np.float64)
         cut = self._last is not None and 0.5 * float(np.abs(hist - self._last).sum()) > self.threshold
         self._last = hist
         return cut
+
+
+def shot_step(height: int, width: int) -> int:
+    """Every how many pixels (each way) `ShotCuts` reads a frame: about HIST_PIXELS of it."""
+    return max(HIST_STEP, math.isqrt(height * width // HIST_PIXELS))
 
 
 def colour_histogram(image: np.ndarray, step: int = HIST_STEP) -> np.ndarray:
@@ -140,7 +147,7 @@ class Tracks:
         """{track id: (detection, descriptor)} for a sampled frame and its detections."""
         return self.update_seen(
             time,
-            colour_histogram(image),
+            colour_histogram(image, shot_step(*image.shape[:2])),
             detections,
             lambda det: colour_histogram(_crop(image, det.box), step=1),
             lambda det: appearance(image, det.box),

@@ -1,4 +1,5 @@
-"""Where the backbone runs on a CPU: torch (the default) or OpenVINO (`pip install 'fercli[openvino]'`).
+"""Where the backbone runs on a CPU: OpenVINO (`pip install 'fercli[openvino]'`; the default on a CPU
+where it is installed, `default_engine`) or torch.
 
 Only the per-crop backbone (EfficientNet-B0, nearly all of the model's arithmetic) moves to
 OpenVINO; the LSTM and heads stay in torch, as do GPUs. The backbone is converted from the
@@ -9,7 +10,7 @@ not import timm (and torchvision behind it) at all.
 
 In f32 (`INFERENCE_PRECISION_HINT`, which OpenVINO would otherwise lower to bf16 on CPUs that
 have it) the features match torch's to float rounding; tests/test_engines.py holds the tables
-of both engines to 1e-4.
+of both engines to TOLERANCE.
 """
 
 from __future__ import annotations
@@ -33,6 +34,8 @@ from ..core.errors import FerError, first_line
 log = logging.getLogger("fercli")
 
 ENGINES = ("torch", "openvino")
+# |score - torch fp32's score| an engine's table keeps to (labels equal): tests/test_engines.py.
+TOLERANCE = 1e-4
 IR_FORMAT = 1  # bump when the conversion changes, so IR cached by older code is not reused
 # fer's precisions -> OpenVINO's inference precision hint ("fp16" is CUDA-only in fer)
 OV_PRECISION = {"fp32": "f32", "bf16": "bf16"}
@@ -65,15 +68,17 @@ class Placement:
     precision: str  # resolved: "fp32", "bf16" or "fp16", never "auto"
 
 
-def place(engine: str, device, precision: str = "auto", ray: str | None = None) -> Placement:
+def place(engine: str | None, device, precision: str = "auto", ray: str | None = None) -> Placement:
     """--engine, --device and --precision checked and resolved together: the one place they are.
 
-    `annotate` (and `load_model` for a caller of its own) call it once and hand the Placement on;
-    nothing below resolves them again.
+    engine None: `default_engine` for the device the model lands on. `annotate` (and `load_model`
+    for a caller of its own) call it once and hand the Placement on; nothing below resolves them
+    again.
     """
     from ..core.devices import resolve_precision
 
-    dev = engine_target(engine, device)
+    dev = engine_target(engine or "torch", device)
+    engine = engine or default_engine(dev, ray)
     check_engine(engine, dev, ray)
     return Placement(engine, dev, resolve_precision(precision, dev))
 
@@ -84,6 +89,24 @@ def engine_target(engine: str, device):
     from ..core.devices import resolve_device
 
     return resolve_device("cpu" if engine == "openvino" and str(device) == "auto" else device)
+
+
+def default_engine(device: torch.device, ray: str | None = None) -> str:
+    """The engine a run takes when none is named, for the torch.device the model runs on
+    (`engine_target`): OpenVINO on the CPU where it is installed, torch otherwise (a GPU, Ray's
+    model actors, no OpenVINO).
+
+    Chosen by measurement and parity (bench/engines.py, the backbone of HSEmotion's form, batches
+    of 16 crops, 2 cores): OpenVINO f32 took 22 core-ms per crop against torch fp32's 31, and its
+    table matched torch's (every label equal, scores within 2.4e-6; tests hold TOLERANCE).
+    bf16 is no default: unmeasured here (no bf16 CPU) and it moves scores by more. Checking costs
+    nothing: OpenVINO is looked up, not imported.
+    """
+    import importlib.util
+
+    if ray or torch.device(device).type != "cpu":
+        return "torch"
+    return "openvino" if importlib.util.find_spec("openvino") is not None else "torch"
 
 
 def import_openvino():
