@@ -1,6 +1,6 @@
 """Write docs/commands.md, the command reference, from the `fer` Typer app itself.
 
-    python docs/gen_commands.py           # regenerate it (after any change to fercli/cli.py)
+    python docs/gen_commands.py           # regenerate it (after any change to fercli/cli*.py)
     python docs/gen_commands.py --check   # exit 1 if it is out of date
 
 Typer's own generator (`python -m typer fercli.cli utils docs`) reads the same help text that

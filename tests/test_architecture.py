@@ -26,7 +26,12 @@ LAYERS = {
     "views": {"core", "media", "tables", "scoring"},
     "training": {"core", "nets", "tables", "datasets", "job", "scoring", "views"},
 }
-PROGRAM = {"cli", "doctor"}  # fercli/*.py: the program on top, which may import any folder
+# The `fer` command's modules beside fercli/cli.py, which assembles them into one app.
+CLI_PARTS = {
+    "cli_common", "cli_display", "cli_annotate", "cli_train", "cli_benchmark", "cli_calibrate", "cli_views",
+    "cli_weights",
+}  # fmt: skip
+PROGRAM = {"cli", "doctor"} | CLI_PARTS  # fercli/*.py: the program on top, which may import any folder
 
 
 def module_files() -> dict[str, Path]:
@@ -131,6 +136,7 @@ TESTED_IN = {
     "training.options": "test_loop.py",
     "training.resume": "test_loop.py",
     "training.records": "test_loop.py",
+    **{part: "test_cli.py" for part in CLI_PARTS},  # the `fer` command, run whole
 }
 
 
