@@ -87,6 +87,11 @@ def annotate(
     reuse_boxes: ReuseBoxesOption = 1,
     ray: RayOption = None,
     decoder: DecoderOption = "auto",
+    identity: str = typer.Option(
+        "auto",
+        help="Who is who across cuts: faceid (a face-recognition embedding, dlib's CC0 network, fetched on first "
+        "use), texture (the face box's texture), or auto (faceid where its weights can be had).",
+    ),
     calibration: Optional[Path] = typer.Option(
         None, "--calibration", help="A fer calibrate file: add each second's interval (valence_lo/hi, arousal_lo/hi)."
     ),
@@ -111,6 +116,7 @@ def annotate(
         ray=ray,
         engine=engine,
         decoder=decoder,
+        identity=identity,
         calibration=calibration,
     )
     # The library checks everything before any work, and says when weights are downloading.
