@@ -32,9 +32,24 @@ HEADER = """\
 def resolve(folder: Path) -> dict[str, dict[str, str]]:
     running = {}
     for version in PYTHONS:
-        command = [sys.executable, "-m", "pip", "install", "--dry-run", "--ignore-installed", "--only-binary=:all:",
-                   "--python-version", version, *(f"--platform={p}" for p in PLATFORMS), "--target", str(folder / version),
-                   "--quiet", "--report", str(folder / f"{version}.json"), *requirements()]
+        command = [
+            sys.executable,
+            "-m",
+            "pip",
+            "install",
+            "--dry-run",
+            "--ignore-installed",
+            "--only-binary=:all:",
+            "--python-version",
+            version,
+            *(f"--platform={p}" for p in PLATFORMS),
+            "--target",
+            str(folder / version),
+            "--quiet",
+            "--report",
+            str(folder / f"{version}.json"),
+            *requirements(),
+        ]
         running[version] = subprocess.Popen(command)
     pins = {}
     for version, process in running.items():

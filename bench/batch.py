@@ -84,7 +84,9 @@ def parse_args():
     parser.add_argument("work", help="folder for the clips, the checkpoint and the runs (kept between runs)")
     parser.add_argument("clips", type=int, help="good clips (N/10 broken files are added)")
     parser.add_argument("--kill", choices=sorted(KILL_TARGETS), help="SIGKILL one such process mid-run")
-    parser.add_argument("--kill-after-clips", type=int, default=None, help="when this many clips are finished (default N/3)")
+    parser.add_argument(
+        "--kill-after-clips", type=int, default=None, help="when this many clips are finished (default N/3)"
+    )
     argv = sys.argv[1:]
     cut = argv.index("--") if "--" in argv else len(argv)
     args = parser.parse_args(argv[:cut])
@@ -137,8 +139,12 @@ def reference_table(work: Path):
     """One copy of the clip annotated alone with the default schedule: every good clip's rows."""
     out = work / "reference.parquet"
     if not out.exists():
-        subprocess.run([FER, "annotate", str(work / "clip.mp4"), "--out", str(out), "--model", str(work / "lstm.pt")],
-                       check=True, capture_output=True, env=fer_env())
+        subprocess.run(
+            [FER, "annotate", str(work / "clip.mp4"), "--out", str(out), "--model", str(work / "lstm.pt")],
+            check=True,
+            capture_output=True,
+            env=fer_env(),
+        )
     from fercli.tables.writers import read_table
 
     return read_table(out).drop(columns="video")
@@ -269,7 +275,9 @@ def check(out: Path, n: int, broken: list[str], reference, exit_status: int | No
     good = {f"c{k:04d}.mp4" for k in range(n)}
     checks["every_good_clip_has_rows"] = set(table.video) == good
     checks["no_duplicated_rows"] = not table.duplicated(["video", "second"]).any()
-    checks["good_rows_equal_a_clean_run"] = all(same(rows.drop(columns="video"), reference) for _, rows in table.groupby("video"))
+    checks["good_rows_equal_a_clean_run"] = all(
+        same(rows.drop(columns="video"), reference) for _, rows in table.groupby("video")
+    )
     errors = pd.read_csv(errors_path(out)) if errors_path(out).exists() else pd.DataFrame(columns=["video"])
     checks["each_broken_file_named_once"] = sorted(errors.video) == sorted(broken)
     checks["all"] = all(checks.values())

@@ -42,9 +42,16 @@ def parity(port, device: str) -> list[str]:
         boxes_l, scores_l = raw.get_tensor(net._boxes)[0], raw.get_tensor(net._scores)[0, :, 0]
         a = blazeface.to_frame(blazeface.weighted_nms(*blazeface.decode(boxes_l, scores_l))[0], square)
         b = blazeface.to_frame(blazeface.weighted_nms(*blazeface.decode(boxes_t, scores_t))[0], square)
-        low = min((max(iou(tuple(p), tuple(q)) for q in b) for p in a), default=1.0) if len(b) else (0.0 if len(a) else 1.0)
-        lines.append(f"{name}: raw boxes max |diff| {np.abs(boxes_l - boxes_t).max():.2e}, logits {np.abs(scores_l - scores_t).max():.2e}; "
-                     f"faces {len(a)} / {len(b)}, lowest IoU {low:.5f}")
+        low = (
+            min((max(iou(tuple(p), tuple(q)) for q in b) for p in a), default=1.0)
+            if len(b)
+            else (0.0 if len(a) else 1.0)
+        )
+        lines.append(
+            f"{name}: raw boxes max |diff| {np.abs(boxes_l - boxes_t).max():.2e}, "
+            f"logits {np.abs(scores_l - scores_t).max():.2e}; "
+            f"faces {len(a)} / {len(b)}, lowest IoU {low:.5f}"
+        )
     return lines
 
 
@@ -72,7 +79,6 @@ def main() -> None:
     parser.add_argument("--batches", default="1,8,32")
     args = parser.parse_args()
     from fercli.media.blazeface import verify_model
-
     from fercli.media.blazeface_torch import BlazeFaceNet
 
     port = BlazeFaceNet(verify_model()).to(args.device).eval()

@@ -85,7 +85,10 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=0)
     args = parser.parse_args()
     if args.batch:
-        print(f"network alone, batch {args.batch}, {args.threads} thread(s): {summary(batched(args.threads, args.batch))} per frame")
+        print(
+            f"network alone, batch {args.batch}, {args.threads} thread(s): "
+            f"{summary(batched(args.threads, args.batch))} per frame"
+        )
         return
     call = fer_detector(args.threads) if args.impl == "fer" else mediapipe_detector()
     for name, image in frames().items():

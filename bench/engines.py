@@ -111,9 +111,14 @@ def backbone_ms(crops: list[np.ndarray], ckpt: Path, engines: list, batch: int, 
             run(key, batches)
             times[key].append(1000 * (time.perf_counter() - start) / len(crops))
             cpu[key].append(1000 * (time.process_time() - core) / len(crops))
-    return {f"{e} {p}": {"ms_per_crop": round(statistics.median(times[(e, p)]), 2),
-                         "core_ms_per_crop": round(statistics.median(cpu[(e, p)]), 2),
-                         "runs": [round(x, 2) for x in times[(e, p)]]} for e, p in engines}  # fmt: skip
+    return {
+        f"{e} {p}": {
+            "ms_per_crop": round(statistics.median(times[(e, p)]), 2),
+            "core_ms_per_crop": round(statistics.median(cpu[(e, p)]), 2),
+            "runs": [round(x, 2) for x in times[(e, p)]],
+        }
+        for e, p in engines
+    }
 
 
 def tables(clips: list[Path], ckpt: Path, engines: list, work: Path) -> dict:
@@ -124,8 +129,13 @@ def tables(clips: list[Path], ckpt: Path, engines: list, work: Path) -> dict:
     for engine, precision in engines:
         out = work / f"table-{engine}-{precision}.parquet"
         start = time.perf_counter()
-        fercli.annotate(clips, out, model=str(ckpt), device="cpu",
-                        options=AnnotateOptions(engine=engine, precision=precision, overwrite=True))  # fmt: skip
+        fercli.annotate(
+            clips,
+            out,
+            model=str(ckpt),
+            device="cpu",
+            options=AnnotateOptions(engine=engine, precision=precision, overwrite=True),
+        )
         wall[(engine, precision)] = round(time.perf_counter() - start, 2)
         found[(engine, precision)] = fercli.read_table(out)
     reference = found[("torch", "fp32")]

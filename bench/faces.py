@@ -88,8 +88,12 @@ def main() -> None:
     faces = [[d.box for d in detector.detect(image)] for image in images]
     pre = HSEMOTION_CONFIG.preprocess
     n = args.repeat
-    figures = {"clip": args.clip.name, "size": list(images[0].shape[1::-1]), "samples": len(images),
-               "faces_per_sample": round(sum(map(len, faces)) / len(images), 2)}  # fmt: skip
+    figures = {
+        "clip": args.clip.name,
+        "size": list(images[0].shape[1::-1]),
+        "samples": len(images),
+        "faces_per_sample": round(sum(map(len, faces)) / len(images), 2),
+    }
     for interpolation in ("BICUBIC", "BILINEAR", "FAST_BILINEAR", "POINT"):
         figures[f"rgb_{interpolation.lower()}"] = timed(
             lambda f, i=interpolation: f.to_ndarray(format="rgb24", interpolation=i), frames, n

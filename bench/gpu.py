@@ -104,7 +104,12 @@ class Utilisation:
         self.samples: list[float] = []
         self._proc = None
         if shutil.which("nvidia-smi"):
-            cmd = ["nvidia-smi", "--query-gpu=utilization.gpu,memory.used", "--format=csv,noheader,nounits", f"-lms={UTILISATION_PERIOD_MS}"]
+            cmd = [
+                "nvidia-smi",
+                "--query-gpu=utilization.gpu,memory.used",
+                "--format=csv,noheader,nounits",
+                f"-lms={UTILISATION_PERIOD_MS}",
+            ]
             self._proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
             threading.Thread(target=self._read, daemon=True).start()
 
@@ -130,7 +135,9 @@ def run_step(name: str, command: list[str], out: Path, timeout: float, figures=N
     start = time.perf_counter()
     with log.open("w") as handle:
         try:
-            code = subprocess.run(command, stdout=handle, stderr=subprocess.STDOUT, timeout=timeout, cwd=ROOT).returncode
+            code = subprocess.run(
+                command, stdout=handle, stderr=subprocess.STDOUT, timeout=timeout, cwd=ROOT
+            ).returncode
         except subprocess.TimeoutExpired:
             code = "timeout"
     result = {"command": " ".join(map(str, command)), "exit": code, "seconds": round(time.perf_counter() - start, 2)}
@@ -147,8 +154,17 @@ def run_step(name: str, command: list[str], out: Path, timeout: float, figures=N
 def speed_figures(path: Path):
     def read() -> dict:
         report = json.loads(path.read_text())
-        keep = ("end_to_end_s", "cpu_s", "video_seconds", "decoded_frames", "sampled_frames", "backbone_only_fps",
-                "producer_only_fps", "peak_rss_mb", "peak_cuda_mb")
+        keep = (
+            "end_to_end_s",
+            "cpu_s",
+            "video_seconds",
+            "decoded_frames",
+            "sampled_frames",
+            "backbone_only_fps",
+            "producer_only_fps",
+            "peak_rss_mb",
+            "peak_cuda_mb",
+        )
         figures = {k: report[k] for k in keep if k in report}
         figures |= {k: v for k, v in report["derived"].items() if v is not None}
         figures["stages"] = report["stages"]
@@ -168,7 +184,9 @@ def train_figures(run: Path):
     return read
 
 
-def main(out: Path, cpu: bool, only: list[str] | None = None, n_clips: int | None = None, tests_k: str | None = None) -> dict:
+def main(
+    out: Path, cpu: bool, only: list[str] | None = None, n_clips: int | None = None, tests_k: str | None = None
+) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     work = out / "work"
     work.mkdir(exist_ok=True)
@@ -193,14 +211,29 @@ def main(out: Path, cpu: bool, only: list[str] | None = None, n_clips: int | Non
 
     def save() -> dict:
         # After every step, so a run cut short still leaves its figures.
-        report = {"mode": mode, "prepared_s": round(prepared_s, 2), "total_s": round(time.perf_counter() - t0, 2),
-                  "media": {name: {"clips": len(paths), "size": media[name][0]} for name, paths in clips.items()},
-                  "steps": steps}
+        report = {
+            "mode": mode,
+            "prepared_s": round(prepared_s, 2),
+            "total_s": round(time.perf_counter() - t0, 2),
+            "media": {name: {"clips": len(paths), "size": media[name][0]} for name, paths in clips.items()},
+            "steps": steps,
+        }
         (out / "gpu.json").write_text(json.dumps(report, indent=1, default=str) + "\n")
         return report
 
-    speed = [*fer, "benchmark", "speed", *map(str, every), "--model", str(model), "--device", device,
-             "--no-startup", "--naive-seconds", "2"]
+    speed = [
+        *fer,
+        "benchmark",
+        "speed",
+        *map(str, every),
+        "--model",
+        str(model),
+        "--device",
+        device,
+        "--no-startup",
+        "--naive-seconds",
+        "2",
+    ]
     variants = {
         "speed_fp32": ["--precision", "fp32"],
         "speed_bf16": ["--precision", "bf16"],
@@ -221,42 +254,112 @@ def main(out: Path, cpu: bool, only: list[str] | None = None, n_clips: int | Non
         extra = ["-k", tests_k] if tests_k else []
         if importlib.util.find_spec("pytest_timeout"):  # a hung test dumps every thread's stack
             extra += ["--timeout", str(TEST_TIMEOUT_S)]
-        command = [sys.executable, "-m", "pytest", "-v", "--durations=0", "-m", "requires_cuda", "-p", "no:cacheprovider", *extra, *cuda_tests]
+        command = [
+            sys.executable,
+            "-m",
+            "pytest",
+            "-v",
+            "--durations=0",
+            "-m",
+            "requires_cuda",
+            "-p",
+            "no:cacheprovider",
+            *extra,
+            *cuda_tests,
+        ]
         return run_step("tests", command, out, timeout())
 
     def train_step() -> dict:
         run = work / "train"
         shutil.rmtree(run, ignore_errors=True)
-        train = [*fer, "train", "--data", str(data), "--out", str(run), "--init", "random", "--finetune", "--epochs", "2",
-                 "--device", device, "--frames-fps", "5", "--batch-size", "8"]
+        train = [
+            *fer,
+            "train",
+            "--data",
+            str(data),
+            "--out",
+            str(run),
+            "--init",
+            "random",
+            "--finetune",
+            "--epochs",
+            "2",
+            "--device",
+            device,
+            "--frames-fps",
+            "5",
+            "--batch-size",
+            "8",
+        ]
         return run_step("train", train, out, timeout(), train_figures(run))
 
     def nvdec_step() -> dict:
         report = out / "nvdec.json"
         clips_720 = [str(p) for p in clips[next(iter(clips))]]
         streams = "1,2,4,8" if importlib.util.find_spec("PyNvVideoCodec") and not cpu else ""
-        command = [sys.executable, "bench/nvdec.py", str(report), *clips_720, "--workers", str(os.cpu_count() if not cpu else 2), "--streams", streams]
+        command = [
+            sys.executable,
+            "bench/nvdec.py",
+            str(report),
+            *clips_720,
+            "--workers",
+            str(os.cpu_count() if not cpu else 2),
+            "--streams",
+            streams,
+        ]
         return run_step("nvdec", command, out, timeout(), lambda: json.loads(report.read_text()))
 
     def gpu_path_step(name: str, decoder: str) -> dict:
         report = out / f"{name}.json"
         streams = "1" if cpu else str(GPU_PATH_STREAMS)
-        command = [sys.executable, "bench/gpu_path.py", str(report), *map(str, every), "--model", str(model),
-                   "--device", device, "--decoder", decoder, "--streams", streams, "--precision", "fp32" if cpu else "bf16"]
+        command = [
+            sys.executable,
+            "bench/gpu_path.py",
+            str(report),
+            *map(str, every),
+            "--model",
+            str(model),
+            "--device",
+            device,
+            "--decoder",
+            decoder,
+            "--streams",
+            streams,
+            "--precision",
+            "fp32" if cpu else "bf16",
+        ]
         return run_step(name, command, out, timeout(), lambda: json.loads(report.read_text()))
 
     def detector_torch_step() -> dict:
         if importlib.util.find_spec("tflite") is None:
             return {"exit": "skipped", "reason": "the tflite package (the port's graph reader) is not installed"}
         batches = "1,8" if cpu else "1,64,256,1024"
-        return run_step("detector_torch", [sys.executable, "bench/blazeface_torch.py", "--device", device, "--batches", batches],
-                        out, timeout(), lambda: [line for line in (out / "detector_torch.log").read_text().splitlines() if "torch port" in line or "IoU" in line])
+        return run_step(
+            "detector_torch",
+            [sys.executable, "bench/blazeface_torch.py", "--device", device, "--batches", batches],
+            out,
+            timeout(),
+            lambda: [
+                line
+                for line in (out / "detector_torch.log").read_text().splitlines()
+                if "torch port" in line or "IoU" in line
+            ],
+        )
 
     plan = {  # in order of importance, as the deadline may cut the last ones short
-        "env": lambda: run_step("env", [sys.executable, "-c", _ENV], out, timeout(), lambda: json.loads((out / "env.log").read_text().splitlines()[-1])),
+        "env": lambda: run_step(
+            "env",
+            [sys.executable, "-c", _ENV],
+            out,
+            timeout(),
+            lambda: json.loads((out / "env.log").read_text().splitlines()[-1]),
+        ),
         "gpu_path": lambda: gpu_path_step("gpu_path", "cpu" if cpu else "gpu"),
-        "gpu_path_pyav": lambda: ({"exit": "skipped", "reason": "on the CPU, gpu_path already decodes with PyAV"} if cpu
-                                  else gpu_path_step("gpu_path_pyav", "cpu")),
+        "gpu_path_pyav": lambda: (
+            {"exit": "skipped", "reason": "on the CPU, gpu_path already decodes with PyAV"}
+            if cpu
+            else gpu_path_step("gpu_path_pyav", "cpu")
+        ),
         "doctor": lambda: run_step("doctor", [*fer, "doctor"], out, timeout()),
         "tests": tests_step,
         "speed_all_cores": lambda: speed_step("speed_all_cores"),
@@ -266,8 +369,13 @@ def main(out: Path, cpu: bool, only: list[str] | None = None, n_clips: int | Non
         "speed_fp32": lambda: speed_step("speed_fp32"),
         "speed_threads": lambda: speed_step("speed_threads"),
         "detector_torch": detector_torch_step,
-        "detector": lambda: run_step("detector", [sys.executable, "bench/detector.py", "fer"], out, timeout(),
-                                     lambda: [line for line in (out / "detector.log").read_text().splitlines() if line.startswith("fer ")]),
+        "detector": lambda: run_step(
+            "detector",
+            [sys.executable, "bench/detector.py", "fer"],
+            out,
+            timeout(),
+            lambda: [line for line in (out / "detector.log").read_text().splitlines() if line.startswith("fer ")],
+        ),
         "speed_ray": lambda: speed_step("speed_ray"),
     }
     if only is None:

@@ -1,12 +1,20 @@
 """One line per step of bench/gpu.sh's gpu.json: exit, seconds, GPU use and the headline figures.
 
-    python bench/gpu_summary.py DIR/gpu.json
+python bench/gpu_summary.py DIR/gpu.json
 """
 
 import json
 import sys
 
-HEADLINE = ("decoded_fps", "sampled_fps", "end_to_end_s", "backbone_only_fps", "producer_only_fps", "peak_cuda_mb", "epoch_s")
+HEADLINE = (
+    "decoded_fps",
+    "sampled_fps",
+    "end_to_end_s",
+    "backbone_only_fps",
+    "producer_only_fps",
+    "peak_cuda_mb",
+    "epoch_s",
+)
 
 
 def main(path: str) -> None:

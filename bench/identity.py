@@ -135,8 +135,9 @@ def alignment(args) -> None:
         )
     print(f"{len(paired)} faces found by both BlazeFace and dlib (of {len({f.source for f in paired})} images)")
     print(
-        f"dlib's box from BlazeFace's of width w: side {np.median(ratios):.4f} w (sd {np.std(ratios):.3f}), centre moved "
-        f"({np.median(shifts, axis=0)[0]:.4f}, {np.median(shifts, axis=0)[1]:.4f}) w (sd {np.std(shifts, axis=0).round(3)}) "
+        f"dlib's box from BlazeFace's of width w: side {np.median(ratios):.4f} w (sd {np.std(ratios):.3f}), "
+        f"centre moved ({np.median(shifts, axis=0)[0]:.4f}, {np.median(shifts, axis=0)[1]:.4f}) w "
+        f"(sd {np.std(shifts, axis=0).round(3)}) "
         "(align.DLIB_BOX_SIDE, DLIB_BOX_SHIFT)"
     )
     theirs = embed(
@@ -152,7 +153,8 @@ def alignment(args) -> None:
     jittered = embed(net, np.stack(_jittered_dlib_chips(paired, hog, dlib)))
     print("embedding distance to dlib's own chip of the same face (dlib: one person below 0.6):")
     print(
-        "| source | faces | fer (dlib's landmarks from BlazeFace's box) | BlazeFace's key points alone | dlib, its box moved 3% |"
+        "| source | faces | fer (dlib's landmarks from BlazeFace's box) | BlazeFace's key points alone "
+        "| dlib, its box moved 3% |"
     )
     print("|---|---|---|---|---|")
     rows = {"fer": ours, "key points": keypoints, "jitter": jittered}
@@ -219,8 +221,8 @@ def _shape(face: Face):
 # dlib's examples/faces photographs that are not one stranger per face: four actors again and
 # again, and dogs.
 NOT_STRANGERS = ("bald_guys.jpg", "dogs.jpg")
-SAMPLE_STEP = 6
-WORST_SHOWN = 3  # pairs printed at each end of each descriptor's figures  # Megamind frames between samples: 30 frames/s to fer's 5 samples/s
+SAMPLE_STEP = 6  # Megamind frames between samples: 30 frames/s to fer's 5 samples/s
+WORST_SHOWN = 3  # pairs printed at each end of each descriptor's figures
 WOMAN, MAN, DINER = "woman", "man in glasses", "diner (blurred, behind her)"
 
 
@@ -376,7 +378,8 @@ def distances(args) -> None:
     )
     sizes = [t.width for t in tracks]
     print(
-        f"face widths {min(sizes):.0f}-{max(sizes):.0f} px; Megamind tracks {[len(t.chips) for t in tracks if t.source.startswith('Megamind')]} samples"
+        f"face widths {min(sizes):.0f}-{max(sizes):.0f} px; "
+        f"Megamind tracks {[len(t.chips) for t in tracks if t.source.startswith('Megamind')]} samples"
     )
     for how, pick in CHIPS_PER_TRACK.items():
         report(tracks, f"{how}, every face", pick, full=how == CHOSEN)
@@ -473,7 +476,8 @@ def _errors(same: np.ndarray, diff: np.ndarray, larger_same: bool, current: floa
             "  (fer's texture threshold)" if t == current else "  (splits as many as it joins)" if t == balanced else ""
         )
         print(
-            f"    {t:.3f}: splits {np.mean(same < t):.1%} of {len(same)}, joins {np.mean(diff >= t):.1%} of {len(diff)}{note}"
+            f"    {t:.3f}: splits {np.mean(same < t):.1%} of {len(same)}, "
+            f"joins {np.mean(diff >= t):.1%} of {len(diff)}{note}"
         )
 
 

@@ -92,7 +92,9 @@ def measure(kind: str, clips: list[str], processes: int, rate: float) -> dict:
         tasks.put(clip)
     for _ in range(processes):
         tasks.put(None)
-    procs = [ctx.Process(target=_worker, args=(kind, rate, tasks, results, ready, go), daemon=True) for _ in range(processes)]
+    procs = [
+        ctx.Process(target=_worker, args=(kind, rate, tasks, results, ready, go), daemon=True) for _ in range(processes)
+    ]
     for p in procs:
         p.start()
     for _ in procs:
@@ -106,8 +108,16 @@ def measure(kind: str, clips: list[str], processes: int, rate: float) -> dict:
     errors = [d[1] for d in done if d[0] == "error"]
     decoded = sum(d[1] for d in done if d[0] == "ok")
     sampled = sum(d[2] for d in done if d[0] == "ok")
-    return {"kind": kind, "processes": processes, "clips": len(clips), "seconds": round(seconds, 6), "decoded_frames": decoded,
-            "sampled_frames": sampled, "decoded_fps": round(decoded / seconds, 1), "errors": errors[:3]}
+    return {
+        "kind": kind,
+        "processes": processes,
+        "clips": len(clips),
+        "seconds": round(seconds, 6),
+        "decoded_frames": decoded,
+        "sampled_frames": sampled,
+        "decoded_fps": round(decoded / seconds, 1),
+        "errors": errors[:3],
+    }
 
 
 def parity(clip: str) -> dict:
@@ -129,7 +139,14 @@ def parity(clip: str) -> dict:
             out.append({"index": i, "shape_nvdec": list(a.shape), "shape_pyav": list(b.shape)})
             continue
         d = np.abs(a.astype(np.int16) - b.astype(np.int16))
-        out.append({"index": i, "mean_abs": round(float(d.mean()), 3), "max_abs": int(d.max()), "over_8": round(float((d > 8).mean()), 5)})
+        out.append(
+            {
+                "index": i,
+                "mean_abs": round(float(d.mean()), 3),
+                "max_abs": int(d.max()),
+                "over_8": round(float((d > 8).mean()), 5),
+            }
+        )
     return {"clip": clip, "frames": out}
 
 

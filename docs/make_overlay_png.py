@@ -29,11 +29,27 @@ with tempfile.TemporaryDirectory() as tmp:
     clip = media.make_clip(tmp / "doc.mp4", 2.0, 25, (400, 260), lambda t: [PLACEMENT])
     box = media.face_box(PLACEMENT)
     rows = [
-        dict(video="doc.mp4", second=s, start=float(s), end=float(s + 1), face=True, valence=6, arousal=-3,
-             valence_score=6.2, arousal_score=-2.8, face_x0=box[0], face_y0=box[1], face_x1=box[2], face_y1=box[3],
-             face_score=0.93, face_share=1.0, **dict(zip(EXPRESSIONS, PROBS)), expression="happiness")
+        dict(
+            video="doc.mp4",
+            second=s,
+            start=float(s),
+            end=float(s + 1),
+            face=True,
+            valence=6,
+            arousal=-3,
+            valence_score=6.2,
+            arousal_score=-2.8,
+            face_x0=box[0],
+            face_y0=box[1],
+            face_x1=box[2],
+            face_y1=box[3],
+            face_score=0.93,
+            face_share=1.0,
+            **dict(zip(EXPRESSIONS, PROBS)),
+            expression="happiness",
+        )
         for s in range(2)
-    ]  # fmt: skip
+    ]
     pd.DataFrame(rows).to_csv(tmp / "doc.csv", index=False)
     out = render(clip, tmp / "doc.csv", tmp / "overlay.mp4").out
     with av.open(str(out)) as c:

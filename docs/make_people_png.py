@@ -46,7 +46,11 @@ with tempfile.TemporaryDirectory() as tmp:
         shown = table[[c for c in COLUMNS if c in table]]
         print(f"\n{name}:\n| " + " | ".join(shown.columns) + " |\n" + "|---" * len(shown.columns) + "|")
         for row in shown.itertuples(index=False):
-            print("| " + " | ".join("" if pd.isna(v) else f"{v:.2f}" if isinstance(v, float) else str(v) for v in row) + " |")
+            print(
+                "| "
+                + " | ".join("" if pd.isna(v) else f"{v:.2f}" if isinstance(v, float) else str(v) for v in row)
+                + " |"
+            )
     out = render(clip, tmp / "all.csv", tmp / "overlay.mp4").out
     with av.open(str(out)) as c:
         frame = next(f for f in c.decode(video=0) if f.time >= AT)

@@ -25,9 +25,14 @@ from fercli.tables.writers import TableWriter, write_errors  # noqa: E402
 from fercli.views.report import write_report  # noqa: E402
 
 ARGS = [
-    "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
-    "--disable-component-update", "--disable-sync",
-]  # fmt: skip
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
 
 
 def labels(seconds: int, phase: float, gap: range, conf: bool) -> list[dict]:
@@ -39,12 +44,20 @@ def labels(seconds: int, phase: float, gap: range, conf: bool) -> list[dict]:
         a = 5 * np.cos(0.35 * s + 2 * phase) + rng.normal(0, 0.8)
         vl, al = (int(np.clip(round(x), -10, 10)) for x in (v, a))
         c = (float(rng.uniform(0.25, 0.95)), float(rng.uniform(0.25, 0.95))) if conf else (None, None)
-        rows.append({
-            "second": s, "start": float(s), "end": float(s + 1), "face": face,
-            "valence": vl if face else None, "arousal": al if face else None,
-            "valence_score": float(v) if face else None, "arousal_score": float(a) if face else None,
-            "valence_conf": c[0] if face else None, "arousal_conf": c[1] if face else None,
-        })  # fmt: skip
+        rows.append(
+            {
+                "second": s,
+                "start": float(s),
+                "end": float(s + 1),
+                "face": face,
+                "valence": vl if face else None,
+                "arousal": al if face else None,
+                "valence_score": float(v) if face else None,
+                "arousal_score": float(a) if face else None,
+                "valence_conf": c[0] if face else None,
+                "arousal_conf": c[1] if face else None,
+            }
+        )
     return rows
 
 
@@ -72,9 +85,12 @@ def main(out: Path) -> None:
 
     with sync_playwright() as p:
         context = p.chromium.launch_persistent_context(
-            str(work / "profile"), executable_path="/usr/bin/chromium", headless=True, args=ARGS,
+            str(work / "profile"),
+            executable_path="/usr/bin/chromium",
+            headless=True,
+            args=ARGS,
             viewport={"width": 1240, "height": 900},
-        )  # fmt: skip
+        )
         page = context.new_page()
         page.goto(page_path.as_uri())
         # Seek the players so they show a frame (headless Chromium paints none before) and the

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import importlib
 
-
 __version__ = "0.1.0"
 
 

@@ -67,7 +67,7 @@ class DownloadBar:
         return self.on_bytes
 
     def on_bytes(self, done: int, total: int | None) -> None:
-        from rich.progress import DownloadColumn, Progress, TransferSpeedColumn, BarColumn
+        from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColumn
 
         if self.progress is None:
             self.progress = Progress(BarColumn(), DownloadColumn(), TransferSpeedColumn(), console=self.console)

@@ -56,7 +56,8 @@ def export(
     verbose: VerboseOption = False,
 ) -> None:
     """Export an annotation table to ELAN or NOVA annotation files."""
-    from .views.export import ExportOptions, export as run_export
+    from .views.export import ExportOptions
+    from .views.export import export as run_export
 
     console = command_console(verbose)
     result = run_export(table, ExportOptions(to=to, out_dir=out, overwrite=overwrite, videos=videos))

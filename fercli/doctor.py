@@ -7,7 +7,19 @@ import platform
 
 from .core.errors import typed_line
 
-PACKAGES = ("torch", "torchvision", "timm", "av", "ai-edge-litert", "openvino", "numpy", "pyarrow", "pandas", "typer", "rich")
+PACKAGES = (
+    "torch",
+    "torchvision",
+    "timm",
+    "av",
+    "ai-edge-litert",
+    "openvino",
+    "numpy",
+    "pyarrow",
+    "pandas",
+    "typer",
+    "rich",
+)
 
 
 def checks() -> list[tuple[str, str]]:
@@ -93,6 +105,9 @@ def _weights() -> str:
 
     root = weights.cache_dir()
     states = {e.name: weights.cache_state(e, root) for e in weights.registry().values()}
-    cached = [name if state != "wrong file" else f"{name} (wrong file: set aside and fetched again when used)"
-              for name, state in states.items() if state != "missing"]
+    cached = [
+        name if state != "wrong file" else f"{name} (wrong file: set aside and fetched again when used)"
+        for name, state in states.items()
+        if state != "missing"
+    ]
     return f"{root}: " + (", ".join(cached) if cached else "nothing cached")

@@ -23,7 +23,9 @@ def moving_clips(out: Path) -> None:
     for i in range(3):
         path = out / f"v{i}.mp4"
         if not path.exists():
-            media.make_clip(path, 10.0, FPS, (1280, 720), lambda t, i=i: [(200 + int(60 * t) + 100 * i, 120 + int(20 * t), 360)])
+            media.make_clip(
+                path, 10.0, FPS, (1280, 720), lambda t, i=i: [(200 + int(60 * t) + 100 * i, 120 + int(20 * t), 360)]
+            )
 
 
 def still_clips(out: Path) -> None:

@@ -151,8 +151,7 @@ def cache(tmp_path, monkeypatch):
 def git_hash_object(path: Path) -> str:
     # git itself is the independent reference for blob ids; --no-filters so no
     # .gitattributes conversion can change the bytes it hashes.
-    out = subprocess.run(["git", "hash-object", "--no-filters", str(path)],
-                         check=True, capture_output=True, text=True)
+    out = subprocess.run(["git", "hash-object", "--no-filters", str(path)], check=True, capture_output=True, text=True)
     return out.stdout.strip()
 
 
@@ -223,7 +222,10 @@ def dlib_model_files() -> dict[str, Path] | None:
     if spec is None or not spec.submodule_search_locations:
         return None
     root = Path(next(iter(spec.submodule_search_locations))) / "models"
-    files = {"net": root / "dlib_face_recognition_resnet_model_v1.dat", "five": root / "shape_predictor_5_face_landmarks.dat"}
+    files = {
+        "net": root / "dlib_face_recognition_resnet_model_v1.dat",
+        "five": root / "shape_predictor_5_face_landmarks.dat",
+    }
     return files if all(f.is_file() for f in files.values()) else None
 
 

@@ -180,8 +180,9 @@ def landmarks(placement, roll: float) -> list[list[float]]:
 ALIGNED_SIZE = 112  # px: Aff-Wild2's cropped_aligned frames are 112 x 112
 
 
-def make_affwild(root: str | Path, videos: dict[str, str], frames: int = 30, seed: int = 0,
-                 unlabelled: int = 9) -> dict[str, ClipTruth]:
+def make_affwild(
+    root: str | Path, videos: dict[str, str], frames: int = 30, seed: int = 0, unlabelled: int = 9
+) -> dict[str, ClipTruth]:
     """The same faces in Aff-Wild2's layout: <root>/annotations/<Train_Set|Validation_Set>/<video>.txt
     (values / 10, every `unlabelled`-th frame -5) and <root>/cropped_aligned/<video>/00001.jpg ...,
     each frame cut to its face box and resized to 112 x 112, as an aligner would.

@@ -34,7 +34,10 @@ def test_reads_clips_actors_labels_and_landmarks(small):
         (lambda d: d["frames"]["00002"].__setitem__("arousal", -12), "arousal -12 is outside"),
         (lambda d: d["frames"]["00001"].__setitem__("valence", "high"), "not an integer label"),
         (lambda d: d["frames"]["00001"].__setitem__("arousal", 2.5), "not an integer label"),
-        (lambda d: d["frames"]["00001"].__setitem__("valence", 10**400), r"valence \(a 401-digit number\) is outside"),  # past float's range
+        (
+            lambda d: d["frames"]["00001"].__setitem__("valence", 10**400),
+            r"valence \(a 401-digit number\) is outside",
+        ),  # past float's range
         (lambda d: d["frames"]["00001"].__setitem__("arousal", -(10**30)), r"arousal \(a 31-digit number\) is outside"),
         (lambda d: d["frames"]["00001"].__setitem__("landmarks", [[10**400, 1]] * 68), "landmarks must be 68"),
         (lambda d: d["frames"]["00001"].__setitem__("landmarks", [[1, 2]] * 5), "landmarks must be 68"),
@@ -122,7 +125,10 @@ def test_a_fifo_for_a_label_file_is_refused_not_waited_on(small, tmp_path):
     folder = copy_clip(small, tmp_path)
     (folder / "001.json").unlink()
     os.mkfifo(tmp_path / "001.json")  # the layout with labels beside the frames folder
-    code = "import sys; from fercli.datasets import afew\ntry:\n    afew.read_dataset(sys.argv[1])\nexcept Exception as e:\n    print(e)"
+    code = (
+        "import sys; from fercli.datasets import afew\n"
+        "try:\n    afew.read_dataset(sys.argv[1])\nexcept Exception as e:\n    print(e)"
+    )
     done = subprocess.run([sys.executable, "-c", code, str(tmp_path)], capture_output=True, text=True, timeout=60)
     assert "clip 001" in done.stdout and "not a regular file" in done.stdout, done.stdout + done.stderr
 
@@ -133,4 +139,6 @@ def test_a_label_file_saved_with_a_byte_order_mark_reads_the_same(small, tmp_pat
     before = afew.read_clip(folder)
     path.write_bytes(b"\xef\xbb\xbf" + path.read_bytes())  # as Windows' Notepad saves UTF-8
     after = afew.read_clip(folder)
-    assert {k: (v.valence, v.arousal) for k, v in after.labels.items()} == {k: (v.valence, v.arousal) for k, v in before.labels.items()}
+    assert {k: (v.valence, v.arousal) for k, v in after.labels.items()} == {
+        k: (v.valence, v.arousal) for k, v in before.labels.items()
+    }

@@ -12,8 +12,8 @@ from PIL import Image
 from fercli.core.errors import DataError
 from fercli.datasets import affwild, features, splits
 from fercli.datasets.features import labelled_clips
-from fercli.nets.model import Preprocess
 from fercli.datasets.truth import load_truth
+from fercli.nets.model import Preprocess
 from fercli.scoring import metrics
 
 
@@ -54,11 +54,14 @@ def test_reads_layout_with_no_label_frames_missing_jpgs_and_pairs(tmp_path):
     assert np.all(np.abs(v - va[m, 0] * 10) <= 0.5) and v.min() >= -10 and v.max() <= 10
 
 
-@pytest.mark.parametrize("text, word", [
-    ("val,aro\n0.1,0.2\n", "first line"),
-    ("valence,arousal\n0.1,x\n", "line 2"),
-    ("valence,arousal\n0.1,0.2\n1.5,0\n", "line 3"),
-])
+@pytest.mark.parametrize(
+    "text, word",
+    [
+        ("val,aro\n0.1,0.2\n", "first line"),
+        ("valence,arousal\n0.1,x\n", "line 2"),
+        ("valence,arousal\n0.1,0.2\n1.5,0\n", "line 3"),
+    ],
+)
 def test_malformed_txt_is_one_line_error_naming_file(tmp_path, text, word):
     p = tmp_path / "v.txt"
     p.write_text(text)
@@ -107,8 +110,16 @@ def test_benchmark_accuracy_scores_affwild_truth_per_second_and_abaw_pooled(tmp_
     for vid, va in truth.items():
         for second in range(int(np.ceil(len(va) / fps))):
             v, a = rng.uniform(-9, 9, 2)
-            rows.append({"video": vid, "second": second, "valence": int(round(v)), "arousal": int(round(a)),
-                         "valence_score": v, "arousal_score": a})
+            rows.append(
+                {
+                    "video": vid,
+                    "second": second,
+                    "valence": int(round(v)),
+                    "arousal": int(round(a)),
+                    "valence_score": v,
+                    "arousal_score": a,
+                }
+            )
     rows = rows[:-1]  # the last second of video2_left has no prediction: its frames are left out
     pred = pd.DataFrame(rows)
     pred.to_csv(tmp_path / "pred.csv", index=False)
@@ -130,8 +141,21 @@ def test_benchmark_accuracy_scores_affwild_truth_per_second_and_abaw_pooled(tmp_
         return 2 * np.cov(x, y, bias=True)[0, 1] / (x.var() + y.var() + (x.mean() - y.mean()) ** 2)
 
     out = tmp_path / "eval"
-    result = CliRunner().invoke(app, ["benchmark", "accuracy", "--truth", str(tmp_path / "aw"), "--pred",
-                                      str(tmp_path / "pred.csv"), "--frames-fps", str(fps), "--out", str(out)])
+    result = CliRunner().invoke(
+        app,
+        [
+            "benchmark",
+            "accuracy",
+            "--truth",
+            str(tmp_path / "aw"),
+            "--pred",
+            str(tmp_path / "pred.csv"),
+            "--frames-fps",
+            str(fps),
+            "--out",
+            str(out),
+        ],
+    )
     assert result.exit_code == 0, result.output
     got = json.loads((out / "metrics.json").read_text())
     assert got["abaw"]["valence"] == pytest.approx(ccc(t["valence"], p["valence"]), abs=1e-9)
@@ -152,12 +176,25 @@ def test_benchmark_accuracy_scores_affwild_truth_per_second_and_abaw_pooled(tmp_
 # Train_Set: 14 source videos (one two-person pair among them); Validation_Set: 4, a pair among them.
 AFFWILD_VIDEOS = {
     **{f"video{i}": "Train_Set" for i in range(1, 13)},
-    "20-30-640x480_left": "Train_Set", "20-30-640x480_right": "Train_Set", "video9": "Train_Set",
-    "video30": "Validation_Set", "video31": "Validation_Set",
-    "40-30-1280x720_left": "Validation_Set", "40-30-1280x720_right": "Validation_Set",
+    "20-30-640x480_left": "Train_Set",
+    "20-30-640x480_right": "Train_Set",
+    "video9": "Train_Set",
+    "video30": "Validation_Set",
+    "video31": "Validation_Set",
+    "40-30-1280x720_left": "Validation_Set",
+    "40-30-1280x720_right": "Validation_Set",
 }
-FAST = dict(backbone="efficientnet_b0", init="random", frames_fps=5.0, image_size=96, hidden=64, batch_size=16,
-            lr=2e-3, patience=6, epochs=30)
+FAST = dict(
+    backbone="efficientnet_b0",
+    init="random",
+    frames_fps=5.0,
+    image_size=96,
+    hidden=64,
+    batch_size=16,
+    lr=2e-3,
+    patience=6,
+    epochs=30,
+)
 
 
 @pytest.fixture(scope="module")
@@ -172,7 +209,11 @@ def affwild_run(affwild_root, tmp_path_factory):
     from fercli.training.loop import train
     from fercli.training.options import TrainOptions
 
-    return train(TrainOptions(affwild_root, tmp_path_factory.mktemp("runs") / "aw", cache_dir=tmp_path_factory.mktemp("feat"), **FAST))
+    return train(
+        TrainOptions(
+            affwild_root, tmp_path_factory.mktemp("runs") / "aw", cache_dir=tmp_path_factory.mktemp("feat"), **FAST
+        )
+    )
 
 
 def test_training_clips_take_labelled_frames_times_ten_and_group_pairs(affwild_root):
@@ -196,8 +237,9 @@ def test_aligned_crop_is_the_whole_image_resized_without_detection(affwild_root,
     monkeypatch.setattr(fercli.media.faces, "FaceDetector", no_detector)
     clip = next(c for c in labelled_clips(affwild_root) if c.id == "video2")
     pre = Preprocess(size=64, margin=0.2)
-    samples, stats = features.prepare([clip], fps=5.0, frames_fps=5.0, preprocess=pre,
-                                      cache=features.FeatureCache(tmp_path))
+    samples, stats = features.prepare(
+        [clip], fps=5.0, frames_fps=5.0, preprocess=pre, cache=features.FeatureCache(tmp_path)
+    )
     s = samples[0]
     assert stats.detected == 0 and set(np.array(s.sources)[s.present]) == {features.ALIGNED}
     assert not s.present[np.isin(s.frames, [8, 17, 26])].any()  # the -5 frames
@@ -212,7 +254,8 @@ def test_validation_set_is_the_test_part_and_pairs_stay_together(affwild_root):
     split = splits.split_predefined(clips, seed=3)
     assert split.parts["test"] == sorted(v for v, p in AFFWILD_VIDEOS.items() if p == "Validation_Set")
     assert split.parts["val"] and set(split.parts["train"]) | set(split.parts["val"]) == {
-        v for v, p in AFFWILD_VIDEOS.items() if p == "Train_Set"}
+        v for v, p in AFFWILD_VIDEOS.items() if p == "Train_Set"
+    }
     pair = {"20-30-640x480_left", "20-30-640x480_right"}
     assert pair <= set(split.parts["train"]) or pair <= set(split.parts["val"])
 
@@ -237,8 +280,22 @@ def test_fer_train_command_reads_the_affwild_layout(tmp_path):
 
     root = tmp_path / "affwild2"  # short videos: this is about the layout and the split, at 224 px
     synthetic_afew.make_affwild(root, AFFWILD_VIDEOS, frames=12)
-    r = CliRunner().invoke(app, ["train", "--data", str(root), "--out", str(tmp_path / "run"), "--init", "random",
-                                 "--epochs", "1", "--frames-fps", "5"])
+    r = CliRunner().invoke(
+        app,
+        [
+            "train",
+            "--data",
+            str(root),
+            "--out",
+            str(tmp_path / "run"),
+            "--init",
+            "random",
+            "--epochs",
+            "1",
+            "--frames-fps",
+            "5",
+        ],
+    )
     assert r.exit_code == 0, r.output
     import json
 
@@ -270,7 +327,10 @@ def test_a_bom_before_the_header_is_read_as_utf8_text(tmp_path):
     "content,message",
     [
         (b"valence;arousal\n0.1;0.2\n", r"a\.txt: first line must be 'valence,arousal'"),
-        (b"valence,arousal\n0.1,0.2\n" + b"0.1,0.2\n" * 2000 + b"0.3,0.\xe9\n", r"a\.txt: line 2003: byte 0xe9 is not UTF-8"),
+        (
+            b"valence,arousal\n0.1,0.2\n" + b"0.1,0.2\n" * 2000 + b"0.3,0.\xe9\n",
+            r"a\.txt: line 2003: byte 0xe9 is not UTF-8",
+        ),
         (b"vale\xffnce,arousal\n0.1,0.2\n", r"a\.txt: line 1: byte 0xff is not UTF-8"),
     ],
 )

@@ -28,9 +28,15 @@ LAYERS = {
 }
 # The `fer` command's modules beside fercli/cli.py, which assembles them into one app.
 CLI_PARTS = {
-    "cli_common", "cli_display", "cli_annotate", "cli_train", "cli_benchmark", "cli_calibrate", "cli_views",
+    "cli_common",
+    "cli_display",
+    "cli_annotate",
+    "cli_train",
+    "cli_benchmark",
+    "cli_calibrate",
+    "cli_views",
     "cli_weights",
-}  # fmt: skip
+}
 PROGRAM = {"cli", "doctor"} | CLI_PARTS  # fercli/*.py: the program on top, which may import any folder
 
 
@@ -76,7 +82,9 @@ def imports(module: str) -> list[tuple[str, list[str]]]:
         if isinstance(node, ast.ImportFrom):
             found += resolve(module, node)
         elif isinstance(node, ast.Import):
-            found += [(a.name.removeprefix("fercli."), []) for a in node.names if a.name.removeprefix("fercli.") in FILES]
+            found += [
+                (a.name.removeprefix("fercli."), []) for a in node.names if a.name.removeprefix("fercli.") in FILES
+            ]
     return found
 
 
@@ -85,7 +93,9 @@ GRAPH = {m: {dep for dep, _ in imports(m)} - {m} for m in MODULES}
 
 def test_every_module_lives_in_a_layer_or_is_the_program():
     strays = [m for m in MODULES if folder(m) not in LAYERS and m not in PROGRAM]
-    assert not strays, f"{strays}: place each in a folder of LAYERS (or, for a new layer, add it there and to ARCHITECTURE.md)"
+    assert not strays, (
+        f"{strays}: place each in a folder of LAYERS (or, for a new layer, add it there and to ARCHITECTURE.md)"
+    )
     assert all((PACKAGE / f / "__init__.py").is_file() for f in LAYERS)
 
 
@@ -181,44 +191,92 @@ def test_schedules_use_the_stages_and_never_each_other():
 
 def test_a_name_becomes_a_network_one_way():
     assert "nets.weights" in GRAPH["nets.checkpoints"] and "nets.checkpoints" in GRAPH["nets.model"]
-    assert not {"nets.checkpoints", "nets.model"} & GRAPH["nets.weights"] and "nets.model" not in GRAPH["nets.checkpoints"]
+    assert (
+        not {"nets.checkpoints", "nets.model"} & GRAPH["nets.weights"] and "nets.model" not in GRAPH["nets.checkpoints"]
+    )
     assert "nets.model" not in GRAPH["nets.engines"]  # the torch backbone to convert comes in as a callable
 
 
 # Each rule has one home (ARCHITECTURE.md, "Each rule has one home"): the constants and functions
 # that make it are defined there and nowhere else, so a second copy that could drift is found here.
 CONSTANT_HOMES = {
-    "TIME_EPS": "tables.rows", "DIMENSIONS": "core.labels", "EXPRESSIONS": "core.labels", "LABEL_MIN": "core.labels",
-    "LABEL_MAX": "core.labels", "NUM_CLASSES": "core.labels", "MAX_TIMESTAMP": "media.decode", "MAX_HOLD_S": "media.decode",
-    "IMAGE_EXTENSIONS": "media.inputs", "ERRORS_COLUMNS": "tables.writers", "RESUME_KEYS": "tables.writers",
-    "CUT_DISTANCE": "media.people", "SAME_PERSON": "media.people", "ABAW_SCALE": "datasets.affwild",
-    "MODEL_KEYS": "tables.intervals", "INTERVAL_COLUMNS": "tables.writers",
-}  # fmt: skip
+    "TIME_EPS": "tables.rows",
+    "DIMENSIONS": "core.labels",
+    "EXPRESSIONS": "core.labels",
+    "LABEL_MIN": "core.labels",
+    "LABEL_MAX": "core.labels",
+    "NUM_CLASSES": "core.labels",
+    "MAX_TIMESTAMP": "media.decode",
+    "MAX_HOLD_S": "media.decode",
+    "IMAGE_EXTENSIONS": "media.inputs",
+    "ERRORS_COLUMNS": "tables.writers",
+    "RESUME_KEYS": "tables.writers",
+    "CUT_DISTANCE": "media.people",
+    "SAME_PERSON": "media.people",
+    "ABAW_SCALE": "datasets.affwild",
+    "MODEL_KEYS": "tables.intervals",
+    "INTERVAL_COLUMNS": "tables.writers",
+}
 FUNCTION_HOMES = {
-    "second_of": "tables.rows", "n_seconds": "tables.rows", "fill_index": "tables.rows", "fill_window": "tables.rows",
-    "follow": "tables.rows", "to_class": "core.labels", "decode_logits": "core.labels", "sample_sources": "media.decode", "frame_numbers": "media.decode",
-    "sample_count": "media.decode", "first_line": "core.errors", "typed_line": "core.errors", "atomic_write": "core.files",
-    "read_table": "tables.writers", "check_keys": "tables.writers", "read_errors": "tables.writers", "check_table": "tables.writers",
-    "errors_path": "tables.writers", "find_errors": "tables.writers", "group_tracks": "media.people",
-    "appearance": "media.people", "crop": "media.faces", "clip_under": "media.inputs", "engine_target": "nets.engines",
-    "resolve_device": "core.devices", "resolve_precision": "core.devices", "synchronize": "core.devices",
-    "score_tables": "scoring.metrics", "write_scores": "views.plots", "write_metrics": "scoring.metrics",
-    "logits_spread": "core.labels", "difficulty": "tables.intervals", "check_calibration": "tables.intervals",
+    "second_of": "tables.rows",
+    "n_seconds": "tables.rows",
+    "fill_index": "tables.rows",
+    "fill_window": "tables.rows",
+    "follow": "tables.rows",
+    "to_class": "core.labels",
+    "decode_logits": "core.labels",
+    "sample_sources": "media.decode",
+    "frame_numbers": "media.decode",
+    "sample_count": "media.decode",
+    "first_line": "core.errors",
+    "typed_line": "core.errors",
+    "atomic_write": "core.files",
+    "read_table": "tables.writers",
+    "check_keys": "tables.writers",
+    "read_errors": "tables.writers",
+    "check_table": "tables.writers",
+    "errors_path": "tables.writers",
+    "find_errors": "tables.writers",
+    "group_tracks": "media.people",
+    "appearance": "media.people",
+    "crop": "media.faces",
+    "clip_under": "media.inputs",
+    "engine_target": "nets.engines",
+    "resolve_device": "core.devices",
+    "resolve_precision": "core.devices",
+    "synchronize": "core.devices",
+    "score_tables": "scoring.metrics",
+    "write_scores": "views.plots",
+    "write_metrics": "scoring.metrics",
+    "logits_spread": "core.labels",
+    "difficulty": "tables.intervals",
+    "check_calibration": "tables.intervals",
     "conformal_quantile": "scoring.calibration",
-    "resolve_decoder": "core.devices", "crop_region": "media.faces", "frame_detections": "media.faces",
-    "face_pixels": "media.people", "input_taps": "media.blazeface", "crop_batch": "media.torchframes",
+    "resolve_decoder": "core.devices",
+    "crop_region": "media.faces",
+    "frame_detections": "media.faces",
+    "face_pixels": "media.people",
+    "input_taps": "media.blazeface",
+    "crop_batch": "media.torchframes",
     "yuv420_to_rgb": "media.nvdec",
-}  # fmt: skip
+}
 
 
 def definitions(module: str) -> tuple[set[str], set[str]]:
     """Names a module assigns at its top level, and functions it defines anywhere."""
     tree = ast.parse(FILES[module].read_text())
-    assigned = {t.id for node in tree.body if isinstance(node, (ast.Assign, ast.AnnAssign))
-                for t in (node.targets if isinstance(node, ast.Assign) else [node.target]) if isinstance(t, ast.Name)}
+    assigned = {
+        t.id
+        for node in tree.body
+        if isinstance(node, (ast.Assign, ast.AnnAssign))
+        for t in (node.targets if isinstance(node, ast.Assign) else [node.target])
+        if isinstance(t, ast.Name)
+    }
     for node in tree.body:  # A, B = 1, 2
         if isinstance(node, ast.Assign):
-            assigned |= {e.id for t in node.targets if isinstance(t, ast.Tuple) for e in t.elts if isinstance(e, ast.Name)}
+            assigned |= {
+                e.id for t in node.targets if isinstance(t, ast.Tuple) for e in t.elts if isinstance(e, ast.Name)
+            }
     functions = {n.name for n in ast.walk(tree) if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef))}
     return assigned, functions
 
@@ -270,7 +328,13 @@ def value_homes() -> dict:
     for module in MODULES:
         tree = ast.parse(FILES[module].read_text())
         for node in tree.body:
-            targets = node.targets if isinstance(node, ast.Assign) else [node.target] if isinstance(node, ast.AnnAssign) else []
+            targets = (
+                node.targets
+                if isinstance(node, ast.Assign)
+                else [node.target]
+                if isinstance(node, ast.AnnAssign)
+                else []
+            )
             for t in targets:
                 if isinstance(t, ast.Name) and t.id.isupper() and getattr(node, "value", None) is not None:
                     value = _literal(node.value)
@@ -287,4 +351,6 @@ def value_homes() -> dict:
 
 def test_no_rule_has_two_homes_by_value():
     twice = value_homes()
-    assert not twice, "define each once and import it from its home:\n" + "\n".join(f"{k}: {m}" for k, m in twice.items())
+    assert not twice, "define each once and import it from its home:\n" + "\n".join(
+        f"{k}: {m}" for k, m in twice.items()
+    )

@@ -18,8 +18,13 @@ ROOT = Path(__file__).parents[1]
 def report(tmp_path_factory):
     out = tmp_path_factory.mktemp("gpu-bench")
     env = os.environ | {"PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
-    done = subprocess.run(["bash", str(ROOT / "bench" / "gpu.sh"), str(out), "--cpu"], env=env,
-                          capture_output=True, text=True, timeout=900)
+    done = subprocess.run(
+        ["bash", str(ROOT / "bench" / "gpu.sh"), str(out), "--cpu"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     assert done.returncode == 0, done.stdout + done.stderr
     return out, json.loads((out / "gpu.json").read_text())
 
@@ -27,10 +32,28 @@ def report(tmp_path_factory):
 def test_every_step_ran_and_says_so(report):
     out, result = report
     assert result["mode"] == "cpu"
-    failed = {name: (out / f"{name}.log").read_text()[-1500:] for name, step in result["steps"].items() if step["exit"] not in (0, "skipped")}
+    failed = {
+        name: (out / f"{name}.log").read_text()[-1500:]
+        for name, step in result["steps"].items()
+        if step["exit"] not in (0, "skipped")
+    }
     assert not failed, failed
-    assert set(result["steps"]) == {"env", "doctor", "tests", "speed_fp32", "speed_bf16", "speed_threads", "speed_ray", "speed_all_cores", "nvdec", "detector",
-                                    "detector_torch", "train", "gpu_path", "gpu_path_pyav"}
+    assert set(result["steps"]) == {
+        "env",
+        "doctor",
+        "tests",
+        "speed_fp32",
+        "speed_bf16",
+        "speed_threads",
+        "speed_ray",
+        "speed_all_cores",
+        "nvdec",
+        "detector",
+        "detector_torch",
+        "train",
+        "gpu_path",
+        "gpu_path_pyav",
+    }
 
 
 def test_speed_figures_count_the_frames_the_clips_hold(report):

@@ -13,7 +13,9 @@ from fercli.job.contract import AnnotateOptions
 
 @pytest.fixture(scope="module")
 def report(clips_dir, lstm_checkpoint):
-    return speed([clips_dir / "moving.mp4", clips_dir / "odd.avi"], model=str(lstm_checkpoint), device="cpu", naive_seconds=1.0)
+    return speed(
+        [clips_dir / "moving.mp4", clips_dir / "odd.avi"], model=str(lstm_checkpoint), device="cpu", naive_seconds=1.0
+    )
 
 
 def test_stage_counts_follow_the_videos(report):
@@ -47,8 +49,18 @@ def test_cli_writes_json(tmp_path, clips_dir, lstm_checkpoint):
     result = CliRunner().invoke(
         app,
         [
-            "benchmark", "speed", str(clips_dir / "odd.avi"), "--model", str(lstm_checkpoint), "--device", "cpu",
-            "--no-naive", "--repeat", "2", "--json", str(out),
+            "benchmark",
+            "speed",
+            str(clips_dir / "odd.avi"),
+            "--model",
+            str(lstm_checkpoint),
+            "--device",
+            "cpu",
+            "--no-naive",
+            "--repeat",
+            "2",
+            "--json",
+            str(out),
         ],
     )
     assert result.exit_code == 0, result.output
@@ -88,7 +100,17 @@ def test_accuracy_cli_on_perfect_predictions_and_plot(tmp_path):
     pred[["video", "second", "valence", "arousal"]].iloc[:-3].to_csv(tmp_path / "truth.csv", index=False)
     out = tmp_path / "bench"
     result = CliRunner().invoke(
-        app, ["benchmark", "accuracy", "--truth", str(tmp_path / "truth.csv"), "--pred", str(tmp_path / "pred.csv"), "--out", str(out)]
+        app,
+        [
+            "benchmark",
+            "accuracy",
+            "--truth",
+            str(tmp_path / "truth.csv"),
+            "--pred",
+            str(tmp_path / "pred.csv"),
+            "--out",
+            str(out),
+        ],
     )
     assert result.exit_code == 0, result.output
     metrics = json.loads((out / "metrics.json").read_text())
@@ -101,16 +123,22 @@ def test_accuracy_cli_on_perfect_predictions_and_plot(tmp_path):
 
 
 def test_accuracy_cli_names_a_missing_file(tmp_path):
-    result = CliRunner().invoke(app, ["benchmark", "accuracy", "--truth", str(tmp_path / "no.csv"), "--pred", str(tmp_path / "p.csv")])
+    result = CliRunner().invoke(
+        app, ["benchmark", "accuracy", "--truth", str(tmp_path / "no.csv"), "--pred", str(tmp_path / "p.csv")]
+    )
     assert result.exit_code == 2 and "no.csv" in result.output
 
 
 @pytest.mark.parametrize("suffix", ["parquet", "csv"])
 def test_accuracy_cli_names_a_missing_prediction_table(tmp_path, suffix):
     # The truth exists, the predictions do not: the message said "None: no such file" for Parquet.
-    pd.DataFrame({"video": ["a"], "second": [0], "valence": [1], "arousal": [2]}).to_csv(tmp_path / "truth.csv", index=False)
+    pd.DataFrame({"video": ["a"], "second": [0], "valence": [1], "arousal": [2]}).to_csv(
+        tmp_path / "truth.csv", index=False
+    )
     missing = tmp_path / f"missing.{suffix}"
-    result = CliRunner().invoke(app, ["benchmark", "accuracy", "--truth", str(tmp_path / "truth.csv"), "--pred", str(missing)])
+    result = CliRunner().invoke(
+        app, ["benchmark", "accuracy", "--truth", str(tmp_path / "truth.csv"), "--pred", str(missing)]
+    )
     assert result.exit_code == 2 and f"{missing}: no such file" in " ".join(result.output.split())
     assert "None" not in result.output
 
@@ -137,8 +165,21 @@ def test_startup_is_measured_in_a_new_process(report):
 
 def test_startup_line_and_json(tmp_path, clips_dir, lstm_checkpoint):
     out = tmp_path / "speed.json"
-    result = CliRunner().invoke(app, ["benchmark", "speed", str(clips_dir / "odd.avi"), "--model", str(lstm_checkpoint),
-                                      "--device", "cpu", "--no-naive", "--json", str(out)])
+    result = CliRunner().invoke(
+        app,
+        [
+            "benchmark",
+            "speed",
+            str(clips_dir / "odd.avi"),
+            "--model",
+            str(lstm_checkpoint),
+            "--device",
+            "cpu",
+            "--no-naive",
+            "--json",
+            str(out),
+        ],
+    )
     assert result.exit_code == 0, result.output
     up = json.loads(out.read_text())["startup"]
     assert f"start-up (new process): {up['total_s']:.2f} s = imports {up['import_s']:.2f}" in result.output
@@ -184,7 +225,13 @@ def test_speed_with_openvino_times_it_and_keeps_the_naive_loop_on_torch(clips_di
 
     real_naive = benchmark.naive_loop
     monkeypatch.setattr(benchmark, "naive_loop", naive_loop)
-    report = benchmark.speed([clips_dir / "odd.avi"], model=str(frame_checkpoint), device="cpu", options=AnnotateOptions(engine="openvino"), naive_seconds=1)
+    report = benchmark.speed(
+        [clips_dir / "odd.avi"],
+        model=str(frame_checkpoint),
+        device="cpu",
+        options=AnnotateOptions(engine="openvino"),
+        naive_seconds=1,
+    )
     assert report.setup["engine"] == "openvino"
     assert report.stages["backbone"].items > 0 and report.naive_frames > 0 and naive_engines == ["torch"]
     up = report.startup

@@ -51,7 +51,16 @@ def test_the_reference_covers_what_the_issue_lists():
     # mediapipe found it (a frame where it found nothing would prove nothing about boxes).
     faces = {name: len(f["faces"]) for name, f in reference_frames().items()}
     assert faces["no_face"] == 0 and faces["two_faces"] == 2
-    for name in ("moving_0", "moving_4", "half_off_left", "half_off_top", "small_720p", "large_720p", "rolled_-25", "rolled_+25"):
+    for name in (
+        "moving_0",
+        "moving_4",
+        "half_off_left",
+        "half_off_top",
+        "small_720p",
+        "large_720p",
+        "rolled_-25",
+        "rolled_+25",
+    ):
         assert faces[name] == 1, name
 
 
@@ -124,7 +133,9 @@ def test_key_points_are_merged_with_their_boxes_and_projected_like_them():
     merged, _ = blazeface.weighted_nms(rows, np.array([0.6, 0.9]))
     np.testing.assert_allclose(merged, [(0.6 * rows[0] + 0.9 * rows[1]) / 1.5])
     square = blazeface.Square(-40.0, 0.0, 400.0)
-    np.testing.assert_allclose(blazeface.to_frame(np.array([[0.1, 0.2, 0.5, 0.6, 0.25, 0.5]]), square), [[0, 80, 160, 240, 60, 200]])
+    np.testing.assert_allclose(
+        blazeface.to_frame(np.array([[0.1, 0.2, 0.5, 0.6, 0.25, 0.5]]), square), [[0, 80, 160, 240, 60, 200]]
+    )
 
 
 def test_the_eyes_are_where_dlibs_landmarks_put_them(dlib_reference):
@@ -168,7 +179,9 @@ def test_weighted_nms_leaves_boxes_at_the_threshold_apart():
 
 def test_boxes_come_back_to_frame_pixels():
     square = blazeface.Square(-40.0, 0.0, 400.0)  # a 320 x 400 portrait frame
-    np.testing.assert_allclose(blazeface.to_frame(np.array([[0.1, 0.2, 0.5, 0.6]]), square), [[0.0, 80.0, 160.0, 240.0]])
+    np.testing.assert_allclose(
+        blazeface.to_frame(np.array([[0.1, 0.2, 0.5, 0.6]]), square), [[0.0, 80.0, 160.0, 240.0]]
+    )
 
 
 def test_detector_boxes_are_clipped_to_the_frame_largest_first(frames):

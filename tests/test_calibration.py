@@ -343,6 +343,11 @@ def test_annotate_with_a_calibration_writes_the_bounds_calibrate_apply_gives(lab
     foreign = tmp_path / "foreign.json"
     foreign.write_text(json.dumps({**meta, "model": {**meta["model"], "weights_sha256": "0" * 64}}))
     with pytest.raises(fercli.FerError, match="foreign.json"):
-        fercli.annotate([root / "afew"], tmp_path / "no.csv", model=model, device="cpu",
-                        options=AnnotateOptions(workers=0, calibration=foreign))
+        fercli.annotate(
+            [root / "afew"],
+            tmp_path / "no.csv",
+            model=model,
+            device="cpu",
+            options=AnnotateOptions(workers=0, calibration=foreign),
+        )
     assert not (tmp_path / "no.csv").exists()

@@ -81,12 +81,16 @@ def test_plain_state_dict_is_accepted(saved, tmp_path):
 def test_timm_0_6_module_paths_load(saved, tmp_path):
     model, path = saved
     old = tmp_path / "old.pt"
-    _rewrite_pickle(path, old, {
-        b"ctimm.models._efficientnet_blocks\n": b"ctimm.models.efficientnet_blocks\n",
-        b"ctimm.layers.conv2d_same\n": b"ctimm.models.layers.conv2d_same\n",
-        b"ctimm.layers.norm_act\n": b"ctimm.models.layers.norm_act\n",
-        b"ctimm.layers.adaptive_avgmax_pool\n": b"ctimm.models.layers.adaptive_avgmax_pool\n",
-    })
+    _rewrite_pickle(
+        path,
+        old,
+        {
+            b"ctimm.models._efficientnet_blocks\n": b"ctimm.models.efficientnet_blocks\n",
+            b"ctimm.layers.conv2d_same\n": b"ctimm.models.layers.conv2d_same\n",
+            b"ctimm.layers.norm_act\n": b"ctimm.models.layers.norm_act\n",
+            b"ctimm.layers.adaptive_avgmax_pool\n": b"ctimm.models.layers.adaptive_avgmax_pool\n",
+        },
+    )
     _outputs_match(checkpoints.load_timm_pickle(old), model)
 
 
@@ -107,12 +111,16 @@ def test_timm_0_4_layout_loads(tmp_path):
             m.gate_fn = sigmoid
     new, old = tmp_path / "new.pt", tmp_path / "old.pt"
     torch.save(model, new)
-    _rewrite_pickle(new, old, {
-        b"ctimm.models._efficientnet_blocks\n": b"ctimm.models.efficientnet_blocks\n",
-        b"ctimm.layers.activations\nsigmoid\n": b"ctimm.models.layers.activations\nsigmoid\n",
-        b"ctimm.layers.linear\n": b"ctimm.models.layers.linear\n",
-        b"ctimm.layers.conv2d_same\n": b"ctimm.models.layers.conv2d_same\n",
-    })
+    _rewrite_pickle(
+        new,
+        old,
+        {
+            b"ctimm.models._efficientnet_blocks\n": b"ctimm.models.efficientnet_blocks\n",
+            b"ctimm.layers.activations\nsigmoid\n": b"ctimm.models.layers.activations\nsigmoid\n",
+            b"ctimm.layers.linear\n": b"ctimm.models.layers.linear\n",
+            b"ctimm.layers.conv2d_same\n": b"ctimm.models.layers.conv2d_same\n",
+        },
+    )
     state = checkpoints.load_timm_pickle(old)
     assert "classifier.weight" in state and "classifier.0.weight" not in state
     _outputs_match(state, reference)
@@ -237,7 +245,11 @@ def test_wrong_files_are_weights_errors(tmp_path, kind):
     [
         ("evil", r"refused to load: it needs .*system.*not on the safe allowlist"),
         ("custom", r"refused to load: it needs .*_CustomNet"),
-        ("resnet", r"not a fer checkpoint, nor HSEmotion's tf_efficientnet_b0 with a 10-output head \(\d+ of its \d+ tensors are not tf_efficientnet_b0's, e.g. conv1.weight"),
+        (
+            "resnet",
+            r"not a fer checkpoint, nor HSEmotion's tf_efficientnet_b0 with a 10-output head "
+            r"\(\d+ of its \d+ tensors are not tf_efficientnet_b0's, e.g. conv1.weight",
+        ),
         ("head8", r"classifier.bias has shape \(8,\), expected \(10,\)"),
     ],
 )
@@ -306,7 +318,9 @@ def test_a_conversion_made_with_other_preprocessing_is_not_reused(server, cache,
     _, path = saved
     url, www, _ = server
     (www / path.name).write_bytes(path.read_bytes())
-    entry = dataclasses.replace(weights.registry()["hsemotion"], url=f"{url}/{path.name}", git_blob=_git_hash_object(path))
+    entry = dataclasses.replace(
+        weights.registry()["hsemotion"], url=f"{url}/{path.name}", git_blob=_git_hash_object(path)
+    )
     monkeypatch.setattr(weights, "registry", lambda: {"hsemotion": entry})
     model_module.load_model("hsemotion")
     square = {"crop": "square", "size": 224, "margin": 0.1, "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}
@@ -325,7 +339,9 @@ def test_a_registry_name_is_never_a_file_that_shares_it(tmp_path, monkeypatch, l
     monkeypatch.chdir(tmp_path)
     shutil.copy(lstm_checkpoint, tmp_path / "hsemotion")
     fetched = []
-    monkeypatch.setattr(checkpoints, "_from_registry", lambda name, progress=None: fetched.append(name) or {"registry": name})
+    monkeypatch.setattr(
+        checkpoints, "_from_registry", lambda name, progress=None: fetched.append(name) or {"registry": name}
+    )
     assert checkpoints.resolve("hsemotion") == {"registry": "hsemotion", "source": "hsemotion"}
     assert fetched == ["hsemotion"]
     own = checkpoints.resolve("./hsemotion")

@@ -19,10 +19,11 @@ def fer(*args):
 
 
 def test_help_is_quick_and_has_examples():
-    start = time.perf_counter()
     proc = subprocess.run([sys.executable, "-m", "fercli.cli", "--help"], capture_output=True, text=True)
     assert proc.returncode == 0 and "annotate" in proc.stdout
-    check = "import sys, fercli.cli; print(sorted(m for m in ('torch','av','ai_edge_litert','numpy') if m in sys.modules))"
+    check = (
+        "import sys, fercli.cli; print(sorted(m for m in ('torch','av','ai_edge_litert','numpy') if m in sys.modules))"
+    )
     assert subprocess.run([sys.executable, "-c", check], capture_output=True, text=True).stdout.strip() == "[]"
     result = fer("annotate", "--help")
     assert "Examples" in result.output and "--resume" in result.output
@@ -88,7 +89,9 @@ def test_a_second_run_never_merges_silently(tmp_path, clips_dir, lstm_checkpoint
 
 
 def test_bad_arguments_exit_two(tmp_path, clips_dir, lstm_checkpoint):
-    assert fer("annotate", tmp_path / "nope", "--out", tmp_path / "r.parquet", "--model", lstm_checkpoint).exit_code == 2
+    assert (
+        fer("annotate", tmp_path / "nope", "--out", tmp_path / "r.parquet", "--model", lstm_checkpoint).exit_code == 2
+    )
     assert fer("annotate", clips_dir, "--out", tmp_path / "r.txt", "--model", lstm_checkpoint).exit_code == 2
     bad = tmp_path / "bad.pt"
     bad.write_text("not weights")
@@ -97,11 +100,25 @@ def test_bad_arguments_exit_two(tmp_path, clips_dir, lstm_checkpoint):
 
 
 def _start(out, inputs, model, *extra):
-    cmd = [sys.executable, "-m", "fercli.cli", "annotate", *map(str, inputs), "--out", str(out), "--model", str(model), *extra]
+    cmd = [
+        sys.executable,
+        "-m",
+        "fercli.cli",
+        "annotate",
+        *map(str, inputs),
+        "--out",
+        str(out),
+        "--model",
+        str(model),
+        *extra,
+    ]
     # Ctrl-C's default action in the child even when this test runs where SIGINT is ignored (a
     # shell's background job): Python only turns SIGINT into KeyboardInterrupt if it starts at SIG_DFL.
     return subprocess.Popen(
-        cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL)
+        cmd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
 
 
@@ -146,8 +163,13 @@ def test_bare_ray_flag_means_a_local_instance():
     from fercli.cli import bare_ray_means_local
 
     assert bare_ray_means_local(["annotate", "v/", "--out", "r.parquet", "--ray"]) == [
-        "annotate", "v/", "--out", "r.parquet", "--ray", "local",
-    ]  # fmt: skip
+        "annotate",
+        "v/",
+        "--out",
+        "r.parquet",
+        "--ray",
+        "local",
+    ]
     assert bare_ray_means_local(["annotate", "v/", "--ray", "--out", "r.csv"])[2:4] == ["--ray", "local"]
     assert bare_ray_means_local(["annotate", "v/", "--ray", "auto"]) == ["annotate", "v/", "--ray", "auto"]
 
@@ -164,8 +186,13 @@ def test_a_path_after_bare_ray_is_an_input_not_an_address(path):
     from fercli.cli import bare_ray_means_local
 
     assert bare_ray_means_local(["annotate", "--ray", path, "--out", "r.parquet"]) == [
-        "annotate", "--ray", "local", path, "--out", "r.parquet",
-    ]  # fmt: skip
+        "annotate",
+        "--ray",
+        "local",
+        path,
+        "--out",
+        "r.parquet",
+    ]
 
 
 @pytest.mark.parametrize("verbose", [False, True])
@@ -177,7 +204,15 @@ def test_an_unexpected_crash_has_its_own_exit_code(monkeypatch, capsys, tmp_path
         raise RuntimeError("boom inside fer")
 
     monkeypatch.setattr(fercli.job.pipeline, "annotate", crash)
-    argv = ["fer", "annotate", str(clips_dir / "odd.avi"), "--out", str(tmp_path / "r.csv"), "--model", str(lstm_checkpoint)]
+    argv = [
+        "fer",
+        "annotate",
+        str(clips_dir / "odd.avi"),
+        "--out",
+        str(tmp_path / "r.csv"),
+        "--model",
+        str(lstm_checkpoint),
+    ]
     code = fercli.cli.run(argv[1:] + (["-v"] if verbose else []))  # main() exits with it
     assert code == 3 not in (0, 1, 2, 130)
     err = capsys.readouterr().err
@@ -223,7 +258,9 @@ main()
 def test_the_command_exits_with_its_code_after_the_exit_handlers(tmp_path, args, code):
     # `fer` leaves without the interpreter's teardown (runtime.exit_now): the exit code, every
     # line written to a pipe, and the program's atexit handlers must all survive that.
-    proc = subprocess.run([sys.executable, "-c", _MAIN_WITH_HANDLER, *args], cwd=tmp_path, capture_output=True, text=True)
+    proc = subprocess.run(
+        [sys.executable, "-c", _MAIN_WITH_HANDLER, *args], cwd=tmp_path, capture_output=True, text=True
+    )
     assert proc.returncode == code, proc.stderr
     assert proc.stdout.rstrip().endswith("handler ran")
     if code == 0:
@@ -269,7 +306,11 @@ def test_every_command_takes_verbose(command):
 
 @pytest.mark.parametrize(
     "args",
-    [["weights", "download", "nosuch"], ["benchmark", "speed", "missing.mp4"], ["benchmark", "accuracy", "--data", "missing", "--model", "x"]],
+    [
+        ["weights", "download", "nosuch"],
+        ["benchmark", "speed", "missing.mp4"],
+        ["benchmark", "accuracy", "--data", "missing", "--model", "x"],
+    ],
 )
 def test_verbose_really_turns_on_debug_logging(args, tmp_path, monkeypatch):
     import logging
@@ -297,8 +338,25 @@ def test_a_full_disk_is_one_line_naming_the_file_and_the_old_table_stays(tmp_pat
     # table, with the same message: tried by hand, not kept, for the suite's time).
     out = tmp_path / "r.parquet"
     out.write_bytes(b"the table of an earlier run")
-    done = subprocess.run([sys.executable, "-m", "fercli.cli", "annotate", str(clips_dir), "--out", str(out), "--model", str(lstm_checkpoint),
-                           "--overwrite"], preexec_fn=_file_size_limit(limit), capture_output=True, text=True, timeout=600, check=False)
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "fercli.cli",
+            "annotate",
+            str(clips_dir),
+            "--out",
+            str(out),
+            "--model",
+            str(lstm_checkpoint),
+            "--overwrite",
+        ],
+        preexec_fn=_file_size_limit(limit),
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
     assert done.returncode == 2, done.stdout + done.stderr
     (line,) = [x for x in done.stderr.splitlines() if x.startswith("error")]  # beside a warning that the table stays
     assert line.startswith(f"error: cannot write {tmp_path}") and "File too large" in line
@@ -314,8 +372,22 @@ def test_error_lines_stay_whole_in_a_log_file(tmp_path, lstm_checkpoint):
     broken.write_bytes(b"\x00\x00\x00\x18ftypmp42" + b"\x00" * 64)
     log = tmp_path / "run.log"
     with log.open("w") as handle:
-        done = subprocess.run([sys.executable, "-m", "fercli.cli", "annotate", str(broken), "--out", str(tmp_path / "r.csv"),
-                               "--model", str(lstm_checkpoint)], stdout=subprocess.DEVNULL, stderr=handle, timeout=300)
+        done = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "fercli.cli",
+                "annotate",
+                str(broken),
+                "--out",
+                str(tmp_path / "r.csv"),
+                "--model",
+                str(lstm_checkpoint),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=handle,
+            timeout=300,
+        )
     assert done.returncode == 1
     lines = [line for line in log.read_text().splitlines() if str(broken) in line]
     assert len(lines) == 1 and lines[0].startswith("ERROR") and len(lines[0]) > 120, log.read_text()
@@ -332,8 +404,22 @@ def test_a_pickle_that_runs_code_as_model_is_one_line_and_never_run(tmp_path, cl
 
     model = tmp_path / "evil.pt"
     model.write_bytes(pickle.dumps(Evil(), protocol=4))  # protocol 4: torch's unpickler warned twice
-    result = subprocess.run([sys.executable, "-m", "fercli.cli", "annotate", str(clips_dir / "odd.avi"), "--out", str(tmp_path / "r.csv"),
-                             "--model", str(model)], capture_output=True, text=True, timeout=300)
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "fercli.cli",
+            "annotate",
+            str(clips_dir / "odd.avi"),
+            "--out",
+            str(tmp_path / "r.csv"),
+            "--model",
+            str(model),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert result.returncode == 2
     lines = [line for line in (result.stdout + result.stderr).splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith("error: ") and str(model) in lines[0], lines
@@ -353,8 +439,21 @@ def test_ctrl_c_before_any_video_finished_says_nothing_was_written(tmp_path, cli
 
 def test_decoder_gpu_without_a_gpu_is_one_line_before_any_work(clips_dir, lstm_checkpoint, tmp_path):
     out = tmp_path / "r.csv"
-    cmd = [sys.executable, "-m", "fercli.cli", "annotate", str(clips_dir / "odd.avi"), "--out", str(out),
-           "--model", str(lstm_checkpoint), "--device", "cpu", "--decoder", "gpu"]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "fercli.cli",
+        "annotate",
+        str(clips_dir / "odd.avi"),
+        "--out",
+        str(out),
+        "--model",
+        str(lstm_checkpoint),
+        "--device",
+        "cpu",
+        "--decoder",
+        "gpu",
+    ]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert done.returncode == 2 and not out.exists()
     assert done.stderr.strip().count("\n") == 0 and "--decoder gpu: the model runs on the CPU" in done.stderr

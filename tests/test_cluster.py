@@ -50,7 +50,11 @@ def ray_local(faults):
 def _start_local(ray, faults) -> None:
     # address="local": a new instance even when another Ray on this machine is the latest started
     ray.init(
-        address="local", num_cpus=2, include_dashboard=False, log_to_driver=False, runtime_env=ray_faults.runtime_env(faults)
+        address="local",
+        num_cpus=2,
+        include_dashboard=False,
+        log_to_driver=False,
+        runtime_env=ray_faults.runtime_env(faults),
     )
 
 
@@ -122,8 +126,12 @@ def test_ray_shows_progress_per_clip(ray_run):
 def test_ray_resume_completes_a_partial_table(tmp_path, ray_local, clips_dir, broken_dir, small_model, local_run):
     _, local_out = local_run
     out = tmp_path / "r.parquet"
-    fercli.annotate([clips_dir / "moving.mp4", clips_dir / "odd.avi"], out, options=AnnotateOptions(workers=0), model=small_model)
-    result = fercli.annotate([clips_dir, broken_dir], out, options=AnnotateOptions(ray="local", resume=True), model=small_model)
+    fercli.annotate(
+        [clips_dir / "moving.mp4", clips_dir / "odd.avi"], out, options=AnnotateOptions(workers=0), model=small_model
+    )
+    result = fercli.annotate(
+        [clips_dir, broken_dir], out, options=AnnotateOptions(ray="local", resume=True), model=small_model
+    )
     assert sorted(v.video for v in result.videos if v.resumed) == ["moving.mp4", "odd.avi"]
     pd.testing.assert_frame_equal(read_table(out), read_table(local_out), atol=1e-5, check_exact=False)
 
@@ -163,14 +171,22 @@ def test_cli_ray_option(tmp_path, ray_local, clips_dir, small_model, local_run, 
     assert result.exit_code == 0, result.output
     pd.testing.assert_frame_equal(read_table(out), read_table(local_out), atol=1e-5, check_exact=False)
     monkeypatch.setitem(sys.modules, "ray", None)
-    result = CliRunner().invoke(app, ["annotate", str(clips_dir), "--out", str(tmp_path / "x.parquet"), "--ray", "auto"])
+    result = CliRunner().invoke(
+        app, ["annotate", str(clips_dir), "--out", str(tmp_path / "x.parquet"), "--ray", "auto"]
+    )
     assert result.exit_code == 2 and "pip install 'fercli[ray]'" in result.output
 
 
 def test_benchmark_speed_times_the_ray_schedule(ray_local, clips_dir, small_model):
     from fercli.job.benchmark import speed
 
-    report = speed([clips_dir / "odd.avi"], device="cpu", options=AnnotateOptions(ray="local"), naive=False, loaded_model=small_model)
+    report = speed(
+        [clips_dir / "odd.avi"],
+        device="cpu",
+        options=AnnotateOptions(ray="local"),
+        naive=False,
+        loaded_model=small_model,
+    )
     assert report.setup["workers"] == "ray local"
     assert report.sampled_frames == 16  # 3.2 s at 5 frames/s, decoded on the Ray workers
     assert report.stages["backbone"].items == 16
@@ -188,7 +204,10 @@ def poison(ray_local, faults):
 
 def annotate_limited(paths, out, model, progress=None):
     """annotate on Ray in a thread, so that a hang is a failed assertion rather than a stuck suite."""
-    return within(RUN_LIMIT_S, lambda: fercli.annotate(paths, out, options=AnnotateOptions(ray="local"), model=model, progress=progress))
+    return within(
+        RUN_LIMIT_S,
+        lambda: fercli.annotate(paths, out, options=AnnotateOptions(ray="local"), model=model, progress=progress),
+    )
 
 
 @contextmanager
@@ -228,11 +247,15 @@ def test_ray_retries_a_clip_whose_decoding_process_died(poison, faults, tmp_path
     assert ray_faults.deaths(faults) == 1
     assert lost_counts(records) == [1]
     assert _failed(result) == _failed(local)  # the broken files, once each
-    pd.testing.assert_frame_equal(read_table(result.out), only(read_table(local_out), FAULT_BATCH), atol=1e-5, check_exact=False)
+    pd.testing.assert_frame_equal(
+        read_table(result.out), only(read_table(local_out), FAULT_BATCH), atol=1e-5, check_exact=False
+    )
 
 
 @pytest.mark.parametrize("stage", ["decode", "model"])
-def test_ray_a_clip_that_kills_its_worker_twice_fails_alone(stage, poison, faults, tmp_path, fault_batch, small_model, local_run):
+def test_ray_a_clip_that_kills_its_worker_twice_fails_alone(
+    stage, poison, faults, tmp_path, fault_batch, small_model, local_run
+):
     local, local_out = local_run
     poison(stage, 99)
     with fer_warnings() as records:
@@ -243,7 +266,9 @@ def test_ray_a_clip_that_kills_its_worker_twice_fails_alone(stage, poison, fault
     assert _failed(result) == sorted(_failed(local) + [(POISON, f"{fault_batch[0]}: {cluster.LOST}")])
     errors = pd.read_csv(result.errors_file)
     assert sorted(errors.video) == sorted(name for name, _ in _failed(result))  # each once
-    pd.testing.assert_frame_equal(read_table(result.out), only(read_table(local_out), FAULT_BATCH[1:]), atol=1e-5, check_exact=False)
+    pd.testing.assert_frame_equal(
+        read_table(result.out), only(read_table(local_out), FAULT_BATCH[1:]), atol=1e-5, check_exact=False
+    )
 
 
 @pytest.fixture
@@ -299,5 +324,7 @@ def test_ray_a_node_lost_mid_run_costs_only_time(two_nodes, tmp_path, copies, sm
     assert sorted(done) == sorted(f"c{k:02d}.mp4" for k in range(COPIES))  # each once, after the node went
     assert not result.failed
     table = read_table(result.out)
-    for video, rows in table.groupby("video"):
-        pd.testing.assert_frame_equal(rows.drop(columns="video").reset_index(drop=True), one.drop(columns="video"), atol=1e-5)
+    for _video, rows in table.groupby("video"):
+        pd.testing.assert_frame_equal(
+            rows.drop(columns="video").reset_index(drop=True), one.drop(columns="video"), atol=1e-5
+        )

@@ -33,11 +33,17 @@ def test_worker_processes_beside_a_cuda_model_give_the_threads_table(tmp_path, c
     threads = annotate_on("cuda", clips_dir, lstm_checkpoint, tmp_path / "t.parquet", workers=0, precision="fp32")
     workers = annotate_on("cuda", clips_dir, lstm_checkpoint, tmp_path / "w.parquet", workers=2, precision="fp32")
     keys = ["video", "second", "face"]
-    pd.testing.assert_frame_equal(workers.sort_values(keys[:2]).reset_index(drop=True)[keys],
-                                  threads.sort_values(keys[:2]).reset_index(drop=True)[keys])
+    pd.testing.assert_frame_equal(
+        workers.sort_values(keys[:2]).reset_index(drop=True)[keys],
+        threads.sort_values(keys[:2]).reset_index(drop=True)[keys],
+    )
     cols = ["valence_score", "arousal_score"]
-    pd.testing.assert_frame_equal(workers.sort_values(keys[:2]).reset_index(drop=True)[cols],
-                                  threads.sort_values(keys[:2]).reset_index(drop=True)[cols], atol=1e-3, check_dtype=False)
+    pd.testing.assert_frame_equal(
+        workers.sort_values(keys[:2]).reset_index(drop=True)[cols],
+        threads.sort_values(keys[:2]).reset_index(drop=True)[cols],
+        atol=1e-3,
+        check_dtype=False,
+    )
 
 
 @pytest.mark.requires_cuda
@@ -59,7 +65,11 @@ def test_a_model_trained_on_cuda_with_amp_annotates_on_the_cpu(tmp_path, clips_d
     data = tmp_path / "afew"
     synthetic_afew.make_dataset(data, clips=6, frames=8, actors=3, seed=5)
     run = tmp_path / "run"
-    train(TrainOptions(data, run, init="random", finetune=True, epochs=1, frames_fps=5, device="cuda", image_size=96, hidden=32))
+    train(
+        TrainOptions(
+            data, run, init="random", finetune=True, epochs=1, frames_fps=5, device="cuda", image_size=96, hidden=32
+        )
+    )
     table = annotate_on("cpu", clips_dir, run / "best.pt", tmp_path / "cpu.parquet")
     assert len(table) and table.loc[table.face, "valence"].notna().all()
 

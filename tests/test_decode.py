@@ -12,9 +12,9 @@ from bisect import bisect_right
 from pathlib import Path
 
 import av
+import media
 import numpy as np
 import pytest
-import media
 from media import (
     background,
     portrait,
@@ -88,8 +88,22 @@ def pyav_decode(path: Path) -> tuple[list[float], list[np.ndarray]]:
 
 def ffmpeg_decode(path: Path, width: int, height: int) -> np.ndarray:
     """Every frame the ffmpeg command decodes, in order, none dropped or repeated, as RGB."""
-    command = [FFMPEG, "-v", "error", "-i", str(path), "-map", "0:v:0", "-fps_mode", "passthrough",
-               "-f", "rawvideo", "-pix_fmt", "rgb24", "-"]
+    command = [
+        FFMPEG,
+        "-v",
+        "error",
+        "-i",
+        str(path),
+        "-map",
+        "0:v:0",
+        "-fps_mode",
+        "passthrough",
+        "-f",
+        "rawvideo",
+        "-pix_fmt",
+        "rgb24",
+        "-",
+    ]
     raw = subprocess.run(command, capture_output=True, check=True).stdout
     return np.frombuffer(raw, np.uint8).reshape(-1, height, width, 3)
 
@@ -108,9 +122,7 @@ def assert_close(
 ) -> None:
     assert image.shape == reference.shape and image.dtype == np.uint8, what
     diff = np.abs(image.astype(np.int16) - reference.astype(np.int16))
-    assert diff.mean() <= mean and diff.max() <= largest, (
-        f"{what}: mean {diff.mean():.2f}, max {diff.max()}"
-    )
+    assert diff.mean() <= mean and diff.max() <= largest, f"{what}: mean {diff.mean():.2f}, max {diff.max()}"
 
 
 def tolerance(name: str) -> tuple[float, int]:
@@ -175,9 +187,7 @@ def test_native_rate_gives_every_frame_as_pyav_decodes_it(media_dir, reference, 
     with open_video(media_dir / name) as video:
         info = video.info
         frames = list(video.sample(info.fps))
-    assert (info.frames, info.width, info.height, info.decoder) == (
-        CLIP_FRAMES, width, height, "cpu"
-    )
+    assert (info.frames, info.width, info.height, info.decoder) == (CLIP_FRAMES, width, height, "cpu")
     assert info.fps == pytest.approx(fps, rel=1e-3)
     assert info.duration == pytest.approx(CLIP_FRAMES / fps, abs=2e-3)
     assert [f.source for f in frames] == list(range(CLIP_FRAMES))
@@ -398,7 +408,9 @@ def test_frames_each_held_under_an_hour_but_for_days_in_all_are_refused_by_name(
     with pytest.raises(VideoError, match=r"slow.mkv: frames held over 60 s each add up to 140361 s") as err:
         open_video(path)
     assert "\n" not in str(err.value)
-    slides = write_coded(tmp_path / "slides.mkv", moving_frames(6, 64, 48), 25, "libx264", "yuv420p", times=[k * 10.0 for k in range(6)])
+    slides = write_coded(
+        tmp_path / "slides.mkv", moving_frames(6, 64, 48), 25, "libx264", "yuv420p", times=[k * 10.0 for k in range(6)]
+    )
     with open_video(slides) as video:
         assert video.info.duration == pytest.approx(60.0, abs=10.0) and video.info.frames == 6
 
@@ -686,8 +698,10 @@ def _heap_in_use() -> int | None:
     import ctypes
 
     class MallInfo2(ctypes.Structure):
-        _fields_ = [(name, ctypes.c_size_t) for name in
-                    "arena ordblks smblks hblks hblkhd usmblks fsmblks uordblks fordblks keepcost".split()]
+        _fields_ = [
+            (name, ctypes.c_size_t)
+            for name in "arena ordblks smblks hblks hblkhd usmblks fsmblks uordblks fordblks keepcost".split()
+        ]
 
     try:
         libc = ctypes.CDLL("libc.so.6")
@@ -711,7 +725,7 @@ def test_a_waiting_caller_leaves_no_frames_decoded_ahead(tmp_path):
     with open_video(path, threads=1) as video:
         before = _heap_in_use()
         grown = 0
-        for frame in video.sample(5):
+        for _frame in video.sample(5):
             time.sleep(0.005)  # the caller busy elsewhere
             grown = max(grown, _heap_in_use() - before)
     assert grown < 3 * CHUNK_FRAMES * frame_bytes, f"heap grew {grown / frame_bytes:.0f} frames"
@@ -940,8 +954,16 @@ def test_rotated_and_variable_rate_clips_give_the_samples_of_a_full_decode(tmp_p
     gaps[20] = 0.4
     times = np.concatenate([[0.0], np.cumsum(gaps)]).round(3).tolist()
     options = SKIP_CLIPS["h264_b.mp4" if codec == "libx264" else "hevc_open.mp4"][1]
-    path = write_coded(tmp_path / "phone.mp4", moving_frames(51, 160, 120), 25, codec, "yuv420p", options=options,
-                       rotation=-90, times=times)
+    path = write_coded(
+        tmp_path / "phone.mp4",
+        moving_frames(51, 160, 120),
+        25,
+        codec,
+        "yuv420p",
+        options=options,
+        rotation=-90,
+        times=times,
+    )
     stamps, images = pyav_decode(path)
     assert stamps == pytest.approx(times, abs=1e-6)
     full, skipping, (_, skipped) = full_and_skipping(path, 5)

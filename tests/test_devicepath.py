@@ -51,7 +51,9 @@ def test_the_device_producer_gives_the_cpu_producers_samples(clips_dir, lstm, na
     clip = find_clips([clips_dir / name]).clips[0]
     cpu = samples_of(Producer(lstm.config, AnnotateOptions(), placement), clip)
     device = samples_of(
-        DeviceProducer(lstm.config, AnnotateOptions(), placement, detector=device_detector_for(placement), decoder="cpu"),
+        DeviceProducer(
+            lstm.config, AnnotateOptions(), placement, detector=device_detector_for(placement), decoder="cpu"
+        ),
         clip,
     )
     assert [(s.index, s.time, s.tracks) for s in device] == [(s.index, s.time, s.tracks) for s in cpu]

@@ -108,8 +108,10 @@ def test_without_the_gpu_extra_auto_decodes_on_the_cpu_and_gpu_says_how_to_insta
 def test_a_gpu_decoder_that_cannot_start_is_one_quiet_line(gpu_decoder, caplog):
     # PyNvVideoCodec logs its troubleshooting at error level, then raises, where the driver lacks NVDEC.
     reason = "libnvidia-encode.so.1: cannot open shared object file"
-    gpu_decoder("import logging\nlogging.getLogger(__name__).error('Error importing PyNvVideoCodec')\n"
-                f"raise RuntimeError('{reason}\\n\\n=== TROUBLESHOOTING ===')\n")
+    gpu_decoder(
+        "import logging\nlogging.getLogger(__name__).error('Error importing PyNvVideoCodec')\n"
+        f"raise RuntimeError('{reason}\\n\\n=== TROUBLESHOOTING ===')\n"
+    )
     assert devices.resolve_decoder("auto", torch.device("cuda")) == "cpu"
     with pytest.raises(FerError) as error:
         devices.resolve_decoder("gpu", torch.device("cuda"))

@@ -42,8 +42,9 @@ def test_the_gpu_decoder_row_says_why_it_is_not_used(monkeypatch):
 
     import torch
 
-    assert findings()["GPU video decoder"] == ("not used: torch sees no CUDA GPU" if not torch.cuda.is_available()
-                                               else doctor._gpu_decoder())
+    assert findings()["GPU video decoder"] == (
+        "not used: torch sees no CUDA GPU" if not torch.cuda.is_available() else doctor._gpu_decoder()
+    )
     real = importlib.util.find_spec
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     hidden = lambda name, *a: None if name == "PyNvVideoCodec" else real(name, *a)  # noqa: E731

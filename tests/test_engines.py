@@ -39,7 +39,9 @@ def wide_frame_checkpoint(tmp_path_factory):
 
 
 @pytest.mark.parametrize("which", ["lstm", "frame"])
-def test_openvino_tables_match_torch_within_the_tolerance(which, clips_dir, lstm_checkpoint, wide_frame_checkpoint, tmp_path):
+def test_openvino_tables_match_torch_within_the_tolerance(
+    which, clips_dir, lstm_checkpoint, wide_frame_checkpoint, tmp_path
+):
     pytest.importorskip("openvino")
     ckpt = {"lstm": lstm_checkpoint, "frame": wide_frame_checkpoint}[which]
     tables = {}
@@ -114,8 +116,16 @@ def test_a_cached_openvino_backbone_needs_neither_timm_nor_torchvision(clips_dir
     from fercli.nets.model import load_model
 
     load_model(frame_checkpoint, "cpu", engine="openvino")  # converts into the test's cache
-    argv = ["annotate", str(clips_dir / CLIP), "--out", str(tmp_path / "t.parquet"), "--model", str(frame_checkpoint),
-            "--engine", "openvino"]  # fmt: skip
+    argv = [
+        "annotate",
+        str(clips_dir / CLIP),
+        "--out",
+        str(tmp_path / "t.parquet"),
+        "--model",
+        str(frame_checkpoint),
+        "--engine",
+        "openvino",
+    ]
     done = subprocess.run([sys.executable, "-c", _NO_TIMM, *argv], capture_output=True, text=True, check=True)
     assert done.stdout.split()[-3:] == ["0", "False", "False"]
     assert len(pd.read_parquet(tmp_path / "t.parquet")) > 0
@@ -179,7 +189,9 @@ def test_the_cli_refuses_an_unknown_engine_before_loading(clips_dir, tmp_path, c
     assert not out.exists() and not any(cache.rglob("*"))
 
 
-def test_without_openvino_the_cli_says_how_to_install_it_before_any_download(clips_dir, tmp_path, cache, monkeypatch, capsys):
+def test_without_openvino_the_cli_says_how_to_install_it_before_any_download(
+    clips_dir, tmp_path, cache, monkeypatch, capsys
+):
     from fercli.cli import run
 
     monkeypatch.setitem(sys.modules, "openvino", None)  # as if it were not installed
@@ -219,7 +231,9 @@ def test_engine_target_is_the_one_rule_from_a_requested_device(lstm_checkpoint):
 
 
 @pytest.mark.parametrize("engine, precision", [("torch", "auto"), ("torch", "bf16"), ("openvino", "fp32")])
-def test_fer_annotate_settles_engine_device_and_precision_once(clips_dir, lstm_checkpoint, tmp_path, monkeypatch, engine, precision):
+def test_fer_annotate_settles_engine_device_and_precision_once(
+    clips_dir, lstm_checkpoint, tmp_path, monkeypatch, engine, precision
+):
     """Following --engine and --precision from the command line: each rule runs once per run."""
     from typer.testing import CliRunner
 
@@ -235,12 +249,30 @@ def test_fer_annotate_settles_engine_device_and_precision_once(clips_dir, lstm_c
         real = getattr(module, name)
         monkeypatch.setattr(module, name, lambda *a, **k: (calls.append(name), real(*a, **k))[1])
 
-    for module, name in [(engines, "engine_target"), (engines, "check_engine"), (devices, "resolve_device"),
-                         (devices, "resolve_precision")]:  # fmt: skip
+    for module, name in [
+        (engines, "engine_target"),
+        (engines, "check_engine"),
+        (devices, "resolve_device"),
+        (devices, "resolve_precision"),
+    ]:
         counted(module, name)
     out = tmp_path / "r.csv"
-    args = ["annotate", str(clips_dir / "moving.mp4"), "--out", str(out), "--model", str(lstm_checkpoint),
-            "--device", "cpu", "--engine", engine, "--precision", precision, "--workers", "0"]  # fmt: skip
+    args = [
+        "annotate",
+        str(clips_dir / "moving.mp4"),
+        "--out",
+        str(out),
+        "--model",
+        str(lstm_checkpoint),
+        "--device",
+        "cpu",
+        "--engine",
+        engine,
+        "--precision",
+        precision,
+        "--workers",
+        "0",
+    ]
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
     assert sorted(calls) == sorted(["engine_target", "check_engine", "resolve_device", "resolve_precision"]), calls

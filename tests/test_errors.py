@@ -13,13 +13,16 @@ from fercli.core.errors import (
 )
 
 
-@pytest.mark.parametrize("error, line", [
-    (ValueError("bad value\n  at line 3\n"), "bad value"),
-    (ValueError("\n\n  indented first  \nsecond"), "indented first"),
-    (KeyError(), "KeyError"),  # no message: its type's name
-    ("one\ntwo", "one"),
-    ("", ""),  # a string has no type to fall back on
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "error, line",
+    [
+        (ValueError("bad value\n  at line 3\n"), "bad value"),
+        (ValueError("\n\n  indented first  \nsecond"), "indented first"),
+        (KeyError(), "KeyError"),  # no message: its type's name
+        ("one\ntwo", "one"),
+        ("", ""),  # a string has no type to fall back on
+    ],
+)
 def test_first_line_is_the_first_non_empty_line(error, line):
     assert first_line(error) == line
 

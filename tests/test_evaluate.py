@@ -157,8 +157,9 @@ def frame_model(tmp_path_factory) -> Path:
     from fercli.nets.model import HSEmotionNet, ModelConfig, Preprocess
 
     torch.manual_seed(0)
-    cfg = ModelConfig(arch="hsemotion", window=1, temporal="none", hidden=0, layers=0, dropout=0.0,
-                      preprocess=Preprocess(size=64))
+    cfg = ModelConfig(
+        arch="hsemotion", window=1, temporal="none", hidden=0, layers=0, dropout=0.0, preprocess=Preprocess(size=64)
+    )
     net = HSEmotionNet(cfg)
     with torch.no_grad():
         net.backbone.classifier.weight.zero_()
@@ -231,8 +232,20 @@ def test_fer_benchmark_accuracy_on_data(runs, tiny, cache, tmp_path):
     if not _has_data_mode():
         pytest.skip("`fer benchmark accuracy --data` is not in fercli/cli.py yet")
     env = {"FER_CACHE_DIR": str(cache.parent)}
-    args = ["benchmark", "accuracy", "--data", str(tiny), "--model", str(runs["clip"].best), "--device", "cpu",
-            "--cache-dir", str(cache), "--out", str(tmp_path / "bench")]
+    args = [
+        "benchmark",
+        "accuracy",
+        "--data",
+        str(tiny),
+        "--model",
+        str(runs["clip"].best),
+        "--device",
+        "cpu",
+        "--cache-dir",
+        str(cache),
+        "--out",
+        str(tmp_path / "bench"),
+    ]
     result = CliRunner().invoke(app, args, env=env)
     assert result.exit_code == 0, result.output
     assert "window level" in result.output and "per second" in result.output
@@ -242,10 +255,17 @@ def test_fer_benchmark_accuracy_on_data(runs, tiny, cache, tmp_path):
     doc = json.loads((tmp_path / "bench" / "evaluation.json").read_text())
     assert doc["split"]["scored_clips"] == split_json(runs["clip"])["test"]
 
-    for bad in (["--truth", "t.csv", "--data", str(tiny), "--model", "m.pt"], [], ["--data", str(tiny)],
-                ["--truth", "t.csv"]):
+    for bad in (
+        ["--truth", "t.csv", "--data", str(tiny), "--model", "m.pt"],
+        [],
+        ["--data", str(tiny)],
+        ["--truth", "t.csv"],
+    ):
         result = CliRunner().invoke(app, ["benchmark", "accuracy", *bad], env=env)
         assert result.exit_code == 2, (bad, result.output)
-    result = CliRunner().invoke(app, ["benchmark", "accuracy", "--data", str(tiny), "--model", str(runs["clip"].best),
-                                      "--split", "nope"], env=env)
+    result = CliRunner().invoke(
+        app,
+        ["benchmark", "accuracy", "--data", str(tiny), "--model", str(runs["clip"].best), "--split", "nope"],
+        env=env,
+    )
     assert result.exit_code == 2 and "--split must be one of" in result.output

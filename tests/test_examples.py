@@ -5,7 +5,7 @@ from pathlib import Path
 import numpy as np
 import synthetic_afew
 
-from fercli.datasets import examples, features
+from fercli.datasets import examples
 from fercli.tables.rows import fill_index
 
 REPO = Path(__file__).resolve().parents[1]

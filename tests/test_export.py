@@ -49,7 +49,13 @@ def seconds(n, faceless=(), last_end=None, conf=True, seed=0):
 
 
 def write(path, clips, meta=META, **kw):
-    w = TableWriter(path, {**meta, **kw}, rows="sample" if kw.get("per_frame") else "second", all_faces=kw.get("all_faces", False), resume=False)
+    w = TableWriter(
+        path,
+        {**meta, **kw},
+        rows="sample" if kw.get("per_frame") else "second",
+        all_faces=kw.get("all_faces", False),
+        resume=False,
+    )
     for video, rows in clips.items():
         w.add(video, rows)
     w.finish(list(clips))
@@ -107,7 +113,10 @@ def elan_expected(rows, tiers, name=lambda tier: tier):
     out = []
     for tier in tiers:
         shown = rows[rows["face"].fillna(False).astype(bool) & rows[tier].notna()]
-        out += [(name(tier), round(b, 3), round(e, 3), str(int(v))) for b, e, v in zip(shown["start"], shown["end"], shown[tier])]
+        out += [
+            (name(tier), round(b, 3), round(e, 3), str(int(v)))
+            for b, e, v in zip(shown["start"], shown["end"], shown[tier])
+        ]
     return out
 
 
@@ -154,7 +163,11 @@ def test_elan_one_file_per_clip_faceless_seconds_are_gaps(batch, tmp_path):
         got = read_elan(tmp_path / "elan" / name)
         assert got == elan_expected(ref[ref["video"] == video], ("valence", "arousal")), video
     a = read_elan(tmp_path / "elan" / "sub_a.mp4.txt")
-    assert [(b, e) for tier, b, e, _ in a if tier == "valence"] == [(0.0, 1.0), (2.0, 3.0), (3.0, 3.4)]  # second 1: no face
+    assert [(b, e) for tier, b, e, _ in a if tier == "valence"] == [
+        (0.0, 1.0),
+        (2.0, 3.0),
+        (3.0, 3.4),
+    ]  # second 1: no face
     assert read_elan(tmp_path / "elan" / "dark.mkv.txt") == []
 
 
@@ -179,7 +192,9 @@ def test_eaf_round_trips_through_pympi_ling(batch, tmp_path):
     from pympi import Elan
 
     eaf = Elan.Eaf(str(tmp_path / "elan" / "dark.mkv.eaf"))  # no face at all: the tiers are there, empty
-    assert sorted(eaf.get_tier_names()) == ["arousal", "valence"] and eaf.media_descriptors == []  # no such clip beside the table
+    assert (
+        sorted(eaf.get_tier_names()) == ["arousal", "valence"] and eaf.media_descriptors == []
+    )  # no such clip beside the table
 
 
 def test_eaf_gives_each_face_its_tiers_and_participant(two_faces, tmp_path):
@@ -252,7 +267,10 @@ def test_elan_expression_tier_from_csv(tmp_path):
     df.to_csv(tmp_path / "r.csv", index=False)
     (path,) = export_table(tmp_path / "r.csv", "elan-txt", tmp_path / "e")
     got = read_elan(path)
-    assert [row for row in got if row[0] == "expression"] == [("expression", 0.0, 1.0, "happy"), ("expression", 1.0, 2.0, "sad very")]
+    assert [row for row in got if row[0] == "expression"] == [
+        ("expression", 0.0, 1.0, "happy"),
+        ("expression", 1.0, 2.0, "sad very"),
+    ]
     assert [row[0] for row in got].count("valence") == 2
 
 
@@ -261,7 +279,10 @@ def test_elan_per_frame_samples_span_one_period(frames, tmp_path):
     got = [row for row in read_elan(path) if row[0] == "valence"]
     ref = reference(frames)
     shown = ref[ref["face"]]
-    assert got == [("valence", round(k / 5, 3), round((k + 1) / 5, 3), str(int(v))) for k, v in zip(shown["sample_index"], shown["valence"])]
+    assert got == [
+        ("valence", round(k / 5, 3), round((k + 1) / 5, 3), str(int(v)))
+        for k, v in zip(shown["sample_index"], shown["valence"])
+    ]
     assert 3 not in [round(b * 5) for _, b, _, _ in got]
 
 
@@ -273,7 +294,10 @@ def test_nova_layout_and_values(batch, tmp_path):
     result = export(batch, ExportOptions("nova", out))
     names = sorted(p.name for p in result.files)
     assert names == sorted(
-        f"{stem}.{dim}.annotation{tilde}" for stem in ("sub_a.mp4", "sub_a.mp4-2", "dark.mkv") for dim in ("valence", "arousal") for tilde in ("", "~")
+        f"{stem}.{dim}.annotation{tilde}"
+        for stem in ("sub_a.mp4", "sub_a.mp4-2", "dark.mkv")
+        for dim in ("valence", "arousal")
+        for tilde in ("", "~")
     )
     ref = reference(batch)
     for video, stem, n in [("sub/a.mp4", "sub_a.mp4", 4), ("sub_a.mp4", "sub_a.mp4-2", 3), ("dark.mkv", "dark.mkv", 2)]:
@@ -354,7 +378,12 @@ def test_existing_files_are_not_overwritten_without_overwrite(batch, tmp_path):
     [("missing", "no such file"), ("garbage", "cannot read"), ("suffix", "must end in"), ("columns", "missing column")],
 )
 def test_bad_tables(tmp_path, case, message):
-    table = {"missing": tmp_path / "nope.parquet", "garbage": tmp_path / "g.parquet", "suffix": tmp_path / "t.txt", "columns": tmp_path / "c.csv"}[case]
+    table = {
+        "missing": tmp_path / "nope.parquet",
+        "garbage": tmp_path / "g.parquet",
+        "suffix": tmp_path / "t.txt",
+        "columns": tmp_path / "c.csv",
+    }[case]
     if case == "garbage":
         table.write_bytes(b"not parquet at all")
     elif case == "suffix":
@@ -422,7 +451,9 @@ def mixed_rates(tmp_path_factory, lstm_checkpoint):
     for name, fps in (("pal.mp4", 25), ("ntsc30.mp4", 30), ("ntsc.mp4", 30000 / 1001)):
         media.make_clip(root / name, 1.6, fps, (160, 120), face)
     vfr = [0.0, 0.04, 0.08, 0.2, 0.24, 0.4, 0.5, 0.52, 0.7, 0.9]
-    media.write_video(root / "vfr.mp4", (media.scene(160, 120, face(t), seed=i) for i, t in enumerate(vfr)), 25, times=vfr)
+    media.write_video(
+        root / "vfr.mp4", (media.scene(160, 120, face(t), seed=i) for i, t in enumerate(vfr)), 25, times=vfr
+    )
     out = root / "frames.parquet"
     fercli.annotate([root], out, model=str(lstm_checkpoint), options=AnnotateOptions(per_frame=True))
     return root, out
@@ -445,7 +476,10 @@ def test_nova_gives_each_clip_its_own_rate_and_refuses_a_variable_one_alone(mixe
     assert result.exit_code == 1, result.output
     errors = [line for line in result.output.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and errors[0].startswith("error: vfr.mp4: ") and "ELAN" in errors[0]
-    rates = {name: float(read_nova(tmp_path / "n" / f"{name}.valence.annotation")[0]["sr"]) for name in ("pal.mp4", "ntsc30.mp4", "ntsc.mp4")}
+    rates = {
+        name: float(read_nova(tmp_path / "n" / f"{name}.valence.annotation")[0]["sr"])
+        for name in ("pal.mp4", "ntsc30.mp4", "ntsc.mp4")
+    }
     assert rates["pal.mp4"] == 25 and rates["ntsc30.mp4"] == 30
     assert rates["ntsc.mp4"] == pytest.approx(30000 / 1001, rel=1e-4)
     assert not list((tmp_path / "n").glob("vfr*"))
@@ -457,8 +491,12 @@ def bounded(tmp_path):
     rows = seconds(3, faceless={1}, seed=4)
     for row in rows:
         if row["face"]:
-            row.update(valence_lo=row["valence_score"] - 1.25, valence_hi=min(row["valence_score"] + 2.5, 10.0),
-                       arousal_lo=max(row["arousal_score"] - 0.75, -10.0), arousal_hi=row["arousal_score"] + 0.333)
+            row.update(
+                valence_lo=row["valence_score"] - 1.25,
+                valence_hi=min(row["valence_score"] + 2.5, 10.0),
+                arousal_lo=max(row["arousal_score"] - 0.75, -10.0),
+                arousal_hi=row["arousal_score"] + 0.333,
+            )
     w = TableWriter(tmp_path / "b.parquet", META, rows="second", all_faces=False, resume=False, intervals=True)
     w.add("a.mp4", rows)
     w.finish(["a.mp4"])
@@ -470,7 +508,11 @@ BOUNDS = ("valence_lo", "valence_hi", "arousal_lo", "arousal_hi")
 
 def bound_expected(rows):
     shown = rows[rows["face"]]
-    return [(t, round(b, 3), round(e, 3), f"{v:.2f}") for t in BOUNDS for b, e, v in zip(shown["start"], shown["end"], shown[t])]
+    return [
+        (t, round(b, 3), round(e, 3), f"{v:.2f}")
+        for t in BOUNDS
+        for b, e, v in zip(shown["start"], shown["end"], shown[t])
+    ]
 
 
 def test_elan_carries_the_intervals_bounds_as_tiers(bounded, tmp_path):

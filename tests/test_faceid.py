@@ -105,7 +105,7 @@ def test_identity_falls_back_to_texture_offline_and_records_which(monkeypatch, t
     with caplog.at_level("WARNING", logger="fercli"):
         auto = faceid.resolve_identity("auto", root=tmp_path)
     assert auto.kind == "texture" and auto.describe().startswith("texture")
-    assert "fer weights fetch dlib-faceid dlib-landmarks5" in caplog.text
+    assert "fer weights download dlib-faceid dlib-landmarks5" in caplog.text
     with pytest.raises(WeightsError, match="cannot download"):
         faceid.resolve_identity("faceid", root=tmp_path)
     with pytest.raises(WeightsError, match="--identity must be one of"):

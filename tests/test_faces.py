@@ -21,7 +21,12 @@ def detector():
 
 @pytest.mark.parametrize(
     "size,placement",
-    [((640, 360), (200, 60, 200)), ((320, 240), (20, 30, 180)), ((321, 241), (150, 10, 120)), ((1280, 720), (700, 300, 360))],
+    [
+        ((640, 360), (200, 60, 200)),
+        ((320, 240), (20, 30, 180)),
+        ((321, 241), (150, 10, 120)),
+        ((1280, 720), (700, 300, 360)),
+    ],
 )
 def test_detection_box_matches_the_known_paste_position(detector, size, placement):
     frame = media.scene(*size, [placement])

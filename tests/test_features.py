@@ -41,8 +41,9 @@ def test_box_choice_prefers_the_detection_on_the_labelled_face():
 
 def test_detector_boxes_on_rolled_faces_match_the_pasted_face(small, tmp_path):
     clips = [afew.read_dataset(small)[i] for i in (0, 3)]  # complete clips, two rolls each way
-    samples, stats = features.prepare(clips, fps=5, frames_fps=5, preprocess=Preprocess(size=64),
-                                  cache=features.FeatureCache(tmp_path))
+    samples, stats = features.prepare(
+        clips, fps=5, frames_fps=5, preprocess=Preprocess(size=64), cache=features.FeatureCache(tmp_path)
+    )
     assert stats.detected == 24 and stats.from_landmarks == 0
     for s in samples:
         for k in np.flatnonzero(s.present):
@@ -57,21 +58,38 @@ def test_landmarks_stand_in_where_the_detector_finds_nothing(small, tmp_path):
     from PIL import Image
 
     Image.fromarray(blank).save(folder / "00002.png")  # the face is gone, its landmarks stay
-    samples, stats = features.prepare(afew.read_dataset(tmp_path / "d"), fps=5, frames_fps=5,
-                                  preprocess=Preprocess(size=64), cache=features.FeatureCache(tmp_path / "c"))
+    samples, stats = features.prepare(
+        afew.read_dataset(tmp_path / "d"),
+        fps=5,
+        frames_fps=5,
+        preprocess=Preprocess(size=64),
+        cache=features.FeatureCache(tmp_path / "c"),
+    )
     assert samples[0].sources[2] == "landmarks" and stats.from_landmarks == 1
     assert samples[0].present.all()
     # Landmarks only: no face detector at all.
-    samples, stats = features.prepare(afew.read_dataset(tmp_path / "d"), fps=5, frames_fps=5, crops="landmarks",
-                                  preprocess=Preprocess(size=64), cache=features.FeatureCache(tmp_path / "c"))
+    samples, stats = features.prepare(
+        afew.read_dataset(tmp_path / "d"),
+        fps=5,
+        frames_fps=5,
+        crops="landmarks",
+        preprocess=Preprocess(size=64),
+        cache=features.FeatureCache(tmp_path / "c"),
+    )
     assert stats.detected == 0 and set(samples[0].sources) == {"landmarks"}
 
 
 def test_missing_and_corrupt_frames_are_skipped_and_said_once_per_clip(small, tmp_path, caplog):
     clips = afew.read_dataset(small)[:3]
     with caplog.at_level(logging.WARNING, logger="fercli"):
-        samples, stats = features.prepare(clips, fps=5, frames_fps=5, crops="landmarks",
-                                      preprocess=Preprocess(size=64), cache=features.FeatureCache(tmp_path))
+        samples, stats = features.prepare(
+            clips,
+            fps=5,
+            frames_fps=5,
+            crops="landmarks",
+            preprocess=Preprocess(size=64),
+            cache=features.FeatureCache(tmp_path),
+        )
     assert stats.skipped == 2
     assert samples[1].sources[4] == "missing" and samples[2].sources[6] == "unreadable"
     assert not samples[1].present[4] and np.isnan(samples[1].valence[4])

@@ -93,7 +93,9 @@ def test_a_lock_held_on_another_host_or_unreadable_is_not_taken(tmp_path):
 
     lock = tmp_path / "r.csv.lock"
     lock.write_text(json.dumps({"host": "lab-server-2", "pid": 1, "started": "2026-12-04 03:00:00"}))
-    with pytest.raises(FerError, match=r"process 1 on lab-server-2, since 2026-12-04 03:00:00\); wait for it, or remove"):
+    with pytest.raises(
+        FerError, match=r"process 1 on lab-server-2, since 2026-12-04 03:00:00\); wait for it, or remove"
+    ):
         OutputLock(tmp_path / "r.csv").acquire()
     lock.write_text("garbage")
     with pytest.raises(FerError, match="names no run"):

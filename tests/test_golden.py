@@ -46,7 +46,9 @@ def annotate_table(clips_dir: Path, checkpoint: Path, options: dict, out: Path) 
     from fercli.job.contract import AnnotateOptions
 
     inputs = [clips_dir / name for name in ("moving.mp4", "sub/gap.mkv", "two.mkv", "odd.avi")]
-    fercli.annotate(inputs, out, options=AnnotateOptions(**options), model=fercli.load_model(checkpoint, "cpu"), device="cpu")
+    fercli.annotate(
+        inputs, out, options=AnnotateOptions(**options), model=fercli.load_model(checkpoint, "cpu"), device="cpu"
+    )
     return fercli.read_table(out)
 
 
@@ -62,7 +64,9 @@ def test_same_table_as_before_the_restructuring(request, tmp_path, clips_dir, na
     exact = [c for c in want.columns if c not in floats]
     pd.testing.assert_frame_equal(got[exact].astype(str), want[exact].astype(str))
     for col in floats:
-        np.testing.assert_allclose(got[col].to_numpy(float), want[col].to_numpy(float), rtol=RTOL, atol=ATOL, equal_nan=True, err_msg=col)
+        np.testing.assert_allclose(
+            got[col].to_numpy(float), want[col].to_numpy(float), rtol=RTOL, atol=ATOL, equal_nan=True, err_msg=col
+        )
 
 
 if __name__ == "__main__":  # regenerate the reference (only at a commit whose tables are the reference)

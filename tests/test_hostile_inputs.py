@@ -44,9 +44,27 @@ def batch(tmp_path_factory, clips_dir, lstm_checkpoint):
     (root / "notes").symlink_to("notes")  # a loop
     out = root.parent / "results.csv"
     before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-    done = subprocess.run([sys.executable, "-m", "fercli.cli", "annotate", str(root), "--out", str(out), "--model", str(lstm_checkpoint),
-                           "--workers", "0"], check=False, capture_output=True, text=True, timeout=600, cwd=REPO,
-                          env=os.environ | {"COLUMNS": "200"})
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "fercli.cli",
+            "annotate",
+            str(root),
+            "--out",
+            str(out),
+            "--model",
+            str(lstm_checkpoint),
+            "--workers",
+            "0",
+        ],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=REPO,
+        env=os.environ | {"COLUMNS": "200"},
+    )
     peak_mb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
     return done, out, peak_mb if peak_mb > before / 1024 else None
 

@@ -18,9 +18,27 @@ from fercli.cli import app
 from fercli.tables.writers import schema
 
 SECONDS = 3
-NUMERIC = ("second", "start", "end", "valence", "arousal", "valence_score", "arousal_score", "valence_conf",
-           "arousal_conf", "valence_sd", "arousal_sd", "samples", "face_x0", "face_y0", "face_x1", "face_y1", "face_score",
-           "face_share", "person")
+NUMERIC = (
+    "second",
+    "start",
+    "end",
+    "valence",
+    "arousal",
+    "valence_score",
+    "arousal_score",
+    "valence_conf",
+    "arousal_conf",
+    "valence_sd",
+    "arousal_sd",
+    "samples",
+    "face_x0",
+    "face_y0",
+    "face_x1",
+    "face_y1",
+    "face_score",
+    "face_share",
+    "person",
+)
 
 
 @pytest.fixture(scope="module")
@@ -36,10 +54,32 @@ def fer_table(video: str) -> pd.DataFrame:
     for second in range(SECONDS):
         for person in (0, 1):
             v = (second - 1) * 3 + person
-            rows.append({"video": video, "second": second, "start": float(second), "end": float(second + 1), "person": person,
-                         "face": True, "valence": v, "arousal": -v, "valence_score": v + 0.2, "arousal_score": -v - 0.2,
-                         "valence_conf": 0.5, "arousal_conf": 0.4, "valence_sd": 1.5, "arousal_sd": 2.0, "samples": 5,
-                         "face_x0": 30.0, "face_y0": 20.0, "face_x1": 110.0, "face_y1": 100.0, "face_score": 0.9, "face_share": 1.0, "people": 2})
+            rows.append(
+                {
+                    "video": video,
+                    "second": second,
+                    "start": float(second),
+                    "end": float(second + 1),
+                    "person": person,
+                    "face": True,
+                    "valence": v,
+                    "arousal": -v,
+                    "valence_score": v + 0.2,
+                    "arousal_score": -v - 0.2,
+                    "valence_conf": 0.5,
+                    "arousal_conf": 0.4,
+                    "valence_sd": 1.5,
+                    "arousal_sd": 2.0,
+                    "samples": 5,
+                    "face_x0": 30.0,
+                    "face_y0": 20.0,
+                    "face_x1": 110.0,
+                    "face_y1": 100.0,
+                    "face_score": 0.9,
+                    "face_share": 1.0,
+                    "people": 2,
+                }
+            )
     df = pd.DataFrame(rows)
     assert list(df.columns) == schema(all_faces=True).names  # the table is what fer writes
     return df
@@ -63,7 +103,9 @@ def run_all(table, clip, out) -> dict[str, object]:
 
 def check(results: dict, table, what: str) -> None:
     for name, result in results.items():
-        assert result.exit_code in (0, 2), f"fer {name} on a table with {what}: exit {result.exit_code}\n{result.output}"
+        assert result.exit_code in (0, 2), (
+            f"fer {name} on a table with {what}: exit {result.exit_code}\n{result.output}"
+        )
         if result.exit_code:
             lines = [line for line in result.output.splitlines() if line.strip()]
             assert len(lines) == 1 and str(table.name) in lines[0], f"fer {name}, {what}: {result.output}"
@@ -73,7 +115,9 @@ def test_the_complete_table_works_with_every_command(tmp_path, clip):
     table = tmp_path / "t.csv"
     fer_table(clip.name).to_csv(table, index=False)
     results = run_all(table, clip, tmp_path)
-    assert {name: r.exit_code for name, r in results.items()} == dict.fromkeys(results, 0), {n: r.output for n, r in results.items()}
+    assert {name: r.exit_code for name, r in results.items()} == dict.fromkeys(results, 0), {
+        n: r.output for n, r in results.items()
+    }
 
 
 @pytest.mark.parametrize("column", schema(all_faces=True).names)
@@ -104,7 +148,10 @@ def test_numbers_out_of_any_range_are_named(tmp_path, clip, value):
     results = run_all(table, clip, tmp_path)
     check(results, table, f"second {value}")
     for name, result in results.items():  # 3e6 s: a NOVA export took 1.1 GB of memory before
-        assert result.exit_code == 2 and "column second holds" in result.output and "(row 3)" in result.output, (name, result.output)
+        assert result.exit_code == 2 and "column second holds" in result.output and "(row 3)" in result.output, (
+            name,
+            result.output,
+        )
 
 
 def test_video_names_past_a_file_names_length_still_export_and_plot(tmp_path):
@@ -115,9 +162,11 @@ def test_video_names_past_a_file_names_length_still_export_and_plot(tmp_path):
     assert all(len(v) > 255 for v in videos)
     table = tmp_path / "t.csv"
     pd.concat([fer_table(v) for v in videos]).to_csv(table, index=False)
-    for args in (["export", str(table), "--to", "nova", "--out", str(tmp_path / "nova")],
-                 ["export", str(table), "--to", "elan", "--out", str(tmp_path / "elan")],
-                 ["plot", str(table), "--out", str(tmp_path / "plots")]):
+    for args in (
+        ["export", str(table), "--to", "nova", "--out", str(tmp_path / "nova")],
+        ["export", str(table), "--to", "elan", "--out", str(tmp_path / "elan")],
+        ["plot", str(table), "--out", str(tmp_path / "plots")],
+    ):
         result = CliRunner().invoke(app, args)
         assert result.exit_code == 0, (args[0], result.output)
     for folder, per_clip in (("nova", 2 * 2 * 2), ("elan", 1), ("plots/timelines", 1)):

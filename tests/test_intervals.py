@@ -104,13 +104,16 @@ def test_file_round_trip_and_garbage_is_one_line(tmp_path):
         assert str(e.value).startswith(str(tmp_path / name)) and "\n" not in str(e.value)
 
 
-@pytest.mark.parametrize("change", [
-    {"weights_sha256": "b" * 64},
-    {"preprocess": {**PRE, "crop": "square"}},
-    {"preprocess": {**PRE, "mean": [0.5, 0.5, 0.5]}},
-    {"fps": 10.0},
-    {"window": 5, "arch": "efficientnet_b0"},
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"weights_sha256": "b" * 64},
+        {"preprocess": {**PRE, "crop": "square"}},
+        {"preprocess": {**PRE, "mean": [0.5, 0.5, 0.5]}},
+        {"fps": 10.0},
+        {"window": 5, "arch": "efficientnet_b0"},
+    ],
+)
 def test_a_calibration_of_another_model_or_preprocessing_is_refused(change):
     check_calibration(cal(), META, "cal.json", "t.parquet")  # its own model passes
     with pytest.raises(DataError) as e:

@@ -43,7 +43,9 @@ def features(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def runs(synthetic, features, tmp_path_factory):
     out = tmp_path_factory.mktemp("runs")
-    return {t: train(TrainOptions(synthetic, out / t, temporal=t, cache_dir=features, **FAST)) for t in ("lstm", "mean")}
+    return {
+        t: train(TrainOptions(synthetic, out / t, temporal=t, cache_dir=features, **FAST)) for t in ("lstm", "mean")
+    }
 
 
 @pytest.fixture(scope="module")
@@ -98,7 +100,11 @@ def test_run_folder_records_itself(runs):
     assert r.stopped_early or r.epochs == FAST["epochs"]
     best = torch.load(r.best, weights_only=True)
     meta = best["training"]
-    assert meta["split"] == "clip" and (meta["backbone"], meta["init"]) == ("efficientnet_b0", "random") and meta["epoch"] == r.best_epoch
+    assert (
+        meta["split"] == "clip"
+        and (meta["backbone"], meta["init"]) == ("efficientnet_b0", "random")
+        and meta["epoch"] == r.best_epoch
+    )
     assert meta["backbone_sha256"] == config["backbone_sha256"]
     assert meta["test"]["ccc_valence"] == pytest.approx(r.test["ccc_valence"])
     assert json.loads((r.out / "test.json").read_text())["best_epoch"] == r.best_epoch
@@ -116,7 +122,9 @@ def test_checkpoint_runs_in_fer_annotate_and_agrees_with_the_truth(runs, synthet
     assert model.config.temporal == "lstm" and model.config.window == 5 and model.config.preprocess.size == 96
     test_clips = json.loads((runs["lstm"].out / "split.json").read_text())["test"]
     out = tmp_path / "pred.csv"
-    result = annotate([synthetic / c for c in test_clips], out, options=AnnotateOptions(frames_fps=5.0), model=model, device="cpu")
+    result = annotate(
+        [synthetic / c for c in test_clips], out, options=AnnotateOptions(frames_fps=5.0), model=model, device="cpu"
+    )
     assert not result.failed
     pred = pd.read_csv(out, dtype={"video": str})
     assert pred["face"].all()
@@ -191,7 +199,11 @@ def test_an_out_that_is_a_file_is_refused_before_any_work(tiny, tmp_path, monkey
     (tmp_path / "notes.txt").write_text("mine")
     monkeypatch.setattr(feature_module, "prepare", lambda *a, **k: pytest.fail("features were prepared"))
     with pytest.raises(FerError, match=r"--out .*notes.txt is a file"):
-        train(TrainOptions(tiny, tmp_path / "notes.txt", cache_dir=tmp_path / "c", **{**FAST, "epochs": 1, "image_size": 64}))
+        train(
+            TrainOptions(
+                tiny, tmp_path / "notes.txt", cache_dir=tmp_path / "c", **{**FAST, "epochs": 1, "image_size": 64}
+            )
+        )
     assert (tmp_path / "notes.txt").read_text() == "mine"
 
 
@@ -237,8 +249,11 @@ def test_second_run_does_no_backbone_work(tiny, tmp_path, monkeypatch):
 
 
 def test_window_split_is_recorded_as_such(tiny, tmp_path):
-    r = train(TrainOptions(tiny, tmp_path / "w", split="window", cache_dir=tmp_path / "c",
-                           **{**FAST, "epochs": 1, "image_size": 64}))
+    r = train(
+        TrainOptions(
+            tiny, tmp_path / "w", split="window", cache_dir=tmp_path / "c", **{**FAST, "epochs": 1, "image_size": 64}
+        )
+    )
     split = json.loads((r.out / "split.json").read_text())
     assert split["kind"] == "window" and split["test"][0].count(":") == 1
     assert json.loads((r.out / "config.json").read_text())["split"]["kind"] == "window"
@@ -247,8 +262,13 @@ def test_window_split_is_recorded_as_such(tiny, tmp_path):
 
 
 def test_finetune_trains_the_backbone_end_to_end(tiny, tmp_path):
-    opts = TrainOptions(tiny, tmp_path / "ft", finetune=True, cache_dir=tmp_path / "c",
-                        **{**FAST, "epochs": 1, "image_size": 64, "hidden": 16, "window": 3})
+    opts = TrainOptions(
+        tiny,
+        tmp_path / "ft",
+        finetune=True,
+        cache_dir=tmp_path / "c",
+        **{**FAST, "epochs": 1, "image_size": 64, "hidden": 16, "window": 3},
+    )
     r = train(opts)
     assert r.prep.encoded == 0  # no feature cache when the backbone changes every step
     trained = torch.load(r.best, weights_only=True)["state_dict"]
@@ -264,8 +284,13 @@ def test_finetuning_under_bf16_autocast_keeps_a_random_backbone_finite(tiny, tmp
 
     assert training.amp_dtype(torch.device("cpu")) is None  # CPU runs stay fp32
     monkeypatch.setattr(training, "amp_dtype", lambda device: torch.bfloat16)
-    opts = TrainOptions(tiny, tmp_path / "bf16", finetune=True, cache_dir=tmp_path / "c",
-                        **{**FAST, "epochs": 1, "hidden": 16, "window": 3})
+    opts = TrainOptions(
+        tiny,
+        tmp_path / "bf16",
+        finetune=True,
+        cache_dir=tmp_path / "c",
+        **{**FAST, "epochs": 1, "hidden": 16, "window": 3},
+    )
     r = train(opts)
     row = next(csv.DictReader((r.out / "summary.csv").open()))
     assert all(math.isfinite(float(row[k])) for k in ("train_loss", "train_ccc_valence", "val_loss", "val_ccc_arousal"))
@@ -322,7 +347,10 @@ def test_the_initial_weights_download_is_reported_as_train_events(tiny, tmp_path
 
     monkeypatch.setattr(weights, "fetch", halfway)
     events = []
-    for backbone, init, name in [("efficientnet_b0", "hsemotion", "hsemotion"), ("resnet50", "imagenet", "imagenet-resnet50")]:
+    for backbone, init, name in [
+        ("efficientnet_b0", "hsemotion", "hsemotion"),
+        ("resnet50", "imagenet", "imagenet-resnet50"),
+    ]:
         with pytest.raises(WeightsError, match="offline"):
             train(TrainOptions(tiny, tmp_path / init, backbone=backbone, init=init), progress=events.append)
         assert asked[-1] == name and events[-1] == TrainEvent("download", 5_000_000, 10_000_000)
@@ -388,8 +416,21 @@ def test_fer_train_command(tiny, tmp_path):
 
     if not any((c.name or c.callback.__name__) == "train" for c in app.registered_commands):
         pytest.skip("`fer train` is not registered in fercli/cli.py yet")
-    args = ["train", "--data", tiny, "--out", tmp_path / "run", "--init", "random", "--epochs", "1",
-            "--frames-fps", "5", "--device", "cpu"]
+    args = [
+        "train",
+        "--data",
+        tiny,
+        "--out",
+        tmp_path / "run",
+        "--init",
+        "random",
+        "--epochs",
+        "1",
+        "--frames-fps",
+        "5",
+        "--device",
+        "cpu",
+    ]
     env = {"FER_CACHE_DIR": str(tmp_path / "cache")}
     result = CliRunner().invoke(app, [str(a) for a in args], env=env)
     assert result.exit_code == 0, result.output
@@ -439,7 +480,12 @@ def test_benchmark_compare_puts_runs_side_by_side(runs, tmp_path):
         assert row["ccc_mean"] == pytest.approx((test["ccc_valence"] + test["ccc_arousal"]) / 2)
         assert row["f1_valence"] == test["f1_valence"] and row["acc_arousal"] == test["acc_arousal"]
         assert row["train_seconds"] == pytest.approx(sum(r["seconds"] for r in summary))
-        assert (row["lr"], row["batch_size"], row["split"], row["fraction"]) == (FAST["lr"], FAST["batch_size"], "clip", 1.0)
+        assert (row["lr"], row["batch_size"], row["split"], row["fraction"]) == (
+            FAST["lr"],
+            FAST["batch_size"],
+            "clip",
+            1.0,
+        )
         assert row["temporal"] == folder.name and row["init"] == "random" and row["device"] == "cpu"
     md = (tmp_path / "cmp" / "compare.md").read_text().splitlines()
     assert md[0].startswith("| run | backbone | init | temporal |") and len(md) == 2 + len(folders)
@@ -459,22 +505,37 @@ def test_benchmark_compare_names_a_folder_that_is_not_a_run(tmp_path):
 def fake_run(folder: Path) -> Path:
     """A run folder as `fer train` leaves one, written by hand: config.json, test.json, summary.csv."""
     folder.mkdir(parents=True)
-    config = {"options": {"init": "random", "temporal": "lstm", "split": "clip", "fraction": 1.0, "lr": 1e-4, "batch_size": 8},
-              "model": {"backbone": "efficientnet_b0"}, "device": "cpu"}
+    config = {
+        "options": {
+            "init": "random",
+            "temporal": "lstm",
+            "split": "clip",
+            "fraction": 1.0,
+            "lr": 1e-4,
+            "batch_size": 8,
+        },
+        "model": {"backbone": "efficientnet_b0"},
+        "device": "cpu",
+    }
     (folder / "config.json").write_text(json.dumps(config))
-    (folder / "test.json").write_text(json.dumps({"ccc_valence": 0.5, "ccc_arousal": 0.25, "acc_valence": 0.4, "best_epoch": 2}))
+    (folder / "test.json").write_text(
+        json.dumps({"ccc_valence": 0.5, "ccc_arousal": 0.25, "acc_valence": 0.4, "best_epoch": 2})
+    )
     (folder / "summary.csv").write_text("epoch,seconds\n1,1.5\n2,2.25\n")
     return folder
 
 
-@pytest.mark.parametrize("name,content,message", [
-    ("summary.csv", "epoch,time\n1,1.5\n", "no 'seconds' column"),
-    ("summary.csv", "epoch,seconds\n1,fast\n", "'seconds' value is not a number"),
-    ("summary.csv", b"epoch,seconds\n1,\xff\n", "unreadable"),
-    ("test.json", '{"ccc_valence": "0.5", "ccc_arousal": 0.2}', "ccc_valence '0.5' is not a number"),
-    ("config.json", '{"options": "lr=1e-4"}', "'options' is not a JSON object"),
-    ("config.json", '{"options": {"batch_size": [8]}}', "batch_size '[8]' is not a number"),
-])
+@pytest.mark.parametrize(
+    "name,content,message",
+    [
+        ("summary.csv", "epoch,time\n1,1.5\n", "no 'seconds' column"),
+        ("summary.csv", "epoch,seconds\n1,fast\n", "'seconds' value is not a number"),
+        ("summary.csv", b"epoch,seconds\n1,\xff\n", "unreadable"),
+        ("test.json", '{"ccc_valence": "0.5", "ccc_arousal": 0.2}', "ccc_valence '0.5' is not a number"),
+        ("config.json", '{"options": "lr=1e-4"}', "'options' is not a JSON object"),
+        ("config.json", '{"options": {"batch_size": [8]}}', "batch_size '[8]' is not a number"),
+    ],
+)
 def test_compare_leaves_out_a_damaged_run_naming_its_file_and_compares_the_rest(tmp_path, name, content, message):
     from typer.testing import CliRunner
 
@@ -542,12 +603,15 @@ def test_backbone_names_are_timm_models():
     assert model_config(TrainOptions("d", "o")).backbone == "tf_efficientnet_b0"
 
 
-@pytest.mark.parametrize("backbone, init, message", [
-    ("resnet50", "hsemotion", "--init hsemotion is an efficientnet_b0 network"),
-    ("vit", "random", "--backbone must be one of efficientnet_b0, resnet50"),
-    ("resnet50", "scratch", "--init must be one of hsemotion, imagenet, random"),
-    ("random", "random", "--backbone must be one of efficientnet_b0, resnet50, not 'random'"),
-])
+@pytest.mark.parametrize(
+    "backbone, init, message",
+    [
+        ("resnet50", "hsemotion", "--init hsemotion is an efficientnet_b0 network"),
+        ("vit", "random", "--backbone must be one of efficientnet_b0, resnet50"),
+        ("resnet50", "scratch", "--init must be one of hsemotion, imagenet, random"),
+        ("random", "random", "--backbone must be one of efficientnet_b0, resnet50, not 'random'"),
+    ],
+)
 def test_bad_backbone_or_init_is_refused(tiny, tmp_path, backbone, init, message):
     with pytest.raises(FerError, match=message):
         train(TrainOptions(tiny, tmp_path / "run", backbone=backbone, init=init))
@@ -605,6 +669,7 @@ def test_resnet50_run_is_a_model_for_annotate(tiny, tmp_path):
 def test_a_run_folder_inside_the_data_is_refused(tmp_path, where):
     # `--out D` with `--data D` wrote the run into the data set, which then no longer read.
     from fercli.core.errors import FerError
+
     data = tmp_path / "afew"
     data.mkdir()
     out = {"same": data, "inside": data / "runs" / "x"}[where]

@@ -80,8 +80,6 @@ def test_sagr_zero_agrees_only_with_zero():
     assert sagr([3, -2, 0, 0, -7], [0.4, 1, 0, 0.1, -9]) == pytest.approx(3 / 5)
 
 
-
-
 def test_accuracy_hand_cases():
     t, p = [0, 1, 2, 3, -4], [0, 2, 2, 5, -3.4]  # -3.4 is class -3
     assert accuracy(t, p) == pytest.approx(2 / 5)
@@ -232,11 +230,20 @@ def test_score_rejects_duplicates_and_missing_columns():
         score(truth, pred_df([("a", 0, 11, 1)]))
 
 
-@pytest.mark.parametrize("edit,message", [
-    (lambda d: d.assign(second=d["second"] + 0.5), r"second must hold whole numbers, not 0\.5"),  # was cut to 0 and matched
-    (lambda d: d.assign(valence_score=[np.inf, 1.0]), "column valence_score holds an infinite value"),  # was "no face"
-    (lambda d: d.assign(arousal_score=[1.0, -np.inf]), "column arousal_score holds an infinite value"),
-])
+@pytest.mark.parametrize(
+    "edit,message",
+    [
+        (
+            lambda d: d.assign(second=d["second"] + 0.5),
+            r"second must hold whole numbers, not 0\.5",
+        ),  # was cut to 0 and matched
+        (
+            lambda d: d.assign(valence_score=[np.inf, 1.0]),
+            "column valence_score holds an infinite value",
+        ),  # was "no face"
+        (lambda d: d.assign(arousal_score=[1.0, -np.inf]), "column arousal_score holds an infinite value"),
+    ],
+)
 def test_a_damaged_prediction_table_is_refused_naming_its_file(tmp_path, edit, message):
     truth = tmp_path / "truth.csv"
     truth_df([("a", 0, 1, 1), ("a", 1, 2, 2)]).to_csv(truth, index=False)
@@ -255,8 +262,18 @@ def test_score_on_a_fer_table(tmp_path):
     for s in range(4):
         face = s != 2
         v = s if face else None
-        rows.append({"second": s, "start": s, "end": s + 1, "face": face, "valence": v, "arousal": v,
-                     "valence_score": None if v is None else v + 0.5, "arousal_score": None if v is None else v - 0.5})
+        rows.append(
+            {
+                "second": s,
+                "start": s,
+                "end": s + 1,
+                "face": face,
+                "valence": v,
+                "arousal": v,
+                "valence_score": None if v is None else v + 0.5,
+                "arousal_score": None if v is None else v - 0.5,
+            }
+        )
     w.add("001", rows)
     w.finish(["001"])
     truth = truth_df([("001", s, s, s) for s in range(5)])
@@ -298,7 +315,11 @@ def test_report_markdown_layout():
     assert body[0].startswith("| F1 score") and "| Accuracy |" in "\n".join(body) and "| CCC |" in "\n".join(body)
     ccc_row = next(row for row in body if row.startswith("| CCC |"))
     cells = [c.strip() for c in ccc_row.strip("|").split("|")]
-    assert cells[1:] == [f"{r.metrics['valence']['ccc']:.3f}", f"{r.metrics['arousal']['ccc']:.3f}", f"{r.mean['ccc']:.3f}"]
+    assert cells[1:] == [
+        f"{r.metrics['valence']['ccc']:.3f}",
+        f"{r.metrics['arousal']['ccc']:.3f}",
+        f"{r.mean['ccc']:.3f}",
+    ]
     text = report_markdown(r)
     assert "without a face in the prediction: 1" in text and "valence_score" in text
 
@@ -312,11 +333,20 @@ def test_write_metrics(tmp_path):
 
 def test_interval_coverage_and_width_by_hand():
     # clip a: 3 seconds, truth inside twice (one exactly on a float32 bound); clip b: 1 second, outside.
-    truth = pd.DataFrame({"video": ["a", "a", "a", "b"], "second": [0, 1, 2, 0], "valence": [1.0, 0.3, 5.0, -2.0],
-                          "arousal": [0.0, 0.0, 0.0, 0.0]})
+    truth = pd.DataFrame(
+        {
+            "video": ["a", "a", "a", "b"],
+            "second": [0, 1, 2, 0],
+            "valence": [1.0, 0.3, 5.0, -2.0],
+            "arousal": [0.0, 0.0, 0.0, 0.0],
+        }
+    )
     pred = truth.rename(columns={"valence": "valence_score", "arousal": "arousal_score"}).assign(
-        valence_lo=np.array([0.0, 0.3, 6.0, 0.0], dtype=np.float32), valence_hi=[2.5, 1.0, 7.0, 1.0],
-        arousal_lo=[-1.0, -1.0, -1.0, -1.0], arousal_hi=[1.0, 1.0, 1.0, 1.0])
+        valence_lo=np.array([0.0, 0.3, 6.0, 0.0], dtype=np.float32),
+        valence_hi=[2.5, 1.0, 7.0, 1.0],
+        arousal_lo=[-1.0, -1.0, -1.0, -1.0],
+        arousal_hi=[1.0, 1.0, 1.0, 1.0],
+    )
     report = score(truth, pred)
     v = report.intervals["valence"]
     assert v["coverage"] == pytest.approx(2 / 4) and v["clip_coverage"] == pytest.approx((2 / 3 + 0) / 2)

@@ -103,7 +103,11 @@ def test_hsemotion_input_matches_torchvision_transforms_on_the_tight_box():
     frame = media.scene(640, 360, [(200, 60, 200)])
     box = (251.0, 101.0, 333.0, 197.0)  # 82 x 96: not square, so a square crop would differ
     reference = transforms.Compose(
-        [transforms.Resize((224, 224)), transforms.ToTensor(), transforms.Normalize([0.485, 0.456, 0.406], [0.229, 0.224, 0.225])]
+        [
+            transforms.Resize((224, 224)),
+            transforms.ToTensor(),
+            transforms.Normalize([0.485, 0.456, 0.406], [0.229, 0.224, 0.225]),
+        ]
     )(Image.fromarray(frame[101:197, 251:333]))
     pre = HSEMOTION_CONFIG.preprocess
     x = to_input(np.stack([pre.cut(frame, box)]), pre)[0]
@@ -127,9 +131,9 @@ def test_cut_batch_is_cut_on_a_torch_device(pre):
 def test_to_input_normalises_with_imagenet_stats():
     crops = torch.randint(0, 256, (2, 8, 8, 3), dtype=torch.uint8)
     x = to_input(crops.numpy(), Preprocess())
-    expected = (crops.permute(0, 3, 1, 2).float() / 255 - torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)) / torch.tensor(
-        [0.229, 0.224, 0.225]
-    ).view(1, 3, 1, 1)
+    expected = (
+        crops.permute(0, 3, 1, 2).float() / 255 - torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
+    ) / torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
     torch.testing.assert_close(x, expected)
 
 

@@ -206,7 +206,10 @@ def test_clips_nvdec_does_not_take_are_pyavs_frames_uploaded(tmp_path, codec, pi
     path = write_coded(
         tmp_path / "clip.avi" if codec != "libx264" else tmp_path / "clip.mp4", frames, 25, codec, pix_fmt
     )
-    never = lambda p, d: pytest.fail("NVDEC was asked to open a clip it does not take")
+
+    def never(p, d):
+        pytest.fail("NVDEC was asked to open a clip it does not take")
+
     with nvdec.DeviceVideo(path, "cpu", open_decoder=never) as video:
         assert reason in video.fallback and video.info.decoder == "cpu"
     _, index, times, sources, images = device_samples(path, 25.0, open_decoder=never)

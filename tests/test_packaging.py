@@ -28,7 +28,6 @@ def test_docs_and_hints_install_fercli():
             assert wrong not in text, f"{path.name} still says {wrong!r}"
 
 
-
 # --- the support matrix ---------------------------------------------------------------------
 
 PYTHONS = ("3.10", "3.11", "3.12", "3.13", "3.14")
@@ -92,16 +91,36 @@ def resolutions(tmp_path_factory):
     root = tmp_path_factory.mktemp("resolve")
     running = {}
     for version in PYTHONS:
-        command = [sys.executable, "-m", "pip", "install", "--dry-run", "--ignore-installed", "--only-binary=:all:",
-                   "--python-version", version, *(f"--platform={p}" for p in PLATFORMS),
-                   "--target", str(root / version), "--quiet", "--report", str(root / f"{version}.json"),
-                   "-c", str(constraints_for(version, root)), *requirements()]
+        command = [
+            sys.executable,
+            "-m",
+            "pip",
+            "install",
+            "--dry-run",
+            "--ignore-installed",
+            "--only-binary=:all:",
+            "--python-version",
+            version,
+            *(f"--platform={p}" for p in PLATFORMS),
+            "--target",
+            str(root / version),
+            "--quiet",
+            "--report",
+            str(root / f"{version}.json"),
+            "-c",
+            str(constraints_for(version, root)),
+            *requirements(),
+        ]
         running[version] = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     out = {}
     for version, process in running.items():
         log, _ = process.communicate(timeout=RESOLVE_TIMEOUT_S)
         errors = [line for line in log.splitlines() if not line.startswith("WARNING: Location")]
-        out[version] = (process.returncode, json.loads((root / f"{version}.json").read_text()) if process.returncode == 0 else None, errors)
+        out[version] = (
+            process.returncode,
+            json.loads((root / f"{version}.json").read_text()) if process.returncode == 0 else None,
+            errors,
+        )
     return out
 
 
@@ -109,7 +128,9 @@ def resolutions(tmp_path_factory):
 def test_fercli_resolves_from_wheels_on_cpython(resolutions, version):
     code, report, errors = resolutions[version]
     assert code == 0, "\n".join(errors[-15:])
-    got = {item["metadata"]["name"].lower().replace("_", "-"): item["metadata"]["version"] for item in report["install"]}
+    got = {
+        item["metadata"]["name"].lower().replace("_", "-"): item["metadata"]["version"] for item in report["install"]
+    }
     from packaging.requirements import Requirement
 
     for requirement in map(Requirement, requirements()):
@@ -152,7 +173,8 @@ def top_level(dist):
             names.add(parts[0])
         elif len(parts) == 1 and parts[0].endswith(".py") and parts[0][:-3].isidentifier():
             names.add(parts[0][:-3])
-    return {n for n in names if n.isidentifier() and not n.startswith("__") and n not in ("tests", "test", "docs", "examples", "benchmarks")}
+    skip = ("tests", "test", "docs", "examples", "benchmarks")
+    return {n for n in names if n.isidentifier() and not n.startswith("__") and n not in skip}
 
 seen = {}
 closure("fercli", seen)
@@ -177,7 +199,9 @@ def test_importing_everything_fer_installs_then_a_matrix_product_does_not_crash(
     import subprocess
     import sys
 
-    result = subprocess.run([sys.executable, "-c", _IMPORT_ALL_THEN_MATMUL], capture_output=True, text=True, timeout=600)
+    result = subprocess.run(
+        [sys.executable, "-c", _IMPORT_ALL_THEN_MATMUL], capture_output=True, text=True, timeout=600
+    )
     assert result.returncode == 0, f"exit {result.returncode}: {result.stderr[-2000:]}"
     _, count, *modules = result.stdout.split()
     assert int(count) > 20 and {"torch", "numpy", "av", "ai_edge_litert", "fercli"} <= set(modules)
@@ -188,8 +212,22 @@ def test_the_model_file_its_licence_and_the_report_assets_are_in_the_wheel(tmp_p
     import sys
     import zipfile
 
-    build = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(tmp_path), str(ROOT)],
-                           capture_output=True, text=True)
+    build = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--no-deps",
+            "--no-build-isolation",
+            "-q",
+            "-w",
+            str(tmp_path),
+            str(ROOT),
+        ],
+        capture_output=True,
+        text=True,
+    )
     if build.returncode != 0 and "setuptools" in build.stderr.lower():
         pytest.skip(f"cannot build a wheel here: {build.stderr.strip().splitlines()[-1]}")
     assert build.returncode == 0, build.stderr

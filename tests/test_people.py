@@ -138,7 +138,7 @@ def test_the_embedding_keeps_two_people_apart_across_changed_shots_where_texture
 
     tracks, texture, faces, seen, truth = Tracks(), {}, {}, {}, {}
     with FaceDetector() as detector:
-        for k, (shot, person, frame) in enumerate(interview_frames()):
+        for k, (_shot, person, frame) in enumerate(interview_frames()):
             found = detector.detect(frame)
             assert len(found) == 1
             for t, (det, look) in tracks.update(k / FPS, frame, found).items():
@@ -150,7 +150,10 @@ def test_the_embedding_keeps_two_people_apart_across_changed_shots_where_texture
                     faces[t] = faces.get(t, 0) + unit_embeddings(faceid_net, chip[None])[0]
     assert len(tracks.cuts) == len(INTERVIEW) - 1 and all(len(p) == 1 for p in truth.values())
     by_faces = group_tracks(faces, seen, kind="faceid")
-    assert {p: {next(iter(truth[t])) for t in by_faces if by_faces[t] == p} for p in set(by_faces.values())} == {0: {0}, 1: {1}}
+    assert {p: {next(iter(truth[t])) for t in by_faces if by_faces[t] == p} for p in set(by_faces.values())} == {
+        0: {0},
+        1: {1},
+    }
     by_texture = group_tracks(texture, seen, kind="texture")
     assert len(set(by_texture.values())) > 2  # texture's fault (issue 38): a changed shot is someone new
 
@@ -159,13 +162,15 @@ def detections_with_truth(frames, fps):
     """Per sample: (time, frame, detections, the true person of each detection by head centre)."""
     from fercli.media.faces import FaceDetector
 
+    def centre(box):
+        return np.array([(box[0] + box[2]) / 2, (box[1] + box[3]) / 2])
+
     out = []
     with FaceDetector() as detector:
         for i, frame in enumerate(frames):
             t = i / fps
             found = detector.detect(frame)
             truth = real_faces.people_at(t)
-            centre = lambda box: np.array([(box[0] + box[2]) / 2, (box[1] + box[3]) / 2])
             who = [min(truth, key=lambda pb: np.linalg.norm(centre(pb[1]) - centre(d.box)))[0] for d in found]
             out.append((t, frame, found, who))
     return out
@@ -212,7 +217,9 @@ def whose(row) -> int:
 
 def test_all_faces_gives_one_row_per_person_per_second(cuts_clip, lstm_checkpoint, tmp_path):
     model = fercli.load_model(lstm_checkpoint, "cpu")
-    fercli.annotate([cuts_clip], tmp_path / "all.csv", model=model, device="cpu", options=AnnotateOptions(all_faces=True))
+    fercli.annotate(
+        [cuts_clip], tmp_path / "all.csv", model=model, device="cpu", options=AnnotateOptions(all_faces=True)
+    )
     table = fercli.read_table(tmp_path / "all.csv")
     faced = table[table.face]
     assert sorted(faced.person.unique()) == [0, 1]
@@ -260,7 +267,9 @@ def test_a_cut_to_another_person_at_the_same_place_before_the_same_wall_ends_the
     frames = []
     for i in range(6 * FPS):
         photo, box = photos[on_screen(i / FPS)]
-        frames.append(real_faces.paste(real_faces.background(480, 270, seed=i), real_faces.head(photo, box, 80), 200, 90))
+        frames.append(
+            real_faces.paste(real_faces.background(480, 270, seed=i), real_faces.head(photo, box, 80), 200, 90)
+        )
     assert all(0.5 * np.abs(colour_histogram(a) - colour_histogram(b)).sum() < 0.08 for a, b in zip(frames, frames[1:]))
     tracks, looks, seen, truth = Tracks(), {}, {}, {}
     detector = fercli.media.faces.FaceDetector()
@@ -273,7 +282,10 @@ def test_a_cut_to_another_person_at_the_same_place_before_the_same_wall_ends_the
             truth.setdefault(track, set()).add(on_screen(k / FPS))
     assert tracks.cuts == [] and all(len(people) == 1 for people in truth.values())  # no track holds both
     person = group_tracks(looks, seen)
-    assert {p: {who for t in person if person[t] == p for who in truth[t]} for p in set(person.values())} == {0: {0}, 1: {1}}
+    assert {p: {who for t in person if person[t] == p for who in truth[t]} for p in set(person.values())} == {
+        0: {0},
+        1: {1},
+    }
 
 
 def test_annotate_joins_people_by_the_face_embedding_and_says_so(cuts_clip, lstm_checkpoint, dlib_files, tmp_path):

@@ -172,12 +172,18 @@ def test_frame_model_sees_the_tight_box_and_scores_are_unclipped(tmp_path, clips
         net.backbone.classifier.bias[8] = 1.2
     model = fercli.load_model(save_checkpoint(net, tmp_path / "hse.pt"))
     out = tmp_path / "f.parquet"
-    fercli.annotate([clips_dir / "big_only.mkv"], out, options=AnnotateOptions(per_sample=True, reuse_boxes=0), model=model)
+    fercli.annotate(
+        [clips_dir / "big_only.mkv"], out, options=AnnotateOptions(per_sample=True, reuse_boxes=0), model=model
+    )
     df = read_table(out)
     with av.open(str(clips_dir / "big_only.mkv")) as c:
         frames = [f.to_ndarray(format="rgb24") for i, f in zip(range(25), c.decode(video=0))][::5]
     hsemotion = transforms.Compose(
-        [transforms.Resize((224, 224)), transforms.ToTensor(), transforms.Normalize([0.485, 0.456, 0.406], [0.229, 0.224, 0.225])]
+        [
+            transforms.Resize((224, 224)),
+            transforms.ToTensor(),
+            transforms.Normalize([0.485, 0.456, 0.406], [0.229, 0.224, 0.225]),
+        ]
     )
     with FaceDetector() as det:
         boxes = [[round(v) for v in det.detect(f)[0].box] for f in frames]
@@ -226,7 +232,9 @@ def test_a_model_failure_stops_the_decoding_thread(tmp_path, clips_dir, lstm, mo
 
     monkeypatch.setattr(lstm, "encode", failing_encode)
     with pytest.raises(RuntimeError, match="out of memory"):
-        fercli.annotate([clips_dir], tmp_path / "r.parquet", options=AnnotateOptions(workers=0, batch_size=4), model=lstm)
+        fercli.annotate(
+            [clips_dir], tmp_path / "r.parquet", options=AnnotateOptions(workers=0, batch_size=4), model=lstm
+        )
     assert len(calls) == 2
     assert not _decode_threads()
     assert len(read_table(tmp_path / "r.parquet")) == 0  # no clip finished before the failure
@@ -293,7 +301,9 @@ def test_a_face_that_leaves_is_not_labelled_on_reused_boxes(tmp_path, lstm, leav
     # A still face (boxes agree, so they are reused) gone for leaves <= t < 4.0, 30 fps.
     import media
 
-    clip = media.make_clip(tmp_path / "gap.mp4", 5.0, 30, (320, 240), lambda t: [] if leaves <= t < 4.0 else [(60, 40, 160)])
+    clip = media.make_clip(
+        tmp_path / "gap.mp4", 5.0, 30, (320, 240), lambda t: [] if leaves <= t < 4.0 else [(60, 40, 160)]
+    )
     assert AnnotateOptions().reuse_boxes > 0  # the default
     out = tmp_path / "frames.parquet"
     fercli.annotate([clip], out, options=AnnotateOptions(per_sample=True), model=lstm)
@@ -379,8 +389,12 @@ def test_rows_per_video_frame_are_the_videos_frames(tmp_path, clips_dir, lstm, c
     import av
 
     options = dict(reuse_boxes=0)  # the same detections in both runs
-    fercli.annotate([clips_dir / clip], tmp_path / "f.parquet", options=AnnotateOptions(per_frame=True, **options), model=lstm)
-    fercli.annotate([clips_dir / clip], tmp_path / "s.parquet", options=AnnotateOptions(per_sample=True, **options), model=lstm)
+    fercli.annotate(
+        [clips_dir / clip], tmp_path / "f.parquet", options=AnnotateOptions(per_frame=True, **options), model=lstm
+    )
+    fercli.annotate(
+        [clips_dir / clip], tmp_path / "s.parquet", options=AnnotateOptions(per_sample=True, **options), model=lstm
+    )
     frames, samples = read_table(tmp_path / "f.parquet"), read_table(tmp_path / "s.parquet")
     with av.open(str(clips_dir / clip)) as c:
         starts = [float(f.time) for f in c.decode(video=0)]
@@ -396,18 +410,27 @@ def test_rows_per_video_frame_are_the_videos_frames(tmp_path, clips_dir, lstm, c
     missed = ~samples.face.to_numpy(bool)
     held = np.array([missed[max(0, k - lstm.config.window + 1) : k + 1].any() for k in range(len(samples))])
     floats = ["valence_score", "arousal_score"]
-    np.testing.assert_allclose(taken.loc[~held, floats].to_numpy(float), samples.loc[~held, floats].to_numpy(float), atol=1e-4)
+    np.testing.assert_allclose(
+        taken.loc[~held, floats].to_numpy(float), samples.loc[~held, floats].to_numpy(float), atol=1e-4
+    )
     boxes = ["face_x0", "face_y0", "face_x1", "face_y1"]
     np.testing.assert_allclose(taken[boxes].to_numpy(float), samples[boxes].to_numpy(float), atol=1e-4, equal_nan=True)
 
 
 def test_per_frame_and_per_sample_together_are_refused(tmp_path, clips_dir, lstm):
     with pytest.raises(FerError, match="choose one"):
-        fercli.annotate([clips_dir / "moving.mp4"], tmp_path / "x.csv", options=AnnotateOptions(per_frame=True, per_sample=True), model=lstm)
+        fercli.annotate(
+            [clips_dir / "moving.mp4"],
+            tmp_path / "x.csv",
+            options=AnnotateOptions(per_frame=True, per_sample=True),
+            model=lstm,
+        )
     assert not (tmp_path / "x.csv").exists()
 
 
-def test_a_registry_model_is_downloaded_by_annotate_with_progress(tmp_path, clips_dir, lstm_checkpoint, server, cache, monkeypatch):
+def test_a_registry_model_is_downloaded_by_annotate_with_progress(
+    tmp_path, clips_dir, lstm_checkpoint, server, cache, monkeypatch
+):
     """The run is prepared in one place: annotate fetches a registered model itself (verified),
     reporting the bytes as "download" events, and `fer annotate NAME` does no more than call it."""
     import hashlib
@@ -418,10 +441,14 @@ def test_a_registry_model_is_downloaded_by_annotate_with_progress(tmp_path, clip
     url, www, requests = server
     data = lstm_checkpoint.read_bytes()
     (www / "lstm.pt").write_bytes(data)
-    entry = WeightsEntry("served", "lstm.pt", f"{url}/lstm.pt", hashlib.sha256(data).hexdigest(), "fer-checkpoint", "test")
+    entry = WeightsEntry(
+        "served", "lstm.pt", f"{url}/lstm.pt", hashlib.sha256(data).hexdigest(), "fer-checkpoint", "test"
+    )
     monkeypatch.setattr(weights, "registry", lambda: {"served": entry})
     events = []
-    fercli.annotate([clips_dir / "moving.mp4"], tmp_path / "a.csv", model="served", device="cpu", progress=events.append)
+    fercli.annotate(
+        [clips_dir / "moving.mp4"], tmp_path / "a.csv", model="served", device="cpu", progress=events.append
+    )
     got = [(e.done, e.total) for e in events if e.kind == "download"]
     assert got and got[-1] == (len(data), len(data)) and all(a[0] <= b[0] for a, b in zip(got, got[1:]))
     assert requests == ["/lstm.pt"] and (cache / "lstm.pt").read_bytes() == data
@@ -429,7 +456,19 @@ def test_a_registry_model_is_downloaded_by_annotate_with_progress(tmp_path, clip
 
     from fercli.cli import app
 
-    res = CliRunner().invoke(app, ["annotate", str(clips_dir / "moving.mp4"), "--out", str(tmp_path / "b.csv"), "--model", "served", "--device", "cpu"])
+    res = CliRunner().invoke(
+        app,
+        [
+            "annotate",
+            str(clips_dir / "moving.mp4"),
+            "--out",
+            str(tmp_path / "b.csv"),
+            "--model",
+            "served",
+            "--device",
+            "cpu",
+        ],
+    )
     assert res.exit_code == 0, res.output
     pd.testing.assert_frame_equal(read_table(tmp_path / "a.csv"), read_table(tmp_path / "b.csv"))
     assert requests == ["/lstm.pt"]  # the verified cached copy, not a second download
@@ -462,8 +501,12 @@ def test_resume_keeps_the_errors_of_videos_it_does_not_list(tmp_path, clips_dir,
     assert sorted(pd.read_csv(first.errors_file).video) == ["empty.mp4", "fixed.mp4", "truncated.mp4"]
     before = dict(pd.read_csv(first.errors_file).values)
     shutil.copy(clips_dir / "moving.mp4", videos / "fixed.mp4")
-    again = fercli.annotate([clips_dir / "moving.mp4", videos / "fixed.mp4", videos / "truncated.mp4"], out, model=lstm,
-                            options=AnnotateOptions(resume=True))
+    again = fercli.annotate(
+        [clips_dir / "moving.mp4", videos / "fixed.mp4", videos / "truncated.mp4"],
+        out,
+        model=lstm,
+        options=AnnotateOptions(resume=True),
+    )
     errors = pd.read_csv(again.errors_file)
     assert sorted(errors.video) == ["empty.mp4", "truncated.mp4"]  # fixed.mp4 now in the table; each once
     assert dict(errors.values)["empty.mp4"] == before["empty.mp4"]

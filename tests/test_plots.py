@@ -30,7 +30,17 @@ def annotations(videos=("a.mp4", "sub/b.mkv"), n=12, scores=True):
         for s in range(n):
             face = not 4 <= s < 6  # a two-second gap without a face
             v, a = (int(rng.integers(-10, 11)), int(rng.integers(-10, 11))) if face else (None, None)
-            rows.append({"video": video, "second": s, "start": float(s), "end": s + 1.0, "face": face, "valence": v, "arousal": a})
+            rows.append(
+                {
+                    "video": video,
+                    "second": s,
+                    "start": float(s),
+                    "end": s + 1.0,
+                    "face": face,
+                    "valence": v,
+                    "arousal": a,
+                }
+            )
     df = pd.DataFrame(rows)
     for dim in ("valence", "arousal"):
         df[dim] = df[dim].astype("Int64")
@@ -44,7 +54,9 @@ def report(n=200):
     t = np.clip(np.round(rng.normal(0, 4, (n, 2))), -10, 10)
     p = np.clip(t + rng.integers(-2, 3, (n, 2)), -10, 10)
     truth = pd.DataFrame({"video": "x", "second": range(n), "valence": t[:, 0], "arousal": t[:, 1]})
-    pred = pd.DataFrame({"video": "x", "second": range(n), "valence": p[:, 0].astype(int), "arousal": p[:, 1].astype(int)})
+    pred = pd.DataFrame(
+        {"video": "x", "second": range(n), "valence": p[:, 0].astype(int), "arousal": p[:, 1].astype(int)}
+    )
     pred["valence_score"], pred["arousal_score"] = p[:, 0] + 0.3, p[:, 1] - 0.3
     return score(truth, pred)
 
@@ -59,7 +71,9 @@ def test_accuracy_pictures(tmp_path):
 
 def test_accuracy_pictures_without_scored_rows(tmp_path):
     truth = pd.DataFrame({"video": ["x"], "second": [0], "valence": [1.0], "arousal": [1.0]})
-    pred = pd.DataFrame({"video": ["x"], "second": [0], "valence": pd.array([None], "Int64"), "arousal": pd.array([None], "Int64")})
+    pred = pd.DataFrame(
+        {"video": ["x"], "second": [0], "valence": pd.array([None], "Int64"), "arousal": pd.array([None], "Int64")}
+    )
     for path in plots.accuracy_pictures(score(truth, pred), tmp_path):
         assert_png(path)
 
@@ -116,14 +130,27 @@ def test_plot_table_errors(tmp_path):
 
 def test_safe_names():
     names = plots.safe_names(["a/b.mp4", "a_b.mp4", "A_B.mp4", "../x y.avi", "///"])
-    assert names == {"a/b.mp4": "a_b.mp4", "a_b.mp4": "a_b.mp4-2", "A_B.mp4": "A_B.mp4-3", "../x y.avi": "x_y.avi", "///": "video"}
+    assert names == {
+        "a/b.mp4": "a_b.mp4",
+        "a_b.mp4": "a_b.mp4-2",
+        "A_B.mp4": "A_B.mp4-3",
+        "../x y.avi": "x_y.avi",
+        "///": "video",
+    }
 
 
 def test_safe_names_keep_letters_of_every_script(tmp_path):
     import unicodedata
 
     composed, decomposed = unicodedata.normalize("NFC", "é"), unicodedata.normalize("NFD", "é")
-    videos = ["被験者1/笑顔.mp4", "被験者1/怒り.mp4", f"séance {composed}.mov", f"séance {decomposed}.mov", "ÉTÉ.mp4", "été.mp4"]
+    videos = [
+        "被験者1/笑顔.mp4",
+        "被験者1/怒り.mp4",
+        f"séance {composed}.mov",
+        f"séance {decomposed}.mov",
+        "ÉTÉ.mp4",
+        "été.mp4",
+    ]
     names = plots.safe_names(videos)
     assert names[videos[0]] == "被験者1_笑顔.mp4" and names[videos[1]] == "被験者1_怒り.mp4"
     # macOS's decomposed spelling is the same name, so it clashes with the composed one
@@ -156,9 +183,7 @@ def value_lines(fig):
 
 def holds(xy, begin, end, value):
     """Whether the line has a flat piece at `value` from `begin` to `end` (consecutive points)."""
-    return any(
-        np.allclose(xy[i], (begin, value)) and np.allclose(xy[i + 1], (end, value)) for i in range(len(xy) - 1)
-    )
+    return any(np.allclose(xy[i], (begin, value)) and np.allclose(xy[i + 1], (end, value)) for i in range(len(xy) - 1))
 
 
 def test_timeline_draws_each_second_over_its_span():

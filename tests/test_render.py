@@ -43,13 +43,25 @@ def second_table(path, video=GAP):
     for s, (v, a) in enumerate(zip(VALENCE, AROUSAL)):
         face = v is not None
         box = media.face_box(gap_faces(s + 0.4)[0]) if face else (None,) * 4
-        rows.append(dict(
-            video=video, second=s, start=float(s), end=float(s + 1), face=face,
-            valence=round(v) if face else None, arousal=round(a) if face else None,
-            valence_score=v, arousal_score=a,
-            face_x0=box[0], face_y0=box[1], face_x1=box[2], face_y1=box[3], face_score=0.9 if face else None,
-            face_share=1.0 if face else 0.0,
-        ))  # fmt: skip
+        rows.append(
+            dict(
+                video=video,
+                second=s,
+                start=float(s),
+                end=float(s + 1),
+                face=face,
+                valence=round(v) if face else None,
+                arousal=round(a) if face else None,
+                valence_score=v,
+                arousal_score=a,
+                face_x0=box[0],
+                face_y0=box[1],
+                face_x1=box[2],
+                face_y1=box[3],
+                face_score=0.9 if face else None,
+                face_share=1.0 if face else 0.0,
+            )
+        )
     pd.DataFrame(rows).to_csv(path, index=False)
     return path
 
@@ -117,8 +129,23 @@ def test_the_box_follows_a_fast_face_within_its_second(tmp_path):
     rows = []
     for s in range(2):
         x0, y0, x1, y1 = media.face_box(place(s + 0.5))  # the second's mean box
-        rows.append(dict(video="fast.mp4", second=s, start=float(s), end=float(s + 1), face=True, valence=1,
-                         arousal=1, valence_score=1.0, arousal_score=1.0, face_x0=x0, face_y0=y0, face_x1=x1, face_y1=y1))
+        rows.append(
+            dict(
+                video="fast.mp4",
+                second=s,
+                start=float(s),
+                end=float(s + 1),
+                face=True,
+                valence=1,
+                arousal=1,
+                valence_score=1.0,
+                arousal_score=1.0,
+                face_x0=x0,
+                face_y0=y0,
+                face_x1=x1,
+                face_y1=y1,
+            )
+        )
     pd.DataFrame(rows).to_csv(tmp_path / "t.csv", index=False)
     frames, times, _ = decoded(render(clip, tmp_path / "t.csv", tmp_path / "o.mp4").out)
     truth = [media.face_box(place(t)) for t in times]
@@ -140,8 +167,19 @@ def test_bar_lengths_follow_the_values(overlay):
 
 def test_per_frame_tables_hold_each_sample_until_the_next(tmp_path, clips_dir):
     # samples every 0.2 s for 1 s, valence rising by 2 each
-    rows = [dict(video="gap.mkv", frame=k, time=k / 5, face=True, valence=2 * k, valence_score=2.0 * k,
-                 arousal=0, arousal_score=0.0) for k in range(5)]  # fmt: skip
+    rows = [
+        dict(
+            video="gap.mkv",
+            frame=k,
+            time=k / 5,
+            face=True,
+            valence=2 * k,
+            valence_score=2.0 * k,
+            arousal=0,
+            arousal_score=0.0,
+        )
+        for k in range(5)
+    ]
     pd.DataFrame(rows).to_csv(tmp_path / "f.csv", index=False)
     out = render(clips_dir / GAP, tmp_path / "f.csv", tmp_path / "f.mp4", name="gap.mkv")
     frames, times, _ = decoded(out.out)
@@ -190,8 +228,12 @@ def test_cli_errors_are_one_line(tmp_path, clips_dir):
 def test_a_rotated_phone_clip_comes_out_upright(tmp_path):
     # stored landscape with a -90 display matrix: annotation's boxes are in the upright frame
     upright = [media.scene(120, 160, [(10, 20, 90)], seed=i) for i in range(10)]
-    path = media.write_coded(tmp_path / "phone.mp4", [np.rot90(f, 1) for f in upright], 25, "libx264", "yuv420p", rotation=-90)
-    pd.DataFrame([dict(video="phone.mp4", second=0, start=0.0, end=0.4, face=False)]).to_csv(tmp_path / "t.csv", index=False)
+    path = media.write_coded(
+        tmp_path / "phone.mp4", [np.rot90(f, 1) for f in upright], 25, "libx264", "yuv420p", rotation=-90
+    )
+    pd.DataFrame([dict(video="phone.mp4", second=0, start=0.0, end=0.4, face=False)]).to_csv(
+        tmp_path / "t.csv", index=False
+    )
     out = render(path, tmp_path / "t.csv", tmp_path / "o.mp4").out
     frames, _, _ = decoded(out)
     assert frames[0].shape == (160, 120, 3)
@@ -202,7 +244,9 @@ def test_a_rotated_phone_clip_comes_out_upright(tmp_path):
 MEGAMIND = Path("/usr/share/doc/opencv-doc/examples/data/Megamind.avi")
 
 
-@pytest.mark.skipif(not MEGAMIND.is_file(), reason="Debian's opencv-doc (OpenCV's sample Megamind.avi) is not installed")
+@pytest.mark.skipif(
+    not MEGAMIND.is_file(), reason="Debian's opencv-doc (OpenCV's sample Megamind.avi) is not installed"
+)
 def test_an_avi_whose_frame_timestamps_go_backwards_renders_every_frame_in_order(tmp_path):
     # OpenCV's sample: MPEG-4 part 2 with B-frames in AVI. The decoder hands frames their decode
     # order's pts, which go backwards; the muxer refused them (exit 3). The overlay takes decode's
@@ -215,7 +259,9 @@ def test_an_avi_whose_frame_timestamps_go_backwards_renders_every_frame_in_order
     with open_video(MEGAMIND) as video:
         starts, duration = video.starts, video.info.duration
     table = tmp_path / "t.csv"
-    pd.DataFrame([dict(video="Megamind.avi", second=s, start=float(s), end=float(s + 1), face=False) for s in range(12)]).to_csv(table, index=False)
+    pd.DataFrame(
+        [dict(video="Megamind.avi", second=s, start=float(s), end=float(s + 1), face=False) for s in range(12)]
+    ).to_csv(table, index=False)
     result = render(MEGAMIND, table, tmp_path / "o.mp4")
     frames, times, _ = decoded(result.out)
     assert result.frames == len(frames) == len(stamps)
@@ -290,8 +336,22 @@ def cut_clip(tmp_path_factory):
     rows = []
     for second in range(6):
         for person in sorted({p for k in range(CUT_FPS) for p in heads_at(second + k / CUT_FPS)}):
-            rows.append(dict(video="cuts.mp4", second=second, start=float(second), end=float(second + 1), person=person,
-                             face=True, valence=person * 5, arousal=0, face_x0=0.0, face_y0=0.0, face_x1=1.0, face_y1=1.0))
+            rows.append(
+                dict(
+                    video="cuts.mp4",
+                    second=second,
+                    start=float(second),
+                    end=float(second + 1),
+                    person=person,
+                    face=True,
+                    valence=person * 5,
+                    arousal=0,
+                    face_x0=0.0,
+                    face_y0=0.0,
+                    face_x1=1.0,
+                    face_y1=1.0,
+                )
+            )
     table = root / "all.csv"
     pd.DataFrame(rows).to_csv(table, index=False)
     write_boxes(boxes_path(table), box_rows("cuts.mp4", samples, people))

@@ -29,8 +29,13 @@ from fercli.views.report import summarize, write_report
 CHROMIUM = Path(os.environ.get("FER_TEST_CHROMIUM", "/usr/bin/chromium"))
 # The flags this machine's closed network needs (no background connections), and no sandbox as root.
 CHROMIUM_ARGS = [
-    "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
-    "--disable-component-update", "--disable-sync",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
 ]
 CLIP_SECONDS = 4.0
 META = {"model": "lstm.pt", "fps": 5.0, "window": 5, "per_frame": False, "all_faces": False, "fer_version": "test"}
@@ -40,10 +45,17 @@ def row(s, v=None, a=None, conf=(None, None), end=None, **extra):
     """One per-second row; no labels means no face."""
     face = v is not None
     return {
-        "second": s, "start": float(s), "end": float(s + 1 if end is None else end), "face": face,
-        "valence": v, "arousal": a,
-        "valence_score": None if v is None else v + 0.2, "arousal_score": None if a is None else a - 0.2,
-        "valence_conf": conf[0], "arousal_conf": conf[1], **extra,
+        "second": s,
+        "start": float(s),
+        "end": float(s + 1 if end is None else end),
+        "face": face,
+        "valence": v,
+        "arousal": a,
+        "valence_score": None if v is None else v + 0.2,
+        "arousal_score": None if a is None else a - 0.2,
+        "valence_conf": conf[0],
+        "arousal_conf": conf[1],
+        **extra,
     }
 
 
@@ -88,7 +100,8 @@ def two_faces(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("faces")
     vp9_clip(root / "clips" / "two.webm", 3.0)
     rows = [
-        row(0, 2, 2, (0.8, 0.8), person=0), row(0, -6, 4, (0.5, 0.6), person=1),
+        row(0, 2, 2, (0.8, 0.8), person=0),
+        row(0, -6, 4, (0.5, 0.6), person=1),
         row(1, 3, 1, (0.8, 0.7), person=0),
         row(2, person=None),
     ]
@@ -124,7 +137,8 @@ class Page(HTMLParser):
 
     def find(self, tag, cls=None, section=None):
         return [
-            a for t, a, s in self.tags
+            a
+            for t, a, s in self.tags
             if t == tag and (cls is None or cls in a.get("class", "").split()) and (section is None or s == section)
         ]
 
@@ -180,7 +194,9 @@ def test_page_content(batch, tmp_path):
     svg = page.find("svg", "timeline", quiet)[0]
     x0, x1 = float(svg["data-x0"]), float(svg["data-x1"])
     assert float(svg["data-duration"]) == 4.5
-    assert float(last["x2"]) == pytest.approx(x1) and float(last["x1"]) == pytest.approx(x0 + (x1 - x0) * 4 / 4.5, abs=0.01)
+    assert float(last["x2"]) == pytest.approx(x1) and float(last["x1"]) == pytest.approx(
+        x0 + (x1 - x0) * 4 / 4.5, abs=0.01
+    )
     # The player only where the file exists, linked relative to the report.
     (video,) = page.find("video", section=talk)
     assert not video["src"].startswith(("/", "file:"))
@@ -236,7 +252,9 @@ def test_bad_input(batch, tmp_path):
         write_report(junk, tmp_path / "r")
     assert "\n" not in str(e.value)
     per_frame = tmp_path / "frames.csv"
-    pd.DataFrame({"video": ["a"], "frame": [0], "time": [0.0], "valence": [1], "arousal": [1]}).to_csv(per_frame, index=False)
+    pd.DataFrame({"video": ["a"], "frame": [0], "time": [0.0], "valence": [1], "arousal": [1]}).to_csv(
+        per_frame, index=False
+    )
     with pytest.raises(DataError, match="per-frame"):
         write_report(per_frame, tmp_path / "r")
     with pytest.raises(FerError, match="--videos must be a folder"):
@@ -244,12 +262,18 @@ def test_bad_input(batch, tmp_path):
     assert not (tmp_path / "r").exists()
 
 
-@pytest.mark.parametrize("edit,message", [
-    (lambda d: d.assign(second=d["second"].astype(float).where(d.index != 1)), "column second must hold whole numbers from 0"),
-    (lambda d: d.assign(second=d["second"] + 0.5), "column second must hold whole numbers from 0"),
-    (lambda d: d.assign(video=d["video"].where(d.index != 2)), "column video is empty in row 3"),
-    (lambda d: pd.concat([d, d.iloc[[0]]]), "has second 0 twice"),
-])
+@pytest.mark.parametrize(
+    "edit,message",
+    [
+        (
+            lambda d: d.assign(second=d["second"].astype(float).where(d.index != 1)),
+            "column second must hold whole numbers from 0",
+        ),
+        (lambda d: d.assign(second=d["second"] + 0.5), "column second must hold whole numbers from 0"),
+        (lambda d: d.assign(video=d["video"].where(d.index != 2)), "column video is empty in row 3"),
+        (lambda d: pd.concat([d, d.iloc[[0]]]), "has second 0 twice"),
+    ],
+)
 def test_a_damaged_table_is_one_line_naming_it_exit_2(batch, tmp_path, edit, message):
     table = tmp_path / "t.parquet"
     edit(pd.read_parquet(batch)).to_parquet(table)
@@ -294,12 +318,17 @@ def test_cli(batch, tmp_path):
 def browser(tmp_path_factory):
     if not CHROMIUM.is_file():
         pytest.skip(f"{CHROMIUM} not found: install Chromium (Debian: apt-get install chromium) for the browser tests")
-    sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed (pip install -e '.[test]')")
+    sync_api = pytest.importorskip(
+        "playwright.sync_api", reason="playwright is not installed (pip install -e '.[test]')"
+    )
     with sync_api.sync_playwright() as p:
         # A fresh profile, and the system's Chromium: Playwright's own browser download is never used.
         context = p.chromium.launch_persistent_context(
-            str(tmp_path_factory.mktemp("profile")), executable_path=str(CHROMIUM), headless=True,
-            args=CHROMIUM_ARGS, viewport={"width": 1200, "height": 900},
+            str(tmp_path_factory.mktemp("profile")),
+            executable_path=str(CHROMIUM),
+            headless=True,
+            args=CHROMIUM_ARGS,
+            viewport={"width": 1200, "height": 900},
         )
         yield context
         context.close()
@@ -308,7 +337,9 @@ def browser(tmp_path_factory):
 def open_page(browser, path: Path):
     page = browser.new_page()
     problems, requests = [], []
-    page.on("console", lambda m: problems.append(f"console {m.type}: {m.text}") if m.type in ("error", "warning") else None)
+    page.on(
+        "console", lambda m: problems.append(f"console {m.type}: {m.text}") if m.type in ("error", "warning") else None
+    )
     page.on("pageerror", lambda e: problems.append(f"page error: {e}"))
     page.on("requestfailed", lambda r: problems.append(f"request failed: {r.url}"))
     page.on("request", lambda r: requests.append(r.url))
@@ -362,10 +393,14 @@ def test_report_in_browser(browser, batch, tmp_path):
 
     # Playback (muted, so headless Chromium's autoplay rules allow it) drags the cursor along.
     page.evaluate(f"(() => {{ const v = document.querySelector('#{talk} video'); v.currentTime = 0; }})()")
-    page.wait_for_function(f"document.querySelector('#{talk} video').currentTime === 0 && !document.querySelector('#{talk} video').seeking")
+    page.wait_for_function(
+        f"document.querySelector('#{talk} video').currentTime === 0 && !document.querySelector('#{talk} video').seeking"
+    )
     start = cursor_x(page, talk)
     assert start == pytest.approx(click_point(page, talk, 0)[0], abs=1.5)
-    page.evaluate(f"(() => {{ const v = document.querySelector('#{talk} video'); v.muted = true; return v.play(); }})()")
+    page.evaluate(
+        f"(() => {{ const v = document.querySelector('#{talk} video'); v.muted = true; return v.play(); }})()"
+    )
     # Moved while still playing: the timeupdate events, not the pause, move it.
     page.wait_for_function(
         f"""(() => {{ const s = document.querySelector('#{talk}'), v = s.querySelector('video');
@@ -459,7 +494,13 @@ def test_previews_get_safe_names_in_the_previews_folder(tmp_path):
     videos = ["sub/cam.avi", "c" * 248 + ".avi"]
     for video in videos:
         (tmp_path / video).parent.mkdir(exist_ok=True)
-        media.write_coded(tmp_path / video, (media.scene(160, 120, [(20, 10, 100)], seed=i) for i in range(10)), 10, "mjpeg", "yuvj420p")
+        media.write_coded(
+            tmp_path / video,
+            (media.scene(160, 120, [(20, 10, 100)], seed=i) for i in range(10)),
+            10,
+            "mjpeg",
+            "yuvj420p",
+        )
     table = write_batch(tmp_path, {video: [row(0, 1, 2)] for video in videos})
     page = write_report(table, tmp_path / "r").read_text()
     stems = safe_names(videos)
@@ -492,10 +533,20 @@ def test_a_table_naming_paths_outside_videos_links_none_of_them(tmp_path):
     elsewhere = tmp_path / "elsewhere"
     vp9_clip(elsewhere / "linked.webm")
     (root / "linked.webm").symlink_to(elsewhere / "linked.webm")
-    names = ["inside.webm", "../../secret.webm", str(tmp_path / "secret.webm"), "sub/../../../secret.webm", "linked.webm"]
+    names = [
+        "inside.webm",
+        "../../secret.webm",
+        str(tmp_path / "secret.webm"),
+        "sub/../../../secret.webm",
+        "linked.webm",
+    ]
     table = write_batch(tmp_path, {name: TALK for name in names})
     html = write_report(table, tmp_path / "report", videos=root).read_text()
-    sources = {urllib.parse.unquote(attrs["src"]) for tag, attrs, _ in Page(html).tags if tag == "source" or (tag == "video" and "src" in attrs)}
+    sources = {
+        urllib.parse.unquote(attrs["src"])
+        for tag, attrs, _ in Page(html).tags
+        if tag == "source" or (tag == "video" and "src" in attrs)
+    }
     resolved = {(tmp_path / "report" / s).resolve() for s in sources}
     assert resolved == {(root / "inside.webm").resolve(), (elsewhere / "linked.webm").resolve()}
     assert "secret" not in " ".join(sources)
@@ -523,12 +574,17 @@ def test_a_click_shows_the_frame_of_that_time_when_the_video_starts_after_its_so
     page.wait_for_function(f"document.querySelector('#{sid} video').readyState >= 1", timeout=10_000)
     x, y = click_point(page, sid, 0.62)  # the table's 0.62 s: frame 15 (0.62 * 25 = 15.5)
     page.mouse.click(x, y)
-    page.wait_for_function(f"(() => {{ const v = document.querySelector('#{sid} video'); return Math.abs(v.currentTime - 1.1) < 0.01 && !v.seeking && v.readyState >= 2; }})()",
-                           timeout=10_000)
+    page.wait_for_function(
+        f"(() => {{ const v = document.querySelector('#{sid} video'); "
+        "return Math.abs(v.currentTime - 1.1) < 0.01 && !v.seeking && v.readyState >= 2; })()",
+        timeout=10_000,
+    )
     shot = tmp_path / "shown.png"  # the page as Chromium painted it (a file:// video taints a canvas)
     page.locator(f"#{sid} video").screenshot(path=str(shot))
     image = np.asarray(Image.open(shot).convert("L"))
-    level = float(np.median(image[image.shape[0] // 3 : image.shape[0] // 2, image.shape[1] // 3 : 2 * image.shape[1] // 3]))
+    level = float(
+        np.median(image[image.shape[0] // 3 : image.shape[0] // 2, image.shape[1] // 3 : 2 * image.shape[1] // 3])
+    )
     assert round(level / 8) == 15, level
     assert cursor_x(page, sid) == pytest.approx(x, abs=1.5)  # the cursor stays where the click was
     assert problems == []

@@ -98,14 +98,21 @@ def test_frame_model_averages_its_seconds_samples():
 def test_per_sample_units():
     agg = Aggregator(window=2, duration=1.5, window_model=True, rows="sample")
     units = push_all(agg, fps=2, n=3, present={0, 2})
-    assert [(u.key["sample_index"], u.key["time"], u.has_face) for u in units] == [(0, 0.0, True), (1, 0.5, False), (2, 1.0, True)]
+    assert [(u.key["sample_index"], u.key["time"], u.has_face) for u in units] == [
+        (0, 0.0, True),
+        (1, 0.5, False),
+        (2, 1.0, True),
+    ]
     assert tags(units[2].window) == [0, 2]
 
 
 def test_labels_from_logits_match_numpy():
     torch.manual_seed(0)
     logits_v, logits_a = torch.randn(2, 21), torch.randn(2, 21)
-    head = lambda w: (logits_v[: len(w)], logits_a[: len(w)])
+
+    def head(w):
+        return logits_v[: len(w)], logits_a[: len(w)]
+
     agg = Aggregator(window=1, duration=2.0, window_model=True)
     units = push_all(agg, fps=1, n=2, present={0, 1})
     labels = label_units(units, head)
@@ -186,7 +193,10 @@ def two_people(fps=5, seconds=6, second=lambda k: 10 <= k < 20, subject=lambda k
     agg = Aggregator(window=1, duration=float(seconds), window_model=False)
     units = []
     for k in range(fps * seconds):
-        faces = {**({0: torch.tensor([1.0, 1.0])} if subject(k) else {}), **({1: torch.tensor([5.0, 5.0])} if second(k) else {})}
+        faces = {
+            **({0: torch.tensor([1.0, 1.0])} if subject(k) else {}),
+            **({1: torch.tensor([5.0, 5.0])} if second(k) else {}),
+        }
         units += agg.push(FrameFeatures(k, k / fps, faces))
     rows = label_rows(units + agg.finish(), head=None)
     return rows, follow(rows, agg.main_person()), agg
@@ -280,7 +290,10 @@ def test_one_sample_frame_rows_have_no_spread():
 def test_window_model_spread_is_the_distributions_sd_and_counts_found_samples():
     torch.manual_seed(3)
     logits_v, logits_a = torch.randn(3, 21) * 2, torch.randn(3, 21)
-    head = lambda w: (logits_v[: len(w)], logits_a[: len(w)])
+
+    def head(w):
+        return logits_v[: len(w)], logits_a[: len(w)]
+
     agg = Aggregator(window=3, duration=2.5, window_model=True)
     rows = label_rows(push_all(agg, fps=2, n=5, present={0, 1, 3, 4}), head)
     values = np.arange(-10, 11)

@@ -90,7 +90,9 @@ def test_a_moving_face_is_followed_and_a_faceless_second_has_no_box(tmp_path, cl
 
 def test_face_share_counts_the_samples_that_found_the_face(tmp_path, lstm_checkpoint):
     # present for t < 0.4 (samples 0 and 0.2 of second 0's five), gone until 1.0, then steady
-    clip = media.make_clip(tmp_path / "leaves.mp4", 2.0, 25, (320, 240), lambda t: [] if 0.4 <= t < 1.0 else [(60, 40, 160)])
+    clip = media.make_clip(
+        tmp_path / "leaves.mp4", 2.0, 25, (320, 240), lambda t: [] if 0.4 <= t < 1.0 else [(60, 40, 160)]
+    )
     out = tmp_path / "r.parquet"
     model = fercli.load_model(lstm_checkpoint, "cpu")
     fercli.annotate([clip], out, model=model)
@@ -124,7 +126,11 @@ def hand_expressions(net, clips_dir) -> np.ndarray:
     frames = pyav_samples(clips_dir / "big_only.mkv", 3.0, 25)
     boxes = [[round(v) for v in d.box] for d in hand_detections(frames)]
     hsemotion = transforms.Compose(
-        [transforms.Resize((224, 224)), transforms.ToTensor(), transforms.Normalize([0.485, 0.456, 0.406], [0.229, 0.224, 0.225])]
+        [
+            transforms.Resize((224, 224)),
+            transforms.ToTensor(),
+            transforms.Normalize([0.485, 0.456, 0.406], [0.229, 0.224, 0.225]),
+        ]
     )
     x = torch.stack([hsemotion(Image.fromarray(f[y0:y1, x0:x1])) for f, (x0, y0, x1, y1) in zip(frames, boxes)])
     with torch.inference_mode():
@@ -161,6 +167,8 @@ def test_an_lstm_with_the_expression_head_gives_them_too(tmp_path, clips_dir, hs
     lstm.load_backbone(net.backbone.state_dict())
     model = fercli.load_model(save_checkpoint(lstm.eval(), tmp_path / "lstm_expr.pt"), "cpu")
     out = tmp_path / "f.parquet"
-    fercli.annotate([clips_dir / "big_only.mkv"], out, model=model, options=AnnotateOptions(per_sample=True, reuse_boxes=0))
+    fercli.annotate(
+        [clips_dir / "big_only.mkv"], out, model=model, options=AnnotateOptions(per_sample=True, reuse_boxes=0)
+    )
     df = read_table(out)
     np.testing.assert_allclose(df[EXPRESSIONS].to_numpy(float), hand_expressions(net, clips_dir), atol=0.02)

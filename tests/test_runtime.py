@@ -46,7 +46,9 @@ def test_freed_memory_is_reused_without_page_faults():
 
 def _env_after(code: str, **env) -> dict:
     base = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")}
-    code += "; import os, json; print(json.dumps({k: os.environ.get(k) for k in ('OMP_WAIT_POLICY', 'GOMP_SPINCOUNT')}))"
+    code += (
+        "; import os, json; print(json.dumps({k: os.environ.get(k) for k in ('OMP_WAIT_POLICY', 'GOMP_SPINCOUNT')}))"
+    )
     out = subprocess.run([sys.executable, "-c", code], env={**base, **env}, capture_output=True, text=True, check=True)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
@@ -63,7 +65,10 @@ def test_the_fer_program_shortens_the_openmp_spin_unless_the_user_chose():
 
 def test_importing_and_calling_the_library_changes_no_process_setting(tmp_path):
     # The settings belong to the program: a library user's process keeps its own.
-    code = "import fercli, fercli.job.pipeline, fercli.nets.model, fercli.core.runtime as r; assert not r.keep_freed_memory.cache_info().currsize"
+    code = (
+        "import fercli, fercli.job.pipeline, fercli.nets.model, fercli.core.runtime as r; "
+        "assert not r.keep_freed_memory.cache_info().currsize"
+    )
     assert _env_after(code) == {"OMP_WAIT_POLICY": None, "GOMP_SPINCOUNT": None}
 
 

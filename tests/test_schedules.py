@@ -123,7 +123,9 @@ def test_a_worker_killed_after_asking_for_a_clip_is_replaced(batch, lstm_checkpo
     same_rows(read_table(out), clean)
 
 
-def test_a_fresh_worker_that_dies_before_its_retried_clip_passes_the_clip_on(batch, lstm_checkpoint, clean, tmp_path, monkeypatch):
+def test_a_fresh_worker_that_dies_before_its_retried_clip_passes_the_clip_on(
+    batch, lstm_checkpoint, clean, tmp_path, monkeypatch
+):
     # c2's worker is killed on c2; the fresh worker that c2 is kept for dies as it starts. Before:
     # c2 was dropped without a word (in neither the table nor the errors file).
     spawn, fresh = schedules._Pool.spawn, []
@@ -145,7 +147,9 @@ def test_a_fresh_worker_that_dies_before_its_retried_clip_passes_the_clip_on(bat
 
 
 @pytest.mark.parametrize("workers", [0, 1], ids=["thread", "worker-process"])
-def test_a_producer_that_hangs_is_given_up_on_and_the_batch_ends(batch, lstm_checkpoint, clean, tmp_path, monkeypatch, workers):
+def test_a_producer_that_hangs_is_given_up_on_and_the_batch_ends(
+    batch, lstm_checkpoint, clean, tmp_path, monkeypatch, workers
+):
     # Before: the decoding thread (or worker) that stopped without dying stalled the batch for ever.
     import stalls
 
@@ -181,7 +185,9 @@ def test_several_producer_threads_give_the_rows_of_one(batch, lstm_checkpoint, c
     done = []
     labeler = Labeler(model, options, placement, clips, done.append, lambda event: None)
     schedules.run_in_thread(clips, labeler, make_producer(model.config, options, placement), threads=3)
-    assert sorted(d.result.video for d in done) == sorted(c.name for c in clips) and not any(d.result.error for d in done)
+    assert sorted(d.result.video for d in done) == sorted(c.name for c in clips) and not any(
+        d.result.error for d in done
+    )
     rows = pd.DataFrame([{"video": d.result.video, **row} for d in done for row in d.rows])
     for column in ("valence", "arousal", "valence_score", "arousal_score", "face"):
         merged = rows.merge(clean, on=["video", "second"], suffixes=("", "_clean"))

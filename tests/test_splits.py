@@ -17,8 +17,10 @@ from conftest import fake_samples  # noqa: E402
 
 
 def clips_with_actors(n: int, actors: int | None):
-    return [afew.AfewClip(f"{i:03d}", Path(f"{i:03d}"), f"a{i % actors}" if actors else None, {0: None}, {},
-                          Path("x.json")) for i in range(1, n + 1)]
+    return [
+        afew.AfewClip(f"{i:03d}", Path(f"{i:03d}"), f"a{i % actors}" if actors else None, {0: None}, {}, Path("x.json"))
+        for i in range(1, n + 1)
+    ]
 
 
 @pytest.mark.parametrize("actors", [None, 7, 20])
@@ -54,13 +56,22 @@ def test_split_file_lists_are_checked(tmp_path):
         splits.read_split_file(bad)
 
 
-@pytest.mark.parametrize("lists,message", [
-    ({"train": ["001", "002"], "val": ["003"], "test": ["001", "004"]}, "clip 001 is in both the train and test lists"),
-    ({"train": ["001", "002", "002"], "val": ["003"], "test": ["004"]}, "clip 002 is twice in the train list"),
-    ({"train": [1, 2], "val": ["3"], "test": ["1"]}, "clip 1 is in both the train and test lists"),  # numbers read as names
-    ({"train": "001", "val": ["002"], "test": ["003"]}, "'train' must be a list of clip names"),
-    ({"train": [["001"]], "val": ["002"], "test": ["003"]}, "'train' must be a list of clip names"),
-])
+@pytest.mark.parametrize(
+    "lists,message",
+    [
+        (
+            {"train": ["001", "002"], "val": ["003"], "test": ["001", "004"]},
+            "clip 001 is in both the train and test lists",
+        ),
+        ({"train": ["001", "002", "002"], "val": ["003"], "test": ["004"]}, "clip 002 is twice in the train list"),
+        (
+            {"train": [1, 2], "val": ["3"], "test": ["1"]},
+            "clip 1 is in both the train and test lists",
+        ),  # numbers read as names
+        ({"train": "001", "val": ["002"], "test": ["003"]}, "'train' must be a list of clip names"),
+        ({"train": [["001"]], "val": ["002"], "test": ["003"]}, "'train' must be a list of clip names"),
+    ],
+)
 def test_a_split_file_naming_a_clip_twice_is_refused(tmp_path, lists, message):
     path = tmp_path / "split.json"
     path.write_text(json.dumps(lists))
@@ -73,7 +84,9 @@ def test_clips_a_split_file_leaves_out_are_said_once(caplog):
 
     clips = clips_with_actors(9, None)
     with caplog.at_level(logging.WARNING, logger="fercli"):
-        split = splits.split_clips(clips, lists={"train": ["001", "002"], "val": ["003"], "test": ["004"]}, source="s.json")
+        split = splits.split_clips(
+            clips, lists={"train": ["001", "002"], "val": ["003"], "test": ["004"]}, source="s.json"
+        )
     assert sorted(sum(split.parts.values(), [])) == ["001", "002", "003", "004"]
     (line,) = [r.getMessage() for r in caplog.records]
     assert line == "s.json: 5 clip(s) of the data are in none of its lists and are not used: 005, 006, 007, 008, 009"

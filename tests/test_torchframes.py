@@ -80,7 +80,7 @@ def test_histograms_are_peoples(frames):
     ]
     regions = [people.face_pixels(b, 640, 360) for b in boxes]
     got = region_histograms(torch.from_numpy(np.stack(images)), [0, 1, 2, 0], regions).numpy()
-    for k, (i, box) in enumerate(zip([0, 1, 2, 0], boxes)):
+    for k, (i, _box) in enumerate(zip([0, 1, 2, 0], boxes)):
         x0, y0, x1, y1 = regions[k]
         np.testing.assert_array_equal(got[k], people.colour_histogram(images[i][y0:y1, x0:x1], step=1))
 

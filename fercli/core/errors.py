@@ -24,7 +24,9 @@ def printable(text: str) -> str:
     written as a Python escape, so a file's name shows as it is and cannot drive the terminal."""
     import unicodedata
 
-    return "".join(c if c == " " or unicodedata.category(c)[0] not in "CZ" else c.encode("unicode_escape").decode() for c in text)
+    return "".join(
+        c if c == " " or unicodedata.category(c)[0] not in "CZ" else c.encode("unicode_escape").decode() for c in text
+    )
 
 
 def valid_text(text: str) -> str:
@@ -33,7 +35,11 @@ def valid_text(text: str) -> str:
     if text.isascii() or not any("\ud800" <= c <= "\udfff" for c in text):
         return text
     return "".join(
-        c if not "\ud800" <= c <= "\udfff" else f"\\x{ord(c) - 0xDC00:02x}" if 0xDC80 <= ord(c) <= 0xDCFF else f"\\u{ord(c):04x}"
+        c
+        if not "\ud800" <= c <= "\udfff"
+        else f"\\x{ord(c) - 0xDC00:02x}"
+        if 0xDC80 <= ord(c) <= 0xDCFF
+        else f"\\u{ord(c):04x}"
         for c in text
     )
 

@@ -104,8 +104,12 @@ class OutputLock:
         self._held = False
 
     def acquire(self) -> OutputLock:
-        holder = {"host": socket.gethostname(), "pid": os.getpid(), "started": time.strftime("%Y-%m-%d %H:%M:%S"),
-                  "command": " ".join(sys.argv)[:LOCK_COMMAND_CHARS]}
+        holder = {
+            "host": socket.gethostname(),
+            "pid": os.getpid(),
+            "started": time.strftime("%Y-%m-%d %H:%M:%S"),
+            "command": " ".join(sys.argv)[:LOCK_COMMAND_CHARS],
+        }
         for _ in range(2):  # a second try after taking over a stale lock
             try:
                 fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
@@ -136,14 +140,22 @@ class OutputLock:
             holder = json.loads(self.path.read_text(encoding="utf-8"))
             host, pid = str(holder["host"]), int(holder["pid"])
         except (OSError, ValueError, KeyError, TypeError):
-            raise FerError(f"{self.path} exists but names no run: if no fer run is writing {self.path.with_suffix('').name}, remove it") from None
+            raise FerError(
+                f"{self.path} exists but names no run: "
+                f"if no fer run is writing {self.path.with_suffix('').name}, remove it"
+            ) from None
         if host == socket.gethostname() and not _alive(pid):
-            logging.getLogger("fercli").warning("%s: taking over the lock of run %d, which is gone (killed?)", self.path, pid)
+            logging.getLogger("fercli").warning(
+                "%s: taking over the lock of run %d, which is gone (killed?)", self.path, pid
+            )
             self.path.unlink(missing_ok=True)
             return
         since = printable(str(holder.get("started", "?")))
-        raise FerError(f"{self.path.with_suffix('')} is being written by another fer run (process {pid} on {printable(host)}, since {since}); "
-                       f"wait for it, or remove {self.path} if that run is gone")
+        raise FerError(
+            f"{self.path.with_suffix('')} is being written by another fer run "
+            f"(process {pid} on {printable(host)}, since {since}); "
+            f"wait for it, or remove {self.path} if that run is gone"
+        )
 
 
 def _alive(pid: int) -> bool:

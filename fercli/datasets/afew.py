@@ -133,7 +133,10 @@ def _frame_index(key: str, where: str) -> int:
     if not (isinstance(key, str) and _is_number(key)):
         raise DataError(f"{where}: malformed JSON (frame key {key!r} is not a frame number)")
     if len(key) > len(str(MAX_FRAMES)) or int(key) >= MAX_FRAMES:
-        raise DataError(f"{where}: frame {key[:20]}{'...' if len(key) > 20 else ''} is past the largest frame number fer reads ({MAX_FRAMES - 1})")
+        raise DataError(
+            f"{where}: frame {key[:20]}{'...' if len(key) > 20 else ''} "
+            f"is past the largest frame number fer reads ({MAX_FRAMES - 1})"
+        )
     return int(key)
 
 
@@ -149,7 +152,11 @@ def _frame_label(entry, where: str) -> FrameLabel:
     for dim in DIMENSIONS:
         v = entry.get(dim)
         # A float is checked as a float; an int may be too large for one (10**400: JSON allows it).
-        if isinstance(v, bool) or not isinstance(v, (int, float)) or (isinstance(v, float) and not (math.isfinite(v) and v.is_integer())):
+        if (
+            isinstance(v, bool)
+            or not isinstance(v, (int, float))
+            or (isinstance(v, float) and not (math.isfinite(v) and v.is_integer()))
+        ):
             raise DataError(f"{where}: {dim} {v!r} is not an integer label")
         if not LABEL_MIN <= v <= LABEL_MAX:
             shown = str(int(v)) if abs(v) < 10**12 else f"(a {len(str(abs(int(v))))}-digit number)"

@@ -154,15 +154,21 @@ def training_clips(root: str | Path) -> list[AfewClip]:
     for c in read_dataset(root):
         if not c.images:
             continue
-        labels = {int(i): FrameLabel(float(c.valence[i]) * ABAW_SCALE, float(c.arousal[i]) * ABAW_SCALE)
-                  for i in np.flatnonzero(c.labelled)}
+        labels = {
+            int(i): FrameLabel(float(c.valence[i]) * ABAW_SCALE, float(c.arousal[i]) * ABAW_SCALE)
+            for i in np.flatnonzero(c.labelled)
+        }
         if not labels:
             continue
         folder = next(iter(c.images.values())).parent
-        clips.append(AfewClip(c.id, folder, c.source, labels, dict(sorted(c.images.items())), c.txt_path,
-                              aligned=True, part=c.split))
+        clips.append(
+            AfewClip(
+                c.id, folder, c.source, labels, dict(sorted(c.images.items())), c.txt_path, aligned=True, part=c.split
+            )
+        )
     if not clips:
-        raise DataError(f"{root}: no Aff-Wild2 video has both labels and aligned crops "
-                        "(cropped_aligned/<video>/00001.jpg ...); fer trains on the aligned crops")
+        raise DataError(
+            f"{root}: no Aff-Wild2 video has both labels and aligned crops "
+            "(cropped_aligned/<video>/00001.jpg ...); fer trains on the aligned crops"
+        )
     return clips
-

@@ -208,11 +208,15 @@ def prepare(
         for i, clip in enumerate(clips):
             ckey = clip_crop_key(clip, boxes_key)
             fkey = feature_key(weights_sha256, preprocess, ckey) if model is not None else None
-            samples = _prepare_clip(clip, fps, frames_fps, preprocess, cache, ckey, fkey, detector, model, device, stats)
+            samples = _prepare_clip(
+                clip, fps, frames_fps, preprocess, cache, ckey, fkey, detector, model, device, stats
+            )
             if samples.usable:
                 out.append(samples)
             else:
-                log.warning("%s: no usable frame (all missing, unreadable or without a face); clip left out", clip.where())
+                log.warning(
+                    "%s: no usable frame (all missing, unreadable or without a face); clip left out", clip.where()
+                )
             if on_clip:
                 on_clip(i + 1, len(clips))
     finally:
@@ -362,7 +366,9 @@ def encode(model, crops: np.ndarray, pre, device) -> np.ndarray:
 def clip_crops(samples: ClipSamples, cache: FeatureCache, pre, crops_key: str) -> np.ndarray:
     """(S, size, size, 3) uint8 crops of a clip's samples (zeros where skipped), cached on disk;
     for end-to-end training, where the backbone sees pixels every epoch."""
-    key = f"{clip_crop_key(samples.clip, crops_key)}-{pre.size}-{pre.margin}" + ("" if pre.crop == "square" else f"-{pre.crop}")
+    key = f"{clip_crop_key(samples.clip, crops_key)}-{pre.size}-{pre.margin}" + (
+        "" if pre.crop == "square" else f"-{pre.crop}"
+    )
     path = cache.crops_file(key, samples.clip)
     have = _read_npz(path)
     if have is not None and np.array_equal(have["frames"], samples.frames):

@@ -38,7 +38,9 @@ class Split:
 def read_split_file(path: str | Path) -> dict:
     """A split definition: {"seed", "ratios"} and/or explicit {"train", "val", "test"} clip lists."""
     path = Path(path)
-    doc = read_json_object(path, "split file not found", "malformed split file", "malformed split file (expected a JSON object)")
+    doc = read_json_object(
+        path, "split file not found", "malformed split file", "malformed split file (expected a JSON object)"
+    )
     lists = [p for p in PARTS if p in doc]
     if lists and len(lists) != len(PARTS):
         raise DataError(f"{path}: a split file with clip lists needs all of {', '.join(PARTS)}")
@@ -59,13 +61,22 @@ def _check_lists(doc: dict, path: Path) -> None:
             raise DataError(f"{path}: malformed split file ('{part}' must be a list of clip names)")
         for name in map(str, names):
             if name in part_of:
-                where = f"twice in the {part} list" if part_of[name] == part else f"in both the {part_of[name]} and {part} lists"
+                where = (
+                    f"twice in the {part} list"
+                    if part_of[name] == part
+                    else f"in both the {part_of[name]} and {part} lists"
+                )
                 raise DataError(f"{path}: clip {name} is {where}; a clip belongs to one part")
             part_of[name] = part
 
 
-def split_clips(clips: list[AfewClip], seed: int = DEFAULT_SPLIT_SEED, ratios: dict | None = None,
-                lists: dict | None = None, source: str = "seeded") -> Split:
+def split_clips(
+    clips: list[AfewClip],
+    seed: int = DEFAULT_SPLIT_SEED,
+    ratios: dict | None = None,
+    lists: dict | None = None,
+    source: str = "seeded",
+) -> Split:
     """Train/val/test disjoint by clip and by actor (clips naming the same actor stay together).
 
     Groups (actors, or lone clips) are shuffled with `seed` and each goes to the part furthest
@@ -84,7 +95,9 @@ def split_clips(clips: list[AfewClip], seed: int = DEFAULT_SPLIT_SEED, ratios: d
         unused = sorted(ids - {cid for p in PARTS for cid in parts[p]})
         if unused:
             shown = ", ".join(unused[:5]) + (f" and {len(unused) - 5} more" if len(unused) > 5 else "")
-            log.warning("%s: %d clip(s) of the data are in none of its lists and are not used: %s", source, len(unused), shown)
+            log.warning(
+                "%s: %d clip(s) of the data are in none of its lists and are not used: %s", source, len(unused), shown
+            )
         return Split("clip", seed, ratios, parts, source)
     groups: dict[str, list[str]] = {}
     for c in sorted(clips, key=lambda c: c.id):
@@ -119,7 +132,9 @@ def split_predefined(clips: list[AfewClip], seed: int = DEFAULT_SPLIT_SEED, rati
         raise DataError("the data set's own split has no validation videos (Validation_Set) to test on")
     groups = _groups(pool, sorted(c.id for c in pool))
     if len(groups) < 2:
-        raise DataError(f"the data set's training set has {len(groups)} source video(s); fer needs 2 to keep one for validation")
+        raise DataError(
+            f"the data set's training set has {len(groups)} source video(s); fer needs 2 to keep one for validation"
+        )
     target = ratios["val"] / (ratios["train"] + ratios["val"]) * len(pool)
     val = _take_groups(groups, seed, target, spare=1)  # the last group always trains
     train = sorted({c.id for c in pool} - set(val))
@@ -127,8 +142,9 @@ def split_predefined(clips: list[AfewClip], seed: int = DEFAULT_SPLIT_SEED, rati
     return split_clips(clips, seed, ratios, lists, source="data set (Train_Set/Validation_Set)")
 
 
-def split_windows(windows: Examples, clips: list[ClipSamples], seed: int = DEFAULT_SPLIT_SEED,
-                  ratios: dict | None = None) -> tuple[Split, dict[str, np.ndarray]]:
+def split_windows(
+    windows: Examples, clips: list[ClipSamples], seed: int = DEFAULT_SPLIT_SEED, ratios: dict | None = None
+) -> tuple[Split, dict[str, np.ndarray]]:
     """The paper-like split: overlapping windows shuffled and cut by ratio, clips shared across
     parts. Kept to measure how much it inflates scores; never the default."""
     ratios = _check_ratios(ratios or DEFAULT_RATIOS, "split ratios")
@@ -138,8 +154,11 @@ def split_windows(windows: Examples, clips: list[ClipSamples], seed: int = DEFAU
     order = np.random.default_rng(seed).permutation(n)
     n_train = min(max(1, round(ratios["train"] * n)), n - 2)
     n_val = max(1, min(n - n_train - 1, round(ratios["val"] * n)))
-    rows = {"train": np.sort(order[:n_train]), "val": np.sort(order[n_train : n_train + n_val]),
-            "test": np.sort(order[n_train + n_val :])}
+    rows = {
+        "train": np.sort(order[:n_train]),
+        "val": np.sort(order[n_train : n_train + n_val]),
+        "test": np.sort(order[n_train + n_val :]),
+    }
     names = windows.names(clips)
     parts = {p: [names[i] for i in r] for p, r in rows.items()}
     return Split("window", seed, ratios, parts), rows
@@ -168,7 +187,9 @@ def _check_actor_overlap(clips: list[AfewClip], parts: dict[str, list[str]]) -> 
         for cid in parts[p]:
             a = actor.get(cid)
             if a and seen.setdefault(a, p) != p:
-                raise DataError(f"clip {cid}: actor {a!r} is in both {seen[a]} and {p}; splits must be disjoint by actor")
+                raise DataError(
+                    f"clip {cid}: actor {a!r} is in both {seen[a]} and {p}; splits must be disjoint by actor"
+                )
 
 
 def keep_fraction(split: Split, clips: list[AfewClip], fraction: float, seed: int) -> Split:

@@ -24,8 +24,8 @@ from ..core.devices import autocast, synchronize
 from ..core.errors import FerError
 from ..media.inputs import find_clips
 from .contract import AnnotateOptions
-from .pipeline import annotate, make_producer, settle_decoder
 from .events import ClipEnded, ClipFailed, SamplesReady, feed
+from .pipeline import annotate, make_producer, settle_decoder
 from .stages import SAMPLES_PER_EVENT, Labeler, StageClock
 
 STAGES = ("decode", "faces", "backbone", "head", "write")
@@ -108,7 +108,9 @@ class SpeedReport:
             "decoded_fps": self.decoded_frames / e2e,
             "sampled_fps": self.sampled_frames / e2e,
             "realtime_factor": self.video_seconds / e2e,
-            "vs_backbone_only": (self.sampled_frames / e2e) / self.backbone_only_fps if self.backbone_only_fps else None,
+            "vs_backbone_only": (self.sampled_frames / e2e) / self.backbone_only_fps
+            if self.backbone_only_fps
+            else None,
             # Both baselines one after the other on the same cores: what no overlap would give.
             "in_series_fps": 1 / (1 / self.backbone_only_fps + 1 / self.producer_only_fps)
             if self.backbone_only_fps and self.producer_only_fps
@@ -116,7 +118,9 @@ class SpeedReport:
             "cores_busy": self.cpu_s / e2e,
             "naive_fps": self.naive_frames / self.naive_s if self.naive_s else None,
             # The naive loop reads every frame; compare the time each takes for the same videos.
-            "speedup_vs_naive": (self.naive_s / self.naive_frames * self.decoded_frames) / e2e if self.naive_s else None,
+            "speedup_vs_naive": (self.naive_s / self.naive_frames * self.decoded_frames) / e2e
+            if self.naive_s
+            else None,
         }
 
     def to_dict(self) -> dict:
@@ -208,8 +212,12 @@ def speed(
         video_seconds=sum(i.duration for i in infos),
         decoded_frames=sum(i.frames for i in infos),
         sampled_frames=clock.items["decode"],
-        backbone_only_fps=backbone_only(net, dev, batch_size, max(clock.items["backbone"], batch_size), options.precision),
-        producer_only_fps=producer_only(_first_minutes(clips, infos, PRODUCER_ONLY_VIDEO_S), net.config, options, placement),
+        backbone_only_fps=backbone_only(
+            net, dev, batch_size, max(clock.items["backbone"], batch_size), options.precision
+        ),
+        producer_only_fps=producer_only(
+            _first_minutes(clips, infos, PRODUCER_ONLY_VIDEO_S), net.config, options, placement
+        ),
         peak_cuda_mb=torch.cuda.max_memory_allocated(dev) / 2**20 if dev.type == "cuda" else None,
         end_to_end_runs_s=[run[1] for run in runs],
     )
@@ -228,8 +236,9 @@ def speed(
 def measure_startup(clip, model: str, device: str, batch_size: int, engine: str = "torch") -> StartUp:
     """Time a new process's start-up (`StartUp`) for `clip`, `model`, `device` and `engine`."""
     code = "import sys; from fercli.job.benchmark import startup_probe; startup_probe(*sys.argv[1:])"
-    _, out = _time_command([sys.executable, "-c", code, str(clip), str(model), device, str(batch_size), engine],
-                           "start-up probe")
+    _, out = _time_command(
+        [sys.executable, "-c", code, str(clip), str(model), device, str(batch_size), engine], "start-up probe"
+    )
     return StartUp(**json.loads(out.strip().splitlines()[-1]))
 
 
@@ -238,11 +247,28 @@ def measure_cold(paths, model: str, device: str, batch_size: int, engine: str = 
     import tempfile
 
     with tempfile.TemporaryDirectory(prefix="fer-cold-") as tmp:
-        fer = [sys.executable, "-m", "fercli.cli", "annotate", *map(str, paths), "--out", str(Path(tmp) / "cold.parquet"),
-               "--model", str(model), "--device", device, "--batch-size", str(batch_size), "--engine", engine]  # fmt: skip
+        fer = [
+            sys.executable,
+            "-m",
+            "fercli.cli",
+            "annotate",
+            *map(str, paths),
+            "--out",
+            str(Path(tmp) / "cold.parquet"),
+            "--model",
+            str(model),
+            "--device",
+            device,
+            "--batch-size",
+            str(batch_size),
+            "--engine",
+            engine,
+        ]
         fer_s, _ = _time_command(fer, "fer annotate (cold run)")
     code = "import sys; from fercli.job.benchmark import naive_probe; naive_probe(*sys.argv[1:])"
-    naive_s, out = _time_command([sys.executable, "-c", code, str(model), device, *map(str, paths)], "naive loop (cold run)")
+    naive_s, out = _time_command(
+        [sys.executable, "-c", code, str(model), device, *map(str, paths)], "naive loop (cold run)"
+    )
     return ColdRun(fer_s, naive_s, int(out.split()[-1]), len(paths))
 
 
@@ -322,7 +348,6 @@ def _timed_run(clips, options, model, device) -> tuple[StageClock, float, float]
 def backbone_only(model, device, batch_size: int, n: int, precision: str = "fp32") -> float:
     """Crops per second through the backbone alone, on ready-made input tensors."""
     import torch
-
 
     size = model.config.preprocess.size
     x = torch.randn(batch_size, 3, size, size, device=device).contiguous(memory_format=torch.channels_last)

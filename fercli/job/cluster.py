@@ -47,7 +47,8 @@ CPU_MODEL_SHARE = 0.75
 # would take its batch-mates down with it: Ray retries nothing here, and the clips that did not
 # come back are run again afterwards (stages.RETRIES), each alone on its model actor.
 LOST = (
-    f"lost on the Ray cluster: the process decoding or labelling it died or stalled, {tries(1 + RETRIES)} (see the Ray logs)"
+    "lost on the Ray cluster: the process decoding or labelling it died or stalled, "
+    f"{tries(1 + RETRIES)} (see the Ray logs)"
 )
 WATCH_S = 1.0  # s; how often a decode task looks whether its producer has stalled
 
@@ -62,7 +63,9 @@ def import_ray():
     return ray
 
 
-def run_on_ray(clips: list[Clip], labeler: Labeler, producer: Producer, address: str | None = None, requested: str = "auto") -> None:
+def run_on_ray(
+    clips: list[Clip], labeler: Labeler, producer: Producer, address: str | None = None, requested: str = "auto"
+) -> None:
     """Annotate `clips` on Ray; each finished clip goes on through `labeler`, as in the local schedules.
 
     `address` (default the run's --ray): "local" starts a Ray instance on this machine for the run,
@@ -134,8 +137,13 @@ class _Job:
         # actors on the cores left, and decode tasks that needed a core of their own could find
         # none and wait for ever.
         decoding = TaskPoolStrategy(size=min(self.decoders, len(keys)))
-        actor_args = {"weights": [self.weights], "options": self.producer.options, "device": self.actor_device,
-                      "timed": self.producer.timed, "identity": self.producer.identity}
+        actor_args = {
+            "weights": [self.weights],
+            "options": self.producer.options,
+            "device": self.actor_device,
+            "timed": self.producer.timed,
+            "identity": self.producer.identity,
+        }
         with warnings.catch_warnings():
             # Retry limits are plain Ray remote arguments, deprecated since Ray 2.60 with nothing
             # named to replace them yet (hence the extra's upper bound). They, and the decode
@@ -298,8 +306,16 @@ class _ModelActor:
         keys = [int(key) for key in batch["key"]]
         clips = dict(zip(keys, batch["clip"]))
         done: dict[str, ClipLabelled] = {}
-        labeler = Labeler(self.model, self.options, self.placement, clips, lambda d: done.update({d.result.video: d}),
-                          _ignore, clock, self.identity)  # fmt: skip
+        labeler = Labeler(
+            self.model,
+            self.options,
+            self.placement,
+            clips,
+            lambda d: done.update({d.result.video: d}),
+            _ignore,
+            clock,
+            self.identity,
+        )
         feed(_batch_events(batch["events"]), labeler)
         timing = clock.timing.frozen() if self.timed else None
         out = []

@@ -24,11 +24,13 @@ class AnnotateOptions:
     precision: str = "auto"  # "fp32", "bf16", "fp16" (CUDA only); "auto" = bf16 on CUDA, fp32 on a CPU
     reuse_boxes: int = 1  # samples in a row that may reuse steady face boxes; 0 = detect on every sample
     ray: str | None = None  # run on Ray: "local" starts an instance, "auto" or an address joins a cluster
-    identity: str = "auto"  # who is who across cuts: "faceid" (embedding), "texture", "auto" (faceid where its weights are)
+    identity: str = (
+        "auto"  # who is who across cuts: "faceid" (embedding), "texture", "auto" (faceid where its weights are)
+    )
     decoder: str = "auto"  # where clips are decoded: "cpu", "gpu" (NVDEC) or "auto" (core.devices.resolve_decoder)
     calibration: Path | None = None  # a `fer calibrate` file: the table gets each second's interval
-    engine: str | None = None  # the backbone's: "torch" or "openvino" (CPU; fercli.nets.engines); None = a loaded network's own, else torch
-
+    # the backbone's: "torch" or "openvino" (CPU; fercli.nets.engines); None = a loaded network's own, else torch
+    engine: str | None = None
 
     @property
     def rows(self) -> str:

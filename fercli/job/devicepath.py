@@ -16,7 +16,6 @@ from ..media.inputs import Clip
 from .events import Sample
 from .stages import NO_CLOCK, Producer
 
-
 # Producer threads (NVDEC sessions) at once: an H100 has 7 NVDEC engines; to be set by measurement.
 PRODUCER_THREADS = 4
 

@@ -66,11 +66,15 @@ def annotate(
         raise FerError(f"{inputs.missing[0]}: no such file or folder")
     engine = options.engine or (engine_of(model) if loaded else "torch")
     if loaded and engine != engine_of(model):
-        raise FerError(f"the network passed in runs on {engine_of(model)}, not {engine}: load it "
-                       f"with load_model(..., engine={engine!r})")  # fmt: skip
+        raise FerError(
+            f"the network passed in runs on {engine_of(model)}, not {engine}: load it "
+            f"with load_model(..., engine={engine!r})"
+        )
     # The one place a run's engine, device and precision are settled: the model, the stages, the
     # schedules and the table's metadata read them from here on.
-    placement = place(engine, _network_device(model) if requested is None else requested, options.precision, options.ray)
+    placement = place(
+        engine, _network_device(model) if requested is None else requested, options.precision, options.ray
+    )
     if loaded:
         model = model.to(placement.device)
     else:
@@ -79,7 +83,9 @@ def annotate(
         on_bytes = lambda done, total: emit(ProgressEvent("download", name, done, total or 0))  # noqa: E731
         model = load_placed(model, placement, on_bytes)
     options = replace(options, engine=engine, precision=placement.precision, decoder=settle_decoder(options, placement))
-    identity = resolve_identity(options.identity, progress=lambda done, total: emit(ProgressEvent("download", "identity", done, total or 0)))
+    identity = resolve_identity(
+        options.identity, progress=lambda done, total: emit(ProgressEvent("download", "identity", done, total or 0))
+    )
     if options.decoder == "gpu" and identity.kind == "faceid":  # the torch detector gives no key points yet
         log.info("people across cuts are told apart by texture on the GPU path")
         identity = replace(identity, kind="texture", network=None, landmarks=None)
@@ -155,7 +161,9 @@ def settle_decoder(options: AnnotateOptions, placement) -> str:
     check_decoder(options.decoder)
     if options.ray or options.per_frame:  # Ray's decode tasks and per-frame rows read on the CPU
         if options.decoder == "gpu":
-            raise FerError(f"--decoder gpu: not with {'--ray' if options.ray else '--per-frame'} (use --decoder auto or cpu)")
+            raise FerError(
+                f"--decoder gpu: not with {'--ray' if options.ray else '--per-frame'} (use --decoder auto or cpu)"
+            )
         return "cpu"
     return resolve_decoder(options.decoder, placement.device)
 

@@ -297,7 +297,8 @@ def _lost(worker: _Worker, pool: _Pool, todo: deque, retries: _Retries):
     if worker.stalled:
         how = f"{worker.stalled}: its process was stopped"
     else:
-        how = f"the decoding process died ({f'signal {-code}' if code is not None and code < 0 else f'exit status {code}'})"
+        status = f"signal {-code}" if code is not None and code < 0 else f"exit status {code}"
+        how = f"the decoding process died ({status})"
     failure = retries.lost(key, how)
     if failure is None:
         pool.spawn(reserved=key)

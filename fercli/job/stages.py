@@ -1,9 +1,9 @@
 """The annotation stages, shared by every schedule (thread, worker processes, Ray).
 
-    Producer   decode, detect, track and crop clips (model-free, so it can run in a thread, a
-               worker process or a Ray task), saying what happens as `events`
-    Labeler    the sink: the backbone batched across clips, the windows and heads, rows per clip
-    StageClock per-stage time for `fer benchmark speed`
+Producer   decode, detect, track and crop clips (model-free, so it can run in a thread, a
+           worker process or a Ray task), saying what happens as `events`
+Labeler    the sink: the backbone batched across clips, the windows and heads, rows per clip
+StageClock per-stage time for `fer benchmark speed`
 """
 
 from __future__ import annotations
@@ -506,5 +506,7 @@ class ClipWatch:
     def why(self) -> str:
         """The stall in words, for the clip's error line."""
         if time.monotonic() > self.finish_by:
-            return f"decoding took over its time budget ({STALL_PER_VIDEO_S:g} s per second of video + {STALL_BASE_S:g} s)"
+            return (
+                f"decoding took over its time budget ({STALL_PER_VIDEO_S:g} s per second of video + {STALL_BASE_S:g} s)"
+            )
         return f"decoding stopped making progress (nothing for {STALL_QUIET_S:g} s)"

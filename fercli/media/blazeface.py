@@ -81,12 +81,14 @@ def verify_model(path: Path = MODEL_FILE) -> bytes:
     try:
         data = path.read_bytes()
     except OSError as error:
-        raise WeightsError(f"{path}: the face detector's model file cannot be read ({error.strerror or error})") from None
+        raise WeightsError(
+            f"{path}: the face detector's model file cannot be read ({error.strerror or error})"
+        ) from None
     digest = hashlib.sha256(data).hexdigest()
     if digest != MODEL_SHA256:
         raise WeightsError(
-            f"{path}: the face detector's model file is damaged (SHA-256 {digest[:16]}..., expected {MODEL_SHA256[:16]}...);"
-            " reinstall fercli"
+            f"{path}: the face detector's model file is damaged "
+            f"(SHA-256 {digest[:16]}..., expected {MODEL_SHA256[:16]}...); reinstall fercli"
         )
     return data
 
@@ -149,7 +151,9 @@ def _taps(start: float, step: float, size: int) -> tuple[np.ndarray, np.ndarray,
     return np.clip(lo, 0, size - 1), np.clip(lo + 1, 0, size - 1), w_lo, w_hi
 
 
-def decode(raw_boxes: np.ndarray, raw_scores: np.ndarray, min_score: float = MIN_SCORE) -> tuple[np.ndarray, np.ndarray]:
+def decode(
+    raw_boxes: np.ndarray, raw_scores: np.ndarray, min_score: float = MIN_SCORE
+) -> tuple[np.ndarray, np.ndarray]:
     """One frame's network outputs -> (boxes (N, 4) x0, y0, x1, y1 in input-normalised units, scores (N,)).
 
     raw_boxes (2304, 16), raw_scores (2304,) or (2304, 1); only anchors scoring >= min_score.
@@ -158,7 +162,9 @@ def decode(raw_boxes: np.ndarray, raw_scores: np.ndarray, min_score: float = MIN
     return faces[:, :4], scores
 
 
-def decode_faces(raw_boxes: np.ndarray, raw_scores: np.ndarray, min_score: float = MIN_SCORE) -> tuple[np.ndarray, np.ndarray]:
+def decode_faces(
+    raw_boxes: np.ndarray, raw_scores: np.ndarray, min_score: float = MIN_SCORE
+) -> tuple[np.ndarray, np.ndarray]:
     """As `decode`, each face's row followed by its key points: (N, 16) x0, y0, x1, y1, then x, y
     of each of KEYPOINTS, in input-normalised units."""
     logits = np.clip(raw_scores.reshape(-1).astype(np.float64), -SCORE_CLIP, SCORE_CLIP)

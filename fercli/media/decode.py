@@ -477,12 +477,16 @@ def _timestamps(stamps: np.ndarray, path: Path, frames: int, fps: float) -> tupl
         gaps = np.diff(starts)
         if len(gaps) and gaps.max() > MAX_HOLD_S:
             k = int(gaps.argmax()) + 1
-            raise VideoError(f"{path}: frame {k} starts {gaps[k - 1]:.0f} s after the frame before it "
-                             f"(timestamps, not video: fer samples no frame held over {MAX_HOLD_S:.0f} s)")
+            raise VideoError(
+                f"{path}: frame {k} starts {gaps[k - 1]:.0f} s after the frame before it "
+                f"(timestamps, not video: fer samples no frame held over {MAX_HOLD_S:.0f} s)"
+            )
         long = float(gaps[gaps > LONG_HOLD_S].sum())
         if long > MAX_HOLD_S:
-            raise VideoError(f"{path}: frames held over {LONG_HOLD_S:.0f} s each add up to {long:.0f} s "
-                             f"(timestamps, not video: fer samples no clip whose frames are held over {MAX_HOLD_S:.0f} s)")
+            raise VideoError(
+                f"{path}: frames held over {LONG_HOLD_S:.0f} s each add up to {long:.0f} s "
+                f"(timestamps, not video: fer samples no clip whose frames are held over {MAX_HOLD_S:.0f} s)"
+            )
         usual = float(np.median(gaps)) if len(gaps) else 1 / fps
         last = float(stamps[-1, 1] - stamps[-1, 0])
         if last > max(1.0, LAST_FRAME_SLACK * usual):
@@ -491,8 +495,10 @@ def _timestamps(stamps: np.ndarray, path: Path, frames: int, fps: float) -> tupl
         # Rounded to the microsecond to drop float32 noise (2.4000000953674316).
         return starts, round(float(starts[-1] + last), 6), True
     if 1 / fps > LONG_HOLD_S and frames / fps > MAX_HOLD_S:  # an AVI declaring 1e-6 frames/s
-        raise VideoError(f"{path}: declares {fps:.3g} frames/s, {frames / fps:.0f} s for {frames} frames "
-                         f"(fer samples no clip whose frames are held over {MAX_HOLD_S:.0f} s)")
+        raise VideoError(
+            f"{path}: declares {fps:.3g} frames/s, {frames / fps:.0f} s for {frames} frames "
+            f"(fer samples no clip whose frames are held over {MAX_HOLD_S:.0f} s)"
+        )
     log.debug("%s: frame timestamps unusable, using frame index / %.3f fps", path, fps)
     return np.arange(frames) / fps, frames / fps, False
 
@@ -530,10 +536,14 @@ class _ImageReader:
         held = np.diff(self.starts, prepend=0.0)
         if held.max() > MAX_HOLD_S:  # cam1_1699999999.png: a number that is no frame index
             name = self.files[int(held.argmax())].name
-            raise VideoError(f"{folder}: frame {name} would start {held.max():.0f} s after the one before it at "
-                             f"{frames_fps:g} frames/s (its number is no frame index; fer holds no frame over {MAX_HOLD_S:.0f} s)")
+            raise VideoError(
+                f"{folder}: frame {name} would start {held.max():.0f} s after the one before it at "
+                f"{frames_fps:g} frames/s (its number is no frame index; fer holds no frame over {MAX_HOLD_S:.0f} s)"
+            )
         duration = (numbers[-1] + 1) / frames_fps
-        self.info = VideoInfo(folder, frames_fps, len(self.files), duration, float(self.starts[-1]), width, height, "images")
+        self.info = VideoInfo(
+            folder, frames_fps, len(self.files), duration, float(self.starts[-1]), width, height, "images"
+        )
 
     def want(self, indices: np.ndarray) -> None:
         """Nothing to plan: each image is read on its own."""

@@ -242,7 +242,9 @@ def crop(image: np.ndarray, box: Box, size: int, margin: float = 0.0, square: bo
     return np.asarray(Image.fromarray(region).resize((size, size), Image.BILINEAR))
 
 
-def crop_region(box: Box, width: int, height: int, margin: float = 0.0, square: bool = True) -> tuple[int, int, int, int]:
+def crop_region(
+    box: Box, width: int, height: int, margin: float = 0.0, square: bool = True
+) -> tuple[int, int, int, int]:
     """The pixels `crop` resizes, x0, y0, x1, y1 (whole pixels; a square may reach outside the
     frame, where it is black) for a face at `box` in a width x height frame."""
     if square:

@@ -96,8 +96,9 @@ OLD_PATHS = {
     "timm.models.efficientnet_blocks.SqueezeExcite": f"{_BLOCKS}.SqueezeExcite",
     "timm.models.layers.conv2d_same.Conv2dSame": "timm.layers.conv2d_same.Conv2dSame",
     "timm.models.layers.norm_act.BatchNormAct2d": "timm.layers.norm_act.BatchNormAct2d",
-    "timm.models.layers.adaptive_avgmax_pool.SelectAdaptivePool2d":
-        "timm.layers.adaptive_avgmax_pool.SelectAdaptivePool2d",
+    "timm.models.layers.adaptive_avgmax_pool.SelectAdaptivePool2d": (
+        "timm.layers.adaptive_avgmax_pool.SelectAdaptivePool2d"
+    ),
     "timm.models.layers.linear.Linear": "timm.layers.linear.Linear",
     "timm.models.layers.activations.Swish": "timm.layers.activations.Swish",
     "timm.models.layers.activations_me.SwishMe": "timm.layers.activations_me.SwishMe",
@@ -112,9 +113,15 @@ _UNSAFE_GLOBAL = re.compile(r"GLOBAL ([\w.]+)")
 # What HSEmotion's network is, as fer's config (model.ModelConfig's fields): a frame model, one
 # frame per "window". Its preprocessing comes from its registry entry, with the weights.
 HSEMOTION_ARCH = {
-    "arch": "hsemotion", "backbone": TIMM_ARCH, "fps": 5.0, "window": 1, "temporal": "none",
-    "hidden": 0, "layers": 0, "dropout": 0.0,
-}  # fmt: skip
+    "arch": "hsemotion",
+    "backbone": TIMM_ARCH,
+    "fps": 5.0,
+    "window": 1,
+    "temporal": "none",
+    "hidden": 0,
+    "layers": 0,
+    "dropout": 0.0,
+}
 
 
 def hsemotion_config(preprocess: dict | None = None) -> dict:
@@ -206,8 +213,9 @@ def write_checkpoint(payload: dict, path: str | os.PathLike) -> Path:
 def _from_registry(name: str, progress) -> dict:
     entry = weights.registry()[name]
     if entry.backbone_only:  # refused before any download
-        raise WeightsError(f"{name}: backbone weights for training ({entry.description}), not a "
-                           "valence/arousal model for annotate")
+        raise WeightsError(
+            f"{name}: backbone weights for training ({entry.description}), not a valence/arousal model for annotate"
+        )
     if entry.format in IDENTITY_FORMATS:
         raise WeightsError(
             f"{name}: a face-identity file ({entry.description}), not a valence/arousal model for annotate"
@@ -262,8 +270,16 @@ def load_timm_pickle(path: str | os.PathLike) -> dict[str, torch.Tensor]:
                 "which is not on the safe allowlist of model classes"
             ) from e
         raise WeightsError(f"{path}: not a PyTorch weights file (unreadable pickle)") from e
-    except (RuntimeError, EOFError, ValueError, LookupError, AttributeError, TypeError,
-            zipfile.BadZipFile, UnicodeDecodeError) as e:
+    except (
+        RuntimeError,
+        EOFError,
+        ValueError,
+        LookupError,
+        AttributeError,
+        TypeError,
+        zipfile.BadZipFile,
+        UnicodeDecodeError,
+    ) as e:
         # Random or truncated bytes surface as whatever the unpickler tripped on.
         raise WeightsError(f"{path}: not a PyTorch weights file ({_short(e)})") from e
     state = _as_state_dict(obj, path)
@@ -283,8 +299,10 @@ def _check_archive(path: Path) -> None:
     except (zipfile.BadZipFile, OSError, ValueError):
         return  # not a zip (a legacy torch file, or no model at all): torch.load says which
     if declared > MAX_UNPACKED_BYTES:
-        raise WeightsError(f"{path}: unpacks to {declared / 2**30:.1f} GiB, more than any model fer reads "
-                           f"({MAX_UNPACKED_BYTES / 2**30:.0f} GiB); refused before reading it")
+        raise WeightsError(
+            f"{path}: unpacks to {declared / 2**30:.1f} GiB, more than any model fer reads "
+            f"({MAX_UNPACKED_BYTES / 2**30:.0f} GiB); refused before reading it"
+        )
 
 
 @lru_cache(maxsize=1)
@@ -330,8 +348,9 @@ def _warn_if_not_tf_padding(module, path: Path) -> None:
 
     stem = getattr(module, "conv_stem", None)
     if stem is not None and not isinstance(stem, Conv2dSame):
-        log.warning("%s: stem is %s, not TF 'same' padding; outputs may differ from %s",
-                    path, type(stem).__name__, TIMM_ARCH)
+        log.warning(
+            "%s: stem is %s, not TF 'same' padding; outputs may differ from %s", path, type(stem).__name__, TIMM_ARCH
+        )
 
 
 def _check_shapes(state: dict[str, torch.Tensor], path: Path) -> None:
@@ -362,7 +381,6 @@ def _expected_shapes() -> dict[str, tuple[int, ...]]:
     with torch.device("meta"):
         model = timm.create_model(TIMM_ARCH, num_classes=TIMM_NUM_OUTPUTS, pretrained=False)
     return {k: tuple(v.shape) for k, v in model.state_dict().items()}
-
 
 
 def _short(error: BaseException) -> str:

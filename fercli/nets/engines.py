@@ -170,8 +170,9 @@ def openvino_backbone(
     try:
         compiled = core.compile_model(core.read_model(path), "CPU", config)
     except RuntimeError as e:
-        raise FerError(f"{path}: OpenVINO could not load this cached backbone ({first_line(e)}); "
-                       "delete it to convert again") from None  # fmt: skip
+        raise FerError(
+            f"{path}: OpenVINO could not load this cached backbone ({first_line(e)}); delete it to convert again"
+        ) from None
     ran = str(compiled.get_property("INFERENCE_PRECISION_HINT"))  # e.g. "<Type: 'float32'>"
     if precision == "bf16" and "bf" not in ran.lower():  # bf16 / bfloat16; OpenVINO falls back silently
         log.warning("this CPU has no bf16 support: OpenVINO runs the backbone in f32")

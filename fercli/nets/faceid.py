@@ -29,12 +29,11 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-
-from ..media.align import CHIP_SIDE  # the network's input side (dlib's input_rgb_image_sized<150>)
 from torch import nn
 
 from ..core.dlibfile import DlibReader
 from ..core.errors import FerError, WeightsError, first_line
+from ..media.align import CHIP_SIDE  # the network's input side (dlib's input_rgb_image_sized<150>)
 from . import weights
 
 log = logging.getLogger("fercli")
@@ -318,10 +317,10 @@ def resolve_identity(choice: str = "auto", *, progress=None, root: Path | None =
     except WeightsError as e:
         if choice == "faceid":
             raise
+        log.debug("face-recognition weights: %s", first_line(e))
         log.warning(
-            "people across cuts are told apart by texture: the face-recognition weights are "
-            "missing (%s); `fer weights fetch %s %s` gets them",
-            first_line(e),
+            "people across cuts are told apart by texture: the face-recognition weights are missing and could "
+            "not be downloaded; `fer weights download %s %s` gets them (--identity texture says this is meant)",
             NETWORK_WEIGHTS,
             LANDMARK_WEIGHTS,
         )

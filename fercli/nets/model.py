@@ -92,8 +92,6 @@ class Preprocess:
         return crop_batch(frames, frame_index, regions, self.size)
 
 
-
-
 @dataclass(frozen=True)
 class ModelConfig:
     """Everything needed to rebuild a model; saved as plain data in its checkpoint."""
@@ -321,7 +319,6 @@ def model_from_checkpoint(
     except (KeyError, TypeError, ValueError, RuntimeError) as e:
         raise WeightsError(f"{source}: checkpoint does not match its config ({first_line(e)})") from None
     return model
-
 
 
 def load_model(

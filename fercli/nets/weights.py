@@ -27,10 +27,11 @@ TIMEOUT_S = 30.0  # seconds without data before a download counts as failed
 # dlib-dnn, dlib-shape-predictor: dlib's face-recognition network and its landmarks (`faceid`)
 FORMATS = ("timm-pickle", "fer-checkpoint", "timm-state-dict", "dlib-dnn", "dlib-shape-predictor")
 REGISTRY_FILE = Path(__file__).parents[1] / "registry.json"  # shipped at fercli/registry.json (weights/registry.json)
-REGISTRY_ENV = "FER_REGISTRY"  # a registry file of one's own (a lab's mirror, its own models), read over the shipped one
+REGISTRY_ENV = (
+    "FER_REGISTRY"  # a registry file of one's own (a lab's mirror, its own models), read over the shipped one
+)
 BACKBONE_ONLY_FORMAT = "timm-state-dict"  # backbone weights for training: no valence/arousal head, never a --model
 SHA256_PREFIX_HEX = 8  # torch.hub's convention: file names end in the first 8 hex digits of the SHA-256
-
 
 
 @dataclass(frozen=True)
@@ -102,8 +103,10 @@ def _read_registry(path: Path) -> dict[str, WeightsEntry]:
             raise WeightsError(f"{path}: entry {name!r}: {first_line(e)}") from None
         urls_listed = isinstance(entry.mirrors, (list, tuple)) and all(isinstance(u, str) for u in entry.urls)
         if entry.format not in FORMATS or not urls_listed:
-            raise WeightsError(f"{path}: entry {name!r} needs a url, a list of mirrors (may be empty) and a "
-                               f"format of {', '.join(FORMATS)}")
+            raise WeightsError(
+                f"{path}: entry {name!r} needs a url, a list of mirrors (may be empty) and a "
+                f"format of {', '.join(FORMATS)}"
+            )
         entries[name] = replace(entry, mirrors=tuple(entry.mirrors))
     return entries
 
@@ -197,7 +200,7 @@ def fetch(
 
 
 def cache_state(entry: WeightsEntry, root: Path | None = None) -> str:
-    """"missing", "verified" (its pinned hash matches), "unpinned" (nothing to check) or "wrong file"."""
+    """ "missing", "verified" (its pinned hash matches), "unpinned" (nothing to check) or "wrong file"."""
     target = (Path(root) if root is not None else cache_dir()) / entry.filename
     if not target.is_file():
         return "missing"
@@ -260,8 +263,10 @@ def _download(
 
 def offline_advice(entry: WeightsEntry, target: Path) -> str:
     """What to do where the registry's URLs cannot be reached: one clause, no full stop."""
-    advice = (f"on a machine with internet run `fer weights download {entry.name}` (or fetch {entry.url}) "
-              f"and place the file at {target}")
+    advice = (
+        f"on a machine with internet run `fer weights download {entry.name}` (or fetch {entry.url}) "
+        f"and place the file at {target}"
+    )
     if entry.backbone_only:
         return advice
     return f"{advice}, or pass a weights file you have with --model PATH"
@@ -280,9 +285,7 @@ def _download_from(
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
         # Same directory as the target, so os.replace is an atomic rename, never a copy.
-        fd, tmp_name = tempfile.mkstemp(
-            dir=target.parent, prefix=f".{target.name}.", suffix=".part"
-        )
+        fd, tmp_name = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".part")
     except OSError as e:
         raise WeightsError(f"cannot write to {target.parent} ({first_line(e)})") from e
     tmp = Path(tmp_name)
@@ -338,10 +341,11 @@ def _record_hash(target: Path, digest: str, verified: bool) -> None:
     # sha256sum's format, so `sha256sum -c` can re-check the file later.
     Path(f"{target}.sha256").write_text(f"{digest}  {target.name}\n", encoding="utf-8")
     if verified:  # its git blob id or SHA-256 prefix matched: the digest is just recorded
-        log.info("%s matches its registry hash; its SHA-256 is %s (recorded in %s.sha256)",
-                 target, digest, target)
+        log.info("%s matches its registry hash; its SHA-256 is %s (recorded in %s.sha256)", target, digest, target)
         return
     log.warning(
         "%s has no registry hash, so it is unverified; its SHA-256 is %s (recorded in %s.sha256)",
-        target, digest, target,
+        target,
+        digest,
+        target,
     )

@@ -24,7 +24,7 @@ import pandas as pd
 
 from ..core.errors import DataError, FerError
 from ..core.labels import DIMENSIONS
-from ..tables.rows import SECOND_KEYS
+from ..datasets.truth import load_truth
 from ..tables.intervals import (
     SPREAD_PARTS,
     Calibration,
@@ -35,8 +35,8 @@ from ..tables.intervals import (
     model_identity,
     read_calibration,
 )
+from ..tables.rows import SECOND_KEYS
 from ..tables.writers import INTERVAL_COLUMNS, output_format, read_metadata, read_table, schema, write_table
-from ..datasets.truth import load_truth
 
 SPREAD_COLUMNS = tuple(f"{d}_{c}" for d in DIMENSIONS for c in SPREAD_PARTS)
 

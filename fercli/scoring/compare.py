@@ -109,13 +109,18 @@ def compare(runs: list[str | Path], out: str | Path | None = None, on_error=None
         raise DataError("none of the run folders could be read")
     names = [r.name for r in rows]
     if len(set(names)) != len(names):
-        raise DataError(f"two runs share a folder name ({', '.join(n for n in names if names.count(n) > 1)}); compare.json is keyed by it")
+        raise DataError(
+            f"two runs share a folder name ({', '.join(n for n in names if names.count(n) > 1)}); "
+            "compare.json is keyed by it"
+        )
     if out is not None:
         out = Path(out)
         out.mkdir(parents=True, exist_ok=True)
         text = markdown(rows)
         atomic_write(out / "compare.md", lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
-        doc = json.dumps({"runs": {r.name: {k: v for k, v in asdict(r).items() if k != "name"} for r in rows}}, indent=2)
+        doc = json.dumps(
+            {"runs": {r.name: {k: v for k, v in asdict(r).items() if k != "name"} for r in rows}}, indent=2
+        )
         atomic_write(out / "compare.json", lambda tmp: Path(tmp).write_text(doc + "\n", encoding="utf-8"))
     return rows
 

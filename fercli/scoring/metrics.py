@@ -265,8 +265,9 @@ def score(truth: pd.DataFrame, pred: pd.DataFrame, *, on=SECOND_KEYS, names=("tr
         missing_truth[dim] = int((~np.isfinite(true)).sum())
         source[dim] = cont_col
         if bounded:
-            intervals[dim] = interval_scores(both["video"].to_numpy()[ok], true[ok], _floats(both[f"{dim}_lo"])[ok],
-                                             _floats(both[f"{dim}_hi"])[ok])
+            intervals[dim] = interval_scores(
+                both["video"].to_numpy()[ok], true[ok], _floats(both[f"{dim}_lo"])[ok], _floats(both[f"{dim}_hi"])[ok]
+            )
     mean = {m: float(np.mean([metrics[d][m] for d in DIMENSIONS])) for m in METRICS}
     return Report(
         metrics=metrics,
@@ -305,8 +306,11 @@ def intervals_line(report: Report) -> str | None:
     """One line on the prediction's intervals (None without bounds), as `fer benchmark accuracy` prints it."""
     if not report.intervals:
         return None
-    parts = [f"{d} coverage {_pct(v['coverage'])} (per clip {_pct(v['clip_coverage'])}), mean width "
-             f"{_fmt(v['mean_width'], 2)}" for d, v in report.intervals.items()]
+    parts = [
+        f"{d} coverage {_pct(v['coverage'])} (per clip {_pct(v['clip_coverage'])}), mean width "
+        f"{_fmt(v['mean_width'], 2)}"
+        for d, v in report.intervals.items()
+    ]
     seconds = report.intervals[DIMENSIONS[0]]["seconds"]
     return f"intervals over {seconds} seconds: " + "; ".join(parts)
 
@@ -469,7 +473,8 @@ def abaw_score(truth: str | Path, pred: pd.DataFrame, frames_fps: float = 25.0) 
     both = frames.merge(preds, on=list(SECOND_KEYS), how="left")
     ok = np.isfinite(both[[f"{d}_pred" for d in DIMENSIONS]].to_numpy(dtype=float)).all(axis=1)
     scale = affwild.ABAW_SCALE  # back to ABAW's -1..1 (CCC is unchanged by scaling both sides)
-    out = abaw_ccc({d: both[d].to_numpy(float)[ok] / scale for d in DIMENSIONS},
-                   {d: both[f"{d}_pred"].to_numpy(float)[ok] / scale for d in DIMENSIONS})
+    out = abaw_ccc(
+        {d: both[d].to_numpy(float)[ok] / scale for d in DIMENSIONS},
+        {d: both[f"{d}_pred"].to_numpy(float)[ok] / scale for d in DIMENSIONS},
+    )
     return {**out, "frames": int(ok.sum()), "frames_without_prediction": int((~ok).sum())}
-

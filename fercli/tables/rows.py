@@ -213,7 +213,9 @@ class Aggregator:
         key = {index: ff.index, "time": ff.time}
         people = {"people": len(ff.faces)}
         units = [
-            self._unit(key, person, [feat], {**face_columns([ff.seen[person]] if person in ff.seen else [], 1), **people})
+            self._unit(
+                key, person, [feat], {**face_columns([ff.seen[person]] if person in ff.seen else [], 1), **people}
+            )
             for person, feat in sorted(ff.faces.items())
         ]
         return units or [Unit(key, None, columns={**face_columns([], 1), **people})]

@@ -33,9 +33,17 @@ PARTS_SUFFIX = ".parts"
 # Metadata that must agree for --resume to add rows to an existing table (`calibration`: the
 # intervals' quantiles, `intervals.calibration_metadata`; absent on both sides without one).
 RESUME_KEYS = (
-    "model", "weights_sha256", "fps", "window", "per_frame", "per_sample", "all_faces", "precision", "calibration",
+    "model",
+    "weights_sha256",
+    "fps",
+    "window",
+    "per_frame",
+    "per_sample",
+    "all_faces",
+    "precision",
+    "calibration",
     "identity",
-)  # fmt: skip
+)
 
 _LABELS = [
     ("face", pa.bool_()),
@@ -67,7 +75,9 @@ _FRAME_KEY = [("video", pa.string()), ("frame", pa.int32()), ("time", pa.float64
 _KEYS = {"second": _SECOND_KEY, "sample": _SAMPLE_KEY, "frame": _FRAME_KEY}
 
 
-def schema(rows: str = "second", all_faces: bool = False, expressions: bool = False, intervals: bool = False) -> pa.Schema:
+def schema(
+    rows: str = "second", all_faces: bool = False, expressions: bool = False, intervals: bool = False
+) -> pa.Schema:
     """The output columns, in order, for rows per "second", "sample" or "frame" (video frame);
     `expressions`: the model has HSEmotion's expression head; `intervals`: a calibration's bounds."""
     key = _KEYS[rows] + ([("person", pa.int32())] if all_faces else [])
@@ -153,8 +163,14 @@ def _read(path: Path, require) -> pd.DataFrame:
 
 
 # The time keys' largest values: decode.MAX_TIMESTAMP seconds, and frames of it at 1,000 frames/s.
-TIME_BOUNDS = {"second": MAX_TIMESTAMP, "start": MAX_TIMESTAMP, "end": MAX_TIMESTAMP, "time": MAX_TIMESTAMP,
-               "sample_index": MAX_TIMESTAMP * 1000, "frame": MAX_TIMESTAMP * 1000}
+TIME_BOUNDS = {
+    "second": MAX_TIMESTAMP,
+    "start": MAX_TIMESTAMP,
+    "end": MAX_TIMESTAMP,
+    "time": MAX_TIMESTAMP,
+    "sample_index": MAX_TIMESTAMP * 1000,
+    "frame": MAX_TIMESTAMP * 1000,
+}
 
 
 def check_table(df: pd.DataFrame, path: Path, require=()) -> None:
@@ -187,8 +203,8 @@ def check_table(df: pd.DataFrame, path: Path, require=()) -> None:
                 raise DataError(f"{path}: column {col} holds {value!r} (row {row + 1}); fer's run from 0 to {top:g}")
     if "face" in df and df["face"].notna().any() and not pd.api.types.is_bool_dtype(df["face"]):
         values = set(df["face"].dropna().unique())
-        if not values <= {True, False, 0, 1}:
-            odd = sorted(map(str, values - {True, False, 0, 1}))[0]
+        if not values <= {True, False}:
+            odd = sorted(map(str, values - {True, False}))[0]
             raise DataError(f"{path}: column face holds {odd!r} where true or false belongs")
 
 
@@ -330,13 +346,14 @@ class TableWriter:
         for path in ([self.out] if self.out.exists() else []) + self._part_files():
             old = read_metadata(path)
             if old is None:
-                raise FerError(f"{path}: cannot resume, it does not record the model and settings it was made with "
-                               "(an older fer, or not fer); --overwrite makes the table again")
+                raise FerError(
+                    f"{path}: cannot resume, it does not record the model and settings it was made with "
+                    "(an older fer, or not fer); --overwrite makes the table again"
+                )
             clash = [k for k in RESUME_KEYS if old.get(k) != self.metadata.get(k)]
             if clash:
                 detail = ", ".join(f"{k}: {old.get(k)!r} vs {self.metadata.get(k)!r}" for k in clash)
                 raise FerError(f"{path}: cannot resume, it was made with other settings ({detail})")
-
 
     def _check_columns(self) -> None:
         """FerError unless the table being resumed (and its parts) has this run's columns.
@@ -347,18 +364,24 @@ class TableWriter:
         files = ([self.out] if self.out.exists() else []) + self._part_files()
         for path in files:
             names = (
-                pq.read_schema(path).names if output_format(path) == "parquet"
+                pq.read_schema(path).names
+                if output_format(path) == "parquet"
                 else list(pd.read_csv(path, nrows=0).columns)
             )
             if names != self.schema.names:
                 missing = [n for n in self.schema.names if n not in names]
                 extra = [n for n in names if n not in self.schema.names]
-                detail = "; ".join(
-                    part for part in (
-                        f"lacks {', '.join(missing)}" if missing else "",
-                        f"has {', '.join(extra)} too" if extra else "",
-                    ) if part
-                ) or "its columns are in another order"
+                detail = (
+                    "; ".join(
+                        part
+                        for part in (
+                            f"lacks {', '.join(missing)}" if missing else "",
+                            f"has {', '.join(extra)} too" if extra else "",
+                        )
+                        if part
+                    )
+                    or "its columns are in another order"
+                )
                 raise FerError(
                     f"{path}: cannot resume, the table has other columns than this run writes ({detail}); "
                     "--overwrite makes it again"
@@ -375,7 +398,9 @@ def write_table(df: pd.DataFrame, out: Path, metadata: dict, table_schema: pa.Sc
         atomic_write(out, lambda tmp: pq.write_table(table, tmp))
     else:
         atomic_write(out, lambda tmp: table.to_pandas(types_mapper=_nullable).to_csv(tmp, index=False))
-        atomic_write(metadata_path(out), lambda tmp: Path(tmp).write_text(json.dumps(metadata) + "\n", encoding="utf-8"))
+        atomic_write(
+            metadata_path(out), lambda tmp: Path(tmp).write_text(json.dumps(metadata) + "\n", encoding="utf-8")
+        )
 
 
 def check_keys(df: pd.DataFrame, path, key: str) -> pd.Series:

@@ -42,9 +42,9 @@ from ..core.labels import to_class
 from ..datasets import examples, features, splits
 from ..datasets.truth import load_truth
 from ..job.stages import HEAD_BATCH
+from ..scoring import metrics
 from ..tables.rows import SECOND_KEYS
 from .options import SPLITS
-from ..scoring import metrics
 
 log = logging.getLogger("fercli")
 
@@ -142,9 +142,15 @@ def evaluate(
     model = load_model(model_path, dev)
     cfg = model.config
     samples, _ = features.prepare(
-        clips, fps=cfg.fps, frames_fps=frames_fps, preprocess=cfg.preprocess, crops=run.crops,
-        cache=features.FeatureCache(cache_dir or features.default_cache_root()), model=model,
-        weights_sha256=_feature_weights_key(model, run), device=dev,
+        clips,
+        fps=cfg.fps,
+        frames_fps=frames_fps,
+        preprocess=cfg.preprocess,
+        crops=run.crops,
+        cache=features.FeatureCache(cache_dir or features.default_cache_root()),
+        model=model,
+        weights_sha256=_feature_weights_key(model, run),
+        device=dev,
         on_clip=lambda i, n: emit(EvaluateEvent("prepare", i, n)),
     )
     if not samples:
@@ -159,14 +165,24 @@ def evaluate(
     second_report = metrics.score(truth, pred)
 
     info = SplitInfo(
-        kind=part.kind, seed=part.seed, part=split, source=part.source, clips=part.clip_counts,
-        windows=part.window_counts, scored_clips=list(part.clips), seconds_scope=part.scope,
+        kind=part.kind,
+        seed=part.seed,
+        part=split,
+        source=part.source,
+        clips=part.clip_counts,
+        windows=part.window_counts,
+        scored_clips=list(part.clips),
+        seconds_scope=part.scope,
         seconds_left_out=left_out,
     )
-    how = ("argmax of each head (labels), expected value under its softmax (scores)" if cfg.is_window_model
-           else f"mean of the frame scores over the window's face samples (T = {window}), rounded for labels")
-    return Evaluation(window_report, second_report, info, str(model_path), cfg.arch, how, frames_fps, failed,
-                      table, truth, pred)
+    how = (
+        "argmax of each head (labels), expected value under its softmax (scores)"
+        if cfg.is_window_model
+        else f"mean of the frame scores over the window's face samples (T = {window}), rounded for labels"
+    )
+    return Evaluation(
+        window_report, second_report, info, str(model_path), cfg.arch, how, frames_fps, failed, table, truth, pred
+    )
 
 
 # --- what the checkpoint says about its training ---------------------------------------------------
@@ -215,7 +231,7 @@ def _training_record(model_path) -> _Run:
 
 
 def _frames_fps(given: float | None, run: _Run) -> float:
-    recorded = ((run.config or {}).get("options", {}).get("frames_fps") or (run.meta or {}).get("frames_fps"))
+    recorded = (run.config or {}).get("options", {}).get("frames_fps") or (run.meta or {}).get("frames_fps")
     if given is None:
         return float(recorded) if recorded else 25.0
     if not given > 0:
@@ -257,9 +273,17 @@ def _part(run: _Run, name: str, clips, samples, windows, cfg) -> _Part:
     if name == "all":  # no split needed: any data set, also one the model never saw
         meta = run.meta or {}
         source = "the whole data set" + ("" if run.meta else " (no training metadata)")
-        return _Part(meta.get("split", "none"), meta.get("split_seed"), source, np.arange(len(windows)),
-                     [c.id for c in clips], None, "every second of every clip", {"all": len(clips)},
-                     {"all": len(windows)})
+        return _Part(
+            meta.get("split", "none"),
+            meta.get("split_seed"),
+            source,
+            np.arange(len(windows)),
+            [c.id for c in clips],
+            None,
+            "every second of every clip",
+            {"all": len(clips)},
+            {"all": len(windows)},
+        )
     split = _run_split(run, clips, samples, cfg.window)
     if split.kind == "clip":
         return _clip_part(split, name, clips, samples, windows)
@@ -287,8 +311,9 @@ def _run_split(run: _Run, clips, samples, window: int) -> splits.Split:
     # Not recorded in best.pt: a split file's ratios or lists, and the stride. Defaults assumed.
     ratios = meta.get("split_ratios") or splits.DEFAULT_RATIOS
     source = f"re-derived from {path.name}'s training metadata (seed {seed}, ratios {ratios})"
-    log.warning("%s: no split.json beside it; the split is %s, which is the run's only if it used no split file",
-                path, source)
+    log.warning(
+        "%s: no split.json beside it; the split is %s, which is the run's only if it used no split file", path, source
+    )
     if kind == "clip":
         return splits.split_clips(clips, seed, ratios, source=source)
     trained = examples.training_windows(samples, window, int(meta.get("stride", 1)))
@@ -304,9 +329,17 @@ def _clip_part(split: splits.Split, name: str, clips, samples, windows) -> _Part
         if missing:
             raise DataError(f"clip {missing[0]}: in the run's {p} part ({split.source}) but not in the data")
     rows = splits.rows_of_clips(windows, samples, split)
-    return _Part("clip", split.seed, split.source, rows[name], list(split.parts[name]), None,
-                 f"every second of the {name} clips",
-                 {p: len(split.parts[p]) for p in splits.PARTS}, {p: int(len(r)) for p, r in rows.items()})
+    return _Part(
+        "clip",
+        split.seed,
+        split.source,
+        rows[name],
+        list(split.parts[name]),
+        None,
+        f"every second of the {name} clips",
+        {p: len(split.parts[p]) for p in splits.PARTS},
+        {p: int(len(r)) for p, r in rows.items()},
+    )
 
 
 def _window_part(split: splits.Split, name: str, clips, samples, windows, fps: float) -> _Part:
@@ -322,10 +355,21 @@ def _window_part(split: splits.Split, name: str, clips, samples, windows, fps: f
         rows[p] = np.sort(np.asarray([index[n] for n in split.parts[p]], np.int64))
     clip_ids = {p: sorted({n.rsplit(":", 1)[0] for n in split.parts[p]}) for p in splits.PARTS}
     seconds = _seconds_of_windows(set(split.parts[name]), samples, fps)
-    scope = (f"the seconds whose own window (the T samples ending with the second's last sample) is a {name} "
-             f"window, in the {len(clip_ids[name])} clips holding {name} windows")
-    return _Part("window", split.seed, split.source, rows[name], clip_ids[name], seconds, scope,
-                 {p: len(v) for p, v in clip_ids.items()}, {p: int(len(r)) for p, r in rows.items()})
+    scope = (
+        f"the seconds whose own window (the T samples ending with the second's last sample) is a {name} "
+        f"window, in the {len(clip_ids[name])} clips holding {name} windows"
+    )
+    return _Part(
+        "window",
+        split.seed,
+        split.source,
+        rows[name],
+        clip_ids[name],
+        seconds,
+        scope,
+        {p: len(v) for p, v in clip_ids.items()},
+        {p: int(len(r)) for p, r in rows.items()},
+    )
 
 
 def _seconds_of_windows(names: set[str], samples, fps: float) -> pd.MultiIndex:
@@ -356,16 +400,18 @@ def _window_table(model, samples, windows: examples.Examples, window: int, devic
     else:
         v_score, a_score = _frame_means(model, samples, windows, window)
         v_lab, a_lab = to_class(v_score), to_class(a_score)
-    return pd.DataFrame({
-        "video": [samples[c].clip.id for c in windows.clip],
-        "window": windows.end,
-        "valence": windows.valence,
-        "arousal": windows.arousal,
-        "pred_valence": v_lab,
-        "pred_arousal": a_lab,
-        "valence_score": v_score,
-        "arousal_score": a_score,
-    })
+    return pd.DataFrame(
+        {
+            "video": [samples[c].clip.id for c in windows.clip],
+            "window": windows.end,
+            "valence": windows.valence,
+            "arousal": windows.arousal,
+            "pred_valence": v_lab,
+            "pred_arousal": a_lab,
+            "valence_score": v_score,
+            "arousal_score": a_score,
+        }
+    )
 
 
 def _score_windows(table: pd.DataFrame) -> metrics.Report:
@@ -454,9 +500,16 @@ def _annotate(folders, model, frames_fps, device, batch_size, emit) -> tuple[pd.
 
 
 def _empty_pred() -> pd.DataFrame:
-    return pd.DataFrame({"video": pd.Series([], dtype=str), "second": pd.Series([], dtype=np.int64),
-                         "valence": pd.Series([], dtype="Int64"), "arousal": pd.Series([], dtype="Int64"),
-                         "valence_score": pd.Series([], dtype=float), "arousal_score": pd.Series([], dtype=float)})
+    return pd.DataFrame(
+        {
+            "video": pd.Series([], dtype=str),
+            "second": pd.Series([], dtype=np.int64),
+            "valence": pd.Series([], dtype="Int64"),
+            "arousal": pd.Series([], dtype="Int64"),
+            "valence_score": pd.Series([], dtype=float),
+            "arousal_score": pd.Series([], dtype=float),
+        }
+    )
 
 
 def _read_json(path: Path) -> dict | None:

@@ -113,8 +113,16 @@ def train(options: TrainOptions, progress: Callable[[TrainEvent], None] | None =
     test = trainer.test()
     windows_per_part = {p: len(w) for p, w in parts.items()}
     return TrainResult(
-        out, out / "best.pt", out / "last.pt", len(trainer.history), trainer.best_epoch, trainer.stopped,
-        trainer.history, test, windows_per_part, prep,
+        out,
+        out / "best.pt",
+        out / "last.pt",
+        len(trainer.history),
+        trainer.best_epoch,
+        trainer.stopped,
+        trainer.history,
+        test,
+        windows_per_part,
+        prep,
     )
 
 
@@ -306,8 +314,16 @@ def amp_dtype(device):
 
 
 def train_one_epoch(
-    model, batches, optimizer, *, epoch: int = 1, amp=None, scaler=None, frozen: bool = True,
-    on_batch: Callable[[int, int], None] | None = None, loss_kind: str = "ce",
+    model,
+    batches,
+    optimizer,
+    *,
+    epoch: int = 1,
+    amp=None,
+    scaler=None,
+    frozen: bool = True,
+    on_batch: Callable[[int, int], None] | None = None,
+    loss_kind: str = "ce",
 ) -> dict:
     """One pass over the training windows; returns loss, accuracy and CCC per dimension.
 
@@ -459,8 +475,14 @@ class _Trainer:
         start = time.perf_counter()
         self.emit(TrainEvent("epoch", 0, len(self.batches["train"]), epoch))
         train = train_one_epoch(
-            self.model, self.batches["train"], self.optimizer, epoch=epoch, amp=self.amp, scaler=self.scaler,
-            frozen=frozen, on_batch=lambda i, n: self.emit(TrainEvent("batch", i, n, epoch)),
+            self.model,
+            self.batches["train"],
+            self.optimizer,
+            epoch=epoch,
+            amp=self.amp,
+            scaler=self.scaler,
+            frozen=frozen,
+            on_batch=lambda i, n: self.emit(TrainEvent("batch", i, n, epoch)),
             loss_kind=self.opts.loss,
         )
         val = validate(self.model, self.batches["val"], amp=self.amp, loss_kind=self.opts.loss)
@@ -493,7 +515,10 @@ class _Trainer:
         if self.stopped:
             log.info(
                 "early stop after epoch %d: no better %s for %d epochs (best: epoch %d)",
-                epoch, MONITOR_TEXT[self.opts.monitor], self.opts.patience, self.best_epoch,
+                epoch,
+                MONITOR_TEXT[self.opts.monitor],
+                self.opts.patience,
+                self.best_epoch,
             )
 
     def _save(self, path: Path, epoch: int, val: dict, **more) -> None:

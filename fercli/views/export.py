@@ -23,8 +23,9 @@
   `<name>.annotation` and its ASCII data file `<name>.annotation~`: one line `score;confidence` per
   sample at the scheme's rate `sr` (1 Hz per second; the model's fps for a `--per-sample` table,
   each clip's own for a `--per-frame` one), line *i* being the sample at *i* / `sr` seconds; a
-  clip of variable frame rate has no `sr` and is refused (ExportResult.refused), the others written. The score is the table's continuous
-  `valence_score` / `arousal_score` (unclipped, as in the table); the confidence is
+  clip of variable frame rate has no `sr` and is refused (ExportResult.refused), the others
+  written. The score is the table's continuous `valence_score` / `arousal_score` (unclipped, as
+  in the table); the confidence is
   `valence_conf` / `arousal_conf` (the probability of the chosen class) where the model gives one,
   else 1. A second without a face is `NaN;0`: no value, and confidence 0 so that NOVA's
   low-confidence marking flags it. In an `--all-faces` table each face is its own role
@@ -56,8 +57,16 @@ from ..tables.rows import ROW_INDEX
 FORMATS = ("elan", "elan-txt", "nova")
 ELAN_COLUMNS = ("Tier", "Begin Time", "End Time", "Annotation")
 EAF_LINGUISTIC_TYPE = "fer-label"  # the one tier type: time-aligned, free text
-MIME_TYPES = {".mp4": "video/mp4", ".m4v": "video/mp4", ".mov": "video/quicktime", ".mkv": "video/x-matroska",
-              ".webm": "video/webm", ".avi": "video/x-msvideo", ".mpg": "video/mpeg", ".mpeg": "video/mpeg"}
+MIME_TYPES = {
+    ".mp4": "video/mp4",
+    ".m4v": "video/mp4",
+    ".mov": "video/quicktime",
+    ".mkv": "video/x-matroska",
+    ".webm": "video/webm",
+    ".avi": "video/x-msvideo",
+    ".mpg": "video/mpeg",
+    ".mpeg": "video/mpeg",
+}
 NOVA_ANNOTATOR = "fer"
 
 
@@ -90,16 +99,21 @@ class ExportResult:
     errors_file: Path | None = None
 
 
-def export_table(table_path: str | Path, to: str, out_dir: str | Path, *, overwrite: bool = False,
-                 videos: str | Path | None = None) -> list[Path]:
+def export_table(
+    table_path: str | Path, to: str, out_dir: str | Path, *, overwrite: bool = False, videos: str | Path | None = None
+) -> list[Path]:
     """Export a `fer annotate` table to ELAN (`to="elan"`: .eaf; "elan-txt": tab-delimited text)
     or NOVA (`to="nova"`) files in `out_dir`; `videos`: where the clips are, for ELAN's media link.
 
     Returns the files written. Raises FerError (a one-line message) for a missing or unreadable
     table, an unknown format, or files in `out_dir` that would be overwritten without `overwrite`.
     """
-    return export(table_path, ExportOptions(to=to, out_dir=Path(out_dir), overwrite=overwrite,
-                                            videos=Path(videos) if videos is not None else None)).files
+    return export(
+        table_path,
+        ExportOptions(
+            to=to, out_dir=Path(out_dir), overwrite=overwrite, videos=Path(videos) if videos is not None else None
+        ),
+    ).files
 
 
 def export(table_path: str | Path, options: ExportOptions) -> ExportResult:
@@ -312,16 +326,27 @@ def _eaf_files(table: _Table, rows: pd.DataFrame, video: str, videos: Path, out_
         face = table.of_face(rows, person).sort_values("_index")
         for name in names:
             shown = face[face["_face"] & face[name].notna()]
-            spans = [(_to_ms(b), _to_ms(e), _elan_text(v, name)) for b, e, v in zip(shown["_begin"], shown["_end"], shown[name])]
+            spans = [
+                (_to_ms(b), _to_ms(e), _elan_text(v, name))
+                for b, e, v in zip(shown["_begin"], shown["_end"], shown[name])
+            ]
             tier = name if person is None else f"{name} (person {person})"
             tiers.append((tier, "" if person is None else f"person {person}", spans))
-    slots = {ms: f"ts{i + 1}" for i, ms in enumerate(sorted({t for *_, spans in tiers for b, e, _ in spans for t in (b, e)}))}
+    slots = {
+        ms: f"ts{i + 1}" for i, ms in enumerate(sorted({t for *_, spans in tiers for b, e, _ in spans for t in (b, e)}))
+    }
 
-    doc = ET.Element("ANNOTATION_DOCUMENT", {
-        "AUTHOR": "fer", "DATE": _now(), "FORMAT": "3.0", "VERSION": "3.0",
-        "xmlns:xsi": "http://www.w3.org/2001/XMLSchema-instance",
-        "xsi:noNamespaceSchemaLocation": "http://www.mpi.nl/tools/elan/EAFv3.0.xsd",
-    })  # fmt: skip
+    doc = ET.Element(
+        "ANNOTATION_DOCUMENT",
+        {
+            "AUTHOR": "fer",
+            "DATE": _now(),
+            "FORMAT": "3.0",
+            "VERSION": "3.0",
+            "xmlns:xsi": "http://www.w3.org/2001/XMLSchema-instance",
+            "xsi:noNamespaceSchemaLocation": "http://www.mpi.nl/tools/elan/EAFv3.0.xsd",
+        },
+    )
     header = ET.SubElement(doc, "HEADER", {"MEDIA_FILE": "", "TIME_UNITS": "milliseconds"})
     media = _media(video, videos, out_dir)
     if media is not None:
@@ -339,11 +364,17 @@ def _eaf_files(table: _Table, rows: pd.DataFrame, video: str, videos: Path, out_
         tier = ET.SubElement(doc, "TIER", attrs)
         for begin, end, text in spans:
             n += 1
-            a = ET.SubElement(ET.SubElement(tier, "ANNOTATION"), "ALIGNABLE_ANNOTATION", {
-                "ANNOTATION_ID": f"a{n}", "TIME_SLOT_REF1": slots[begin], "TIME_SLOT_REF2": slots[end]})  # fmt: skip
+            a = ET.SubElement(
+                ET.SubElement(tier, "ANNOTATION"),
+                "ALIGNABLE_ANNOTATION",
+                {"ANNOTATION_ID": f"a{n}", "TIME_SLOT_REF1": slots[begin], "TIME_SLOT_REF2": slots[end]},
+            )
             ET.SubElement(a, "ANNOTATION_VALUE").text = text
-    ET.SubElement(doc, "LINGUISTIC_TYPE", {"GRAPHIC_REFERENCES": "false", "LINGUISTIC_TYPE_ID": EAF_LINGUISTIC_TYPE,
-                                           "TIME_ALIGNABLE": "true"})
+    ET.SubElement(
+        doc,
+        "LINGUISTIC_TYPE",
+        {"GRAPHIC_REFERENCES": "false", "LINGUISTIC_TYPE_ID": EAF_LINGUISTIC_TYPE, "TIME_ALIGNABLE": "true"},
+    )
     ET.indent(doc)
     return {".eaf": '<?xml version="1.0" encoding="UTF-8"?>\n' + ET.tostring(doc, encoding="unicode") + "\n"}
 
@@ -365,8 +396,12 @@ def _media(video: str, videos: Path, out_dir: Path) -> dict[str, str] | None:
     except VideoError:
         origin = 0.0
     relative = os.path.relpath(path.resolve(), out_dir.resolve())
-    return {"MEDIA_URL": path.resolve().as_uri(), "MIME_TYPE": MIME_TYPES.get(path.suffix.lower(), "video/*"),
-            "RELATIVE_MEDIA_URL": urllib.parse.quote(Path(relative).as_posix()), "TIME_ORIGIN": str(_to_ms(origin))}
+    return {
+        "MEDIA_URL": path.resolve().as_uri(),
+        "MIME_TYPE": MIME_TYPES.get(path.suffix.lower(), "video/*"),
+        "RELATIVE_MEDIA_URL": urllib.parse.quote(Path(relative).as_posix()),
+        "TIME_ORIGIN": str(_to_ms(origin)),
+    }
 
 
 def _to_ms(seconds: float) -> int:
@@ -398,7 +433,10 @@ def _nova_files(table: _Table, rows: pd.DataFrame) -> dict[str, str]:
     video = rows["video"].iloc[0]
     rate = table.rates[video]
     if rate is None:  # NOVA's line i is the sample at i / sr: one rate per file
-        raise DataError(f"{video}: its times follow no one sample rate (a variable frame rate?), which NOVA needs: export it to ELAN")
+        raise DataError(
+            f"{video}: its times follow no one sample rate (a variable frame rate?), "
+            "which NOVA needs: export it to ELAN"
+        )
     length = int(rows["_index"].max()) + 1  # every face's file covers the whole clip
     files: dict[str, str] = {}
     for person in table.persons(rows):

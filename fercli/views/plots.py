@@ -47,9 +47,20 @@ LEGEND_CHARS = 40  # a circumplex legend entry at most
 # Fonts for the letters of video names that matplotlib's own font (DejaVu Sans: Latin, Greek,
 # Cyrillic) lacks, Chinese, Japanese and Korean above all: those installed are tried glyph by glyph
 # after it (naming one that is not installed makes matplotlib warn at every text).
-NAME_FONTS = ("Noto Sans CJK JP", "Noto Sans CJK SC", "Noto Sans CJK TC", "Noto Sans CJK KR", "Source Han Sans",
-              "WenQuanYi Zen Hei", "Droid Sans Fallback", "Hiragino Sans", "Yu Gothic", "Microsoft YaHei",
-              "Malgun Gothic", "Arial Unicode MS")
+NAME_FONTS = (
+    "Noto Sans CJK JP",
+    "Noto Sans CJK SC",
+    "Noto Sans CJK TC",
+    "Noto Sans CJK KR",
+    "Source Han Sans",
+    "WenQuanYi Zen Hei",
+    "Droid Sans Fallback",
+    "Hiragino Sans",
+    "Yu Gothic",
+    "Microsoft YaHei",
+    "Malgun Gothic",
+    "Arial Unicode MS",
+)
 NO_GLYPH_HINT = "install a font for them (Debian: fonts-noto-cjk) and plot again"
 
 log = logging.getLogger("fercli")
@@ -352,7 +363,7 @@ def _glyphs_checked(where: Path):
 
 def _tail(name: str, chars: int = TITLE_CHARS) -> str:
     """A long video path as its end (the file name and the folders nearest it), which tells clips apart."""
-    return name if len(name) <= chars else "…" + name[-(chars - 1):]
+    return name if len(name) <= chars else "…" + name[-(chars - 1) :]
 
 
 # --- training curves (`fer train`) --------------------------------------------------------------

@@ -258,7 +258,11 @@ class FrameBoxes:
         if self.detector is None or not faced:
             return rows
         found = [d.box for d in self.detector.detect(image)]
-        pairs = sorted((_shift([float(r[c]) for c in BOX_COLUMNS], box), i, j) for i, r in enumerate(faced) for j, box in enumerate(found))
+        pairs = sorted(
+            (_shift([float(r[c]) for c in BOX_COLUMNS], box), i, j)
+            for i, r in enumerate(faced)
+            for j, box in enumerate(found)
+        )
         placed: dict[int, int] = {}
         for shift, i, j in pairs:  # the nearest first, each detection to one row
             if shift <= MAX_BOX_SHIFT and i not in placed and j not in placed.values():
@@ -304,7 +308,9 @@ class PersonBoxes:
         found = [d.box for d in self.detector.detect(image)]
         pairs = sorted(
             (min(_shift(c, box) for c in cands), key, j)
-            for key, (cands, _) in wanted.items() if cands for j, box in enumerate(found)
+            for key, (cands, _) in wanted.items()
+            if cands
+            for j, box in enumerate(found)
         )
         placed: dict[int, tuple] = {}
         for shift, key, j in pairs:  # the nearest first, each detection to one person
@@ -401,7 +407,11 @@ def _frames(video: Path, frames_fps: float):
             raise FerError(f"{video}: no video stream")
         stream = container.streams.video[0]
         stream.thread_type = "AUTO"
-        rate = Fraction(fps).limit_denominator(1001) if by_index else stream.average_rate or stream.guessed_rate or Fraction(25)
+        rate = (
+            Fraction(fps).limit_denominator(1001)
+            if by_index
+            else stream.average_rate or stream.guessed_rate or Fraction(25)
+        )
         first = None
         try:
             for n, frame in enumerate(container.decode(stream)):
@@ -411,7 +421,11 @@ def _frames(video: Path, frames_fps: float):
                     # Frame n starts at starts[n]: the packets' pts in display order (the frame's
                     # own pts is the decode order's in an AVI with B-frames, and went backwards).
                     first = (frame.pts or 0) if first is None else first
-                    pts, duration, time_base = first + round(starts[n] / stream.time_base), frame.duration or None, stream.time_base
+                    pts, duration, time_base = (
+                        first + round(starts[n] / stream.time_base),
+                        frame.duration or None,
+                        stream.time_base,
+                    )
                 else:
                     break  # frames the index does not list (decode's reader stops there too)
                 first = pts if first is None else first
@@ -465,7 +479,9 @@ def _mux(out, packet, durations: dict) -> None:
 def _even(image: np.ndarray) -> np.ndarray:
     # yuv420p halves the chroma planes: odd sides get their last row/column repeated once.
     h, w = image.shape[:2]
-    return np.pad(image, ((0, h % 2), (0, w % 2), (0, 0)), mode="edge") if h % 2 or w % 2 else np.ascontiguousarray(image)
+    return (
+        np.pad(image, ((0, h % 2), (0, w % 2), (0, 0)), mode="edge") if h % 2 or w % 2 else np.ascontiguousarray(image)
+    )
 
 
 def draw(image: np.ndarray, rows: list[dict]) -> np.ndarray:
@@ -480,7 +496,9 @@ def draw(image: np.ndarray, rows: list[dict]) -> np.ndarray:
         box = [r.get(c) for c in BOX_COLUMNS]
         if any(_missing(v) for v in box):
             continue
-        pen.rectangle([round(box[0]), round(box[1]), round(box[2]) - 1, round(box[3]) - 1], outline=BOX_COLOUR, width=BOX_WIDTH)
+        pen.rectangle(
+            [round(box[0]), round(box[1]), round(box[2]) - 1, round(box[3]) - 1], outline=BOX_COLOUR, width=BOX_WIDTH
+        )
         caption = _caption(r, len(rows) > 1)
         if caption:
             pen.text((round(box[0]), max(0, round(box[1]) - 12)), caption, fill=TEXT_COLOUR, font=font)

@@ -297,8 +297,17 @@ def _origin(path: Path) -> float:
         return 0.0
 
 
-def _clip_section(i: int, clip: ClipSummary, rows: pd.DataFrame, df: pd.DataFrame, src, color, root, original=None,
-                  origin: float = 0.0) -> str:
+def _clip_section(
+    i: int,
+    clip: ClipSummary,
+    rows: pd.DataFrame,
+    df: pd.DataFrame,
+    src,
+    color,
+    root,
+    original=None,
+    origin: float = 0.0,
+) -> str:
     duration = max(clip.duration, float(rows["second"].max()) + 1e-9, 1e-3)
     faces = _faces(rows)
     timelines, data = [], []
@@ -402,8 +411,7 @@ def _timeline_svg(face_rows: pd.DataFrame, clip_rows: pd.DataFrame, duration: fl
             prev = s
         if path:
             out.append(
-                f'<path d="{" ".join(path)}" fill="none" stroke="{COLORS[dim]}" stroke-width="1" '
-                'stroke-opacity="0.5"/>'
+                f'<path d="{" ".join(path)}" fill="none" stroke="{COLORS[dim]}" stroke-width="1" stroke-opacity="0.5"/>'
             )
         for s, r in faced.sort_index().iterrows():
             v = float(r[col])
