@@ -5,22 +5,9 @@ here in Python, and a few lines of our own JavaScript for the interaction. It fe
 when viewed; the only files it points at are the clips themselves, by a relative path, so a
 report folder opened from disk (file://) or served together with the videos plays them.
 
-What it shows:
-
-- a summary of the batch (clips, seconds, share of seconds with a face, failed clips with their
-  one-line error from the `<out name>.errors.csv` sidecar) and a table per clip;
-- per clip, a timeline of valence and arousal: second *s* is drawn over its span [start, end)
-  (= [s, s+1), the clip's last second ends at the clip's end), each segment's opacity is the
-  confidence of its label (`*_conf`; frame models have none and are drawn opaque), and seconds
-  without a face are shaded grey;
-- with `--all-faces` tables (a `person` column), one timeline per tracked face inside the clip's
-  section, all sharing the clip's player; a second in which a face has no row (it was not seen)
-  is shaded on that face's timeline;
-- the circumplex: valence against arousal for every second with a face, one colour per clip;
-- where the clip's file is found under the videos root, a `<video>` player beside the
-  timeline: clicking a timeline seeks the video there, and a cursor on every timeline of the
-  clip follows playback; a clip browsers cannot play (AVI, MJPEG, HEVC, Matroska) plays from a
-  small H.264 preview fer makes in the report's `previews/` folder, and the page says so.
+What it shows (docs/views.md has the whole list): a summary of the batch and its failed clips,
+per clip a timeline of valence and arousal (one per person with `--all-faces`) beside the clip's
+player, and the circumplex.
 
 Per-frame and per-sample tables (`--per-frame`, `--per-sample`) are not supported: the page is about seconds.
 """
