@@ -12,6 +12,8 @@ a failed step recorded and the next one run:
 - gpu_path, gpu_path_pyav: the GPU path end to end (bench/gpu_path.py: NVDEC, the torch detector,
   device crops, the backbone in bf16; then the same with PyAV decoding and uploads), first, as it is
   what the run is for (--cpu: PyAV and the CPU, once);
+- speed_gpu_decoder: `fer benchmark speed --decoder gpu`, fer's own GPU path (job.devicepath)
+  through the pipeline (skipped with --cpu);
 - tests: the `requires_cuda` tests;
 - speed_fp32, speed_bf16, speed_threads, speed_ray: `fer benchmark speed` on the clips (fp32 and
   bf16 with fer's default worker processes, bf16 with --workers 0, bf16 on `--ray local`);
@@ -235,6 +237,8 @@ def main(
         "2",
     ]
     variants = {
+        # fer annotate's own GPU path: NVDEC, the torch detector and crops on the device (job.devicepath)
+        "speed_gpu_decoder": ["--precision", "bf16", "--decoder", "gpu", "--no-naive"],
         "speed_fp32": ["--precision", "fp32"],
         "speed_bf16": ["--precision", "bf16"],
         "speed_threads": ["--precision", "bf16", "--workers", "0", "--no-naive"],
@@ -245,6 +249,11 @@ def main(
 
     def speed_step(name: str) -> dict:
         report = out / f"{name}.json"
+        if "--decoder" in variants[name] and cpu:
+            return {
+                "exit": "skipped",
+                "reason": "--decoder gpu needs a CUDA GPU (tests/test_devicepath.py is its CPU twin)",
+            }
         if "--ray" in variants[name] and importlib.util.find_spec("ray") is None:
             return {"exit": "skipped", "reason": "ray is not installed (its wheel is larger than what can travel)"}
         return run_step(name, [*speed, *variants[name], "--json", str(report)], out, timeout(), speed_figures(report))
@@ -354,6 +363,7 @@ def main(
             timeout(),
             lambda: json.loads((out / "env.log").read_text().splitlines()[-1]),
         ),
+        "speed_gpu_decoder": lambda: speed_step("speed_gpu_decoder"),
         "gpu_path": lambda: gpu_path_step("gpu_path", "cpu" if cpu else "gpu"),
         "gpu_path_pyav": lambda: (
             {"exit": "skipped", "reason": "on the CPU, gpu_path already decodes with PyAV"}

@@ -73,8 +73,9 @@ def test_the_device_path_gives_the_cpu_paths_table(clips_dir, lstm, tmp_path, mo
     options = AnnotateOptions(workers=0, all_faces=True)
     fercli.annotate(paths, tmp_path / "cpu.csv", model=lstm, device="cpu", options=options)
 
-    def device_producer(config, options, placement, timed=False):
-        return DeviceProducer(config, options, placement, timed, detector=device_detector_for(placement), decoder="cpu")
+    def device_producer(config, options, placement, timed=False, identity=None):
+        detector = device_detector_for(placement)
+        return DeviceProducer(config, options, placement, timed, detector=detector, identity=identity, decoder="cpu")
 
     monkeypatch.setattr(pipeline, "make_producer", device_producer)
     fercli.annotate(paths, tmp_path / "device.csv", model=lstm, device="cpu", options=options)
