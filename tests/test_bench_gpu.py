@@ -53,6 +53,7 @@ def test_every_step_ran_and_says_so(report):
         "train",
         "gpu_path",
         "gpu_path_pyav",
+        "speed_gpu_decoder",
     }
 
 
@@ -68,6 +69,7 @@ def test_speed_figures_count_the_frames_the_clips_hold(report):
         assert figures["decoded_fps"] == pytest.approx(frames / figures["end_to_end_s"])
         assert figures["setup"]["device"] == "cpu"
     assert result["steps"]["speed_bf16"]["figures"]["setup"]["precision"] == "bf16"
+    assert result["steps"]["speed_gpu_decoder"]["exit"] == "skipped"  # --decoder gpu needs CUDA
 
 
 def test_decoding_alone_counts_the_frames_the_clips_hold(report):
