@@ -14,7 +14,7 @@ from typing import Iterator
 
 from ..media.inputs import Clip
 from .events import Sample
-from .stages import NO_CLOCK, Producer
+from .stages import NO_CLOCK, Producer, chips_due
 
 # Producer threads (NVDEC sessions) at once: an H100 has 7 NVDEC engines; to be set by measurement.
 PRODUCER_THREADS = 4
@@ -67,9 +67,10 @@ class DeviceProducer(Producer):
             batches = clock.iterate("decode", video.sample(self.config.fps))
             seen = self._seen(batches, detector, clock)
             steady = SteadyDetector(_Given(), self.options.reuse_boxes)
+            cut_chip = self.chip_cutter()
             for item, detections in steady.detections(seen, lambda s: s):
                 with clock.stage("faces", 1):
-                    yield self._sample(item, detections, tracks)
+                    yield self._sample(item, detections, tracks, cut_chip)
 
     def _seen(self, batches, detector, clock) -> Iterator[_Seen]:
         """Each sample of each batch with its detections and frame histogram, made a batch at a time."""
@@ -84,7 +85,7 @@ class DeviceProducer(Producer):
             for row, detections in enumerate(found):
                 yield _Seen(batch, row, detections, colours[row])
 
-    def _sample(self, item: _Seen, detections: list, tracks) -> Sample:
+    def _sample(self, item: _Seen, detections: list, tracks, cut_chip) -> Sample:
         from ..media.people import appearance, face_pixels
         from ..media.torchframes import region_histograms
 
@@ -101,7 +102,7 @@ class DeviceProducer(Producer):
 
         time = item.batch.time[item.row]
         found = tracks.update_seen(time, item.frame_colours, detections, lambda d: colours[id(d)], describe)
-        chips = self._chips(images[item.row], found, tracks, time)
+        chips = self._chips(images[item.row], found, tracks, time, cut_chip)
         dets = [det for det, _ in found.values()]
         pre = self.config.preprocess
         if dets:
@@ -118,14 +119,11 @@ class DeviceProducer(Producer):
             chips,
         )
 
-    def _chips(self, image, found: dict, tracks, time: float) -> dict:
+    def _chips(self, image, found: dict, tracks, time: float, cut_chip) -> dict:
         """Identity chips for the tracks due one, each cut on the host from its face's surroundings only."""
-        if getattr(self.identity, "kind", "texture") != "faceid":
-            return {}
-        chips = self.chipper()
         h, w = image.shape[:2]
         out = {}
-        for track, (det, look) in found.items():
+        for track, det in chips_due(cut_chip, found, tracks, time):
             x0, y0, x1, y1 = det.box
             side = max(x1 - x0, y1 - y0)  # the chip's padded face lies well inside three sides
             left, top = max(0, int(x0 - side)), max(0, int(y0 - side))
@@ -133,7 +131,7 @@ class DeviceProducer(Producer):
             moved = type(det)(
                 (x0 - left, y0 - top, x1 - left, y1 - top),
                 det.score,
-                tuple((x - left, y - top) for x, y in det.keypoints) if det.keypoints else None,
+                tuple((x - left, y - top) for x, y in det.keypoints),
             )
-            out.update(chips(region, {track: (moved, look)}, tracks, time))
+            out[track] = cut_chip(region, moved)
         return out

@@ -181,14 +181,14 @@ class Producer:
             tracks = Tracks()
             steady = SteadyDetector(_TimedDetector(detector, clock), options.reuse_boxes)
             frames = source.frames() if options.per_frame else source.sample(self.config.fps)
-            chips = self.chipper()
+            cut_chip = self.chip_cutter()
             for frame, detections in steady.detections(clock.iterate("decode", frames), lambda f: f.image):
                 with clock.stage("faces", 1):
                     found = tracks.update(frame.time, frame.image, detections)
                     crops = [pre.cut(frame.image, det.box) for det, _ in found.values()]
                     pixels = np.stack(crops) if crops else np.zeros((0, pre.size, pre.size, 3), np.uint8)
                 with clock.stage("identity"):
-                    due = chips(frame.image, found, tracks, frame.time)
+                    due = {t: cut_chip(frame.image, det) for t, det in chips_due(cut_chip, found, tracks, frame.time)}
                 yield Sample(
                     frame.index,
                     frame.time,
@@ -199,20 +199,22 @@ class Producer:
                     due,
                 )
 
-    def chipper(self) -> Callable:
-        """(image, found, tracks, time) -> {track: identity chip} for the tracks due one (none for texture)."""
+    def chip_cutter(self) -> Callable | None:
+        """(image, detection) -> the face's aligned identity chip; None where ids come from texture."""
         if getattr(self.identity, "kind", "texture") != "faceid":
-            return lambda image, found, tracks, time: {}
+            return None
         from ..media.align import chip
         from ..nets.faceid import load_landmarks
 
         predictor = load_landmarks(self.identity.landmarks)  # parsed once per process
+        return lambda image, det: chip(image, det.box, det.keypoints, predictor)
 
-        def chips(image, found, tracks, time) -> dict:
-            due = [(t, det) for t, (det, _) in found.items() if tracks.chip_due(t, time)]
-            return {t: chip(image, det.box, det.keypoints, predictor) for t, det in due if det.keypoints is not None}
 
-        return chips
+def chips_due(cut_chip, found: dict, tracks, time: float) -> list:
+    """(track, detection) of the faces in `found` due an identity chip at `time` (none for texture)."""
+    if cut_chip is None:
+        return []
+    return [(t, det) for t, (det, _) in found.items() if det.keypoints is not None and tracks.chip_due(t, time)]
 
 
 @dataclass
