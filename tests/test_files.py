@@ -101,3 +101,25 @@ def test_a_lock_held_on_another_host_or_unreadable_is_not_taken(tmp_path):
     with pytest.raises(FerError, match="names no run"):
         OutputLock(tmp_path / "r.csv").acquire()
     assert lock.read_text() == "garbage"  # never removed on a guess
+
+
+def test_a_lock_that_cannot_be_written_is_one_line_and_leaves_no_lock(tmp_path):
+    # A disk that takes 64 bytes per file: the holder's record (host, pid, time, command) does not fit.
+    import subprocess
+    import sys
+
+    out = tmp_path / "r.csv"
+    child = (
+        "import resource, signal, sys\n"
+        "signal.signal(signal.SIGXFSZ, signal.SIG_IGN)\n"
+        "resource.setrlimit(resource.RLIMIT_FSIZE, (64, 64))\n"
+        "from fercli.core.errors import FerError\n"
+        "from fercli.core.files import OutputLock\n"
+        "try:\n"
+        "    OutputLock(sys.argv[1]).acquire()\n"
+        "except FerError as e:\n"
+        "    print(e)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", child, str(out)], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == f"cannot write {out}.lock (File too large)", done.stderr
+    assert not Path(f"{out}.lock").exists()

@@ -116,8 +116,12 @@ class OutputLock:
             except FileExistsError:
                 self._stale_or_raise()
                 continue
-            with os.fdopen(fd, "w") as f:
-                json.dump(holder, f)
+            try:
+                with os.fdopen(fd, "w") as f:
+                    json.dump(holder, f)
+            except OSError as e:  # a full disk: a lock without its holder would look stale to the next run
+                self.path.unlink(missing_ok=True)
+                raise FerError(f"cannot write {self.path} ({_reason(e)})") from None
             self._held = True
             return self
         raise FerError(f"{self.path}: another run took the lock at the same moment; run again")
