@@ -13,7 +13,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Callable, Iterable, Iterator
 
-from ..core.devices import autocast, synchronize
+from ..core.devices import autocast, head_precision, synchronize
 from ..core.errors import FerError, typed_line
 from ..media.inputs import Clip
 from .contract import AnnotateOptions, ProgressEvent, VideoResult
@@ -457,7 +457,7 @@ class Labeler:
             return
         head = getattr(self.model, "head", None)
         n = sum(u.window is not None for u in units)
-        with self.clock.stage("head", n), autocast(self.precision, self.device):
+        with self.clock.stage("head", n), autocast(head_precision(self.precision, self.device), self.device):
             state.rows += label_rows(units, head)
 
 
