@@ -171,7 +171,8 @@ def train_summary(console, result) -> None:
         f"data: {p.clips} clips, {p.samples} samples ({p.skipped} skipped, {p.from_landmarks} boxes from landmarks); "
         f"this run detected {p.detected} and encoded {p.encoded} frames, {p.features_cached} features from the cache"
     )
-    console.print(f"annotate with: fer annotate VIDEOS --out results.parquet --model {result.best}")
+    intervals = f" --calibration {result.calibration}" if result.calibration else ""
+    console.print(f"annotate with: fer annotate VIDEOS --out results.parquet --model {result.best}{intervals}")
 
 
 def print_metrics(report, title: str = "accuracy", unit: str = "rows") -> None:
