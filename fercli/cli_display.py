@@ -127,12 +127,13 @@ class TrainProgress:
         p = self.progress
         if event.kind == "download":
             self.download = _weights_bar(p, self.download, event)
-        elif event.kind in ("prepare", "epoch"):
+        elif event.kind in ("prepare", "epoch", "calibrate"):
             if self.task is not None and (event.kind == "epoch" or event.done <= 1):
                 p.remove_task(self.task)
                 self.task = None
             if self.task is None:
-                label = "faces and features (clips)" if event.kind == "prepare" else f"epoch {event.epoch}"
+                phases = {"prepare": "faces and features (clips)", "calibrate": "calibration (validation clips)"}
+                label = phases.get(event.kind, f"epoch {event.epoch}")
                 self.task = p.add_task(label, total=event.total)
             p.update(self.task, completed=event.done)
         elif event.kind == "batch" and self.task is not None:

@@ -692,9 +692,11 @@ def test_train_writes_fer_calibrates_file_for_best_pt_from_its_validation_clips(
 
     # tiny's validation part holds 2 clips: enough for 0.6 coverage (K / (K + 1) = 2/3).
     SMALL = {**FAST, "epochs": 1, "image_size": 64}
-    run = train(TrainOptions(tiny, tmp_path / "run", coverage=0.6, cache_dir=tmp_path / "c", **SMALL))
+    events = []
+    run = train(TrainOptions(tiny, tmp_path / "run", coverage=0.6, cache_dir=tmp_path / "c", **SMALL), events.append)
     path = run.out / "calibration.json"
     assert run.calibration == path
+    assert [(e.done, e.total) for e in events if e.kind == "calibrate"] == [(0, 2), (1, 2), (2, 2)]
     ours = json.loads(path.read_text())
     val = json.loads((run.out / "split.json").read_text())["val"]
     assert len(val) == 2 and ours["coverage"] == 0.6 and ours["clips"] == {"valence": 2, "arousal": 2}

@@ -481,10 +481,13 @@ def clip_seconds(root, clips, ids, model, frames_fps, device="auto", batch_size=
     return ClipSeconds(truth[truth["video"].isin(wanted)], pred, metadata, failed)
 
 
-def calibrate_clips(root, clips, ids, model_path, coverage: float, frames_fps: float, device="auto", what="clips"):
+def calibrate_clips(
+    root, clips, ids, model_path, coverage: float, frames_fps: float, device="auto", what="clips", emit=None
+):
     """A calibration of the checkpoint at `model_path` (`scoring.calibration.calibrate`, `fer
     calibrate`'s) from its `fer annotate` seconds on the labelled clips `ids`; FerError when they
-    are too few for `coverage` (checked before any annotation) or match no prediction."""
+    are too few for `coverage` (checked before any annotation) or match no prediction. `emit`
+    takes an EvaluateEvent per clip annotated."""
     from .. import __version__
     from ..scoring.calibration import calibrate, min_clips
 
@@ -492,7 +495,10 @@ def calibrate_clips(root, clips, ids, model_path, coverage: float, frames_fps: f
         raise FerError(
             f"{len(ids)} {what} cannot give {coverage:g} coverage: at least {min_clips(coverage)} are needed"
         )
-    seconds = clip_seconds(root, clips, ids, str(model_path), frames_fps, device)  # as `fer annotate --model` runs it
+    if emit is not None:
+        emit(EvaluateEvent("annotate", 0, len(ids)))
+    # The checkpoint's path, as `fer annotate --model` runs it (engine and device its defaults).
+    seconds = clip_seconds(root, clips, ids, str(model_path), frames_fps, device, emit=emit)
     if seconds.metadata is None:
         raise FerError(f"none of the {what} could be annotated ({'; '.join(seconds.failed.values())})")
     source = {"truth": str(root), "pred": f"fer annotate of {len(ids)} {what}", "fer_version": __version__}

@@ -44,7 +44,7 @@ class TrainEvent:
     """What `train` reports to its `progress` callback."""
 
     kind: str  # "download" (bytes of the initial weights), "prepare" (clips done/total), "epoch" (started),
-    # "batch" (done/total), "epoch_end", "test"
+    # "batch" (done/total), "epoch_end", "test", "calibrate" (validation clips annotated/total)
     done: int = 0
     total: int = 0
     epoch: int = 0
@@ -113,7 +113,7 @@ def train(options: TrainOptions, progress: Callable[[TrainEvent], None] | None =
         trainer.restore(previous["last"])
     trainer.run()
     test = trainer.test()
-    calibration = _calibrate(opts, clips, split, device)
+    calibration = _calibrate(opts, clips, split, device, emit)
     windows_per_part = {p: len(w) for p, w in parts.items()}
     return TrainResult(
         out,
@@ -130,7 +130,7 @@ def train(options: TrainOptions, progress: Callable[[TrainEvent], None] | None =
     )
 
 
-def _calibrate(opts: TrainOptions, clips, split: splits.Split, device) -> Path | None:
+def _calibrate(opts: TrainOptions, clips, split: splits.Split, device, emit) -> Path | None:
     """calibration.json beside the final best.pt from `fer annotate` on the validation clips, or
     None and one log line saying why not."""
     from ..tables.intervals import write_calibration
@@ -141,18 +141,13 @@ def _calibrate(opts: TrainOptions, clips, split: splits.Split, device) -> Path |
     if split.kind != "clip":
         log.warning("no %s: a window split's validation seconds are in clips trained on, not held out", path)
         return None
+
+    def on_clip(event) -> None:
+        emit(TrainEvent("calibrate", event.done, event.total))
+
+    ids, what, best = split.parts["val"], "validation clips", path.parent / "best.pt"
     try:
-        what = "validation clips"
-        cal = calibrate_clips(
-            opts.data,
-            clips,
-            split.parts["val"],
-            path.parent / "best.pt",
-            opts.coverage,
-            opts.frames_fps,
-            str(device),
-            what,
-        )
+        cal = calibrate_clips(opts.data, clips, ids, best, opts.coverage, opts.frames_fps, str(device), what, on_clip)
     except FerError as e:
         log.warning("no %s: %s", path, e)
         return None
