@@ -471,6 +471,8 @@ def _band(faced: pd.DataFrame, dim: str, key: str, x, y, key_x: float, key_y: fl
 def _readout_rows(face_rows: pd.DataFrame, df: pd.DataFrame) -> dict[str, list]:
     """second -> [valence, arousal, valence_conf, arousal_conf, valence_lo, valence_hi, arousal_lo,
     arousal_hi] for the seconds this face was found (None where the table has no such value)."""
+    from ..tables.writers import INTERVAL_COLUMNS
+
     out = {}
     v_col, a_col = (_value_column(df, d) for d in DIMENSIONS)
     for _, r in face_rows[face_rows["face"]].iterrows():
@@ -479,7 +481,7 @@ def _readout_rows(face_rows: pd.DataFrame, df: pd.DataFrame) -> dict[str, list]:
             _round(r[a_col]),
             _round(r.get("valence_conf"), 2),
             _round(r.get("arousal_conf"), 2),
-            *(_round(r.get(f"{d}_{end}")) for d in DIMENSIONS for end in ("lo", "hi")),
+            *(_round(r.get(c)) for c in INTERVAL_COLUMNS),
         ]
     return out
 
