@@ -690,6 +690,13 @@ def test_the_band_is_painted_where_the_bounds_are(browser, banded, tmp_path):
         near[round(key_top * scale) - 2 : round((key_top + 10) * scale) + 3, : round(140 * scale)] = True
         assert band[inside].mean() > 0.6, dim  # the rest: the grid, the line and the segment
         assert band[~near].sum() == 0, dim
+    # The pointer over a band is on the band, so the browser shows its title.
+    hovered = page.evaluate(
+        """(() => { const r = document.querySelector('rect.band.valence[data-second="1"]').getBoundingClientRect();
+            const e = document.elementFromPoint(r.left + r.width / 2, r.top + 2);
+            return [e.getAttribute('class'), e.querySelector('title').textContent]; })()"""
+    )
+    assert hovered == ["band valence", "second 1: valence 1 to 9.25 (90% interval, calibrated on 12 clips)"]
     # A click reads the second's interval out beside its value; a second without bounds has none.
     sid = page.locator("section.clip").nth(0).get_attribute("id")
     for t, said in ((1.5, "valence 5 [1 to 9.25], arousal -1 [-4 to 2]"), (3.5, "valence -4, arousal 6")):

@@ -367,7 +367,12 @@ def _timeline_svg(
         f'<svg class="timeline" viewBox="0 0 {TL_WIDTH} {height}" role="img" data-x0="{x0}" data-x1="{x1}" '
         f'data-duration="{duration:.6g}" aria-label="valence and arousal over time">'
     ]
-    # Shading first, under everything: seconds in which this face was not found.
+    # A transparent layer under everything takes the clicks where nothing is drawn; what is drawn
+    # over it takes the pointer (its title shows) and passes its clicks up to the same handler.
+    out.append(
+        f'<rect class="hit" x="{x0}" y="{TL_TOP}" width="{x1 - x0}" height="{bottom - TL_TOP}" fill="transparent"/>'
+    )
+    # Shading next: seconds in which this face was not found.
     for s, span in spans.iterrows():
         if s not in faced.index:
             out.append(
@@ -424,13 +429,10 @@ def _timeline_svg(
         out.append(f'<text x="{x(t):.2f}" y="{bottom + 15}" class="tick" text-anchor="middle">{_clock(t)}</text>')
         t += step
     out.append(f'<text x="4" y="{bottom + 15}" class="tick unit">time (s)</text>')
-    # The cursor (moved by the page's script) and a transparent layer that takes the clicks.
+    # The cursor, moved by the page's script.
     out.append(
         f'<line class="cursor" x1="{x0}" x2="{x0}" y1="{TL_TOP - 4}" y2="{bottom + 2}" '
         'stroke="#111" stroke-width="1.5"/>'
-    )
-    out.append(
-        f'<rect class="hit" x="{x0}" y="{TL_TOP}" width="{x1 - x0}" height="{bottom - TL_TOP}" fill="transparent"/>'
     )
     out.append("</svg>")
     return "".join(out)
