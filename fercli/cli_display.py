@@ -127,12 +127,13 @@ class TrainProgress:
         p = self.progress
         if event.kind == "download":
             self.download = _weights_bar(p, self.download, event)
-        elif event.kind in ("prepare", "epoch"):
+        elif event.kind in ("prepare", "epoch", "calibrate"):
             if self.task is not None and (event.kind == "epoch" or event.done <= 1):
                 p.remove_task(self.task)
                 self.task = None
             if self.task is None:
-                label = "faces and features (clips)" if event.kind == "prepare" else f"epoch {event.epoch}"
+                phases = {"prepare": "faces and features (clips)", "calibrate": "calibration (validation clips)"}
+                label = phases.get(event.kind, f"epoch {event.epoch}")
                 self.task = p.add_task(label, total=event.total)
             p.update(self.task, completed=event.done)
         elif event.kind == "batch" and self.task is not None:
@@ -171,7 +172,8 @@ def train_summary(console, result) -> None:
         f"data: {p.clips} clips, {p.samples} samples ({p.skipped} skipped, {p.from_landmarks} boxes from landmarks); "
         f"this run detected {p.detected} and encoded {p.encoded} frames, {p.features_cached} features from the cache"
     )
-    console.print(f"annotate with: fer annotate VIDEOS --out results.parquet --model {result.best}")
+    intervals = f" --calibration {result.calibration}" if result.calibration else ""
+    console.print(f"annotate with: fer annotate VIDEOS --out results.parquet --model {result.best}{intervals}")
 
 
 def print_metrics(report, title: str = "accuracy", unit: str = "rows") -> None:

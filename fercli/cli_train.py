@@ -41,7 +41,7 @@ def train(
         ...,
         "--out",
         "-o",
-        help="Run folder: config, split, summary.csv, best.pt, last.pt, curves.png.",
+        help="Run folder: config, split, summary.csv, best.pt, last.pt, curves.png, calibration.json.",
     ),
     split: str = typer.Option(
         "clip",
@@ -92,6 +92,10 @@ def train(
         help="Split definition: {seed, ratios} or train/val/test clip lists.",
     ),
     resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its last.pt."),
+    coverage: float = typer.Option(
+        0.9,
+        help="Share of seconds calibration.json's intervals hold, 0..1 exclusive (fer calibrate, on the val clips).",
+    ),
     device: DeviceOption = "auto",
     verbose: VerboseOption = False,
 ) -> None:
@@ -122,6 +126,7 @@ def train(
         split_file=split_file,
         resume=resume,
         device=device,
+        coverage=coverage,
     )
     with TrainProgress(console) as bar:
         result = run_train(options, progress=bar.update)

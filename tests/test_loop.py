@@ -6,6 +6,7 @@ feature cache, so the backbone sees each frame once for the whole module.
 
 import csv
 import json
+import logging
 import math
 import os
 from pathlib import Path
@@ -676,3 +677,65 @@ def test_a_run_folder_inside_the_data_is_refused(tmp_path, where):
     with pytest.raises(FerError, match="is inside --data .*: put the run folder outside the data set"):
         train(TrainOptions(data, out, init="random"))
     assert not any(data.iterdir())
+
+
+# --- calibration.json from the validation part -----------------------------------------------------
+
+
+def test_train_writes_fer_calibrates_file_for_best_pt_from_its_validation_clips(tiny, tmp_path, caplog, monkeypatch):
+    import hashlib
+
+    from typer.testing import CliRunner
+
+    from fercli.cli import app
+    from fercli.tables.writers import read_table
+
+    # tiny's validation part holds 2 clips: enough for 0.6 coverage (K / (K + 1) = 2/3).
+    SMALL = {**FAST, "epochs": 1, "image_size": 64}
+    events = []
+    run = train(TrainOptions(tiny, tmp_path / "run", coverage=0.6, cache_dir=tmp_path / "c", **SMALL), events.append)
+    path = run.out / "calibration.json"
+    assert run.calibration == path
+    assert [(e.done, e.total) for e in events if e.kind == "calibrate"] == [(0, 2), (1, 2), (2, 2)]
+    ours = json.loads(path.read_text())
+    val = json.loads((run.out / "split.json").read_text())["val"]
+    assert len(val) == 2 and ours["coverage"] == 0.6 and ours["clips"] == {"valence": 2, "arousal": 2}
+    assert ours["model"]["weights_sha256"] == hashlib.sha256(run.best.read_bytes()).hexdigest()
+
+    # The other path: `fer annotate` on the validation clips with best.pt, `fer calibrate` on its table.
+    runner, table, theirs = CliRunner(), tmp_path / "val.parquet", tmp_path / "theirs.json"
+    clips = [str(tiny / c) for c in val]
+    res = runner.invoke(app, ["annotate", *clips, "--out", str(table), "--model", str(run.best), "--frames-fps", "5"])
+    assert res.exit_code == 0, res.output
+    args = ["--truth", str(tiny), "--pred", str(table), "--out", str(theirs), "--coverage", "0.6", "--frames-fps", "5"]
+    res = runner.invoke(app, ["calibrate", *args])
+    assert res.exit_code == 0, res.output
+    theirs = json.loads(theirs.read_text())
+    assert ours["quantiles"] == pytest.approx(theirs["quantiles"], abs=1e-6) and ours["quantiles"]["valence"] > 0
+    assert (ours["clips"], ours["seconds"], ours["model"]) == (theirs["clips"], theirs["seconds"], theirs["model"])
+
+    # `fer annotate` takes it with best.pt, and refuses it on one line with another checkpoint.
+    def annotate(model, out):
+        args = [clips[0], "--out", str(out), "--model", str(model), "--frames-fps", "5", "--identity", "texture"]
+        return runner.invoke(app, ["annotate", *args, "--calibration", str(path)])
+
+    res = annotate(run.best, tmp_path / "with.parquet")
+    assert res.exit_code == 0, res.output
+    faced = read_table(tmp_path / "with.parquet").query("face")
+    assert len(faced) > 0 and (faced["valence_lo"] <= faced["valence_score"]).all()
+    assert (faced["valence_hi"] > faced["valence_lo"]).all()
+    res = annotate(run.last, tmp_path / "other.parquet")
+    assert res.exit_code == 2 and str(path) in res.output and "weights_sha256" in res.output, res.output
+    assert len(res.output.strip().splitlines()) == 1, res.output
+
+    # Resumed at fer calibrate's 0.9, which 2 clips cannot give: the file for the old best.pt goes, one line says why.
+    logger = logging.getLogger("fercli")  # the CLI's own handler (on its closed console) out of the way
+    monkeypatch.setattr(logger, "handlers", [])
+    monkeypatch.setattr(logger, "propagate", True)
+    with caplog.at_level(logging.WARNING, logger="fercli"):
+        again = train(TrainOptions(tiny, run.out, resume=True, cache_dir=tmp_path / "c", **SMALL))
+    assert again.calibration is None and not path.exists()
+    said = [r.getMessage() for r in caplog.records if "calibration.json" in r.getMessage()]
+    assert said == [f"no {path}: 2 validation clips cannot give 0.9 coverage: at least 9 are needed"]
+    with pytest.raises(FerError, match="--coverage must lie between 0 and 1"):
+        train(TrainOptions(tiny, tmp_path / "bad", coverage=1.0, **FAST))

@@ -39,6 +39,12 @@ from ..tables.rows import SECOND_KEYS
 from ..tables.writers import INTERVAL_COLUMNS, output_format, read_metadata, read_table, schema, write_table
 
 SPREAD_COLUMNS = tuple(f"{d}_{c}" for d in DIMENSIONS for c in SPREAD_PARTS)
+COVERAGE = 0.9  # the share of seconds a calibration's intervals hold when none is asked for
+
+
+def min_clips(coverage: float) -> int:
+    """The fewest calibration clips K that can give `coverage`: K / (K + 1) must reach it."""
+    return math.ceil(coverage / (1 - coverage) - 1e-9)
 
 
 def conformal_quantile(scores, clips, coverage: float) -> float:
@@ -58,10 +64,7 @@ def conformal_quantile(scores, clips, coverage: float) -> float:
         total += whole // int(counts[clip_of[i]])
         if total >= need:
             return float(scores[i])
-    raise FerError(
-        f"{k} labelled clips cannot give {coverage:g} coverage: at least "
-        f"{math.ceil(coverage / (1 - coverage) - 1e-9)} are needed"
-    )
+    raise FerError(f"{k} labelled clips cannot give {coverage:g} coverage: at least {min_clips(coverage)} are needed")
 
 
 def scaled_residuals(truth: pd.DataFrame, pred: pd.DataFrame) -> dict[str, pd.DataFrame]:
@@ -88,7 +91,7 @@ def scaled_residuals(truth: pd.DataFrame, pred: pd.DataFrame) -> dict[str, pd.Da
 
 
 def calibrate(
-    truth: pd.DataFrame, pred: pd.DataFrame, metadata: dict, coverage: float = 0.9, source: dict | None = None
+    truth: pd.DataFrame, pred: pd.DataFrame, metadata: dict, coverage: float = COVERAGE, source: dict | None = None
 ) -> Calibration:
     """A Calibration of the model `metadata` describes (its table's), from `truth` (video, second,
     valence, arousal) and `pred` (a per-second table with scores and spreads)."""
@@ -113,7 +116,7 @@ def calibrate(
 
 
 def calibrate_tables(
-    truth: str | Path, pred: str | Path, coverage: float = 0.9, frames_fps: float = 25.0
+    truth: str | Path, pred: str | Path, coverage: float = COVERAGE, frames_fps: float = 25.0
 ) -> Calibration:
     """`fer calibrate`: a Calibration from labelled clips `truth` (as `fer benchmark accuracy`
     reads them) and `pred`, the `fer annotate` table of the same clips. DataError (one line,

@@ -461,24 +461,65 @@ def _frame_means(model, samples, windows: examples.Examples, window: int):
 # --- per second ----------------------------------------------------------------------------------
 
 
+@dataclass
+class ClipSeconds:
+    """`fer annotate` on some labelled clips, beside their truth per second."""
+
+    truth: pd.DataFrame  # video, second, valence, arousal (`truth.load_truth`)
+    pred: pd.DataFrame  # the annotate table's rows
+    metadata: dict | None  # the annotate table's metadata (`writers.read_metadata`): the model it ran
+    failed: dict[str, str]  # clip -> error
+
+
+def clip_seconds(root, clips, ids, model, frames_fps, device="auto", batch_size=16, emit=None) -> ClipSeconds:
+    """`fer annotate` with `model` on the clips of `clips` named in `ids` (their folders, read at
+    `frames_fps`), and the truth per second of those clips from the labelled data at `root`."""
+    wanted = set(ids)
+    folders = [c.folder for c in clips if c.id in wanted]
+    pred, metadata, failed = _annotate(folders, model, frames_fps, device, batch_size, emit or (lambda event: None))
+    truth = load_truth(root, frames_fps)
+    return ClipSeconds(truth[truth["video"].isin(wanted)], pred, metadata, failed)
+
+
+def calibrate_clips(
+    root, clips, ids, model_path, coverage: float, frames_fps: float, device="auto", what="clips", emit=None
+):
+    """A calibration of the checkpoint at `model_path` (`scoring.calibration.calibrate`, `fer
+    calibrate`'s) from its `fer annotate` seconds on the labelled clips `ids`; FerError when they
+    are too few for `coverage` (checked before any annotation) or match no prediction. `emit`
+    takes an EvaluateEvent per clip annotated."""
+    from .. import __version__
+    from ..scoring.calibration import calibrate, min_clips
+
+    if len(ids) < min_clips(coverage):
+        raise FerError(
+            f"{len(ids)} {what} cannot give {coverage:g} coverage: at least {min_clips(coverage)} are needed"
+        )
+    if emit is not None:
+        emit(EvaluateEvent("annotate", 0, len(ids)))
+    # The checkpoint's path, as `fer annotate --model` runs it (engine and device its defaults).
+    seconds = clip_seconds(root, clips, ids, str(model_path), frames_fps, device, emit=emit)
+    if seconds.metadata is None:
+        raise FerError(f"none of the {what} could be annotated ({'; '.join(seconds.failed.values())})")
+    source = {"truth": str(root), "pred": f"fer annotate of {len(ids)} {what}", "fer_version": __version__}
+    return calibrate(seconds.truth, seconds.pred, seconds.metadata, coverage, source)
+
+
 def _seconds(root, clips, part, model, frames_fps, device, batch_size, emit):
     """`fer annotate` on the part's clip folders, and the truth of the seconds to score."""
-    wanted = set(part.clips)
-    pred, failed = _annotate([c.folder for c in clips if c.id in wanted], model, frames_fps, device, batch_size, emit)
-    truth = load_truth(root, frames_fps)
-    truth = truth[truth["video"].isin(wanted)]
-    left_out = 0
+    got = clip_seconds(root, clips, part.clips, model, frames_fps, device, batch_size, emit)
+    truth, pred, left_out = got.truth, got.pred, 0
     if part.seconds is not None:  # window split: only the seconds whose own window is in the part
         inside = _keys(truth).isin(part.seconds)
         left_out = int((~inside).sum())
         truth, pred = truth[inside], pred[_keys(pred).isin(part.seconds)]
-    return truth.reset_index(drop=True), pred.reset_index(drop=True), failed, left_out
+    return truth.reset_index(drop=True), pred.reset_index(drop=True), got.failed, left_out
 
 
-def _annotate(folders, model, frames_fps, device, batch_size, emit) -> tuple[pd.DataFrame, dict[str, str]]:
+def _annotate(folders, model, frames_fps, device, batch_size, emit) -> tuple[pd.DataFrame, dict | None, dict[str, str]]:
     from ..job.contract import AnnotateOptions
     from ..job.pipeline import annotate
-    from ..tables.writers import read_table
+    from ..tables.writers import read_metadata, read_table
 
     total, done = len(folders), 0
 
@@ -492,11 +533,11 @@ def _annotate(folders, model, frames_fps, device, batch_size, emit) -> tuple[pd.
     with tempfile.TemporaryDirectory(prefix="fer-evaluate-") as tmp:
         out = Path(tmp) / "seconds.parquet"
         result = annotate(folders, out, model=model, device=device, options=options, progress=on_event)
-        table = read_table(out) if out.exists() else _empty_pred()
+        table, metadata = (read_table(out), read_metadata(out)) if out.exists() else (_empty_pred(), None)
     failed = {v.video: v.error for v in result.failed}
     for video, error in failed.items():
         log.warning("%s: not annotated (%s); its seconds count as truth only", video, error)
-    return table, failed
+    return table, metadata, failed
 
 
 def _empty_pred() -> pd.DataFrame:

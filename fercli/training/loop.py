@@ -10,7 +10,8 @@ and the split -> epochs of `train_one_epoch` and `validate`, early stopping on t
 The run folder records itself (`records`): config.json (resolved options), split.json (the clip or
 window lists), summary.csv (one row per epoch), best.pt (a fer checkpoint that `fer annotate
 --model` takes), last.pt (also optimizer and RNG state, for --resume), curves.png (loss and
-accuracy, the paper's Figure 2) and test.json.
+accuracy, the paper's Figure 2), test.json and calibration.json (`fer calibrate`'s file for best.pt,
+from `fer annotate` on the validation clips: docs/intervals.md).
 """
 
 from __future__ import annotations
@@ -25,12 +26,12 @@ from typing import Callable
 
 import numpy as np
 
-from ..core.errors import DataError
+from ..core.errors import DataError, FerError
 from ..core.labels import DIMENSIONS
 from ..datasets import examples, features, splits
 from ..nets.backbones import BACKBONES, backbone_weights
 from .options import MONITOR_TEXT, SOFT_LABEL_SIGMA, TrainOptions, checked
-from .records import METRIC_KEYS, run_config, training_meta, write_json, write_summary
+from .records import CALIBRATION_FILE, METRIC_KEYS, run_config, training_meta, write_json, write_summary
 from .resume import check_same_run, previous_run
 
 log = logging.getLogger("fercli")
@@ -43,7 +44,7 @@ class TrainEvent:
     """What `train` reports to its `progress` callback."""
 
     kind: str  # "download" (bytes of the initial weights), "prepare" (clips done/total), "epoch" (started),
-    # "batch" (done/total), "epoch_end", "test"
+    # "batch" (done/total), "epoch_end", "test", "calibrate" (validation clips annotated/total)
     done: int = 0
     total: int = 0
     epoch: int = 0
@@ -64,6 +65,7 @@ class TrainResult:
     test: dict  # best checkpoint's metrics on the test part
     windows: dict[str, int]  # windows per part
     prep: features.PrepStats = field(default_factory=features.PrepStats)  # detection/encoding work done now
+    calibration: Path | None = None  # calibration.json for best.pt; None when the validation part cannot make one
 
 
 # --- the run -----------------------------------------------------------------------------------
@@ -111,6 +113,7 @@ def train(options: TrainOptions, progress: Callable[[TrainEvent], None] | None =
         trainer.restore(previous["last"])
     trainer.run()
     test = trainer.test()
+    calibration = _calibrate(opts, clips, split, device, emit)
     windows_per_part = {p: len(w) for p, w in parts.items()}
     return TrainResult(
         out,
@@ -123,7 +126,32 @@ def train(options: TrainOptions, progress: Callable[[TrainEvent], None] | None =
         test,
         windows_per_part,
         prep,
+        calibration,
     )
+
+
+def _calibrate(opts: TrainOptions, clips, split: splits.Split, device, emit) -> Path | None:
+    """calibration.json beside the final best.pt from `fer annotate` on the validation clips, or
+    None and one log line saying why not."""
+    from ..tables.intervals import write_calibration
+    from .evaluate import calibrate_clips
+
+    path = Path(opts.out) / CALIBRATION_FILE
+    path.unlink(missing_ok=True)  # a resumed run's was for the best.pt it replaced
+    if split.kind != "clip":
+        log.warning("no %s: a window split's validation seconds are in clips trained on, not held out", path)
+        return None
+
+    def on_clip(event) -> None:
+        emit(TrainEvent("calibrate", event.done, event.total))
+
+    ids, what, best = split.parts["val"], "validation clips", path.parent / "best.pt"
+    try:
+        cal = calibrate_clips(opts.data, clips, ids, best, opts.coverage, opts.frames_fps, str(device), what, on_clip)
+    except FerError as e:
+        log.warning("no %s: %s", path, e)
+        return None
+    return write_calibration(cal, path)
 
 
 def _seed(seed: int) -> None:

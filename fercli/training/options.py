@@ -13,6 +13,7 @@ from pathlib import Path
 from ..core.errors import FerError
 from ..datasets import features
 from ..nets.backbones import BACKBONES, INITS
+from ..scoring.calibration import COVERAGE
 
 SPLITS = ("clip", "window")
 TEMPORAL = ("lstm", "mean", "none")
@@ -60,6 +61,7 @@ class TrainOptions:
     resume: bool = False  # continue the run in `out` from last.pt
     device: str = "auto"  # "auto", "cpu" or "cuda"
     cache_dir: Path | None = None  # boxes and features; None: <fer cache>/features
+    coverage: float = COVERAGE  # nominal coverage of calibration.json's intervals, from the validation part
 
 
 def checked(options: TrainOptions) -> TrainOptions:
@@ -103,3 +105,5 @@ def _check_numbers(o: TrainOptions) -> None:
             raise FerError(f"--{name.replace('_', '-')} must be at least 1")
     if not (o.lr > 0 and o.fps > 0 and o.frames_fps > 0):
         raise FerError("--lr, --fps and --frames-fps must be positive")
+    if not 0 < o.coverage < 1:
+        raise FerError(f"--coverage must lie between 0 and 1, not {o.coverage}")

@@ -18,7 +18,17 @@ from .options import LOSS_TEXT, MONITOR_TEXT, TrainOptions
 
 # Any of these in a folder means it holds a run (not only last.pt, which a user may delete to save
 # space once the run is done).
-RUN_FILES = ("last.pt", "best.pt", "config.json", "split.json", "summary.csv", "test.json", "curves.png")
+CALIBRATION_FILE = "calibration.json"  # best.pt's intervals, from the validation part (`fer calibrate`'s file)
+RUN_FILES = (
+    "last.pt",
+    "best.pt",
+    "config.json",
+    "split.json",
+    "summary.csv",
+    "test.json",
+    "curves.png",
+    CALIBRATION_FILE,
+)
 # Options recorded as real paths, so a resume from another directory finds them the same.
 PATH_OPTIONS = ("data", "split_file")
 # An epoch's metrics on one part, as train_one_epoch and validate return them.

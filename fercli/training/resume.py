@@ -16,7 +16,7 @@ from .options import TrainOptions
 from .records import PATH_OPTIONS, RUN_FILES
 
 # Options that may differ when a run is resumed; `out` is the folder being resumed, wherever it now is.
-RESUMABLE = ("epochs", "patience", "resume", "device", "cache_dir", "out")
+RESUMABLE = ("epochs", "patience", "resume", "device", "cache_dir", "out", "coverage")
 
 
 def previous_run(opts: TrainOptions, out: Path) -> dict | None:

@@ -39,6 +39,7 @@ COLORS = {"valence": "#3b6fb6", "arousal": "#c8453b"}
 PALETTE = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf"]
 NO_FACE_FILL = "#dcdcdc"
 MIN_OPACITY = 0.2  # a label with confidence 0 stays visible
+BAND_OPACITY = 0.2  # an interval's fill: the line's colour, light enough for the grid and the line to show
 
 # Timeline geometry, in SVG user units (the SVG scales to the page's width).
 TL_WIDTH, TL_LEFT, TL_RIGHT = 760, 58, 12
@@ -223,6 +224,7 @@ def report_html(
     df = _normalized(df)
     summary = summarize(df, errors)
     colors = {c.video: PALETTE[i % len(PALETTE)] for i, c in enumerate(summary.clips)}
+    bands = _band_keys(df, metadata)
     sections = []
     for i, (clip, (video, rows)) in enumerate(zip(summary.clips, df.groupby("video", sort=False))):
         path = clip_under(videos_root, video)
@@ -230,7 +232,7 @@ def report_html(
         src = _relative_src(copy or path, out_dir) if path else None
         original = _relative_src(path, out_dir) if copy else None
         origin = _origin(copy or path) if path else 0.0
-        sections.append(_clip_section(i, clip, rows, df, src, colors[video], videos_root, original, origin))
+        sections.append(_clip_section(i, clip, rows, df, src, colors[video], videos_root, original, origin, bands))
     body = "\n".join(
         [
             f"<header><h1>{_e(title)}</h1>{_meta_line(metadata)}</header>",
@@ -294,12 +296,13 @@ def _clip_section(
     root,
     original=None,
     origin: float = 0.0,
+    bands: dict[str, str] | None = None,
 ) -> str:
     duration = max(clip.duration, float(rows["second"].max()) + 1e-9, 1e-3)
     faces = _faces(rows)
     timelines, data = [], []
     for label, face_rows in faces:
-        svg = _timeline_svg(face_rows, rows, duration, df)
+        svg = _timeline_svg(face_rows, rows, duration, df, bands or {})
         timelines.append(f'<figure class="face"><figcaption>{_e(label)}</figcaption>{svg}</figure>')
         data.append({"label": label, "seconds": _readout_rows(face_rows, df)})
     if src:
@@ -347,7 +350,9 @@ def _faces(rows: pd.DataFrame) -> list[tuple[str, pd.DataFrame]]:
     return [(f"person {f}", rows[rows["person"] == f]) for f in ids]
 
 
-def _timeline_svg(face_rows: pd.DataFrame, clip_rows: pd.DataFrame, duration: float, df: pd.DataFrame) -> str:
+def _timeline_svg(
+    face_rows: pd.DataFrame, clip_rows: pd.DataFrame, duration: float, df: pd.DataFrame, bands: dict[str, str]
+) -> str:
     x0, x1 = TL_LEFT, TL_WIDTH - TL_RIGHT
     height = TL_TOP + 2 * TRACK_H + TRACK_GAP + AXIS_H
     bottom = TL_TOP + 2 * TRACK_H + TRACK_GAP
@@ -362,7 +367,12 @@ def _timeline_svg(face_rows: pd.DataFrame, clip_rows: pd.DataFrame, duration: fl
         f'<svg class="timeline" viewBox="0 0 {TL_WIDTH} {height}" role="img" data-x0="{x0}" data-x1="{x1}" '
         f'data-duration="{duration:.6g}" aria-label="valence and arousal over time">'
     ]
-    # Shading first, under everything: seconds in which this face was not found.
+    # A transparent layer under everything takes the clicks where nothing is drawn; what is drawn
+    # over it takes the pointer (its title shows) and passes its clicks up to the same handler.
+    out.append(
+        f'<rect class="hit" x="{x0}" y="{TL_TOP}" width="{x1 - x0}" height="{bottom - TL_TOP}" fill="transparent"/>'
+    )
+    # Shading next: seconds in which this face was not found.
     for s, span in spans.iterrows():
         if s not in faced.index:
             out.append(
@@ -386,6 +396,8 @@ def _timeline_svg(face_rows: pd.DataFrame, clip_rows: pd.DataFrame, duration: fl
             )
             out.append(f'<text x="{x0 - 4}" y="{y(v) + 3.5:.2f}" class="tick" text-anchor="end">{v}</text>')
         out.append(f'<text x="{x0 + 5}" y="{top + 12}" class="dim" fill="{COLORS[dim]}">{dim}</text>')
+        if dim in bands:
+            out += _band(faced, dim, bands[dim], x, y, x0 + 62, top + 3)
         col = _value_column(df, dim)
         conf_col = f"{dim}_conf"
         # A thin step line joins consecutive faced seconds so the eye can follow the course;
@@ -417,20 +429,52 @@ def _timeline_svg(face_rows: pd.DataFrame, clip_rows: pd.DataFrame, duration: fl
         out.append(f'<text x="{x(t):.2f}" y="{bottom + 15}" class="tick" text-anchor="middle">{_clock(t)}</text>')
         t += step
     out.append(f'<text x="4" y="{bottom + 15}" class="tick unit">time (s)</text>')
-    # The cursor (moved by the page's script) and a transparent layer that takes the clicks.
+    # The cursor, moved by the page's script.
     out.append(
         f'<line class="cursor" x1="{x0}" x2="{x0}" y1="{TL_TOP - 4}" y2="{bottom + 2}" '
         'stroke="#111" stroke-width="1.5"/>'
-    )
-    out.append(
-        f'<rect class="hit" x="{x0}" y="{TL_TOP}" width="{x1 - x0}" height="{bottom - TL_TOP}" fill="transparent"/>'
     )
     out.append("</svg>")
     return "".join(out)
 
 
+def _band_keys(df: pd.DataFrame, meta: dict | None) -> dict[str, str]:
+    """dimension -> its interval's legend, for the dimensions whose bounds the table holds."""
+    cal = (meta or {}).get("calibration")
+    out = {}
+    for dim in (d for d in DIMENSIONS if f"{d}_lo" in df and f"{d}_hi" in df):
+        try:
+            out[dim] = f"{round(100 * cal['coverage'], 2):g}% interval, calibrated on {cal['clips'][dim]} clips"
+        except (TypeError, KeyError):  # bounds made elsewhere: drawn, their coverage unknown
+            out[dim] = "interval (its calibration not recorded)"
+    return out
+
+
+def _band(faced: pd.DataFrame, dim: str, key: str, x, y, key_x: float, key_y: float) -> list[str]:
+    """A rect from lo to hi over each second's span (none without bounds), and the legend's key."""
+    fill = f'fill="{COLORS[dim]}" fill-opacity="{BAND_OPACITY}"'
+    out = [
+        f'<rect class="band-key {dim}" x="{key_x}" y="{key_y}" width="12" height="10" {fill}/>'
+        f'<text x="{key_x + 16}" y="{key_y + 9}" class="tick band-key">{_e(key)}</text>'
+    ]
+    for s, r in faced.sort_index().iterrows():
+        lo, hi = _finite(r[f"{dim}_lo"]), _finite(r[f"{dim}_hi"])
+        if lo is None or hi is None:
+            continue
+        tip = f"second {s}: {dim} {_label(lo)} to {_label(hi)} ({key})"
+        out.append(
+            f'<rect class="band {dim}" data-second="{s}" data-lo="{lo:g}" data-hi="{hi:g}" x="{x(r.start):.2f}" '
+            f'y="{y(hi):.2f}" width="{x(r.end) - x(r.start):.2f}" height="{y(lo) - y(hi):.2f}" {fill}>'
+            f"<title>{_e(tip)}</title></rect>"
+        )
+    return out
+
+
 def _readout_rows(face_rows: pd.DataFrame, df: pd.DataFrame) -> dict[str, list]:
-    """second -> [valence, arousal, valence_conf, arousal_conf] for the seconds this face was found."""
+    """second -> [valence, arousal, valence_conf, arousal_conf, valence_lo, valence_hi, arousal_lo,
+    arousal_hi] for the seconds this face was found (None where the table has no such value)."""
+    from ..tables.writers import INTERVAL_COLUMNS
+
     out = {}
     v_col, a_col = (_value_column(df, d) for d in DIMENSIONS)
     for _, r in face_rows[face_rows["face"]].iterrows():
@@ -439,6 +483,7 @@ def _readout_rows(face_rows: pd.DataFrame, df: pd.DataFrame) -> dict[str, list]:
             _round(r[a_col]),
             _round(r.get("valence_conf"), 2),
             _round(r.get("arousal_conf"), 2),
+            *(_round(r.get(c)) for c in INTERVAL_COLUMNS),
         ]
     return out
 

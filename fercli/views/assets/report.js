@@ -21,7 +21,8 @@
         var name = data.faces.length > 1 ? face.label + ": " : "";
         if (!r) { return name + "no face"; }
         var conf = function (c) { return c === null ? "" : " (" + c.toFixed(2) + ")"; };
-        return name + "valence " + r[0] + conf(r[2]) + ", arousal " + r[1] + conf(r[3]);
+        var band = function (lo, hi) { return lo === null || hi === null ? "" : " [" + lo + " to " + hi + "]"; };
+        return name + "valence " + r[0] + conf(r[2]) + band(r[4], r[5]) + ", arousal " + r[1] + conf(r[3]) + band(r[6], r[7]);
       });
       return t.toFixed(2) + " s, second " + s + ": " + parts.join("; ");
     }
