@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 import shutil
 import subprocess
 import threading
@@ -261,3 +262,38 @@ def dlib_reference(dlib_files):
         "five": dlib.shape_predictor(str(dlib_files["five"])),
         "net": dlib.face_recognition_model_v1(str(dlib_files["net"])),
     }
+
+
+# The HTML report in a real browser (test_report, test_timeline).
+CHROMIUM = Path(os.environ.get("FER_TEST_CHROMIUM", "/usr/bin/chromium"))
+# The flags this machine's closed network needs (no background connections), and no sandbox as root.
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+
+
+@pytest.fixture(scope="module")
+def browser(tmp_path_factory):
+    """A headless Chromium per test module: the system's browser, a fresh profile."""
+    if not CHROMIUM.is_file():
+        pytest.skip(f"{CHROMIUM} not found: install Chromium (Debian: apt-get install chromium) for the browser tests")
+    sync_api = pytest.importorskip(
+        "playwright.sync_api", reason="playwright is not installed (pip install -e '.[test]')"
+    )
+    with sync_api.sync_playwright() as p:
+        # A fresh profile, and the system's Chromium: Playwright's own browser download is never used.
+        context = p.chromium.launch_persistent_context(
+            str(tmp_path_factory.mktemp("profile")),
+            executable_path=str(CHROMIUM),
+            headless=True,
+            args=CHROMIUM_ARGS,
+            viewport={"width": 1200, "height": 900},
+        )
+        yield context
+        context.close()

@@ -1,13 +1,13 @@
 """`fer report`: one self-contained HTML page for a whole batch of annotations.
 
 The page (`index.html` in the report folder) holds everything it needs: styles, inline SVG drawn
-here in Python, and a few lines of our own JavaScript for the interaction. It fetches nothing
+in Python, and a few lines of our own JavaScript for the interaction. It fetches nothing
 when viewed; the only files it points at are the clips themselves, by a relative path, so a
 report folder opened from disk (file://) or served together with the videos plays them.
 
 What it shows (docs/views.md has the whole list): a summary of the batch and its failed clips,
-per clip a timeline of valence and arousal (one per person with `--all-faces`) beside the clip's
-player, and the circumplex.
+per clip a timeline of valence and arousal (`timeline`; one per person with `--all-faces`) beside
+the clip's player, and the circumplex.
 
 Per-frame and per-sample tables (`--per-frame`, `--per-sample`) are not supported: the page is about seconds.
 """
@@ -30,20 +30,13 @@ from ..core.errors import DataError, FerError
 from ..core.files import atomic_write, check_out_dir
 from ..core.labels import DIMENSIONS, LABEL_MAX, LABEL_MIN
 from .render import PREVIEW_HEIGHT
+from .timeline import band_keys, finite, label_text, timeline_svg
 
 log = logging.getLogger("fercli")
 REPORT_NAME = "index.html"
 PREVIEWS = "previews"  # the folder in the report for copies of clips browsers cannot play
-COLORS = {"valence": "#3b6fb6", "arousal": "#c8453b"}
 # matplotlib's tab10, so clips keep the colours `fer plot` gives them.
 PALETTE = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf"]
-NO_FACE_FILL = "#dcdcdc"
-MIN_OPACITY = 0.2  # a label with confidence 0 stays visible
-BAND_OPACITY = 0.2  # an interval's fill: the line's colour, light enough for the grid and the line to show
-
-# Timeline geometry, in SVG user units (the SVG scales to the page's width).
-TL_WIDTH, TL_LEFT, TL_RIGHT = 760, 58, 12
-TRACK_H, TRACK_GAP, TL_TOP, AXIS_H = 78, 10, 6, 24
 # The page's template, styles and script: package data, the last two inlined (the page fetches nothing).
 ASSETS = "assets"
 
@@ -181,8 +174,8 @@ def summarize(df: pd.DataFrame, errors: list[tuple[str, str]] | None = None) -> 
                 face_seconds=int(per_second.sum()),
                 duration=float(rows["end"].max()),
                 faces=int(n_faces),
-                mean_valence=_finite(means[0]),
-                mean_arousal=_finite(means[1]),
+                mean_valence=finite(means[0]),
+                mean_arousal=finite(means[1]),
             )
         )
     return BatchSummary(clips, list(errors or []))
@@ -224,7 +217,7 @@ def report_html(
     df = _normalized(df)
     summary = summarize(df, errors)
     colors = {c.video: PALETTE[i % len(PALETTE)] for i, c in enumerate(summary.clips)}
-    bands = _band_keys(df, metadata)
+    bands = band_keys(df, metadata)
     sections = []
     for i, (clip, (video, rows)) in enumerate(zip(summary.clips, df.groupby("video", sort=False))):
         path = clip_under(videos_root, video)
@@ -300,9 +293,10 @@ def _clip_section(
 ) -> str:
     duration = max(clip.duration, float(rows["second"].max()) + 1e-9, 1e-3)
     faces = _faces(rows)
+    columns = {d: _value_column(df, d) for d in DIMENSIONS}
     timelines, data = [], []
     for label, face_rows in faces:
-        svg = _timeline_svg(face_rows, rows, duration, df, bands or {})
+        svg = timeline_svg(face_rows, rows, duration, columns, bands or {})
         timelines.append(f'<figure class="face"><figcaption>{_e(label)}</figcaption>{svg}</figure>')
         data.append({"label": label, "seconds": _readout_rows(face_rows, df)})
     if src:
@@ -348,126 +342,6 @@ def _faces(rows: pd.DataFrame) -> list[tuple[str, pd.DataFrame]]:
     if not ids:  # no face was ever found: one timeline, all shaded
         return [("no face found", rows.iloc[0:0])]
     return [(f"person {f}", rows[rows["person"] == f]) for f in ids]
-
-
-def _timeline_svg(
-    face_rows: pd.DataFrame, clip_rows: pd.DataFrame, duration: float, df: pd.DataFrame, bands: dict[str, str]
-) -> str:
-    x0, x1 = TL_LEFT, TL_WIDTH - TL_RIGHT
-    height = TL_TOP + 2 * TRACK_H + TRACK_GAP + AXIS_H
-    bottom = TL_TOP + 2 * TRACK_H + TRACK_GAP
-
-    def x(t: float) -> float:
-        return x0 + (x1 - x0) * min(max(t / duration, 0.0), 1.0)
-
-    # Spans of this timeline's seconds: every second of the clip, faced where this face was found.
-    spans = clip_rows.groupby("second").agg(start=("start", "min"), end=("end", "max")).sort_index()
-    faced = face_rows[face_rows["face"]].set_index("second")
-    out = [
-        f'<svg class="timeline" viewBox="0 0 {TL_WIDTH} {height}" role="img" data-x0="{x0}" data-x1="{x1}" '
-        f'data-duration="{duration:.6g}" aria-label="valence and arousal over time">'
-    ]
-    # A transparent layer under everything takes the clicks where nothing is drawn; what is drawn
-    # over it takes the pointer (its title shows) and passes its clicks up to the same handler.
-    out.append(
-        f'<rect class="hit" x="{x0}" y="{TL_TOP}" width="{x1 - x0}" height="{bottom - TL_TOP}" fill="transparent"/>'
-    )
-    # Shading next: seconds in which this face was not found.
-    for s, span in spans.iterrows():
-        if s not in faced.index:
-            out.append(
-                f'<rect class="noface" data-second="{s}" x="{x(span.start):.2f}" y="{TL_TOP}" '
-                f'width="{max(x(span.end) - x(span.start), 0.5):.2f}" height="{bottom - TL_TOP}" fill="{NO_FACE_FILL}">'
-                f"<title>second {s}: no face</title></rect>"
-            )
-    for k, dim in enumerate(DIMENSIONS):
-        top = TL_TOP + k * (TRACK_H + TRACK_GAP)
-
-        def y(v: float, top=top) -> float:
-            return top + TRACK_H * (LABEL_MAX + 0.5 - v) / (LABEL_MAX - LABEL_MIN + 1)
-
-        out.append(
-            f'<rect class="track" x="{x0}" y="{top}" width="{x1 - x0}" height="{TRACK_H}" fill="none" stroke="#bbb"/>'
-        )
-        for v in (-10, -5, 0, 5, 10):
-            grid = "#999" if v == 0 else "#e4e4e4"
-            out.append(
-                f'<line x1="{x0}" x2="{x1}" y1="{y(v):.2f}" y2="{y(v):.2f}" stroke="{grid}" stroke-width="0.8"/>'
-            )
-            out.append(f'<text x="{x0 - 4}" y="{y(v) + 3.5:.2f}" class="tick" text-anchor="end">{v}</text>')
-        out.append(f'<text x="{x0 + 5}" y="{top + 12}" class="dim" fill="{COLORS[dim]}">{dim}</text>')
-        if dim in bands:
-            out += _band(faced, dim, bands[dim], x, y, x0 + 62, top + 3)
-        col = _value_column(df, dim)
-        conf_col = f"{dim}_conf"
-        # A thin step line joins consecutive faced seconds so the eye can follow the course;
-        # the thick segment over each second's span carries the value and its confidence.
-        path, prev = [], None
-        for s, r in faced.sort_index().iterrows():
-            v = float(r[col])
-            cmd = "L" if prev == s - 1 else "M"
-            path.append(f"{cmd}{x(r.start):.2f},{y(v):.2f} L{x(r.end):.2f},{y(v):.2f}")
-            prev = s
-        if path:
-            out.append(
-                f'<path d="{" ".join(path)}" fill="none" stroke="{COLORS[dim]}" stroke-width="1" stroke-opacity="0.5"/>'
-            )
-        for s, r in faced.sort_index().iterrows():
-            v = float(r[col])
-            conf = _finite(r.get(conf_col)) if conf_col in faced else None
-            opacity = 1.0 if conf is None else MIN_OPACITY + (1 - MIN_OPACITY) * min(max(conf, 0.0), 1.0)
-            tip = f"second {s}: {dim} {_label(v)}" + ("" if conf is None else f", confidence {conf:.2f}")
-            out.append(
-                f'<line class="seg {dim}" data-second="{s}" data-value="{_label(v)}" x1="{x(r.start):.2f}" '
-                f'x2="{x(r.end):.2f}" y1="{y(v):.2f}" y2="{y(v):.2f}" stroke="{COLORS[dim]}" stroke-width="5" '
-                f'stroke-opacity="{opacity:.3f}"><title>{_e(tip)}</title></line>'
-            )
-    step = _tick_step(duration)
-    t = 0.0
-    while t <= duration + 1e-9:
-        out.append(f'<line x1="{x(t):.2f}" x2="{x(t):.2f}" y1="{bottom - 2}" y2="{bottom + 3}" stroke="#777"/>')
-        out.append(f'<text x="{x(t):.2f}" y="{bottom + 15}" class="tick" text-anchor="middle">{_clock(t)}</text>')
-        t += step
-    out.append(f'<text x="4" y="{bottom + 15}" class="tick unit">time (s)</text>')
-    # The cursor, moved by the page's script.
-    out.append(
-        f'<line class="cursor" x1="{x0}" x2="{x0}" y1="{TL_TOP - 4}" y2="{bottom + 2}" '
-        'stroke="#111" stroke-width="1.5"/>'
-    )
-    out.append("</svg>")
-    return "".join(out)
-
-
-def _band_keys(df: pd.DataFrame, meta: dict | None) -> dict[str, str]:
-    """dimension -> its interval's legend, for the dimensions whose bounds the table holds."""
-    cal = (meta or {}).get("calibration")
-    out = {}
-    for dim in (d for d in DIMENSIONS if f"{d}_lo" in df and f"{d}_hi" in df):
-        try:
-            out[dim] = f"{round(100 * cal['coverage'], 2):g}% interval, calibrated on {cal['clips'][dim]} clips"
-        except (TypeError, KeyError):  # bounds made elsewhere: drawn, their coverage unknown
-            out[dim] = "interval (its calibration not recorded)"
-    return out
-
-
-def _band(faced: pd.DataFrame, dim: str, key: str, x, y, key_x: float, key_y: float) -> list[str]:
-    """A rect from lo to hi over each second's span (none without bounds), and the legend's key."""
-    fill = f'fill="{COLORS[dim]}" fill-opacity="{BAND_OPACITY}"'
-    out = [
-        f'<rect class="band-key {dim}" x="{key_x}" y="{key_y}" width="12" height="10" {fill}/>'
-        f'<text x="{key_x + 16}" y="{key_y + 9}" class="tick band-key">{_e(key)}</text>'
-    ]
-    for s, r in faced.sort_index().iterrows():
-        lo, hi = _finite(r[f"{dim}_lo"]), _finite(r[f"{dim}_hi"])
-        if lo is None or hi is None:
-            continue
-        tip = f"second {s}: {dim} {_label(lo)} to {_label(hi)} ({key})"
-        out.append(
-            f'<rect class="band {dim}" data-second="{s}" data-lo="{lo:g}" data-hi="{hi:g}" x="{x(r.start):.2f}" '
-            f'y="{y(hi):.2f}" width="{x(r.end) - x(r.start):.2f}" height="{y(lo) - y(hi):.2f}" {fill}>'
-            f"<title>{_e(tip)}</title></rect>"
-        )
-    return out
 
 
 def _readout_rows(face_rows: pd.DataFrame, df: pd.DataFrame) -> dict[str, list]:
@@ -525,7 +399,7 @@ def _circumplex_html(df: pd.DataFrame, summary: BatchSummary, colors: dict[str, 
         pts, counts = np.unique(pairs, axis=0, return_counts=True)
         for (v, a), n in zip(pts, counts):
             r = 3.0 + 2.0 * math.sqrt(n - 1)
-            tip = f"{video}: valence {_label(v)}, arousal {_label(a)}, {n} s"
+            tip = f"{video}: valence {label_text(v)}, arousal {label_text(a)}, {n} s"
             out.append(
                 f'<circle class="point" data-video="{_e(video)}" data-count="{n}" cx="{px(v):.2f}" cy="{py(a):.2f}" '
                 f'r="{r:.2f}" fill="{colors[video]}" fill-opacity="0.6"><title>{_e(tip)}</title></circle>'
@@ -588,33 +462,9 @@ def _value_column(df: pd.DataFrame, dim: str) -> str:
     return dim if dim in df else f"{dim}_score"
 
 
-def _tick_step(duration: float) -> float:
-    for step in (1, 2, 5, 10, 15, 30, 60, 120, 300, 600, 900, 1800, 3600):
-        if duration / step <= 12:
-            return float(step)
-    return 3600.0 * math.ceil(duration / 3600 / 12)
-
-
-def _clock(t: float) -> str:
-    t = int(round(t))
-    return f"{t // 60}:{t % 60:02d}" if t >= 60 else str(t)
-
-
-def _finite(value) -> float | None:
-    try:
-        f = float(value)
-    except (TypeError, ValueError):
-        return None
-    return f if math.isfinite(f) else None
-
-
 def _round(value, digits: int = 2):
-    f = _finite(value)
+    f = finite(value)
     return None if f is None else round(f, digits)
-
-
-def _label(v: float) -> str:
-    return f"{v:g}" if float(v).is_integer() else f"{v:.2f}"
 
 
 def _num(value: float | None) -> str:
