@@ -146,6 +146,7 @@ TESTED_IN = {
     "training.options": "test_loop.py",
     "training.resume": "test_loop.py",
     "training.records": "test_loop.py",
+    "training.calibrate": "test_loop.py",
     **{part: "test_cli.py" for part in CLI_PARTS},  # the `fer` command, run whole
 }
 

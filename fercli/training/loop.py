@@ -5,13 +5,14 @@ Stages: check the options (`options.checked`) and any run to resume (`resume`) -
 weights (`nets.backbones`) -> face boxes, and with a frozen backbone one feature per frame
 (features.prepare, cached on disk, so every epoch after the first costs only the head) -> windows
 and the split -> epochs of `train_one_epoch` and `validate`, early stopping on the monitored value
--> the best checkpoint scored once on the test part.
+-> the best checkpoint scored once on the test part -> its calibration from the validation clips
+(`calibrate`).
 
 The run folder records itself (`records`): config.json (resolved options), split.json (the clip or
 window lists), summary.csv (one row per epoch), best.pt (a fer checkpoint that `fer annotate
---model` takes), last.pt (also optimizer and RNG state, for --resume), curves.png (loss and
-accuracy, the paper's Figure 2), test.json and calibration.json (`fer calibrate`'s file for best.pt,
-from `fer annotate` on the validation clips: docs/intervals.md).
+--model` takes), last.pt (also optimizer and RNG state, for --resume: `resume.last_state`),
+curves.png (loss and accuracy, the paper's Figure 2), test.json and calibration.json (`fer
+calibrate`'s file for best.pt, from `fer annotate` on the validation clips: docs/intervals.md).
 """
 
 from __future__ import annotations
@@ -26,13 +27,14 @@ from typing import Callable
 
 import numpy as np
 
-from ..core.errors import DataError, FerError
+from ..core.errors import DataError
 from ..core.labels import DIMENSIONS
 from ..datasets import examples, features, splits
 from ..nets.backbones import BACKBONES, backbone_weights
+from .calibrate import calibrate_run
 from .options import MONITOR_TEXT, SOFT_LABEL_SIGMA, TrainOptions, checked
-from .records import CALIBRATION_FILE, METRIC_KEYS, run_config, training_meta, write_json, write_summary
-from .resume import check_same_run, previous_run
+from .records import METRIC_KEYS, run_config, training_meta, write_json, write_summary
+from .resume import check_same_run, last_state, previous_run, restore_state
 
 log = logging.getLogger("fercli")
 
@@ -113,7 +115,7 @@ def train(options: TrainOptions, progress: Callable[[TrainEvent], None] | None =
         trainer.restore(previous["last"])
     trainer.run()
     test = trainer.test()
-    calibration = _calibrate(opts, clips, split, device, emit)
+    calibration = calibrate_run(opts, clips, split, device, lambda i, n: emit(TrainEvent("calibrate", i, n)))
     windows_per_part = {p: len(w) for p, w in parts.items()}
     return TrainResult(
         out,
@@ -128,30 +130,6 @@ def train(options: TrainOptions, progress: Callable[[TrainEvent], None] | None =
         prep,
         calibration,
     )
-
-
-def _calibrate(opts: TrainOptions, clips, split: splits.Split, device, emit) -> Path | None:
-    """calibration.json beside the final best.pt from `fer annotate` on the validation clips, or
-    None and one log line saying why not."""
-    from ..tables.intervals import write_calibration
-    from .evaluate import calibrate_clips
-
-    path = Path(opts.out) / CALIBRATION_FILE
-    path.unlink(missing_ok=True)  # a resumed run's was for the best.pt it replaced
-    if split.kind != "clip":
-        log.warning("no %s: a window split's validation seconds are in clips trained on, not held out", path)
-        return None
-
-    def on_clip(event) -> None:
-        emit(TrainEvent("calibrate", event.done, event.total))
-
-    ids, what, best = split.parts["val"], "validation clips", path.parent / "best.pt"
-    try:
-        cal = calibrate_clips(opts.data, clips, ids, best, opts.coverage, opts.frames_fps, str(device), what, on_clip)
-    except FerError as e:
-        log.warning("no %s: %s", path, e)
-        return None
-    return write_calibration(cal, path)
 
 
 def _seed(seed: int) -> None:
@@ -467,21 +445,12 @@ class _Trainer:
 
     def restore(self, ckpt: dict) -> None:
         """Continue from last.pt: weights, optimizer, the loop's counters and the RNG."""
-        import torch
-
-        self.model.load_state_dict(ckpt["state_dict"])
-        self.optimizer.load_state_dict(ckpt["optimizer"])
-        if self.scaler is not None and ckpt.get("scaler"):
-            self.scaler.load_state_dict(ckpt["scaler"])
-        loop = ckpt["loop"]
+        loop = restore_state(ckpt, self.model, self.optimizer, self.scaler)
         self.history = list(loop["history"])
         self.best_score, self.best_epoch = loop["best_score"], loop["best_epoch"]
         # Stopped by this run's patience, which a resume may raise: a stopped run then goes on.
         self.bad_epochs = loop["bad_epochs"]
         self.stopped = self.bad_epochs >= self.opts.patience
-        torch.set_rng_state(ckpt["rng"]["torch"])
-        if torch.cuda.is_available() and ckpt["rng"].get("cuda"):
-            torch.cuda.set_rng_state_all(ckpt["rng"]["cuda"])
         log.info("resuming %s after epoch %d", self.out, len(self.history))
 
     def run(self) -> None:
@@ -555,8 +524,6 @@ class _Trainer:
         save_checkpoint(self.model, path, training={**self.meta, "epoch": epoch, "val": val}, **more)
 
     def _save_last(self, epoch: int, val: dict) -> None:
-        import torch
-
         loop = {
             "history": self.history,
             "best_score": self.best_score,
@@ -564,12 +531,7 @@ class _Trainer:
             "bad_epochs": self.bad_epochs,
             "stopped": self.stopped,
         }
-        cuda_rng = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []
-        rng = {"torch": torch.get_rng_state(), "cuda": cuda_rng}
-        scaler = self.scaler.state_dict() if self.scaler is not None else None
-        self._save(
-            self.out / "last.pt", epoch, val, optimizer=self.optimizer.state_dict(), loop=loop, rng=rng, scaler=scaler
-        )
+        self._save(self.out / "last.pt", epoch, val, **last_state(loop, self.optimizer, self.scaler))
 
     def test(self) -> dict:
         """The best checkpoint on the test part, once; recorded in test.json and best.pt."""

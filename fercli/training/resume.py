@@ -1,7 +1,10 @@
-"""`fer train --resume`: the run a folder holds, and the refusal to continue it under other settings.
+"""`fer train --resume`: the run a folder holds, the refusal to continue it under other settings,
+and what last.pt holds to continue from.
 
 Without --resume a folder holding a run is never written over; with it, the options (but those in
-`RESUMABLE`), the backbone weights and the data's split must be the run's own.
+`RESUMABLE`), the backbone weights and the data's split must be the run's own. Beside the weights,
+last.pt keeps the optimizer's (and the loss scaler's) state, the epoch loop's counters and the RNG
+(`last_state`), so a resumed run goes on as an unbroken one would (`restore_state`).
 """
 
 from __future__ import annotations
@@ -60,3 +63,29 @@ def check_same_run(previous: dict, config: dict, split: splits.Split, out: Path)
         raise FerError(f"{out}: cannot resume, the backbone weights changed")
     if {p: previous["split"].get(p) for p in splits.PARTS} != split.parts:
         raise FerError(f"{out}: cannot resume, the data's split differs from the run's split.json (data changed?)")
+
+
+def last_state(loop: dict, optimizer, scaler=None) -> dict:
+    """What last.pt holds beside the weights: the optimizer's state, the loop's counters (`loop`),
+    the RNG of torch and of every CUDA device, and the loss scaler's state (None without one)."""
+    import torch
+
+    cuda_rng = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []
+    rng = {"torch": torch.get_rng_state(), "cuda": cuda_rng}
+    scaler_state = scaler.state_dict() if scaler is not None else None
+    return {"optimizer": optimizer.state_dict(), "loop": loop, "rng": rng, "scaler": scaler_state}
+
+
+def restore_state(ckpt: dict, model, optimizer, scaler=None) -> dict:
+    """Load last.pt's weights, optimizer and scaler state and RNG (`last_state`'s) into this run;
+    returns the loop's counters."""
+    import torch
+
+    model.load_state_dict(ckpt["state_dict"])
+    optimizer.load_state_dict(ckpt["optimizer"])
+    if scaler is not None and ckpt.get("scaler"):
+        scaler.load_state_dict(ckpt["scaler"])
+    torch.set_rng_state(ckpt["rng"]["torch"])
+    if torch.cuda.is_available() and ckpt["rng"].get("cuda"):
+        torch.cuda.set_rng_state_all(ckpt["rng"]["cuda"])
+    return ckpt["loop"]
