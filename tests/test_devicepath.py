@@ -7,9 +7,13 @@ on a GPU with NVDEC is `test_the_gpu_path_gives_the_cpu_tables_table_on_cuda` (r
 
 from __future__ import annotations
 
+import shutil
+
+import media
 import numpy as np
 import pandas as pd
 import pytest
+import real_faces
 import torch
 
 import fercli
@@ -18,8 +22,10 @@ from fercli.job.contract import AnnotateOptions
 from fercli.job.devicepath import DeviceProducer, device_detector_for
 from fercli.job.events import SamplesReady
 from fercli.job.stages import Producer
+from fercli.media import people
 from fercli.media.inputs import find_clips
 from fercli.nets.engines import place
+from fercli.nets.weights import cache_dir
 from fercli.tables.writers import read_table
 
 pytest.importorskip("tflite", reason="the torch BlazeFace reads its graph with the tflite package (test extra)")
@@ -72,11 +78,6 @@ def test_the_device_path_gives_the_cpu_paths_table(clips_dir, lstm, tmp_path, mo
     paths = [clips_dir / name for name in CLIPS]
     options = AnnotateOptions(workers=0, all_faces=True)
     fercli.annotate(paths, tmp_path / "cpu.csv", model=lstm, device="cpu", options=options)
-
-    def device_producer(config, options, placement, timed=False, identity=None):
-        detector = device_detector_for(placement)
-        return DeviceProducer(config, options, placement, timed, detector=detector, identity=identity, decoder="cpu")
-
     monkeypatch.setattr(pipeline, "make_producer", device_producer)
     fercli.annotate(paths, tmp_path / "device.csv", model=lstm, device="cpu", options=options)
     keys = ["video", "second", "person"]
@@ -88,6 +89,39 @@ def test_the_device_path_gives_the_cpu_paths_table(clips_dir, lstm, tmp_path, mo
         assert np.abs(a[f"{dim}_score"][faced] - b[f"{dim}_score"][faced]).max() <= 0.1
     boxes = ["face_x0", "face_y0", "face_x1", "face_y1"]
     assert all(iou(x, y) >= 0.95 for x, y in zip(a[boxes][faced].to_numpy(), b[boxes][faced].to_numpy()))
+
+
+@pytest.fixture(scope="module")
+def cuts_clip(tmp_path_factory):
+    if real_faces.messi() is None:
+        pytest.skip("Debian's opencv-doc is missing (messi5.jpg): apt-get install opencv-doc")
+    # The first three shots at the models' 5 fps: person 0, person 1, then person 0 again after a cut.
+    frames = real_faces.cuts_frames(5)[: 9 * 5]
+    return media.write_video(tmp_path_factory.mktemp("cuts") / "cuts.mp4", frames, 5)
+
+
+def device_producer(config, options, placement, timed=False, identity=None):
+    """The device path's producer on the CPU (PyAV decodes, frames uploaded), as make_producer's stand-in."""
+    detector = device_detector_for(placement)
+    return DeviceProducer(config, options, placement, timed, detector=detector, identity=identity, decoder="cpu")
+
+
+def test_the_device_path_gives_the_cpu_paths_people_by_faceid(cuts_clip, lstm, dlib_files, tmp_path, monkeypatch):
+    cache_dir().mkdir(parents=True, exist_ok=True)  # the weights as a first run would have fetched them
+    for path in dlib_files.values():
+        shutil.copy(path, cache_dir() / path.name)
+    kinds = []  # the descriptors each clip's people were joined by: texture where a track had no chip
+    group_tracks = people.group_tracks
+    monkeypatch.setattr(people, "group_tracks", lambda *a, kind: kinds.append(kind) or group_tracks(*a, kind=kind))
+    options = AnnotateOptions(workers=0, all_faces=True, identity="faceid")
+    fercli.annotate([cuts_clip], tmp_path / "cpu.csv", model=lstm, device="cpu", options=options)
+    monkeypatch.setattr(pipeline, "make_producer", device_producer)
+    fercli.annotate([cuts_clip], tmp_path / "device.csv", model=lstm, device="cpu", options=options)
+    assert kinds == ["faceid", "faceid"]  # every track of both paths had its chip, cut from the key points
+    keys = ["second", "person", "face"]
+    a, b = (read_table(tmp_path / f"{n}.csv").sort_values(keys).reset_index(drop=True) for n in ("cpu", "device"))
+    pd.testing.assert_frame_equal(a[keys], b[keys])
+    assert sorted(b.person[b.face].unique()) == [0, 1]
 
 
 @pytest.mark.requires_cuda
