@@ -7,6 +7,7 @@ on a GPU with NVDEC is `test_the_gpu_path_gives_the_cpu_tables_table_on_cuda` (r
 
 from __future__ import annotations
 
+import collections
 import shutil
 
 import media
@@ -138,3 +139,37 @@ def test_the_gpu_path_gives_the_cpu_tables_table_on_cuda(clips_dir, lstm_checkpo
     for dim in ("valence", "arousal"):
         assert (a[dim][faced] == b[dim][faced]).mean() >= 0.99
         assert np.abs(a[f"{dim}_score"][faced] - b[f"{dim}_score"][faced]).max() <= 0.1
+
+
+HOST_READS = ("cpu", "item", "tolist", "numpy", "__bool__", "__int__", "__float__")
+# Per decoded batch: the detector's candidate count, its faces' transfer (.cpu and .numpy) and the
+# descriptors' (two each); then one per merging round of the weighted NMS (the most faces a frame
+# has, and the round that finds none left). The old path read the device 264 times here.
+READS_PER_BATCH = 5
+
+
+def host_reads(monkeypatch) -> collections.Counter:
+    """Counts, by name, each call that reads a tensor's values on the host (a wait for a GPU)."""
+    counts = collections.Counter()
+    for name in HOST_READS:
+        original = getattr(torch.Tensor, name)
+
+        def counted(self, *args, _name=name, _original=original, **kwargs):
+            counts[_name] += 1
+            return _original(self, *args, **kwargs)
+
+        monkeypatch.setattr(torch.Tensor, name, counted)
+    return counts
+
+
+def test_the_device_producer_reads_the_device_a_few_times_per_batch(clips_dir, lstm, monkeypatch):
+    placement = place("torch", "cpu")
+    clip = find_clips([clips_dir / "two.mkv"]).clips[0]  # 15 samples of two faces: one decoded batch
+    producer = device_producer(lstm.config, AnnotateOptions(all_faces=True), placement)
+    with producer.detector() as detector:
+        counts = host_reads(monkeypatch)
+        samples = list(producer.samples(clip, detector))[1:]
+    monkeypatch.undo()
+    print(f"host reads for {len(samples)} samples, {sum(len(s.tracks) for s in samples)} faces: {dict(counts)}")
+    assert len(samples) == 15 and max(len(s.tracks) for s in samples) == 2
+    assert sum(counts.values()) <= READS_PER_BATCH + 2 + 1

@@ -115,9 +115,14 @@ class BlazeFaceNet(nn.Module):
         self.ops = [op for op in read_graph(data) if op["name"] not in CONSTANT_OPS]
         self.input, values, self.shapes = unpacked_tensors(data)
         produced = {o for op in self.ops for o in op["outputs"]}
+        self.host = {}  # integer constants (paddings, sizes, shapes): read on the host, never from the device
         for i in {i for op in self.ops for i in op["inputs"] if i not in produced and i != self.input and i >= 0}:
-            value = torch.from_numpy(np.ascontiguousarray(values[i]))
-            self.register_buffer(f"t{i}", value.float() if value.is_floating_point() else value, persistent=False)
+            if np.issubdtype(values[i].dtype, np.integer):
+                self.host[i] = values[i].tolist()
+            else:
+                self.register_buffer(
+                    f"t{i}", torch.from_numpy(np.ascontiguousarray(values[i])).float(), persistent=False
+                )
         # boxes (N, 2304, 16), then score logits (N, 2304, 1): told apart by shape, as blazeface does
         reshaped = [op["outputs"][0] for op in self.ops if op["name"] == "RESHAPE"]
         self.outputs = sorted(reshaped, key=lambda i: -self.shapes[i][-1])
@@ -125,10 +130,15 @@ class BlazeFaceNet(nn.Module):
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         env = {self.input: x.permute(0, 3, 1, 2)}  # NCHW inside
         for op in self.ops:
-            args = [env[i] if i in env else getattr(self, f"t{i}") for i in op["inputs"] if i >= 0]
+            args = [self._value(env, i) for i in op["inputs"] if i >= 0]
             env[op["outputs"][0]] = getattr(self, "_" + op["name"].lower())(op, *args)
         boxes, logits = (env[i] for i in self.outputs)
         return boxes, logits.reshape(logits.shape[0], -1)
+
+    def _value(self, env: dict, i: int):
+        if i in env:
+            return env[i]
+        return self.host[i] if i in self.host else getattr(self, f"t{i}")
 
     @staticmethod
     def _act(x, act: int):
@@ -152,7 +162,7 @@ class BlazeFaceNet(nn.Module):
         return self._conv(x, w.permute(3, 0, 1, 2), b, op, x.shape[1])  # 1HWO -> O1HW
 
     def _pad(self, op, x, pads):
-        (_, _), (top, bottom), (left, right), (c0, c1) = pads.tolist()  # NHWC paddings
+        (_, _), (top, bottom), (left, right), (c0, c1) = pads  # NHWC paddings
         return F.pad(x, (left, right, top, bottom, c0, c1))
 
     def _add(self, op, x, y):
@@ -161,7 +171,7 @@ class BlazeFaceNet(nn.Module):
     def _resize_bilinear(self, op, x, size):
         if not op["half"] or op["align"]:
             raise ValueError("only half-pixel centres (torch's align_corners=False) are ported")
-        return F.interpolate(x, size=tuple(size.tolist()), mode="bilinear", align_corners=False)
+        return F.interpolate(x, size=tuple(size), mode="bilinear", align_corners=False)
 
     def _depth_to_space(self, op, x, _=None):
         n, c, h, w = x.shape
