@@ -84,32 +84,9 @@ class DeviceProducer(Producer):
                 yield _Seen(batch, row, detections)
 
     def _batch_samples(self, group: list, tracks, cut_chip) -> list[Sample]:
-        """The samples of one decoded batch (its (seen, detections) pairs in order): the frames'
-        and faces' histograms and descriptors made on the device and read in one transfer, the
-        tracks updated on the host, every face of the batch cut in one call."""
-        from ..media.people import face_pixels, shot_step
-        from ..media.torchframes import colour_histograms, describe_regions, to_host
-
+        """The samples of one decoded batch, from its (seen, detections) pairs in order."""
         images = group[0][0].batch.images
-        h, w = images.shape[1:3]
-        faces = [(item.row, det) for item, detections in group for det in detections]
-        face_colours, looks = describe_regions(
-            images, [r for r, _ in faces], [face_pixels(d.box, w, h) for _, d in faces]
-        )
-        frame_colours, face_colours, looks = to_host(colour_histograms(images, shot_step(h, w)), face_colours, looks)
-        found_all, at = [], 0
-        for item, detections in group:
-            mine = {id(d): at + k for k, d in enumerate(detections)}  # a reused box is one object in many samples
-            at += len(detections)
-            time = item.batch.time[item.row]
-            found = tracks.update_seen(
-                time,
-                frame_colours[item.row],
-                detections,
-                lambda d, mine=mine: face_colours[mine[id(d)]],
-                lambda d, mine=mine: looks[mine[id(d)]],
-            )
-            found_all.append(found)
+        found_all = self._tracked(images, group, tracks)
         chips = self._chips(images, group, found_all, tracks, cut_chip)
         crops = self._crops(images, group, found_all)
         return [
@@ -124,6 +101,31 @@ class DeviceProducer(Producer):
             )
             for k, ((item, _), found) in enumerate(zip(group, found_all))
         ]
+
+    def _tracked(self, images, group: list, tracks) -> list[dict]:
+        """Each sample's {track: (detection, descriptor)}: the frames' and faces' histograms and
+        descriptors made on the device and read in one transfer, the tracks updated on the host."""
+        from ..media.people import face_pixels, shot_step
+        from ..media.torchframes import colour_histograms, describe_regions, to_host
+
+        h, w = images.shape[1:3]
+        faces = [(item.row, det) for item, detections in group for det in detections]
+        regions = [face_pixels(det.box, w, h) for _, det in faces]
+        face_colours, looks = describe_regions(images, [row for row, _ in faces], regions)
+        frame_colours, face_colours, looks = to_host(colour_histograms(images, shot_step(h, w)), face_colours, looks)
+        found_all, at = [], 0
+        for item, detections in group:
+            mine = {id(d): at + k for k, d in enumerate(detections)}  # a reused box is one object in many samples
+            at += len(detections)
+            found = tracks.update_seen(
+                item.batch.time[item.row],
+                frame_colours[item.row],
+                detections,
+                lambda d, mine=mine: face_colours[mine[id(d)]],
+                lambda d, mine=mine: looks[mine[id(d)]],
+            )
+            found_all.append(found)
+        return found_all
 
     def _crops(self, images, group: list, found_all: list) -> list:
         """Each sample's face crops, a slice of one `cut_batch` over the whole batch's faces."""
