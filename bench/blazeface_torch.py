@@ -74,10 +74,13 @@ def timing(port, device: str, batch: int) -> float:
 
 
 def main() -> None:
+    global WARMUP, REPEAT  # bench/gpu.py's CPU form asks for a few calls: it proves the plumbing only
     parser = argparse.ArgumentParser()
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--batches", default="1,8,32")
+    parser.add_argument("--repeat", type=int, default=REPEAT, help="timed calls (fewer warm-up calls too)")
     args = parser.parse_args()
+    WARMUP, REPEAT = min(WARMUP, args.repeat), args.repeat
     from fercli.media.blazeface import verify_model
     from fercli.media.blazeface_torch import BlazeFaceNet
 

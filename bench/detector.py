@@ -79,11 +79,14 @@ def summary(times: list[float]) -> str:
 
 
 def main() -> None:
+    global WARMUP, REPEAT  # bench/gpu.py's CPU form asks for a few calls: it proves the plumbing only
     parser = argparse.ArgumentParser()
     parser.add_argument("impl", choices=["fer", "mediapipe"])
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--batch", type=int, default=0)
+    parser.add_argument("--repeat", type=int, default=REPEAT, help="timed calls (fewer warm-up calls too)")
     args = parser.parse_args()
+    WARMUP, REPEAT = min(WARMUP, args.repeat), args.repeat
     if args.batch:
         print(
             f"network alone, batch {args.batch}, {args.threads} thread(s): "

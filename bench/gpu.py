@@ -14,6 +14,10 @@ a failed step recorded and the next one run:
   what the run is for (--cpu: PyAV and the CPU, once);
 - speed_gpu_decoder: `fer benchmark speed --decoder gpu`, fer's own GPU path (job.devicepath)
   through the pipeline (skipped with --cpu);
+- sweep_producer_threads, sweep_max_workers: the defaults still to be set by measurement, each
+  value in turn on the same shorter clips (`SWEEPS`, set through bench/knobs.py): the GPU path's
+  NVDEC threads (`devicepath.PRODUCER_THREADS`; skipped with --cpu) and the CPU path's worker cap
+  (`schedules.MAX_WORKERS`), decoded frames/s and the GPU's utilisation of each;
 - tests: the `requires_cuda` tests;
 - speed_fp32, speed_bf16, speed_threads, speed_ray: `fer benchmark speed` on the clips (fp32 and
   bf16 with fer's default worker processes, bf16 with --workers 0, bf16 on `--ray local`);
@@ -26,8 +30,9 @@ a failed step recorded and the next one run:
 
 Writes DIR/gpu.json (every step's exit status, seconds and figures; the GPU's mean utilisation
 during each step, from nvidia-smi) and DIR/<step>.log. The GPU form (16 clips of 60 s 720p
-H.264 and two of 60 s 1080p) is sized for at most 5 minutes on one H200; --cpu uses two 4 s
-320x240 clips and the CPU, to prove the plumbing.
+H.264 and two of 60 s 1080p, 16 of 10 s 720p for the sweeps) is sized for at most DEADLINE_S on
+one H200, the steps that do not fit left for a second run (--steps); --cpu uses two 1 s 320x240
+clips and the CPU, the smallest that still run every step, to prove the plumbing.
 """
 
 from __future__ import annotations
@@ -46,12 +51,24 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
 GPU_MEDIA = {"720p": ((1280, 720), 60.0, 16), "1080p": ((1920, 1080), 60.0, 2)}  # size, seconds, copies
-CPU_MEDIA = {"240p": ((320, 240), 4.0, 2)}
+CPU_MEDIA = {"240p": ((320, 240), 1.0, 2)}  # two clips: fer starts worker processes for two or more
+# The sweeps' clips: as many as the largest value swept takes at once, short enough that each value
+# costs ~20 s on the GPU (4,000 frames at the 746 decoded frames/s measured so far, and fer's start-up).
+SWEEP_MEDIA = {"gpu": {"sweep": ((1280, 720), 10.0, 16)}, "cpu": {}}
+# step -> (the constant, the values tried on the GPU and on the CPU, the speed run's options)
+SWEEPS = {
+    "sweep_producer_threads": ("job.devicepath.PRODUCER_THREADS", {"gpu": [2, 4, 8], "cpu": []}, ["--decoder", "gpu"]),
+    "sweep_max_workers": ("job.schedules.MAX_WORKERS", {"gpu": [8, 12, 15], "cpu": [2]}, []),
+}
 FPS = 25  # frames/s of every clip
 STEP_TIMEOUT_S = {"gpu": 240, "cpu": 300}  # one step's limit
-# The whole run's limit: the GPU machine is lent for minutes, so a slow step shortens the
-# ones after it rather than losing the run (steps run in order of importance).
-DEADLINE_S = {"gpu": 330, "cpu": 1200}
+# The whole run's limit, media included: the GPU machine is lent for minutes, so a slow step
+# shortens the ones after it rather than losing the run (steps run in order of importance). With
+# gpu.sh's wheels installed first (~15 s) the run ends inside 400 s. Estimated from the H200 run
+# (docs/performance.md: the CPU path's 18 clips in 36 s end to end): media ~50 s, env 6 s, each
+# GPU-path step ~50 s, the sweeps ~20 s a value (120 s), leaving the requires_cuda tests ~90 s.
+DEADLINE_S = {"gpu": 370, "cpu": 1200}
+CPU_REPEAT = 3  # the CPU form's timed calls per detector bench: enough to run it, not to measure
 TEST_TIMEOUT_S = 75  # one requires_cuda test's limit, where pytest-timeout is installed
 UTILISATION_PERIOD_MS = 200
 GPU_PATH_STREAMS = 4  # decoding threads of the GPU path: NVDEC's throughput stopped growing at 4 decoders
@@ -88,7 +105,7 @@ def make_model(path: Path) -> Path:
     return path
 
 
-AFEW = {"gpu": dict(clips=24, frames=40, actors=8), "cpu": dict(clips=6, frames=8, actors=3)}
+AFEW = {"gpu": dict(clips=24, frames=40, actors=8), "cpu": dict(clips=3, frames=6, actors=3)}  # cpu: a split's least
 
 
 def make_afew(root: Path, mode: str) -> Path:
@@ -201,12 +218,16 @@ def main(
         name, (size, seconds, _) = next(iter(media.items()))
         media = {name: (size, seconds, n_clips)}
     clips = make_media(work, media)
+    swept = [str(p) for group in make_media(work, SWEEP_MEDIA[mode]).values() for p in group]
+    swept = swept or [str(p) for group in clips.values() for p in group]
     model = make_model(work / "hse.pt")
     data = make_afew(work / "afew", mode)
     prepared_s = time.perf_counter() - t0
     fer = [sys.executable, "-m", "fercli.cli"]
     every = [p for group in clips.values() for p in group]
     steps: dict[str, dict] = {}
+
+    few = ["--repeat", str(CPU_REPEAT)] if cpu else []  # timed calls of the CPU form's detector benches
 
     def timeout() -> float:
         return max(1.0, min(STEP_TIMEOUT_S[mode], deadline - time.perf_counter()))
@@ -223,28 +244,20 @@ def main(
         (out / "gpu.json").write_text(json.dumps(report, indent=1, default=str) + "\n")
         return report
 
-    speed = [
-        *fer,
-        "benchmark",
-        "speed",
-        *map(str, every),
-        "--model",
-        str(model),
-        "--device",
-        device,
-        "--no-startup",
-        "--naive-seconds",
-        "2",
-    ]
+    speed_options = ["--model", str(model), "--device", device, "--no-startup"]
+    speed = [*fer, "benchmark", "speed", *map(str, every), *speed_options, "--naive-seconds", "2"]
+    # The CPU form runs bf16 once (speed_bf16, without the naive loop): a CPU without AVX-512 BF16
+    # or AMX emulates it, at several times fp32's time; the other steps prove their plumbing in fp32.
+    lower = "fp32" if cpu else "bf16"
     variants = {
         # fer annotate's own GPU path: NVDEC, the torch detector and crops on the device (job.devicepath)
         "speed_gpu_decoder": ["--precision", "bf16", "--decoder", "gpu", "--no-naive"],
         "speed_fp32": ["--precision", "fp32"],
-        "speed_bf16": ["--precision", "bf16"],
-        "speed_threads": ["--precision", "bf16", "--workers", "0", "--no-naive"],
-        "speed_ray": ["--precision", "bf16", "--ray", "local", "--no-naive"],
+        "speed_bf16": ["--precision", "bf16", *(["--no-naive"] if cpu else [])],  # speed_fp32 runs the naive loop
+        "speed_threads": ["--precision", lower, "--workers", "0", "--no-naive"],
+        "speed_ray": ["--precision", lower, "--ray", "local", "--no-naive"],
         # every core but the model's a worker (fer's default stops at schedules.MAX_WORKERS)
-        "speed_all_cores": ["--precision", "bf16", "--workers", str(max(1, (os.cpu_count() or 2) - 1)), "--no-naive"],
+        "speed_all_cores": ["--precision", lower, "--workers", str(max(1, (os.cpu_count() or 2) - 1)), "--no-naive"],
     }
 
     def speed_step(name: str) -> dict:
@@ -257,6 +270,48 @@ def main(
         if "--ray" in variants[name] and importlib.util.find_spec("ray") is None:
             return {"exit": "skipped", "reason": "ray is not installed (its wheel is larger than what can travel)"}
         return run_step(name, [*speed, *variants[name], "--json", str(report)], out, timeout(), speed_figures(report))
+
+    def sweep_step(name: str) -> dict:
+        constant, values, options = SWEEPS[name]
+        if not values[mode]:
+            return {"exit": "skipped", "reason": f"{constant} is the GPU path's: it needs a CUDA GPU"}
+        runs = []
+        for value in values[mode]:
+            if time.perf_counter() > deadline:
+                runs.append({"value": value, "exit": "skipped", "reason": "the run's deadline had passed"})
+                continue
+            report = out / f"{name}_{value}.json"
+            command = [
+                sys.executable,
+                "bench/knobs.py",
+                f"{constant}={value}",
+                "--",
+                "benchmark",
+                "speed",
+                *swept,
+                *speed_options,
+                "--precision",
+                lower,
+                "--no-naive",
+                *options,
+                "--json",
+                str(report),
+            ]
+            run = run_step(f"{name}_{value}", command, out, timeout(), speed_figures(report))
+            figures = run.pop("figures", {})
+            keep = ("decoded_fps", "decoded_frames", "end_to_end_s", "cores_busy")
+            run |= {k: figures[k] for k in keep if k in figures} | {"workers": figures.get("setup", {}).get("workers")}
+            runs.append({"value": value, **run})
+            util = f", GPU {run['gpu_util_mean']:.0f}% mean" if "gpu_util_mean" in run else ""
+            print(f"  {constant}={value}: {run.get('decoded_fps', 0):.0f} decoded frames/s{util}", flush=True)
+        failed = [r["exit"] for r in runs if r["exit"] not in (0, "skipped")]
+        return {
+            "exit": failed[0] if failed else 0,
+            "seconds": round(sum(r.get("seconds", 0) for r in runs), 2),
+            "constant": constant,
+            "clips": len(swept),
+            "figures": {"runs": runs},
+        }
 
     def tests_step() -> dict:
         cuda_tests = sorted(str(p) for p in (ROOT / "tests").glob("test_*.py") if "requires_cuda" in p.read_text())
@@ -342,10 +397,10 @@ def main(
     def detector_torch_step() -> dict:
         if importlib.util.find_spec("tflite") is None:
             return {"exit": "skipped", "reason": "the tflite package (the port's graph reader) is not installed"}
-        batches = "1,8" if cpu else "1,64,256,1024"
+        batches = "1,2" if cpu else "1,64,256,1024"
         return run_step(
             "detector_torch",
-            [sys.executable, "bench/blazeface_torch.py", "--device", device, "--batches", batches],
+            [sys.executable, "bench/blazeface_torch.py", "--device", device, "--batches", batches, *few],
             out,
             timeout(),
             lambda: [
@@ -365,13 +420,15 @@ def main(
         ),
         "speed_gpu_decoder": lambda: speed_step("speed_gpu_decoder"),
         "gpu_path": lambda: gpu_path_step("gpu_path", "cpu" if cpu else "gpu"),
+        "sweep_producer_threads": lambda: sweep_step("sweep_producer_threads"),
+        "sweep_max_workers": lambda: sweep_step("sweep_max_workers"),
+        "tests": tests_step,
         "gpu_path_pyav": lambda: (
             {"exit": "skipped", "reason": "on the CPU, gpu_path already decodes with PyAV"}
             if cpu
             else gpu_path_step("gpu_path_pyav", "cpu")
         ),
         "doctor": lambda: run_step("doctor", [*fer, "doctor"], out, timeout()),
-        "tests": tests_step,
         "speed_all_cores": lambda: speed_step("speed_all_cores"),
         "train": train_step,
         "speed_bf16": lambda: speed_step("speed_bf16"),
@@ -381,7 +438,7 @@ def main(
         "detector_torch": detector_torch_step,
         "detector": lambda: run_step(
             "detector",
-            [sys.executable, "bench/detector.py", "fer"],
+            [sys.executable, "bench/detector.py", "fer", *few],
             out,
             timeout(),
             lambda: [line for line in (out / "detector.log").read_text().splitlines() if line.startswith("fer ")],

@@ -27,6 +27,11 @@ def main(path: str) -> None:
         print(f"{name}: exit {step['exit']} {step.get('seconds', '')} s{gpu} {heads or ''} {step.get('reason', '')}")
         if name in ("gpu_path", "gpu_path_pyav") and isinstance(figures, dict):
             print("   ", json.dumps({k: figures.get(k) for k in ("stage_share", "faces", "clips")})[:1500])
+        if name.startswith("sweep_") and isinstance(figures, dict):
+            for run in figures["runs"]:
+                util = f", GPU {run['gpu_util_mean']:.0f}% mean" if "gpu_util_mean" in run else ""
+                fps = f"{run['decoded_fps']:.0f} decoded frames/s" if "decoded_fps" in run else f"exit {run['exit']}"
+                print(f"    {step['constant']}={run['value']}: {fps}{util}, {run.get('workers')} workers")
         if name in ("env", "nvdec", "detector", "detector_torch") and figures:
             print("   ", json.dumps(figures)[:1500])
 

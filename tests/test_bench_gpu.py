@@ -54,6 +54,8 @@ def test_every_step_ran_and_says_so(report):
         "gpu_path",
         "gpu_path_pyav",
         "speed_gpu_decoder",
+        "sweep_producer_threads",
+        "sweep_max_workers",
     }
 
 
@@ -70,6 +72,20 @@ def test_speed_figures_count_the_frames_the_clips_hold(report):
         assert figures["setup"]["device"] == "cpu"
     assert result["steps"]["speed_bf16"]["figures"]["setup"]["precision"] == "bf16"
     assert result["steps"]["speed_gpu_decoder"]["exit"] == "skipped"  # --decoder gpu needs CUDA
+
+
+def test_the_sweep_sets_the_worker_cap_and_measures_each_value(report):
+    out, result = report
+    frames = 0
+    for clip in sorted((out / "work").glob("240p_*.mp4")):
+        with av.open(str(clip)) as container:
+            frames += sum(1 for _ in container.decode(video=0))
+    sweep = result["steps"]["sweep_max_workers"]
+    assert sweep["constant"] == "job.schedules.MAX_WORKERS"
+    (run,) = sweep["figures"]["runs"]  # one value on the CPU: the knob's plumbing, not a measurement
+    assert run["exit"] == 0 and run["decoded_frames"] == frames
+    assert "knobs: {'job.schedules.MAX_WORKERS': 2}" in (out / f"sweep_max_workers_{run['value']}.log").read_text()
+    assert result["steps"]["sweep_producer_threads"]["exit"] == "skipped"  # the GPU path's threads need CUDA
 
 
 def test_decoding_alone_counts_the_frames_the_clips_hold(report):
@@ -102,3 +118,22 @@ def test_training_ran_two_timed_epochs(report):
     _, result = report
     figures = result["steps"]["train"]["figures"]
     assert figures["epochs"] == 2 and all(s > 0 for s in figures["epoch_s"])
+
+
+def test_knobs_set_the_constant_a_run_reads(monkeypatch):
+    import importlib.util
+
+    import torch
+
+    from fercli.job import schedules
+    from fercli.job.contract import AnnotateOptions
+
+    spec = importlib.util.spec_from_file_location("knobs", ROOT / "bench" / "knobs.py")
+    knobs = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(knobs)
+    monkeypatch.setattr(schedules, "MAX_WORKERS", schedules.MAX_WORKERS)  # restored after the test
+    monkeypatch.setattr(schedules.os, "cpu_count", lambda: 16)
+    assert knobs.apply(["job.schedules.MAX_WORKERS=3"]) == {"job.schedules.MAX_WORKERS": 3}
+    assert schedules.workers(AnnotateOptions(), torch.device("cuda"), 10) == 3  # 15 spare cores, capped at 3
+    with pytest.raises(SystemExit, match="no constant"):
+        knobs.apply(["job.schedules.max_workers=3"])

@@ -17,6 +17,7 @@ PARITY_IOU = 0.99  # each of LiteRT's faces against the torch detector's (measur
 PARITY_SCORE = 1e-5  # |score difference| (measured: 2e-7 at the largest)
 RAW_BOXES = 1e-3  # input pixels; raw box outputs against LiteRT's (measured: 2.1e-4)
 RAW_LOGITS = 1e-3  # score logits against LiteRT's (measured: 3.1e-4)
+PARITY_KEYPOINTS = 0.01  # frame pixels; each key point against LiteRT's (measured: 7.6e-5 at the largest)
 
 
 @pytest.fixture(scope="module")
@@ -57,6 +58,7 @@ def test_same_faces_as_litert_on_every_parity_frame(detector, frames, litert_fac
         for a, b in zip(want, got):  # both largest first
             assert iou(a.box, b.box) >= PARITY_IOU, name
             assert abs(a.score - b.score) <= PARITY_SCORE, name
+            assert np.abs(np.subtract(a.keypoints, b.keypoints)).max() <= PARITY_KEYPOINTS, name
 
 
 def test_a_batch_gives_each_frame_its_own_faces(detector, frames, litert_faces):
@@ -125,7 +127,7 @@ def test_decoding_a_batch_keeps_blazefaces_anchors_best_first():
     logits[2, [7, 9]] = 2.0  # a tie: anchor order decides, as numpy's stable sort
     boxes, scores, real = blazeface_torch.decode_batch(torch.from_numpy(raw), torch.from_numpy(logits))
     for i in range(3):
-        want_boxes, want_scores = blazeface.decode(raw[i], logits[i])
+        want_boxes, want_scores = blazeface.decode_faces(raw[i], logits[i])  # boxes and key points
         order = np.argsort(-want_scores, kind="stable")
         np.testing.assert_allclose(boxes[i][real[i]].numpy(), want_boxes[order], atol=1e-6)
         np.testing.assert_allclose(scores[i][real[i]].numpy(), want_scores[order])

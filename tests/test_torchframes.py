@@ -10,7 +10,7 @@ import torch
 
 from fercli.media import people
 from fercli.media.faces import FaceDetector, crop, crop_region
-from fercli.media.torchframes import colour_histograms, crop_batch, region_histograms
+from fercli.media.torchframes import colour_histograms, crop_batch, describe_regions, region_histograms, to_host
 from fercli.nets.model import HSEMOTION_CONFIG, Preprocess
 
 # The GPU path's work against the CPU path's on the parity frames (torch detector and crop_batch
@@ -83,6 +83,33 @@ def test_histograms_are_peoples(frames):
     for k, (i, _box) in enumerate(zip([0, 1, 2, 0], boxes)):
         x0, y0, x1, y1 = regions[k]
         np.testing.assert_array_equal(got[k], people.colour_histogram(images[i][y0:y1, x0:x1], step=1))
+
+
+def test_appearances_are_peoples(frames):
+    # Faces' texture descriptors made on the device: PIL's grey and bilinear resize, numpy's LBP.
+    images = [frames["moving_2"], frames["rolled_+25"], frames["half_off_top"]]
+    rng = np.random.default_rng(11)
+    boxes = boxes_around(rng, 640, 360, 12) + [(0.0, 0.0, 640.0, 360.0), (20.0, 10.0, 21.0, 300.0)]
+    index = [k % 3 for k in range(len(boxes))]
+    regions = [people.face_pixels(b, 640, 360) for b in boxes]
+    colours, looks = describe_regions(torch.from_numpy(np.stack(images)), index, regions)
+    for k, (i, box) in enumerate(zip(index, boxes)):
+        np.testing.assert_allclose(looks[k].numpy(), people.appearance(images[i], box), rtol=0, atol=1e-12)
+    np.testing.assert_array_equal(
+        colours.numpy(), region_histograms(torch.from_numpy(np.stack(images)), index, regions)
+    )
+    assert describe_regions(torch.from_numpy(images[0][None].copy()), [], [])[1].shape == (0, 16 * 256)
+
+
+def test_to_host_gives_each_tensor_back_in_one_transfer(monkeypatch):
+    parts = [torch.arange(6.0).reshape(2, 3), torch.zeros((0, 4)), torch.full((2, 2, 2), 7.0)]
+    transfers = []
+    cpu = torch.Tensor.cpu
+    monkeypatch.setattr(torch.Tensor, "cpu", lambda t: transfers.append(t.shape) or cpu(t))
+    got = to_host(*parts)
+    assert transfers == [(14,)]
+    for a, b in zip(parts, got):
+        np.testing.assert_array_equal(a.numpy(), b)
 
 
 def test_shot_cuts_from_device_histograms_are_the_cpus():

@@ -86,9 +86,6 @@ def annotate(
     identity = resolve_identity(
         options.identity, progress=lambda done, total: emit(ProgressEvent("download", "identity", done, total or 0))
     )
-    if options.decoder == "gpu" and identity.kind == "faceid":  # the torch detector gives no key points yet
-        log.info("people across cuts are told apart by texture on the GPU path")
-        identity = replace(identity, kind="texture", network=None, landmarks=None)
     with OutputLock(out):  # one run at a time writes `out`, its parts and its errors file
         return _annotate_into(out, model, options, placement, identity, requested, inputs, clock, emit)
 

@@ -5,11 +5,11 @@ their options read with the `tflite` package's flatbuffer schema, and its weight
 them (densified and dequantised), run as the same ops in torch. The graph around it is
 `blazeface`'s (the input's sampling, anchors, decoding, weighted non-max suppression, the way back
 to frame pixels), written for a batch of frames that share one size: frames go in as one
-(N, H, W, 3) uint8 tensor on the device, and only the merged boxes, a few numbers per face, come
-back to the host, once per batch. The constants and the anchors are `blazeface`'s own.
+(N, H, W, 3) uint8 tensor on the device, and only the merged boxes and key points, a few numbers
+per face, come back to the host, in one transfer per batch. The constants and the anchors are `blazeface`'s own.
 
 `TorchFaceDetector.detect_batch` gives each frame's faces as `faces.FaceDetector.detect` does
-(`faces.frame_detections`: clipped to the frame, largest first).
+(`faces.frame_detections`: clipped to the frame, largest first, with their six key points).
 """
 
 from __future__ import annotations
@@ -115,9 +115,14 @@ class BlazeFaceNet(nn.Module):
         self.ops = [op for op in read_graph(data) if op["name"] not in CONSTANT_OPS]
         self.input, values, self.shapes = unpacked_tensors(data)
         produced = {o for op in self.ops for o in op["outputs"]}
+        self.host = {}  # integer constants (paddings, sizes, shapes): read on the host, never from the device
         for i in {i for op in self.ops for i in op["inputs"] if i not in produced and i != self.input and i >= 0}:
-            value = torch.from_numpy(np.ascontiguousarray(values[i]))
-            self.register_buffer(f"t{i}", value.float() if value.is_floating_point() else value, persistent=False)
+            if np.issubdtype(values[i].dtype, np.integer):
+                self.host[i] = values[i].tolist()
+            else:
+                self.register_buffer(
+                    f"t{i}", torch.from_numpy(np.ascontiguousarray(values[i])).float(), persistent=False
+                )
         # boxes (N, 2304, 16), then score logits (N, 2304, 1): told apart by shape, as blazeface does
         reshaped = [op["outputs"][0] for op in self.ops if op["name"] == "RESHAPE"]
         self.outputs = sorted(reshaped, key=lambda i: -self.shapes[i][-1])
@@ -125,10 +130,15 @@ class BlazeFaceNet(nn.Module):
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         env = {self.input: x.permute(0, 3, 1, 2)}  # NCHW inside
         for op in self.ops:
-            args = [env[i] if i in env else getattr(self, f"t{i}") for i in op["inputs"] if i >= 0]
+            args = [self._value(env, i) for i in op["inputs"] if i >= 0]
             env[op["outputs"][0]] = getattr(self, "_" + op["name"].lower())(op, *args)
         boxes, logits = (env[i] for i in self.outputs)
         return boxes, logits.reshape(logits.shape[0], -1)
+
+    def _value(self, env: dict, i: int):
+        if i in env:
+            return env[i]
+        return self.host[i] if i in self.host else getattr(self, f"t{i}")
 
     @staticmethod
     def _act(x, act: int):
@@ -152,7 +162,7 @@ class BlazeFaceNet(nn.Module):
         return self._conv(x, w.permute(3, 0, 1, 2), b, op, x.shape[1])  # 1HWO -> O1HW
 
     def _pad(self, op, x, pads):
-        (_, _), (top, bottom), (left, right), (c0, c1) = pads.tolist()  # NHWC paddings
+        (_, _), (top, bottom), (left, right), (c0, c1) = pads  # NHWC paddings
         return F.pad(x, (left, right, top, bottom, c0, c1))
 
     def _add(self, op, x, y):
@@ -161,7 +171,7 @@ class BlazeFaceNet(nn.Module):
     def _resize_bilinear(self, op, x, size):
         if not op["half"] or op["align"]:
             raise ValueError("only half-pixel centres (torch's align_corners=False) are ported")
-        return F.interpolate(x, size=tuple(size.tolist()), mode="bilinear", align_corners=False)
+        return F.interpolate(x, size=tuple(size), mode="bilinear", align_corners=False)
 
     def _depth_to_space(self, op, x, _=None):
         n, c, h, w = x.shape
@@ -198,27 +208,31 @@ def to_input_batch(frames: torch.Tensor) -> tuple[torch.Tensor, blazeface.Square
 
 
 def decode_batch(raw_boxes: torch.Tensor, logits: torch.Tensor, min_score: float = blazeface.MIN_SCORE):
-    """`blazeface.decode` for a batch: each frame's anchors scoring >= min_score, best first
-    (ties in anchor order), padded to the batch's most: boxes (N, K, 4) in input-normalised units,
-    scores (N, K) float64, and which are real (N, K)."""
+    """`blazeface.decode_faces` for a batch: each frame's anchors scoring >= min_score, best first
+    (ties in anchor order), padded to the batch's most: faces (N, K, 16) x0, y0, x1, y1, then x, y
+    of each of `blazeface.KEYPOINTS`, in input-normalised units; scores (N, K) float64; and which
+    are real (N, K)."""
     scores = torch.sigmoid(logits.double().clamp(-blazeface.SCORE_CLIP, blazeface.SCORE_CLIP))
     keep = scores >= min_score
     k = int(keep.sum(1).max()) if keep.numel() else 0  # the one wait for the device per batch
     order = torch.sort(scores, dim=1, descending=True, stable=True).indices[:, :k]
     anchors = torch.from_numpy(blazeface.ANCHORS).to(raw_boxes.device)[order]
-    raw = torch.gather(raw_boxes[..., :4], 1, order[..., None].expand(-1, -1, 4)) / blazeface.BOX_SCALE
+    raw = torch.gather(raw_boxes, 1, order[..., None].expand(-1, -1, raw_boxes.shape[-1])) / blazeface.BOX_SCALE
     centre = anchors + raw[..., :2]  # x, y (reverse_output_order: x comes first)
     half = raw[..., 2:4] / 2
-    return torch.cat([centre - half, centre + half], -1), torch.gather(scores, 1, order), torch.gather(keep, 1, order)
+    points = raw[..., 4:] + anchors.repeat(1, 1, len(blazeface.KEYPOINTS))
+    faces = torch.cat([centre - half, centre + half, points], -1)
+    return faces, torch.gather(scores, 1, order), torch.gather(keep, 1, order)
 
 
 def weighted_nms_batch(boxes: torch.Tensor, scores: torch.Tensor, real: torch.Tensor, iou: float = blazeface.NMS_IOU):
     """`blazeface.weighted_nms` for every frame at once, candidates sorted best first: merged boxes
-    (N, G, 4) float64, their scores (N, G), and which are real (N, G). Each round merges one group
-    in every frame that has candidates left; G is the most faces any frame keeps."""
+    (N, G, C) float64 (columns after the box's four, such as key points, merged as the box is),
+    their scores (N, G), and which are real (N, G). Each round merges one group in every frame
+    that has candidates left; G is the most faces any frame keeps."""
     n = boxes.shape[0]
     rows = torch.arange(n, device=boxes.device)
-    overlap = _pairwise_iou(boxes)
+    overlap = _pairwise_iou(boxes[..., :4])
     left = real.clone()
     weighted = boxes.double()
     merged, merged_scores, kept = [], [], []
@@ -234,7 +248,11 @@ def weighted_nms_batch(boxes: torch.Tensor, scores: torch.Tensor, real: torch.Te
         kept.append(has)
         left &= ~group
     if not merged:
-        return boxes.new_zeros((n, 0, 4), dtype=torch.float64), scores.new_zeros((n, 0)), real.new_zeros((n, 0))
+        return (
+            boxes.new_zeros((n, 0, boxes.shape[-1]), dtype=torch.float64),
+            scores.new_zeros((n, 0)),
+            real.new_zeros((n, 0)),
+        )
     return torch.stack(merged, 1), torch.stack(merged_scores, 1), torch.stack(kept, 1)
 
 
@@ -250,8 +268,10 @@ def _pairwise_iou(boxes: torch.Tensor) -> torch.Tensor:
 
 
 def to_frame_batch(boxes: torch.Tensor, square: blazeface.Square) -> torch.Tensor:
-    """Input-normalised boxes (..., 4) -> frame pixels (not clipped), as `blazeface.to_frame`."""
-    offset = torch.tensor([square.x0, square.y0, square.x0, square.y0], dtype=boxes.dtype, device=boxes.device)
+    """Input-normalised boxes (..., 4), or any rows of x, y pairs -> frame pixels (not clipped), as
+    `blazeface.to_frame`."""
+    pairs = [square.x0, square.y0] * (boxes.shape[-1] // 2)
+    offset = torch.tensor(pairs, dtype=boxes.dtype, device=boxes.device)
     return boxes * square.side + offset
 
 
@@ -265,9 +285,10 @@ class TorchFaceDetector:
         self.net = BlazeFaceNet().to(self.device).eval()
 
     @torch.inference_mode()
-    def boxes_batch(self, frames: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(N, H, W, 3) uint8 RGB frames of one size -> on their device: boxes (N, G, 4) x0, y0,
-        x1, y1 in frame pixels (float64, not clipped), scores (N, G), and which are faces (N, G)."""
+    def faces_batch(self, frames: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(N, H, W, 3) uint8 RGB frames of one size -> on their device: faces (N, G, 16) x0, y0,
+        x1, y1, then x, y of each of `blazeface.KEYPOINTS`, in frame pixels (float64, not
+        clipped); scores (N, G); and which are faces (N, G)."""
         if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != torch.uint8:
             raise ValueError(f"frames must be (N, H, W, 3) uint8, not {tuple(frames.shape)} {frames.dtype}")
         x, square = to_input_batch(frames.to(self.device))
@@ -276,11 +297,18 @@ class TorchFaceDetector:
             outputs = [self.net(part) for part in x.split(self.batch)]
         raw = torch.cat([boxes for boxes, _ in outputs])
         logits = torch.cat([scores for _, scores in outputs])
-        boxes, scores, real = weighted_nms_batch(*decode_batch(raw, logits, self.min_score))
-        return to_frame_batch(boxes, square), scores, real
+        faces, scores, real = weighted_nms_batch(*decode_batch(raw, logits, self.min_score))
+        return to_frame_batch(faces, square), scores, real
 
     def detect_batch(self, frames: torch.Tensor) -> list[list[Detection]]:
-        """Each frame's faces, as `faces.FaceDetector.detect` gives them (clipped, largest first)."""
-        boxes, scores, real = (t.cpu().numpy() for t in self.boxes_batch(frames))
+        """Each frame's faces with their key points, as `faces.FaceDetector.detect` gives them
+        (clipped, largest first); the batch's faces cross to the host in one transfer."""
+        faces, scores, real = self.faces_batch(frames)
+        host = torch.cat([faces, scores[..., None], real[..., None].double()], -1).cpu().numpy()
         h, w = frames.shape[1:3]
-        return [frame_detections(boxes[i][real[i]], scores[i][real[i]], w, h) for i in range(len(boxes))]
+        out = []
+        for rows in host:
+            rows = rows[rows[:, -1] > 0]
+            points = rows[:, 4:16].reshape(len(rows), len(blazeface.KEYPOINTS), 2)
+            out.append(frame_detections(rows[:, :4], rows[:, 16], w, h, points))
+        return out

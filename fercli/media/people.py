@@ -63,7 +63,7 @@ CHIP_INTERVAL_S = 1.0  # seconds between a track's identity chips after its firs
 LBP_SIDE = 64  # px; the face box is resized to this (plus a 1 px border) before coding
 LBP_GRID = 4  # cells each way; a histogram of 256 codes per cell
 # The 8 neighbours of a pixel, clockwise from the top left, as offsets into the bordered image.
-_NEIGHBOURS = ((0, 0), (0, 1), (0, 2), (1, 2), (2, 2), (2, 1), (2, 0), (1, 0))
+LBP_NEIGHBOURS = ((0, 0), (0, 1), (0, 2), (1, 2), (2, 2), (2, 1), (2, 0), (1, 0))
 
 
 class ShotCuts:
@@ -108,7 +108,7 @@ def appearance(image: np.ndarray, box) -> np.ndarray:
     gray = np.asarray(face.resize((LBP_SIDE + 2, LBP_SIDE + 2), Image.BILINEAR), dtype=np.int16)
     centre = gray[1:-1, 1:-1]
     codes = np.zeros(centre.shape, np.intp)
-    for bit, (dy, dx) in enumerate(_NEIGHBOURS):
+    for bit, (dy, dx) in enumerate(LBP_NEIGHBOURS):
         codes |= (gray[dy : dy + LBP_SIDE, dx : dx + LBP_SIDE] >= centre).astype(np.intp) << bit
     cell = LBP_SIDE // LBP_GRID
     cells = codes.reshape(LBP_GRID, cell, LBP_GRID, cell).transpose(0, 2, 1, 3).reshape(LBP_GRID**2, -1)
