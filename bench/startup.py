@@ -12,7 +12,9 @@ of, in seconds from the process's first line:
 - exit_s: the whole process, launch to exit (measured by this script).
 
 Then one `python -X importtime` run of the same command: the imports before the first sample,
-the slowest top-level packages first.
+the slowest top-level packages first. `--against DIR` alternates each run with the same command
+on another checkout of fer (`git worktree add DIR COMMIT`, or `git archive`), so that the two
+share the machine's load; both are reported.
 """
 
 from __future__ import annotations
@@ -54,12 +56,16 @@ def wrap_stages(stages):
     stages.Labeler._hand_on = handed
 
 def wrap_model(model):
-    load = model.load_placed
+    for name in ("load_placed", "build_placed"):
+        if hasattr(model, name):
+            setattr(model, name, marking(getattr(model, name)))
+
+def marking(load):
     def loaded(*a, **k):
         out = load(*a, **k)
         mark("model_ready_s")
         return out
-    model.load_placed = loaded
+    return loaded
 
 hooks = {("fercli.job.stages", "Labeler"): wrap_stages, ("fercli.nets.model", "load_placed"): wrap_model}
 
@@ -76,6 +82,10 @@ code = run(sys.argv[1:])  # as fercli.cli.main, the marks printed before its qui
 print("STARTUP " + json.dumps(marks), file=sys.stderr, flush=True)
 exit_now(code)
 """
+
+
+def env_for(root: Path) -> dict:
+    return {**os.environ, "PYTHONPATH": os.pathsep.join([str(root), os.environ.get("PYTHONPATH", "")])}
 
 
 def run_once(clip: str, model: str, extra: list[str], out: Path, env: dict) -> dict:
@@ -113,21 +123,30 @@ def main() -> None:
     parser.add_argument("model")
     parser.add_argument("--repeat", type=int, default=5)
     parser.add_argument("--engine", default="auto")
-    parser.add_argument("extra", nargs="*", help="more `fer annotate` options, after --")
-    args = parser.parse_args()
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
-    extra = ["--engine", args.engine, *args.extra]
+    parser.add_argument("--against", type=Path, help="another checkout of fer to alternate with")
+    argv = sys.argv[1:]
+    cut = argv.index("--") if "--" in argv else len(argv)
+    args = parser.parse_args(argv[:cut])
+    extra = ["--engine", args.engine, *argv[cut + 1 :]]  # more `fer annotate` options after --
+    roots = {"this checkout": ROOT} | ({f"against {args.against}": args.against} if args.against else {})
+    runs: dict[str, list] = {name: [] for name in roots}
     with tempfile.TemporaryDirectory(prefix="fer-startup-") as tmp:
         out = Path(tmp) / "r.parquet"
-        run_once(args.clip, args.model, extra, out, env)  # converts and caches the backbone, warms the page cache
-        runs = [run_once(args.clip, args.model, extra, out, env) for _ in range(args.repeat)]
-        imports = import_times(args.clip, args.model, extra, out, env)
-    print(f"fer annotate {args.clip} --model {args.model} --device cpu {' '.join(extra)}; {args.repeat} runs")
-    for key in ("first_sample_s", "model_ready_s", "first_rows_s", "exit_s"):
-        values = [r[key] for r in runs if key in r]
-        if values:
-            print(f"  {key:15} median {statistics.median(values):6.2f}  range {min(values):.2f}-{max(values):.2f}")
-    print("imports (python -X importtime, one run, cumulative s):")
+        for root in roots.values():  # converts and caches the backbone, warms the page cache
+            run_once(args.clip, args.model, extra, out, env_for(root))
+        for _ in range(args.repeat):
+            for name, root in roots.items():
+                runs[name].append(run_once(args.clip, args.model, extra, out, env_for(root)))
+        imports = import_times(args.clip, args.model, extra, out, env_for(ROOT))
+    print(f"fer annotate {args.clip} --model {args.model} --device cpu {' '.join(extra)}; {args.repeat} runs each")
+    for name, done in runs.items():
+        print(name)
+        for key in ("first_sample_s", "model_ready_s", "first_rows_s", "exit_s"):
+            values = [r[key] for r in done if key in r]
+            if values:
+                median = statistics.median(values)
+                print(f"  {key:15} median {median:6.2f}  range {min(values):.2f}-{max(values):.2f}")
+    print("imports of this checkout (python -X importtime, one run, cumulative s):")
     for seconds, name in imports:
         print(f"  {seconds:7.3f}  {name}")
 
