@@ -6,10 +6,12 @@ Runs `fer annotate CLIP --out ... --model MODEL --device cpu` REPEAT times, each
 (the backbone's converted model cached by a first, untimed run), and prints the median and range
 of, in seconds from the process's first line:
 
-- first_sample_s: the producer's first sample (a frame decoded, its faces found and cut);
-- model_ready_s: the network loaded (and, with OpenVINO, compiled);
+- producer_start_s, first_sample_s: the producer began; its first sample (a frame decoded, its
+  faces found and cut);
+- model_start_s, model_ready_s: the network's build began; it ended (with OpenVINO, compiled);
 - first_rows_s: the first clip's rows handed to the writer;
-- exit_s: the whole process, launch to exit (measured by this script).
+- exit_s: the whole process, launch to exit (measured by this script);
+- cpu_s: the process's CPU time, user and system (what the run costs the machine).
 
 Then one `python -X importtime` run of the same command: the imports before the first sample,
 the slowest top-level packages first. `--against DIR` alternates each run with the same command
@@ -22,6 +24,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import statistics
 import subprocess
 import sys
@@ -54,6 +57,11 @@ def wrap_stages(stages):
         mark("first_rows_s")
         return hand_on(self, *a, **k)
     stages.Labeler._hand_on = handed
+    run = stages.Producer.run
+    def running(self, *a, **k):
+        mark("producer_start_s")
+        return run(self, *a, **k)
+    stages.Producer.run = running
 
 def wrap_model(model):
     for name in ("load_placed", "build_placed"):
@@ -62,6 +70,7 @@ def wrap_model(model):
 
 def marking(load):
     def loaded(*a, **k):
+        mark("model_start_s")
         out = load(*a, **k)
         mark("model_ready_s")
         return out
@@ -90,19 +99,27 @@ def env_for(root: Path) -> dict:
 
 def run_once(clip: str, model: str, extra: list[str], out: Path, env: dict) -> dict:
     args = ["annotate", clip, "--out", str(out), "--model", model, "--device", "cpu", "--overwrite", *extra]
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.perf_counter()
-    done = subprocess.run([sys.executable, "-c", CHILD, *args], capture_output=True, text=True, env=env)
+    # From the output's folder: `python -c` puts the working directory first on sys.path.
+    done = subprocess.run([sys.executable, "-c", CHILD, *args], capture_output=True, text=True, env=env, cwd=out.parent)
     wall = time.perf_counter() - start
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime
     if done.returncode != 0:
         raise SystemExit(f"fer annotate failed:\n{done.stderr[-2000:]}")
     line = next(ln for ln in done.stderr.splitlines() if ln.startswith("STARTUP "))
-    return {**json.loads(line.removeprefix("STARTUP ")), "exit_s": wall}
+    return {**json.loads(line.removeprefix("STARTUP ")), "exit_s": wall, "cpu_s": cpu}
 
 
 def import_times(clip: str, model: str, extra: list[str], out: Path, env: dict, top: int = 12) -> list:
     args = ["annotate", clip, "--out", str(out), "--model", model, "--device", "cpu", "--overwrite", *extra]
     done = subprocess.run(
-        [sys.executable, "-X", "importtime", "-m", "fercli.cli", *args], capture_output=True, text=True, env=env
+        [sys.executable, "-X", "importtime", "-m", "fercli.cli", *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=out.parent,
     )
     rows = []
     for line in done.stderr.splitlines():
@@ -127,6 +144,7 @@ def main() -> None:
     argv = sys.argv[1:]
     cut = argv.index("--") if "--" in argv else len(argv)
     args = parser.parse_args(argv[:cut])
+    args.clip, args.model = str(Path(args.clip).resolve()), str(Path(args.model).resolve())
     extra = ["--engine", args.engine, *argv[cut + 1 :]]  # more `fer annotate` options after --
     roots = {"this checkout": ROOT} | ({f"against {args.against}": args.against} if args.against else {})
     runs: dict[str, list] = {name: [] for name in roots}
@@ -141,7 +159,16 @@ def main() -> None:
     print(f"fer annotate {args.clip} --model {args.model} --device cpu {' '.join(extra)}; {args.repeat} runs each")
     for name, done in runs.items():
         print(name)
-        for key in ("first_sample_s", "model_ready_s", "first_rows_s", "exit_s"):
+        keys = (
+            "producer_start_s",
+            "first_sample_s",
+            "model_start_s",
+            "model_ready_s",
+            "first_rows_s",
+            "exit_s",
+            "cpu_s",
+        )
+        for key in keys:
             values = [r[key] for r in done if key in r]
             if values:
                 median = statistics.median(values)

@@ -240,49 +240,6 @@ def test_a_model_failure_stops_the_decoding_thread(tmp_path, clips_dir, lstm, mo
     assert len(read_table(tmp_path / "r.parquet")) == 0  # no clip finished before the failure
 
 
-def test_the_first_clip_decodes_while_the_network_is_built(tmp_path, clips_dir, lstm_checkpoint, monkeypatch):
-    """Start-up: the producer thread starts before the checkpoint's network is built, not after."""
-    import threading
-
-    from fercli.job import stages
-    from fercli.nets import model as nets_model
-
-    decoded, seen = threading.Event(), []
-    samples, build = stages.Producer.samples, nets_model.build_placed
-
-    def noting(self, *args, **kwargs):
-        for i, item in enumerate(samples(self, *args, **kwargs)):
-            if i == 1:  # the clip's first sample: a frame decoded, its faces found and cut
-                decoded.set()
-            yield item
-
-    def building(*args, **kwargs):
-        seen.append(decoded.wait(timeout=60))
-        return build(*args, **kwargs)
-
-    monkeypatch.setattr(stages.Producer, "samples", noting)
-    monkeypatch.setattr(nets_model, "build_placed", building)
-    out = tmp_path / "r.csv"
-    result = fercli.annotate([clips_dir / "moving.mp4"], out, model=str(lstm_checkpoint), device="cpu")
-    assert seen == [True] and not result.failed and len(read_table(out)) == 4
-
-
-def test_a_network_that_fails_to_build_stops_the_early_decoding_thread(
-    tmp_path, clips_dir, lstm_checkpoint, monkeypatch
-):
-    from fercli.core.errors import WeightsError
-    from fercli.nets import model as nets_model
-
-    def broken(ckpt, name, placement):
-        raise WeightsError(f"{name}: broken (test)")
-
-    monkeypatch.setattr(nets_model, "build_placed", broken)
-    out = tmp_path / "r.parquet"
-    with pytest.raises(WeightsError, match="broken"):
-        fercli.annotate([clips_dir], out, model=str(lstm_checkpoint), device="cpu", options=AnnotateOptions(workers=0))
-    assert not _decode_threads() and not out.exists()
-
-
 def test_a_decoding_thread_crash_reaches_the_caller(tmp_path, clips_dir, lstm, monkeypatch):
     import fercli.media.faces
 

@@ -9,7 +9,7 @@ writer, resume, the errors file and the metadata.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
@@ -46,6 +46,7 @@ def annotate(
     from ..core.files import OutputLock
     from ..nets.engines import asked_engine, engine_of, place
     from ..nets.faceid import resolve_identity
+    from ..nets.model import load_placed
     from ..tables.writers import check_output
 
     options = options or AnnotateOptions()
@@ -74,8 +75,17 @@ def annotate(
     placement = place(
         engine, _network_device(model) if requested is None else requested, options.precision, options.ray
     )
-    network = _network(model, loaded, placement, emit)
-    options = replace(options, precision=placement.precision, decoder=settle_decoder(options, placement))
+    if loaded:
+        model = model.to(placement.device)
+    else:
+        emit(ProgressEvent("model"))
+        name = str(model)
+        on_bytes = lambda done, total: emit(ProgressEvent("download", name, done, total or 0))  # noqa: E731
+        model = load_placed(model, placement, on_bytes)
+        placement = replace(placement, engine=engine_of(model))  # torch where a default OpenVINO gave way
+    options = replace(
+        options, engine=placement.engine, precision=placement.precision, decoder=settle_decoder(options, placement)
+    )
     identity = resolve_identity(
         options.identity, progress=lambda done, total: emit(ProgressEvent("download", "identity", done, total or 0))
     )
@@ -83,64 +93,10 @@ def annotate(
         log.info("people across cuts are told apart by texture on the GPU path")
         identity = replace(identity, kind="texture", network=None, landmarks=None)
     with OutputLock(out):  # one run at a time writes `out`, its parts and its errors file
-        return _annotate_into(out, network, options, placement, identity, requested, inputs, clock, emit)
+        return _annotate_into(out, model, options, placement, identity, requested, inputs, clock, emit)
 
 
-@dataclass(frozen=True)
-class _Network:
-    """The run's network: its config, known first, and `build`, which makes the network itself."""
-
-    config: object  # nets.model.ModelConfig
-    build: Callable[[], object]
-
-
-def _network(model, loaded: bool, placement, emit) -> _Network:
-    """A loaded network as it is, or a checkpoint read (downloaded, verified) but not yet built."""
-    from ..nets.checkpoints import resolve
-    from ..nets.model import build_placed, checkpoint_config
-
-    if loaded:
-        model = model.to(placement.device)
-        return _Network(model.config, lambda: model)
-    emit(ProgressEvent("model"))
-    name = str(model)
-    ckpt = resolve(model, lambda done, total: emit(ProgressEvent("download", name, done, total or 0)))
-    return _Network(checkpoint_config(ckpt, model), lambda: build_placed(ckpt, model, placement))
-
-
-def _annotate_into(out, network, options, placement, identity, requested, inputs, clock, emit) -> AnnotateResult:
-    from ..nets.engines import engine_of
-
-    result = AnnotateResult(out, skipped_files=inputs.skipped)
-    producer = make_producer(network.config, options, placement, is_timed(clock), identity)
-    early = _start_early(inputs, result, producer, options, placement.device)
-    try:  # the network is built while the early producers decode the first clips
-        model = network.build()
-        placement = replace(placement, engine=engine_of(model))  # torch where a default OpenVINO gave way
-        options = replace(options, engine=placement.engine)
-        result.engine = placement.engine
-        _label_into(out, model, options, placement, identity, requested, inputs, clock, emit, result, producer, early)
-    finally:
-        if early is not None:
-            early.close()
-    return result
-
-
-def _start_early(inputs, result: AnnotateResult, producer, options: AnnotateOptions, device):
-    """The thread schedule's producers (`schedules.ThreadEvents`) for the run's clips, started now,
-    before the network is built; None where the clips wait for the table (--resume) or the run
-    has another schedule (Ray, worker processes, the GPU path)."""
-    from .schedules import ThreadEvents, workers
-
-    if options.resume or options.ray or options.decoder == "gpu":
-        return None
-    if workers(options, device, len({clip.name for clip in inputs.clips})):  # as many as `_unique` keeps
-        return None
-    return ThreadEvents(list(_unique(inputs.clips, result)), producer)
-
-
-def _label_into(out, model, options, placement, identity, requested, inputs, clock, emit, result, producer, early):
-    """The rest of a run once its network is built: the table, the Labeler and the schedule."""
+def _annotate_into(out, model, options, placement, identity, requested, inputs, clock, emit) -> AnnotateResult:
     from ..tables.intervals import load_for_run
     from ..tables.writers import TableWriter, write_errors
 
@@ -159,18 +115,20 @@ def _label_into(out, model, options, placement, identity, requested, inputs, clo
     )
     done = writer.done() if options.resume else set()
     earlier = _earlier_errors(out, inputs.clips) if options.resume else []
-    todo = early.clips if early is not None else []
-    for clip in _unique(inputs.clips, result) if early is None else ():
+    result = AnnotateResult(out, skipped_files=inputs.skipped, engine=options.engine)
+    todo = []
+    for clip in _unique(inputs.clips, result):
         if clip.name in done:
             result.videos.append(VideoResult(clip.name, resumed=True))
         else:
             todo.append(clip)
+    producer = make_producer(model.config, options, placement, is_timed(clock), identity)
     boxes: list = []
     store = lambda done: _store(done, writer, clock, result, calibration, boxes)  # noqa: E731
     labeler = Labeler(model, options, placement, todo, store, emit, clock, identity)
     ended = False
     try:
-        _run_schedule(todo, labeler, producer, options, placement.device, requested, early)
+        _run_schedule(todo, labeler, producer, options, placement.device, requested)
         ended = True
     finally:  # also on Ctrl-C: keep what finished, in a whole file
         if not ended and options.overwrite and out.exists():
@@ -184,6 +142,7 @@ def _label_into(out, model, options, placement, identity, requested, inputs, clo
                     _write_boxes(out, boxes, done, options)
             errors = earlier + [(v.video, v.error) for v in result.videos if v.error]
             result.errors_file = write_errors(out, errors)
+    return result
 
 
 def _earlier_errors(out: Path, clips) -> list[tuple[str, str]]:
@@ -239,12 +198,11 @@ def _write_boxes(out: Path, boxes: list, resumed: set, options: AnnotateOptions)
     write_boxes(path, kept + boxes)
 
 
-def _run_schedule(clips, labeler, producer, options: AnnotateOptions, device, requested, early=None) -> None:
+def _run_schedule(clips, labeler, producer, options: AnnotateOptions, device, requested) -> None:
     """Run the producers where the options say: Ray, worker processes, or a thread beside the model.
 
-    `requested` is the --device asked for: Ray places its model actors by it. `early`: the thread
-    schedule's producers, already started (`_start_early`). Each schedule only moves the
-    producers' events to the Labeler (`events.feed`); Ray is an optional extra.
+    `requested` is the --device asked for: Ray places its model actors by it. Each schedule only
+    moves the producers' events to the Labeler (`events.feed`); Ray is an optional extra.
     """
     from .schedules import run_in_thread, run_in_workers, workers
 
@@ -259,7 +217,7 @@ def _run_schedule(clips, labeler, producer, options: AnnotateOptions, device, re
     elif n := workers(options, device, len(clips)):
         run_in_workers(clips, labeler, producer, n)
     else:
-        run_in_thread(clips, labeler, producer, started=early)
+        run_in_thread(clips, labeler, producer)
 
 
 def _network_device(model):

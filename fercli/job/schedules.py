@@ -50,21 +50,15 @@ class _Retries:
 # -- a thread beside the model ---------------------------------------------------------------
 
 
-def run_in_thread(
-    clips: list[Clip], labeler: Labeler, producer: Producer, threads: int = 1, started: ThreadEvents | None = None
-) -> None:
+def run_in_thread(clips: list[Clip], labeler: Labeler, producer: Producer, threads: int = 1) -> None:
     """Decode and detect in `threads` producer threads while this one runs the model, so the
     stages overlap (PyAV, LiteRT, NVDEC and torch release the GIL in their native code).
 
-    `started`: the same threads, started earlier (`ThreadEvents`) for these clips. A thread that
-    stops making progress cannot be killed: it is left behind (a daemon, whose late events reach
-    nobody) and a fresh one takes its clip again and the clips after.
+    A thread that stops making progress cannot be killed: it is left behind (a daemon, whose late
+    events reach nobody) and a fresh one takes its clip again and the clips after.
     """
-    source = started or ThreadEvents(clips, producer, threads)
-    try:
-        feed(source, labeler)
-    finally:  # also on Ctrl-C or a model error: stop the producers before returning
-        source.close()
+    todo = deque(range(len(clips)))
+    feed(_thread_events(clips, todo, producer, max(1, threads)), labeler)
 
 
 class _ProducerThread:
@@ -116,30 +110,20 @@ class _ProducerThread:
         self.thread.join(timeout=STOP_JOIN_S)
 
 
-class ThreadEvents:
-    """The producer threads of `run_in_thread`, started on creation, so that clips decode while the
-    model loads; iterated (once), their events until each has said it is done, a stalled one
-    replaced. `close` stops them, whether or not their events were read."""
+def _thread_events(clips: list[Clip], todo: deque, producer: Producer, n: int):
+    """Events from producer threads until each has said it is done; a stalled one is replaced."""
+    import queue
 
-    def __init__(self, clips: list[Clip], producer: Producer, threads: int = 1):
-        import queue
-
-        n = max(1, threads)
-        self.clips, self.producer = clips, producer
-        self.todo = deque(range(len(clips)))
-        self.events: queue.Queue = queue.Queue(maxsize=QUEUE_EVENTS * n)
-        self.live = [_ProducerThread(clips, self.todo, producer, self.events) for _ in range(n)]
-
-    def __iter__(self):
-        import queue
-
-        retries, live = _Retries(self.clips), self.live
+    events: queue.Queue = queue.Queue(maxsize=QUEUE_EVENTS * n)
+    retries = _Retries(clips)
+    live = [_ProducerThread(clips, todo, producer, events) for _ in range(n)]
+    try:
         while live:
             try:
-                thread, event = self.events.get(timeout=POLL_S)
+                thread, event = events.get(timeout=POLL_S)
             except queue.Empty:
-                yield from _stalled_threads(live, self.clips, self.todo, self.producer, self.events, retries)
-                if not any(t.thread.is_alive() for t in live) and self.events.empty():
+                yield from _stalled_threads(live, clips, todo, producer, events, retries)
+                if not any(t.thread.is_alive() for t in live) and events.empty():
                     raise FerError("the decoding thread ended unexpectedly") from None
                 continue
             if thread not in live:  # left behind: it woke up, but its clip went to another
@@ -149,12 +133,9 @@ class ThreadEvents:
                 live.remove(thread)
                 continue
             yield event
-
-    def close(self) -> None:
-        """Stop the threads still running (each gets STOP_JOIN_S to notice)."""
-        for thread in self.live:
+    finally:  # also on Ctrl-C or a model error: stop the producers before returning
+        for thread in live:
             thread.close()
-        self.live.clear()
 
 
 def _stalled_threads(live: list, clips, todo: deque, producer: Producer, events, retries: _Retries):

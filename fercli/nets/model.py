@@ -353,12 +353,7 @@ def load_placed(name_or_path: str | Path, placement, progress=None) -> nn.Module
     except that a default engine OpenVINO cannot run this checkpoint on gives way to torch (warned)."""
     from .checkpoints import resolve
 
-    return build_placed(resolve(name_or_path, progress), name_or_path, placement)
-
-
-def build_placed(ckpt: dict, name_or_path: str | Path, placement) -> nn.Module:
-    """The network of a checkpoint already read (`checkpoints.resolve`), as `load_placed` makes it;
-    `annotate` reads the checkpoint's config first and builds the network while clips decode."""
+    ckpt = resolve(name_or_path, progress)
     backbone = None
     if placement.engine == "openvino":
         backbone = _openvino_backbone(ckpt, name_or_path, placement)
