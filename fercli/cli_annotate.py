@@ -83,7 +83,7 @@ def annotate(
     frames_fps: float = typer.Option(25.0, min=0.001, help="Frame rate of image-sequence folders (frames/s)."),
     workers: WorkersOption = None,
     precision: PrecisionOption = "auto",
-    engine: EngineOption = "torch",
+    engine: EngineOption = "auto",
     reuse_boxes: ReuseBoxesOption = 1,
     ray: RayOption = None,
     decoder: DecoderOption = "auto",

@@ -173,7 +173,7 @@ def benchmark_speed(
     batch_size: CropBatchOption = 16,
     workers: WorkersOption = None,
     precision: PrecisionOption = "auto",
-    engine: EngineOption = "torch",
+    engine: EngineOption = "auto",
     ray: RayOption = None,
     reuse_boxes: ReuseBoxesOption = 1,
     decoder: DecoderOption = "auto",

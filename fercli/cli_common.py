@@ -26,8 +26,9 @@ PrecisionOption = Annotated[str, typer.Option(help="fp32, bf16 or fp16 (CUDA); a
 EngineOption = Annotated[
     str,
     typer.Option(
-        help="The backbone's engine: torch, or openvino on the CPU (pip install 'fercli\\[openvino]'; converted once "
-        "per model, then cached).",
+        envvar="FER_ENGINE",
+        help="The backbone's engine: auto (openvino on a CPU where it is installed, else torch), torch, or openvino "
+        "(the CPU only; converted once per model, then cached).",
     ),
 ]
 ReuseBoxesOption = Annotated[

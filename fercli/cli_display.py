@@ -85,7 +85,8 @@ def annotate_summary(console, result) -> None:
     from rich.table import Table
     from rich.text import Text
 
-    table = Table(title=Text(f"{printable(str(result.out))} ({result.rows} rows)"), show_lines=False)
+    ran = f", backbone on {result.engine}" if result.engine else ""
+    table = Table(title=Text(f"{printable(str(result.out))} ({result.rows} rows{ran})"), show_lines=False)
     for col in ("video", "seconds", "rows", "with face", "time (s)", "status"):
         table.add_column(col)
     for v in result.videos:

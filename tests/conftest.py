@@ -29,6 +29,9 @@ def pytest_collection_modifyitems(config, items):
 def _isolated_cache(tmp_path_factory, monkeypatch):
     # Never touch the user's weights cache, and never download.
     monkeypatch.setenv("FER_CACHE_DIR", str(tmp_path_factory.getbasetemp() / "cache"))
+    # The torch engine unless a test names another: no backbone converted per test. The tests of
+    # the default itself delete it.
+    monkeypatch.setenv("FER_ENGINE", "torch")
 
 
 @pytest.fixture(scope="session")

@@ -149,7 +149,7 @@ def test_a_damaged_cached_backbone_is_one_line_naming_it(frame_checkpoint, cache
 def test_engine_errors_are_one_line(frame_checkpoint, monkeypatch):
     from fercli.nets.engines import check_engine
 
-    with pytest.raises(FerError, match="--engine must be one of torch, openvino"):
+    with pytest.raises(FerError, match="--engine must be one of auto, torch, openvino"):
         check_engine("tensorrt", torch.device("cpu"))
     with pytest.raises(FerError, match="runs on the CPU"):
         check_engine("openvino", torch.device("cuda"))
@@ -185,7 +185,7 @@ def test_the_cli_refuses_an_unknown_engine_before_loading(clips_dir, tmp_path, c
     out = tmp_path / "t.parquet"
     assert run(["annotate", str(clips_dir / CLIP), "--out", str(out), "--engine", "tensorrt"]) == 2
     # The refusal itself, not the failed fetch of the default weights that would follow it.
-    assert "--engine must be one of torch, openvino, not 'tensorrt'" in capsys.readouterr().err
+    assert "--engine must be one of auto, torch, openvino, not 'tensorrt'" in capsys.readouterr().err
     assert not out.exists() and not any(cache.rglob("*"))
 
 
@@ -300,9 +300,73 @@ def test_no_engine_named_places_the_model_on_the_default_one(monkeypatch):
 
     from fercli.nets import engines
 
+    monkeypatch.delenv("FER_ENGINE")
     monkeypatch.setattr(engines, "default_engine", lambda device, ray=None: f"default for {device}")
     monkeypatch.setattr(engines, "check_engine", lambda engine, device, ray=None: None)
     assert engines.place(None, "cpu").engine == "default for cpu"
     assert engines.place("torch", "cpu").engine == "torch"
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # "auto" is then a GPU, for torch
     assert engines.place(None, "auto").engine == "default for cuda"
+    assert engines.place("auto", "cpu").engine == "default for cpu"
+
+
+def test_fer_engine_pins_the_engine_of_a_run_that_names_none(monkeypatch):
+    from fercli.nets import engines
+
+    monkeypatch.setattr(engines, "default_engine", lambda device, ray=None: "torch")
+    monkeypatch.setattr(engines, "check_engine", lambda engine, device, ray=None: None)
+    monkeypatch.setenv("FER_ENGINE", "openvino")
+    placed = engines.place(None, "auto")
+    assert (placed.engine, placed.device.type, placed.chosen) == ("openvino", "cpu", False)  # as if named
+    assert engines.place("torch", "cpu").engine == "torch"  # a named engine wins
+    monkeypatch.setenv("FER_ENGINE", "auto")
+    assert engines.place(None, "cpu").chosen
+    monkeypatch.setenv("FER_ENGINE", "tensorrt")
+    with pytest.raises(FerError, match="^FER_ENGINE must be one of auto, torch, openvino, not 'tensorrt'$"):
+        engines.place(None, "cpu")
+
+
+def test_the_default_cli_run_takes_openvino_on_the_cpu_and_says_so(clips_dir, lstm_checkpoint, tmp_path, monkeypatch):
+    pytest.importorskip("openvino")
+    import pyarrow.parquet as pq
+    from typer.testing import CliRunner
+
+    from fercli.cli import app
+    from fercli.nets.model import load_model
+
+    monkeypatch.delenv("FER_ENGINE")
+    assert load_model(lstm_checkpoint, "cpu").engine == "openvino"  # the library's default too
+    out = tmp_path / "r.parquet"
+    args = ["annotate", str(clips_dir / CLIP), "--out", str(out), "--model", str(lstm_checkpoint), "--device", "cpu"]
+    result = CliRunner().invoke(app, args, terminal_width=200)
+    assert result.exit_code == 0, result.output
+    assert "backbone on openvino" in result.output
+    assert json.loads(pq.read_schema(out).metadata[b"fer"])["engine"].split()[0] == "openvino"
+    # FER_ENGINE pins torch for the CLI as --engine torch would.
+    result = CliRunner().invoke(app, [*args, "--overwrite"], env={"FER_ENGINE": "torch"}, terminal_width=200)
+    assert result.exit_code == 0, result.output
+    assert json.loads(pq.read_schema(out).metadata[b"fer"])["engine"].split()[0] == "torch"
+
+
+def test_a_default_openvino_that_cannot_convert_gives_way_to_torch_and_a_named_one_fails(
+    clips_dir, frame_checkpoint, tmp_path, cache, monkeypatch, caplog
+):
+    pytest.importorskip("openvino")
+    from fercli.nets import engines
+    from fercli.nets.model import load_model
+
+    def unconvertible(*args):
+        from openvino.frontend import OpConversionFailure
+
+        raise OpConversionFailure("Model wasn't fully converted.\nSummary: aten::frobnicate")
+
+    monkeypatch.setattr(engines, "_convert", unconvertible)
+    monkeypatch.delenv("FER_ENGINE")
+    with pytest.raises(FerError, match=rf"^{frame_checkpoint}: OpenVINO could not convert the backbone \(.*\)$"):
+        load_model(frame_checkpoint, "cpu", engine="openvino")
+    out = tmp_path / "t.parquet"
+    result = annotate([clips_dir / CLIP], out, model=str(frame_checkpoint), device="cpu")
+    assert not result.failed and result.engine == "torch"
+    warned = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert any("could not convert" in w and "runs with torch" in w for w in warned), warned
+    assert not any(cache.rglob("*.xml"))  # nothing half-converted left in the cache

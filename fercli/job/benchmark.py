@@ -165,13 +165,13 @@ def speed(
     much of each clip the (slow) naive loop reads. `startup` also times a new process's start-up
     (`measure_startup`) with the same model, device and batch size. `cold` also runs `fer
     annotate` and the naive loop on every clip in new processes, start-up included (`measure_cold`).
-    `options.engine` runs fer's backbone ("torch" or "openvino"); the naive loop always runs
-    torch, as a hand-written loop would.
+    `options.engine` runs fer's backbone ("torch" or "openvino"; None: the one annotate would
+    take); the naive loop always runs torch, as a hand-written loop would.
     """
     import torch
 
     from ..media.decode import open_video
-    from ..nets.engines import engine_of, place
+    from ..nets.engines import asked_engine, engine_of, place
     from ..nets.model import load_placed
 
     if repeat < 1:
@@ -183,12 +183,14 @@ def speed(
     if not clips:
         raise FerError(f"no video clips under {', '.join(map(str, paths)) or 'the given paths'} to benchmark")
     options = options or AnnotateOptions()
-    engine = options.engine or (engine_of(loaded_model) if loaded_model is not None else "torch")
+    engine = asked_engine(options.engine) or (engine_of(loaded_model) if loaded_model is not None else None)
     placement = place(engine, device, options.precision)  # as annotate settles them, once
     dev = placement.device
+    net = loaded_model or load_placed(model, placement)
+    engine = engine_of(net)  # torch where a default OpenVINO gave way
+    placement = replace(placement, engine=engine)
     options = replace(options, engine=engine, precision=placement.precision)
     options = replace(options, decoder=settle_decoder(options, placement))
-    net = loaded_model or load_placed(model, placement)
     batch_size = options.batch_size
     infos = []
     for clip in clips:

@@ -29,7 +29,8 @@ class AnnotateOptions:
     )
     decoder: str = "auto"  # where clips are decoded: "cpu", "gpu" (NVDEC) or "auto" (core.devices.resolve_decoder)
     calibration: Path | None = None  # a `fer calibrate` file: the table gets each second's interval
-    # the backbone's: "torch" or "openvino" (CPU; fercli.nets.engines); None = a loaded network's own, else torch
+    # the backbone's: "torch" or "openvino" (CPU; fercli.nets.engines); None or "auto": a loaded network's own,
+    # else $FER_ENGINE, else the fastest exact one here (engines.default_engine)
     engine: str | None = None
 
     @property
@@ -58,6 +59,7 @@ class AnnotateResult:
     skipped_files: int = 0  # files under the inputs that are not clips
     rows: int = 0  # rows in the output file
     errors_file: Path | None = None
+    engine: str = ""  # the engine the backbone ran on: "torch" or "openvino"
 
     @property
     def failed(self) -> list[VideoResult]:

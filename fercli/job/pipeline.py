@@ -44,7 +44,7 @@ def annotate(
     to the program: see `fercli.core.runtime.tune_process`.
     """
     from ..core.files import OutputLock
-    from ..nets.engines import engine_of, place
+    from ..nets.engines import asked_engine, engine_of, place
     from ..nets.faceid import resolve_identity
     from ..nets.model import load_placed
     from ..tables.writers import check_output
@@ -64,7 +64,7 @@ def annotate(
     inputs = find_clips(paths)
     if inputs.missing:
         raise FerError(f"{inputs.missing[0]}: no such file or folder")
-    engine = options.engine or (engine_of(model) if loaded else "torch")
+    engine = asked_engine(options.engine) or (engine_of(model) if loaded else None)
     if loaded and engine != engine_of(model):
         raise FerError(
             f"the network passed in runs on {engine_of(model)}, not {engine}: load it "
@@ -82,7 +82,10 @@ def annotate(
         name = str(model)
         on_bytes = lambda done, total: emit(ProgressEvent("download", name, done, total or 0))  # noqa: E731
         model = load_placed(model, placement, on_bytes)
-    options = replace(options, engine=engine, precision=placement.precision, decoder=settle_decoder(options, placement))
+        placement = replace(placement, engine=engine_of(model))  # torch where a default OpenVINO gave way
+    options = replace(
+        options, engine=placement.engine, precision=placement.precision, decoder=settle_decoder(options, placement)
+    )
     identity = resolve_identity(
         options.identity, progress=lambda done, total: emit(ProgressEvent("download", "identity", done, total or 0))
     )
@@ -109,7 +112,7 @@ def _annotate_into(out, model, options, placement, identity, requested, inputs, 
     )
     done = writer.done() if options.resume else set()
     earlier = _earlier_errors(out, inputs.clips) if options.resume else []
-    result = AnnotateResult(out, skipped_files=inputs.skipped)
+    result = AnnotateResult(out, skipped_files=inputs.skipped, engine=options.engine)
     todo = []
     for clip in _unique(inputs.clips, result):
         if clip.name in done:

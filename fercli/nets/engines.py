@@ -34,6 +34,8 @@ from ..core.errors import FerError, first_line
 log = logging.getLogger("fercli")
 
 ENGINES = ("torch", "openvino")
+AUTO = "auto"  # --engine's default: `default_engine` picks
+ENGINE_ENV = "FER_ENGINE"  # pins the engine of every run that names none (e.g. "torch" for a batch script)
 # |score - torch fp32's score| an engine's table keeps to (labels equal): tests/test_engines.py.
 TOLERANCE = 1e-4
 IR_FORMAT = 1  # bump when the conversion changes, so IR cached by older code is not reused
@@ -45,7 +47,7 @@ INSTALL_HINT = "pip install -c constraints.txt 'fercli[openvino]'"
 def check_engine(engine: str, device, ray: str | None = None) -> None:
     """FerError unless `engine` is known and can run on `device` (a torch.device), here or on Ray."""
     if engine not in ENGINES:
-        raise FerError(f"--engine must be one of {', '.join(ENGINES)}, not {engine!r}")
+        raise FerError(f"--engine must be one of {', '.join((AUTO, *ENGINES))}, not {engine!r}")
     if engine == "openvino" and device.type != "cpu":
         raise FerError(f"--engine openvino runs on the CPU, not {device}; GPUs run the model with torch")
     if engine != "torch" and ray:
@@ -66,21 +68,45 @@ class Placement:
     engine: str
     device: torch.device
     precision: str  # resolved: "fp32", "bf16" or "fp16", never "auto"
+    chosen: bool = False  # picked by `default_engine`, not named: torch takes over where OpenVINO fails
 
 
 def place(engine: str | None, device, precision: str = "auto", ray: str | None = None) -> Placement:
     """--engine, --device and --precision checked and resolved together: the one place they are.
 
-    engine None: `default_engine` for the device the model lands on. `annotate` (and `load_model`
-    for a caller of its own) call it once and hand the Placement on; nothing below resolves them
-    again.
+    engine None or "auto": $FER_ENGINE where set (as if named), else `default_engine` for the
+    device the model lands on. `annotate` (and `load_model` for a caller of its own) call it once
+    and hand the Placement on; nothing below resolves them again.
     """
     from ..core.devices import resolve_precision
 
+    engine = named_engine(engine)
     dev = engine_target(engine or "torch", device)
+    chosen = engine is None
     engine = engine or default_engine(dev, ray)
-    check_engine(engine, dev, ray)
-    return Placement(engine, dev, resolve_precision(precision, dev))
+    try:
+        check_engine(engine, dev, ray)
+    except FerError as e:
+        if not chosen:
+            raise
+        log.warning("%s; the backbone runs with torch", e)  # an OpenVINO that is there but will not import
+        engine = "torch"
+    return Placement(engine, dev, resolve_precision(precision, dev), chosen)
+
+
+def asked_engine(engine: str | None) -> str | None:
+    """The engine `engine` names: None for None or "auto" ($FER_ENGINE or the default: `place`)."""
+    return None if engine == AUTO else engine
+
+
+def named_engine(engine: str | None) -> str | None:
+    """The engine a run names: `engine`, else $FER_ENGINE; None where both leave it to the default."""
+    if asked_engine(engine):
+        return engine
+    pinned = os.environ.get(ENGINE_ENV, "").strip()
+    if pinned and pinned != AUTO and pinned not in ENGINES:
+        raise FerError(f"{ENGINE_ENV} must be one of {', '.join((AUTO, *ENGINES))}, not {pinned!r}")
+    return pinned if pinned in ENGINES else None
 
 
 def engine_target(engine: str, device):
@@ -145,19 +171,24 @@ def openvino_backbone(
     torch_backbone: Callable[[], nn.Module],
     precision: str = "fp32",
     threads: int | None = None,
+    source: str = "checkpoint",
 ) -> OpenVINOBackbone:
     """The OpenVINO backbone for a checkpoint's `backbone.*` tensors in `state`, converting if not cached.
 
     `size` is the crop side in pixels; `torch_backbone()` builds the torch backbone to convert
     (called only when the cache lacks it). `threads` defaults to torch's thread count, so both
-    engines use the same cores.
+    engines use the same cores. `source` names the checkpoint in errors.
     """
     ov = import_openvino()
     if precision not in OV_PRECISION:
         raise FerError(f"--engine openvino runs in {' or '.join(OV_PRECISION)}, not {precision}")
     path = ir_path(state, size, ov.__version__)
     if not path.is_file():
-        _convert(torch_backbone(), size, path, ov)
+        backbone = torch_backbone()
+        try:
+            _convert(backbone, size, path, ov)
+        except Exception as e:  # a layer OpenVINO's frontend cannot trace: its complaint, in one line
+            raise FerError(f"{source}: OpenVINO could not convert the backbone ({first_line(e)})") from None
     core = ov.Core()
     config = {
         "INFERENCE_PRECISION_HINT": OV_PRECISION[precision],

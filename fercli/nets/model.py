@@ -15,15 +15,18 @@ also gives `expression_logits(features)`: the 8 AffectNet logits per frame, in `
 
 from __future__ import annotations
 
+import logging
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from ..core.errors import WeightsError, first_line
+from ..core.errors import FerError, WeightsError, first_line
 from ..core.labels import EXPRESSIONS, LABEL_OFFSET, NUM_CLASSES
 from .checkpoints import hsemotion_config
+
+log = logging.getLogger("fercli")
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -325,7 +328,7 @@ def load_model(
     name_or_path: str | Path = "hsemotion",
     device: str | torch.device = "auto",
     progress=None,
-    engine: str = "torch",
+    engine: str | None = None,
     precision: str = "auto",
 ) -> nn.Module:
     """A ready model in eval mode on `device`, from a registry name or a file.
@@ -333,7 +336,8 @@ def load_model(
     `device` as `annotate` takes it: "auto" (the default, as there) is the GPU when torch sees
     one, else the CPU; "cpu", "cuda", "cuda:N" or a torch.device. `engine` "openvino" runs the
     backbone with OpenVINO on the CPU ("auto" then means the CPU), compiled for `precision`
-    (see `fercli.nets.engines`); the model's `.engine` says which one it has.
+    (see `fercli.nets.engines`); None (the default, as in `annotate`) takes $FER_ENGINE, else
+    `engines.default_engine`. The model's `.engine` says which one it has.
 
     Files may be fer checkpoints (from `fer train`) or HSEmotion-style whole-pickled timm models,
     read by `checkpoints` with the restricted unpickler. The returned module carries `.config`,
@@ -345,23 +349,36 @@ def load_model(
 
 
 def load_placed(name_or_path: str | Path, placement, progress=None) -> nn.Module:
-    """`load_model` for a settled `engines.Placement` (what `annotate` resolved): resolves nothing again."""
+    """`load_model` for a settled `engines.Placement` (what `annotate` resolved): resolves nothing again,
+    except that a default engine OpenVINO cannot run this checkpoint on gives way to torch (warned)."""
     from .checkpoints import resolve
 
     ckpt = resolve(name_or_path, progress)
     backbone = None
     if placement.engine == "openvino":
-        from .engines import openvino_backbone
-
-        config = checkpoint_config(ckpt, name_or_path)
-
-        def torch_backbone():  # called only on a cache miss
-            return model_from_checkpoint(ckpt, name_or_path).backbone
-
-        backbone = openvino_backbone(ckpt["state_dict"], config.preprocess.size, torch_backbone, placement.precision)
+        backbone = _openvino_backbone(ckpt, name_or_path, placement)
     model = model_from_checkpoint(ckpt, name_or_path, backbone)
     model.source = ckpt["source"]
     model.weights_sha256 = ckpt["weights_sha256"]
-    model.engine = placement.engine
+    model.engine = "torch" if backbone is None else placement.engine
     model.precision = placement.precision  # as it records its engine: what it runs at
     return model.eval().to(placement.device, memory_format=torch.channels_last)
+
+
+def _openvino_backbone(ckpt: dict, name_or_path, placement) -> nn.Module | None:
+    """The checkpoint's backbone on OpenVINO; None (torch's) where the default engine cannot run it."""
+    from .engines import openvino_backbone
+
+    config = checkpoint_config(ckpt, name_or_path)
+
+    def torch_backbone():  # called only on a cache miss
+        return model_from_checkpoint(ckpt, name_or_path).backbone
+
+    try:
+        state, size = ckpt["state_dict"], config.preprocess.size
+        return openvino_backbone(state, size, torch_backbone, placement.precision, source=str(name_or_path))
+    except FerError as e:
+        if not placement.chosen or isinstance(e, WeightsError):  # named, or the checkpoint itself is bad
+            raise
+        log.warning("%s; the backbone runs with torch (--engine torch says so and skips this)", e)
+        return None
