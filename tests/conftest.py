@@ -29,9 +29,20 @@ def pytest_collection_modifyitems(config, items):
 def _isolated_cache(tmp_path_factory, monkeypatch):
     # Never touch the user's weights cache, and never download.
     monkeypatch.setenv("FER_CACHE_DIR", str(tmp_path_factory.getbasetemp() / "cache"))
-    # The torch engine unless a test names another: no backbone converted per test. The tests of
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _torch_engine():
+    # The torch engine unless a test names another (no backbone converted per test), set before any
+    # module or session fixture loads a model, and inherited by the commands tests run. The tests of
     # the default itself delete it.
-    monkeypatch.setenv("FER_ENGINE", "torch")
+    before = os.environ.get("FER_ENGINE")
+    os.environ["FER_ENGINE"] = "torch"
+    yield
+    if before is None:
+        os.environ.pop("FER_ENGINE", None)
+    else:
+        os.environ["FER_ENGINE"] = before
 
 
 @pytest.fixture(scope="session")

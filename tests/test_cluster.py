@@ -192,6 +192,16 @@ def test_benchmark_speed_times_the_ray_schedule(ray_local, clips_dir, small_mode
     assert report.stages["backbone"].items == 16
 
 
+def test_benchmark_speed_on_ray_takes_torch_when_no_engine_is_named(ray_local, clips_dir, small_model, monkeypatch):
+    # The default engine is OpenVINO on a CPU, but not for Ray's model actors: as annotate settles it.
+    from fercli.job.benchmark import speed
+
+    monkeypatch.delenv("FER_ENGINE")
+    options = AnnotateOptions(ray="local")
+    report = speed([clips_dir / "odd.avi"], model=small_model.source, device="cpu", options=options, naive=False)
+    assert report.setup["engine"] == "torch" and report.stages["backbone"].items == 16
+
+
 # -- faults: worker processes that die, a node that goes ---------------------------------------
 
 

@@ -108,6 +108,7 @@ def device_producer(config, options, placement, timed=False, identity=None):
 
 
 def test_the_device_path_gives_the_cpu_paths_people_by_faceid(cuts_clip, lstm, dlib_files, tmp_path, monkeypatch):
+    monkeypatch.setenv("FER_CACHE_DIR", str(tmp_path / "cache"))  # the later tests' --identity auto stays as it was
     cache_dir().mkdir(parents=True, exist_ok=True)  # the weights as a first run would have fetched them
     for path in dlib_files.values():
         shutil.copy(path, cache_dir() / path.name)

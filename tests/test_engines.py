@@ -370,3 +370,15 @@ def test_a_default_openvino_that_cannot_convert_gives_way_to_torch_and_a_named_o
     warned = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
     assert any("could not convert" in w and "runs with torch" in w for w in warned), warned
     assert not any(cache.rglob("*.xml"))  # nothing half-converted left in the cache
+
+
+def test_a_model_on_openvino_is_not_saved_as_a_checkpoint(frame_checkpoint, tmp_path):
+    # Its state_dict lacks the backbone: the file would load as "does not match its config".
+    from fercli.nets.checkpoints import save_checkpoint
+    from fercli.nets.model import load_model
+
+    pytest.importorskip("openvino")
+    model = load_model(frame_checkpoint, "cpu", engine="openvino")
+    with pytest.raises(FerError, match="runs its backbone on openvino; load it with engine='torch'$"):
+        save_checkpoint(model, tmp_path / "x.pt")
+    assert not (tmp_path / "x.pt").exists()

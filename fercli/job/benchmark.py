@@ -184,7 +184,7 @@ def speed(
         raise FerError(f"no video clips under {', '.join(map(str, paths)) or 'the given paths'} to benchmark")
     options = options or AnnotateOptions()
     engine = asked_engine(options.engine) or (engine_of(loaded_model) if loaded_model is not None else None)
-    placement = place(engine, device, options.precision)  # as annotate settles them, once
+    placement = place(engine, device, options.precision, options.ray)  # as annotate settles them, once
     dev = placement.device
     net = loaded_model or load_placed(model, placement)
     engine = engine_of(net)  # torch where a default OpenVINO gave way

@@ -30,7 +30,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ..core.errors import WeightsError, first_line
+from ..core.errors import FerError, WeightsError, first_line
 from ..core.files import atomic_write
 from . import weights
 
@@ -191,6 +191,10 @@ def read_checkpoint(path: str | os.PathLike) -> dict:
 
 def save_checkpoint(model, path: str | os.PathLike, **extra) -> Path:
     """Write a self-describing checkpoint of `model` (its `.config` and state_dict) atomically."""
+    if getattr(model, "engine", "torch") != "torch":  # its backbone's weights live in the engine, not the state_dict
+        raise FerError(
+            f"cannot save {path}: the model runs its backbone on {model.engine}; load it with engine='torch'"
+        )
     payload = {
         "config": model.config.to_dict(),
         "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
