@@ -20,19 +20,10 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "tests"))
 
 import media  # noqa: E402  (tests/media.py)
+from conftest import CHROMIUM_ARGS  # noqa: E402  (the flags the suite's browser runs with)
 
 from fercli.tables.writers import TableWriter, write_errors  # noqa: E402
 from fercli.views.report import write_report  # noqa: E402
-
-ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 
 
 def labels(seconds: int, phase: float, gap: range, conf: bool) -> list[dict]:
@@ -88,7 +79,7 @@ def main(out: Path) -> None:
             str(work / "profile"),
             executable_path="/usr/bin/chromium",
             headless=True,
-            args=ARGS,
+            args=CHROMIUM_ARGS,
             viewport={"width": 1240, "height": 900},
         )
         page = context.new_page()

@@ -59,12 +59,18 @@ def test_every_step_ran_and_says_so(report):
     }
 
 
-def test_speed_figures_count_the_frames_the_clips_hold(report):
-    out, result = report
-    frames = 0
+def frame_counts(out: Path) -> list[int]:
+    """Each bench clip's frames, as PyAV decodes them itself: the independent count."""
+    counts = []
     for clip in sorted((out / "work").glob("240p_*.mp4")):
         with av.open(str(clip)) as container:
-            frames += sum(1 for _ in container.decode(video=0))  # PyAV decodes every frame itself
+            counts.append(sum(1 for _ in container.decode(video=0)))
+    return counts
+
+
+def test_speed_figures_count_the_frames_the_clips_hold(report):
+    out, result = report
+    frames = sum(frame_counts(out))
     for name in ("speed_fp32", "speed_bf16", "speed_threads", "speed_ray", "speed_all_cores"):
         figures = result["steps"][name]["figures"]
         assert figures["decoded_frames"] == frames
@@ -76,10 +82,7 @@ def test_speed_figures_count_the_frames_the_clips_hold(report):
 
 def test_the_sweep_sets_the_worker_cap_and_measures_each_value(report):
     out, result = report
-    frames = 0
-    for clip in sorted((out / "work").glob("240p_*.mp4")):
-        with av.open(str(clip)) as container:
-            frames += sum(1 for _ in container.decode(video=0))
+    frames = sum(frame_counts(out))
     sweep = result["steps"]["sweep_max_workers"]
     assert sweep["constant"] == "job.schedules.MAX_WORKERS"
     (run,) = sweep["figures"]["runs"]  # one value on the CPU: the knob's plumbing, not a measurement
@@ -90,10 +93,7 @@ def test_the_sweep_sets_the_worker_cap_and_measures_each_value(report):
 
 def test_decoding_alone_counts_the_frames_the_clips_hold(report):
     out, result = report
-    frames = 0
-    for clip in sorted((out / "work").glob("240p_*.mp4")):
-        with av.open(str(clip)) as container:
-            frames += sum(1 for _ in container.decode(video=0))
+    frames = sum(frame_counts(out))
     (pyav,) = result["steps"]["nvdec"]["figures"]["results"]  # no PyNvVideoCodec on the CPU form
     assert pyav["kind"] == "pyav" and not pyav["errors"]
     assert pyav["decoded_frames"] == frames
@@ -102,10 +102,7 @@ def test_decoding_alone_counts_the_frames_the_clips_hold(report):
 
 def test_the_gpu_path_counts_the_frames_and_samples_the_clips_hold(report):
     out, result = report
-    counts = []
-    for clip in sorted((out / "work").glob("240p_*.mp4")):
-        with av.open(str(clip)) as container:
-            counts.append(sum(1 for _ in container.decode(video=0)))
+    counts = frame_counts(out)
     figures = result["steps"]["gpu_path"]["figures"]
     assert figures["decoded_frames"] == sum(counts)
     assert figures["sampled_frames"] == sum(n // 5 for n in counts)  # 25 frames/s clips, 5 samples/s
